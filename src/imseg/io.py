@@ -1,0 +1,328 @@
+"""Reading images and writing outputs, with validation and clear errors.
+
+``read_image`` is the one entry point every segmenter uses: whatever the source, it returns an
+RGB ``uint8`` array of shape (H, W, 3), upright according to EXIF.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob as _glob
+import io as _io
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from .errors import InputError, PromptError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+#: Default pixel limit (same as Pillow's decompression-bomb error threshold). Override per call
+#: with ``max_pixels=`` or globally with the ``IMSEG_MAX_PIXELS`` environment variable.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+ImageSource = Union[  # noqa: UP007 (runtime alias)
+    str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]
+
+
+def _max_pixels(max_pixels: int | None) -> int:
+    if max_pixels is not None:
+        return int(max_pixels)
+    env = os.environ.get("IMSEG_MAX_PIXELS")
+    return int(env) if env else DEFAULT_MAX_PIXELS
+
+
+def _check_size(width: int, height: int, where: str, max_pixels: int | None) -> None:
+    if width <= 0 or height <= 0:
+        raise InputError(f"{where}: image has no pixels ({width}x{height}). Pass a non-empty image.")
+    limit = _max_pixels(max_pixels)
+    if width * height > limit:
+        raise InputError(
+            f"{where}: image is {width}x{height} = {width * height:,} pixels, above the limit of "
+            f"{limit:,}. If this image is trusted, raise the limit with max_pixels= (or the "
+            f"IMSEG_MAX_PIXELS environment variable), or tile/downscale it first."
+        )
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Convert an array of any numeric dtype to uint8.
+
+    uint8 is returned unchanged; bool maps to {0, 255}; floats in [0, 1] are scaled by 255,
+    other floats are clipped to [0, 255]; integer types wider than 8 bits (e.g. 16-bit microscopy)
+    are linearly stretched from their min..max to 0..255.
+    """
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise InputError("image contains NaN or infinite values; clean it (np.nan_to_num) first.")
+        if array.size and array.min() >= 0.0 and array.max() <= 1.0:
+            return np.round(array * 255.0).astype(np.uint8)
+        return np.clip(np.round(array), 0, 255).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if lo >= 0 and hi <= 255:
+            return array.astype(np.uint8)
+        if hi == lo:
+            return np.zeros(array.shape, np.uint8)
+        scaled = (array.astype(np.float64) - lo) * (255.0 / (hi - lo))
+        return np.round(scaled).astype(np.uint8)
+    raise InputError(f"unsupported image dtype {array.dtype}; pass uint8, uint16, float or bool data.")
+
+
+def _array_to_rgb(array: np.ndarray, where: str, max_pixels: int | None) -> np.ndarray:
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # CHW -> HWC
+    if array.ndim == 2:
+        _check_size(array.shape[1], array.shape[0], where, max_pixels)
+        gray = to_uint8(array)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise InputError(
+            f"{where}: array of shape {tuple(array.shape)} is not an image; expected (H, W), "
+            f"(H, W, 1|3|4) or (3, H, W)."
+        )
+    _check_size(array.shape[1], array.shape[0], where, max_pixels)
+    channels = array.shape[2]
+    if channels in (2, 4):  # gray+alpha / RGBA: drop alpha (composite would guess a background)
+        array = array[:, :, : channels - 1]
+    array = to_uint8(array)
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array)
+
+
+def _pil_to_rgb(img, where: str, max_pixels: int | None) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    _check_size(img.width, img.height, where, max_pixels)
+    try:
+        img = ImageOps.exif_transpose(img) or img
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            return _array_to_rgb(np.asarray(img), where, max_pixels)
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return np.asarray(img, dtype=np.uint8).copy()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{where}: could not decode image ({exc}). The file may be truncated or corrupt.") from exc
+    except Image.DecompressionBombError as exc:  # pragma: no cover - caught by _check_size first
+        raise InputError(f"{where}: {exc}") from exc
+
+
+def _open_bytes(data: bytes, where: str, max_pixels: int | None) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) == 0:
+        raise InputError(f"{where}: empty data (0 bytes); pass an image file's contents.")
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return _read_tiff(_io.BytesIO(data), where, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(_io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise InputError(
+            f"{where}: not a recognised image format (first bytes {data[:8]!r}). "
+            f"Supported: JPEG, PNG, TIFF, BMP, WebP, GIF."
+        ) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"{where}: {exc}. Raise max_pixels= if the image is trusted.") from exc
+    return _pil_to_rgb(img, where, max_pixels)
+
+
+def _read_tiff(source, where: str, max_pixels: int | None) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(source) as tif:
+            page = tif.pages[0]
+            shape = page.shape
+            if len(shape) >= 2:
+                h, w = (shape[0], shape[1]) if len(shape) == 2 or shape[-1] in (1, 2, 3, 4) else shape[-2:]
+                _check_size(int(w), int(h), where, max_pixels)
+            array = page.asarray()
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{where}: could not read TIFF ({exc}). The file may be truncated or corrupt.") from exc
+    return _array_to_rgb(np.asarray(array), where, max_pixels)
+
+
+def read_image(source: ImageSource, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read any image source as an RGB ``uint8`` array of shape (H, W, 3).
+
+    Args:
+        source: a file path, raw encoded bytes, a numpy array ((H,W), (H,W,C) or (C,H,W); uint8,
+            uint16, float in [0,1] or bool), or a PIL image.
+        max_pixels: refuse images with more pixels than this (decompression-bomb guard).
+
+    EXIF orientation is applied, alpha is dropped, grayscale is replicated to three channels,
+    16-bit data is stretched min..max to 0..255.
+    """
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source, "image array", max_pixels)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _open_bytes(bytes(source), "image bytes", max_pixels)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        where = str(path)
+        if not path.exists():
+            raise InputError(f"{where}: no such file. Check the path.")
+        if path.is_dir():
+            raise InputError(f"{where}: is a directory, expected an image file.")
+        if path.stat().st_size == 0:
+            raise InputError(f"{where}: empty file (0 bytes); it is not an image.")
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return _read_tiff(path, where, max_pixels)
+        return _open_bytes(path.read_bytes(), where, max_pixels)
+    try:
+        from PIL import Image
+
+        if isinstance(source, Image.Image):
+            return _pil_to_rgb(source, "PIL image", max_pixels)
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(source, "detach") and hasattr(source, "cpu"):  # torch tensor
+        return _array_to_rgb(source.detach().cpu().numpy(), "image tensor", max_pixels)
+    raise InputError(
+        f"cannot read an image from {type(source).__name__}; pass a path, bytes, a numpy array or a PIL image."
+    )
+
+
+def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Expand an image path, a directory (non-recursive) or a glob pattern into sorted image paths."""
+    if isinstance(source, (list, tuple)):
+        out: list[Path] = []
+        for item in source:
+            out.extend(list_images(item))
+        return out
+    text = str(source)
+    path = Path(text)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InputError(f"{text}: directory contains no images ({', '.join(IMAGE_SUFFIXES)}).")
+        return files
+    if path.is_file():
+        return [path]
+    if any(ch in text for ch in "*?["):
+        files = sorted(Path(p) for p in _glob.glob(text, recursive=True) if Path(p).is_file())
+        if not files:
+            raise InputError(f"{text}: glob pattern matched no files.")
+        return files
+    raise InputError(f"{text}: no such file, directory or glob match.")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it over ``path`` atomically."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write bytes atomically (temp file + rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write an (H,W) or (H,W,3|4) array as an image file (format from the suffix), atomically."""
+    from PIL import Image
+
+    array = np.asarray(image)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.dtype != np.uint8 and not (array.dtype == np.uint16 and array.ndim == 2):
+        array = to_uint8(array)
+    fmt = Path(path).suffix.lower().lstrip(".") or "png"
+    fmt = {"jpg": "JPEG", "jpeg": "JPEG", "tif": "TIFF", "tiff": "TIFF"}.get(fmt, fmt.upper())
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format=fmt)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- prompt validation
+
+
+def validate_points(
+    points: Any, labels: Any, image_size: tuple[int, int] | None = None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Check point prompts. Returns float32 (N, 2) XY coords and int32 (N,) labels, or (None, None).
+
+    ``image_size`` is (H, W); points must lie within [0, W] x [0, H]. Labels: 1 foreground,
+    0 background (SAM also accepts -1 padding, 2/3 box corners).
+    """
+    if points is None:
+        if labels is not None and len(np.atleast_1d(labels)):
+            raise PromptError("labels were given without points; pass points=[(x, y), ...] as well.")
+        return None, None
+    coords = np.asarray(points, dtype=np.float32)
+    if coords.ndim == 1 and coords.size == 2:
+        coords = coords[None]
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise PromptError(f"points must have shape (N, 2) as (x, y) pairs; got shape {tuple(coords.shape)}.")
+    if not np.isfinite(coords).all():
+        raise PromptError("points contain NaN or infinite values.")
+    if labels is None:
+        lab = np.ones(len(coords), np.int32)
+    else:
+        lab = np.atleast_1d(np.asarray(labels)).astype(np.int32)
+        if lab.ndim != 1 or len(lab) != len(coords):
+            raise PromptError(
+                f"labels must have one entry per point: got {len(coords)} points and {lab.size} labels."
+            )
+    if image_size is not None:
+        h, w = image_size
+        bad = (coords[:, 0] < 0) | (coords[:, 0] > w) | (coords[:, 1] < 0) | (coords[:, 1] > h)
+        if bad.any():
+            first = coords[np.argmax(bad)]
+            raise PromptError(
+                f"{int(bad.sum())} point(s) lie outside the {w}x{h} image (first: x={first[0]:g}, "
+                f"y={first[1]:g}); coordinates are (x, y) pixels with 0 <= x <= {w}, 0 <= y <= {h}."
+            )
+    return coords, lab
+
+
+def validate_box(box: Any, image_size: tuple[int, int] | None = None) -> np.ndarray | None:
+    """Check box prompt(s) in XYXY pixels. Returns float32 (4,) or (B, 4), or None."""
+    if box is None:
+        return None
+    arr = np.asarray(box, dtype=np.float32)
+    single = arr.ndim == 1
+    arr2 = arr[None] if single else arr
+    if arr2.ndim != 2 or arr2.shape[1] != 4:
+        raise PromptError(f"box must be (x0, y0, x1, y1) or shape (B, 4); got shape {tuple(arr.shape)}.")
+    if not np.isfinite(arr2).all():
+        raise PromptError("box contains NaN or infinite values.")
+    inverted = (arr2[:, 2] < arr2[:, 0]) | (arr2[:, 3] < arr2[:, 1])
+    if inverted.any():
+        b = arr2[np.argmax(inverted)]
+        raise PromptError(
+            f"box {b.tolist()} is inverted: boxes are (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0."
+        )
+    if image_size is not None:
+        h, w = image_size
+        outside = (arr2[:, 2] < 0) | (arr2[:, 3] < 0) | (arr2[:, 0] > w) | (arr2[:, 1] > h)
+        if outside.any():
+            b = arr2[np.argmax(outside)]
+            raise PromptError(f"box {b.tolist()} lies entirely outside the {w}x{h} image.")
+    return arr2[0] if single else arr2

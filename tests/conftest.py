@@ -1,0 +1,95 @@
+"""Shared fixtures: real-data location, random-weight official SAM checkpoints.
+
+Checkpoints are built with the *official* packages (segment-anything, mobile_sam) from a fixed
+seed, every constant parameter (zeros such as pos_embed/rel_pos/biases, ones such as LayerNorm
+weights) is perturbed so that those code paths are exercised, and the state_dict is saved in the
+official layout. imseg must load these files unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("IMSEG_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """``../shared/data``; tests that use it skip cleanly when it is absent."""
+    if not DATA.is_dir():
+        pytest.skip(f"real data not found at {DATA}")
+    return DATA
+
+
+def perturb_constant_parameters(model, seed: int = 0, scale: float = 0.02) -> int:
+    """Add noise to every parameter whose elements are all equal (0 or 1 from init). Returns count."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    count = 0
+    with torch.no_grad():
+        for _, param in model.named_parameters():
+            flat = param.detach().reshape(-1)
+            if flat.numel() and bool((flat == flat[0]).all()):
+                noise = torch.randn(param.shape, generator=gen) * scale
+                param.add_(noise.to(param.dtype))
+                count += 1
+    return count
+
+
+def build_official_sam(variant: str, seed: int = 0):
+    """The official model (segment_anything for vit_b/l/h, mobile_sam for vit_t), random weights."""
+    import torch
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if variant == "vit_t":
+            from mobile_sam import sam_model_registry as registry
+        else:
+            from segment_anything import sam_model_registry as registry
+        model = registry[variant](checkpoint=None)
+    perturb_constant_parameters(model, seed=seed + 1)
+    return model.eval()
+
+
+_CHECKPOINTS: dict[tuple[str, int], Path] = {}
+
+
+@pytest.fixture(scope="session")
+def make_sam_checkpoint(tmp_path_factory):
+    """Factory: ``make_sam_checkpoint("vit_b" | "vit_t", seed=0) -> Path`` to a saved official state_dict."""
+    import torch
+
+    def make(variant: str, seed: int = 0) -> Path:
+        key = (variant, seed)
+        if key not in _CHECKPOINTS:
+            model = build_official_sam(variant, seed)
+            name = {"vit_t": "mobile_sam.pt"}.get(variant, f"sam_{variant}_random{seed}.pth")
+            path = tmp_path_factory.mktemp(f"ckpt_{variant}_{seed}") / name
+            torch.save(model.state_dict(), path)
+            _CHECKPOINTS[key] = path
+        return _CHECKPOINTS[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def mobile_sam_checkpoint(make_sam_checkpoint) -> Path:
+    """Random-weight MobileSAM (vit_t) checkpoint: the fast model for end-to-end tests."""
+    return make_sam_checkpoint("vit_t")
+
+
+@pytest.fixture(scope="session")
+def sample_image() -> np.ndarray:
+    """scikit-image's astronaut, downscaled to 256x256 RGB uint8 (fast, real content)."""
+    from skimage import data, transform
+
+    img = data.astronaut()
+    return (transform.resize(img, (256, 256), anti_aliasing=True) * 255).round().astype(np.uint8)
