@@ -1,0 +1,166 @@
+"""imseg.io: every image source becomes RGB uint8 (H, W, 3); bad input gives a specific InputError."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imseg.errors import InputError, PromptError
+from imseg.io import atomic_path, list_images, read_image, validate_box, validate_points, write_image
+
+
+def _png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def rgb() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (20, 32, 3), dtype=np.uint8)
+
+
+def test_png_path_roundtrip(tmp_path, rgb):
+    path = write_image(tmp_path / "a.png", rgb)
+    out = read_image(path)
+    assert out.dtype == np.uint8 and out.shape == (20, 32, 3)
+    np.testing.assert_array_equal(out, rgb)
+    np.testing.assert_array_equal(read_image(str(path)), rgb)
+    np.testing.assert_array_equal(read_image(path.read_bytes()), rgb)
+    np.testing.assert_array_equal(read_image(Image.open(path)), rgb)
+
+
+def test_grayscale_and_rgba(tmp_path, rgb):
+    gray = rgb[:, :, 0]
+    (tmp_path / "g.png").write_bytes(_png_bytes(gray))
+    out = read_image(tmp_path / "g.png")
+    assert out.shape == (20, 32, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], gray)
+    rgba = np.dstack([rgb, np.full(gray.shape, 7, np.uint8)])
+    (tmp_path / "a.png").write_bytes(_png_bytes(rgba))
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), rgb)
+    np.testing.assert_array_equal(read_image(rgba), rgb)
+
+
+def test_exif_rotation_is_applied(tmp_path, rgb):
+    img = Image.fromarray(rgb)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    img.save(tmp_path / "r.jpg", exif=exif, quality=100)
+    out = read_image(tmp_path / "r.jpg")
+    assert out.shape == (32, 20, 3)  # upright: width and height swapped
+
+
+def test_16bit_tiff_is_stretched(tmp_path):
+    import tifffile
+
+    data = (np.arange(40 * 30, dtype=np.uint16).reshape(40, 30) * 50 + 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "x.tif", data)
+    out = read_image(tmp_path / "x.tif")
+    assert out.shape == (40, 30, 3) and out.dtype == np.uint8
+    assert out.min() == 0 and out.max() == 255
+    # monotone: order of intensities is kept
+    assert np.all(np.diff(out[:, :, 0].reshape(-1).astype(int)) >= 0)
+
+
+def test_float_and_bool_arrays():
+    f = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    out = read_image(f)
+    assert out[0, 0, 0] == 0 and out[-1, -1, 0] == 255
+    b = np.eye(4, dtype=bool)
+    assert read_image(b)[0, 0, 0] == 255 and read_image(b)[0, 1, 0] == 0
+    chw = np.zeros((3, 5, 7), np.uint8)
+    assert read_image(chw).shape == (5, 7, 3)
+    with pytest.raises(InputError, match="NaN"):
+        read_image(np.full((4, 4), np.nan, np.float32))
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", "empty file"),
+        (b"this is not an image at all", "not a recognised image"),
+    ],
+)
+def test_bad_files(tmp_path, content, match):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=match):
+        read_image(path)
+
+
+def test_truncated_jpeg(tmp_path, rgb):
+    buf = io.BytesIO()
+    Image.fromarray(np.repeat(np.repeat(rgb, 8, 0), 8, 1)).save(buf, format="JPEG")
+    data = buf.getvalue()
+    path = tmp_path / "t.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        read_image(path)
+
+
+def test_missing_dir_and_types(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_image(tmp_path / "nope.png")
+    with pytest.raises(InputError, match="is a directory"):
+        read_image(tmp_path)
+    with pytest.raises(InputError, match="cannot read an image"):
+        read_image(12345)
+    with pytest.raises(InputError, match="not an image"):
+        read_image(np.zeros((2, 3, 4, 5), np.uint8))
+    with pytest.raises(InputError, match="no pixels"):
+        read_image(np.zeros((0, 5), np.uint8))
+
+
+def test_pixel_limit(tmp_path, monkeypatch):
+    big = np.zeros((100, 100), np.uint8)
+    with pytest.raises(InputError, match="above the limit"):
+        read_image(big, max_pixels=5000)
+    (tmp_path / "b.png").write_bytes(_png_bytes(big))
+    monkeypatch.setenv("IMSEG_MAX_PIXELS", "9999")
+    with pytest.raises(InputError, match="IMSEG_MAX_PIXELS"):
+        read_image(tmp_path / "b.png")
+
+
+def test_list_images(tmp_path, rgb):
+    for name in ("b.png", "a.jpg", "c.txt"):
+        write_image(tmp_path / name, rgb) if name != "c.txt" else (tmp_path / name).write_text("x")
+    assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.png"]
+    assert [p.name for p in list_images(str(tmp_path / "*.png"))] == ["b.png"]
+    with pytest.raises(InputError):
+        list_images(tmp_path / "missing")
+    with pytest.raises(InputError, match="matched no files"):
+        list_images(str(tmp_path / "*.bmp"))
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_validate_points_and_box():
+    coords, labels = validate_points([(1, 2), (3, 4)], [1, 0], (10, 10))
+    assert coords.shape == (2, 2) and labels.tolist() == [1, 0]
+    with pytest.raises(PromptError, match="one entry per point"):
+        validate_points([(1, 2)], [1, 0], (10, 10))
+    with pytest.raises(PromptError, match="outside"):
+        validate_points([(11, 2)], [1], (10, 10))
+    with pytest.raises(PromptError, match=r"\(N, 2\)"):
+        validate_points([1, 2, 3], None)
+    assert validate_box([1, 1, 5, 5], (10, 10)).shape == (4,)
+    assert validate_box([[1, 1, 5, 5], [0, 0, 2, 2]]).shape == (2, 4)
+    with pytest.raises(PromptError, match="inverted"):
+        validate_box([5, 1, 1, 5])
+    with pytest.raises(PromptError, match="outside"):
+        validate_box([20, 20, 30, 30], (10, 10))

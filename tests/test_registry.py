@@ -1,0 +1,95 @@
+"""Registry lookups, weights cache paths, offline download errors and the base CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import imseg
+from imseg.cli import app
+from imseg.errors import ModelNotFoundError, WeightsError
+from imseg.registry import SAM_WEIGHTS, download_weights, get_spec, list_models, weights_path
+
+
+def test_sam_entries_and_aliases():
+    assert get_spec("sam-vit-b") is get_spec("vit_b")
+    assert get_spec("mobile-sam").options["variant"] == "vit_t"
+    names = {s.name for s in list_models("sam")}
+    assert names == {"sam-vit-b", "sam-vit-l", "sam-vit-h", "mobile-sam"}
+    assert all(len(w.sha256) == 64 for w in SAM_WEIGHTS.values())
+
+
+def test_unknown_model_suggests():
+    with pytest.raises(ModelNotFoundError, match="Did you mean sam-vit-b"):
+        get_spec("sam-vit-bb")
+    with pytest.raises(ModelNotFoundError):
+        imseg.load("definitely-not-a-model")
+
+
+def test_cache_dir_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMSEG_HOME", str(tmp_path))
+    assert weights_path("sam-vit-b") == tmp_path / "sam_vit_b_01ec64.pth"
+
+
+def test_offline_download_names_the_file(tmp_path, monkeypatch):
+    import urllib.request
+
+    monkeypatch.setenv("IMSEG_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(WeightsError) as info:
+        download_weights("mobile-sam", progress=False)
+    message = str(info.value)
+    assert "mobile_sam.pt" in message and str(tmp_path) in message and "--checkpoint" in message
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind
+
+
+def test_checksum_mismatch_keeps_nothing(tmp_path, monkeypatch):
+    import io
+    import urllib.request
+
+    monkeypatch.setenv("IMSEG_HOME", str(tmp_path))
+
+    class FakeResponse(io.BytesIO):
+        headers = {"Content-Length": "5"}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: FakeResponse(b"hello"))
+    with pytest.raises(WeightsError, match="checksum mismatch"):
+        download_weights("mobile-sam", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_version_and_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMSEG_HOME", str(tmp_path))
+    runner = CliRunner()
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and imseg.__version__ in result.output
+    result = runner.invoke(app, ["weights", "path", "sam-vit-b"])
+    assert result.exit_code == 0 and result.output.strip().endswith("sam_vit_b_01ec64.pth")
+    result = runner.invoke(app, ["weights", "list"])
+    assert result.exit_code == 0 and "mobile-sam" in result.output
+    result = runner.invoke(app, ["weights", "path", "nope"])
+    assert result.exit_code == 2 and "unknown model" in result.output
+
+
+def test_help_does_not_import_heavy_modules():
+    code = (
+        "import sys; from imseg.cli import app; "
+        "import typer.main; typer.main.get_command(app); "
+        "heavy = [m for m in ('torch', 'onnxruntime', 'lightning', 'fastapi', 'cv2') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"imseg --help imports heavy modules: {out.stdout}"
