@@ -88,6 +88,58 @@ def weights_download(
 # ============================================================================ train / val / predict (issue 4)
 
 # ============================================================================ classical (issue 5)
+@app.command("classical")
+def classical_cmd(
+    source: str = typer.Argument(None, help="Image file, directory or glob."),
+    method: str = typer.Option("otsu", "--method", "-m", help="Classical method (see --list)."),
+    out: str = typer.Option("runs/classical", "--out", help="Output directory: one label-map PNG per image."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE (repeatable), e.g. sigma=1."),
+    post: str = typer.Option("", "--post", help="Post-processing, e.g. 'remove_small=64,fill_holes=64,crf'."),
+    list_methods: bool = typer.Option(False, "--list", help="List the methods with when to use each, then exit."),
+) -> None:
+    """Segment images with a classical method (no weights); one label map PNG per image."""
+    from .registry import list_models
+
+    if list_methods:
+        specs = list_models("classical")
+        width = max(len(s.name) for s in specs)
+        for spec in specs:
+            typer.echo(f"{spec.name:<{width}}  {spec.summary}")
+        return
+    if source is None:
+        fail("give an image SOURCE (file, directory or glob), or --list to see the methods.")
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from .io import list_images, read_image, write_image
+    from .postprocess import apply_pipeline
+    from .registry import load
+
+    params = {}
+    for item in param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--param {item!r}: write KEY=VALUE, e.g. --param sigma=1.")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    try:
+        segmenter = load(method, **params)
+        files = list_images(source)
+        out_dir = Path(out)
+        for path in files:
+            masks = segmenter.segment(path)
+            if post:
+                masks = apply_pipeline(masks, post, image=read_image(path))
+            labels = masks.label_map()
+            write_image(out_dir / f"{path.stem}.png", labels.astype(np.uint16 if labels.max() > 255 else np.uint8))
+            typer.echo(f"{path}: {len(masks)} mask(s) -> {out_dir / (path.stem + '.png')}")
+    except ImsegError as exc:
+        fail(str(exc))
+
 
 # ============================================================================ export (issue 6)
 
