@@ -1,0 +1,184 @@
+"""Export (ONNX, TorchScript, int8) and the ONNX Runtime backend.
+
+``imseg.export.onnx``: SAM encoder/decoder and semantic models to ONNX; ``imseg.export.torchscript``:
+semantic models to TorchScript; ``imseg.export.quantize``: int8 through onnxruntime.quantization;
+``imseg.export.runtime``: ``load_exported`` / ``load_registry_model`` (ONNX Runtime segmenters).
+Nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+__all__ = ["export_model", "load_exported"]
+
+
+def __getattr__(name: str):
+    if name == "load_exported":
+        from .runtime import load_exported
+
+        return load_exported
+    raise AttributeError(name)
+
+
+# ============================================================================ high-level export
+def build_sam(variant: str, checkpoint=None):
+    """A SAM model (official module layout) with ``checkpoint`` loaded (``weights_only=True``).
+
+    Uses ``imseg.sam.sam_model_registry``; while that is not installed, the official
+    segment_anything / mobile_sam packages build the same architecture.
+    """
+    import importlib
+    import warnings
+
+    import torch
+
+    from ..errors import CheckpointError, DependencyError
+
+    registry = None
+    for module in ("imseg.sam", "mobile_sam" if variant == "vit_t" else "segment_anything"):
+        try:
+            registry = importlib.import_module(module).sam_model_registry
+            break
+        except (ImportError, AttributeError):
+            continue
+    if registry is None:
+        raise DependencyError(f"exporting SAM needs imseg.sam (its {variant!r} model), which is not importable here.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = registry[variant](checkpoint=None)
+    if checkpoint is not None:
+        try:
+            state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"checkpoint {checkpoint} not found.") from exc
+        except Exception as exc:
+            raise CheckpointError(f"{checkpoint}: not a readable PyTorch checkpoint ({exc}).") from exc
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]
+        try:
+            model.load_state_dict(state, strict=True)
+        except Exception as exc:
+            raise CheckpointError(f"{checkpoint}: does not match the SAM {variant!r} architecture ({exc}).") from exc
+    return model.eval()
+
+
+def export_sam_checkpoint(spec, checkpoint, out, *, int8: bool = False, calibration=None, **options):
+    """Export registry SAM model ``spec`` with ``checkpoint`` to ``out``; returns the manifest path."""
+    from .onnx import export_sam
+
+    variant = spec.options["variant"]
+    model = build_sam(variant, checkpoint)
+    manifest = export_sam(model, out, model_name=spec.name, variant=variant, **options)
+    if int8 or calibration is not None:
+        from .quantize import quantize_sam_export
+
+        quantize_sam_export(manifest.parent, calibration=calibration)
+    return manifest
+
+
+def export_model(
+    model: str | None = None,
+    *,
+    out,
+    checkpoint=None,
+    run=None,
+    format: str = "onnx",
+    int8: bool = False,
+    calibration=None,
+    raw_input: bool = False,
+    single_mask: bool = False,
+    opset: int = 17,
+    simplify: bool = False,
+):
+    """``imseg export`` in Python: a registry SAM model (``model`` + ``checkpoint``) or a training run
+    (``run``) to ``out`` as ONNX (or TorchScript for runs). Returns the manifest path."""
+    from pathlib import Path
+
+    from ..errors import ConfigError, ExportError
+    from ..registry import get_spec
+    from .onnx import prepare_out_dir
+
+    if format not in ("onnx", "torchscript"):
+        raise ConfigError(f"--format must be 'onnx' or 'torchscript', got {format!r}.")
+    if (model is None) == (run is None):
+        raise ConfigError("give exactly one of --model NAME (with --checkpoint) or --run RUN_DIR.")
+    prepare_out_dir(out)
+    if run is not None:
+        return export_run(run, out, format=format, int8=int8, calibration=calibration, opset=opset, simplify=simplify)
+    spec = get_spec(model)
+    if spec.family != "sam":
+        raise ExportError(f"model {spec.name!r} ({spec.family}) has nothing to export; export SAM models or training runs.")
+    if format != "onnx":
+        raise ConfigError("SAM models export to ONNX only (--format onnx).")
+    if checkpoint is None:
+        from ..registry import find_weights
+
+        checkpoint = find_weights(spec.name)
+        if checkpoint is None:
+            raise ConfigError(
+                f"no checkpoint for {spec.name}: pass --checkpoint PATH or run `imseg weights download {spec.name}`."
+            )
+    if not Path(checkpoint).is_file():
+        from ..errors import CheckpointError
+
+        raise CheckpointError(f"checkpoint {checkpoint} not found; pass the path of the .pth/.pt file.")
+    return export_sam_checkpoint(spec, checkpoint, out, int8=int8, calibration=calibration, raw_input=raw_input,
+                                 single_mask=single_mask, opset=opset, simplify_graph=simplify)
+
+
+def _run_model(run):
+    """(model, class_names, mean, std, name) of a training run directory via imseg.semantic.infer."""
+    from pathlib import Path
+
+    from ..errors import CheckpointError, DependencyError, ExportError
+
+    run = Path(run)
+    if not run.is_dir():
+        raise ExportError(f"run directory {run} does not exist; pass a training run such as runs/train/exp.")
+    weights = [run / "weights" / "best.pt", run / "weights" / "last.pt"]
+    if not any(w.is_file() for w in weights):
+        raise CheckpointError(
+            f"run directory {run} has no weights (looked for weights/best.pt and weights/last.pt); "
+            f"train it first (`imseg train ...`) or pass the run that holds them."
+        )
+    try:
+        from ..semantic.infer import load_run
+    except ImportError as exc:
+        raise DependencyError(f"exporting a run needs imseg.semantic.infer, which is not importable here ({exc}).") from exc
+    segmenter = load_run(run, device="cpu")
+    model = getattr(segmenter, "model", None)
+    names = getattr(segmenter, "class_names", None)
+    mean = getattr(segmenter, "mean", None)
+    std = getattr(segmenter, "std", None)
+    if model is None or names is None or mean is None or std is None:
+        raise ExportError(f"{run}: the loaded segmenter lacks model/class_names/mean/std; cannot export it.")
+    return model, list(names), tuple(float(v) for v in mean), tuple(float(v) for v in std), f"run:{run.name}"
+
+
+def export_semantic_model(model, out, *, class_names, mean, std, format: str = "onnx", name: str = "semantic",
+                          int8: bool = False, calibration=None, opset: int = 17, simplify: bool = False):
+    """Export a semantic torch model ((N,3,H,W) normalised -> (N,C,H,W) logits); returns the manifest path."""
+    from ..errors import ConfigError
+
+    if format == "torchscript":
+        if int8 or calibration is not None:
+            raise ConfigError("--int8/--calibration apply to ONNX exports only; use --format onnx.")
+        from .torchscript import export_semantic_torchscript
+
+        return export_semantic_torchscript(model, out, class_names=class_names, mean=mean, std=std, model_name=name)
+    from .onnx import export_semantic
+
+    manifest = export_semantic(model, out, class_names=class_names, mean=mean, std=std, model_name=name, opset=opset,
+                               simplify_graph=simplify)
+    if int8 or calibration is not None:
+        from .quantize import quantize_semantic_export
+
+        quantize_semantic_export(manifest.parent, calibration=calibration)
+    return manifest
+
+
+def export_run(run, out, *, format: str = "onnx", int8: bool = False, calibration=None, opset: int = 17,
+               simplify: bool = False):
+    """Export a training run directory (``runs/train/exp``) to ``out``; returns the manifest path."""
+    model, names, mean, std, name = _run_model(run)
+    return export_semantic_model(model, out, class_names=names, mean=mean, std=std, format=format, name=name,
+                                 int8=int8, calibration=calibration, opset=opset, simplify=simplify)

@@ -1,0 +1,495 @@
+"""ONNX Runtime backend: run exported models with the same ``segment()`` API and ``Masks`` output.
+
+``load_exported(dir)`` reads ``imseg_export.json`` and returns :class:`OrtSamSegmenter` or
+:class:`OrtSemanticSegmenter`; ``load_registry_model(spec, checkpoint=...)`` exports a registry
+model into the cache once and loads that. :class:`OrtSamPredictor` mirrors the official
+``SamPredictor`` (``set_image``, ``predict``, ``predict_torch``, ``transform``, ``original_size``)
+so the automatic mask generator can drive it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError, ConfigError, DependencyError, ExportError, ModelNotFoundError, StateError, require
+from ..io import read_image, validate_box, validate_points
+from ..masks import Masks
+from ..registry import Segmenter
+from .onnx import MANIFEST
+
+PROVIDER_ALIASES = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+# ============================================================================ sessions
+def onnxruntime():
+    """Import onnxruntime or raise :class:`DependencyError` naming ``pip install 'imseg[export]'``."""
+    return require("onnxruntime", "export", "The ONNX Runtime backend")
+
+
+def select_providers(device: str = "auto", providers: list[str] | None = None) -> list[str]:
+    """Execution providers for ``device`` ("auto" | "cpu" | "cuda" | "tensorrt"), best first.
+
+    ``auto`` takes TensorRT, then CUDA, when onnxruntime reports them, and always ends with CPU.
+    Explicit ``providers`` win; unknown or unavailable ones raise :class:`ConfigError`.
+    """
+    ort = onnxruntime()
+    available = ort.get_available_providers()
+    if providers is not None:
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise ConfigError(f"ONNX Runtime providers {missing} are not available here; available: {available}.")
+        return list(providers)
+    device = (device or "auto").lower().split(":")[0]
+    if device == "auto":
+        wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+    if device not in PROVIDER_ALIASES:
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'tensorrt' for the onnxruntime backend; got {device!r}.")
+    chosen = PROVIDER_ALIASES[device]
+    if chosen[0] not in available:
+        raise ConfigError(
+            f"device {device!r} needs {chosen[0]}, which this onnxruntime build lacks (available: {available}). "
+            f"Install onnxruntime-gpu for CUDA/TensorRT, or use device='cpu'."
+        )
+    return [p for p in chosen if p in available]
+
+
+def make_session(path: str | os.PathLike, *, device: str = "auto", providers: list[str] | None = None,
+                 threads: int | None = None):
+    """An ``onnxruntime.InferenceSession`` for ``path`` with the chosen providers and intra-op threads."""
+    ort = onnxruntime()
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: ONNX file not found; export the model again with `imseg export`.")
+    options = ort.SessionOptions()
+    if threads is not None:
+        if int(threads) < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=select_providers(device, providers))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ExportError(f"{path}: ONNX Runtime could not load the model ({exc}). Re-export it.") from exc
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``imseg_export.json`` of an export directory."""
+    path = Path(path)
+    file = path / MANIFEST if path.is_dir() else path
+    if not file.is_file():
+        raise ModelNotFoundError(
+            f"{path}: no {MANIFEST} found, so this is not an imseg export directory. "
+            f"Create one with `imseg export --model NAME --checkpoint P --out DIR` or `imseg export --run RUN`."
+        )
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{file}: unreadable export manifest ({exc}); export again.") from exc
+
+
+# ============================================================================ SAM
+class ResizeLongestSide:
+    """Coordinates and images to the 1024-longest-side frame of SAM (official semantics)."""
+
+    def __init__(self, target_length: int) -> None:
+        self.target_length = int(target_length)
+
+    def get_preprocess_shape(self, old_h: int, old_w: int) -> tuple[int, int]:
+        scale = self.target_length / max(old_h, old_w)
+        return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> (h, w, 3) uint8, bilinear (PIL, as the official predictor)."""
+        from PIL import Image
+
+        h, w = self.get_preprocess_shape(*image.shape[:2])
+        return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+        """(..., 2) XY pixel coordinates in the original image -> resized frame (float)."""
+        h, w = original_size
+        new_h, new_w = self.get_preprocess_shape(h, w)
+        out = np.array(coords, dtype=float, copy=True)
+        out[..., 0] *= new_w / w
+        out[..., 1] *= new_h / h
+        return out
+
+    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+        return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+    def apply_coords_torch(self, coords, original_size):
+        import torch
+
+        return torch.as_tensor(self.apply_coords(coords.detach().cpu().numpy(), original_size), dtype=torch.float32)
+
+    def apply_boxes_torch(self, boxes, original_size):
+        import torch
+
+        return torch.as_tensor(self.apply_boxes(boxes.detach().cpu().numpy(), original_size), dtype=torch.float32)
+
+
+class _ModelInfo:
+    """What the automatic mask generator reads from ``predictor.model``."""
+
+    def __init__(self, mask_threshold: float, img_size: int) -> None:
+        self.mask_threshold = mask_threshold
+        self.image_format = "RGB"
+        self.device = "cpu"
+
+        class _Encoder:
+            pass
+
+        self.image_encoder = _Encoder()
+        self.image_encoder.img_size = img_size
+
+
+class OrtSamPredictor:
+    """``SamPredictor`` on ONNX Runtime sessions (encoder + official-interface decoder).
+
+    ``set_image(image)`` embeds an RGB uint8 (H, W, 3) image; ``predict`` takes points (N, 2) XY in
+    image pixels, labels (N,), a box XYXY (4,) and/or a low-res mask (1, 256, 256) and returns
+    masks (C, H, W) bool, iou predictions (C,) and low-res logits (C, 256, 256).
+    """
+
+    def __init__(self, export_dir: str | os.PathLike, *, device: str = "auto", providers: list[str] | None = None,
+                 threads: int | None = None, files: dict[str, str] | None = None) -> None:
+        export_dir = Path(export_dir)
+        self.manifest = read_manifest(export_dir)
+        if self.manifest.get("family") != "sam":
+            raise ExportError(f"{export_dir}: not a SAM export (family={self.manifest.get('family')!r}).")
+        files = files or self.manifest["files"]
+        self.encoder = make_session(export_dir / files["encoder"], device=device, providers=providers, threads=threads)
+        self.decoder = make_session(export_dir / files["decoder"], device=device, providers=providers, threads=threads)
+        self.img_size = int(self.manifest.get("img_size", 1024))
+        self.raw_input = bool(self.manifest.get("raw_input", False))
+        self.single_mask = bool(self.manifest.get("single_mask", False))
+        norm = self.manifest["normalization"]
+        self.pixel_mean = np.asarray(norm["mean"], np.float32)
+        self.pixel_std = np.asarray(norm["std"], np.float32)
+        self.transform = ResizeLongestSide(self.img_size)
+        self.model = _ModelInfo(float(self.manifest.get("mask_threshold", 0.0)), self.img_size)
+        self.device = "cpu"  # tensors handed to/returned from predict_torch live on the CPU
+        self.reset_image()
+
+    # ---------------------------------------------------------------- image
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features: np.ndarray | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """RGB uint8 (H, W, 3) -> (1, 3, S, S) float32: resize, normalise, zero-pad."""
+        resized = self.transform.apply_image(image)
+        x = (resized.astype(np.float32) - self.pixel_mean) / self.pixel_std
+        padded = np.zeros((self.img_size, self.img_size, 3), np.float32)
+        padded[: x.shape[0], : x.shape[1]] = x
+        return np.ascontiguousarray(padded.transpose(2, 0, 1)[None])
+
+    def set_image(self, image: Any, image_format: str = "RGB") -> None:
+        """Compute the image embedding (1, 256, 64, 64) of an RGB image (any ``read_image`` source)."""
+        image = read_image(image)
+        if image_format.upper() == "BGR":
+            image = np.ascontiguousarray(image[..., ::-1])
+        elif image_format.upper() != "RGB":
+            raise ConfigError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        self.original_size = (int(image.shape[0]), int(image.shape[1]))
+        self.input_size = self.transform.get_preprocess_shape(*self.original_size)
+        if self.raw_input:
+            self.features = self.encoder.run(["image_embeddings"], {"image": np.ascontiguousarray(image)})[0]
+        else:
+            self.features = self.encoder.run(["image_embeddings"], {"image": self.preprocess(image)})[0]
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> np.ndarray:
+        if not self.is_image_set:
+            raise StateError("no image set: call set_image(image) before get_image_embedding().")
+        return self.features
+
+    # ---------------------------------------------------------------- decoding
+    def decode(self, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None = None):
+        """Run the decoder. coords (B, N, 2) in the resized frame, labels (B, N) -> masks logits
+        (B, M, H, W), iou (B, M), low-res logits (B, M, 256, 256); M = 4 (or 1 for single-mask exports)."""
+        if not self.is_image_set:
+            raise StateError("no image set: call set_image(image) before predict().")
+        low = self.img_size // 4
+        feeds = {
+            "image_embeddings": self.features,
+            "point_coords": np.ascontiguousarray(coords, np.float32),
+            "point_labels": np.ascontiguousarray(labels, np.float32),
+            "mask_input": np.zeros((1, 1, low, low), np.float32) if mask_input is None
+            else np.ascontiguousarray(mask_input, np.float32).reshape(-1, 1, low, low),
+            "has_mask_input": np.array([0.0 if mask_input is None else 1.0], np.float32),
+            "orig_im_size": np.array(self.original_size, np.float32),
+        }
+        return self.decoder.run(None, feeds)
+
+    def _prompt_arrays(self, coords, labels, boxes):
+        """Append box corners (labels 2, 3) or the padding point (label -1), as the official encoder does."""
+        batch = coords.shape[0] if coords is not None else boxes.shape[0]
+        parts_c, parts_l = [], []
+        if coords is not None:
+            parts_c.append(coords)
+            parts_l.append(labels)
+        if boxes is not None:
+            parts_c.append(boxes.reshape(batch, 2, 2))
+            parts_l.append(np.tile(np.array([[2.0, 3.0]], np.float32), (batch, 1)))
+        else:
+            parts_c.append(np.zeros((batch, 1, 2), np.float32))
+            parts_l.append(-np.ones((batch, 1), np.float32))
+        return np.concatenate(parts_c, axis=1), np.concatenate(parts_l, axis=1)
+
+    def _select(self, masks, iou, low_res, multimask_output: bool):
+        if self.single_mask:
+            return masks, iou, low_res
+        sl = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, sl], iou[:, sl], low_res[:, sl]
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
+                multimask_output: bool = True, return_logits: bool = False):
+        """Official ``SamPredictor.predict`` semantics on ONNX Runtime (see class docstring)."""
+        if not self.is_image_set:
+            raise StateError("no image set: call set_image(image) before predict().")
+        coords = labels = boxes = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ConfigError("point_labels must be given with point_coords (1 = foreground, 0 = background).")
+            pts, labs = validate_points(point_coords, point_labels, self.original_size)
+            coords = self.transform.apply_coords(pts, self.original_size)[None].astype(np.float32)
+            labels = np.asarray(labs, np.float32)[None]
+        if box is not None:
+            b = validate_box(box, self.original_size)
+            boxes = self.transform.apply_boxes(np.asarray(b, np.float32).reshape(1, 4), self.original_size).astype(np.float32)
+        if coords is None and boxes is None and mask_input is None:
+            raise ConfigError("predict needs at least one prompt: points, a box or a mask_input.")
+        if coords is None and boxes is None:
+            coords, labels = np.zeros((1, 0, 2), np.float32), np.zeros((1, 0), np.float32)
+        coords, labels = self._prompt_arrays(coords, labels, boxes)
+        masks, iou, low_res = self._select(*self.decode(coords, labels, mask_input), multimask_output)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks[0], iou[0], low_res[0]
+
+    def predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None,
+                      multimask_output: bool = True, return_logits: bool = False):
+        """Batched prompts as torch tensors in the resized frame (official ``predict_torch``):
+        coords (B, N, 2), labels (B, N), boxes (B, 4) -> masks (B, C, H, W), iou (B, C), low-res (B, C, 256, 256)."""
+        import torch
+
+        def np_or_none(t):
+            return None if t is None else t.detach().cpu().numpy().astype(np.float32)
+
+        coords, labels, bx = np_or_none(point_coords), np_or_none(point_labels), np_or_none(boxes)
+        coords, labels = self._prompt_arrays(coords, labels, bx)
+        masks, iou, low_res = self._select(*self.decode(coords, labels, np_or_none(mask_input)), multimask_output)
+        masks_t = torch.from_numpy(masks)
+        if not return_logits:
+            masks_t = masks_t > self.model.mask_threshold
+        return masks_t, torch.from_numpy(iou), torch.from_numpy(low_res)
+
+
+def automatic_generator(predictor: OrtSamPredictor, generator_cls: type | None = None, **options: Any):
+    """An automatic mask generator (default: ``imseg.sam.automatic.SamAutomaticMaskGenerator``) driven by
+    the ORT predictor: its logic is reused unchanged, only the predictor it builds is swapped."""
+    import contextlib
+    import sys
+
+    if generator_cls is None:
+        try:
+            from ..sam.automatic import SamAutomaticMaskGenerator as generator_cls
+        except ImportError as exc:
+            raise StateError(
+                "everything mode on ONNX Runtime reuses imseg.sam.automatic, which is not available in this "
+                "install; use prompt mode (points=/box=) or backend='torch'."
+            ) from exc
+    module = sys.modules[generator_cls.__module__]
+    with contextlib.ExitStack() as stack:
+        # the generator's __init__ builds SamPredictor(model); hand it the ORT predictor instead
+        if hasattr(module, "SamPredictor"):
+            stack.callback(setattr, module, "SamPredictor", module.SamPredictor)
+            module.SamPredictor = lambda *_args, **_kwargs: predictor
+        generator = generator_cls(predictor.model, **options)
+    generator.predictor = predictor
+    return generator
+
+
+class OrtSamSegmenter(Segmenter):
+    """SAM on ONNX Runtime: prompt mode (points/labels/box) and everything mode (automatic masks)."""
+
+    supports_prompts = True
+
+    def __init__(self, export_dir: str | os.PathLike, *, device: str = "auto", providers: list[str] | None = None,
+                 threads: int | None = None, generator_cls: type | None = None, **amg_options: Any) -> None:
+        self.generator_cls = generator_cls
+        self.predictor = OrtSamPredictor(export_dir, device=device, providers=providers, threads=threads)
+        self.name = str(self.predictor.manifest.get("model", "sam"))
+        self.amg_options = amg_options
+
+    def segment(self, image, *, points=None, labels=None, box=None, multimask_output: bool | None = None,
+                **kwargs: Any) -> Masks:
+        """Everything mode without prompts; prompt mode returns the candidate masks sorted by IoU score.
+
+        ``multimask_output`` defaults to True for a single point without a box (ambiguous prompt).
+        """
+        image = read_image(image)
+        if points is None and box is None:
+            generator = automatic_generator(self.predictor, self.generator_cls, **{**self.amg_options, **kwargs})
+            records = generator.generate(image)
+            return _records_to_masks(records, image.shape[:2])
+        if kwargs:
+            raise ConfigError(f"unexpected options for prompt mode: {sorted(kwargs)}")
+        self.predictor.set_image(image)
+        if multimask_output is None:
+            multimask_output = box is None and points is not None and len(np.asarray(points).reshape(-1, 2)) == 1
+        masks, iou, _ = self.predictor.predict(points, labels, box, multimask_output=multimask_output)
+        order = np.argsort(-iou, kind="stable")
+        return Masks(masks[order], scores=iou[order], image_size=image.shape[:2])
+
+
+def _records_to_masks(records: list[dict], size: tuple[int, int]) -> Masks:
+    """Automatic-generator records (official fields) -> Masks with extra per-mask fields."""
+    if not records:
+        return Masks(np.zeros((0, *size), bool), image_size=size)
+    seg = [r["segmentation"] for r in records]
+    kwargs: dict[str, Any] = {
+        "scores": [r["predicted_iou"] for r in records],
+        "boxes": [r["bbox"] for r in records],
+        "areas": [r["area"] for r in records],
+        "stability_score": np.asarray([r["stability_score"] for r in records], np.float32),
+        "point_coords": np.asarray([np.asarray(r["point_coords"], np.float32).reshape(-1, 2)[0] for r in records]),
+        "crop_box": np.asarray([r["crop_box"] for r in records], np.float32),
+    }
+    if isinstance(seg[0], dict):
+        return Masks(rles=seg, image_size=size, **kwargs)
+    return Masks(np.stack(seg).astype(bool), image_size=size, **kwargs)
+
+
+# ============================================================================ semantic
+def _pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
+    """(N, C, H, W) -> zero-padded bottom/right to multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)))
+
+
+def semantic_preprocess(image: np.ndarray, mean, std, pad_multiple: int) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> (1, 3, H', W') float32 normalised (x/255 - mean)/std, padded to the multiple."""
+    x = (image.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return _pad_to_multiple(np.ascontiguousarray(x.transpose(2, 0, 1)[None]), int(pad_multiple))
+
+
+class OrtSemanticSegmenter(Segmenter):
+    """A semantic model on ONNX Runtime: ``segment(image)`` -> one mask per class present (``labels`` set)."""
+
+    supports_prompts = False
+
+    def __init__(self, export_dir: str | os.PathLike, *, device: str = "auto", providers: list[str] | None = None,
+                 threads: int | None = None, files: dict[str, str] | None = None) -> None:
+        export_dir = Path(export_dir)
+        self.manifest = read_manifest(export_dir)
+        files = files or self.manifest["files"]
+        self.session = make_session(export_dir / files["model"], device=device, providers=providers,
+                                    threads=threads)
+        self.name = str(self.manifest.get("model", "semantic"))
+        self.class_names = list(self.manifest["class_names"])
+        self.mean = self.manifest["normalization"]["mean"]
+        self.std = self.manifest["normalization"]["std"]
+        self.pad_multiple = int(self.manifest.get("pad_multiple", 32))
+
+    def predict_logits(self, image) -> np.ndarray:
+        """(C, H, W) float32 logits of one image."""
+        image = read_image(image)
+        x = semantic_preprocess(image, self.mean, self.std, self.pad_multiple)
+        logits = self.session.run(None, {"image": x})[0]
+        return logits[0, :, : image.shape[0], : image.shape[1]]
+
+    def predict_labels(self, image) -> np.ndarray:
+        """(H, W) int64 class map."""
+        return self.predict_logits(image).argmax(axis=0)
+
+    def segment(self, image, *, points=None, labels=None, box=None, **kwargs: Any) -> Masks:
+        if points is not None or box is not None:
+            from ..errors import PromptError
+
+            raise PromptError(f"{self.name}: semantic models take no prompts; call segment(image) without points/box.")
+        label_map = self.predict_labels(image)
+        return Masks.from_label_map(label_map, background=None, class_names=self.class_names)
+
+
+# ============================================================================ entry points
+def load_exported(path: str | os.PathLike, device: str = "auto", providers: list[str] | None = None,
+                  threads: int | None = None, checkpoint: Any = None, **kwargs: Any) -> Segmenter:
+    """Load an export directory (with ``imseg_export.json``) as an ONNX Runtime segmenter."""
+    onnxruntime()
+    manifest = read_manifest(path)
+    family = manifest.get("family")
+    if manifest.get("format") != "onnx":
+        raise ExportError(
+            f"{path}: export format {manifest.get('format')!r} cannot run on ONNX Runtime; export with --format onnx."
+        )
+    if family == "sam":
+        return OrtSamSegmenter(path, device=device, providers=providers, threads=threads, **kwargs)
+    if family == "semantic":
+        if kwargs:
+            raise ConfigError(f"unexpected options for a semantic export: {sorted(kwargs)}")
+        return OrtSemanticSegmenter(path, device=device, providers=providers, threads=threads)
+    raise ExportError(f"{path}: unknown model family {family!r} in {MANIFEST}.")
+
+
+def export_cache_dir(spec_name: str, checkpoint: str | os.PathLike) -> Path:
+    """Cache directory of the ONNX export of ``checkpoint`` (keyed by its path, size and mtime)."""
+    from ..registry import cache_dir
+
+    ckpt = Path(checkpoint).resolve()
+    stat = ckpt.stat()
+    key = hashlib.sha256(f"{ckpt}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "onnx" / f"{spec_name}-{key}"
+
+
+def load_registry_model(spec, checkpoint: str | os.PathLike | None = None, device: str = "auto",
+                        providers: list[str] | None = None, threads: int | None = None, **kwargs: Any) -> Segmenter:
+    """A registry model on ONNX Runtime: export ``checkpoint`` to the cache once, then load it."""
+    onnxruntime()
+    if spec.family != "sam":
+        raise ConfigError(
+            f"model {spec.name!r} ({spec.family}) has no ONNX Runtime backend; use backend='torch'. "
+            f"Semantic runs: `imseg export --run RUN --format onnx`, then imseg.load(EXPORT_DIR)."
+        )
+    if checkpoint is None:
+        from ..registry import find_weights
+
+        checkpoint = find_weights(spec.name)
+        if checkpoint is None:
+            raise CheckpointError(
+                f"no checkpoint for {spec.name!r}: pass checkpoint=PATH, run `imseg weights download {spec.name}`, "
+                f"or export once with `imseg export --model {spec.name} --checkpoint P --out DIR` and load DIR."
+            )
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} not found.")
+    target = export_cache_dir(spec.name, checkpoint)
+    if not (target / MANIFEST).is_file():
+        from . import export_sam_checkpoint
+
+        try:
+            export_sam_checkpoint(spec, checkpoint, target)
+        except DependencyError:
+            raise
+        except ExportError as exc:
+            raise ExportError(
+                f"{exc}\nExport it explicitly with `imseg export --model {spec.name} --checkpoint {checkpoint} --out DIR`, "
+                f"then imseg.load(DIR, backend='onnxruntime')."
+            ) from exc
+    return load_exported(target, device=device, providers=providers, threads=threads, **kwargs)
