@@ -267,6 +267,12 @@ class RandomElastic(v2.Transform):
         return tv_tensors.wrap(torch.from_numpy(out.astype(array.dtype, copy=False)), like=inpt)
 
 
+def _writable(array: np.ndarray) -> np.ndarray:
+    """Contiguous, writable view or copy (torch refuses to wrap read-only numpy memory)."""
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()
+
+
 class SegmentationTransform:
     """Callable ``(rgb uint8 (H,W,3), mask int (H,W)) -> (float32 (3,h,w), int64 (h,w))``.
 
@@ -279,8 +285,8 @@ class SegmentationTransform:
         self.normalize = normalize
 
     def __call__(self, image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        img_t = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        mask_t = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(mask))
+        img_t = image if isinstance(image, torch.Tensor) else torch.from_numpy(_writable(image)).permute(2, 0, 1)
+        mask_t = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(_writable(mask))
         img = tv_tensors.Image(img_t)
         msk = tv_tensors.Mask(mask_t)
         if self.pipeline is not None:
@@ -288,7 +294,8 @@ class SegmentationTransform:
         out = TF.to_dtype(img.as_subclass(torch.Tensor), torch.float32, scale=True)
         if self.normalize:
             out = TF.normalize(out, list(IMAGENET_MEAN), list(IMAGENET_STD))
-        return out.contiguous(), msk.as_subclass(torch.Tensor).to(torch.int64).contiguous()
+        target = msk.as_subclass(torch.Tensor).to(torch.int64, copy=self.pipeline is None).contiguous()
+        return out.contiguous(), target
 
     def __repr__(self) -> str:
         return f"SegmentationTransform({self.pipeline!r}, normalize={self.normalize})"
