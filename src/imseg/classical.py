@@ -243,6 +243,8 @@ def adaptive(
     if method not in ("gaussian", "mean", "median"):
         raise ConfigError(f"adaptive: method must be 'gaussian', 'mean' or 'median', got {method!r}.")
     gray = _gray(image)
+    if _is_constant(gray):  # no local contrast anywhere: no foreground
+        return np.zeros(gray.shape, bool)
     local = filters.threshold_local(gray, block_size=int(block_size), method=method, offset=float(offset))
     return gray <= local if invert else gray > local
 
@@ -502,6 +504,8 @@ def kmeans(
     features, brightness, shape = _colour_features(image, spatial_weight)
     sample = _sample(features, max_samples, seed)
     k = _n_clusters(sample, n_segments)
+    if k == 1:  # one colour: one class
+        return np.ones(shape, np.int32)
     model = sklearn_cluster.KMeans(n_clusters=k, n_init=3, random_state=seed).fit(sample)
     return _order_by_brightness(model.predict(features), brightness, shape)
 
@@ -522,6 +526,8 @@ def gmm(
     features, brightness, shape = _colour_features(image, spatial_weight)
     sample = _sample(features, max_samples, seed)
     k = _n_clusters(sample, n_segments)
+    if k == 1:  # one colour: one class
+        return np.ones(shape, np.int32)
     model = sklearn_mixture.GaussianMixture(
         n_components=k, covariance_type=covariance_type, random_state=seed, reg_covar=1e-3
     ).fit(sample)
@@ -705,11 +711,10 @@ def _check_params(method: str, params: dict[str, Any]) -> None:
 
 
 def _to_masks(result: np.ndarray, output: str) -> Masks:
+    if not np.asarray(result).any():  # nothing found: an empty Masks of the image's size
+        return Masks(rles=[], image_size=result.shape)
     if output == "mask":
-        mask = np.asarray(result, bool)
-        if not mask.any():
-            return Masks(np.zeros((0, *mask.shape), bool), image_size=mask.shape)
-        return Masks(mask[None])
+        return Masks(np.asarray(result, bool)[None])
     if output == "classes":
         return Masks.from_label_map(result, background=0, instances=False)
     return Masks.from_label_map(result, background=0, instances=True)

@@ -52,8 +52,9 @@ def _rebuild(masks: Masks, stack: np.ndarray, keep_index: np.ndarray | None = No
         keep_index = np.arange(len(stack))
     nonempty = stack.reshape(len(stack), -1).any(axis=1) if len(stack) else np.zeros(0, bool)
     stack, keep_index = stack[nonempty], keep_index[nonempty]
+    dense = {"masks": stack} if len(stack) else {"rles": []}  # Masks takes no (0, H, W) dense array
     return Masks(
-        stack if len(stack) else np.zeros((0, *masks.image_size), bool),
+        **dense,
         scores=masks.scores[keep_index],
         labels=None if masks.labels is None else masks.labels[keep_index],
         class_names=masks.class_names,
