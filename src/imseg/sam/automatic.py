@@ -1,0 +1,711 @@
+"""Segment everything: a grid of point prompts -> filtered, de-duplicated masks.
+
+``SamAutomaticMaskGenerator`` has the official segment_anything constructor and ``generate()``
+output, and gives the same masks on the same weights. It is faster because of how the work is
+ordered, not because it approximates:
+
+* the image embedding is shared by all prompts (broadcast, never copied per prompt), and the
+  prompt-independent projections of the first decoder block are computed once per image;
+* attention over the 64x64 image tokens is re-associated so per-prompt work multiplies by the
+  few prompt tokens instead of projecting every image token (same function, fewer FLOPs);
+* candidates are filtered by predicted IoU before any mask is upscaled; only prompts with a
+  surviving candidate go through the upscaling convolutions (written as matmuls);
+* survivors are upsampled to full resolution in memory-bounded chunks, where stability score,
+  thresholding and boxes are computed vectorised; RLEs come from pycocotools; NMS from torchvision.
+
+The model may be ours (``imseg.sam``) or an official ``segment_anything`` / ``mobile_sam`` model:
+only the official module and parameter names are used.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from itertools import product
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ConfigError, InputError
+from ..masks import Masks
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+#: Images above this many pixels need crop layers (tiling); see ``max_pixels``.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+#: Bytes of float32 full-resolution logits held at once while upsampling candidates.
+CHUNK_BYTES = 128 * 1024 * 1024
+
+
+# ----------------------------------------------------------------------------- grids and crops
+def build_point_grid(n_per_side: int) -> np.ndarray:
+    """(n*n, 2) XY points in [0, 1], cell centres of an n x n grid, row by row."""
+    offset = 1.0 / (2 * n_per_side)
+    side = np.linspace(offset, 1 - offset, n_per_side)
+    xs = np.tile(side[None, :], (n_per_side, 1))
+    ys = np.tile(side[:, None], (1, n_per_side))
+    return np.stack([xs, ys], axis=-1).reshape(-1, 2)
+
+
+def build_layer_point_grids(n_per_side: int, n_layers: int, downscale: int) -> list[np.ndarray]:
+    """One grid per crop layer; layer i has ``n_per_side / downscale**i`` points per side."""
+    return [build_point_grid(int(n_per_side / (downscale**i))) for i in range(n_layers + 1)]
+
+
+def generate_crop_boxes(
+    image_size: tuple[int, int], n_layers: int, overlap_ratio: float
+) -> tuple[list[list[int]], list[int]]:
+    """XYXY crop boxes (pixels) and their layer index: the full image, then 2^i x 2^i overlapping crops."""
+    h, w = image_size
+    boxes: list[list[int]] = [[0, 0, w, h]]
+    layers = [0]
+    short_side = min(h, w)
+    for layer in range(1, n_layers + 1):
+        per_side = 2**layer
+        overlap = int(overlap_ratio * short_side * (2 / per_side))
+        crop_w = math.ceil((overlap * (per_side - 1) + w) / per_side)
+        crop_h = math.ceil((overlap * (per_side - 1) + h) / per_side)
+        x0s = [int((crop_w - overlap) * i) for i in range(per_side)]
+        y0s = [int((crop_h - overlap) * i) for i in range(per_side)]
+        for x0, y0 in product(x0s, y0s):
+            boxes.append([x0, y0, min(x0 + crop_w, w), min(y0 + crop_h, h)])
+            layers.append(layer)
+    return boxes, layers
+
+
+def resized_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """(H', W') with the longer side scaled to ``long_side`` (SAM's ResizeLongestSide)."""
+    scale = long_side * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+# ----------------------------------------------------------------------------- small mask helpers
+def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
+    """(N,) IoU between the masks at ``threshold + offset`` and ``threshold - offset``; logits (N, H, W)."""
+    import torch
+
+    high = (logits > threshold + offset).flatten(1).sum(1)
+    low = (logits > threshold - offset).flatten(1).sum(1)
+    return torch.where(low > 0, high / low.clamp(min=1), torch.zeros_like(high, dtype=torch.float32)).float()
+
+
+def masks_to_boxes_xyxy(masks: torch.Tensor) -> torch.Tensor:
+    """(N, 4) XYXY boxes with inclusive max corner (official SAM convention) of (N, H, W) bool masks.
+
+    Empty masks get [0, 0, 0, 0].
+    """
+    import torch
+
+    n, h, w = masks.shape
+    if n == 0:
+        return torch.zeros((0, 4), dtype=torch.long, device=masks.device)
+    rows = masks.any(dim=2)
+    cols = masks.any(dim=1)
+    ys = torch.arange(h, device=masks.device)
+    xs = torch.arange(w, device=masks.device)
+    y1 = torch.where(rows, ys, -1).amax(1)
+    y0 = torch.where(rows, ys, h).amin(1)
+    x1 = torch.where(cols, xs, -1).amax(1)
+    x0 = torch.where(cols, xs, w).amin(1)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1)
+    empty = ~rows.any(1)
+    return torch.where(empty[:, None], torch.zeros_like(boxes), boxes)
+
+
+def box_near_crop_edge(boxes: torch.Tensor, crop_box: list[int], image_box: list[int], atol: float = 20.0):
+    """(N,) bool: boxes (XYXY, crop frame) within ``atol`` px of a crop edge that is not an image edge."""
+    import torch
+
+    offset = torch.tensor([crop_box[0], crop_box[1], crop_box[0], crop_box[1]], device=boxes.device)
+    boxes = (boxes + offset).float()
+    crop = torch.tensor(crop_box, dtype=torch.float, device=boxes.device)
+    image = torch.tensor(image_box, dtype=torch.float, device=boxes.device)
+    near_crop = torch.isclose(boxes, crop[None], atol=atol, rtol=0)
+    near_image = torch.isclose(boxes, image[None], atol=atol, rtol=0)
+    return (near_crop & ~near_image).any(dim=1)
+
+
+def remove_small_regions(mask: np.ndarray, min_area: int, mode: str) -> tuple[np.ndarray, bool]:
+    """Fill holes (``mode="holes"``) or drop islands (``"islands"``) smaller than ``min_area`` px.
+
+    8-connected components (OpenCV). When every island is small, the largest one is kept.
+    Returns the new (H, W) bool mask and whether it changed.
+    """
+    import cv2
+
+    fill_holes = mode == "holes"
+    work = (mask ^ fill_holes).astype(np.uint8)
+    n_labels, regions, stats, _ = cv2.connectedComponentsWithStats(work, connectivity=8)
+    sizes = stats[1:, cv2.CC_STAT_AREA]
+    small = np.flatnonzero(sizes < min_area) + 1
+    if small.size == 0:
+        return mask, False
+    if fill_holes:  # label 0 is the mask itself; add the small background components to it
+        return np.isin(regions, np.concatenate([[0], small])), True
+    keep = np.setdiff1d(np.arange(1, n_labels), small)
+    if keep.size == 0:
+        keep = np.array([int(np.argmax(sizes)) + 1])
+    return np.isin(regions, keep), True
+
+
+def rle_counts(mask: np.ndarray) -> list[int]:
+    """Uncompressed COCO RLE counts of an (H, W) bool mask (column-major runs, zeros first)."""
+    flat = np.asarray(mask, bool).ravel(order="F")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    edges = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(edges).tolist()
+    if flat.size and flat[0]:
+        counts = [0, *counts]
+    return counts
+
+
+def _encode_rles(masks: np.ndarray) -> list[dict]:
+    """pycocotools RLEs (counts as bytes) of (N, W, H) C-contiguous uint8 masks (transposed layout)."""
+    from pycocotools import mask as mask_utils
+
+    if len(masks) == 0:
+        return []
+    return mask_utils.encode(masks.transpose(2, 1, 0))  # (H, W, N) Fortran view, no copy
+
+
+# ----------------------------------------------------------------------------- the fast decoder
+def _heads_weight(linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A projection's weight as (heads, d, C_in) and bias as (heads, d)."""
+    w = linear.weight
+    return w.reshape(heads, -1, w.shape[1]), linear.bias.reshape(heads, -1)
+
+
+class _ImageDecoder:
+    """SAM's mask decoder specialised to one image embedding and many single-point prompts.
+
+    Computes exactly what ``MaskDecoder.predict_masks`` computes (up to float re-association),
+    without repeating the image embedding per prompt.
+    """
+
+    def __init__(self, model, embedding: torch.Tensor) -> None:
+        import torch
+
+        dec = model.mask_decoder
+        pe = model.prompt_encoder
+        self.model = model
+        self.dec = dec
+        self.tr = dec.transformer
+        dtype = embedding.dtype
+        c = embedding.shape[1]
+        self.grid = tuple(embedding.shape[-2:])
+        # (1, N, C) image tokens: embedding + "no mask" dense prompt, and their positional encoding
+        src = embedding + pe.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dtype)
+        self.src = src.flatten(2).transpose(1, 2)
+        self.pos = pe.get_dense_pe().to(dtype).flatten(2).transpose(1, 2)
+        self.src_pos = self.src + self.pos
+        self.output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0).to(dtype)
+        layer0 = self.tr.layers[0]
+        # prompt-independent projections of block 0 (keys are still the shared image tokens)
+        t2i, i2t = layer0.cross_attn_token_to_image, layer0.cross_attn_image_to_token
+        self.k0 = self._split(t2i.k_proj(self.src_pos), t2i.num_heads)  # (1, h, N, d)
+        self.v0 = self._split(t2i.v_proj(self.src), t2i.num_heads)
+        self.q0 = self._split(i2t.q_proj(self.src_pos), i2t.num_heads)
+        self.c = c
+
+    @staticmethod
+    def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
+        b, n, ci = x.shape
+        return x.reshape(b, n, heads, ci // heads).transpose(1, 2)
+
+    @staticmethod
+    def _merge(x: torch.Tensor) -> torch.Tensor:
+        b, h, n, d = x.shape
+        return x.transpose(1, 2).reshape(b, n, h * d)
+
+    # -- attention of few prompt tokens to many image tokens ---------------------------------
+    def _tokens_to_image(self, attn, queries: torch.Tensor, keys_pos, keys, shared=None):
+        """``attn(q=queries, k=keys_pos, v=keys)`` for (B, T, C) queries and (B, N, C) keys.
+
+        Re-associated as (q W_k) keys^T and (softmax @ keys) W_v^T: the image tokens are never
+        projected per prompt. ``shared`` = precomputed (k, v) heads when keys are prompt-independent.
+        """
+        import torch
+
+        h = attn.num_heads
+        q = self._split(attn.q_proj(queries), h)  # (B, h, T, d)
+        d = q.shape[-1]
+        if shared is not None:
+            k, v = shared
+            weights = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(d), dim=-1)
+            out = weights @ v
+        else:
+            wk, _ = _heads_weight(attn.k_proj, h)  # (h, d, C); the k bias cancels in softmax
+            wv, bv = _heads_weight(attn.v_proj, h)
+            b, _, t, _ = q.shape
+            qk = (q @ wk).reshape(b, h * t, -1)  # (B, h*T, C)
+            logits = (qk @ keys_pos.transpose(1, 2)) / math.sqrt(d)  # (B, h*T, N)
+            weights = torch.softmax(logits, dim=-1)
+            mixed = (weights @ keys).reshape(b, h, t, -1)  # (B, h, T, C)
+            out = mixed @ wv.transpose(1, 2) + bv[None, :, None, :]  # (B, h, T, d)
+        return attn.out_proj(self._merge(out))
+
+    def _image_to_tokens(self, attn, queries: torch.Tensor, query_pe: torch.Tensor, keys_pos, shared_q=None):
+        """``attn(q=keys_pos, k=queries+query_pe, v=queries)`` -> (B, N, C) update of the image tokens."""
+        import torch
+
+        h = attn.num_heads
+        k = self._split(attn.k_proj(queries + query_pe), h)  # (B, h, T, d)
+        v = self._split(attn.v_proj(queries), h)
+        b, _, t, d = k.shape
+        if shared_q is not None:  # (1, h, N, d)
+            logits = shared_q @ k.transpose(-1, -2)  # (B, h, N, T)
+        else:
+            wq, bq = _heads_weight(attn.q_proj, h)  # (h, d, C), (h, d)
+            m = (wq.transpose(1, 2)[None] @ k.transpose(-1, -2))  # (B, h, C, T)
+            m = m.permute(0, 2, 1, 3).reshape(b, -1, h * t)  # (B, C, h*T)
+            bias = (bq[None, :, None, :] * k).sum(-1).reshape(b, 1, h * t)
+            logits = (keys_pos @ m + bias).reshape(b, -1, h, t).transpose(1, 2)  # (B, h, N, T)
+        weights = torch.softmax(logits / math.sqrt(d), dim=-1)  # (B, h, N, T)
+        wo = attn.out_proj.weight  # (C, h*d)
+        wo_heads = wo.reshape(wo.shape[0], h, d).permute(1, 2, 0)  # (h, d, C)
+        u = (v @ wo_heads[None]).reshape(b, h * t, -1)  # (B, h*T, C)
+        n = weights.shape[2]
+        mix = weights.transpose(1, 2).reshape(b, n, h * t)  # (B, N, h*T)
+        return mix @ u + attn.out_proj.bias
+
+    def _block(self, layer, queries, keys, query_pe, first: bool):
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + layer.self_attn(q, q, queries)
+        queries = layer.norm1(queries)
+        if first:
+            upd = self._tokens_to_image(
+                layer.cross_attn_token_to_image, queries + query_pe, None, None, shared=(self.k0, self.v0)
+            )
+        else:
+            keys_pos = keys + self.pos
+            upd = self._tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys_pos, keys)
+        queries = layer.norm2(queries + upd)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        if first:
+            upd = self._image_to_tokens(layer.cross_attn_image_to_token, queries, query_pe, None, shared_q=self.q0)
+            keys = layer.norm4(self.src + upd)
+        else:
+            upd = self._image_to_tokens(layer.cross_attn_image_to_token, queries, query_pe, keys_pos)
+            keys = layer.norm4(keys + upd)
+        return queries, keys
+
+    def transformer(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P, C) prompt embeddings -> (B, T, C) token outputs and (B, N, C) image tokens."""
+        import torch
+
+        b = sparse.shape[0]
+        tokens = torch.cat([self.output_tokens[None].expand(b, -1, -1), sparse], dim=1)
+        queries, keys = tokens, None
+        for i, layer in enumerate(self.tr.layers):
+            queries, keys = self._block(layer, queries, keys, tokens, first=i == 0)
+        upd = self._tokens_to_image(self.tr.final_attn_token_to_image, queries + tokens, keys + self.pos, keys)
+        queries = self.tr.norm_final_attn(queries + upd)
+        return queries, keys
+
+    def upscale(self, keys: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) image tokens -> (B, 4H, 4W, C/8) channels-last upscaled embedding.
+
+        The two stride-2 kernel-2 transposed convolutions are non-overlapping, i.e. matmuls.
+        """
+        up1, norm, act1, up2, act2 = self.dec.output_upscaling
+        b = keys.shape[0]
+        gh, gw = self.grid
+        x = self._conv_t2(keys.reshape(b, gh, gw, -1), up1)
+        x = act1(_layer_norm_last(x, norm))
+        return act2(self._conv_t2(x, up2))
+
+    @staticmethod
+    def _conv_t2(x: torch.Tensor, conv) -> torch.Tensor:
+        b, h, w, cin = x.shape
+        weight = conv.weight  # (C_in, C_out, 2, 2)
+        cout = weight.shape[1]
+        y = x.reshape(-1, cin) @ weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
+        y = y.reshape(b, h, w, 2, 2, cout).permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, cout)
+        return y + conv.bias
+
+    def predict(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All candidates' IoU predictions (B, M) and the tokens/keys needed to make their masks."""
+        hs, keys = self.transformer(sparse)
+        iou = self.dec.iou_prediction_head(hs[:, 0, :])
+        return iou, (hs, keys)
+
+    def masks(self, hs: torch.Tensor, keys: torch.Tensor, mask_ids: list[int]) -> torch.Tensor:
+        """(B, len(mask_ids), 4H, 4W) low-res logits for the given mask-token indices."""
+        import torch
+
+        up = self.upscale(keys)  # (B, 4H, 4W, C8)
+        b, h4, w4, c8 = up.shape
+        hyper = torch.stack([self.dec.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in mask_ids], dim=1)
+        out = up.reshape(b, h4 * w4, c8) @ hyper.transpose(1, 2)  # (B, HW, M)
+        return out.transpose(1, 2).reshape(b, len(mask_ids), h4, w4)
+
+
+def _layer_norm_last(x: torch.Tensor, norm) -> torch.Tensor:
+    """SAM's channels-first LayerNorm2d applied to a channels-last tensor."""
+    import torch.nn.functional as F
+
+    return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, getattr(norm, "eps", 1e-6))
+
+
+# ----------------------------------------------------------------------------- per-crop results
+@dataclass
+class _Candidates:
+    """Masks kept so far, in the original image frame."""
+
+    rles: list = field(default_factory=list)
+    boxes: list = field(default_factory=list)  # torch (n, 4) XYXY chunks
+    iou: list = field(default_factory=list)
+    stability: list = field(default_factory=list)
+    points: list = field(default_factory=list)  # np (n, 2)
+    crop_boxes: list = field(default_factory=list)  # np (n, 4)
+
+    def cat(self):
+        import torch
+
+        boxes = torch.cat(self.boxes) if self.boxes else torch.zeros((0, 4), dtype=torch.long)
+        iou = torch.cat(self.iou) if self.iou else torch.zeros(0)
+        stab = torch.cat(self.stability) if self.stability else torch.zeros(0)
+        points = np.concatenate(self.points) if self.points else np.zeros((0, 2))
+        crops = np.concatenate(self.crop_boxes) if self.crop_boxes else np.zeros((0, 4), np.int64)
+        return self.rles, boxes, iou, stab, points, crops
+
+
+# ----------------------------------------------------------------------------- the generator
+class SamAutomaticMaskGenerator:
+    """Masks for everything in an image from a grid of point prompts (official API and defaults).
+
+    Args:
+        model: a SAM model (``imseg.sam``, ``segment_anything`` or ``mobile_sam``).
+        points_per_side: grid points per image side (points_per_side**2 prompts); or None with
+            ``point_grids``.
+        points_per_batch: prompts decoded together (memory vs speed).
+        pred_iou_thresh: keep candidates whose predicted IoU is above this (0 disables).
+        stability_score_thresh: keep candidates whose stability score is at least this.
+        stability_score_offset: logit offset used for the stability score.
+        box_nms_thresh: box IoU for NMS within a crop.
+        crop_n_layers: extra layers of crops (layer i has 2^i x 2^i crops); > 0 tiles the image.
+        crop_nms_thresh: box IoU for NMS between crops.
+        crop_overlap_ratio: overlap between crops as a fraction of the short image side.
+        crop_n_points_downscale_factor: points per side in layer i are divided by this**i.
+        point_grids: explicit (K, 2) grids in [0, 1], one per crop layer.
+        min_mask_region_area: fill holes / drop islands smaller than this (pixels), then NMS again.
+        output_mode: ``binary_mask`` | ``uncompressed_rle`` | ``coco_rle``.
+        max_pixels: images above this many pixels are refused unless ``crop_n_layers > 0``
+            (default 16.8 MP, or ``$IMSEG_AMG_MAX_PIXELS``).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        *,
+        max_pixels: int | None = None,
+    ) -> None:
+        if (points_per_side is None) == (point_grids is None):
+            raise ConfigError(
+                "give exactly one of points_per_side (e.g. 32) or point_grids (a list of (K, 2) arrays in "
+                "[0, 1], one per crop layer)."
+            )
+        if output_mode not in OUTPUT_MODES:
+            raise ConfigError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}; got {output_mode!r}.")
+        if points_per_batch < 1:
+            raise ConfigError(f"points_per_batch must be >= 1, got {points_per_batch}.")
+        if crop_n_layers < 0:
+            raise ConfigError(f"crop_n_layers must be >= 0, got {crop_n_layers}.")
+        if points_per_side is not None:
+            if points_per_side < 1:
+                raise ConfigError(f"points_per_side must be >= 1, got {points_per_side}.")
+            grids = build_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+        else:
+            grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
+            if len(grids) < crop_n_layers + 1:
+                raise ConfigError(
+                    f"point_grids has {len(grids)} grid(s) but crop_n_layers={crop_n_layers} needs "
+                    f"{crop_n_layers + 1} (one per layer)."
+                )
+            for i, g in enumerate(grids):
+                if g.ndim != 2 or g.shape[1] != 2 or (g.size and (g.min() < 0 or g.max() > 1)):
+                    raise ConfigError(f"point_grids[{i}] must be a (K, 2) array of XY in [0, 1]; got {g.shape}.")
+        for attr in ("image_encoder", "prompt_encoder", "mask_decoder", "preprocess"):
+            if not hasattr(model, attr):
+                raise ConfigError(
+                    f"model has no '{attr}'; pass a SAM model such as imseg.sam.sam_model_registry['vit_b'](...)."
+                )
+        self.model = model
+        self.point_grids = grids
+        self.points_per_batch = int(points_per_batch)
+        self.pred_iou_thresh = float(pred_iou_thresh)
+        self.stability_score_thresh = float(stability_score_thresh)
+        self.stability_score_offset = float(stability_score_offset)
+        self.box_nms_thresh = float(box_nms_thresh)
+        self.crop_n_layers = int(crop_n_layers)
+        self.crop_nms_thresh = float(crop_nms_thresh)
+        self.crop_overlap_ratio = float(crop_overlap_ratio)
+        self.crop_n_points_downscale_factor = int(crop_n_points_downscale_factor)
+        self.min_mask_region_area = int(min_mask_region_area)
+        self.output_mode = output_mode
+        env = os.environ.get("IMSEG_AMG_MAX_PIXELS")
+        self.max_pixels = int(max_pixels if max_pixels is not None else env or DEFAULT_MAX_PIXELS)
+
+    # ------------------------------------------------------------------ public API
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Masks for an (H, W, 3) uint8 RGB image as the official list of records.
+
+        Each record: ``segmentation`` ((H, W) bool array or RLE dict per ``output_mode``),
+        ``area`` (px), ``bbox`` (XYWH, official convention w = x_max - x_min), ``predicted_iou``,
+        ``point_coords`` ([[x, y]]), ``stability_score``, ``crop_box`` (XYWH).
+        """
+        from pycocotools import mask as mask_utils
+
+        result = self._generate(image)
+        rles, boxes, iou, stab, points, crops = result
+        records = []
+        areas = mask_utils.area(rles) if rles else []
+        for i, rle in enumerate(rles):
+            if self.output_mode == "coco_rle":
+                seg: Any = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+            else:
+                dense = mask_utils.decode(rle).astype(bool)
+                seg = dense if self.output_mode == "binary_mask" else {"size": list(rle["size"]), "counts": rle_counts(dense)}
+            x0, y0, x1, y1 = (int(v) for v in boxes[i])
+            cx0, cy0, cx1, cy1 = (int(v) for v in crops[i])
+            records.append(
+                {
+                    "segmentation": seg,
+                    "area": int(areas[i]),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "predicted_iou": float(iou[i]),
+                    "point_coords": [[float(points[i][0]), float(points[i][1])]],
+                    "stability_score": float(stab[i]),
+                    "crop_box": [cx0, cy0, cx1 - cx0, cy1 - cy0],
+                }
+            )
+        return records
+
+    def generate_masks(self, image: Any) -> Masks:
+        """Everything mode as :class:`~imseg.masks.Masks` (RLE-backed; scores = predicted IoU).
+
+        ``image`` is anything :func:`imseg.io.read_image` accepts. Extra fields: ``stability_score``,
+        ``point_coords`` (N, 2) XY px, ``crop_box`` (N, 4) XYXY px. Boxes follow the COCO/pycocotools
+        convention (XYWH, w = x_max - x_min + 1).
+        """
+        from ..io import read_image
+
+        array = read_image(image)
+        rles, _, iou, stab, points, crops = self._generate(array)
+        return Masks(
+            rles=[{"size": list(r["size"]), "counts": r["counts"]} for r in rles],
+            image_size=array.shape[:2],
+            scores=np.asarray(iou, np.float32),
+            stability_score=np.asarray(stab, np.float32),
+            point_coords=np.asarray(points, np.float32).reshape(-1, 2),
+            crop_box=np.asarray(crops, np.int64).reshape(-1, 4),
+        )
+
+    # ------------------------------------------------------------------ pipeline
+    def _check_image(self, image: Any) -> np.ndarray:
+        if not isinstance(image, np.ndarray):
+            raise InputError(
+                f"generate() expects an (H, W, 3) uint8 numpy array, got {type(image).__name__}; "
+                f"use imseg.read_image(path) first, or generate_masks(path)."
+            )
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError(
+                f"generate() expects an (H, W, 3) uint8 RGB image, got shape {image.shape} dtype {image.dtype}; "
+                f"convert with imseg.read_image(array)."
+            )
+        h, w = image.shape[:2]
+        if h == 0 or w == 0:
+            raise InputError(f"image has no pixels ({w}x{h}).")
+        if h * w > self.max_pixels and self.crop_n_layers == 0:
+            raise InputError(
+                f"image is {w}x{h} = {h * w:,} pixels, above the automatic-mask limit of {self.max_pixels:,}. "
+                f"Tile it with crop_n_layers >= 1 (memory then stays bounded per crop), downscale it, or raise "
+                f"max_pixels= / $IMSEG_AMG_MAX_PIXELS."
+            )
+        return image
+
+    def _generate(self, image: np.ndarray):
+        import torch
+        from torchvision.ops import batched_nms
+
+        image = self._check_image(image)
+        h, w = image.shape[:2]
+        crop_boxes, layers = generate_crop_boxes((h, w), self.crop_n_layers, self.crop_overlap_ratio)
+        kept = _Candidates()
+        with torch.inference_mode():
+            for crop_box, layer in zip(crop_boxes, layers):
+                self._process_crop(image, crop_box, layer, kept)
+            rles, boxes, iou, stab, points, crops = kept.cat()
+            if len(crop_boxes) > 1 and len(rles):
+                crop_t = torch.as_tensor(crops, dtype=torch.float)
+                area = (crop_t[:, 2] - crop_t[:, 0]) * (crop_t[:, 3] - crop_t[:, 1])
+                keep = batched_nms(boxes.float(), 1 / area, torch.zeros(len(boxes)), self.crop_nms_thresh)
+                rles, boxes, iou, stab, points, crops = _take(keep, rles, boxes, iou, stab, points, crops)
+            if self.min_mask_region_area > 0 and len(rles):
+                rles, boxes, iou, stab, points, crops = self._remove_small_regions(
+                    rles, boxes, iou, stab, points, crops
+                )
+        return rles, boxes.numpy(), iou.numpy(), stab.numpy(), points, crops
+
+    def _device_dtype(self):
+        param = next(self.model.mask_decoder.parameters())
+        return param.device, param.dtype
+
+    def _embed(self, crop: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Image embedding (1, C, 64, 64) of an (h, w, 3) crop and its resized input size."""
+        import torch
+        from PIL import Image
+
+        device, dtype = self._device_dtype()
+        size = int(self.model.image_encoder.img_size)
+        nh, nw = resized_shape(crop.shape[0], crop.shape[1], size)
+        resized = np.asarray(Image.fromarray(crop).resize((nw, nh), Image.BILINEAR))
+        x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
+        x = self.model.preprocess(x)
+        return self.model.image_encoder(x.to(dtype)), (nh, nw)
+
+    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int, kept: _Candidates) -> None:
+        import torch
+        from torchvision.ops import batched_nms
+
+        x0, y0, x1, y1 = crop_box
+        crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+        ch, cw = crop.shape[:2]
+        embedding, input_size = self._embed(crop)
+        decoder = _ImageDecoder(self.model, embedding)
+        device, dtype = self._device_dtype()
+        points = self.point_grids[layer] * np.array([[cw, ch]], dtype=np.float64)
+        scale = np.array([[input_size[1] / cw, input_size[0] / ch]])
+        part = _Candidates()
+        for start in range(0, len(points), self.points_per_batch):
+            batch = points[start : start + self.points_per_batch]
+            self._process_batch(decoder, batch, batch * scale, input_size, crop_box, image.shape[:2], part, device, dtype)
+        del decoder, embedding
+        rles, boxes, iou, stab, pts, _ = part.cat()
+        if not len(rles):
+            return
+        keep = batched_nms(boxes.float(), iou, torch.zeros(len(boxes)), self.box_nms_thresh)
+        rles, boxes, iou, stab, pts = _take(keep, rles, boxes, iou, stab, pts)
+        offset = torch.tensor([x0, y0, x0, y0])
+        kept.rles.extend(rles)
+        kept.boxes.append(boxes + offset)
+        kept.iou.append(iou)
+        kept.stability.append(stab)
+        kept.points.append(pts + np.array([[x0, y0]]))
+        kept.crop_boxes.append(np.tile(np.array(crop_box, np.int64), (len(rles), 1)))
+
+    def _process_batch(self, decoder, points, model_points, input_size, crop_box, image_size, part, device, dtype):
+        import torch
+
+        n = len(points)
+        coords = torch.as_tensor(model_points, device=device)[:, None, :]  # float64 like the official
+        labels = torch.ones((n, 1), dtype=torch.int, device=device)
+        sparse, _ = self.model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        iou, (hs, keys) = decoder.predict(sparse.to(dtype))
+        iou = iou[:, 1:].float()  # multimask output: tokens 1..3
+        n_masks = iou.shape[1]
+        keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+        prompt_ids = torch.nonzero(keep.any(1)).flatten()
+        if prompt_ids.numel() == 0:
+            return
+        low = decoder.masks(hs[prompt_ids], keys[prompt_ids], list(range(1, 1 + n_masks)))  # (P, 3, h, w)
+        sel = keep[prompt_ids]  # (P, 3)
+        low = low[sel].float()  # (K, h, w) in prompt-major, mask-minor order (as the official)
+        cand_iou = iou[prompt_ids][sel]
+        prompt_of = prompt_ids[:, None].expand(-1, n_masks)[sel].cpu().numpy()
+        del hs, keys
+        self._postprocess(low, cand_iou, points[prompt_of], input_size, crop_box, image_size, part)
+
+    def _postprocess(self, low, iou, points, input_size, crop_box, image_size, part: _Candidates) -> None:
+        """Upsample low-res logits chunk by chunk; stability filter, threshold, boxes, edge filter, RLE."""
+        import torch
+        import torch.nn.functional as F
+
+        x0, y0, x1, y1 = crop_box
+        ch, cw = y1 - y0, x1 - x0
+        img_h, img_w = image_size
+        size = int(self.model.image_encoder.img_size)
+        threshold = float(getattr(self.model, "mask_threshold", 0.0))
+        per_mask = 4 * (ch * cw + size * size)
+        chunk = max(1, min(len(low), CHUNK_BYTES // per_mask))
+        for start in range(0, len(low), chunk):
+            part_low = low[start : start + chunk, None]
+            up = F.interpolate(part_low, (size, size), mode="bilinear", align_corners=False)
+            up = up[..., : input_size[0], : input_size[1]]
+            logits = F.interpolate(up, (ch, cw), mode="bilinear", align_corners=False)[:, 0]
+            del up
+            stab = stability_score(logits, threshold, self.stability_score_offset)
+            keep = stab >= self.stability_score_thresh if self.stability_score_thresh > 0 else torch.ones_like(stab, dtype=torch.bool)
+            masks = logits[keep] > threshold
+            del logits
+            if masks.shape[0] == 0:
+                continue
+            boxes = masks_to_boxes_xyxy(masks)
+            ok = ~box_near_crop_edge(boxes, list(crop_box), [0, 0, img_w, img_h])
+            masks, boxes = masks[ok], boxes[ok]
+            local = torch.nonzero(keep).flatten()[ok]
+            idx = local + start
+            if len(idx) == 0:
+                continue
+            # full-image masks in (N, W, H) layout so pycocotools gets a Fortran (H, W, N) view
+            full = np.zeros((len(masks), img_w, img_h), np.uint8)
+            full[:, x0:x1, y0:y1] = masks.transpose(1, 2).cpu().numpy()
+            part.rles.extend(_encode_rles(full))
+            part.boxes.append(boxes.cpu())
+            part.iou.append(iou[idx].cpu())
+            part.stability.append(stab[local].cpu())
+            part.points.append(points[idx.cpu().numpy()])
+            part.crop_boxes.append(np.tile(np.array(crop_box, np.int64), (len(idx), 1)))
+
+    def _remove_small_regions(self, rles, boxes, iou, stab, points, crops):
+        """Fill small holes and drop small islands; changed masks lose NMS ties to unchanged ones."""
+        import torch
+        from pycocotools import mask as mask_utils
+        from torchvision.ops import batched_nms
+
+        new_masks, unchanged = [], []
+        for rle in rles:
+            mask = mask_utils.decode(rle).astype(bool)
+            mask, changed_holes = remove_small_regions(mask, self.min_mask_region_area, "holes")
+            mask, changed_islands = remove_small_regions(mask, self.min_mask_region_area, "islands")
+            new_masks.append(mask)
+            unchanged.append(float(not (changed_holes or changed_islands)))
+        dense = torch.from_numpy(np.stack(new_masks))
+        new_boxes = masks_to_boxes_xyxy(dense)
+        scores = torch.tensor(unchanged)
+        keep = batched_nms(new_boxes.float(), scores, torch.zeros(len(rles)), max(self.box_nms_thresh, self.crop_nms_thresh))
+        rles = list(rles)
+        boxes = boxes.clone()
+        for i in keep.tolist():
+            if unchanged[i] == 0.0:
+                rles[i] = _encode_rles(np.ascontiguousarray(new_masks[i].T[None]).astype(np.uint8))[0]
+                boxes[i] = new_boxes[i]
+        return _take(keep, rles, boxes, iou, stab, points, crops)
+
+
+def _take(keep, rles, *arrays):
+    """Select ``keep`` indices from a list of RLEs and matching torch/numpy arrays."""
+    idx = keep.cpu().numpy() if hasattr(keep, "cpu") else np.asarray(keep)
+    out = [[rles[i] for i in idx]]
+    for arr in arrays:
+        out.append(arr[keep] if hasattr(arr, "cpu") else arr[idx])
+    return tuple(out)

@@ -1,0 +1,226 @@
+"""SAM's ViT image encoder (ViT-B/L/H): windowed + global attention with decomposed relative positions.
+
+Parameter names equal the official ``segment_anything`` ones, so official checkpoints load unchanged.
+Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` with the relative
+position bias passed as ``attn_mask``; global attention is processed in query chunks so the bias
+tensor stays bounded (``query_chunk`` rows at a time) instead of a full (heads, N, N) map.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import LayerNorm2d, MLPBlock
+
+#: Queries per SDPA call in global-attention blocks. 1024 keeps the bias chunk at
+#: heads x 1024 x 4096 floats (~200 MB for ViT-B, ~270 MB for ViT-L/H) at 1024x1024 input.
+DEFAULT_QUERY_CHUNK = 1024
+
+
+class ImageEncoderViT(nn.Module):
+    """(B, 3, img_size, img_size) normalised image -> (B, out_chans, img_size/16, img_size/16) embedding."""
+
+    def __init__(
+        self,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        out_chans: int = 256,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
+        use_abs_pos: bool = True,
+        use_rel_pos: bool = True,
+        window_size: int = 14,
+        global_attn_indexes: tuple[int, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        grid = img_size // patch_size
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.pos_embed: nn.Parameter | None = None
+        if use_abs_pos:
+            self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(
+                dim=embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                norm_eps=norm_eps,
+                use_rel_pos=use_rel_pos,
+                window_size=0 if i in global_attn_indexes else window_size,
+                input_size=(grid, grid),
+            )
+            for i in range(depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)  # (B, h, w, C)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.neck(x.permute(0, 3, 1, 2))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection: (B, 3, H, W) -> (B, H/p, W/p, C)."""
+
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; ``window_size > 0`` attends within non-overlapping windows."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
+        use_rel_pos: bool = True,
+        window_size: int = 0,
+        input_size: tuple[int, int] = (64, 64),
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(
+            dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            use_rel_pos=use_rel_pos,
+            input_size=input_size if window_size == 0 else (window_size, window_size),
+        )
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), nn.GELU)
+        self.window_size = window_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), self.window_size)
+        return x + self.mlp(self.norm2(x))
+
+
+def relative_positions(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Embeddings of every (query, key) offset along one axis: (q_size, k_size, C).
+
+    ``rel_pos`` is (L, C) for offsets -(L-1)/2..(L-1)/2; it is linearly resized when L does not
+    equal 2*max(q_size, k_size)-1.
+    """
+    length = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != length:
+        rel_pos = F.interpolate(rel_pos.t()[None], size=length, mode="linear")[0].t()
+    q_scale = max(k_size / q_size, 1.0)
+    k_scale = max(q_size / k_size, 1.0)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * q_scale
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * k_scale
+    index = (q_coords - k_coords + (k_size - 1) * k_scale).long()
+    return rel_pos[index]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on a (B, H, W, C) token grid with decomposed relative positions."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = True,
+        input_size: tuple[int, int] = (64, 64),
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.scale = head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        self.query_chunk = DEFAULT_QUERY_CHUNK
+        if use_rel_pos:
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+
+    def forward(self, x: torch.Tensor, window_size: int = 0) -> torch.Tensor:
+        """x: (B, H, W, C) normalised tokens -> (B, H, W, C) attention output (after ``proj``)."""
+        b, h, w, c = x.shape
+        qkv = self.qkv(x)  # projected before window padding: padded tokens only ever see the bias
+        if window_size > 0:
+            qkv, (hp, wp) = self._partition(qkv, window_size)  # (B*nW, ws, ws, 3C)
+            out = self._attend(qkv)  # (B*nW, ws, ws, C)
+            out = self._unpartition(out, window_size, b, (hp, wp), (h, w))
+        else:
+            out = self._attend(qkv)
+        return self.proj(out)
+
+    def _partition(self, qkv: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        b, h, w, c3 = qkv.shape
+        pad_h, pad_w = (-h) % ws, (-w) % ws
+        hp, wp = h + pad_h, w + pad_w
+        if pad_h or pad_w:
+            # zero tokens after the LayerNorm project to exactly the qkv bias
+            fill = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(c3)
+            padded = fill.to(qkv.dtype).expand(b, hp, wp, c3).clone()
+            padded[:, :h, :w] = qkv
+            qkv = padded
+        qkv = qkv.view(b, hp // ws, ws, wp // ws, ws, c3).transpose(2, 3).reshape(-1, ws, ws, c3)
+        return qkv, (hp, wp)
+
+    @staticmethod
+    def _unpartition(
+        out: torch.Tensor, ws: int, b: int, padded: tuple[int, int], size: tuple[int, int]
+    ) -> torch.Tensor:
+        hp, wp = padded
+        h, w = size
+        c = out.shape[-1]
+        out = out.view(b, hp // ws, wp // ws, ws, ws, c).transpose(2, 3).reshape(b, hp, wp, c)
+        if hp > h or wp > w:
+            out = out[:, :h, :w]
+        return out
+
+    def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """qkv: (B', h, w, 3C) -> (B', h, w, C) attention over the h*w tokens of each item."""
+        b, h, w, _ = qkv.shape
+        n = h * w
+        qkv = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B', heads, N, d)
+        d = q.shape[-1]
+        if not self.use_rel_pos:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            rh = relative_positions(h, h, self.rel_pos_h).to(q.dtype)  # (h, h, d)
+            rw = relative_positions(w, w, self.rel_pos_w).to(q.dtype)  # (w, w, d)
+            chunk = max(w, (self.query_chunk // w) * w)  # whole query rows per chunk
+            outs = []
+            for start in range(0, n, chunk):
+                stop = min(n, start + chunk)
+                q_rows = q[:, :, start:stop]  # (B', heads, L, d), L = rows * w
+                rows = (stop - start) // w
+                r0 = start // w
+                qg = q_rows.reshape(b, self.num_heads, rows, w, d)
+                # bias[q=(y, x), k=(ky, kx)] = q . Rh[y, ky] + q . Rw[x, kx]
+                bias_h = torch.einsum("bnyxd,ykd->bnyxk", qg, rh[r0 : r0 + rows])  # (.., rows, w, h)
+                bias_w = torch.einsum("bnyxd,xkd->bnyxk", qg, rw)  # (.., rows, w, w)
+                bias = q.new_empty(b, self.num_heads, rows, w, h, w)  # contiguous, so the reshape is free
+                torch.add(bias_h[..., :, None], bias_w[..., None, :], out=bias)
+                bias = bias.view(b, self.num_heads, stop - start, n)
+                outs.append(F.scaled_dot_product_attention(q_rows, k, v, attn_mask=bias, scale=self.scale))
+            out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        return out.transpose(1, 2).reshape(b, h, w, -1)

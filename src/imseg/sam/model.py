@@ -1,0 +1,149 @@
+"""The ``Sam`` wrapper (encoders + decoder, pre/post-processing) and the longest-side resize."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+
+
+def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
+    """(H, W) after scaling the longest side to ``long_side`` pixels (rounded half up)."""
+    scale = long_side * 1.0 / max(old_h, old_w)
+    return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+
+
+class ResizeLongestSide:
+    """Resize images (and move coordinates/boxes with them) so the longest side is ``target_length``."""
+
+    def __init__(self, target_length: int) -> None:
+        self.target_length = target_length
+
+    get_preprocess_shape = staticmethod(preprocess_shape)
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> (h, w, 3) uint8, bilinear (Pillow, antialiased)."""
+        from PIL import Image
+
+        h, w = preprocess_shape(image.shape[0], image.shape[1], self.target_length)
+        return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+    def _scale(self, original_size: tuple[int, ...]) -> tuple[float, float]:
+        old_h, old_w = original_size
+        new_h, new_w = preprocess_shape(old_h, old_w, self.target_length)
+        return new_w / old_w, new_h / old_h
+
+    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
+        """(..., 2) XY pixels of the original image -> model-frame float64 pixels."""
+        sx, sy = self._scale(original_size)
+        out = np.array(coords, dtype=float, copy=True)
+        out[..., 0] *= sx
+        out[..., 1] *= sy
+        return out
+
+    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
+        """(B, 4) XYXY -> model frame (B, 4)."""
+        return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+    def apply_coords_torch(self, coords: torch.Tensor, original_size: tuple[int, ...]) -> torch.Tensor:
+        sx, sy = self._scale(original_size)
+        out = coords.to(torch.float).clone()
+        out[..., 0] *= sx
+        out[..., 1] *= sy
+        return out
+
+    def apply_boxes_torch(self, boxes: torch.Tensor, original_size: tuple[int, ...]) -> torch.Tensor:
+        return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+    def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float -> resized (antialiased bilinear; close to, not equal to, apply_image)."""
+        size = preprocess_shape(image.shape[2], image.shape[3], self.target_length)
+        return F.interpolate(image, size, mode="bilinear", align_corners=False, antialias=True)
+
+
+@lru_cache(maxsize=32)
+def _axis_resize_matrix(low: int, padded: int, valid: int, out: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """(out, low) matrix doing, along one axis, what SAM's postprocessing does to mask logits:
+    bilinear ``low -> padded``, crop the first ``valid`` samples, bilinear ``valid -> out``."""
+    eye = torch.eye(low, dtype=torch.float64)[None, None]  # rows = low-res positions
+    up = F.interpolate(eye, (padded, low), mode="bilinear", align_corners=False)[..., :valid, :]
+    down = F.interpolate(up, (out, low), mode="bilinear", align_corners=False)
+    return down[0, 0].to(device=device, dtype=dtype)
+
+
+class Sam(nn.Module):
+    """Segment Anything: image encoder + prompt encoder + mask decoder.
+
+    The model is stateless; :class:`~imseg.sam.predictor.SamPredictor` keeps the image embedding.
+    """
+
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53),
+        pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375),
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.variant: str = "custom"
+
+    @property
+    def device(self) -> Any:
+        return self.pixel_mean.device
+
+    @property
+    def img_size(self) -> int:
+        return self.image_encoder.img_size
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) RGB 0..255 -> normalised and zero-padded (B, 3, img_size, img_size)."""
+        x = (x - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+
+    def postprocess_masks(
+        self, masks: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
+    ) -> torch.Tensor:
+        """(B, C, 256, 256) logits -> (B, C, H, W) logits at the original image size.
+
+        Same linear map as upsampling to the padded input, cropping and resizing to the original
+        size, applied as two small per-axis matrices instead of a full-resolution intermediate.
+        """
+        low_h, low_w = masks.shape[-2:]
+        dev, dt = str(masks.device), masks.dtype if masks.dtype in (torch.float32, torch.float64) else torch.float32
+        ry = _axis_resize_matrix(low_h, self.img_size, int(input_size[0]), int(original_size[0]), dev, dt)
+        rx = _axis_resize_matrix(low_w, self.img_size, int(input_size[1]), int(original_size[1]), dev, dt)
+        return ry @ masks.to(dt) @ rx.t()
+
+    @torch.inference_mode()
+    def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:
+        """Official end-to-end form: list of {'image' (3,h,w) resized, 'original_size', optional
+        'point_coords' (B,N,2), 'point_labels' (B,N), 'boxes' (B,4), 'mask_inputs' (B,1,256,256)}
+        -> list of {'masks' (B,C,H,W) bool, 'iou_predictions' (B,C), 'low_res_logits' (B,C,256,256)}."""
+        images = torch.stack([self.preprocess(rec["image"]) for rec in batched_input], dim=0)
+        embeddings = self.image_encoder(images)
+        dense_pe = self.prompt_encoder.get_dense_pe()
+        outputs = []
+        for rec, emb in zip(batched_input, embeddings, strict=True):
+            points = (rec["point_coords"], rec["point_labels"]) if "point_coords" in rec else None
+            sparse, dense = self.prompt_encoder(points=points, boxes=rec.get("boxes"), masks=rec.get("mask_inputs"))
+            low_res, iou = self.mask_decoder(emb[None], dense_pe, sparse, dense, multimask_output)
+            masks = self.postprocess_masks(low_res, rec["image"].shape[-2:], rec["original_size"])
+            outputs.append({"masks": masks > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low_res})
+        return outputs

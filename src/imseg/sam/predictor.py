@@ -1,0 +1,286 @@
+"""``SamPredictor``: encode an image once, then predict masks for many prompts.
+
+Same API, return shapes and dtypes as the official ``segment_anything.SamPredictor``, plus
+:meth:`SamPredictor.predict_batch` (many prompt sets in one decoder call) and input validation
+with :mod:`imseg.errors` exceptions instead of asserts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, InputError, PromptError, StateError
+from ..io import read_image, validate_box, validate_points
+from .model import ResizeLongestSide, Sam
+
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16, "float32": None, "fp32": None}
+
+
+def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``device``: None means exact fp32. Low precision only on CUDA."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
+        dtype = _DTYPES[dtype.lower()]
+    if dtype in (None, torch.float32):
+        return None
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ConfigError(f"dtype must be bfloat16, float16 or float32, got {dtype}.")
+    if device.type != "cuda":
+        warnings.warn(f"dtype={dtype} ignored on {device.type}: SAM runs in exact float32 there.", stacklevel=3)
+        return None
+    return dtype
+
+
+class SamPredictor:
+    """Holds one image's embedding and predicts masks from prompts.
+
+    Args:
+        sam_model: a :class:`~imseg.sam.model.Sam`.
+        dtype: ``None`` (fp32) or ``"bfloat16"``/``"float16"`` autocast on CUDA.
+        decoder_batch: prompts per decoder call in :meth:`predict_batch` (bounds memory).
+    """
+
+    def __init__(self, sam_model: Sam, dtype: Any = None, decoder_batch: int = 16) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.autocast_dtype = resolve_dtype(dtype, torch.device(sam_model.device))
+        self.decoder_batch = int(decoder_batch)
+        self._dense_pe: torch.Tensor | None = None
+        self.reset_image()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def reset_image(self) -> None:
+        """Forget the current image."""
+        self.is_image_set = False
+        self.features: torch.Tensor | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self.orig_h = self.orig_w = self.input_h = self.input_w = None
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=self.autocast_dtype)
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise StateError("no image is set: call predictor.set_image(image) before predicting masks.")
+
+    # ------------------------------------------------------------------ image
+    def set_image(self, image: Any, image_format: str = "RGB") -> None:
+        """Compute the embedding of ``image``: (H, W, 3) uint8 array in ``image_format`` ("RGB" or
+        "BGR"); other arrays, paths or PIL images are read with :func:`imseg.read_image` (RGB)."""
+        if image_format not in ("RGB", "BGR"):
+            raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}.")
+        is_plain = isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
+        if is_plain:
+            if image.shape[0] == 0 or image.shape[1] == 0:
+                raise InputError(f"image of shape {image.shape} has no pixels.")
+            if image_format != self.model.image_format:
+                image = image[..., ::-1]
+        else:
+            image = read_image(image)  # RGB uint8 (H, W, 3): gray/RGBA/16-bit/float handled
+        input_image = np.array(self.transform.apply_image(np.ascontiguousarray(image)))  # writable copy
+        tensor = torch.as_tensor(input_image, device=self.device).permute(2, 0, 1).contiguous()[None]
+        self.set_torch_image(tensor, image.shape[:2])
+
+    @torch.inference_mode()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Embed a (1, 3, h, w) tensor already resized so max(h, w) == img_size; ``original_image_size``
+        is (H, W) of the image before resizing."""
+        size = self.model.image_encoder.img_size
+        shape = tuple(transformed_image.shape)
+        if len(shape) != 4 or shape[1] != 3 or max(shape[2:]) != size:
+            raise InputError(f"set_torch_image expects (B, 3, h, w) with max(h, w) == {size}; got {shape}. "
+                             f"Use predictor.transform.apply_image first, or call set_image.")
+        self.reset_image()
+        self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
+        self.input_size = (int(shape[2]), int(shape[3]))
+        self.orig_h, self.orig_w = self.original_size
+        self.input_h, self.input_w = self.input_size
+        x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
+        with self._autocast():
+            features = self.model.image_encoder(x)
+        self.features = features.float()
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """(1, 256, 64, 64) embedding of the current image."""
+        self._require_image()
+        assert self.features is not None
+        return self.features
+
+    # ------------------------------------------------------------------ prompts
+    def _dense_positional(self) -> torch.Tensor:
+        pe = self._dense_pe
+        if pe is None or pe.device != torch.device(self.device):
+            pe = self._dense_pe = self.model.prompt_encoder.get_dense_pe()
+        return pe
+
+    def _check_mask_input(self, mask_input: Any, batch: int | None) -> np.ndarray:
+        arr = np.asarray(mask_input, dtype=np.float32)
+        low = self.model.prompt_encoder.mask_input_size
+        want = (1, *low) if batch is None else (batch, 1, *low)
+        if arr.shape != want:
+            raise PromptError(f"mask_input must have shape {want} (low-res logits, e.g. a previous low_res output "
+                              f"{'[best][None]' if batch is None else ''}); got {arr.shape}.")
+        return arr
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for one prompt set on the current image.
+
+        Args:
+            point_coords: (N, 2) XY pixels of the original image; point_labels: (N,) 1 fg / 0 bg.
+            box: (4,) XYXY pixels. mask_input: (1, 256, 256) low-res logits from a previous call.
+        Returns:
+            masks (C, H, W) bool (float32 logits with ``return_logits``), iou (C,) float32,
+            low_res (C, 256, 256) float32; C = 3 with ``multimask_output`` else 1.
+        """
+        self._require_image()
+        if point_coords is not None and point_labels is None:
+            raise PromptError("point_labels must be given with point_coords (1 = foreground, 0 = background).")
+        coords, labels = validate_points(point_coords, point_labels, self.original_size)
+        boxes = validate_box(box, self.original_size)
+        if boxes is not None and boxes.ndim == 2:
+            if len(boxes) != 1:
+                raise PromptError(f"predict takes one box; got {len(boxes)}. Use predict_batch for several boxes.")
+            boxes = boxes[0]
+        coords_t = labels_t = box_t = mask_t = None
+        if coords is not None:
+            coords_t = torch.as_tensor(self.transform.apply_coords(coords, self.original_size),
+                                       dtype=torch.float, device=self.device)[None]
+            labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
+        if boxes is not None:
+            box_t = torch.as_tensor(self.transform.apply_boxes(boxes, self.original_size),
+                                    dtype=torch.float, device=self.device)
+        if mask_input is not None:
+            mask_t = torch.as_tensor(self._check_mask_input(mask_input, None), device=self.device)[None]
+        masks, iou, low_res = self.predict_torch(coords_t, labels_t, box_t, mask_t, multimask_output, return_logits)
+        return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prompts already in the model frame (see ``predictor.transform``):
+        point_coords (B, N, 2), point_labels (B, N), boxes (B, 4), mask_input (B, 1, 256, 256).
+        Returns masks (B, C, H, W) bool (or logits), iou (B, C), low_res (B, C, 256, 256)."""
+        self._require_image()
+        if point_coords is not None and point_labels is None:
+            raise PromptError("point_labels must be given with point_coords.")
+        if point_coords is not None and (point_coords.ndim != 3 or point_coords.shape[-1] != 2
+                                         or tuple(point_labels.shape) != tuple(point_coords.shape[:2])):
+            raise PromptError(f"point_coords must be (B, N, 2) and point_labels (B, N); got "
+                              f"{tuple(point_coords.shape)} and {tuple(point_labels.shape)}.")
+        if boxes is not None and (boxes.ndim != 2 or boxes.shape[-1] != 4):
+            raise PromptError(f"boxes must be (B, 4) XYXY; got {tuple(boxes.shape)}.")
+        points = (point_coords, point_labels) if point_coords is not None else None
+        with self._autocast():
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=self.features,
+                image_pe=self._dense_positional(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
+        low_res, iou = low_res.float(), iou.float()
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res
+
+    def predict_batch(
+        self,
+        point_coords: Any = None,
+        point_labels: Any = None,
+        boxes: Any = None,
+        mask_input: Any = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Many prompt sets on the current image in batched decoder calls (no re-encoding).
+
+        Args:
+            point_coords: (B, N, 2) XY pixels (original image) and point_labels (B, N), or None.
+            boxes: (B, 4) XYXY pixels, or None. mask_input: (B, 1, 256, 256) or None.
+        Returns:
+            masks (B, C, H, W) bool (or float32 logits), iou (B, C) float32, low_res (B, C, 256, 256).
+        """
+        self._require_image()
+        assert self.original_size is not None
+        batch = None
+        coords_t = labels_t = boxes_t = mask_t = None
+        if point_coords is not None:
+            pc = np.asarray(point_coords, dtype=np.float32)
+            if pc.ndim != 3 or pc.shape[-1] != 2:
+                raise PromptError(f"point_coords must be (B, N, 2); got shape {pc.shape}.")
+            if point_labels is None:
+                raise PromptError("point_labels (B, N) must be given with point_coords.")
+            pl = np.asarray(point_labels)
+            if pl.shape != pc.shape[:2]:
+                raise PromptError(f"point_labels must be (B, N) = {pc.shape[:2]}; got {pl.shape}.")
+            validate_points(pc.reshape(-1, 2), pl.reshape(-1), self.original_size)
+            batch = len(pc)
+            coords_t = torch.as_tensor(self.transform.apply_coords(pc, self.original_size), dtype=torch.float,
+                                       device=self.device)
+            labels_t = torch.as_tensor(pl, dtype=torch.int, device=self.device)
+        if boxes is not None:
+            bx = validate_box(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), self.original_size)
+            if batch is not None and len(bx) != batch:
+                raise PromptError(f"{len(bx)} boxes for {batch} point sets; give one box per prompt set.")
+            batch = len(bx)
+            boxes_t = torch.as_tensor(self.transform.apply_boxes(bx, self.original_size), dtype=torch.float,
+                                      device=self.device)
+        if mask_input is not None:
+            if batch is None:
+                batch = len(np.asarray(mask_input))
+            mask_t = torch.as_tensor(self._check_mask_input(mask_input, batch), device=self.device)
+        if batch is None:
+            raise PromptError("predict_batch needs point_coords, boxes or mask_input.")
+        if batch == 0:
+            h, w = self.original_size
+            c = 3 if multimask_output else 1
+            low = self.model.prompt_encoder.mask_input_size
+            return (np.zeros((0, c, h, w), np.float32 if return_logits else bool), np.zeros((0, c), np.float32),
+                    np.zeros((0, c, *low), np.float32))
+        outs = []
+        step = max(1, self.decoder_batch)
+        for s in range(0, batch, step):
+            sl = slice(s, s + step)
+            outs.append(self.predict_torch(
+                coords_t[sl] if coords_t is not None else None,
+                labels_t[sl] if labels_t is not None else None,
+                boxes_t[sl] if boxes_t is not None else None,
+                mask_t[sl] if mask_t is not None else None,
+                multimask_output, return_logits,
+            ))
+        masks, iou, low = (torch.cat([o[i] for o in outs]).cpu().numpy() for i in range(3))
+        return masks, iou, low
