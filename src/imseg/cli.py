@@ -84,6 +84,21 @@ def weights_download(
 
 
 # ============================================================================ segment / demo (SAM, issue 2/3)
+@app.command("demo")
+def demo_cmd(
+    model: str = typer.Option("sam-vit-b", "--model", help="SAM model: sam-vit-b or mobile-sam (also sam-vit-l/h)."),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="Official checkpoint file; default: the weights cache."),
+    out: str = typer.Option("runs/demo", "--out", help="Output directory for overlays and masks."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Segment scikit-image's astronaut and coffee with a point and a box prompt (no download needed)."""
+    from .sam.demo import run_demo
+
+    try:
+        run_demo(model=model, checkpoint=checkpoint, out=out, device=device, echo=typer.echo)
+    except ImsegError as exc:
+        fail(str(exc))
+
 
 # ============================================================================ train / val / predict (issue 4)
 
