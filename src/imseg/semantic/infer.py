@@ -1,0 +1,257 @@
+"""Inference with a trained run: ``load_run(path) -> SemanticSegmenter`` (what ``imseg.load(run_dir)`` returns).
+
+Images up to the training size run in one pass (padded to a multiple of 32); larger images run as
+overlapping ``imgsz`` tiles blended with a gaussian weight (centre pixels count most), so memory
+stays bounded and tile seams vanish. Optional flip test-time augmentation averages the
+probabilities of the image and its horizontal (and vertical) flips.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, ConfigError, InputError
+from ..io import read_image
+from ..masks import Masks
+from ..registry import Segmenter
+from .metrics import ConfusionMatrix
+from .models import OUTPUT_STRIDE
+from .train import load_checkpoint, model_from_checkpoint
+
+BACKGROUND_NAMES = {"background", "bg", "_background_", "__background__", "backdrop"}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> cuda if available else cpu; otherwise ``torch.device(device)`` (checked)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'.")
+    return dev
+
+
+def gaussian_window(size: tuple[int, int], sigma_scale: float = 0.125) -> torch.Tensor:
+    """(h, w) float32 weights, 1 at the centre, gaussian with sigma = size * sigma_scale, floored at 1e-3."""
+    h, w = size
+    ys = torch.arange(h, dtype=torch.float32) - (h - 1) / 2
+    xs = torch.arange(w, dtype=torch.float32) - (w - 1) / 2
+    gy = torch.exp(-0.5 * (ys / max(h * sigma_scale, 1e-6)) ** 2)
+    gx = torch.exp(-0.5 * (xs / max(w * sigma_scale, 1e-6)) ** 2)
+    return (gy[:, None] * gx[None, :]).clamp_min(1e-3)
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` pixels covering ``length`` with ``stride``; the last is flush with the end."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+class SemanticSegmenter(Segmenter):
+    """A trained semantic model: ``predict_probs`` (C, H, W), ``predict`` (H, W) labels, ``segment`` -> Masks."""
+
+    supports_prompts = False
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        class_names: list[str],
+        *,
+        imgsz: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        ignore_index: int | None = None,
+        device: str | torch.device = "auto",
+        overlap: float = 0.25,
+        tta: bool = False,
+        batch: int = 4,
+        resize: bool = False,
+        name: str = "semantic",
+    ) -> None:
+        if not 0 <= overlap < 1:
+            raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        self.imgsz = int(imgsz)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.ignore_index = ignore_index
+        self.overlap = float(overlap)
+        self.tta = bool(tta)
+        self.batch = int(batch)
+        self.resize = bool(resize)
+        self.name = name
+
+    # ------------------------------------------------------------------ core
+    def _normalize(self, image: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        return (tensor - self.mean) / self.std
+
+    @torch.no_grad()
+    def _probs_batch(self, batch: torch.Tensor, tta: bool) -> torch.Tensor:
+        """(B, 3, h, w) with h, w multiples of 32 -> (B, C, h, w) probabilities."""
+        batch = batch.to(self.device)
+        views = [(False, False)] + ([(True, False), (False, True)] if tta else [])
+        total = None
+        for flip_w, flip_h in views:
+            dims = [d for d, on in ((3, flip_w), (2, flip_h)) if on]
+            x = batch.flip(dims) if dims else batch
+            logits = self.model(x).float()
+            probs = torch.cat([1 - logits.sigmoid(), logits.sigmoid()], 1) if logits.shape[1] == 1 else logits.softmax(1)
+            probs = probs.flip(dims) if dims else probs
+            total = probs if total is None else total + probs
+        return (total / len(views)).cpu()
+
+    def _pad(self, tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        h, w = tensor.shape[-2:]
+        ph, pw = size[0] - h, size[1] - w
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            tensor = torch.nn.functional.pad(tensor[None], (0, pw, 0, ph), mode=mode)[0]
+        return tensor
+
+    def predict_probs(self, image: Any, *, tta: bool | None = None, overlap: float | None = None) -> np.ndarray:
+        """Class probabilities (C, H, W) float32 at the image's own resolution.
+
+        Images with both sides <= ``imgsz`` run whole; larger ones run as sliding ``imgsz`` tiles with
+        ``overlap`` (fraction) and gaussian blending. With ``resize=True`` the image is instead scaled
+        so its longer side is ``imgsz`` (as the validation letterbox does) and the result scaled back.
+        """
+        rgb = read_image(image)
+        tta = self.tta if tta is None else tta
+        if self.resize and max(rgb.shape[:2]) != self.imgsz:
+            return self._predict_resized(rgb, tta)
+        overlap = self.overlap if overlap is None else overlap
+        h, w = rgb.shape[:2]
+        x = self._normalize(rgb)
+        round_up = lambda v: -(-v // OUTPUT_STRIDE) * OUTPUT_STRIDE  # noqa: E731
+        if h <= self.imgsz and w <= self.imgsz:
+            padded = self._pad(x, (round_up(h), round_up(w)))
+            return self._probs_batch(padded[None], tta)[0, :, :h, :w].numpy()
+        tile_h, tile_w = min(self.imgsz, round_up(h)), min(self.imgsz, round_up(w))
+        x = self._pad(x, (max(h, tile_h), max(w, tile_w)))
+        H, W = x.shape[-2:]
+        stride_h = max(int(tile_h * (1 - overlap)), 1)
+        stride_w = max(int(tile_w * (1 - overlap)), 1)
+        window = gaussian_window((tile_h, tile_w))
+        acc = torch.zeros(self.num_classes, H, W)
+        weight = torch.zeros(1, H, W)
+        boxes = [(y, x0) for y in tile_starts(H, tile_h, stride_h) for x0 in tile_starts(W, tile_w, stride_w)]
+        for i in range(0, len(boxes), self.batch):
+            chunk = boxes[i : i + self.batch]
+            tiles = torch.stack([x[:, y : y + tile_h, x0 : x0 + tile_w] for y, x0 in chunk])
+            probs = self._probs_batch(tiles, tta)
+            for (y, x0), p in zip(chunk, probs, strict=True):
+                acc[:, y : y + tile_h, x0 : x0 + tile_w] += p * window
+                weight[:, y : y + tile_h, x0 : x0 + tile_w] += window
+        return (acc / weight)[:, :h, :w].numpy()
+
+    def _predict_resized(self, rgb: np.ndarray, tta: bool) -> np.ndarray:
+        """Letterbox scale (longer side -> imgsz, as in validation), predict, resize probabilities back."""
+        h, w = rgb.shape[:2]
+        scale = self.imgsz / max(h, w)
+        new_h, new_w = max(round(h * scale), 1), max(round(w * scale), 1)
+        x = torch.nn.functional.interpolate(self._normalize(rgb)[None], size=(new_h, new_w), mode="bilinear",
+                                            antialias=True, align_corners=False)[0]
+        round_up = -(-new_h // OUTPUT_STRIDE) * OUTPUT_STRIDE, -(-new_w // OUTPUT_STRIDE) * OUTPUT_STRIDE
+        probs = self._probs_batch(self._pad(x, round_up)[None], tta)[:, :, :new_h, :new_w]
+        probs = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)[0]
+        return probs.numpy()
+
+    def predict(self, image: Any, **kwargs: Any) -> np.ndarray:
+        """(H, W) int64 label map (argmax of :meth:`predict_probs`)."""
+        return self.predict_probs(image, **kwargs).argmax(0).astype(np.int64)
+
+    def segment(self, image: Any, *, points=None, labels=None, box=None, include_background: bool | None = None,
+                **kwargs: Any) -> Masks:
+        """One mask per class present in the prediction; ``labels`` = class ids, ``scores`` = mean probability.
+
+        The background class (id 0 when it is named "background"/"bg"/...) is left out unless
+        ``include_background=True``.
+        """
+        if points is not None or labels is not None or box is not None:
+            from ..errors import PromptError
+
+            raise PromptError(f"{self.name}: semantic models take no prompts; call segment(image) without points/box.")
+        probs = self.predict_probs(image, **kwargs)
+        label_map = probs.argmax(0)
+        if include_background is None:
+            include_background = not (self.class_names and self.class_names[0].strip().lower() in BACKGROUND_NAMES)
+        present = [int(c) for c in np.unique(label_map) if include_background or c != 0]
+        masks = np.stack([label_map == c for c in present]) if present else np.zeros((0, *label_map.shape), bool)
+        scores = [float(probs[c][label_map == c].mean()) for c in present]
+        return Masks(masks, scores=scores, labels=present, class_names=self.class_names, image_size=label_map.shape)
+
+    def evaluate(self, dataset, *, tta: bool | None = None) -> ConfusionMatrix:
+        """Confusion matrix over ``dataset.read_raw(i) -> (rgb uint8, mask)`` pairs at full resolution."""
+        cm = ConfusionMatrix(self.num_classes, self.ignore_index)
+        for i in range(len(dataset)):
+            rgb, mask = dataset.read_raw(i)
+            pred = self.predict(rgb, tta=tta)
+            cm.update(torch.from_numpy(pred), torch.from_numpy(np.asarray(mask, dtype=np.int64)))
+        return cm
+
+    def __repr__(self) -> str:
+        return f"SemanticSegmenter(name={self.name!r}, classes={self.class_names}, imgsz={self.imgsz}, device={self.device})"
+
+
+def find_checkpoint(path: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
+    """The checkpoint file of a run dir: ``checkpoint`` (path, or "best"/"last"), else weights/best.pt, else last.pt."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if checkpoint is not None:
+        ck = Path(checkpoint)
+        if str(checkpoint) in ("best", "last"):
+            ck = path / "weights" / f"{checkpoint}.pt"
+        elif not ck.is_absolute() and not ck.exists():
+            ck = path / ck
+        if not ck.is_file():
+            raise CheckpointError(f"checkpoint {checkpoint!r} not found (looked at {ck}).")
+        return ck
+    for candidate in (path / "weights" / "best.pt", path / "weights" / "last.pt"):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"{path}: no weights/best.pt or weights/last.pt. Is this a run directory written by `imseg train`?"
+    )
+
+
+def load_run(
+    path: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "auto",
+    **kwargs: Any,
+) -> SemanticSegmenter:
+    """Load a training run directory (or a best.pt/last.pt file) as a :class:`SemanticSegmenter`.
+
+    ``kwargs`` go to the segmenter (``overlap``, ``tta``, ``batch``, ``imgsz``, ``resize``).
+    """
+    ckpt_path = find_checkpoint(path, checkpoint)
+    payload = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(payload)
+    options = {"imgsz": payload.get("imgsz", 512), "ignore_index": payload.get("ignore_index")}
+    options.update(kwargs)
+    if "imgsz" in kwargs and (int(kwargs["imgsz"]) % OUTPUT_STRIDE or int(kwargs["imgsz"]) < OUTPUT_STRIDE):
+        raise InputError(f"imgsz must be a positive multiple of {OUTPUT_STRIDE}, got {kwargs['imgsz']}")
+    run_name = Path(path).name if Path(path).is_dir() else Path(path).parent.parent.name
+    return SemanticSegmenter(
+        model,
+        payload["class_names"],
+        mean=tuple(payload.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(payload.get("std", (0.229, 0.224, 0.225))),
+        device=device,
+        name=run_name,
+        **options,
+    )

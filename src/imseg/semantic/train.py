@@ -1,0 +1,664 @@
+"""Training: a LightningModule around an smp/torchvision model, and ``train(...)`` which writes a run directory.
+
+Run directory (``runs/train/exp[N]/``)::
+
+    weights/best.pt, weights/last.pt   imseg checkpoints (see ``save_checkpoint``), written atomically
+    weights/last.ckpt                  Lightning checkpoint (optimizer, scheduler, epoch, callbacks) for --resume
+    metrics.csv                        one row per epoch
+    results.png, confusion_matrix.png, val_samples.png, config.yaml
+
+Determinism: every sample of epoch ``e`` is loaded under RNG seeds derived from (seed, e, index) and the
+shuffle order is a function of (seed, e), so a run is reproducible on CPU and ``--resume`` continues
+exactly as an uninterrupted run would, whatever the number of loader workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, ConfigError, DatasetError, require
+from .losses import build_loss
+from .metrics import ConfusionMatrix, metrics_from_confusion
+from .models import build_from_config, create_model, model_config
+
+CHECKPOINT_FORMAT = "imseg.semantic"
+CHECKPOINT_VERSION = 1
+DEFAULT_MEAN = (0.485, 0.456, 0.406)
+DEFAULT_STD = (0.229, 0.224, 0.225)
+CSV_FIELDS = ("epoch", "train_loss", "val_loss", "val_miou", "val_mdice", "val_pixel_accuracy", "lr")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``imseg train`` (CLI flags have the same names)."""
+
+    data: Any = None  # dataset YAML / dir / dict (see imseg.semantic.data.load_data_config)
+    model: str = "unet"
+    encoder: str = "resnet34"
+    weights: str | None = None  # encoder weights: None or "imagenet"
+    epochs: int = 50
+    imgsz: int = 512
+    batch: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    scheduler: str = "cosine"  # cosine | poly | plateau | none
+    warmup: float = 1.0  # epochs of linear warm-up
+    amp: bool = False
+    patience: int = 10  # early stopping on val mIoU; 0 disables
+    workers: int = 2
+    seed: int = 0
+    name: str = "exp"
+    project: str = "runs/train"
+    loss: str = "ce+dice"
+    augment: Any = "default"
+    cache: bool = False  # keep decoded images in memory (small datasets)
+    class_weights: list[float] | None = None
+    devices: Any = 1
+    nodes: int = 1
+    accelerator: str = "auto"  # auto | cpu | gpu
+    exist_ok: bool = False
+    progress: bool = True
+    val_samples: int = 4
+    model_kwargs: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.imgsz >= 32 and self.imgsz % 32 == 0, f"imgsz must be a multiple of 32 (>= 32), got {self.imgsz}"),
+            (self.batch >= 1, f"batch must be >= 1, got {self.batch}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.optimizer in ("adamw", "adam", "sgd"), f"optimizer must be adamw, adam or sgd, got {self.optimizer!r}"),
+            (
+                self.scheduler in ("cosine", "poly", "plateau", "none"),
+                f"scheduler must be cosine, poly, plateau or none, got {self.scheduler!r}",
+            ),
+            (self.warmup >= 0, f"warmup must be >= 0 epochs, got {self.warmup}"),
+            (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
+            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.nodes >= 1, f"nodes must be >= 1, got {self.nodes}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns."""
+
+    run_dir: Path
+    best: Path
+    last: Path
+    metrics: dict[str, float]  # best epoch's validation metrics
+    confusion_matrix: np.ndarray | None  # best epoch's (C, C), rows = truth
+    epochs_run: int
+
+
+# ----------------------------------------------------------------------------- determinism helpers
+def _item_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch * 10_007 + index) % (2**31 - 1)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffled indices as a function of (seed, epoch); yields ``(epoch, index)`` for :class:`SeededDataset`."""
+
+    def __init__(self, length: int, seed: int, epoch_fn: Callable[[], int], shuffle: bool = True) -> None:
+        self.length, self.seed, self.epoch_fn, self.shuffle = length, seed, epoch_fn, shuffle
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        epoch = int(self.epoch_fn())
+        if self.shuffle:
+            order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        else:
+            order = list(range(self.length))
+        return iter([(epoch, i) for i in order])
+
+
+class SeededDataset(torch.utils.data.Dataset):
+    """Loads item ``i`` of epoch ``e`` with python/numpy/torch RNGs seeded from (seed, e, i)."""
+
+    def __init__(self, dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch"):  # per-process: works inside loader workers too
+            self.dataset.set_epoch(epoch)
+        item_seed = _item_seed(self.seed, epoch, index)
+        random.seed(item_seed)
+        np.random.seed(item_seed)
+        torch.manual_seed(item_seed)
+        return self.dataset[index]
+
+
+# ----------------------------------------------------------------------------- the LightningModule
+def _lightning():
+    return require("lightning.pytorch", "semantic", "Training")
+
+
+def _make_module_class():
+    L = _lightning()
+
+    class SegmentationModule(L.LightningModule):
+        """Model + loss + optimizer/scheduler; validation accumulates a rank-reduced confusion matrix."""
+
+        def __init__(self, cfg: dict, num_classes: int, ignore_index: int | None, class_names: list[str]) -> None:
+            super().__init__()
+            self.cfg = cfg
+            self.num_classes = num_classes
+            self.ignore_index = ignore_index
+            self.class_names = class_names
+            self.model = create_model(
+                cfg["model"], encoder=cfg["encoder"], num_classes=num_classes, encoder_weights=cfg["weights"],
+                **cfg.get("model_kwargs", {}),
+            )
+            self.criterion = build_loss(cfg["loss"], num_classes, ignore_index, cfg.get("class_weights"))
+            self.val_cm = ConfusionMatrix(num_classes, ignore_index)
+            self.val_metrics: dict[str, Any] = {}
+            self.val_matrix: torch.Tensor | None = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x)
+
+        def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+            images, masks = batch
+            loss = self.criterion(self(images), masks)
+            self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
+            self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
+            return loss
+
+        def on_validation_epoch_start(self) -> None:
+            self.val_cm = ConfusionMatrix(self.num_classes, self.ignore_index, device=self.device)
+
+        def validation_step(self, batch, batch_idx: int) -> None:
+            images, masks = batch
+            logits = self(images)
+            loss = self.criterion(logits, masks)
+            self.val_cm.update(logits.argmax(1), masks)
+            self.log("val/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
+
+        def on_validation_epoch_end(self) -> None:
+            matrix = self.val_cm.sync()  # summed over DDP ranks
+            metrics = metrics_from_confusion(matrix)
+            self.val_matrix = matrix.detach().cpu().clone()
+            self.val_metrics = {k: v for k, v in metrics.items() if isinstance(v, float)}
+            miou = metrics["miou"] if not math.isnan(metrics["miou"]) else 0.0
+            self.log("val/miou", miou, prog_bar=True, sync_dist=False)
+            self.log("val/mdice", metrics["mdice"], sync_dist=False)
+            self.log("val/pixel_accuracy", metrics["pixel_accuracy"], sync_dist=False)
+
+        def configure_optimizers(self):
+            cfg = self.cfg
+            params = [p for p in self.parameters() if p.requires_grad]
+            if cfg["optimizer"] == "sgd":
+                opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, nesterov=True, weight_decay=cfg["weight_decay"])
+            elif cfg["optimizer"] == "adam":
+                opt = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+            else:
+                opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+            total = max(int(self.trainer.estimated_stepping_batches), 1)
+            per_epoch = max(total // max(int(self.trainer.max_epochs or 1), 1), 1)
+            warmup = int(round(cfg["warmup"] * per_epoch))
+            kind = cfg["scheduler"]
+
+            def factor(step: int) -> float:
+                if warmup and step < warmup:
+                    return (step + 1) / warmup
+                if kind in ("plateau", "none"):
+                    return 1.0
+                progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+                if kind == "poly":
+                    return (1.0 - progress) ** 0.9
+                return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+            schedulers = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}]
+            if kind == "plateau":
+                plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                    opt, mode="max", factor=0.5, patience=max(cfg["patience"] // 3, 1)
+                )
+                schedulers.append({"scheduler": plateau, "interval": "epoch", "monitor": "val/miou"})
+            return [opt], schedulers
+
+    return SegmentationModule
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: Mapping[str, Any]) -> Path:
+    """Write an imseg checkpoint atomically: plain types + tensors only (loads with ``weights_only=True``)."""
+    from ..io import atomic_path
+
+    payload = dict(meta)
+    payload["format"] = CHECKPOINT_FORMAT
+    payload["version"] = CHECKPOINT_VERSION
+    payload["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read an imseg checkpoint (``weights_only=True``) and check its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found. A run directory has weights/best.pt and weights/last.pt.")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc}).") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: not an imseg semantic checkpoint (no format={CHECKPOINT_FORMAT!r}); "
+            "expected weights/best.pt or weights/last.pt written by `imseg train`."
+        )
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {payload['version']} is newer than this imseg; upgrade imseg.")
+    return payload
+
+
+def model_from_checkpoint(payload: Mapping[str, Any]) -> torch.nn.Module:
+    """Rebuild the model of a checkpoint dict and load its weights (eval mode)."""
+    model = build_from_config(payload["model"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint weights do not match the model {payload['model']}: {exc}") from exc
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- run directory
+def increment_run_dir(project: str | os.PathLike, name: str, exist_ok: bool = False) -> Path:
+    """``project/name``, or ``name2``, ``name3``... if it exists (Ultralytics style)."""
+    base = Path(project) / name
+    if exist_ok or not base.exists():
+        return base
+    n = 2
+    while (Path(project) / f"{name}{n}").exists():
+        n += 1
+    return Path(project) / f"{name}{n}"
+
+
+def _write_yaml(path: Path, data: dict) -> None:
+    import yaml
+
+    from ..io import write_bytes
+
+    write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _make_artifacts_callback():
+    L = _lightning()
+
+    class RunArtifacts(L.Callback):
+        """Rank 0: metrics.csv row, weights/last.pt and best.pt (by val mIoU) after every validation epoch."""
+
+        def __init__(self, run_dir: Path, meta: dict) -> None:
+            self.run_dir, self.meta = run_dir, meta
+            self.best_miou = -1.0
+            self.best_epoch = -1
+            self.best_metrics: dict[str, float] = {}
+            self.best_matrix: list | None = None
+
+        def state_dict(self) -> dict:
+            return {
+                "best_miou": self.best_miou, "best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
+                "best_matrix": self.best_matrix,
+            }
+
+        def load_state_dict(self, state: dict) -> None:
+            self.best_miou = state["best_miou"]
+            self.best_epoch = state["best_epoch"]
+            self.best_metrics = state["best_metrics"]
+            self.best_matrix = state["best_matrix"]
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            if trainer.sanity_checking:
+                return
+            epoch = int(trainer.current_epoch)
+            metrics = dict(module.val_metrics)
+            miou = metrics.get("miou", float("nan"))
+            score = -math.inf if math.isnan(miou) else miou
+            improved = score > self.best_miou
+            if improved:
+                self.best_miou, self.best_epoch, self.best_metrics = score, epoch, metrics
+                self.best_matrix = module.val_matrix.tolist() if module.val_matrix is not None else None
+            if trainer.is_global_zero:
+                logged = trainer.callback_metrics
+                row = {
+                    "epoch": epoch,
+                    "train_loss": float(logged.get("train/loss", float("nan"))),
+                    "val_loss": float(logged.get("val/loss", float("nan"))),
+                    "val_miou": miou,
+                    "val_mdice": metrics.get("mdice", float("nan")),
+                    "val_pixel_accuracy": metrics.get("pixel_accuracy", float("nan")),
+                    "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
+                }
+                _append_csv(self.run_dir / "metrics.csv", row)
+                meta = dict(self.meta, epoch=epoch, metrics=metrics)
+                save_checkpoint(self.run_dir / "weights" / "last.pt", module.model, meta)
+                if improved:
+                    save_checkpoint(self.run_dir / "weights" / "best.pt", module.model, meta)
+
+    return RunArtifacts
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    rows = []
+    if path.exists():
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < row["epoch"]]  # a resume rewrites later rows
+    rows.append(row)
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+
+
+# ----------------------------------------------------------------------------- plots
+def plot_results(csv_path: Path, out: Path) -> Path:
+    """results.png: train/val loss and val mIoU / mDice / pixel accuracy per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("train_loss", "val_loss"):
+        axes[0].plot(epochs, [float(r[key]) for r in rows], marker=".", label=key)
+    axes[0].set(title="loss", xlabel="epoch")
+    for key in ("val_miou", "val_mdice", "val_pixel_accuracy"):
+        axes[1].plot(epochs, [float(r[key]) for r in rows], marker=".", label=key)
+    axes[1].set(title="validation", xlabel="epoch", ylim=(0, 1))
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], out: Path, title: str = "") -> Path:
+    """confusion_matrix.png: row-normalised (recall per true class) with raw counts in each cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(matrix, dtype=np.float64)
+    norm = matrix / np.clip(matrix.sum(1, keepdims=True), 1, None)
+    n = len(matrix)
+    size = min(3 + 0.6 * n, 20)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (row-normalised)")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{norm[i, j]:.2f}\n{int(matrix[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def colorize(labels: np.ndarray, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 colours (a fixed palette; ignore pixels white)."""
+    rng = np.random.default_rng(12345)
+    palette = rng.integers(40, 256, size=(max(num_classes, 1), 3), dtype=np.uint8)
+    palette[0] = 0
+    out = palette[np.clip(labels, 0, num_classes - 1)]
+    if ignore_index is not None:
+        out[labels == ignore_index] = 255
+    return out
+
+
+def _denormalize(image: torch.Tensor, mean, std) -> np.ndarray:
+    arr = image.detach().cpu().float().numpy().transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean)
+    return (arr.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def plot_val_samples(model, dataset, meta: dict, out: Path, count: int = 4) -> Path:
+    """val_samples.png: rows of image | truth | prediction for the first ``count`` validation items."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = max(1, min(count, len(dataset)))
+    fig, axes = plt.subplots(count, 3, figsize=(9, 3 * count), squeeze=False)
+    model = model.eval()
+    device = next(model.parameters()).device
+    for row in range(count):
+        image, mask = dataset[row]
+        with torch.no_grad():
+            pred = model(image.unsqueeze(0).to(device)).argmax(1)[0].cpu().numpy()
+        panels = [
+            _denormalize(image, meta["mean"], meta["std"]),
+            colorize(np.asarray(mask), meta["num_classes"], meta["ignore_index"]),
+            colorize(pred, meta["num_classes"]),
+        ]
+        for col, (panel, title) in enumerate(zip(panels, ("image", "truth", "prediction"), strict=True)):
+            axes[row, col].imshow(panel)
+            axes[row, col].set_axis_off()
+            if row == 0:
+                axes[row, col].set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+# ----------------------------------------------------------------------------- train()
+def _load_datasets(cfg: TrainConfig) -> tuple[dict, list[str], int | None, dict]:
+    from . import data as data_mod
+
+    config = data_mod.load_data_config(cfg.data)
+    datasets = data_mod.build_datasets(config, imgsz=cfg.imgsz, augment=cfg.augment, seed=cfg.seed, cache=cfg.cache)
+    mean = tuple(getattr(data_mod, "IMAGENET_MEAN", DEFAULT_MEAN))
+    std = tuple(getattr(data_mod, "IMAGENET_STD", DEFAULT_STD))
+    info = {"data": _plain(config.to_dict()), "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    return datasets, list(config.names), config.ignore_index, info
+
+
+def _resolve_resume(resume: str | os.PathLike) -> tuple[Path, Path]:
+    path = Path(resume)
+    if path.is_file() and path.suffix == ".ckpt":
+        run_dir = path.parent.parent
+        ckpt = path
+    else:
+        run_dir = path
+        ckpt = path / "weights" / "last.ckpt"
+    if not ckpt.is_file():
+        raise CheckpointError(
+            f"cannot resume from {resume}: {ckpt} not found. Pass a run directory made by `imseg train` "
+            "(runs/train/exp) or its weights/last.ckpt."
+        )
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"cannot resume: {run_dir / 'config.yaml'} is missing.")
+    return run_dir, ckpt
+
+
+def train(
+    config: TrainConfig | Mapping[str, Any] | None = None,
+    *,
+    resume: str | os.PathLike | None = None,
+    datasets: Mapping[str, Any] | None = None,
+    class_names: list[str] | None = None,
+    ignore_index: int | None = 255,
+    callbacks: list | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train a model and write a run directory; returns paths and the best validation metrics.
+
+    Args:
+        config: a :class:`TrainConfig`, a dict of its fields, or None (defaults).
+        resume: a run directory (or its ``weights/last.ckpt``) to continue exactly; its config.yaml is
+            used, with ``overrides`` applied (e.g. a larger ``epochs``).
+        datasets: in-memory ``{"train": ds, "val": ds}`` instead of ``config.data`` (items are
+            ``(image (3, H, W) float32, mask (H, W) int64)``); then give ``class_names``/``ignore_index``.
+        callbacks: extra Lightning callbacks.
+        **overrides: field values that replace those of ``config``.
+    """
+    import yaml
+
+    L = _lightning()
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - known
+    if isinstance(config, Mapping):
+        unknown |= set(config) - known
+    if unknown:
+        raise ConfigError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
+
+    ckpt_path = None
+    if resume is not None:
+        run_dir, ckpt_path = _resolve_resume(resume)
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        cfg = TrainConfig(**{k: v for k, v in saved["train"].items() if k in known})
+        for key, value in overrides.items():
+            setattr(cfg, key, value)
+    else:
+        cfg = config if isinstance(config, TrainConfig) else TrainConfig(**dict(config or {}))
+        cfg = TrainConfig(**{**asdict(cfg), **overrides})
+        run_dir = None
+    cfg.validate()
+
+    if datasets is None:
+        if cfg.data is None:
+            raise ConfigError("no training data: pass data= (dataset YAML, directory or dict) or --data data.yaml")
+        datasets, names, ignore, info = _load_datasets(cfg)
+    else:
+        if class_names is None:
+            raise ConfigError("train(datasets=...) needs class_names=[...] (one name per class)")
+        names, ignore = list(class_names), ignore_index
+        info = {"data": cfg.data if isinstance(cfg.data, str | dict) else "<in-memory>", "mean": list(DEFAULT_MEAN),
+                "std": list(DEFAULT_STD)}
+    for split in ("train", "val"):
+        if split not in datasets or len(datasets[split]) == 0:
+            raise DatasetError(f"the {split!r} split is missing or empty; training needs train and val images.")
+    num_classes = len(names)
+
+    if run_dir is None:
+        run_dir = increment_run_dir(cfg.project, cfg.name, cfg.exist_ok)
+    weights_dir = run_dir / "weights"
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = _make_module_class()(asdict(cfg), num_classes, ignore, names)
+    meta = {
+        "model": model_config(cfg.model, cfg.encoder, num_classes, **cfg.model_kwargs),
+        "class_names": names,
+        "num_classes": num_classes,
+        "ignore_index": ignore,
+        "imgsz": cfg.imgsz,
+        "mean": info["mean"],
+        "std": info["std"],
+        "train": _plain(asdict(cfg)),
+    }
+
+    distributed = (cfg.devices not in (1, "1", None) and str(cfg.devices) != "auto") or cfg.nodes > 1
+    accelerator = cfg.accelerator
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    precision = ("16-mixed" if on_gpu else "bf16-mixed") if cfg.amp else "32-true"
+
+    train_ds = SeededDataset(datasets["train"], cfg.seed)
+    sampler = EpochSampler(len(train_ds), cfg.seed, lambda: module.current_epoch)
+    loader_kw = {"num_workers": cfg.workers, "pin_memory": on_gpu, "persistent_workers": cfg.workers > 0}
+    train_loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=cfg.batch, sampler=sampler, drop_last=len(train_ds) > cfg.batch, **loader_kw
+    )
+    val_loader = torch.utils.data.DataLoader(datasets["val"], batch_size=cfg.batch, shuffle=False, **loader_kw)
+
+    artifacts = _make_artifacts_callback()(run_dir, meta)
+    extra_callbacks = callbacks
+    callbacks = [
+        artifacts,
+        L.callbacks.ModelCheckpoint(dirpath=weights_dir, filename="last", save_top_k=1, monitor=None,
+                                    enable_version_counter=False),
+    ]
+    if cfg.patience > 0:
+        callbacks.append(L.callbacks.EarlyStopping(monitor="val/miou", mode="max", patience=cfg.patience))
+    if cfg.progress:
+        callbacks.append(L.callbacks.RichProgressBar(leave=True))
+    callbacks.extend(extra_callbacks or [])
+
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.nodes,
+        strategy="ddp" if distributed else "auto",
+        precision=precision,
+        deterministic=True if not on_gpu else "warn",
+        logger=False,
+        callbacks=callbacks,
+        enable_progress_bar=cfg.progress,
+        enable_model_summary=cfg.progress,
+        num_sanity_val_steps=0,
+        default_root_dir=str(run_dir),
+        log_every_n_steps=1,
+    )
+    if trainer.is_global_zero:
+        weights_dir.mkdir(parents=True, exist_ok=True)
+        _write_yaml(run_dir / "config.yaml", {"train": meta["train"], "data": info["data"], "class_names": names,
+                                              "ignore_index": ignore, "mean": meta["mean"], "std": meta["std"]})
+    try:
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+    best = weights_dir / "best.pt"
+    matrix = np.asarray(artifacts.best_matrix, dtype=np.int64) if artifacts.best_matrix is not None else None
+    if trainer.is_global_zero:
+        plot_results(run_dir / "metrics.csv", run_dir / "results.png")
+        if matrix is not None:
+            plot_confusion_matrix(matrix, names, run_dir / "confusion_matrix.png",
+                                  title=f"validation, best epoch {artifacts.best_epoch + 1}")
+        if best.is_file():
+            best_model = model_from_checkpoint(load_checkpoint(best))
+            plot_val_samples(best_model, datasets["val"], meta, run_dir / "val_samples.png", cfg.val_samples)
+    return TrainResult(
+        run_dir=run_dir,
+        best=best,
+        last=weights_dir / "last.pt",
+        metrics=dict(artifacts.best_metrics),
+        confusion_matrix=matrix,
+        epochs_run=int(trainer.current_epoch),
+    )
