@@ -52,6 +52,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -249,7 +250,10 @@ def _rasterize_coco(sample: Sample, ignore_index: int) -> np.ndarray:
             rle = mask_utils.frPyObjects(seg, height, width)
         else:
             rle = seg
-        out[mask_utils.decode(rle).astype(bool)] = value
+        with warnings.catch_warnings():  # pycocotools' decode trips a numpy-2 copy= DeprecationWarning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            region = mask_utils.decode(rle).astype(bool)
+        out[region] = value
     return _narrow(out, ignore_index)
 
 

@@ -1,0 +1,218 @@
+"""Semantic datasets: format readers on real data, splits, validation errors, torch Dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imseg.errors import ConfigError, DatasetError
+from imseg.semantic.data import (
+    SegmentationDataset,
+    build_datasets,
+    load_data_config,
+    read_mask,
+    validate_dataset,
+)
+
+LABELME = "labelme-examples/instance_segmentation"
+
+
+# ----------------------------------------------------------------------------- real data
+def test_weizmann_horses_folder_pairs_with_split_json(data_dir):
+    cfg = load_data_config(data_dir / "weizmann-horse")
+    split = json.loads((data_dir / "weizmann-horse" / "split.json").read_text())
+    assert cfg.format == "folder" and cfg.num_classes == 2 and cfg.ignore_index == 255
+    for name in ("train", "val", "test"):
+        assert [s.stem for s in getattr(cfg, name)] == sorted(split[name])
+        assert all(s.mask.stem == s.image.stem for s in getattr(cfg, name))
+    report = validate_dataset(cfg)
+    assert report["counts"] == {"train": 200, "val": 64, "test": 64}
+    fg = report["class_pixels"]["train"][1] / sum(report["class_pixels"]["train"])
+    assert 0.1 < fg < 0.5  # horses cover a fraction of each photo
+
+    again = load_data_config(cfg.to_dict())  # config.yaml round trip
+    assert again.train == cfg.train and again.test == cfg.test and again.names == cfg.names
+
+
+def test_isbi_binary_0_255_labels_need_two_classes(data_dir):
+    root = data_dir / "isbi2012-membrane"
+    with pytest.raises(ConfigError, match="0 and 255"):
+        load_data_config(root)
+    cfg = load_data_config({"path": str(root), "names": ["membrane", "cell"], "val_ratio": 5 / 30, "seed": 1})
+    assert (len(cfg.train), len(cfg.val)) == (25, 5)
+    assert not {s.stem for s in cfg.train} & {s.stem for s in cfg.val}
+    ds = SegmentationDataset(cfg.val, num_classes=2)
+    rgb, mask = ds.read_raw(0)
+    raw = np.asarray(Image.open(cfg.val[0].mask))
+    assert rgb.shape == (512, 512, 3) and mask.dtype == np.int64
+    np.testing.assert_array_equal(mask, (raw == 255).astype(np.int64))  # 255 = cell interior -> class 1
+    assert 0.6 < mask.mean() < 0.9
+    # with 3 classes 255 stays "ignore": nothing left to learn -> refused, not trained silently
+    with pytest.raises(DatasetError, match="every training mask is background"):
+        validate_dataset({"path": str(root), "names": ["a", "b", "c"]})
+
+
+def test_size_mismatch_bad_inputs_are_refused(data_dir):
+    root = data_dir / "bad-inputs" / "size-mismatch"
+    with pytest.raises(DatasetError) as info:
+        build_datasets({"path": str(root), "names": ["background", "horse"], "val_ratio": 0.0})
+    message = str(info.value)
+    assert "size mismatch" in message and "never resized" in message
+    for stem in ("horse001", "horse002", "horse003", "horse004"):
+        assert f"images/{stem}.jpg" in message
+    assert "800x590" in message and "315x232" in message
+
+
+@pytest.fixture(scope="module")
+def three_formats(data_dir):
+    """The same 3 photos as VOC class PNGs, COCO JSON and labelme JSON, with the VOC class names."""
+    base = data_dir / LABELME
+    names = [line.strip() for line in (base / "data_dataset_voc" / "class_names.txt").read_text().splitlines() if line.strip()]
+    configs = {
+        fmt: load_data_config({"path": str(base / folder), "names": names, "val_ratio": 0.0})
+        for fmt, folder in (("voc", "data_dataset_voc"), ("coco", "data_dataset_coco"), ("labelme", "data_annotated"))
+    }
+    maps = {fmt: {s.stem: read_mask(s, len(names)) for s in cfg.train} for fmt, cfg in configs.items()}
+    return names, configs, maps
+
+
+def test_voc_coco_labelme_are_detected_and_agree(three_formats):
+    names, configs, maps = three_formats
+    assert {fmt: cfg.format for fmt, cfg in configs.items()} == {"voc": "voc", "coco": "coco", "labelme": "labelme"}
+    assert all(cfg.num_classes == 21 for cfg in configs.values())
+    assert set(maps["voc"]) == set(maps["coco"]) == set(maps["labelme"]) == {"2011_000003", "2011_000006", "2011_000025"}
+    for stem, voc in maps["voc"].items():
+        coco, labelme = maps["coco"][stem], maps["labelme"][stem]
+        assert voc.shape == coco.shape == labelme.shape
+        labelled = voc != 255
+        # labelme polygons drawn by us vs labelme's own export: the same pixels
+        assert (labelme == voc).mean() > 0.999
+        np.testing.assert_array_equal(labelme == 255, voc == 255)  # __ignore__ regions
+        # COCO polygons (pycocotools rasteriser) agree away from outlines; ignore has no COCO counterpart
+        assert (coco[labelled] == voc[labelled]).mean() > 0.98
+        assert set(np.unique(coco[labelled])) == set(np.unique(voc[labelled]))
+    assert {names[v] for v in np.unique(maps["coco"]["2011_000003"])} == {"_background_", "bottle", "person"}
+
+
+def test_coco_rasterisation_matches_pycocotools_api(three_formats, data_dir):
+    from pycocotools.coco import COCO
+
+    _, configs, maps = three_formats
+    path = data_dir / LABELME / "data_dataset_coco" / "annotations.json"
+    coco = COCO(str(path))
+    for sample in configs["coco"].train:
+        expected = np.zeros(maps["coco"][sample.stem].shape, np.int64)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[sample.image_id])):
+            expected[coco.annToMask(ann) > 0] = ann["category_id"]  # ids 1..20 == VOC indices here
+        np.testing.assert_array_equal(maps["coco"][sample.stem], expected)
+
+
+def test_formats_without_names_discover_classes(data_dir):
+    base = data_dir / LABELME
+    coco = load_data_config(base / "data_dataset_coco")
+    assert coco.names[0] == "background" and coco.num_classes == 21 and coco.names[15] == "person"
+    labelme = load_data_config(base / "data_annotated")
+    assert labelme.names == ["background", "bottle", "bus", "car", "chair", "person", "sofa"]
+    ds = SegmentationDataset(labelme.train + labelme.val, num_classes=labelme.num_classes)
+    values = set()
+    for i in range(len(ds)):
+        values |= set(np.unique(ds.read_raw(i)[1]).tolist())
+    assert values == {0, 1, 2, 3, 4, 5, 6, 255}
+
+
+# ----------------------------------------------------------------------------- synthetic layouts
+def _write_pairs(root: Path, n: int, size=(24, 32), values=(0, 1, 2), seed=0) -> None:
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / "images" / f"im{i:03d}.jpg")
+        Image.fromarray(rng.choice(np.array(values, np.uint8), size)).save(root / "masks" / f"im{i:03d}.png")
+
+
+def test_palette_png_is_read_as_indices(tmp_path):
+    mask = np.array([[0, 1], [2, 255]], np.uint8)
+    img = Image.fromarray(mask, mode="P")
+    palette = np.zeros((256, 3), np.uint8)
+    palette[1], palette[2], palette[255] = (128, 0, 0), (0, 128, 0), (224, 224, 192)
+    img.putpalette(palette.ravel().tolist())
+    img.save(tmp_path / "m.png")
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "i.png")
+    from imseg.semantic.data import Sample
+
+    np.testing.assert_array_equal(read_mask(Sample(tmp_path / "i.png", tmp_path / "m.png"), 3), mask)
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 1] = (128, 0, 0)
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    with pytest.raises(DatasetError, match="colour"):
+        read_mask(Sample(tmp_path / "i.png", tmp_path / "colour.png"), 3)
+
+
+def test_validation_lists_every_problem_once(tmp_path):
+    _write_pairs(tmp_path, 16)
+    for i in range(12):  # 12 masks with an unknown class 9 -> first 10 shown, then a count
+        Image.fromarray(np.full((24, 32), 9, np.uint8)).save(tmp_path / "masks" / f"im{i:03d}.png")
+    (tmp_path / "masks" / "im012.png").unlink()  # image without mask
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(tmp_path / "masks" / "orphan.png")  # mask without image
+    (tmp_path / "images" / "im013.jpg").write_bytes(b"not a jpeg")  # unreadable
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "masks" / "im014.png")  # size mismatch
+    cfg = load_data_config({"path": str(tmp_path), "names": ["a", "b", "c"], "val_ratio": 0.0})
+    with pytest.raises(DatasetError) as info:
+        validate_dataset(cfg)
+    msg = str(info.value)
+    assert "has 16 problem(s)" in msg and "unknown class values" in msg and "ignore_index) (12):" in msg
+    assert "im000.png: values 9 are not class ids 0..2 or 255" in msg and "... and 2 more" in msg
+    assert "im012.jpg: no mask" in msg and "orphan.png: mask without an image" in msg
+    assert "im013.jpg: cannot read image" in msg and "im014.jpg is 32x24 but its mask" in msg
+    # an empty declared split is refused too
+    (tmp_path / "val.txt").write_text("")
+    with pytest.raises(DatasetError, match="split 'val' has no samples"):
+        validate_dataset({"path": str(tmp_path), "names": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"],
+                          "train": ["im015"], "val": "val.txt"})
+
+
+def test_yaml_split_files_ratio_and_binary(tmp_path):
+    _write_pairs(tmp_path / "ds", 20, values=(0, 255))
+    (tmp_path / "ds" / "train.txt").write_text("\n".join(f"im{i:03d}" for i in range(14)))
+    (tmp_path / "ds" / "val.txt").write_text("\n".join(f"im{i:03d}.jpg" for i in range(14, 20)))
+    yaml_path = tmp_path / "data.yaml"
+    yaml_path.write_text("path: ds\ntrain: train.txt\nval: val.txt\nnames: {0: bg, 1: fg}\n")
+    cfg = load_data_config(yaml_path)
+    assert (len(cfg.train), len(cfg.val), cfg.names) == (14, 6, ["bg", "fg"])
+    _, mask = SegmentationDataset(cfg.train, num_classes=2).read_raw(0)
+    assert set(np.unique(mask).tolist()) == {0, 1}
+    with pytest.raises(ConfigError, match="0 and 255"):
+        load_data_config(tmp_path / "ds")
+    a = load_data_config({"path": str(tmp_path / "ds"), "binary": True, "val_ratio": 0.25, "test_ratio": 0.1, "seed": 3})
+    b = load_data_config({"path": str(tmp_path / "ds"), "binary": True, "val_ratio": 0.25, "test_ratio": 0.1, "seed": 3})
+    c = load_data_config({"path": str(tmp_path / "ds"), "binary": True, "val_ratio": 0.25, "test_ratio": 0.1, "seed": 4})
+    assert (len(a.train), len(a.val), len(a.test)) == (13, 5, 2) and a.splits == b.splits and a.val != c.val
+    stems = [s.stem for part in a.splits.values() for s in part]
+    assert sorted(stems) == [f"im{i:03d}" for i in range(20)]  # disjoint and complete
+    with pytest.raises(ConfigError, match="unknown dataset config key"):
+        load_data_config({"path": str(tmp_path / "ds"), "nmes": ["a", "b"]})
+
+
+def test_build_datasets_and_seeded_loader(tmp_path):
+    _write_pairs(tmp_path, 8, size=(40, 60), values=(0, 1, 2, 255))
+    sets = build_datasets({"path": str(tmp_path), "names": ["a", "b", "c"], "val_ratio": 0.25}, imgsz=32,
+                          augment={"rotate": 10, "scale": [0.5, 1.5]}, seed=5)
+    assert set(sets) == {"train", "val"} and (len(sets["train"]), len(sets["val"])) == (6, 2)
+    image, mask = sets["val"][0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and mask.dtype == torch.int64
+    assert (mask[21:] == 255).all()  # letterbox 40x60 -> 21x32 + ignore padding
+    train = sets["train"]
+    first = [train[i] for i in range(len(train))]
+    again = [train[i] for i in range(len(train))]
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(first, again, strict=True))
+    loader = torch.utils.data.DataLoader(train, batch_size=3, num_workers=2)
+    batches = list(loader)
+    assert torch.equal(batches[0][0], torch.stack([first[i][0] for i in range(3)]))  # same with workers
+    train.set_epoch(1)
+    assert not torch.equal(train[0][0], first[0][0])
+    assert set(torch.unique(torch.cat([m for _, m in batches])).tolist()) <= {0, 1, 2, 255}
