@@ -99,6 +99,7 @@ def test_voc_coco_labelme_are_detected_and_agree(three_formats):
     assert {names[v] for v in np.unique(maps["coco"]["2011_000003"])} == {"_background_", "bottle", "person"}
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
 def test_coco_rasterisation_matches_pycocotools_api(three_formats, data_dir):
     from pycocotools.coco import COCO
 
