@@ -1,0 +1,140 @@
+"""Inference from a run directory: loading, sliding-window blending, flip TTA, Masks output, predict CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import imseg
+from imseg.errors import CheckpointError, PromptError
+from imseg.semantic.infer import SemanticSegmenter, gaussian_window, load_run, tile_starts
+from imseg.semantic.models import create_model, model_config
+from imseg.semantic.train import DEFAULT_MEAN, DEFAULT_STD, save_checkpoint
+
+NAMES = ["background", "red", "blue"]
+
+
+def _pointwise_model(seed: int = 0) -> torch.nn.Module:
+    """A 1x1 conv: each output pixel depends on its input pixel only, so tiling must not change it."""
+    torch.manual_seed(seed)
+    return torch.nn.Conv2d(3, 3, 1).eval()
+
+
+def _segmenter(model, **kw) -> SemanticSegmenter:
+    return SemanticSegmenter(model, NAMES, imgsz=kw.pop("imgsz", 64), mean=DEFAULT_MEAN, std=DEFAULT_STD, device="cpu", **kw)
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_tiles_cover_and_window_peaks_in_centre():
+    assert tile_starts(100, 64, 48) == [0, 36]
+    assert tile_starts(64, 64, 48) == [0]
+    assert tile_starts(200, 64, 16)[-1] == 136
+    win = gaussian_window((64, 64))
+    assert win.shape == (64, 64) and float(win.max()) == pytest.approx(1.0, abs=1e-2)
+    assert float(win[0, 0]) < float(win[32, 32])
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+def test_sliding_window_equals_whole_image_for_pointwise_model(overlap):
+    image = _image(150, 230)
+    tiled = _segmenter(_pointwise_model(), imgsz=64, overlap=overlap).predict_probs(image)
+    whole = _segmenter(_pointwise_model(), imgsz=256).predict_probs(image)  # fits in one pass
+    assert tiled.shape == whole.shape == (3, 150, 230)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    np.testing.assert_allclose(tiled.sum(0), 1.0, atol=1e-5)
+
+
+def test_sliding_window_with_a_real_network_is_seamless_and_tta_averages_flips():
+    torch.manual_seed(0)
+    net = create_model("unet", encoder="resnet18", num_classes=3, encoder_depth=3, decoder_channels=[16, 8, 8]).eval()
+    seg = _segmenter(net, imgsz=64, overlap=0.5)
+    image = _image(96, 160, seed=1)
+    probs = seg.predict_probs(image)
+    assert probs.shape == (3, 96, 160) and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    # TTA on an image that fits: mean of the plain, h-flipped and v-flipped predictions
+    small = _image(64, 64, seed=2)
+    tta = seg.predict_probs(small, tta=True)
+    plain = seg.predict_probs(small)
+    hflip = seg.predict_probs(small[:, ::-1])[:, :, ::-1]
+    vflip = seg.predict_probs(small[::-1])[:, ::-1]
+    np.testing.assert_allclose(tta, (plain + hflip + vflip) / 3, atol=1e-5)
+    assert not np.allclose(tta, plain, atol=1e-4)
+
+
+def _write_run(tmp_path, model_name="unet") -> tuple:
+    torch.manual_seed(0)
+    kwargs = {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}
+    net = create_model(model_name, encoder="resnet18", num_classes=3, **kwargs)
+    meta = {"model": model_config(model_name, "resnet18", 3, **kwargs), "class_names": NAMES, "num_classes": 3,
+            "ignore_index": 255, "imgsz": 64, "mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD), "epoch": 0}
+    run = tmp_path / "exp"
+    save_checkpoint(run / "weights" / "best.pt", net, meta)
+    return run, net.eval()
+
+
+def test_load_run_through_imseg_load_and_segment_returns_masks(tmp_path):
+    run, net = _write_run(tmp_path)
+    payload = torch.load(run / "weights" / "best.pt", weights_only=True)
+    assert payload["class_names"] == NAMES
+    seg = imseg.load(run, device="cpu")
+    assert isinstance(seg, SemanticSegmenter) and seg.class_names == NAMES
+    image = _image(64, 64, seed=3)
+    probs = seg.predict_probs(image)
+    # same numbers as the network itself on the normalised image
+    x = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(DEFAULT_MEAN).view(3, 1, 1)) / torch.tensor(
+        DEFAULT_STD
+    ).view(3, 1, 1)
+    with torch.no_grad():
+        ref = net(x[None]).softmax(1)[0].numpy()
+    np.testing.assert_allclose(probs, ref, atol=1e-5)
+    labels = probs.argmax(0)
+    masks = seg.segment(image)
+    expected = [c for c in np.unique(labels) if c != 0]  # background left out by name
+    assert list(masks.labels) == expected and masks.class_names == NAMES
+    for m, c, s in zip(masks.masks, masks.labels, masks.scores, strict=True):
+        assert np.array_equal(m, labels == c)
+        assert s == pytest.approx(probs[c][labels == c].mean(), rel=1e-5)
+    with_bg = seg.segment(image, include_background=True)
+    assert np.array_equal(with_bg.masks.sum(0), np.ones(labels.shape))  # a partition of the image
+    with pytest.raises(PromptError):
+        seg.segment(image, points=[(1, 1)])
+
+
+def test_bad_checkpoints_are_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="no weights/best.pt"):
+        load_run(tmp_path)
+    bad = tmp_path / "weights" / "best.pt"
+    bad.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}}, bad)
+    with pytest.raises(CheckpointError, match="not an imseg semantic checkpoint"):
+        load_run(tmp_path)
+    bad.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_run(tmp_path)
+
+
+def test_predict_cli_writes_label_maps_and_overlays(tmp_path):
+    from imseg.cli import app
+
+    run, _ = _write_run(tmp_path)
+    src = tmp_path / "images"
+    src.mkdir()
+    for i, (h, w) in enumerate([(64, 64), (100, 140)]):  # the second one is tiled
+        Image.fromarray(_image(h, w, seed=10 + i)).save(src / f"img{i}.png")
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(app, ["predict", str(src), "--run", str(run), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    seg = load_run(run, device="cpu")
+    for i in range(2):
+        written = np.asarray(Image.open(out / f"img{i}.png"))
+        assert np.array_equal(written, seg.predict(src / f"img{i}.png"))
+        assert np.asarray(Image.open(out / f"img{i}_overlay.png")).shape == (*written.shape, 3)
+    missing = CliRunner().invoke(app, ["predict", str(src), "--run", str(tmp_path / "nope"), "--out", str(out)])
+    assert missing.exit_code == 2 and "no weights/best.pt" in missing.output
