@@ -93,3 +93,11 @@ def test_help_does_not_import_heavy_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"imseg --help imports heavy modules: {out.stdout}"
+
+
+def test_empty_masks_are_valid():
+    import numpy as np
+
+    empty = imseg.Masks(np.zeros((0, 4, 5), bool))
+    assert len(empty) == 0 and empty.image_size == (4, 5) and empty.to_coco() == []
+    assert imseg.Masks.from_label_map(np.zeros((4, 5), int)).image_size == (4, 5)

@@ -124,7 +124,7 @@ class Masks:
         self.scores = self._per_mask(scores, n, np.float32, "scores", default=1.0)
         if areas is None:
             if self._masks is not None:
-                areas = self._masks.reshape(n, -1).sum(axis=1)
+                areas = self._masks.reshape(n, h * w).sum(axis=1)
             else:
                 from pycocotools import mask as mask_utils
 
