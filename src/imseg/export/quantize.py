@@ -28,7 +28,51 @@ def quantize_dynamic_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Pat
         q.quantize_dynamic(str(src), str(dst), weight_type=q.QuantType.QUInt8, per_channel=False)
     except Exception as exc:
         raise ExportError(f"dynamic int8 quantization of {src} failed: {type(exc).__name__}: {exc}") from exc
+    store_large_floats_as_fp16(dst)
     return dst
+
+
+def store_large_floats_as_fp16(path: str | os.PathLike, min_bytes: int = 1 << 16) -> int:
+    """Store the float32 tensors that int8 quantization leaves (e.g. precomputed attention-bias
+    tables) as float16 followed by a Cast back to float32: the graph computes in float32 as before,
+    the file shrinks. Returns the number of tensors converted."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    converted = 0
+    for init in list(graph.initializer):
+        if init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        array = numpy_helper.to_array(init)
+        if array.nbytes < min_bytes or not np.isfinite(array).all() or np.abs(array).max() > 6e4:
+            continue
+        half_name = f"{init.name}__fp16"
+        graph.initializer.append(numpy_helper.from_array(array.astype(np.float16), half_name))
+        graph.node.insert(0, helper.make_node("Cast", [half_name], [init.name], to=onnx.TensorProto.FLOAT,
+                                              name=f"{init.name}__cast"))
+        graph.initializer.remove(init)
+        converted += 1
+    for node in graph.node:
+        if node.op_type != "Constant" or not node.attribute or node.attribute[0].name != "value":
+            continue
+        tensor = node.attribute[0].t
+        if tensor.data_type != onnx.TensorProto.FLOAT:
+            continue
+        array = numpy_helper.to_array(tensor)
+        if array.nbytes < min_bytes or not np.isfinite(array).all() or np.abs(array).max() > 6e4:
+            continue
+        out_name = node.output[0]
+        half_name = f"{out_name}__fp16"
+        node.output[0] = half_name
+        node.attribute[0].t.CopyFrom(numpy_helper.from_array(array.astype(np.float16), tensor.name))
+        graph.node.insert(list(graph.node).index(node) + 1,
+                          helper.make_node("Cast", [half_name], [out_name], to=onnx.TensorProto.FLOAT, name=f"{out_name}__cast"))
+        converted += 1
+    if converted:
+        onnx.save(model, str(path))
+    return converted
 
 
 class _Reader:
