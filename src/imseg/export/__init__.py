@@ -151,7 +151,11 @@ def _run_model(run):
     std = getattr(segmenter, "std", None)
     if model is None or names is None or mean is None or std is None:
         raise ExportError(f"{run}: the loaded segmenter lacks model/class_names/mean/std; cannot export it.")
-    return model, list(names), tuple(float(v) for v in mean), tuple(float(v) for v in std), f"run:{run.name}"
+    import numpy as np
+
+    mean = tuple(float(v) for v in np.asarray(mean, dtype=float).reshape(-1))
+    std = tuple(float(v) for v in np.asarray(std, dtype=float).reshape(-1))
+    return model.cpu().eval(), list(names), mean, std, run.name
 
 
 def export_semantic_model(model, out, *, class_names, mean, std, format: str = "onnx", name: str = "semantic",

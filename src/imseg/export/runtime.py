@@ -377,12 +377,14 @@ def _records_to_masks(records: list[dict], size: tuple[int, int]) -> Masks:
 
 # ============================================================================ semantic
 def _pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
-    """(N, C, H, W) -> zero-padded bottom/right to multiples of ``multiple``."""
+    """(N, C, H, W) -> padded bottom/right to multiples of ``multiple`` (reflect, as the torch
+    segmenter does; edge replication when the image is smaller than the padding)."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph == 0 and pw == 0:
         return x
-    return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)))
+    mode = "reflect" if ph < h and pw < w else "edge"
+    return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
 
 
 def semantic_preprocess(image: np.ndarray, mean, std, pad_multiple: int) -> np.ndarray:
@@ -417,8 +419,11 @@ class OrtSemanticSegmenter(Segmenter):
         return logits[0, :, : image.shape[0], : image.shape[1]]
 
     def predict_labels(self, image) -> np.ndarray:
-        """(H, W) int64 class map."""
-        return self.predict_logits(image).argmax(axis=0)
+        """(H, W) int64 class map (one-channel binary models: logit > 0 is class 1)."""
+        logits = self.predict_logits(image)
+        if logits.shape[0] == 1:
+            return (logits[0] > 0).astype(np.int64)
+        return logits.argmax(axis=0)
 
     def segment(self, image, *, points=None, labels=None, box=None, **kwargs: Any) -> Masks:
         if points is not None or box is not None:

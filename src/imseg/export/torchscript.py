@@ -45,7 +45,9 @@ def export_semantic_torchscript(
             traced = torch.jit.trace(model, example, check_trace=False)
             traced = torch.jit.freeze(traced)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE: json.dumps(meta)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the deployable format
+            torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE: json.dumps(meta)})
         os.replace(tmp, path)
     except Exception as exc:
         raise ExportError(f"TorchScript export failed: {type(exc).__name__}: {exc}") from exc
@@ -65,5 +67,7 @@ def load_torchscript(path: str | os.PathLike, device: str = "cpu"):
     if not path.is_file():
         raise ExportError(f"{path}: TorchScript file not found; export with `imseg export --run RUN --format torchscript`.")
     extra = {EXTRA_FILE: ""}
-    module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     return module.eval(), json.loads(extra[EXTRA_FILE] or "{}")
