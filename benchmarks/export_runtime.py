@@ -93,7 +93,6 @@ def main() -> None:
         reps = max(10, args.repeats)
         rows.append(("SAM decoder (1 point, 768x1024 out)", timed(torch_decoder, reps),
                      timed(lambda: dec32.run(None, feeds), reps), timed(lambda: dec8.run(None, feeds), reps)))
-        del sam, enc32, enc8
 
         import segmentation_models_pytorch as smp
 
