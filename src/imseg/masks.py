@@ -325,3 +325,256 @@ class Masks:
             image_size=size,
             **fields,
         )
+
+    # ------------------------------------------------------------------ polygons, overlay, files
+    def to_polygons(self, tolerance: float = 0.0) -> list[list[dict]]:
+        """Outlines as rings: per mask a list of ``{"points": (K, 2) float XY px, "hole": bool}``.
+
+        OpenCV contours with the two-level hierarchy (outer boundaries and the holes inside them);
+        ``tolerance`` > 0 simplifies each ring with Douglas-Peucker (max deviation in px). Points are
+        pixel corners, so a ring traces the outside of its pixels (COCO polygon convention).
+        """
+        import cv2
+
+        out: list[list[dict]] = []
+        for mask in self.masks:
+            rings: list[dict] = []
+            if mask.any():
+                # pad 1 px and upsample 2x so rings run along pixel edges, not pixel centres
+                big = np.kron(np.pad(mask, 1).astype(np.uint8), np.ones((2, 2), np.uint8))
+                contours, hierarchy = cv2.findContours(big, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+                for contour, info in zip(contours, hierarchy[0], strict=True):
+                    if tolerance > 0:
+                        contour = cv2.approxPolyDP(contour, 2 * tolerance, True)
+                    pts = contour.reshape(-1, 2).astype(np.float32)
+                    pts = np.floor((pts + 1) / 2) - 1  # back to original pixel-corner coordinates
+                    keep = np.ones(len(pts), bool)
+                    keep[1:] = np.any(pts[1:] != pts[:-1], axis=1)
+                    pts = pts[keep]
+                    if len(pts) >= 3:
+                        rings.append({"points": pts, "hole": bool(info[3] >= 0)})
+            out.append(rings)
+        return out
+
+    @staticmethod
+    def polygons_to_mask(rings: Sequence[dict], image_size: tuple[int, int]) -> np.ndarray:
+        """Rasterise rings from :meth:`to_polygons` back to an (H, W) bool mask (holes subtracted)."""
+        from pycocotools import mask as mask_utils
+
+        h, w = image_size
+        mask = np.zeros((h, w), bool)
+        for want_hole in (False, True):
+            polys = [np.asarray(r["points"], np.float64).ravel().tolist() for r in rings if r["hole"] == want_hole]
+            if not polys:
+                continue
+            area = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, h, w))).astype(bool)
+            mask = mask & ~area if want_hole else mask | area
+        return mask
+
+    def overlay(self, image: Any, alpha: float = 0.5, outline: bool = True, seed: int = 0) -> np.ndarray:
+        """RGB uint8 (H, W, 3) picture of the masks over ``image`` (any ``read_image`` source).
+
+        Each mask gets a distinct colour (golden-ratio hues), blended with ``alpha``; larger masks are
+        drawn first so nested ones stay visible; ``outline`` draws 1-px boundaries in the mask colour.
+        """
+        import cv2
+
+        from .io import read_image
+
+        if not 0.0 <= alpha <= 1.0:
+            raise InputError(f"alpha must be in [0, 1], got {alpha}.")
+        rgb = read_image(image)
+        if rgb.shape[:2] != self.image_size:
+            raise InputError(
+                f"overlay: image is {rgb.shape[1]}x{rgb.shape[0]} but the masks are "
+                f"{self.width}x{self.height}; pass the image the masks were computed on."
+            )
+        colours = mask_colours(len(self), seed)
+        out = rgb.astype(np.float32)
+        order = np.argsort(-self.areas, kind="stable")
+        dense = self.masks
+        kernel = np.ones((3, 3), np.uint8)
+        for i in order:
+            m = dense[i]
+            out[m] = (1 - alpha) * out[m] + alpha * colours[i]
+            if outline:
+                m8 = m.astype(np.uint8)
+                edge = (m8 - cv2.erode(m8, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)).astype(bool)
+                out[edge] = colours[i]
+        return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+    def save(self, directory: Any, format: str = "png", stem: str = "masks", image_id: int = 0) -> list[Any]:
+        """Write the masks under ``directory`` (created) atomically; returns the paths written.
+
+        Formats: ``png`` (one 0/255 PNG per mask ``{stem}_{i:03d}.png`` plus ``{stem}.json`` metadata),
+        ``coco`` (``{stem}.json``: a COCO dataset with images/annotations/categories), ``rle``
+        (``{stem}.rle.json``), ``polygons`` (``{stem}.polygons.json``), ``npz`` (``{stem}.npz``).
+        Every format loads back with :meth:`Masks.load`.
+        """
+        import json
+        from pathlib import Path
+
+        from .io import atomic_path, write_bytes, write_image
+
+        fmt = format.lower()
+        if fmt not in SAVE_FORMATS:
+            raise InputError(f"unknown mask format {format!r}; use one of {', '.join(SAVE_FORMATS)}.")
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        meta = self._meta()
+
+        def dump(path: Path, payload: dict) -> Path:
+            return write_bytes(path, json.dumps(payload).encode("utf-8"))
+
+        if fmt == "npz":
+            path = root / f"{stem}.npz"
+            arrays = {"masks": np.packbits(self.masks, axis=-1), "width": np.int64(self.width),
+                      "scores": self.scores, "boxes": self.boxes, "areas": self.areas}
+            if self.labels is not None:
+                arrays["labels"] = self.labels
+            for key, value in self.fields.items():
+                arrays[f"field_{key}"] = value
+            if self.class_names is not None:
+                arrays["class_names"] = np.asarray(self.class_names, dtype=str)
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+            return [path]
+        if fmt == "png":
+            paths = []
+            for i, mask in enumerate(self.masks):
+                paths.append(write_image(root / f"{stem}_{i:03d}.png", mask))
+            meta["files"] = [p.name for p in paths]
+            return [*paths, dump(root / f"{stem}.json", meta)]
+        if fmt == "coco":
+            return [dump(root / f"{stem}.json", self.to_coco_dataset(file_name=f"{stem}", image_id=image_id))]
+        if fmt == "rle":
+            meta["rles"] = self.to_rle()
+            return [dump(root / f"{stem}.rle.json", meta)]
+        meta["polygons"] = [
+            [{"points": r["points"].tolist(), "hole": r["hole"]} for r in rings] for rings in self.to_polygons()
+        ]
+        return [dump(root / f"{stem}.polygons.json", meta)]
+
+    def to_coco_dataset(self, file_name: str = "image", image_id: int = 1, start_id: int = 1) -> dict:
+        """A complete COCO dict (``images``, ``annotations``, ``categories``) that ``COCO()`` loads."""
+        anns = self.to_coco(image_id=image_id, start_id=start_id)
+        for ann, fields in zip(anns, self._field_rows(), strict=True):
+            ann.update(fields)
+        cat_ids = sorted({a["category_id"] for a in anns}) or [1]
+        names = self.class_names or []
+        categories = [{"id": c, "name": names[c] if 0 <= c < len(names) else f"class_{c}"} for c in cat_ids]
+        return {
+            "images": [{"id": int(image_id), "file_name": str(file_name), "height": self.height, "width": self.width}],
+            "annotations": anns,
+            "categories": categories,
+        }
+
+    def _field_rows(self) -> list[dict]:
+        rows: list[dict] = [{} for _ in range(len(self))]
+        for key, values in self.fields.items():
+            for i, v in enumerate(values):
+                rows[i][key] = v.tolist() if isinstance(v, np.ndarray) else (v.item() if hasattr(v, "item") else v)
+        return rows
+
+    def _meta(self) -> dict:
+        return {
+            "imseg_masks": 1,
+            "image_size": list(self.image_size),
+            "scores": self.scores.tolist(),
+            "boxes": self.boxes.tolist(),
+            "areas": self.areas.tolist(),
+            "labels": None if self.labels is None else self.labels.tolist(),
+            "class_names": self.class_names,
+            "fields": {k: v.tolist() for k, v in self.fields.items()},
+        }
+
+    @classmethod
+    def load(cls, path: Any, stem: str | None = None) -> Masks:
+        """Read masks written by :meth:`save` (a file, or a directory plus ``stem``), or any COCO JSON
+        with RLE/polygon segmentations of one image."""
+        import json
+        from pathlib import Path
+
+        p = Path(path)
+        if p.is_dir():
+            candidates = sorted(p.glob(f"{stem or '*'}.npz")) + sorted(p.glob(f"{stem or '*'}*.json"))
+            if not candidates:
+                raise InputError(f"{p}: no saved masks (.npz or .json) found; pass the file written by Masks.save.")
+            p = candidates[0]
+        if not p.is_file():
+            raise InputError(f"{p}: no such file; pass a path written by Masks.save().")
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as data:
+                width = int(data["width"])
+                dense = np.unpackbits(data["masks"], axis=-1, count=width).astype(bool)
+                fields = {k[6:]: data[k] for k in data.files if k.startswith("field_")}
+                return cls(dense, scores=data["scores"], boxes=data["boxes"], areas=data["areas"],
+                           labels=data["labels"] if "labels" in data.files else None,
+                           class_names=data["class_names"].tolist() if "class_names" in data.files else None,
+                           **fields)
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{p}: not a readable JSON file ({exc}).") from exc
+        if "annotations" in doc and "images" in doc:
+            return cls._from_coco(doc, p)
+        if doc.get("imseg_masks") != 1:
+            raise InputError(f"{p}: not a file written by Masks.save (no 'imseg_masks' key) nor a COCO JSON.")
+        size = tuple(doc["image_size"])
+        common = dict(scores=doc["scores"], boxes=doc["boxes"], areas=doc["areas"], labels=doc["labels"],
+                      class_names=doc["class_names"], image_size=size,
+                      **{k: np.asarray(v) for k, v in doc["fields"].items()})
+        if "rles" in doc:
+            return cls(rles=doc["rles"], **common)
+        if "polygons" in doc:
+            dense = [cls.polygons_to_mask(rings, size) for rings in doc["polygons"]]
+            return cls(np.stack(dense) if dense else np.zeros((0, *size), bool), **common)
+        if "files" in doc:
+            from .io import read_image
+
+            dense = [read_image(p.parent / f)[..., 0] > 127 for f in doc["files"]]
+            return cls(np.stack(dense) if dense else np.zeros((0, *size), bool), **common)
+        raise InputError(f"{p}: saved masks have no 'rles', 'polygons' or 'files' entry.")
+
+    @classmethod
+    def _from_coco(cls, doc: dict, where: Any) -> Masks:
+        from pycocotools import mask as mask_utils
+
+        images = doc["images"]
+        if len(images) != 1:
+            raise InputError(f"{where}: COCO file has {len(images)} images; Masks.load reads one image's masks.")
+        h, w = int(images[0]["height"]), int(images[0]["width"])
+        anns = doc["annotations"]
+        rles = []
+        for ann in anns:
+            seg = ann["segmentation"]
+            if isinstance(seg, list):  # polygons
+                seg = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+            elif isinstance(seg.get("counts"), list):
+                seg = mask_utils.frPyObjects(seg, h, w)
+            rles.append(seg)
+        cats = {c["id"]: c["name"] for c in doc.get("categories", [])}
+        labels = [a.get("category_id", 1) for a in anns]
+        names = None
+        if cats and all(isinstance(k, int) and k >= 0 for k in cats):
+            names = [cats.get(i, f"class_{i}") for i in range(max(cats) + 1)]
+        skip = {"id", "image_id", "category_id", "segmentation", "area", "bbox", "score", "iscrowd"}
+        extra_keys = [k for k in (anns[0] if anns else {}) if k not in skip and all(k in a for a in anns)]
+        return cls(
+            rles=rles, image_size=(h, w), scores=[a.get("score", 1.0) for a in anns], labels=labels or None,
+            class_names=names, **{k: np.asarray([a[k] for a in anns]) for k in extra_keys},
+        )
+
+
+SAVE_FORMATS = ("png", "coco", "rle", "polygons", "npz")
+
+
+def mask_colours(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 3) float RGB colours in 0..255, well separated (golden-ratio hue steps, bright)."""
+    import colorsys
+
+    start = (seed * 0.1234) % 1.0
+    return np.array(
+        [[255 * c for c in colorsys.hsv_to_rgb((start + i * 0.618033988749895) % 1.0, 0.75, 0.95)] for i in range(n)],
+        np.float32,
+    ).reshape(n, 3)

@@ -552,7 +552,7 @@ class SamAutomaticMaskGenerator:
         crop_boxes, layers = generate_crop_boxes((h, w), self.crop_n_layers, self.crop_overlap_ratio)
         kept = _Candidates()
         with torch.inference_mode():
-            for crop_box, layer in zip(crop_boxes, layers):
+            for crop_box, layer in zip(crop_boxes, layers, strict=True):
                 self._process_crop(image, crop_box, layer, kept)
             rles, boxes, iou, stab, points, crops = kept.cat()
             if len(crop_boxes) > 1 and len(rles):
@@ -578,7 +578,7 @@ class SamAutomaticMaskGenerator:
         device, dtype = self._device_dtype()
         size = int(self.model.image_encoder.img_size)
         nh, nw = resized_shape(crop.shape[0], crop.shape[1], size)
-        resized = np.asarray(Image.fromarray(crop).resize((nw, nh), Image.BILINEAR))
+        resized = np.array(Image.fromarray(crop).resize((nw, nh), Image.BILINEAR))
         x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
         x = self.model.preprocess(x)
         return self.model.image_encoder(x.to(dtype)), (nh, nw)
@@ -654,7 +654,9 @@ class SamAutomaticMaskGenerator:
             logits = F.interpolate(up, (ch, cw), mode="bilinear", align_corners=False)[:, 0]
             del up
             stab = stability_score(logits, threshold, self.stability_score_offset)
-            keep = stab >= self.stability_score_thresh if self.stability_score_thresh > 0 else torch.ones_like(stab, dtype=torch.bool)
+            keep = stab >= self.stability_score_thresh
+            if self.stability_score_thresh <= 0:
+                keep = torch.ones_like(stab, dtype=torch.bool)
             masks = logits[keep] > threshold
             del logits
             if masks.shape[0] == 0:

@@ -1,0 +1,185 @@
+"""Segment everything: parity with the official generator on the same weights and image.
+
+Random weights make every candidate mask look alike, so ``box_nms_thresh=1.0`` runs compare every
+candidate one to one (iou/stability filters, thresholds, boxes, RLEs); other runs keep NMS, crop
+layers and small-region removal on. A tiny official SAM (1-layer ViT, 64-channel decoder, same
+64x64 token grid and 256x256 low-res masks) keeps the official side affordable on CPU; one run uses
+the real MobileSAM architecture through our own model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from imseg.errors import ConfigError, InputError  # noqa: E402
+from imseg.masks import Masks  # noqa: E402
+from imseg.sam.automatic import SamAutomaticMaskGenerator, generate_crop_boxes, rle_counts  # noqa: E402
+
+LOW = dict(pred_iou_thresh=0.01, stability_score_thresh=0.3, stability_score_offset=0.02)
+
+
+def tiny_official_sam(seed: int = 0):
+    """An official ``segment_anything.Sam`` with tiny random weights (fast on CPU)."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    from conftest import perturb_constant_parameters
+
+    torch.manual_seed(seed)
+    c = 64
+    encoder = ImageEncoderViT(depth=1, embed_dim=32, img_size=1024, mlp_ratio=2, num_heads=2, patch_size=16,
+                              norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), qkv_bias=True, use_rel_pos=True,
+                              global_attn_indexes=(), window_size=8, out_chans=c)
+    prompt = PromptEncoder(embed_dim=c, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=8)
+    decoder = MaskDecoder(num_multimask_outputs=3, transformer_dim=c, iou_head_depth=3, iou_head_hidden_dim=32,
+                          transformer=TwoWayTransformer(depth=2, embedding_dim=c, mlp_dim=128, num_heads=4))
+    model = Sam(encoder, prompt, decoder, pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
+    perturb_constant_parameters(model, seed + 1, scale=0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_sam():
+    return tiny_official_sam()
+
+
+@pytest.fixture(scope="module")
+def image(sample_image):
+    from skimage import transform
+
+    return (transform.resize(sample_image, (120, 160), anti_aliasing=True) * 255).round().astype(np.uint8)
+
+
+def official(model, image, **kwargs):
+    from segment_anything import SamAutomaticMaskGenerator as Official
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Official(model, **kwargs).generate(image)
+
+
+def assert_same_records(expected: list[dict], got: list[dict], score_tol: float = 1e-3) -> None:
+    """Same count, every official mask matched (greedy by IoU) with IoU >= 0.99, scores within tol."""
+    assert len(got) == len(expected)
+    assert len(expected) > 0, "the settings must let some masks survive, or the test proves nothing"
+    free = list(range(len(got)))
+    for rec in expected:
+        a = rec["segmentation"]
+        ious = []
+        for j in free:
+            b = got[j]["segmentation"]
+            ious.append((a & b).sum() / max((a | b).sum(), 1))
+        best = int(np.argmax(ious))
+        j = free.pop(best)
+        assert ious[best] >= 0.99
+        mine = got[j]
+        assert abs(mine["predicted_iou"] - rec["predicted_iou"]) <= score_tol
+        assert abs(mine["stability_score"] - rec["stability_score"]) <= score_tol
+        assert mine["crop_box"] == rec["crop_box"]
+        assert np.allclose(mine["point_coords"], rec["point_coords"], atol=1e-6)
+        assert np.allclose(mine["bbox"], rec["bbox"], atol=2)
+        assert abs(mine["area"] - rec["area"]) <= max(2, 0.01 * rec["area"])
+
+
+def test_every_candidate_matches_official(tiny_sam, image):
+    kwargs = dict(points_per_side=4, box_nms_thresh=1.0, **LOW)
+    expected = official(tiny_sam, image, **kwargs)
+    got = SamAutomaticMaskGenerator(tiny_sam, **kwargs).generate(image)
+    assert 16 <= len(expected) < 48  # the iou filter removed some candidates, the rest all compared
+    assert_same_records(expected, got)
+    # same order too (candidates are kept in the official order)
+    assert [r["point_coords"] for r in got] == [r["point_coords"] for r in expected]
+
+
+def test_crop_layers_and_small_regions_match_official(tiny_sam, image):
+    kwargs = dict(points_per_side=4, crop_n_layers=1, crop_n_points_downscale_factor=2, min_mask_region_area=60,
+                  box_nms_thresh=0.95, crop_nms_thresh=0.95, **LOW)
+    expected = official(tiny_sam, image, **kwargs)
+    got = SamAutomaticMaskGenerator(tiny_sam, **kwargs).generate(image)
+    assert_same_records(expected, got)
+
+
+def test_output_modes_match_official(tiny_sam, image):
+    kwargs = dict(points_per_side=2, box_nms_thresh=1.0, **LOW)
+    dense = SamAutomaticMaskGenerator(tiny_sam, **kwargs).generate(image)
+    for mode in ("coco_rle", "uncompressed_rle"):
+        expected = official(tiny_sam, image, output_mode=mode, **kwargs)
+        got = SamAutomaticMaskGenerator(tiny_sam, output_mode=mode, **kwargs).generate(image)
+        assert len(got) == len(expected) == len(dense) > 0
+        for rec, mine, d in zip(expected, got, dense, strict=True):
+            assert mine["segmentation"]["size"] == list(rec["segmentation"]["size"])
+            if mode == "uncompressed_rle":
+                assert sum(mine["segmentation"]["counts"]) == image.shape[0] * image.shape[1]
+                assert mine["segmentation"]["counts"] == rle_counts(d["segmentation"])
+            else:
+                from pycocotools import mask as mask_utils
+
+                assert (mask_utils.decode(mine["segmentation"]).astype(bool) == d["segmentation"]).all()
+
+
+def test_our_mobile_sam_matches_official_mobile_sam(mobile_sam_checkpoint, image):
+    from conftest import build_official_sam
+
+    from imseg.sam import sam_model_registry
+
+    ours = sam_model_registry["vit_t"](checkpoint=str(mobile_sam_checkpoint)).eval()
+    reference = build_official_sam("vit_t")
+    kwargs = dict(points_per_side=3, box_nms_thresh=1.0, pred_iou_thresh=0.0, stability_score_thresh=0.3,
+                  stability_score_offset=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mobile_sam import SamAutomaticMaskGenerator as Official
+
+        expected = Official(reference, **kwargs).generate(image)
+    generator = SamAutomaticMaskGenerator(ours, **kwargs)
+    assert_same_records(expected, generator.generate(image))
+
+
+def test_generate_masks_returns_masks(tiny_sam, image):
+    generator = SamAutomaticMaskGenerator(tiny_sam, points_per_side=2, box_nms_thresh=1.0, **LOW)
+    records = generator.generate(image)
+    masks = generator.generate_masks(image)
+    assert isinstance(masks, Masks) and len(masks) == len(records) > 0
+    assert masks.image_size == image.shape[:2]
+    assert np.array_equal(masks.masks, np.stack([r["segmentation"] for r in records]))
+    assert np.allclose(masks.scores, [r["predicted_iou"] for r in records])
+    assert np.allclose(masks.fields["stability_score"], [r["stability_score"] for r in records])
+    assert masks.fields["point_coords"].shape == (len(masks), 2)
+
+
+def test_large_image_needs_tiling(tiny_sam):
+    big = np.zeros((300, 400, 3), np.uint8)
+    generator = SamAutomaticMaskGenerator(tiny_sam, points_per_side=1, max_pixels=100_000)
+    with pytest.raises(InputError, match="crop_n_layers"):
+        generator.generate(big)
+    # with tiling requested the limit does not apply (thresholds high: nothing needs to survive)
+    tiled = SamAutomaticMaskGenerator(tiny_sam, points_per_side=1, crop_n_layers=1, max_pixels=100_000)
+    assert isinstance(tiled.generate(big), list)
+
+
+def test_bad_inputs_and_options(tiny_sam):
+    with pytest.raises(ConfigError, match="exactly one"):
+        SamAutomaticMaskGenerator(tiny_sam, points_per_side=None)
+    with pytest.raises(ConfigError, match="output_mode"):
+        SamAutomaticMaskGenerator(tiny_sam, output_mode="polygons")
+    with pytest.raises(ConfigError, match="one per layer"):
+        SamAutomaticMaskGenerator(tiny_sam, points_per_side=None, point_grids=[np.zeros((1, 2))], crop_n_layers=1)
+    with pytest.raises(ConfigError, match="SAM model"):
+        SamAutomaticMaskGenerator(object())
+    generator = SamAutomaticMaskGenerator(tiny_sam, points_per_side=1)
+    with pytest.raises(InputError, match="uint8"):
+        generator.generate(np.zeros((10, 10), np.float32))
+    with pytest.raises(InputError, match="numpy array"):
+        generator.generate("image.png")
+
+
+def test_crop_boxes_match_official():
+    from segment_anything.utils.amg import generate_crop_boxes as official_boxes
+
+    for size, layers in [((120, 160), 1), ((1000, 700), 2), ((33, 500), 2)]:
+        assert generate_crop_boxes(size, layers, 512 / 1500) == official_boxes(size, layers, 512 / 1500)
