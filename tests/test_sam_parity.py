@@ -17,7 +17,6 @@ pytest.importorskip("segment_anything")
 pytest.importorskip("mobile_sam")
 
 from conftest import build_official_sam, perturb_constant_parameters  # noqa: E402
-
 from imseg.sam import SamPredictor, sam_model_registry  # noqa: E402
 from imseg.sam.checkpoint import build_sam  # noqa: E402
 
