@@ -149,6 +149,20 @@ class SeededDataset(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------- the LightningModule
+def _has_unused_parameters(model: torch.nn.Module, imgsz: int) -> bool:
+    """True when some parameters get no gradient (e.g. smp encoders with encoder_depth < 5); DDP must know."""
+    was_training = model.training
+    model.eval()
+    size = min(imgsz, 64)
+    try:
+        model(torch.zeros(2, 3, size, size)).float().sum().backward()
+        unused = any(p.requires_grad and p.grad is None for p in model.parameters())
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return unused
+
+
 def _lightning():
     return require("lightning.pytorch", "semantic", "Training")
 
@@ -320,8 +334,8 @@ def _make_artifacts_callback():
     class RunArtifacts(L.Callback):
         """Rank 0: metrics.csv row, weights/last.pt and best.pt (by val mIoU) after every validation epoch."""
 
-        def __init__(self, run_dir: Path, meta: dict) -> None:
-            self.run_dir, self.meta = run_dir, meta
+        def __init__(self, run_dir: Path, meta: dict, config_yaml: dict, checkpointer) -> None:
+            self.run_dir, self.meta, self.config_yaml, self.checkpointer = run_dir, meta, config_yaml, checkpointer
             self.best_miou = -1.0
             self.best_epoch = -1
             self.best_metrics: dict[str, float] = {}
@@ -338,6 +352,15 @@ def _make_artifacts_callback():
             self.best_epoch = state["best_epoch"]
             self.best_metrics = state["best_metrics"]
             self.best_matrix = state["best_matrix"]
+
+        def setup(self, trainer, module, stage: str) -> None:
+            # every rank computed a candidate run dir; rank 0's wins (no exp/exp2 race under DDP)
+            self.run_dir = Path(trainer.strategy.broadcast(str(self.run_dir), src=0))
+            self.checkpointer.dirpath = str(self.run_dir / "weights")
+            if trainer.is_global_zero:
+                (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
+                _write_yaml(self.run_dir / "config.yaml", self.config_yaml)
+            trainer.strategy.barrier("imseg-run-dir")
 
         def on_train_epoch_end(self, trainer, module) -> None:
             if trainer.sanity_checking:
@@ -605,26 +628,31 @@ def train(
     )
     val_loader = torch.utils.data.DataLoader(datasets["val"], batch_size=cfg.batch, shuffle=False, **loader_kw)
 
-    artifacts = _make_artifacts_callback()(run_dir, meta)
+    checkpointer = L.callbacks.ModelCheckpoint(
+        dirpath=weights_dir, filename="last", save_top_k=1, monitor=None, enable_version_counter=False
+    )
+    config_yaml = {"train": meta["train"], "data": info["data"], "class_names": names, "ignore_index": ignore,
+                   "mean": meta["mean"], "std": meta["std"]}
+    artifacts = _make_artifacts_callback()(run_dir, meta, config_yaml, checkpointer)
     extra_callbacks = callbacks
-    callbacks = [
-        artifacts,
-        L.callbacks.ModelCheckpoint(dirpath=weights_dir, filename="last", save_top_k=1, monitor=None,
-                                    enable_version_counter=False),
-    ]
+    callbacks = [artifacts, checkpointer]
     if cfg.patience > 0:
         callbacks.append(L.callbacks.EarlyStopping(monitor="val/miou", mode="max", patience=cfg.patience))
     if cfg.progress:
         callbacks.append(L.callbacks.RichProgressBar(leave=True))
     callbacks.extend(extra_callbacks or [])
 
+    strategy = "auto"
+    if distributed:
+        unused = _has_unused_parameters(module.model, cfg.imgsz)
+        strategy = "ddp_find_unused_parameters_true" if unused else "ddp"
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=accelerator,
         devices=cfg.devices,
         num_nodes=cfg.nodes,
-        strategy="ddp" if distributed else "auto",
+        strategy=strategy,
         precision=precision,
         deterministic=True if not on_gpu else "warn",
         logger=False,
@@ -635,15 +663,13 @@ def train(
         default_root_dir=str(run_dir),
         log_every_n_steps=1,
     )
-    if trainer.is_global_zero:
-        weights_dir.mkdir(parents=True, exist_ok=True)
-        _write_yaml(run_dir / "config.yaml", {"train": meta["train"], "data": info["data"], "class_names": names,
-                                              "ignore_index": ignore, "mean": meta["mean"], "std": meta["std"]})
     try:
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
 
+    run_dir = artifacts.run_dir
+    weights_dir = run_dir / "weights"
     best = weights_dir / "best.pt"
     matrix = np.asarray(artifacts.best_matrix, dtype=np.int64) if artifacts.best_matrix is not None else None
     if trainer.is_global_zero:

@@ -1,0 +1,183 @@
+"""Training: loss falls, run directory, determinism, exact resume, DDP reduction, CLI on real data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from imseg.errors import CheckpointError, ConfigError
+from imseg.semantic.metrics import ConfusionMatrix
+from imseg.semantic.train import load_checkpoint, model_from_checkpoint, train
+
+NAMES = ["background", "square"]
+TINY = {"model": "unet", "encoder": "resnet18", "imgsz": 32, "batch": 4, "lr": 3e-3, "workers": 0, "progress": False,
+        "warmup": 0.5, "model_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}}
+
+
+class Squares(torch.utils.data.Dataset):
+    """Noisy images with one bright rectangle (class 1); row 0 of every mask is ignore (255).
+
+    Items follow the data contract: (float32 (3, H, W), int64 (H, W)); the noise is drawn from torch's
+    global RNG (train split) so that the training's per-sample seeding is exercised.
+    """
+
+    def __init__(self, n: int, size: int = 32, seed: int = 0, noise: float = 0.05) -> None:
+        self.noise = noise
+        rng = np.random.default_rng(seed)
+        self.items = []
+        for _ in range(n):
+            img = rng.normal(0, 0.3, (3, size, size)).astype(np.float32)
+            mask = np.zeros((size, size), np.int64)
+            y, x = rng.integers(0, size - 12, 2)
+            h, w = rng.integers(6, 12, 2)
+            img[:, y : y + h, x : x + w] += 1.5
+            mask[y : y + h, x : x + w] = 1
+            mask[0] = 255
+            self.items.append((torch.from_numpy(img), torch.from_numpy(mask)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        img, mask = self.items[i]
+        return (img + self.noise * torch.randn_like(img) if self.noise else img), mask
+
+
+def squares() -> dict:
+    return {"train": Squares(16), "val": Squares(8, seed=1, noise=0.0)}
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    project = tmp_path_factory.mktemp("runs")
+    return train(dict(TINY, epochs=2, project=str(project), name="a"), datasets=squares(), class_names=NAMES)
+
+
+def test_run_directory_loss_falls_and_iou_above_chance(straight_run):
+    run = straight_run.run_dir
+    for name in ("weights/best.pt", "weights/last.pt", "weights/last.ckpt", "metrics.csv", "results.png",
+                 "confusion_matrix.png", "val_samples.png", "config.yaml"):
+        assert (run / name).is_file(), name
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    # chance level: predicting everything as background gives foreground IoU 0 -> mIoU ~0.45
+    assert straight_run.metrics["miou"] > 0.55
+    payload = load_checkpoint(straight_run.best)  # weights_only=True inside
+    assert payload["class_names"] == NAMES and payload["imgsz"] == 32
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
+    # the logged confusion matrix is the best checkpoint's, over all val pixels except ignore
+    model = model_from_checkpoint(payload)
+    cm = ConfusionMatrix(2, ignore_index=255)
+    with torch.no_grad():
+        for img, mask in squares()["val"]:
+            cm.update(model(img[None]).argmax(1)[0], mask)
+    np.testing.assert_array_equal(straight_run.confusion_matrix, cm.matrix.numpy())
+    assert cm.matrix.sum() == 8 * 31 * 32
+
+
+def test_deterministic_and_resume_is_exact(straight_run, tmp_path):
+    import lightning.pytorch as L
+
+    class StopAfterFirstEpoch(L.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            trainer.should_stop = True
+
+    first = train(dict(TINY, epochs=2, project=str(tmp_path), name="b"), datasets=squares(), class_names=NAMES,
+                  callbacks=[StopAfterFirstEpoch()])
+    assert first.epochs_run == 1
+    # same seed -> same first epoch, to the last digit
+    assert _rows(first.run_dir)[0] == _rows(straight_run.run_dir)[0]
+    resumed = train(resume=first.run_dir, datasets=squares(), class_names=NAMES)
+    assert resumed.run_dir == first.run_dir
+    a = torch.load(straight_run.last, weights_only=True)
+    b = torch.load(resumed.last, weights_only=True)
+    assert a["epoch"] == b["epoch"] == 1
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert _rows(resumed.run_dir) == _rows(straight_run.run_dir)
+
+
+def test_bad_options_and_resume_targets(tmp_path):
+    with pytest.raises(ConfigError, match="imgsz must be a multiple of 32"):
+        train(dict(TINY, imgsz=50), datasets=squares(), class_names=NAMES)
+    with pytest.raises(ConfigError, match="unknown training option"):
+        train(TINY, datasets=squares(), class_names=NAMES, epoch=3)
+    with pytest.raises(ConfigError, match="scheduler"):
+        train(dict(TINY, scheduler="step"), datasets=squares(), class_names=NAMES)
+    with pytest.raises(CheckpointError, match="cannot resume"):
+        train(resume=tmp_path)
+
+
+DDP_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+from test_train import NAMES, TINY, squares
+from imseg.semantic.train import train
+r = train(dict(TINY, epochs=2, project={project!r}, name="ddp", devices=2, accelerator="cpu", patience=0),
+          datasets=squares(), class_names=NAMES)
+rank = int(os.environ["RANK"])
+with open(os.path.join({project!r}, f"rank{{rank}}.json"), "w") as fh:
+    json.dump({{"run_dir": str(r.run_dir), "cm": r.confusion_matrix.tolist(), "metrics": r.metrics}}, fh)
+"""
+
+
+def test_ddp_two_cpu_processes_reduce_metrics(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), project=str(tmp_path)))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29531", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2))
+    assert r0 == r1  # both ranks agree on run dir, metrics and the reduced confusion matrix
+    assert Path(r0["run_dir"]).name == "ddp" and not (tmp_path / "ddp2").exists()
+    # the matrix is summed over ranks: it equals one process evaluating best.pt on the whole val set
+    model = model_from_checkpoint(load_checkpoint(Path(r0["run_dir"]) / "weights" / "best.pt"))
+    cm = ConfusionMatrix(2, ignore_index=255)
+    with torch.no_grad():
+        for img, mask in squares()["val"]:
+            cm.update(model(img[None]).argmax(1)[0], mask)
+    np.testing.assert_array_equal(np.asarray(r0["cm"]), cm.matrix.numpy())
+
+
+def test_cli_train_val_on_real_horses(data_dir, tmp_path):
+    """imseg train on a tiny Weizmann-horse subset (real data), then imseg val on the held-out images."""
+    from imseg.cli import app
+
+    root = data_dir / "weizmann-horse"
+    split = json.loads((root / "split.json").read_text())
+    data_yaml = tmp_path / "horses.yaml"
+    data_yaml.write_text(yaml.safe_dump({
+        "path": str(root), "names": ["background", "horse"],
+        "train": split["train"][:16], "val": split["val"][:4],
+    }))
+    args = ["train", "--data", str(data_yaml), "--model", "fpn", "--encoder", "resnet18", "--epochs", "3",
+            "--imgsz", "64", "--batch", "8", "--lr", "3e-3", "--workers", "0", "--project", str(tmp_path / "runs"),
+            "--name", "horse", "--cache", "--patience", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    run = tmp_path / "runs" / "horse"
+    rows = _rows(run)
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    # above chance: better than predicting the majority class everywhere (foreground IoU 0 -> mIoU < 0.4)
+    assert max(float(r["val_miou"]) for r in rows) > 0.4
+    result = CliRunner().invoke(app, ["val", "--run", str(run), "--device", "cpu", "--resize"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "horse" in result.output and "pixel accuracy" in result.output
+    assert (run / "confusion_matrix_val.png").is_file()
