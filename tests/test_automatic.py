@@ -124,7 +124,6 @@ def test_output_modes_match_official(tiny_sam, image):
 
 def test_our_mobile_sam_matches_official_mobile_sam(mobile_sam_checkpoint, image):
     from conftest import build_official_sam
-
     from imseg.sam import sam_model_registry
 
     ours = sam_model_registry["vit_t"](checkpoint=str(mobile_sam_checkpoint)).eval()

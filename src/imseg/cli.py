@@ -100,6 +100,163 @@ def demo_cmd(
         fail(str(exc))
 
 
+def _parse_xy_list(values: list[str] | None, what: str, size: int) -> list[list[float]] | None:
+    """'x,y' strings (repeatable, or several in one string split by spaces/semicolons) -> [[x, y], ...]."""
+    if not values:
+        return None
+    out = []
+    for value in values:
+        for item in value.replace(";", " ").split():
+            parts = item.split(",")
+            try:
+                numbers = [float(p) for p in parts]
+            except ValueError:
+                numbers = []
+            if len(numbers) != size:
+                example = "x,y" if size == 2 else "x0,y0,x1,y1"
+                fail(f"{what} {item!r} is not {size} comma-separated numbers; write it as {example}.")
+            out.append(numbers)
+    return out
+
+
+@app.command("segment")
+def segment_cmd(
+    src: str = typer.Argument(..., help="An image, a directory of images or a glob pattern (quote it)."),
+    model: str = typer.Option("sam-vit-b", "--model", help="Registry model (sam-vit-b, mobile-sam, otsu, ...) or run dir."),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="Checkpoint file; default: the weights cache."),
+    points: list[str] = typer.Option(None, "--points", help="Point prompt x,y in pixels (repeat for several)."),
+    labels: list[str] = typer.Option(None, "--labels", help="1 (foreground) / 0 (background) per point (repeat or 1,0)."),
+    box: str = typer.Option(None, "--box", help="Box prompt x0,y0,x1,y1 in pixels."),
+    everything: bool = typer.Option(False, "--everything", help="Segment everything (the default without prompts)."),
+    points_per_side: int = typer.Option(None, "--points-per-side", help="Everything mode: grid points per side."),
+    out: str = typer.Option("runs/segment", "--out", help="Output directory (re-running resumes)."),
+    fmt: str = typer.Option("png", "--format", help="Mask format: png, coco, rle, polygons or npz."),
+    overlay: bool = typer.Option(False, "--overlay", help="Also write overlays/<image>.png."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    half: bool = typer.Option(False, "--half", help="float16 weights (CUDA only)."),
+    allow_random_weights: bool = typer.Option(
+        False, "--allow-random-weights", help="Build random weights when no checkpoint is found (testing only)."
+    ),
+) -> None:
+    """Segment images; writes masks/, overlays/, coco.json (format coco) and done/ markers under --out.
+
+    Images already done in --out are skipped, so an interrupted run resumes. Unreadable images are
+    reported and skipped; the exit code is 1 when any image failed.
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from . import load
+    from .io import list_images, read_image, write_bytes, write_image
+    from .masks import SAVE_FORMATS, Masks
+    from .registry import get_spec
+
+    console = Console(stderr=True)
+    fmt = fmt.lower()
+    if fmt not in SAVE_FORMATS:
+        fail(f"--format must be one of {', '.join(SAVE_FORMATS)}, got {fmt!r}.")
+    point_list = _parse_xy_list(points, "--points", 2)
+    box_list = _parse_xy_list([box] if box else None, "--box", 4)
+    label_list = None
+    if labels:
+        try:
+            label_list = [int(v) for item in labels for v in item.replace(",", " ").split()]
+        except ValueError:
+            fail(f"--labels must be integers (1 foreground, 0 background), got {' '.join(labels)!r}.")
+    prompts = point_list is not None or box_list is not None
+    if everything and prompts:
+        fail("--everything cannot be combined with --points/--box; drop one of them.")
+    if label_list is not None and point_list is None:
+        fail("--labels needs --points.")
+    if points_per_side is not None and prompts:
+        fail("--points-per-side applies to everything mode only.")
+    try:
+        images = list_images(src)
+        load_kwargs: dict = {"device": device}
+        family = None
+        if not Path(model).is_dir():
+            family = get_spec(model).family
+        if half:
+            import torch
+
+            if device == "cpu" or not torch.cuda.is_available():
+                fail("--half needs a CUDA device; drop --half or use --device cuda on a GPU machine.")
+            load_kwargs["dtype"] = torch.float16
+        if family == "sam":
+            load_kwargs["allow_random"] = allow_random_weights
+        segmenter = load(model, checkpoint=checkpoint, **load_kwargs)
+    except ImsegError as exc:
+        fail(str(exc))
+    seg_kwargs: dict = {}
+    if prompts:
+        seg_kwargs = {"points": point_list, "labels": label_list, "box": None if box_list is None else box_list[0]}
+    elif points_per_side is not None:
+        seg_kwargs = {"points_per_side": points_per_side}
+
+    root = Path(out)
+    stems = [p.stem for p in images]
+    stems = [p.name if stems.count(p.stem) > 1 else p.stem for p in images]
+    done_dir, mask_dir = root / "done", root / "masks"
+    rows, failed, skipped = [], 0, 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("segmenting", total=len(images))
+        for path, stem in zip(images, stems, strict=True):
+            marker = done_dir / f"{stem}.json"
+            progress.update(task, description=f"segmenting {path.name}")
+            if marker.is_file():
+                skipped += 1
+                rows.append((path.name, "-", "-", "skipped (done)"))
+                progress.advance(task)
+                continue
+            start = time.perf_counter()
+            try:
+                rgb = read_image(path)
+                masks = segmenter.segment(rgb, **seg_kwargs)
+                masks.save(mask_dir if fmt != "png" else mask_dir / stem, format=fmt, stem=stem)
+                if overlay:
+                    write_image(root / "overlays" / f"{stem}.png", masks.overlay(rgb))
+            except (ImsegError, OSError, ValueError) as exc:  # OSError/ValueError: decoders on corrupt files
+                failed += 1
+                console.print(f"[red]failed[/red] {path}: {exc}")
+                rows.append((path.name, "-", "-", "FAILED"))
+                progress.advance(task)
+                continue
+            seconds = time.perf_counter() - start
+            info = {"image": str(path), "stem": stem, "masks": len(masks), "seconds": round(seconds, 3),
+                    "format": fmt, "height": int(rgb.shape[0]), "width": int(rgb.shape[1])}
+            write_bytes(marker, json.dumps(info).encode())  # written last: the image is done
+            rows.append((path.name, str(len(masks)), f"{seconds:.1f}", "ok"))
+            progress.advance(task)
+    if fmt == "coco":  # one COCO file for everything done so far in --out (this run and earlier ones)
+        dataset: dict = {"images": [], "annotations": [], "categories": []}
+        cats: dict = {}
+        for image_id, marker in enumerate(sorted(done_dir.glob("*.json")), start=1):
+            info = json.loads(marker.read_text())
+            part = Masks.load(mask_dir / f"{info['stem']}.json").to_coco_dataset(
+                file_name=Path(info["image"]).name, image_id=image_id, start_id=len(dataset["annotations"]) + 1)
+            dataset["images"] += part["images"]
+            dataset["annotations"] += part["annotations"]
+            cats.update({c["id"]: c for c in part["categories"]})
+        dataset["categories"] = [cats[k] for k in sorted(cats)] or [{"id": 1, "name": "object"}]
+        write_bytes(root / "coco.json", json.dumps(dataset).encode())
+    table = Table(title=f"imseg segment -> {root}")
+    for col in ("image", "masks", "seconds", "status"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    done = len(images) - failed - skipped
+    typer.echo(f"{done} segmented, {skipped} skipped (already done), {failed} failed; outputs in {root}")
+    if failed:
+        raise typer.Exit(1)
+
+
 # ============================================================================ train / val / predict (issue 4)
 @app.command("train")
 def train_cmd(

@@ -471,7 +471,7 @@ class Masks:
 
     def _field_rows(self) -> list[dict]:
         rows: list[dict] = [{} for _ in range(len(self))]
-        for key, values in self.fields.items():
+        for key, values in self._small_fields().items():
             for i, v in enumerate(values):
                 rows[i][key] = v.tolist() if isinstance(v, np.ndarray) else (v.item() if hasattr(v, "item") else v)
         return rows
@@ -485,8 +485,12 @@ class Masks:
             "areas": self.areas.tolist(),
             "labels": None if self.labels is None else self.labels.tolist(),
             "class_names": self.class_names,
-            "fields": {k: v.tolist() for k, v in self.fields.items()},
+            "fields": {k: v.tolist() for k, v in self._small_fields().items()},
         }
+
+    def _small_fields(self) -> dict[str, np.ndarray]:
+        """Fields with at most 16 values per mask (JSON formats skip bulky ones like low-res logits)."""
+        return {k: v for k, v in self.fields.items() if v.size <= 16 * max(len(v), 1)}
 
     @classmethod
     def load(cls, path: Any, stem: str | None = None) -> Masks:

@@ -1,0 +1,108 @@
+"""`imseg segment`: folders with a corrupt file, COCO output, overlays, resuming, random-weight guard."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from imseg.cli import app
+from imseg.io import write_image
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    """astronaut, coffee and chelsea downscaled to ~96 px, plus a corrupt .jpg."""
+    from skimage import data, transform
+
+    root = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "coffee", "chelsea"):
+        img = getattr(data, name)()
+        scale = 96 / max(img.shape[:2])
+        small = transform.resize(img, (round(img.shape[0] * scale), round(img.shape[1] * scale)), anti_aliasing=True)
+        write_image(root / f"{name}.png", (small * 255).round().astype(np.uint8))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    return root
+
+
+def run(*args: str):
+    return runner.invoke(app, ["segment", *map(str, args)])
+
+
+def test_folder_to_coco_with_corrupt_file_and_resume(photo_dir, tmp_path):
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "out"
+    result = run(photo_dir, "--model", "otsu", "--format", "coco", "--overlay", "--out", out)
+    assert result.exit_code == 1, result.output  # one image failed
+    assert "broken.jpg" in result.output and "3 segmented" in result.output
+    coco = COCO(str(out / "coco.json"))
+    assert sorted(im["file_name"] for im in coco.dataset["images"]) == ["astronaut.png", "chelsea.png", "coffee.png"]
+    assert len(coco.getAnnIds()) > 0
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        image = coco.loadImgs(ann["image_id"])[0]
+        assert coco.annToMask(ann).shape == (image["height"], image["width"])
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["astronaut.png", "chelsea.png", "coffee.png"]
+
+    # a second run redoes nothing (the corrupt file is tried again and still fails)
+    stamp = (out / "masks" / "coffee.json").stat().st_mtime_ns
+    again = run(photo_dir, "--model", "otsu", "--format", "coco", "--out", out)
+    assert again.exit_code == 1 and "0 segmented, 3 skipped" in again.output
+    assert (out / "masks" / "coffee.json").stat().st_mtime_ns == stamp
+
+    # a run killed after two images: only the missing one is redone, the COCO file covers all three
+    (out / "done" / "chelsea.json").unlink()
+    resumed = run(photo_dir / "*.png", "--model", "otsu", "--format", "coco", "--out", out)
+    assert resumed.exit_code == 0 and "1 segmented, 2 skipped (already done), 0 failed" in resumed.output
+    assert len(COCO(str(out / "coco.json")).dataset["images"]) == 3
+    assert not list(out.rglob(".*.tmp*"))
+
+
+def test_mobile_sam_point_prompt(photo_dir, mobile_sam_checkpoint, tmp_path):
+    from imseg.masks import Masks
+
+    out = tmp_path / "sam"
+    args = [photo_dir / "coffee.png", "--model", "mobile-sam", "--checkpoint", mobile_sam_checkpoint,
+            "--points", "40,30", "--points", "10,10", "--labels", "1,0", "--format", "rle", "--overlay", "--out", out]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    masks = Masks.load(out / "masks" / "coffee.rle.json")
+    assert len(masks) == 1 and masks.image_size == (64, 96)
+    assert "low_res_logits" not in masks.fields  # bulky fields stay out of JSON
+    assert (out / "overlays" / "coffee.png").is_file()
+    assert "0 segmented, 1 skipped" in run(*args).output
+
+
+def test_random_weights_need_explicit_flag(photo_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMSEG_HOME", str(tmp_path / "empty-cache"))
+    result = run(photo_dir / "coffee.png", "--model", "mobile-sam", "--points", "5,5", "--out", tmp_path / "o")
+    assert result.exit_code == 2
+    assert "imseg weights download mobile-sam" in result.output
+    assert not (tmp_path / "o" / "done").exists()
+
+
+def test_bad_options_exit_2(photo_dir, tmp_path):
+    for args, message in [
+        (["--format", "tiff"], "--format must be one of"),
+        (["--points", "1;2"], "comma-separated"),
+        (["--box", "1,2,3"], "x0,y0,x1,y1"),
+        (["--everything", "--points", "1,2"], "cannot be combined"),
+        (["--labels", "1"], "--labels needs --points"),
+        (["--model", "nosuchmodel"], "unknown model"),
+    ]:
+        result = run(photo_dir, "--out", tmp_path / "x", *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+    missing = run(tmp_path / "missing_dir", "--model", "otsu", "--out", tmp_path / "y")
+    assert missing.exit_code == 2 and "no such file" in missing.output
+
+
+def test_done_marker_records_the_image(photo_dir, tmp_path):
+    out = tmp_path / "m"
+    assert run(photo_dir / "chelsea.png", "--model", "otsu", "--format", "npz", "--out", out).exit_code == 0
+    info = json.loads((out / "done" / "chelsea.json").read_text())
+    assert info["masks"] >= 1 and info["format"] == "npz" and (out / "masks" / "chelsea.npz").is_file()
