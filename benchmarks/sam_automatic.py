@@ -1,7 +1,7 @@
 """Segment everything: official ``segment_anything`` generator vs ``imseg.sam.automatic``, one run.
 
 Both get the same random ViT-B weights (the official model saves them, ours loads the file) and the
-same 512x512 image (scikit-image astronaut). Each generator runs in its own forked process so its
+same 512x512 image (scikit-image astronaut). Each generator runs in its own (spawned) process so its
 peak RSS can be reported. The image encoder is also timed alone (once per implementation) so the
 decode + post-process speed-up can be reported apart from the encoder, which both pay once.
 
@@ -89,7 +89,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = str(Path(tmp) / f"sam_{args.variant}.pth")
         torch.save(build_official_sam(args.variant).state_dict(), ckpt)
-        ctx = mp.get_context("fork")
+        ctx = mp.get_context("spawn")  # fork after torch ran can deadlock OpenMP
         results = {}
         for which in ("official", "imseg"):
             if args.only and which != args.only:
