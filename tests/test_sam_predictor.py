@@ -1,0 +1,188 @@
+"""SamPredictor / SamSegmenter behaviour: prompt validation, batching, state errors, bad images."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import imseg  # noqa: E402
+from imseg.errors import ConfigError, InputError, PromptError, StateError  # noqa: E402
+from imseg.masks import Masks  # noqa: E402
+from imseg.sam import SamPredictor, sam_model_registry  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def segmenter(mobile_sam_checkpoint):
+    return imseg.load("mobile-sam", checkpoint=mobile_sam_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def predictor(segmenter, sample_image):
+    segmenter.set_image(sample_image)
+    return segmenter.predictor
+
+
+def test_predict_before_set_image_is_a_state_error(mobile_sam_checkpoint):
+    pred = SamPredictor(sam_model_registry["vit_t"](checkpoint=mobile_sam_checkpoint))
+    with pytest.raises(StateError, match="set_image"):
+        pred.predict(point_coords=np.array([[1, 1]]), point_labels=np.array([1]))
+    with pytest.raises(StateError):
+        pred.get_image_embedding()
+    with pytest.raises(StateError):
+        pred.predict_batch(boxes=np.array([[0, 0, 5, 5]]))
+    with pytest.raises(InputError, match="max\\(h, w\\) == 1024"):
+        pred.set_torch_image(torch.zeros(1, 3, 512, 512), (512, 512))
+    with pytest.raises(InputError, match="image_format"):
+        pred.set_image(np.zeros((8, 8, 3), np.uint8), image_format="HSV")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(point_coords=np.array([[300, 10]]), point_labels=np.array([1])), "outside the 256x256 image"),
+        (dict(point_coords=np.array([[10, -1]]), point_labels=np.array([1])), "outside"),
+        (dict(box=np.array([200, 10, 100, 50])), "inverted"),
+        (dict(point_coords=np.array([[10, 10], [20, 20]]), point_labels=np.array([1])), "one entry per point"),
+        (dict(point_coords=np.array([[10, 10]])), "point_labels must be given"),
+        (dict(point_coords=np.array([1, 2, 3]), point_labels=np.array([1])), "shape"),
+        (dict(box=np.array([[0, 0, 5, 5], [1, 1, 9, 9]])), "one box"),
+        (dict(box=np.array([0, 0, 5, 5]), mask_input=np.zeros((256, 256))), "mask_input must have shape"),
+    ],
+)
+def test_bad_prompts_raise_prompt_error(predictor, kwargs, match):
+    with pytest.raises(PromptError, match=match):
+        predictor.predict(**kwargs)
+
+
+def test_predict_shapes_dtypes_and_state(predictor, sample_image):
+    assert predictor.is_image_set and predictor.original_size == (256, 256) and predictor.input_size == (1024, 1024)
+    assert predictor.get_image_embedding().shape == (1, 256, 64, 64)
+    masks, iou, low = predictor.predict(point_coords=np.array([[128, 90]]), point_labels=np.array([1]))
+    assert masks.shape == (3, 256, 256) and masks.dtype == np.bool_
+    assert iou.shape == (3,) and iou.dtype == np.float32 and low.shape == (3, 256, 256) and low.dtype == np.float32
+    logits, _, _ = predictor.predict(point_coords=np.array([[128, 90]]), point_labels=np.array([1]), return_logits=True)
+    assert logits.dtype == np.float32
+    np.testing.assert_array_equal(logits > 0, masks)
+    single, iou1, _ = predictor.predict(box=np.array([20, 30, 200, 220]), multimask_output=False)
+    assert single.shape == (1, 256, 256) and iou1.shape == (1,)
+
+
+def test_predict_batch_equals_one_call_per_prompt(predictor):
+    rng = np.random.default_rng(0)
+    coords = rng.uniform(0, 255, size=(5, 2, 2))
+    labels = np.array([[1, 0], [1, 1], [1, 0], [0, 1], [1, 1]])
+    boxes = np.sort(rng.uniform(0, 255, size=(5, 2, 2)), axis=1).reshape(5, 4)  # (x0, y0) <= (x1, y1)
+    predictor.decoder_batch = 2  # exercise the chunking too
+    masks, iou, low = predictor.predict_batch(point_coords=coords, point_labels=labels, boxes=boxes)
+    predictor.decoder_batch = 16
+    assert masks.shape == (5, 3, 256, 256) and iou.shape == (5, 3) and low.shape == (5, 3, 256, 256)
+    for i in range(5):
+        m, s, lo = predictor.predict(point_coords=coords[i], point_labels=labels[i], box=boxes[i])
+        np.testing.assert_allclose(s, iou[i], atol=1e-5)
+        np.testing.assert_allclose(lo, low[i], atol=1e-4)
+        assert (m != masks[i]).mean() <= 1e-3
+    with pytest.raises(PromptError, match="one box per prompt set"):
+        predictor.predict_batch(point_coords=coords, point_labels=labels, boxes=boxes[:2])
+    with pytest.raises(PromptError, match="needs point_coords"):
+        predictor.predict_batch()
+
+
+def test_segment_prompt_modes_return_masks(segmenter, sample_image):
+    one = segmenter.segment(sample_image, points=[(128, 90)], labels=[1])
+    assert isinstance(one, Masks) and len(one) == 1 and one.image_size == (256, 256)
+    three = segmenter.segment(sample_image, points=[(128, 90)], labels=[1], multimask=True)
+    assert len(three) == 3 and np.all(np.diff(three.scores) <= 0)
+    assert one.scores[0] == pytest.approx(three.scores[0], abs=1e-6)  # the best of the three
+    np.testing.assert_array_equal(one.masks[0], three.masks[0])
+    boxes = segmenter.segment(sample_image, box=[[10, 10, 120, 120], [100, 100, 250, 250]])
+    assert len(boxes) == 2 and boxes.masks.shape == (2, 256, 256)
+    with pytest.raises(PromptError, match="several boxes"):
+        segmenter.segment(sample_image, box=[[10, 10, 120, 120], [100, 100, 250, 250]], points=[(5, 5)])
+    with pytest.raises(PromptError, match="outside"):
+        segmenter.segment(sample_image, points=[(999, 5)], labels=[1])
+
+
+def test_bgr_input_matches_rgb(predictor, sample_image):
+    ref = predictor.predict(box=np.array([20, 30, 200, 220]))
+    predictor.set_image(np.ascontiguousarray(sample_image[..., ::-1]), image_format="BGR")
+    got = predictor.predict(box=np.array([20, 30, 200, 220]))
+    np.testing.assert_array_equal(ref[0], got[0])
+    np.testing.assert_allclose(ref[1], got[1], atol=1e-6)
+
+
+def test_dtype_on_cpu_stays_exact_fp32(mobile_sam_checkpoint):
+    model = sam_model_registry["vit_t"](checkpoint=mobile_sam_checkpoint)
+    with pytest.warns(UserWarning, match="exact float32"):
+        pred = SamPredictor(model, dtype="bfloat16")
+    assert pred.autocast_dtype is None
+    with pytest.raises(ConfigError):
+        SamPredictor(model, dtype="int8")
+
+
+# ----------------------------------------------------------------------------- bad images through the segmenter
+def _png_bytes(array: np.ndarray, **save_kw) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=save_kw.pop("format", "PNG"), **save_kw)
+    return buf.getvalue()
+
+
+def test_unreadable_files_raise_input_error(segmenter, sample_image, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    jpeg = _png_bytes(sample_image, format="JPEG", quality=90)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(jpeg[: len(jpeg) // 3])
+    for path, match in ((text, "not a recognised image"), (empty, "empty"), (truncated, "truncated or corrupt")):
+        with pytest.raises(InputError, match=match):
+            segmenter.segment(path, points=[(10, 10)], labels=[1])
+
+
+def test_rgba_grayscale_16bit_and_exif_images(segmenter, sample_image, tmp_path):
+    from PIL import Image
+
+    ref = segmenter.segment(sample_image, box=[30, 40, 200, 230])
+    # RGBA -> alpha dropped: the same pixels, so the same embedding (no re-encode) and mask
+    rgba = np.dstack([sample_image, np.full(sample_image.shape[:2], 128, np.uint8)])
+    (tmp_path / "rgba.png").write_bytes(_png_bytes(rgba))
+    got = segmenter.segment(tmp_path / "rgba.png", box=[30, 40, 200, 230])
+    np.testing.assert_array_equal(got.masks, ref.masks)
+    # EXIF orientation 8 (viewer rotates 90 deg): store the image rotated the other way
+    stored = Image.fromarray(sample_image).transpose(Image.Transpose.ROTATE_270)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    stored.save(tmp_path / "exif.jpg", exif=exif, quality=95)
+    upright = imseg.read_image(tmp_path / "exif.jpg")
+    assert upright.shape == sample_image.shape
+    assert np.abs(upright.astype(int) - sample_image.astype(int)).mean() < 6  # upright again, up to JPEG loss
+    exif_masks = segmenter.segment(tmp_path / "exif.jpg", box=[30, 40, 200, 230])
+    assert exif_masks.image_size == (256, 256)
+    # 16-bit single-channel TIFF and 8-bit grayscale: read as 3-channel uint8, segmented at full size
+    import tifffile
+
+    gray16 = (np.linspace(0, 60000, 120 * 90).reshape(90, 120)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "deep.tif", gray16)
+    deep = segmenter.segment(tmp_path / "deep.tif", points=[(60, 45)], labels=[1])
+    assert deep.image_size == (90, 120) and deep.masks.dtype == np.bool_
+    gray8 = (gray16 >> 8).astype(np.uint8)
+    (tmp_path / "gray.png").write_bytes(_png_bytes(gray8))
+    gray = segmenter.segment(tmp_path / "gray.png", points=[(60, 45)], labels=[1])
+    assert gray.image_size == (90, 120)
+
+
+def test_everything_mode_delegates_or_explains(segmenter, sample_image, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "imseg.sam.automatic", None)  # as if the module were missing
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(imseg.errors.DependencyError, match="points=/box="):
+            segmenter.segment(sample_image)
