@@ -1,7 +1,8 @@
 """REST API of ``imseg serve``: parity with the official predictor, limits, abuse, schema fuzzing.
 
-One random-weight MobileSAM (official package) is shared by every app in this module; each app
-only wraps it, so building several apps with different limits costs nothing.
+The main app serves imseg's own MobileSAM (``imseg.load``) and is checked against the official
+``mobile_sam`` predictor / generator built with the same random weights. Apps that only test limits
+wrap the official model directly (building an app costs nothing: it only wraps the model).
 """
 
 from __future__ import annotations
@@ -68,8 +69,16 @@ def image(sample_image) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def client(sam_model):
-    app = create_app(sam_model, ServeSettings(max_points=64, everything_options=EVERYTHING))
+def segmenter(mobile_sam_checkpoint):
+    """imseg's own MobileSAM loaded from the official-layout random checkpoint (same weights as sam_model)."""
+    import imseg
+
+    return imseg.load("mobile-sam", checkpoint=mobile_sam_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(segmenter):
+    app = create_app(segmenter, ServeSettings(max_points=64, everything_options=EVERYTHING))
     with TestClient(app) as c:
         yield c
 
@@ -191,6 +200,7 @@ def test_ops_endpoints_and_metrics_text(client, uploaded):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["ready"] is True and ready["model"] == "mobile-sam" and ready["cache_items"] >= 1
+    assert "SamPredictor" in client.get("/v1/models").json()["models"][0]["summary"]
     assert client.get("/v1/models").json()["models"][0]["everything"] is True
     assert "/v1/images/{image_id}/segment" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
@@ -364,11 +374,12 @@ def test_openapi_fuzzing_never_5xx(client):
     schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
     failures: list[str] = []
     def fuzz(op) -> None:
-        @settings(max_examples=12, deadline=None, database=None, derandomize=True,
+        # uploads that happen to be valid tiny GIF/BMP files run the real image encoder: fewer cases there
+        @settings(max_examples=6 if op.method.lower() == "post" else 12, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         @given(op.as_strategy())
         def check(case):
-            response = case.call()
+            response = case.call(timeout=120)
             if response.status_code >= 500:
                 failures.append(f"{op.method.upper()} {op.path}: {response.status_code} {response.text[:200]}")
             elif response.status_code >= 400:
