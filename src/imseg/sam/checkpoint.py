@@ -152,7 +152,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def load_into(model: Sam, state_dict: dict[str, torch.Tensor], expected: str, where: str = "checkpoint") -> Sam:
     """Strictly load ``state_dict`` into ``model``; name the variant on a mismatch."""
     detected = detect_variant(state_dict)
-    if expected in CONFIGS and detected != expected and (detected in CONFIGS or detected.startswith("not")):
+    if detected.startswith("not"):
+        raise CheckpointError(
+            f"{where}: not a SAM checkpoint (no image_encoder weights among its {len(state_dict)} tensors); the "
+            f"model being built is {expected}. Get the official file with {_how_to_get(expected)}."
+        )
+    if expected in CONFIGS and detected != expected and detected in CONFIGS:
         raise CheckpointError(
             f"{where}: this checkpoint is for {detected}, but the model being built is {expected}. Pass a "
             f"{expected} checkpoint (e.g. `imseg weights download {VARIANT_MODEL_NAMES[expected]}`) or choose "
