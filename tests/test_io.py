@@ -99,9 +99,10 @@ def test_truncated_jpeg(tmp_path, rgb):
     Image.fromarray(np.repeat(np.repeat(rgb, 8, 0), 8, 1)).save(buf, format="JPEG")
     data = buf.getvalue()
     path = tmp_path / "t.jpg"
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="truncated or corrupt"):
-        read_image(path)
+    for cut in (10, 200, len(data) // 2):  # header cut short, and data cut short
+        path.write_bytes(data[:cut])
+        with pytest.raises(InputError, match="truncated or corrupt"):
+            read_image(path)
 
 
 def test_missing_dir_and_types(tmp_path):

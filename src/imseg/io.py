@@ -135,6 +135,8 @@ def _open_bytes(data: bytes, where: str, max_pixels: int | None) -> np.ndarray:
         ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(f"{where}: {exc}. Raise max_pixels= if the image is trusted.") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # header itself cut short or malformed
+        raise InputError(f"{where}: could not decode image header ({exc}). The file is truncated or corrupt.") from exc
     return _pil_to_rgb(img, where, max_pixels)
 
 
