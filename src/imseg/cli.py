@@ -264,7 +264,7 @@ def train_cmd(
     model: str = typer.Option("unet", "--model", help="Architecture: unet, unet++, fpn, deeplabv3+, segformer, ..."),
     encoder: str = typer.Option("resnet34", "--encoder", help="smp encoder (resnet18/34/50, efficientnet-b0, ...) or tu-<timm>."),
     weights: str = typer.Option("none", "--weights", help="Encoder weights: none or imagenet (needs a download)."),
-    epochs: int = typer.Option(50, "--epochs"),
+    epochs: int = typer.Option(None, "--epochs", help="Epochs (default 50; with --resume: the run's own)."),
     imgsz: int = typer.Option(512, "--imgsz", help="Training size in pixels (multiple of 32)."),
     batch: int = typer.Option(8, "--batch"),
     lr: float = typer.Option(1e-3, "--lr"),
@@ -294,12 +294,12 @@ def train_cmd(
         aug = augment if augment in ("default", "none") else yaml.safe_load(augment)
         options = dict(
             data=data, model=model, encoder=encoder, weights=None if weights.lower() == "none" else weights,
-            epochs=epochs, imgsz=imgsz, batch=batch, lr=lr, optimizer=optimizer, scheduler=scheduler, warmup=warmup,
+            epochs=epochs or 50, imgsz=imgsz, batch=batch, lr=lr, optimizer=optimizer, scheduler=scheduler, warmup=warmup,
             amp=amp, patience=patience, workers=workers, seed=seed, name=name, project=project, loss=loss, augment=aug,
             cache=cache, devices=int(devices) if devices.isdigit() else devices, nodes=nodes, accelerator=accelerator,
         )
         if resume:
-            result = train(resume=resume, epochs=epochs)
+            result = train(resume=resume, **({"epochs": epochs} if epochs else {}))
         else:
             result = train(options)
     except ImsegError as exc:
