@@ -1,0 +1,114 @@
+"""Masks: round trips through pycocotools and every save format, polygons with holes, overlays."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from imseg.errors import InputError
+from imseg.masks import Masks
+
+
+@pytest.fixture(scope="module")
+def masks() -> Masks:
+    """Four masks on a 40x50 image: a ring (hole), two islands, an edge-touching bar, an empty mask."""
+    yy, xx = np.mgrid[:40, :50]
+    dense = np.zeros((4, 40, 50), bool)
+    r2 = (yy - 20) ** 2 + (xx - 25) ** 2
+    dense[0] = (r2 < 150) & ~(r2 < 20)
+    dense[1, 2:8, 3:9] = True
+    dense[1, 30:35, 40:49] = True
+    dense[2, :, 0:3] = True
+    return Masks(dense, scores=[0.9, 0.8, 0.7, 0.1], labels=[1, 2, 2, 1], class_names=["bg", "ring", "bar"],
+                 stability_score=np.array([0.95, 0.9, 0.85, 0.0], np.float32))
+
+
+def test_rle_agrees_with_pycocotools(masks):
+    rles = masks.to_rle()
+    coco_rles = [{"size": r["size"], "counts": r["counts"].encode()} for r in rles]
+    decoded = mask_utils.decode(coco_rles).transpose(2, 0, 1).astype(bool)
+    assert np.array_equal(decoded, masks.masks)
+    assert np.array_equal(mask_utils.area(coco_rles), masks.areas)
+    assert np.allclose(mask_utils.toBbox(coco_rles), masks.boxes)
+
+
+def test_polygons_with_holes_rasterise_back_exactly(masks):
+    polygons = masks.to_polygons()
+    assert [len(p) for p in polygons] == [2, 2, 1, 0]
+    assert sorted(r["hole"] for r in polygons[0]) == [False, True]
+    for rings, dense in zip(polygons, masks.masks, strict=True):
+        assert np.array_equal(Masks.polygons_to_mask(rings, masks.image_size), dense)
+    simple = masks.to_polygons(tolerance=1.5)
+    assert len(simple[0][0]["points"]) < len(polygons[0][0]["points"])
+    approx = Masks.polygons_to_mask(simple[0], masks.image_size)
+    assert (approx & masks.masks[0]).sum() / (approx | masks.masks[0]).sum() > 0.85
+
+
+@pytest.mark.parametrize("fmt", ["png", "coco", "rle", "polygons", "npz"])
+def test_save_load_round_trip(masks, tmp_path, fmt):
+    paths = masks.save(tmp_path, format=fmt, stem="img")
+    assert all(p.exists() for p in paths)
+    assert not list(tmp_path.glob(".*.tmp*"))  # atomic writes leave no temp files
+    back = Masks.load(paths[-1] if fmt == "png" else paths[0])
+    assert back.image_size == masks.image_size
+    assert np.array_equal(back.masks, masks.masks)
+    assert np.allclose(back.scores, masks.scores)
+    assert np.array_equal(back.areas, masks.areas)
+    assert np.array_equal(back.labels, masks.labels)
+    assert np.allclose(back.fields["stability_score"], masks.fields["stability_score"])
+    assert Masks.load(tmp_path, stem="img").image_size == masks.image_size
+
+
+def test_coco_json_loads_in_pycocotools(masks, tmp_path):
+    (path,) = masks.save(tmp_path, format="coco", stem="photo", image_id=7)
+    coco = COCO(str(path))
+    ann_ids = coco.getAnnIds(imgIds=[7])
+    assert len(ann_ids) == len(masks)
+    for i, ann in enumerate(coco.loadAnns(ann_ids)):
+        assert np.array_equal(coco.annToMask(ann).astype(bool), masks.masks[i])
+        assert ann["area"] == masks.areas[i]
+    assert {c["name"] for c in coco.loadCats(coco.getCatIds())} == {"ring", "bar"}
+    # COCO polygon segmentations load as well
+    doc = json.loads(path.read_text())
+    rings = masks.to_polygons()[2]
+    doc["annotations"] = [dict(doc["annotations"][2], segmentation=[r["points"].ravel().tolist() for r in rings])]
+    path.write_text(json.dumps(doc))
+    assert np.array_equal(Masks.load(path).masks[0], masks.masks[2])
+
+
+def test_overlay_colours_and_outlines(masks, tmp_path):
+    image = np.full((40, 50, 3), 100, np.uint8)
+    out = masks.overlay(image, alpha=0.5, outline=False)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    untouched = ~masks.masks.any(0)
+    assert (out[untouched] == 100).all()
+    inside = [tuple(out[m][0]) for m in masks.masks[:3]]
+    assert len(set(inside)) == 3  # distinct colours
+    outlined = masks.overlay(image, alpha=0.2)
+    ring = masks.masks[0]
+    assert (outlined[ring] != out[ring]).any()  # outline pixels drawn at full colour
+    assert (outlined[untouched] == 100).all()
+    with pytest.raises(InputError, match="pass the image the masks were computed on"):
+        masks.overlay(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_bad_format_and_missing_file(masks, tmp_path):
+    with pytest.raises(InputError, match="unknown mask format"):
+        masks.save(tmp_path, format="tiff")
+    with pytest.raises(InputError, match="no such file"):
+        Masks.load(tmp_path / "nope.json")
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(InputError, match="not a file written by Masks.save"):
+        Masks.load(tmp_path / "x.json")
+
+
+def test_empty_masks_save_and_load(tmp_path):
+    empty = Masks(np.zeros((0, 6, 7), bool))
+    for fmt in ("coco", "rle", "polygons", "npz", "png"):
+        paths = empty.save(tmp_path / fmt, format=fmt)
+        back = Masks.load(paths[-1] if fmt == "png" else paths[0])
+        assert len(back) == 0 and back.image_size == (6, 7)
