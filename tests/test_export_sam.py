@@ -1,4 +1,6 @@
-"""SAM export: ONNX Runtime vs the official PyTorch MobileSAM (random weights), int8, raw-input encoder."""
+"""SAM export: our MobileSAM (random weights, from an official-layout checkpoint) exported through
+``imseg.export.export_model``, run on ONNX Runtime, vs the official PyTorch MobileSAM with the same
+weights; everything mode vs our generator on our PyTorch model; int8, raw-input encoder."""
 
 from __future__ import annotations
 
@@ -21,11 +23,19 @@ def official_mobile_sam():
 
 
 @pytest.fixture(scope="session")
-def sam_export(official_mobile_sam, tmp_path_factory):
-    from imseg.export.onnx import export_sam
+def our_mobile_sam(mobile_sam_checkpoint):
+    """Our MobileSAM as the exporter builds it (same weights as ``official_mobile_sam``)."""
+    from imseg.export import build_sam
 
-    out = tmp_path_factory.mktemp("sam_export")
-    export_sam(official_mobile_sam, out, model_name="mobile-sam", variant="vit_t")
+    return build_sam("vit_t", mobile_sam_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def sam_export(mobile_sam_checkpoint, tmp_path_factory):
+    from imseg.export import export_model
+
+    out = tmp_path_factory.mktemp("sam_export") / "mobile-sam"
+    export_model("mobile-sam", checkpoint=mobile_sam_checkpoint, out=out)
     return out
 
 
@@ -49,6 +59,16 @@ def ort_predictor(sam_export, sample_image):
 
 def _rel(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_export_builds_our_sam(our_mobile_sam, official_mobile_sam):
+    import torch
+
+    from imseg.sam import Sam
+
+    assert isinstance(our_mobile_sam, Sam) and not our_mobile_sam.training
+    ours, ref = our_mobile_sam.state_dict(), official_mobile_sam.state_dict()
+    assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
 
 
 def test_export_files_interface_and_checker(sam_export):
@@ -118,24 +138,30 @@ def test_decoder_non_square_and_batched_prompts(ort_predictor, official_predicto
     ort_predictor.set_image(sample_image)
 
 
-def test_automatic_mask_generation_matches_pytorch(sam_export, official_mobile_sam, sample_image):
-    from mobile_sam import SamAutomaticMaskGenerator
-
+def test_automatic_mask_generation_matches_pytorch(sam_export, our_mobile_sam, sample_image):
+    """Everything mode: our generator on ONNX Runtime vs our generator on our PyTorch model."""
     import imseg
+    from imseg.export.runtime import OrtAmgBackend
+    from imseg.sam.automatic import SamAutomaticMaskGenerator
 
     options = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.7}
-    ref = SamAutomaticMaskGenerator(official_mobile_sam, **options).generate(sample_image)
-    segmenter = imseg.load(sam_export, backend="onnxruntime", device="cpu", threads=1,
-                           generator_cls=SamAutomaticMaskGenerator, **options)
+    ref = SamAutomaticMaskGenerator(our_mobile_sam, **options).generate_masks(sample_image)
+    segmenter = imseg.load(sam_export, backend="onnxruntime", device="cpu", threads=1, **options)
+    generator = segmenter.automatic_generator()
+    assert isinstance(generator, SamAutomaticMaskGenerator) and isinstance(generator.backend, OrtAmgBackend)
     masks = segmenter.segment(sample_image)
-    assert isinstance(masks, imseg.Masks) and len(masks) == len(ref) > 0
-    ref_masks = np.stack([r["segmentation"] for r in ref])
-    ref_scores = np.array([r["predicted_iou"] for r in ref])
-    for mask, score in zip(masks.masks, masks.scores, strict=True):
-        best = int(np.argmin(np.abs(ref_scores - score)))
-        assert abs(ref_scores[best] - score) <= 1e-3
-        assert (mask != ref_masks[best]).mean() <= 1e-3
-    assert "stability_score" in masks.fields
+    assert isinstance(masks, imseg.Masks) and masks.image_size == (256, 256)
+    assert len(masks) == len(ref) > 0
+    ref_dense, dense = ref.masks, masks.masks
+    free = list(range(len(ref)))
+    for i in range(len(masks)):  # greedy one-to-one matching by mask IoU
+        ious = [(dense[i] & ref_dense[j]).sum() / max((dense[i] | ref_dense[j]).sum(), 1) for j in free]
+        best = int(np.argmax(ious))
+        j = free.pop(best)
+        assert ious[best] >= 0.99
+        assert abs(masks.scores[i] - ref.scores[j]) <= 1e-3
+        assert abs(masks.fields["stability_score"][i] - ref.fields["stability_score"][j]) <= 1e-3
+        assert np.allclose(masks.fields["point_coords"][i], ref.fields["point_coords"][j])
 
 
 def test_load_export_dir_prompt_mode(sam_export, sample_image, official_predictor):

@@ -21,44 +21,67 @@ def __getattr__(name: str):
 
 # ============================================================================ high-level export
 def build_sam(variant: str, checkpoint=None):
-    """A SAM model (official module layout) with ``checkpoint`` loaded (``weights_only=True``).
-
-    Uses ``imseg.sam.sam_model_registry``; while that is not installed, the official
-    segment_anything / mobile_sam packages build the same architecture.
-    """
-    import importlib
-    import warnings
-
-    import torch
-
+    """Our SAM model (``imseg.sam.sam_model_registry[variant]``, official module layout) in eval mode,
+    with the official-layout ``checkpoint`` loaded strictly (``weights_only=True``; errors are
+    :class:`~imseg.errors.CheckpointError` naming the file and the fix)."""
     from ..errors import CheckpointError, DependencyError
 
-    registry = None
-    for module in ("imseg.sam", "mobile_sam" if variant == "vit_t" else "segment_anything"):
-        try:
-            registry = importlib.import_module(module).sam_model_registry
-            break
-        except (ImportError, AttributeError):
-            continue
-    if registry is None:
-        raise DependencyError(f"exporting SAM needs imseg.sam (its {variant!r} model), which is not importable here.")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = registry[variant](checkpoint=None)
-    if checkpoint is not None:
-        try:
-            state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-        except FileNotFoundError as exc:
-            raise CheckpointError(f"checkpoint {checkpoint} not found.") from exc
-        except Exception as exc:
-            raise CheckpointError(f"{checkpoint}: not a readable PyTorch checkpoint ({exc}).") from exc
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]
-        try:
-            model.load_state_dict(state, strict=True)
-        except Exception as exc:
-            raise CheckpointError(f"{checkpoint}: does not match the SAM {variant!r} architecture ({exc}).") from exc
-    return model.eval()
+    try:
+        from ..sam import sam_model_registry
+    except ImportError as exc:
+        raise DependencyError(f"exporting SAM needs imseg.sam (torch), which is not importable here ({exc}).") from exc
+    if variant not in sam_model_registry:
+        raise CheckpointError(f"unknown SAM variant {variant!r}; expected one of {sorted(sam_model_registry)}.")
+    return sam_model_registry[variant](checkpoint=checkpoint).eval()
+
+
+def onnx_ready(model):
+    """Adapt our SAM ``model`` (``imseg.sam``) in place for the TorchScript-based ONNX exporter; returns it.
+
+    Tracing records Python-level shape decisions once, for the example inputs, so two eager-mode
+    shortcuts of our modules would be frozen into the graph:
+
+    * ``LayerNorm2d`` reads its normalised shape from the input, which traces to a dynamic
+      ``Gather`` the exporter rejects: it is replaced by an equivalent module holding the channel
+      count as an int (same parameters, shared);
+    * the mask decoder broadcasts a batch-1 image embedding over the prompt batch inside its
+      attention, choosing the batch from whichever input is larger: traced with one prompt, that
+      choice would fix the batch to 1. The export decoder therefore repeats the image embedding to
+      the prompt batch first (as the official decoder does), so every shape follows the prompts.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class ChannelLayerNorm(nn.Module):
+        def __init__(self, norm) -> None:
+            super().__init__()
+            self.weight, self.bias = norm.weight, norm.bias
+            self.eps = float(getattr(norm, "eps", 1e-6))
+            self.channels = int(norm.weight.shape[0])
+
+        def forward(self, x):
+            y = F.layer_norm(x.permute(0, 2, 3, 1), (self.channels,), self.weight, self.bias, self.eps)
+            return y.permute(0, 3, 1, 2)
+
+    class PromptBatchDecoder(nn.Module):
+        def __init__(self, decoder) -> None:
+            super().__init__()
+            self.decoder = decoder
+
+        def predict_masks(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings):
+            image_embeddings = torch.repeat_interleave(image_embeddings, sparse_prompt_embeddings.shape[0], dim=0)
+            return self.decoder.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
+                                              dense_prompt_embeddings)
+
+    if not type(model).__module__.startswith("imseg."):
+        return model  # official models trace as they are
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__ == "LayerNorm2d":
+                setattr(parent, name, ChannelLayerNorm(child))
+    model.mask_decoder = PromptBatchDecoder(model.mask_decoder)
+    return model
 
 
 def export_sam_checkpoint(spec, checkpoint, out, *, int8: bool = False, calibration=None, **options):
@@ -66,7 +89,7 @@ def export_sam_checkpoint(spec, checkpoint, out, *, int8: bool = False, calibrat
     from .onnx import export_sam
 
     variant = spec.options["variant"]
-    model = build_sam(variant, checkpoint)
+    model = onnx_ready(build_sam(variant, checkpoint))
     manifest = export_sam(model, out, model_name=spec.name, variant=variant, **options)
     if int8 or calibration is not None:
         from .quantize import quantize_sam_export

@@ -3,8 +3,9 @@
 ``load_exported(dir)`` reads ``imseg_export.json`` and returns :class:`OrtSamSegmenter` or
 :class:`OrtSemanticSegmenter`; ``load_registry_model(spec, checkpoint=...)`` exports a registry
 model into the cache once and loads that. :class:`OrtSamPredictor` mirrors the official
-``SamPredictor`` (``set_image``, ``predict``, ``predict_torch``, ``transform``, ``original_size``)
-so the automatic mask generator can drive it.
+``SamPredictor`` (``set_image``, ``predict``, ``predict_torch``, ``transform``, ``original_size``).
+Everything mode runs our :class:`imseg.sam.automatic.SamAutomaticMaskGenerator` on the same
+sessions through :class:`OrtAmgBackend` (its ``AmgBackend`` seam: embed a crop, decode point batches).
 """
 
 from __future__ import annotations
@@ -204,13 +205,19 @@ class OrtSamPredictor:
             image = np.ascontiguousarray(image[..., ::-1])
         elif image_format.upper() != "RGB":
             raise ConfigError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        self.features, self.input_size = self.embed(image)
         self.original_size = (int(image.shape[0]), int(image.shape[1]))
-        self.input_size = self.transform.get_preprocess_shape(*self.original_size)
-        if self.raw_input:
-            self.features = self.encoder.run(["image_embeddings"], {"image": np.ascontiguousarray(image)})[0]
-        else:
-            self.features = self.encoder.run(["image_embeddings"], {"image": self.preprocess(image)})[0]
         self.is_image_set = True
+
+    def embed(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """(1, 256, 64, 64) float32 embedding of an RGB uint8 (H, W, 3) image and its resized size (h, w).
+
+        Stateless: the image set with :meth:`set_image` is left as it is.
+        """
+        image = np.ascontiguousarray(image)
+        size = self.transform.get_preprocess_shape(int(image.shape[0]), int(image.shape[1]))
+        feed = image if self.raw_input else self.preprocess(image)
+        return self.encoder.run(["image_embeddings"], {"image": feed})[0], size
 
     def get_image_embedding(self) -> np.ndarray:
         if not self.is_image_set:
@@ -223,17 +230,23 @@ class OrtSamPredictor:
         (B, M, H, W), iou (B, M), low-res logits (B, M, 256, 256); M = 4 (or 1 for single-mask exports)."""
         if not self.is_image_set:
             raise StateError("no image set: call set_image(image) before predict().")
+        return self.run_decoder(self.features, self.original_size, coords, labels, mask_input)
+
+    def run_decoder(self, features: np.ndarray, original_size: tuple[int, int], coords: np.ndarray,
+                    labels: np.ndarray, mask_input: np.ndarray | None = None, outputs: list[str] | None = None):
+        """One decoder run on ``features`` (1, 256, 64, 64) of an image of ``original_size`` (H, W):
+        coords (B, N, 2) in the resized frame, labels (B, N) -> the ``outputs`` (default all three)."""
         low = self.img_size // 4
         feeds = {
-            "image_embeddings": self.features,
+            "image_embeddings": features,
             "point_coords": np.ascontiguousarray(coords, np.float32),
             "point_labels": np.ascontiguousarray(labels, np.float32),
             "mask_input": np.zeros((1, 1, low, low), np.float32) if mask_input is None
             else np.ascontiguousarray(mask_input, np.float32).reshape(-1, 1, low, low),
             "has_mask_input": np.array([0.0 if mask_input is None else 1.0], np.float32),
-            "orig_im_size": np.array(self.original_size, np.float32),
+            "orig_im_size": np.array(original_size, np.float32),
         }
-        return self.decoder.run(None, feeds)
+        return self.decoder.run(outputs, feeds)
 
     def _prompt_arrays(self, coords, labels, boxes):
         """Append box corners (labels 2, 3) or the padding point (label -1), as the official encoder does."""
@@ -299,29 +312,50 @@ class OrtSamPredictor:
         return masks_t, torch.from_numpy(iou), torch.from_numpy(low_res)
 
 
-def automatic_generator(predictor: OrtSamPredictor, generator_cls: type | None = None, **options: Any):
-    """An automatic mask generator (default: ``imseg.sam.automatic.SamAutomaticMaskGenerator``) driven by
-    the ORT predictor: its logic is reused unchanged, only the predictor it builds is swapped."""
-    import contextlib
-    import sys
+class _OrtPointBatch:
+    """Decoder outputs of a batch of single-point prompts (multimask outputs 1..3), as torch tensors."""
 
-    if generator_cls is None:
-        try:
-            from ..sam.automatic import SamAutomaticMaskGenerator as generator_cls
-        except ImportError as exc:
-            raise StateError(
-                "everything mode on ONNX Runtime reuses imseg.sam.automatic, which is not available in this "
-                "install; use prompt mode (points=/box=) or backend='torch'."
-            ) from exc
-    module = sys.modules[generator_cls.__module__]
-    with contextlib.ExitStack() as stack:
-        # the generator's __init__ builds SamPredictor(model); hand it the ORT predictor instead
-        if hasattr(module, "SamPredictor"):
-            stack.callback(setattr, module, "SamPredictor", module.SamPredictor)
-            module.SamPredictor = lambda *_args, **_kwargs: predictor
-        generator = generator_cls(predictor.model, **options)
-    generator.predictor = predictor
-    return generator
+    def __init__(self, iou: np.ndarray, low_res: np.ndarray) -> None:
+        import torch
+
+        self.iou = torch.from_numpy(np.ascontiguousarray(iou[:, 1:]))  # (B, 3)
+        self._low = torch.from_numpy(np.ascontiguousarray(low_res[:, 1:]))  # (B, 3, 256, 256)
+
+    def low_res(self, ids):
+        return self._low[ids]
+
+
+class OrtAmgBackend:
+    """:class:`imseg.sam.automatic.AmgBackend` on the exported sessions of an :class:`OrtSamPredictor`.
+
+    ``embed(crop)`` runs encoder.onnx; ``decode(features_and_size, coords)`` runs decoder.onnx on
+    (B, 2) points in the resized crop frame (one foreground point per prompt plus the official
+    padding point) and returns the IoU (B, 3) and low-res logits (B, 3, 256, 256).
+    """
+
+    def __init__(self, predictor: OrtSamPredictor) -> None:
+        if predictor.single_mask:
+            raise ConfigError(
+                "everything mode needs the decoder's three multimask outputs, but this export was made with "
+                "--single-mask; export again without it (imseg export --model NAME --checkpoint P --out DIR)."
+            )
+        self.predictor = predictor
+        self.img_size = predictor.img_size
+        self.mask_threshold = float(predictor.model.mask_threshold)
+
+    def embed(self, crop: np.ndarray) -> tuple[tuple[np.ndarray, tuple[int, int]], tuple[int, int]]:
+        features, input_size = self.predictor.embed(crop)
+        return (features, (int(crop.shape[0]), int(crop.shape[1]))), input_size
+
+    def decode(self, state: tuple[np.ndarray, tuple[int, int]], coords: np.ndarray) -> _OrtPointBatch:
+        features, crop_size = state
+        b = len(coords)
+        points = np.zeros((b, 2, 2), np.float32)
+        points[:, 0] = coords
+        labels = np.tile(np.array([[1.0, -1.0]], np.float32), (b, 1))
+        iou, low_res = self.predictor.run_decoder(features, crop_size, points, labels,
+                                                  outputs=["iou_predictions", "low_res_masks"])
+        return _OrtPointBatch(iou, low_res)
 
 
 class OrtSamSegmenter(Segmenter):
@@ -330,8 +364,7 @@ class OrtSamSegmenter(Segmenter):
     supports_prompts = True
 
     def __init__(self, export_dir: str | os.PathLike, *, device: str = "auto", providers: list[str] | None = None,
-                 threads: int | None = None, generator_cls: type | None = None, **amg_options: Any) -> None:
-        self.generator_cls = generator_cls
+                 threads: int | None = None, **amg_options: Any) -> None:
         self.predictor = OrtSamPredictor(export_dir, device=device, providers=providers, threads=threads)
         self.name = str(self.predictor.manifest.get("model", "sam"))
         self.amg_options = amg_options
@@ -344,9 +377,7 @@ class OrtSamSegmenter(Segmenter):
         """
         image = read_image(image)
         if points is None and box is None:
-            generator = automatic_generator(self.predictor, self.generator_cls, **{**self.amg_options, **kwargs})
-            records = generator.generate(image)
-            return _records_to_masks(records, image.shape[:2])
+            return self.automatic_generator(**kwargs).generate_masks(image)
         if kwargs:
             raise ConfigError(f"unexpected options for prompt mode: {sorted(kwargs)}")
         self.predictor.set_image(image)
@@ -356,23 +387,17 @@ class OrtSamSegmenter(Segmenter):
         order = np.argsort(-iou, kind="stable")
         return Masks(masks[order], scores=iou[order], image_size=image.shape[:2])
 
-
-def _records_to_masks(records: list[dict], size: tuple[int, int]) -> Masks:
-    """Automatic-generator records (official fields) -> Masks with extra per-mask fields."""
-    if not records:
-        return Masks(np.zeros((0, *size), bool), image_size=size)
-    seg = [r["segmentation"] for r in records]
-    kwargs: dict[str, Any] = {
-        "scores": [r["predicted_iou"] for r in records],
-        "boxes": [r["bbox"] for r in records],
-        "areas": [r["area"] for r in records],
-        "stability_score": np.asarray([r["stability_score"] for r in records], np.float32),
-        "point_coords": np.asarray([np.asarray(r["point_coords"], np.float32).reshape(-1, 2)[0] for r in records]),
-        "crop_box": np.asarray([r["crop_box"] for r in records], np.float32),
-    }
-    if isinstance(seg[0], dict):
-        return Masks(rles=seg, image_size=size, **kwargs)
-    return Masks(np.stack(seg).astype(bool), image_size=size, **kwargs)
+    def automatic_generator(self, **options: Any):
+        """Our :class:`~imseg.sam.automatic.SamAutomaticMaskGenerator` on this export's sessions;
+        ``options`` (points_per_side, thresholds, ...) override those given at load time."""
+        try:
+            from ..sam.automatic import SamAutomaticMaskGenerator
+        except ImportError as exc:
+            raise DependencyError(
+                f"everything mode on ONNX Runtime runs imseg.sam.automatic, which needs torch and torchvision "
+                f"({exc}); install them, or use prompt mode (points=/box=)."
+            ) from exc
+        return SamAutomaticMaskGenerator(OrtAmgBackend(self.predictor), **{**self.amg_options, **options})
 
 
 # ============================================================================ semantic

@@ -14,7 +14,10 @@ ordered, not because it approximates:
   thresholding and boxes are computed vectorised; RLEs come from pycocotools; NMS from torchvision.
 
 The model may be ours (``imseg.sam``) or an official ``segment_anything`` / ``mobile_sam`` model:
-only the official module and parameter names are used.
+only the official module and parameter names are used. The generator reaches the model only through
+a small backend (:class:`AmgBackend`: embed a crop, decode a batch of single-point prompts);
+:class:`TorchBackend` is the default, and ``imseg.export.runtime.OrtAmgBackend`` runs the same
+pipeline on exported ONNX encoder/decoder sessions.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from itertools import product
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -353,6 +356,86 @@ def _layer_norm_last(x: torch.Tensor, norm) -> torch.Tensor:
     return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, getattr(norm, "eps", 1e-6))
 
 
+# ----------------------------------------------------------------------------- backends
+class PointBatch(Protocol):
+    """Decoder results for B single-point prompts on one crop (multimask outputs 1..3).
+
+    ``iou``: (B, 3) float predicted IoU. ``low_res(ids)``: (P, 3, 256, 256) low-res mask logits of
+    the prompts ``ids`` ((P,) long tensor), made lazily so that a backend may skip the masks the
+    IoU filter already rejected.
+    """
+
+    iou: torch.Tensor
+
+    def low_res(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class AmgBackend(Protocol):
+    """What :class:`SamAutomaticMaskGenerator` needs from a SAM model.
+
+    ``img_size``: side (px) of the square padded model input (1024). ``mask_threshold``: logit
+    threshold of a mask pixel. ``embed(crop)``: an (h, w, 3) uint8 RGB crop -> (an opaque per-crop
+    image state, (h', w') size of the crop resized so that its long side is ``img_size``).
+    ``decode(state, coords)``: (B, 2) float64 XY points in that resized frame, one foreground point
+    per prompt -> :class:`PointBatch`.
+    """
+
+    img_size: int
+    mask_threshold: float
+
+    def embed(self, crop: np.ndarray) -> tuple[Any, tuple[int, int]]: ...
+
+    def decode(self, state: Any, coords: np.ndarray) -> PointBatch: ...
+
+
+class _TorchPointBatch:
+    """Decoder tokens of a batch; masks are made only for the prompts asked for."""
+
+    def __init__(self, decoder: _ImageDecoder, iou: torch.Tensor, hs: torch.Tensor, keys: torch.Tensor) -> None:
+        self.decoder, self.hs, self.keys = decoder, hs, keys
+        self.iou = iou[:, 1:].float()  # multimask output: tokens 1..3
+
+    def low_res(self, ids: torch.Tensor) -> torch.Tensor:
+        n_masks = self.iou.shape[1]
+        return self.decoder.masks(self.hs[ids], self.keys[ids], list(range(1, 1 + n_masks)))
+
+
+class TorchBackend:
+    """The default backend: a PyTorch SAM model in this process (the fast :class:`_ImageDecoder`)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.img_size = int(model.image_encoder.img_size)
+        self.mask_threshold = float(getattr(model, "mask_threshold", 0.0))
+
+    def _device_dtype(self):
+        param = next(self.model.mask_decoder.parameters())
+        return param.device, param.dtype
+
+    def embed(self, crop: np.ndarray) -> tuple[_ImageDecoder, tuple[int, int]]:
+        """The crop's image embedding (1, C, 64, 64), held by a decoder ready for its prompts."""
+        import torch
+        from PIL import Image
+
+        device, dtype = self._device_dtype()
+        nh, nw = resized_shape(crop.shape[0], crop.shape[1], self.img_size)
+        resized = np.array(Image.fromarray(crop).resize((nw, nh), Image.BILINEAR))
+        x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
+        x = self.model.preprocess(x)
+        return _ImageDecoder(self.model, self.model.image_encoder(x.to(dtype))), (nh, nw)
+
+    def decode(self, state: _ImageDecoder, coords: np.ndarray) -> _TorchPointBatch:
+        import torch
+
+        device, dtype = self._device_dtype()
+        points = torch.as_tensor(coords, device=device)[:, None, :]  # float64 like the official
+        labels = torch.ones((len(coords), 1), dtype=torch.int, device=device)
+        sparse, _ = self.model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+        iou, (hs, keys) = state.predict(sparse.to(dtype))
+        return _TorchPointBatch(state, iou, hs, keys)
+
+
 # ----------------------------------------------------------------------------- per-crop results
 @dataclass
 class _Candidates:
@@ -381,7 +464,8 @@ class SamAutomaticMaskGenerator:
     """Masks for everything in an image from a grid of point prompts (official API and defaults).
 
     Args:
-        model: a SAM model (``imseg.sam``, ``segment_anything`` or ``mobile_sam``).
+        model: a SAM model (``imseg.sam``, ``segment_anything`` or ``mobile_sam``), run through
+            :class:`TorchBackend`; or any :class:`AmgBackend` (e.g. ``imseg.export.runtime.OrtAmgBackend``).
         points_per_side: grid points per image side (points_per_side**2 prompts); or None with
             ``point_grids``.
         points_per_batch: prompts decoded together (memory vs speed).
@@ -444,12 +528,18 @@ class SamAutomaticMaskGenerator:
             for i, g in enumerate(grids):
                 if g.ndim != 2 or g.shape[1] != 2 or (g.size and (g.min() < 0 or g.max() > 1)):
                     raise ConfigError(f"point_grids[{i}] must be a (K, 2) array of XY in [0, 1]; got {g.shape}.")
-        for attr in ("image_encoder", "prompt_encoder", "mask_decoder", "preprocess"):
-            if not hasattr(model, attr):
-                raise ConfigError(
-                    f"model has no '{attr}'; pass a SAM model such as imseg.sam.sam_model_registry['vit_b'](...)."
-                )
-        self.model = model
+        if isinstance(model, AmgBackend):
+            self.backend: AmgBackend = model
+            self.model = getattr(model, "model", None)
+        else:
+            for attr in ("image_encoder", "prompt_encoder", "mask_decoder", "preprocess"):
+                if not hasattr(model, attr):
+                    raise ConfigError(
+                        f"model has no '{attr}'; pass a SAM model such as imseg.sam.sam_model_registry['vit_b'](...)"
+                        f" or an imseg.sam.automatic.AmgBackend."
+                    )
+            self.backend = TorchBackend(model)
+            self.model = model
         self.point_grids = grids
         self.points_per_batch = int(points_per_batch)
         self.pred_iou_thresh = float(pred_iou_thresh)
@@ -566,22 +656,9 @@ class SamAutomaticMaskGenerator:
                 )
         return rles, boxes.numpy(), iou.numpy(), stab.numpy(), points, crops
 
-    def _device_dtype(self):
-        param = next(self.model.mask_decoder.parameters())
-        return param.device, param.dtype
-
-    def _embed(self, crop: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Image embedding (1, C, 64, 64) of an (h, w, 3) crop and its resized input size."""
-        import torch
-        from PIL import Image
-
-        device, dtype = self._device_dtype()
-        size = int(self.model.image_encoder.img_size)
-        nh, nw = resized_shape(crop.shape[0], crop.shape[1], size)
-        resized = np.array(Image.fromarray(crop).resize((nw, nh), Image.BILINEAR))
-        x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
-        x = self.model.preprocess(x)
-        return self.model.image_encoder(x.to(dtype)), (nh, nw)
+    def _embed(self, crop: np.ndarray) -> tuple[Any, tuple[int, int]]:
+        """The backend's per-crop image state and the crop's resized input size (h', w')."""
+        return self.backend.embed(crop)
 
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int, kept: _Candidates) -> None:
         import torch
@@ -590,16 +667,14 @@ class SamAutomaticMaskGenerator:
         x0, y0, x1, y1 = crop_box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
         ch, cw = crop.shape[:2]
-        embedding, input_size = self._embed(crop)
-        decoder = _ImageDecoder(self.model, embedding)
-        device, dtype = self._device_dtype()
+        state, input_size = self._embed(crop)
         points = self.point_grids[layer] * np.array([[cw, ch]], dtype=np.float64)
         scale = np.array([[input_size[1] / cw, input_size[0] / ch]])
         part = _Candidates()
         for start in range(0, len(points), self.points_per_batch):
             batch = points[start : start + self.points_per_batch]
-            self._process_batch(decoder, batch, batch * scale, input_size, crop_box, image.shape[:2], part, device, dtype)
-        del decoder, embedding
+            self._process_batch(state, batch, batch * scale, input_size, crop_box, image.shape[:2], part)
+        del state
         rles, boxes, iou, stab, pts, _ = part.cat()
         if not len(rles):
             return
@@ -613,26 +688,22 @@ class SamAutomaticMaskGenerator:
         kept.points.append(pts + np.array([[x0, y0]]))
         kept.crop_boxes.append(np.tile(np.array(crop_box, np.int64), (len(rles), 1)))
 
-    def _process_batch(self, decoder, points, model_points, input_size, crop_box, image_size, part, device, dtype):
+    def _process_batch(self, state, points, model_points, input_size, crop_box, image_size, part) -> None:
         import torch
 
-        n = len(points)
-        coords = torch.as_tensor(model_points, device=device)[:, None, :]  # float64 like the official
-        labels = torch.ones((n, 1), dtype=torch.int, device=device)
-        sparse, _ = self.model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        iou, (hs, keys) = decoder.predict(sparse.to(dtype))
-        iou = iou[:, 1:].float()  # multimask output: tokens 1..3
+        decoded = self.backend.decode(state, model_points)
+        iou = decoded.iou  # (B, 3)
         n_masks = iou.shape[1]
         keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
         prompt_ids = torch.nonzero(keep.any(1)).flatten()
         if prompt_ids.numel() == 0:
             return
-        low = decoder.masks(hs[prompt_ids], keys[prompt_ids], list(range(1, 1 + n_masks)))  # (P, 3, h, w)
+        low = decoded.low_res(prompt_ids)  # (P, 3, h, w)
         sel = keep[prompt_ids]  # (P, 3)
         low = low[sel].float()  # (K, h, w) in prompt-major, mask-minor order (as the official)
         cand_iou = iou[prompt_ids][sel]
         prompt_of = prompt_ids[:, None].expand(-1, n_masks)[sel].cpu().numpy()
-        del hs, keys
+        del decoded
         self._postprocess(low, cand_iou, points[prompt_of], input_size, crop_box, image_size, part)
 
     def _postprocess(self, low, iou, points, input_size, crop_box, image_size, part: _Candidates) -> None:
@@ -643,8 +714,8 @@ class SamAutomaticMaskGenerator:
         x0, y0, x1, y1 = crop_box
         ch, cw = y1 - y0, x1 - x0
         img_h, img_w = image_size
-        size = int(self.model.image_encoder.img_size)
-        threshold = float(getattr(self.model, "mask_threshold", 0.0))
+        size = int(self.backend.img_size)
+        threshold = float(self.backend.mask_threshold)
         per_mask = 4 * (ch * cw + size * size)
         chunk = max(1, min(len(low), CHUNK_BYTES // per_mask))
         for start in range(0, len(low), chunk):
