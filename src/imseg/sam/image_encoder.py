@@ -19,6 +19,24 @@ from .common import LayerNorm2d, MLPBlock
 DEFAULT_QUERY_CHUNK = 1024
 
 
+class Scratch:
+    """Reusable work buffers for one encoder forward pass, keyed by name, shape and dtype.
+
+    Large temporaries (qkv, MLP hidden, attention bias) are the same size in every block; reusing
+    them avoids fresh multi-MB allocations (page faults) per block. Freed with the forward pass.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def get(self, name: str, like: torch.Tensor, *shape: int) -> torch.Tensor:
+        key = (name, shape, like.dtype, like.device)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = like.new_empty(shape)
+        return buf
+
+
 class ImageEncoderViT(nn.Module):
     """(B, 3, img_size, img_size) normalised image -> (B, out_chans, img_size/16, img_size/16) embedding."""
 
@@ -70,8 +88,9 @@ class ImageEncoderViT(nn.Module):
         x = self.patch_embed(x)  # (B, h, w, C)
         if self.pos_embed is not None:
             x = x + self.pos_embed
+        scratch = Scratch() if not torch.is_grad_enabled() else None  # buffers only when nothing is saved for grad
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, scratch)
         return self.neck(x.permute(0, 3, 1, 2))
 
 
@@ -113,9 +132,20 @@ class Block(nn.Module):
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), nn.GELU)
         self.window_size = window_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), self.window_size)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), self.window_size, scratch)
+        if scratch is None:
+            return x + self.mlp(self.norm2(x))
+        # the MLP with its large hidden activation written into a reused buffer, GELU in place
+        h = self.norm2(x).flatten(0, -2)
+        lin1, lin2 = self.mlp.lin1, self.mlp.lin2
+        hidden = torch.addmm(lin1.bias, h, lin1.weight.t(),
+                             out=scratch.get("mlp", h, h.shape[0], lin1.out_features))
+        if isinstance(self.mlp.act, nn.GELU) and self.mlp.act.approximate == "none":
+            torch.ops.aten.gelu_(hidden)
+        else:
+            hidden = self.mlp.act(hidden)
+        return x + F.linear(hidden, lin2.weight, lin2.bias).view_as(x)
 
 
 def relative_positions(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -158,16 +188,22 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
-    def forward(self, x: torch.Tensor, window_size: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, window_size: int = 0, scratch: Scratch | None = None) -> torch.Tensor:
         """x: (B, H, W, C) normalised tokens -> (B, H, W, C) attention output (after ``proj``)."""
         b, h, w, c = x.shape
-        qkv = self.qkv(x)  # projected before window padding: padded tokens only ever see the bias
+        # projected before window padding: padded tokens only ever see the bias
+        if scratch is not None and self.qkv.bias is not None:
+            flat = x.reshape(-1, c)
+            qkv = torch.addmm(self.qkv.bias, flat, self.qkv.weight.t(),
+                              out=scratch.get("qkv", flat, flat.shape[0], self.qkv.out_features)).view(b, h, w, -1)
+        else:
+            qkv = self.qkv(x)
         if window_size > 0:
             qkv, (hp, wp) = self._partition(qkv, window_size)  # (B*nW, ws, ws, 3C)
-            out = self._attend(qkv)  # (B*nW, ws, ws, C)
+            out = self._attend(qkv, scratch)  # (B*nW, ws, ws, C)
             out = self._unpartition(out, window_size, b, (hp, wp), (h, w))
         else:
-            out = self._attend(qkv)
+            out = self._attend(qkv, scratch)
         return self.proj(out)
 
     def _partition(self, qkv: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -195,7 +231,7 @@ class Attention(nn.Module):
             out = out[:, :h, :w]
         return out
 
-    def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
+    def _attend(self, qkv: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
         """qkv: (B', h, w, 3C) -> (B', h, w, C) attention over the h*w tokens of each item."""
         b, h, w, _ = qkv.shape
         n = h * w
@@ -218,7 +254,8 @@ class Attention(nn.Module):
                 # bias[q=(y, x), k=(ky, kx)] = q . Rh[y, ky] + q . Rw[x, kx]
                 bias_h = torch.einsum("bnyxd,ykd->bnyxk", qg, rh[r0 : r0 + rows])  # (.., rows, w, h)
                 bias_w = torch.einsum("bnyxd,xkd->bnyxk", qg, rw)  # (.., rows, w, w)
-                bias = q.new_empty(b, self.num_heads, rows, w, h, w)  # contiguous, so the reshape is free
+                shape = (b, self.num_heads, rows, w, h, w)  # contiguous, so the view below is free
+                bias = q.new_empty(shape) if scratch is None else scratch.get("bias", q, *shape)
                 torch.add(bias_h[..., :, None], bias_w[..., None, :], out=bias)
                 bias = bias.view(b, self.num_heads, stop - start, n)
                 outs.append(F.scaled_dot_product_attention(q_rows, k, v, attn_mask=bias, scale=self.scale))

@@ -88,9 +88,10 @@ class MaskDecoder(nn.Module):
                             sparse_prompt_embeddings], dim=1)
         if image_embeddings.shape[0] not in (1, bs):
             image_embeddings = torch.repeat_interleave(image_embeddings, bs, dim=0)
-        src = image_embeddings + dense_prompt_embeddings  # broadcasts one image over the prompt batch
-        if src.shape[0] != bs:
-            src = src.expand(bs, -1, -1, -1)
+        dense = dense_prompt_embeddings
+        if dense.shape[0] > 1 and dense.stride(0) == 0:  # one "no mask" embedding expanded over the batch
+            dense = dense[:1]
+        src = image_embeddings + dense  # batch 1 when every prompt sees the same image tokens
         _, c, h, w = src.shape
         hs, keys = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0]

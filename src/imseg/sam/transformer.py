@@ -28,10 +28,16 @@ class Attention(nn.Module):
         return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """q: (B, Nq, C), k/v: (B, Nk, C) -> (B, Nq, C)."""
-        out = F.scaled_dot_product_attention(self._heads(self.q_proj(q)), self._heads(self.k_proj(k)),
-                                             self._heads(self.v_proj(v)))
-        b, _, n, _ = out.shape
+        """q: (B|1, Nq, C), k/v: (B|1, Nk, C) -> (B, Nq, C).
+
+        A batch of 1 is broadcast over B *after* its projection, so an image shared by a batch of
+        prompts is projected once.
+        """
+        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        b = max(q.shape[0], k.shape[0], v.shape[0])
+        q, k, v = (t.expand(b, -1, -1, -1) if t.shape[0] != b else t for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        _, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
 
 
@@ -69,7 +75,7 @@ class TwoWayAttentionBlock(nn.Module):
 class TwoWayTransformer(nn.Module):
     """``depth`` two-way blocks then a final token->image attention.
 
-    forward(image_embedding (B, C, h, w), image_pe (B|1, C, h, w), point_embedding (B, N, C))
+    forward(image_embedding (B|1, C, h, w), image_pe (B|1, C, h, w), point_embedding (B, N, C))
     -> (queries (B, N, C), keys (B, h*w, C)).
     """
 
@@ -89,9 +95,10 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
-        bs = image_embedding.shape[0]
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2).expand(bs, -1, -1)
+        # tokens-major and contiguous once, so no projection below re-copies a transposed view;
+        # an image batch of 1 stays 1 (shared by all prompts) until the first image update
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
