@@ -186,3 +186,10 @@ def test_everything_mode_delegates_or_explains(segmenter, sample_image, monkeypa
         warnings.simplefilter("ignore")
         with pytest.raises(imseg.errors.DependencyError, match="points=/box="):
             segmenter.segment(sample_image)
+
+
+def test_everything_mode_returns_masks(segmenter, sample_image):
+    masks = segmenter.segment(sample_image, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    assert isinstance(masks, Masks) and masks.image_size == (256, 256)
+    assert 0 < len(masks) <= 16 and masks.masks.shape[1:] == (256, 256)
+    assert np.all((masks.areas > 0) & (masks.areas == masks.masks.reshape(len(masks), -1).sum(1)))

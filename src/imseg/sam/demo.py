@@ -16,17 +16,6 @@ DEMO_PROMPTS: dict[str, tuple[tuple[int, int], tuple[int, int, int, int]]] = {
     "coffee": ((300, 190), (120, 50, 480, 340)),  # the coffee; cup and saucer
 }
 
-PALETTE = np.array([(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180)], np.uint8)
-
-
-def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend (N, H, W) bool masks in palette colours over an (H, W, 3) uint8 image."""
-    out = image.astype(np.float32)
-    for i, mask in enumerate(masks):
-        out[mask] = (1 - alpha) * out[mask] + alpha * PALETTE[i % len(PALETTE)]
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
 def _mark(image: np.ndarray, point: tuple[int, int] | None = None, box: tuple[int, ...] | None = None) -> np.ndarray:
     """Draw the prompt (a white-on-black cross or rectangle) so the overlay shows what was asked."""
     img = image.copy()
@@ -76,7 +65,7 @@ def run_demo(model: str = "sam-vit-b", checkpoint: str | os.PathLike | None = No
             box = (0, 0, image.shape[1] - 1, image.shape[0] - 1)
         for kind, prompt in (("point", {"points": [point], "labels": [1]}), ("box", {"box": list(box)})):
             masks = segmenter.segment(image, **prompt)
-            shown = overlay(image, masks.masks)
+            shown = masks.overlay(image)
             shown = _mark(shown, point=point) if kind == "point" else _mark(shown, box=box)
             written.append(write_image(out_dir / f"{name}_{kind}_overlay.png", shown))
             written.append(write_image(out_dir / f"{name}_{kind}_mask.png", masks.masks[0]))

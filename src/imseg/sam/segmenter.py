@@ -120,12 +120,9 @@ class SamSegmenter(Segmenter):
             ) from exc
         rgb = read_image(image)
         generator = SamAutomaticMaskGenerator(self.model, **kwargs)
-        if hasattr(generator, "predictor"):
-            generator.predictor = self.predictor  # share the (possibly cached) image embedding
-        result = generator.generate(rgb)
-        if isinstance(result, Masks):
-            return result
-        return records_to_masks(result, rgb.shape[:2])
+        if hasattr(generator, "generate_masks"):
+            return generator.generate_masks(rgb)
+        return records_to_masks(generator.generate(rgb), rgb.shape[:2])
 
 
 def records_to_masks(records: list[dict], image_size: tuple[int, int]) -> Masks:
