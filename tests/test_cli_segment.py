@@ -106,3 +106,41 @@ def test_done_marker_records_the_image(photo_dir, tmp_path):
     assert run(photo_dir / "chelsea.png", "--model", "otsu", "--format", "npz", "--out", out).exit_code == 0
     info = json.loads((out / "done" / "chelsea.json").read_text())
     assert info["masks"] >= 1 and info["format"] == "npz" and (out / "masks" / "chelsea.npz").is_file()
+
+
+def test_post_pipeline_is_applied(photo_dir, tmp_path):
+    from imseg.masks import Masks
+
+    plain, cleaned = tmp_path / "plain", tmp_path / "cleaned"
+    assert run(photo_dir / "coffee.png", "--model", "otsu", "--format", "npz", "--out", plain).exit_code == 0
+    result = run(photo_dir / "coffee.png", "--model", "otsu", "--format", "npz", "--out", cleaned,
+                 "--post", "remove_small=50,fill_holes=50")
+    assert result.exit_code == 0, result.output
+    before = Masks.load(plain / "masks" / "coffee.npz")
+    after = Masks.load(cleaned / "masks" / "coffee.npz")
+    # the pipeline removes every connected piece under 50 px: check it on the output itself
+    from scipy import ndimage
+
+    for mask in after.masks:
+        labels, n = ndimage.label(mask)
+        assert n == 0 or np.bincount(labels.ravel())[1:].min() >= 50
+    assert sum(int(m.sum()) for m in after.masks) != sum(int(m.sum()) for m in before.masks)
+    bad = run(photo_dir / "coffee.png", "--model", "otsu", "--out", tmp_path / "bad", "--post", "nonsense=3")
+    assert bad.exit_code == 2 and "nonsense" in bad.output
+
+
+def test_onnxruntime_backend(photo_dir, mobile_sam_checkpoint, tmp_path, monkeypatch):
+    """--backend onnxruntime exports the checkpoint once to the cache and gives the torch masks."""
+    from imseg.masks import Masks
+
+    monkeypatch.setenv("IMSEG_HOME", str(tmp_path / "home"))
+    common = [photo_dir / "coffee.png", "--model", "mobile-sam", "--checkpoint", mobile_sam_checkpoint,
+              "--box", "10,5,80,60", "--format", "npz"]
+    assert run(*common, "--out", tmp_path / "torch").exit_code == 0
+    result = run(*common, "--out", tmp_path / "ort", "--backend", "onnxruntime")
+    assert result.exit_code == 0, result.output
+    ref = Masks.load(tmp_path / "torch" / "masks" / "coffee.npz")
+    ort = Masks.load(tmp_path / "ort" / "masks" / "coffee.npz")
+    assert len(ref) == len(ort) == 1
+    disagree = (ref.masks != ort.masks).mean()
+    assert disagree <= 0.001, f"{disagree:.4%} of pixels differ between torch and ONNX Runtime"

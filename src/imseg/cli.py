@@ -134,6 +134,8 @@ def segment_cmd(
     overlay: bool = typer.Option(False, "--overlay", help="Also write overlays/<image>.png."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     half: bool = typer.Option(False, "--half", help="float16 weights (CUDA only)."),
+    backend: str = typer.Option("torch", "--backend", help="torch or onnxruntime (SAM: exported once to the cache)."),
+    post: str = typer.Option(None, "--post", help="Post-processing, e.g. 'remove_small=64,fill_holes=64,crf'."),
     allow_random_weights: bool = typer.Option(
         False, "--allow-random-weights", help="Build random weights when no checkpoint is found (testing only)."
     ),
@@ -176,8 +178,13 @@ def segment_cmd(
     if points_per_side is not None and prompts:
         fail("--points-per-side applies to everything mode only.")
     try:
+        pipeline = None
+        if post:
+            from .postprocess import parse_pipeline
+
+            pipeline = parse_pipeline(post)  # fail on a bad spec before any model is built
         images = list_images(src)
-        load_kwargs: dict = {"device": device}
+        load_kwargs: dict = {"device": device, "backend": backend}
         family = None
         if not Path(model).is_dir():
             family = get_spec(model).family
@@ -218,6 +225,8 @@ def segment_cmd(
             try:
                 rgb = read_image(path)
                 masks = segmenter.segment(rgb, **seg_kwargs)
+                if pipeline is not None:
+                    masks = pipeline(masks, image=rgb)
                 masks.save(mask_dir if fmt != "png" else mask_dir / stem, format=fmt, stem=stem)
                 if overlay:
                     write_image(root / "overlays" / f"{stem}.png", masks.overlay(rgb))
