@@ -182,3 +182,40 @@ def test_crop_boxes_match_official():
 
     for size, layers in [((120, 160), 1), ((1000, 700), 2), ((33, 500), 2)]:
         assert generate_crop_boxes(size, layers, 512 / 1500) == official_boxes(size, layers, 512 / 1500)
+
+
+def test_backend_seam_drives_the_whole_pipeline(tiny_sam, image):
+    """A backend other than TorchBackend (eager masks, like the ONNX Runtime one) gives the same records,
+    and the generator reaches the model only through it: one embedding per crop, point batches of
+    ``points_per_batch`` in the resized input frame."""
+    from imseg.sam.automatic import AmgBackend, TorchBackend
+
+    class EagerBackend:
+        def __init__(self, model) -> None:
+            self.inner = TorchBackend(model)
+            self.img_size, self.mask_threshold = self.inner.img_size, self.inner.mask_threshold
+            self.crops: list[tuple[int, int]] = []
+            self.coords: list[np.ndarray] = []
+
+        def embed(self, crop):
+            self.crops.append(crop.shape[:2])
+            return self.inner.embed(crop)
+
+        def decode(self, state, coords):
+            self.coords.append(np.array(coords))
+            batch = self.inner.decode(state, coords)
+            low = batch.low_res(torch.arange(len(coords)))
+            return type("Batch", (), {"iou": batch.iou, "low_res": staticmethod(lambda ids: low[ids])})()
+
+    kwargs = dict(points_per_side=4, points_per_batch=6, box_nms_thresh=1.0, **LOW)
+    backend = EagerBackend(tiny_sam)
+    assert isinstance(backend, AmgBackend)
+    generator = SamAutomaticMaskGenerator(backend, **kwargs)
+    assert generator.backend is backend and generator.model is None
+    assert_same_records(SamAutomaticMaskGenerator(tiny_sam, **kwargs).generate(image), generator.generate(image))
+    assert backend.crops == [image.shape[:2]]  # one embedding for the one crop, shared by all batches
+    assert [len(c) for c in backend.coords] == [6, 6, 4]
+    coords = np.concatenate(backend.coords)  # the 4x4 grid in the resized (long side = img_size) frame
+    scale = backend.img_size / max(image.shape[:2])
+    assert np.allclose(np.sort(np.unique(coords[:, 0])), (np.arange(4) + 0.5) / 4 * image.shape[1] * scale, atol=0.5)
+    assert np.allclose(np.sort(np.unique(coords[:, 1])), (np.arange(4) + 0.5) / 4 * image.shape[0] * scale, atol=0.5)
