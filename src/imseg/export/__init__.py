@@ -48,6 +48,9 @@ def onnx_ready(model):
       attention, choosing the batch from whichever input is larger: traced with one prompt, that
       choice would fix the batch to 1. The export decoder therefore repeats the image embedding to
       the prompt batch first (as the official decoder does), so every shape follows the prompts.
+
+    ``export_model`` / ``export_sam_checkpoint`` call this; call it yourself before passing one of
+    our models to :func:`imseg.export.onnx.export_sam` directly.
     """
     import torch
     import torch.nn.functional as F
@@ -74,13 +77,14 @@ def onnx_ready(model):
             return self.decoder.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
                                               dense_prompt_embeddings)
 
-    if not type(model).__module__.startswith("imseg."):
-        return model  # official models trace as they are
+    if not type(model).__module__.startswith("imseg.") or getattr(model, "_onnx_ready", False):
+        return model  # official models trace as they are; ours are adapted once
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child).__name__ == "LayerNorm2d":
                 setattr(parent, name, ChannelLayerNorm(child))
     model.mask_decoder = PromptBatchDecoder(model.mask_decoder)
+    model._onnx_ready = True
     return model
 
 
