@@ -528,18 +528,19 @@ class SamAutomaticMaskGenerator:
             for i, g in enumerate(grids):
                 if g.ndim != 2 or g.shape[1] != 2 or (g.size and (g.min() < 0 or g.max() > 1)):
                     raise ConfigError(f"point_grids[{i}] must be a (K, 2) array of XY in [0, 1]; got {g.shape}.")
-        if isinstance(model, AmgBackend):
-            self.backend: AmgBackend = model
+        sam_parts = ("image_encoder", "prompt_encoder", "mask_decoder", "preprocess")
+        if all(hasattr(model, attr) for attr in sam_parts):
+            self.backend: AmgBackend = TorchBackend(model)
+            self.model = model
+        elif isinstance(model, AmgBackend):
+            self.backend = model
             self.model = getattr(model, "model", None)
         else:
-            for attr in ("image_encoder", "prompt_encoder", "mask_decoder", "preprocess"):
-                if not hasattr(model, attr):
-                    raise ConfigError(
-                        f"model has no '{attr}'; pass a SAM model such as imseg.sam.sam_model_registry['vit_b'](...)"
-                        f" or an imseg.sam.automatic.AmgBackend."
-                    )
-            self.backend = TorchBackend(model)
-            self.model = model
+            missing = next(attr for attr in sam_parts if not hasattr(model, attr))
+            raise ConfigError(
+                f"model has no '{missing}'; pass a SAM model such as imseg.sam.sam_model_registry['vit_b'](...)"
+                f" or an imseg.sam.automatic.AmgBackend (img_size, mask_threshold, embed(), decode())."
+            )
         self.point_grids = grids
         self.points_per_batch = int(points_per_batch)
         self.pred_iou_thresh = float(pred_iou_thresh)
