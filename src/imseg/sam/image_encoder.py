@@ -37,6 +37,20 @@ class Scratch:
         return buf
 
 
+def _eager_inference() -> bool:
+    """True in plain eager inference: no autograd graph to keep, no tracer/exporter/compiler watching
+    (they get the straightforward ops, without ``out=`` buffers and in-place GELU)."""
+    if torch.is_grad_enabled() or torch.jit.is_tracing():
+        return False
+    compiler = getattr(torch, "compiler", None)
+    for check in ("is_compiling", "is_exporting"):
+        fn = getattr(compiler, check, None)
+        if fn is not None and fn():
+            return False
+    onnx_check = getattr(getattr(torch, "onnx", None), "is_in_onnx_export", None)
+    return not (onnx_check is not None and onnx_check())
+
+
 class ImageEncoderViT(nn.Module):
     """(B, 3, img_size, img_size) normalised image -> (B, out_chans, img_size/16, img_size/16) embedding."""
 
@@ -88,7 +102,7 @@ class ImageEncoderViT(nn.Module):
         x = self.patch_embed(x)  # (B, h, w, C)
         if self.pos_embed is not None:
             x = x + self.pos_embed
-        scratch = Scratch() if not torch.is_grad_enabled() else None  # buffers only when nothing is saved for grad
+        scratch = Scratch() if _eager_inference() else None
         for blk in self.blocks:
             x = blk(x, scratch)
         return self.neck(x.permute(0, 3, 1, 2))
