@@ -92,6 +92,7 @@ def test_bad_options_exit_2(photo_dir, tmp_path):
         (["--box", "1,2,3"], "x0,y0,x1,y1"),
         (["--everything", "--points", "1,2"], "cannot be combined"),
         (["--labels", "1"], "--labels needs --points"),
+        (["--points", "1,2", "--points-per-side", "4"], "everything mode only"),
         (["--model", "nosuchmodel"], "unknown model"),
     ]:
         result = run(photo_dir, "--out", tmp_path / "x", *args)
@@ -144,3 +145,24 @@ def test_onnxruntime_backend(photo_dir, mobile_sam_checkpoint, tmp_path, monkeyp
     assert len(ref) == len(ort) == 1
     disagree = (ref.masks != ort.masks).mean()
     assert disagree <= 0.001, f"{disagree:.4%} of pixels differ between torch and ONNX Runtime"
+
+
+def test_sam_everything_on_a_folder(photo_dir, mobile_sam_checkpoint, tmp_path):
+    """SAM everything mode over the sample photos: masks, overlays and one COCO file pycocotools loads."""
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "everything"
+    result = run(photo_dir / "*.png", "--model", "mobile-sam", "--checkpoint", mobile_sam_checkpoint, "--everything",
+                 "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+                 "--format", "coco", "--overlay", "--out", out)
+    assert result.exit_code == 0, result.output
+    coco = COCO(str(out / "coco.json"))
+    assert len(coco.dataset["images"]) == 3
+    assert len(coco.getAnnIds()) >= 3  # thresholds at 0: candidates survive on every image
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        image = coco.loadImgs(ann["image_id"])[0]
+        mask = coco.annToMask(ann)
+        assert mask.shape == (image["height"], image["width"])
+        assert int(mask.sum()) == ann["area"] == int(mask_utils.area(ann["segmentation"]))
+    assert len(list((out / "overlays").iterdir())) == 3

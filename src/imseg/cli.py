@@ -129,6 +129,10 @@ def segment_cmd(
     box: str = typer.Option(None, "--box", help="Box prompt x0,y0,x1,y1 in pixels."),
     everything: bool = typer.Option(False, "--everything", help="Segment everything (the default without prompts)."),
     points_per_side: int = typer.Option(None, "--points-per-side", help="Everything mode: grid points per side."),
+    pred_iou_thresh: float = typer.Option(None, "--pred-iou-thresh", help="Everything mode: min predicted IoU (0.88)."),
+    stability_thresh: float = typer.Option(
+        None, "--stability-score-thresh", help="Everything mode: min stability score (0.95)."
+    ),
     out: str = typer.Option("runs/segment", "--out", help="Output directory (re-running resumes)."),
     fmt: str = typer.Option("png", "--format", help="Mask format: png, coco, rle, polygons or npz."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write overlays/<image>.png."),
@@ -175,8 +179,14 @@ def segment_cmd(
         fail("--everything cannot be combined with --points/--box; drop one of them.")
     if label_list is not None and point_list is None:
         fail("--labels needs --points.")
-    if points_per_side is not None and prompts:
-        fail("--points-per-side applies to everything mode only.")
+    amg_options = {
+        key: value
+        for key, value in (("points_per_side", points_per_side), ("pred_iou_thresh", pred_iou_thresh),
+                           ("stability_score_thresh", stability_thresh))
+        if value is not None
+    }
+    if amg_options and prompts:
+        fail("--points-per-side / --pred-iou-thresh / --stability-score-thresh apply to everything mode only.")
     try:
         pipeline = None
         if post:
@@ -202,8 +212,8 @@ def segment_cmd(
     seg_kwargs: dict = {}
     if prompts:
         seg_kwargs = {"points": point_list, "labels": label_list, "box": None if box_list is None else box_list[0]}
-    elif points_per_side is not None:
-        seg_kwargs = {"points_per_side": points_per_side}
+    elif amg_options:
+        seg_kwargs = amg_options
 
     root = Path(out)
     stems = [p.stem for p in images]
