@@ -35,65 +35,12 @@ def build_sam(variant: str, checkpoint=None):
     return sam_model_registry[variant](checkpoint=checkpoint).eval()
 
 
-def onnx_ready(model):
-    """Adapt our SAM ``model`` (``imseg.sam``) in place for the TorchScript-based ONNX exporter; returns it.
-
-    Tracing records Python-level shape decisions once, for the example inputs, so two eager-mode
-    shortcuts of our modules would be frozen into the graph:
-
-    * ``LayerNorm2d`` reads its normalised shape from the input, which traces to a dynamic
-      ``Gather`` the exporter rejects: it is replaced by an equivalent module holding the channel
-      count as an int (same parameters, shared);
-    * the mask decoder broadcasts a batch-1 image embedding over the prompt batch inside its
-      attention, choosing the batch from whichever input is larger: traced with one prompt, that
-      choice would fix the batch to 1. The export decoder therefore repeats the image embedding to
-      the prompt batch first (as the official decoder does), so every shape follows the prompts.
-
-    ``export_model`` / ``export_sam_checkpoint`` call this; call it yourself before passing one of
-    our models to :func:`imseg.export.onnx.export_sam` directly.
-    """
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    class ChannelLayerNorm(nn.Module):
-        def __init__(self, norm) -> None:
-            super().__init__()
-            self.weight, self.bias = norm.weight, norm.bias
-            self.eps = float(getattr(norm, "eps", 1e-6))
-            self.channels = int(norm.weight.shape[0])
-
-        def forward(self, x):
-            y = F.layer_norm(x.permute(0, 2, 3, 1), (self.channels,), self.weight, self.bias, self.eps)
-            return y.permute(0, 3, 1, 2)
-
-    class PromptBatchDecoder(nn.Module):
-        def __init__(self, decoder) -> None:
-            super().__init__()
-            self.decoder = decoder
-
-        def predict_masks(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings):
-            image_embeddings = torch.repeat_interleave(image_embeddings, sparse_prompt_embeddings.shape[0], dim=0)
-            return self.decoder.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                              dense_prompt_embeddings)
-
-    if not type(model).__module__.startswith("imseg.") or getattr(model, "_onnx_ready", False):
-        return model  # official models trace as they are; ours are adapted once
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child).__name__ == "LayerNorm2d":
-                setattr(parent, name, ChannelLayerNorm(child))
-    model.mask_decoder = PromptBatchDecoder(model.mask_decoder)
-    model._onnx_ready = True
-    return model
-
-
 def export_sam_checkpoint(spec, checkpoint, out, *, int8: bool = False, calibration=None, **options):
     """Export registry SAM model ``spec`` with ``checkpoint`` to ``out``; returns the manifest path."""
     from .onnx import export_sam
 
     variant = spec.options["variant"]
-    model = onnx_ready(build_sam(variant, checkpoint))
+    model = build_sam(variant, checkpoint)  # our SAM modules trace with dynamic prompt batches as they are
     manifest = export_sam(model, out, model_name=spec.name, variant=variant, **options)
     if int8 or calibration is not None:
         from .quantize import quantize_sam_export

@@ -21,15 +21,25 @@ class MLPBlock(nn.Module):
 
 
 class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of a (B, C, H, W) tensor."""
+    """LayerNorm over the channel axis of a (B, C, H, W) tensor.
+
+    The channel count is kept as a plain int (not read from the input), so tracing/ONNX export
+    records a constant normalised shape even when batch or spatial axes are dynamic.
+    """
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
+        self.num_channels = int(num_channels)
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # normalise channels-last with the fused kernel, hand back a (B, C, H, W) view
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (self.num_channels,), self.weight, self.bias, self.eps)
         return y.permute(0, 3, 1, 2)
+
+
+def tracing() -> bool:
+    """True while TorchScript tracing or ONNX export runs (shape logic must then stay symbolic)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()

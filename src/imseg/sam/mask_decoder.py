@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, tracing
 
 
 class MLP(nn.Module):
@@ -86,12 +86,18 @@ class MaskDecoder(nn.Module):
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens[None].expand(bs, -1, -1).to(sparse_prompt_embeddings.dtype),
                             sparse_prompt_embeddings], dim=1)
-        if image_embeddings.shape[0] not in (1, bs):
-            image_embeddings = torch.repeat_interleave(image_embeddings, bs, dim=0)
-        dense = dense_prompt_embeddings
-        if dense.shape[0] > 1 and dense.stride(0) == 0:  # one "no mask" embedding expanded over the batch
-            dense = dense[:1]
-        src = image_embeddings + dense  # batch 1 when every prompt sees the same image tokens
+        if tracing():
+            # Traced (TorchScript / ONNX export): no Python-level batch decisions, which would be
+            # frozen to the example's sizes. The image tokens follow the prompt batch symbolically
+            # (Expand on the traced batch size), so every attention below sees equal batches.
+            src = (image_embeddings + dense_prompt_embeddings).expand(bs, -1, -1, -1)
+        else:
+            if image_embeddings.shape[0] not in (1, bs):
+                image_embeddings = torch.repeat_interleave(image_embeddings, bs, dim=0)
+            dense = dense_prompt_embeddings
+            if dense.shape[0] > 1 and dense.stride(0) == 0:  # one "no mask" embedding expanded over the batch
+                dense = dense[:1]
+            src = image_embeddings + dense  # batch 1 when every prompt sees the same image tokens
         _, c, h, w = src.shape
         hs, keys = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0]

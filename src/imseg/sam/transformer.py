@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import MLPBlock
+from .common import MLPBlock, tracing
 
 
 class Attention(nn.Module):
@@ -34,11 +34,13 @@ class Attention(nn.Module):
         prompts is projected once.
         """
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
-        b = max(q.shape[0], k.shape[0], v.shape[0])
-        q, k, v = (t.expand(b, -1, -1, -1) if t.shape[0] != b else t for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        _, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
+        if not tracing():
+            # eager only: a traced max()/comparison would freeze the example's batch into the graph;
+            # traced callers (the mask decoder) pass equal batches instead
+            b = max(q.shape[0], k.shape[0], v.shape[0])
+            q, k, v = (t.expand(b, -1, -1, -1) if t.shape[0] != b else t for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, Nq, C/heads)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
 
 
 class TwoWayAttentionBlock(nn.Module):
