@@ -30,7 +30,7 @@ browser:
 	  && echo "installed chromium" || echo "chromium not installed: browser tests will skip"; }
 
 test: venv browser
-	$(BIN)/python -m pytest -n 2 --timeout 900 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --timeout 900 --durations=15 $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
