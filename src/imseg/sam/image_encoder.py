@@ -2,8 +2,8 @@
 
 Parameter names equal the official ``segment_anything`` ones, so official checkpoints load unchanged.
 Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` with the relative
-position bias passed as ``attn_mask``; global attention is processed in query chunks so the bias
-tensor stays bounded (``query_chunk`` rows at a time) instead of a full (heads, N, N) map.
+position bias passed as ``attn_mask``; global attention can run in query chunks
+(``query_chunk`` rows at a time) to bound the bias tensor.
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ from torch import nn
 
 from .common import LayerNorm2d, MLPBlock
 
-#: Queries per SDPA call in global-attention blocks. 1024 keeps the bias chunk at
-#: heads x 1024 x 4096 floats (~200 MB for ViT-B, ~270 MB for ViT-L/H) at 1024x1024 input.
-DEFAULT_QUERY_CHUNK = 1024
+#: Queries per SDPA call in global-attention blocks (rounded down to whole token rows). 4096 is
+#: the whole 64x64 grid of a 1024x1024 input: one SDPA call with a bias buffer of heads x 4096 x
+#: 4096 floats (~800 MB for ViT-B, ~1.1 GB for ViT-L/H; the official encoder holds about three
+#: such maps). Measured on a 2-core AVX2 CPU, one global ViT-B block: 1.38 s CPU at 4096,
+#: 1.50 s at 2048, 1.66 s at 1024 (fewer k/v re-reads and SDPA calls). Set an attention's
+#: ``query_chunk`` lower to bound memory.
+DEFAULT_QUERY_CHUNK = 4096
 
 
 class Scratch:
@@ -116,7 +120,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
+        # contiguous channels-last: the residual stream keeps the layout of its first tensor, and a
+        # permuted NCHW view would make every later add/norm/reshape a strided copy
+        return self.proj(x).permute(0, 2, 3, 1).contiguous()
 
 
 class Block(nn.Module):
@@ -147,9 +153,13 @@ class Block(nn.Module):
         self.window_size = window_size
 
     def forward(self, x: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), self.window_size, scratch)
         if scratch is None:
+            x = x + self.attn(self.norm1(x), self.window_size)
             return x + self.mlp(self.norm2(x))
+        # plain eager inference (``scratch`` given): ``x`` is the encoder's own residual stream, so
+        # both output projections accumulate into it in place (GEMM with beta=1, then the bias):
+        # no separate residual-add pass and no fresh (B, H, W, C) tensor per block
+        x = self.attn(self.norm1(x), self.window_size, scratch, residual=x)
         # the MLP with its large hidden activation written into a reused buffer, GELU in place
         h = self.norm2(x).flatten(0, -2)
         lin1, lin2 = self.mlp.lin1, self.mlp.lin2
@@ -159,7 +169,55 @@ class Block(nn.Module):
             torch.ops.aten.gelu_(hidden)
         else:
             hidden = self.mlp.act(hidden)
-        return x + F.linear(hidden, lin2.weight, lin2.bias).view_as(x)
+        return _accumulate(x, hidden, lin2)
+
+
+def _accumulate(residual: torch.Tensor, inp: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``residual += linear(inp)`` in place; residual (..., C_out) contiguous, inp (..., C_in)."""
+    flat = residual.view(-1, linear.out_features)
+    flat.addmm_(inp.reshape(-1, linear.in_features), linear.weight.t())
+    if linear.bias is not None:
+        flat.add_(linear.bias)
+    return residual
+
+
+def _axis_pieces(n: int, ws: int) -> list[tuple[int, int, int, int, int]]:
+    """An axis of ``n`` tokens cut into windows of ``ws``: (start, stop, first window, windows,
+    tokens per window) for the whole windows, then for the last partial one."""
+    full = n // ws
+    pieces = [(0, full * ws, 0, full, ws)] if full else []
+    if n % ws:
+        pieces.append((full * ws, n, full, 1, n % ws))
+    return pieces
+
+
+def _copy_windows(grid: torch.Tensor, windows: torch.Tensor, ws: int, *, to_windows: bool,
+                  fill: torch.Tensor | None = None) -> None:
+    """Copy between a token grid (B, H, W, *F) and its windows (B*nh*nw, ws, ws, *F) (any strides),
+    nh = ceil(H/ws), nw = ceil(W/ws); with ``to_windows`` the padding tokens are set to ``fill``."""
+    b, h, w = grid.shape[:3]
+    nh, nw = -(-h // ws), -(-w // ws)
+    win = windows.unflatten(0, (b, nh, nw))  # (B, nh, nw, ws, ws, *F)
+    for y0, y1, wy, ny, ry in _axis_pieces(h, ws):
+        for x0, x1, wx, nx, rx in _axis_pieces(w, ws):
+            g = grid[:, y0:y1, x0:x1].unflatten(2, (nx, rx)).unflatten(1, (ny, ry))  # (B, ny, ry, nx, rx, *F)
+            t = win[:, wy : wy + ny, wx : wx + nx, :ry, :rx].transpose(2, 3)
+            if to_windows:
+                t.copy_(g)
+            else:
+                g.copy_(t)
+    if to_windows and fill is not None:
+        if h % ws:
+            win[:, nh - 1, :, h % ws :].copy_(fill)
+        if w % ws:
+            win[:, :, nw - 1, :, w % ws :].copy_(fill)
+
+
+def _resized_table(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
+    """(L, C) relative-position table linearly resized to ``length`` rows (unchanged if L == length)."""
+    if rel_pos.shape[0] == length:
+        return rel_pos
+    return F.interpolate(rel_pos.t()[None], size=length, mode="linear")[0].t()
 
 
 def relative_positions(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -202,8 +260,13 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
-    def forward(self, x: torch.Tensor, window_size: int = 0, scratch: Scratch | None = None) -> torch.Tensor:
-        """x: (B, H, W, C) normalised tokens -> (B, H, W, C) attention output (after ``proj``)."""
+    def forward(self, x: torch.Tensor, window_size: int = 0, scratch: Scratch | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, H, W, C) normalised tokens -> (B, H, W, C) attention output (after ``proj``).
+
+        With ``residual`` (contiguous (B, H, W, C)), the output is added into it in place and it is
+        returned (eager inference only).
+        """
         b, h, w, c = x.shape
         # projected before window padding: padded tokens only ever see the bias
         if scratch is not None and self.qkv.bias is not None:
@@ -212,12 +275,26 @@ class Attention(nn.Module):
                               out=scratch.get("qkv", flat, flat.shape[0], self.qkv.out_features)).view(b, h, w, -1)
         else:
             qkv = self.qkv(x)
-        if window_size > 0:
+        if window_size > 0 and scratch is not None:
+            # eager inference: one strided copy into the windows and one out of them
+            ws = window_size
+            nh, nw = -(-h // ws), -(-w // ws)
+            windows = scratch.get("windows", qkv, b * nh * nw, ws, ws, qkv.shape[-1])
+            fill = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(qkv.shape[-1])
+            _copy_windows(qkv, windows, ws, to_windows=True, fill=fill.to(qkv.dtype))
+            heads = self._attend(windows, scratch, raw=True)  # (B*nW, heads, ws*ws, d)
+            heads = heads.unflatten(2, (ws, ws)).permute(0, 2, 3, 1, 4)  # (B*nW, ws, ws, heads, d)
+            out = qkv.new_empty(b, h, w, self.num_heads, heads.shape[-1])
+            _copy_windows(out, heads, ws, to_windows=False)
+            out = out.view(b, h, w, -1)
+        elif window_size > 0:
             qkv, (hp, wp) = self._partition(qkv, window_size)  # (B*nW, ws, ws, 3C)
             out = self._attend(qkv, scratch)  # (B*nW, ws, ws, C)
             out = self._unpartition(out, window_size, b, (hp, wp), (h, w))
         else:
             out = self._attend(qkv, scratch)
+        if residual is not None:
+            return _accumulate(residual, out, self.proj)
         return self.proj(out)
 
     def _partition(self, qkv: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -245,8 +322,9 @@ class Attention(nn.Module):
             out = out[:, :h, :w]
         return out
 
-    def _attend(self, qkv: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
-        """qkv: (B', h, w, 3C) -> (B', h, w, C) attention over the h*w tokens of each item."""
+    def _attend(self, qkv: torch.Tensor, scratch: Scratch | None = None, raw: bool = False) -> torch.Tensor:
+        """qkv: (B', h, w, 3C) -> (B', h, w, C) attention over the h*w tokens of each item
+        (``raw``: the SDPA layout (B', heads, h*w, C/heads), no copy)."""
         b, h, w, _ = qkv.shape
         n = h * w
         qkv = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
@@ -255,8 +333,11 @@ class Attention(nn.Module):
         if not self.use_rel_pos:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:
-            rh = relative_positions(h, h, self.rel_pos_h).to(q.dtype)  # (h, h, d)
-            rw = relative_positions(w, w, self.rel_pos_w).to(q.dtype)  # (w, w, d)
+            if scratch is not None:
+                full_h, full_w = self._rel_bias_views(q, h, w)
+            else:
+                rh = relative_positions(h, h, self.rel_pos_h).to(q.dtype)  # (h, h, d)
+                rw = relative_positions(w, w, self.rel_pos_w).to(q.dtype)  # (w, w, d)
             chunk = max(w, (self.query_chunk // w) * w)  # whole query rows per chunk
             outs = []
             for start in range(0, n, chunk):
@@ -264,14 +345,40 @@ class Attention(nn.Module):
                 q_rows = q[:, :, start:stop]  # (B', heads, L, d), L = rows * w
                 rows = (stop - start) // w
                 r0 = start // w
-                qg = q_rows.reshape(b, self.num_heads, rows, w, d)
                 # bias[q=(y, x), k=(ky, kx)] = q . Rh[y, ky] + q . Rw[x, kx]
-                bias_h = torch.einsum("bnyxd,ykd->bnyxk", qg, rh[r0 : r0 + rows])  # (.., rows, w, h)
-                bias_w = torch.einsum("bnyxd,xkd->bnyxk", qg, rw)  # (.., rows, w, w)
+                if scratch is not None:
+                    bias_h, bias_w = full_h[:, :, r0 : r0 + rows], full_w[:, :, r0 : r0 + rows]
+                else:
+                    qg = q_rows.reshape(b, self.num_heads, rows, w, d)
+                    bias_h = torch.einsum("bnyxd,ykd->bnyxk", qg, rh[r0 : r0 + rows])  # (.., rows, w, h)
+                    bias_w = torch.einsum("bnyxd,xkd->bnyxk", qg, rw)  # (.., rows, w, w)
                 shape = (b, self.num_heads, rows, w, h, w)  # contiguous, so the view below is free
-                bias = q.new_empty(shape) if scratch is None else scratch.get("bias", q, *shape)
-                torch.add(bias_h[..., :, None], bias_w[..., None, :], out=bias)
-                bias = bias.view(b, self.num_heads, stop - start, n)
+                if scratch is None:  # autograd / tracing: no out= buffers
+                    bias = bias_h[..., :, None] + bias_w[..., None, :]
+                else:
+                    bias = torch.add(bias_h[..., :, None], bias_w[..., None, :], out=scratch.get("bias", q, *shape))
+                bias = bias.reshape(b, self.num_heads, stop - start, n)  # a view for the buffer
                 outs.append(F.scaled_dot_product_attention(q_rows, k, v, attn_mask=bias, scale=self.scale))
             out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        if raw:
+            return out
         return out.transpose(1, 2).reshape(b, h, w, -1)
+
+    def _rel_bias_views(self, q: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both bias terms from ONE matrix product: q (B', heads, h*w, d) -> strided views
+        bias_h (B', heads, h, w, h) = q . Rh[y, ky] and bias_w (B', heads, h, w, w) = q . Rw[x, kx].
+
+        ``P = q @ [flip(Rh); flip(Rw)]^T`` scores every query against every relative offset; with the
+        tables flipped, the offsets a query row y needs are the contiguous run ``h-1-y .. 2h-2-y``,
+        so the (y, ky) term is a stride trick on P, not a gather or a per-row batched product.
+        """
+        b, heads, n, d = q.shape
+        rh = _resized_table(self.rel_pos_h, 2 * h - 1)
+        rw = _resized_table(self.rel_pos_w, 2 * w - 1)
+        table = torch.cat([rh.flip(0), rw.flip(0)]).to(q.dtype)  # (Lh + Lw, d)
+        p = torch.mm(q.reshape(-1, d), table.t()).view(b, heads, h, w, -1)  # (B', heads, h, w, Lh + Lw)
+        sb, sn, sy, sx, _ = p.stride()
+        base = p.storage_offset()
+        bias_h = p.as_strided((b, heads, h, w, h), (sb, sn, sy - 1, sx, 1), base + h - 1)
+        bias_w = p.as_strided((b, heads, h, w, w), (sb, sn, sy, sx - 1, 1), base + rh.shape[0] + w - 1)
+        return bias_h, bias_w
