@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 import pytest
@@ -176,16 +175,6 @@ def test_rgba_grayscale_16bit_and_exif_images(segmenter, sample_image, tmp_path)
     (tmp_path / "gray.png").write_bytes(_png_bytes(gray8))
     gray = segmenter.segment(tmp_path / "gray.png", points=[(60, 45)], labels=[1])
     assert gray.image_size == (90, 120)
-
-
-def test_everything_mode_delegates_or_explains(segmenter, sample_image, monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "imseg.sam.automatic", None)  # as if the module were missing
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(imseg.errors.DependencyError, match="points=/box="):
-            segmenter.segment(sample_image)
 
 
 def test_everything_mode_returns_masks(segmenter, sample_image):

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError, DependencyError, PromptError
+from ..errors import CheckpointError, ConfigError, PromptError
 from ..io import read_image
 from ..masks import Masks
 from ..registry import ModelSpec, Segmenter, find_weights
@@ -111,31 +111,9 @@ class SamSegmenter(Segmenter):
         return Masks(masks[order], scores=iou[order], image_size=size, low_res_logits=low[order])
 
     def _everything(self, image: Any, **kwargs: Any) -> Masks:
-        try:
-            from .automatic import SamAutomaticMaskGenerator
-        except ImportError as exc:
-            raise DependencyError(
-                "everything mode (segment without prompts) needs imseg.sam.automatic, which is not available "
-                "in this installation; pass points=/box= prompts instead."
-            ) from exc
-        rgb = read_image(image)
-        generator = SamAutomaticMaskGenerator(self.model, **kwargs)
-        if hasattr(generator, "generate_masks"):
-            return generator.generate_masks(rgb)
-        return records_to_masks(generator.generate(rgb), rgb.shape[:2])
+        from .automatic import SamAutomaticMaskGenerator
 
-
-def records_to_masks(records: list[dict], image_size: tuple[int, int]) -> Masks:
-    """Official generator output (list of dicts with 'segmentation', 'predicted_iou', ...) -> Masks."""
-    if not records:
-        return Masks(np.zeros((0, *image_size), bool), image_size=image_size)
-    seg0 = records[0]["segmentation"]
-    scores = [r.get("predicted_iou", 1.0) for r in records]
-    extra = {k: np.asarray([r[k] for r in records]) for k in ("stability_score",) if k in records[0]}
-    if isinstance(seg0, dict):
-        return Masks(rles=[r["segmentation"] for r in records], scores=scores, **extra)
-    return Masks(np.stack([np.asarray(r["segmentation"], bool) for r in records]), scores=scores,
-                 image_size=image_size, **extra)
+        return SamAutomaticMaskGenerator(self.model, **kwargs).generate_masks(image)
 
 
 def build_sam_segmenter(spec: ModelSpec, checkpoint: str | os.PathLike | None = None, device: str = "auto",
