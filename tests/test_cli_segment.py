@@ -154,7 +154,7 @@ def test_sam_everything_on_a_folder(photo_dir, mobile_sam_checkpoint, tmp_path):
 
     out = tmp_path / "everything"
     result = run(photo_dir / "*.png", "--model", "mobile-sam", "--checkpoint", mobile_sam_checkpoint, "--everything",
-                 "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+                 "--points-per-side", "2", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
                  "--format", "coco", "--overlay", "--out", out)
     assert result.exit_code == 0, result.output
     coco = COCO(str(out / "coco.json"))
