@@ -30,6 +30,7 @@ from ..errors import CheckpointError, ConfigError, DatasetError, require
 from .losses import build_loss
 from .metrics import ConfusionMatrix, metrics_from_confusion
 from .models import build_from_config, create_model, model_config
+from .transforms import denormalize
 
 CHECKPOINT_FORMAT = "imseg.semantic"
 CHECKPOINT_VERSION = 1
@@ -473,11 +474,6 @@ def colorize(labels: np.ndarray, num_classes: int, ignore_index: int | None = No
     return out
 
 
-def _denormalize(image: torch.Tensor, mean, std) -> np.ndarray:
-    arr = image.detach().cpu().float().numpy().transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean)
-    return (arr.clip(0, 1) * 255).round().astype(np.uint8)
-
-
 def plot_val_samples(model, dataset, meta: dict, out: Path, count: int = 4) -> Path:
     """val_samples.png: rows of image | truth | prediction for the first ``count`` validation items."""
     import matplotlib
@@ -494,7 +490,7 @@ def plot_val_samples(model, dataset, meta: dict, out: Path, count: int = 4) -> P
         with torch.no_grad():
             pred = model(image.unsqueeze(0).to(device)).argmax(1)[0].cpu().numpy()
         panels = [
-            _denormalize(image, meta["mean"], meta["std"]),
+            denormalize(image, meta["mean"], meta["std"]),
             colorize(np.asarray(mask), meta["num_classes"], meta["ignore_index"]),
             colorize(pred, meta["num_classes"]),
         ]

@@ -364,12 +364,16 @@ def build_transforms(
     return SegmentationTransform(build_pipeline(imgsz, augment, train, ignore_index), normalize=normalize)
 
 
-def denormalize(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Undo ImageNet normalisation: float (3, H, W) tensor -> RGB uint8 (H, W, 3) for plots."""
+def denormalize(
+    image: torch.Tensor | np.ndarray,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
+    """Undo normalisation (ImageNet by default; 0..1 units): float (3, H, W) -> RGB uint8 (H, W, 3)."""
     tensor = torch.as_tensor(image).detach().cpu().float()
     if tensor.ndim != 3 or tensor.shape[0] != 3:
         raise InputError(f"denormalize expects a (3, H, W) image tensor; got shape {tuple(tensor.shape)}.")
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    rgb = (tensor * std + mean).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    rgb = (tensor * std_t + mean_t).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
     return rgb.permute(1, 2, 0).contiguous().numpy()
