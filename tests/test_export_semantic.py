@@ -62,11 +62,12 @@ def _eager_labels(segmenter, image):
     return logits.argmax(0).numpy()
 
 
-def test_onnx_matches_pytorch_and_embeds_metadata(onnx_export, torch_segmenter, sample_image):
+def test_onnx_matches_pytorch_and_embeds_metadata(onnx_export, torch_segmenter, semantic_run, sample_image):
     import onnx
 
     import imseg
     from imseg.export.runtime import OrtSemanticSegmenter
+    from imseg.semantic.infer import load_run
 
     model = onnx.load(str(onnx_export / "model.onnx"))
     meta = {p.key: p.value for p in model.metadata_props}
@@ -75,12 +76,21 @@ def test_onnx_matches_pytorch_and_embeds_metadata(onnx_export, torch_segmenter, 
     assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
     segmenter = imseg.load(onnx_export)
     assert isinstance(segmenter, OrtSemanticSegmenter)
-    for image in _images(sample_image):
+    # the run's inference settings travel with the export: letterbox to the training imgsz by default
+    manifest = json.loads((onnx_export / "imseg_export.json").read_text())
+    assert manifest["inference"] == {"imgsz": 256, "resize": True} and segmenter.resize and segmenter.imgsz == 256
+    native = imseg.load(onnx_export, resize=False)
+    torch_native = load_run(semantic_run, device="cpu", resize=False)
+    larger = np.ascontiguousarray(np.concatenate([sample_image, sample_image[:, ::-1]], 1)[:, :380])  # 256x380
+    for image in [*_images(sample_image), larger]:
         ort_labels = segmenter.predict_labels(image)
         assert ort_labels.shape == image.shape[:2]
-        assert (ort_labels == _eager_labels(torch_segmenter, image)).mean() >= 0.999
-        # the torch segmenter (its own padding/normalisation) agrees too
+        # the torch segmenter (letterbox, black padding, probabilities scaled back) agrees
         assert (ort_labels == torch_segmenter.predict(image)).mean() >= 0.999
+        if max(image.shape[:2]) <= 256:  # native size, one pass: same as the eager network on the padded image
+            native_labels = native.predict_labels(image)
+            assert (native_labels == _eager_labels(torch_segmenter, image)).mean() >= 0.999
+            assert (native_labels == torch_native.predict(image)).mean() >= 0.999
     masks = segmenter.segment(sample_image)
     assert masks.class_names == CLASSES and set(masks.labels) <= {0, 1, 2}
     assert masks.masks.sum() == sample_image.shape[0] * sample_image.shape[1]

@@ -43,8 +43,8 @@ def test_tiles_cover_and_window_peaks_in_centre():
 @pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
 def test_sliding_window_equals_whole_image_for_pointwise_model(overlap):
     image = _image(150, 230)
-    tiled = _segmenter(_pointwise_model(), imgsz=64, overlap=overlap).predict_probs(image)
-    whole = _segmenter(_pointwise_model(), imgsz=256).predict_probs(image)  # fits in one pass
+    tiled = _segmenter(_pointwise_model(), imgsz=64, overlap=overlap, resize=False).predict_probs(image)
+    whole = _segmenter(_pointwise_model(), imgsz=256, resize=False).predict_probs(image)  # fits in one pass
     assert tiled.shape == whole.shape == (3, 150, 230)
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
     np.testing.assert_allclose(tiled.sum(0), 1.0, atol=1e-5)
@@ -53,7 +53,7 @@ def test_sliding_window_equals_whole_image_for_pointwise_model(overlap):
 def test_sliding_window_with_a_real_network_is_seamless_and_tta_averages_flips():
     torch.manual_seed(0)
     net = create_model("unet", encoder="resnet18", num_classes=3, encoder_depth=3, decoder_channels=[16, 8, 8]).eval()
-    seg = _segmenter(net, imgsz=64, overlap=0.5)
+    seg = _segmenter(net, imgsz=64, overlap=0.5, resize=False)
     image = _image(96, 160, seed=1)
     probs = seg.predict_probs(image)
     assert probs.shape == (3, 96, 160) and np.isfinite(probs).all()
@@ -68,12 +68,12 @@ def test_sliding_window_with_a_real_network_is_seamless_and_tta_averages_flips()
     assert not np.allclose(tta, plain, atol=1e-4)
 
 
-def _write_run(tmp_path, model_name="unet") -> tuple:
+def _write_run(tmp_path, model_name="unet", **extra) -> tuple:
     torch.manual_seed(0)
     kwargs = {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}
     net = create_model(model_name, encoder="resnet18", num_classes=3, **kwargs)
     meta = {"model": model_config(model_name, "resnet18", 3, **kwargs), "class_names": NAMES, "num_classes": 3,
-            "ignore_index": 255, "imgsz": 64, "mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD), "epoch": 0}
+            "ignore_index": 255, "imgsz": 64, "mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD), "epoch": 0, **extra}
     run = tmp_path / "exp"
     save_checkpoint(run / "weights" / "best.pt", net, meta)
     return run, net.eval()
@@ -126,7 +126,7 @@ def test_predict_cli_writes_label_maps_and_overlays(tmp_path):
     run, _ = _write_run(tmp_path)
     src = tmp_path / "images"
     src.mkdir()
-    for i, (h, w) in enumerate([(64, 64), (100, 140)]):  # the second one is tiled
+    for i, (h, w) in enumerate([(64, 64), (100, 140)]):  # the second one is letterboxed to 64 and scaled back
         Image.fromarray(_image(h, w, seed=10 + i)).save(src / f"img{i}.png")
     out = tmp_path / "pred"
     result = CliRunner().invoke(app, ["predict", str(src), "--run", str(run), "--out", str(out), "--device", "cpu"])
@@ -136,5 +136,41 @@ def test_predict_cli_writes_label_maps_and_overlays(tmp_path):
         written = np.asarray(Image.open(out / f"img{i}.png"))
         assert np.array_equal(written, seg.predict(src / f"img{i}.png"))
         assert np.asarray(Image.open(out / f"img{i}_overlay.png")).shape == (*written.shape, 3)
+    native = CliRunner().invoke(app, ["predict", str(src), "--run", str(run), "--out", str(tmp_path / "native"),
+                                      "--device", "cpu", "--native"])
+    assert native.exit_code == 0, native.output
+    tiled = load_run(run, device="cpu", resize=False).predict(src / "img1.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "native" / "img1.png")), tiled)
+    assert not np.array_equal(tiled, seg.predict(src / "img1.png"))
     missing = CliRunner().invoke(app, ["predict", str(src), "--run", str(tmp_path / "nope"), "--out", str(out)])
     assert missing.exit_code == 2 and "no weights/best.pt" in missing.output
+
+
+def test_default_inference_sees_the_training_scale(tmp_path):
+    """A run predicts as ``imseg train`` validated it: the image letterboxed to imgsz (the same pixels the
+    validation transform produces), the probabilities scaled back to the image's own size."""
+    from imseg.semantic.transforms import build_transforms, letterbox_params
+
+    run, net = _write_run(tmp_path)
+    seg = load_run(run, device="cpu")
+    assert seg.resize and seg.imgsz == 64
+    for h, w in [(100, 140), (40, 30)]:  # larger (downscaled) and smaller (upscaled) than imgsz
+        image = _image(h, w, seed=h)
+        x, _ = build_transforms(64, train=False)(image, np.zeros((h, w), np.uint8))  # validation's view
+        _, new_h, new_w = letterbox_params(h, w, 64)
+        with torch.no_grad():
+            val_probs = net(x[None]).softmax(1)[:, :, :new_h, :new_w]
+        expected = torch.nn.functional.interpolate(val_probs, size=(h, w), mode="bilinear", align_corners=False)[0]
+        probs = seg.predict_probs(image)
+        assert probs.shape == (3, h, w)
+        # uint8 resize: PIL here, torchvision in training; they differ by at most one grey level
+        np.testing.assert_allclose(probs, expected.numpy(), atol=2e-2)
+        assert (probs.argmax(0) == expected.numpy().argmax(0)).mean() > 0.99
+    # a run may record native-resolution inference (trained on native-size crops): tiles, no scaling
+    native_run, _ = _write_run(tmp_path / "native", inference={"resize": False})
+    image = _image(100, 140, seed=5)
+    native = load_run(native_run, device="cpu")
+    assert not native.resize
+    np.testing.assert_allclose(native.predict_probs(image), load_run(run, device="cpu", resize=False).predict_probs(image),
+                               atol=1e-6)
+    assert load_run(native_run, device="cpu", resize=True).resize

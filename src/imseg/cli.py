@@ -349,7 +349,11 @@ def val_cmd(
     checkpoint: str = typer.Option(None, "--checkpoint", help="best, last or a .pt path (default best)."),
     device: str = typer.Option("auto", "--device"),
     tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation."),
-    resize: bool = typer.Option(False, "--resize", help="Scale images to imgsz (as training) instead of native size."),
+    resize: bool = typer.Option(
+        None, "--resize/--native",
+        help="--resize: scale each image's longer side to the run's imgsz, as training validated (the default); "
+             "--native: keep native resolution, sliding imgsz tiles (runs trained on native-size crops).",
+        show_default=False),
 ) -> None:
     """Evaluate a run at full resolution: per-class IoU/Dice table and confusion_matrix.png in the run dir."""
     from pathlib import Path
@@ -391,7 +395,11 @@ def predict_cmd(
     device: str = typer.Option("auto", "--device"),
     tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation."),
     overlap: float = typer.Option(0.25, "--overlap", help="Tile overlap for images larger than imgsz."),
-    resize: bool = typer.Option(False, "--resize", help="Scale images to imgsz (as training) instead of tiling."),
+    resize: bool = typer.Option(
+        None, "--resize/--native",
+        help="--resize: scale each image's longer side to the run's imgsz, as training validated (the default); "
+             "--native: keep native resolution, sliding imgsz tiles (runs trained on native-size crops).",
+        show_default=False),
 ) -> None:
     """Predict label maps (PNG, pixel = class id) and colour overlays for images."""
     from pathlib import Path

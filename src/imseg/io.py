@@ -262,6 +262,25 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     return Path(path)
 
 
+# ----------------------------------------------------------------------------- resizing
+
+
+def letterbox_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(new_h, new_w) with the longer side scaled to ``size`` and the aspect kept (as training's letterbox)."""
+    scale = size / max(height, width)
+    return min(size, max(1, round(height * scale))), min(size, max(1, round(width * scale)))
+
+
+def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> (h, w, 3) with antialiased bilinear (PIL), as training's uint8 letterbox."""
+    from PIL import Image
+
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    return np.array(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR))
+
+
 # ----------------------------------------------------------------------------- prompt validation
 
 

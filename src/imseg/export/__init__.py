@@ -129,12 +129,18 @@ def _run_model(run):
 
     mean = tuple(float(v) for v in np.asarray(mean, dtype=float).reshape(-1))
     std = tuple(float(v) for v in np.asarray(std, dtype=float).reshape(-1))
-    return model.cpu().eval(), list(names), mean, std, run.name
+    inference = {"imgsz": int(segmenter.imgsz), "resize": bool(segmenter.resize)}
+    return model.cpu().eval(), list(names), mean, std, run.name, inference
 
 
 def export_semantic_model(model, out, *, class_names, mean, std, format: str = "onnx", name: str = "semantic",
-                          int8: bool = False, calibration=None, opset: int = 17, simplify: bool = False):
-    """Export a semantic torch model ((N,3,H,W) normalised -> (N,C,H,W) logits); returns the manifest path."""
+                          int8: bool = False, calibration=None, opset: int = 17, simplify: bool = False,
+                          inference: dict | None = None):
+    """Export a semantic torch model ((N,3,H,W) normalised -> (N,C,H,W) logits); returns the manifest path.
+
+    ``inference`` (``{"imgsz": int, "resize": bool}``, from the run) goes into the manifest so the ONNX
+    Runtime segmenter sees images as the run's own segmenter does."""
+    extra = {"inference": dict(inference)} if inference else None
     from ..errors import ConfigError
 
     if format == "torchscript":
@@ -142,11 +148,12 @@ def export_semantic_model(model, out, *, class_names, mean, std, format: str = "
             raise ConfigError("--int8/--calibration apply to ONNX exports only; use --format onnx.")
         from .torchscript import export_semantic_torchscript
 
-        return export_semantic_torchscript(model, out, class_names=class_names, mean=mean, std=std, model_name=name)
+        return export_semantic_torchscript(model, out, class_names=class_names, mean=mean, std=std, model_name=name,
+                                           extra=extra)
     from .onnx import export_semantic
 
     manifest = export_semantic(model, out, class_names=class_names, mean=mean, std=std, model_name=name, opset=opset,
-                               simplify_graph=simplify)
+                               simplify_graph=simplify, extra=extra)
     if int8 or calibration is not None:
         from .quantize import quantize_semantic_export
 
@@ -157,6 +164,7 @@ def export_semantic_model(model, out, *, class_names, mean, std, format: str = "
 def export_run(run, out, *, format: str = "onnx", int8: bool = False, calibration=None, opset: int = 17,
                simplify: bool = False):
     """Export a training run directory (``runs/train/exp``) to ``out``; returns the manifest path."""
-    model, names, mean, std, name = _run_model(run)
+    model, names, mean, std, name, inference = _run_model(run)
     return export_semantic_model(model, out, class_names=names, mean=mean, std=std, format=format, name=name,
-                                 int8=int8, calibration=calibration, opset=opset, simplify=simplify)
+                                 int8=int8, calibration=calibration, opset=opset, simplify=simplify,
+                                 inference=inference)

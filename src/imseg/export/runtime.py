@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, DependencyError, ExportError, ModelNotFoundError, StateError, require
-from ..io import read_image, validate_box, validate_points
+from ..io import letterbox_size, read_image, resize_rgb, validate_box, validate_points
 from ..masks import Masks
 from ..registry import Segmenter
 from .onnx import MANIFEST
@@ -427,12 +427,19 @@ def semantic_preprocess(image: np.ndarray, mean, std, pad_multiple: int) -> np.n
 
 
 class OrtSemanticSegmenter(Segmenter):
-    """A semantic model on ONNX Runtime: ``segment(image)`` -> one mask per class present (``labels`` set)."""
+    """A semantic model on ONNX Runtime: ``segment(image)`` -> one mask per class present (``labels`` set).
+
+    Images are seen as the torch segmenter (and training's validation) sees them: with ``resize`` (the
+    run's default, recorded in the manifest's ``inference``) the longer side is letterboxed to ``imgsz``
+    with black padding and the probabilities scaled back; ``resize=False`` runs the whole image at its
+    native size (padded to the multiple of 32; no tiling on this backend).
+    """
 
     supports_prompts = False
 
     def __init__(self, export_dir: str | os.PathLike, *, device: str = "auto", providers: list[str] | None = None,
-                 threads: int | None = None, files: dict[str, str] | None = None) -> None:
+                 threads: int | None = None, files: dict[str, str] | None = None, resize: bool | None = None,
+                 imgsz: int | None = None) -> None:
         export_dir = Path(export_dir)
         self.manifest = read_manifest(export_dir)
         files = files or self.manifest["files"]
@@ -443,20 +450,49 @@ class OrtSemanticSegmenter(Segmenter):
         self.mean = self.manifest["normalization"]["mean"]
         self.std = self.manifest["normalization"]["std"]
         self.pad_multiple = int(self.manifest.get("pad_multiple", 32))
+        inference = self.manifest.get("inference") or {}
+        self.imgsz = int(imgsz or inference.get("imgsz") or 0) or None
+        self.resize = bool(inference.get("resize", False) if resize is None else resize)
+        if self.resize and self.imgsz is None:
+            raise ConfigError(f"{export_dir}: resize needs the training imgsz, which this export does not record; "
+                              f"pass imgsz=... or resize=False.")
+
+    def _logits(self, image: np.ndarray) -> np.ndarray:
+        x = semantic_preprocess(image, self.mean, self.std, self.pad_multiple)
+        return self.session.run(None, {"image": x})[0][0]
+
+    def predict_probs(self, image) -> np.ndarray:
+        """(C, H, W) float32 class probabilities at the image's own size (one-channel models: [1 - p, p])."""
+        image = read_image(image)
+        h, w = image.shape[:2]
+        if self.resize:
+            new_h, new_w = letterbox_size(h, w, self.imgsz)
+            canvas = np.zeros((self.imgsz, self.imgsz, 3), np.uint8)
+            canvas[:new_h, :new_w] = resize_rgb(image, (new_h, new_w))
+            logits = self._logits(canvas)[:, :new_h, :new_w]
+        else:
+            logits = self._logits(image)[:, :h, :w]
+        if logits.shape[0] == 1:
+            p = 1.0 / (1.0 + np.exp(-logits))
+            probs = np.concatenate([1.0 - p, p])
+        else:
+            e = np.exp(logits - logits.max(0, keepdims=True))
+            probs = e / e.sum(0, keepdims=True)
+        if probs.shape[1:] != (h, w):
+            import cv2
+
+            hwc = np.ascontiguousarray(probs.transpose(1, 2, 0), dtype=np.float32)
+            probs = cv2.resize(hwc, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1).transpose(2, 0, 1)
+        return np.ascontiguousarray(probs, dtype=np.float32)
 
     def predict_logits(self, image) -> np.ndarray:
-        """(C, H, W) float32 logits of one image."""
+        """(C, H, W) float32 logits of one image at its native size (no letterbox)."""
         image = read_image(image)
-        x = semantic_preprocess(image, self.mean, self.std, self.pad_multiple)
-        logits = self.session.run(None, {"image": x})[0]
-        return logits[0, :, : image.shape[0], : image.shape[1]]
+        return self._logits(image)[:, : image.shape[0], : image.shape[1]]
 
     def predict_labels(self, image) -> np.ndarray:
-        """(H, W) int64 class map (one-channel binary models: logit > 0 is class 1)."""
-        logits = self.predict_logits(image)
-        if logits.shape[0] == 1:
-            return (logits[0] > 0).astype(np.int64)
-        return logits.argmax(axis=0)
+        """(H, W) int64 class map: argmax of :meth:`predict_probs`."""
+        return self.predict_probs(image).argmax(axis=0).astype(np.int64)
 
     def segment(self, image, *, points=None, labels=None, box=None, **kwargs: Any) -> Masks:
         if points is not None or box is not None:
@@ -481,9 +517,10 @@ def load_exported(path: str | os.PathLike, device: str = "auto", providers: list
     if family == "sam":
         return OrtSamSegmenter(path, device=device, providers=providers, threads=threads, **kwargs)
     if family == "semantic":
-        if kwargs:
-            raise ConfigError(f"unexpected options for a semantic export: {sorted(kwargs)}")
-        return OrtSemanticSegmenter(path, device=device, providers=providers, threads=threads)
+        unknown = sorted(set(kwargs) - {"resize", "imgsz"})
+        if unknown:
+            raise ConfigError(f"unexpected options for a semantic export: {unknown} (it takes resize=, imgsz=)")
+        return OrtSemanticSegmenter(path, device=device, providers=providers, threads=threads, **kwargs)
     raise ExportError(f"{path}: unknown model family {family!r} in {MANIFEST}.")
 
 

@@ -1,8 +1,13 @@
 """Inference with a trained run: ``load_run(path) -> SemanticSegmenter`` (what ``imseg.load(run_dir)`` returns).
 
-Images up to the training size run in one pass (padded to a multiple of 32); larger images run as
-overlapping ``imgsz`` tiles blended with a gaussian weight (centre pixels count most), so memory
-stays bounded and tile seams vanish. Optional flip test-time augmentation averages the
+By default (``resize=True``) an image is seen as training saw it: the longer side is letterboxed to
+the run's ``imgsz`` exactly as ``imseg train`` validates (antialiased bilinear on the uint8 image,
+black padding to a square), predicted, and the class probabilities scaled back to the image's own size. With
+``resize=False`` the image stays at its native resolution: images up to ``imgsz`` run in one pass
+(padded to a multiple of 32), larger ones as overlapping ``imgsz`` tiles blended with a gaussian
+weight (centre pixels count most), so memory stays bounded and tile seams vanish; use it for runs
+trained on native-resolution crops (large microscopy or aerial images). A run can record its own
+default (checkpoint ``inference.resize``). Optional flip test-time augmentation averages the
 probabilities of the image and its horizontal (and vertical) flips.
 """
 
@@ -16,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError, InputError
-from ..io import read_image
+from ..io import letterbox_size, read_image, resize_rgb
 from ..masks import Masks
 from ..registry import Segmenter
 from .metrics import ConfusionMatrix
@@ -74,7 +79,7 @@ class SemanticSegmenter(Segmenter):
         overlap: float = 0.25,
         tta: bool = False,
         batch: int = 4,
-        resize: bool = False,
+        resize: bool = True,
         name: str = "semantic",
     ) -> None:
         if not 0 <= overlap < 1:
@@ -124,13 +129,14 @@ class SemanticSegmenter(Segmenter):
     def predict_probs(self, image: Any, *, tta: bool | None = None, overlap: float | None = None) -> np.ndarray:
         """Class probabilities (C, H, W) float32 at the image's own resolution.
 
-        Images with both sides <= ``imgsz`` run whole; larger ones run as sliding ``imgsz`` tiles with
-        ``overlap`` (fraction) and gaussian blending. With ``resize=True`` the image is instead scaled
-        so its longer side is ``imgsz`` (as the validation letterbox does) and the result scaled back.
+        With ``resize=True`` (default) the image is scaled so its longer side is ``imgsz`` and padded with
+        black to ``imgsz`` x ``imgsz`` (training's validation letterbox), and the result scaled back.
+        With ``resize=False`` images with both sides <= ``imgsz`` run whole at native size; larger ones
+        run as sliding ``imgsz`` tiles with ``overlap`` (fraction) and gaussian blending.
         """
         rgb = read_image(image)
         tta = self.tta if tta is None else tta
-        if self.resize and max(rgb.shape[:2]) != self.imgsz:
+        if self.resize:
             return self._predict_resized(rgb, tta)
         overlap = self.overlap if overlap is None else overlap
         h, w = rgb.shape[:2]
@@ -158,14 +164,12 @@ class SemanticSegmenter(Segmenter):
         return (acc / weight)[:, :h, :w].numpy()
 
     def _predict_resized(self, rgb: np.ndarray, tta: bool) -> np.ndarray:
-        """Letterbox scale (longer side -> imgsz, as in validation), predict, resize probabilities back."""
+        """Training's validation view (longer side -> imgsz, black padding to imgsz x imgsz), predict, scale back."""
         h, w = rgb.shape[:2]
-        scale = self.imgsz / max(h, w)
-        new_h, new_w = max(round(h * scale), 1), max(round(w * scale), 1)
-        x = torch.nn.functional.interpolate(self._normalize(rgb)[None], size=(new_h, new_w), mode="bilinear",
-                                            antialias=True, align_corners=False)[0]
-        round_up = -(-new_h // OUTPUT_STRIDE) * OUTPUT_STRIDE, -(-new_w // OUTPUT_STRIDE) * OUTPUT_STRIDE
-        probs = self._probs_batch(self._pad(x, round_up)[None], tta)[:, :, :new_h, :new_w]
+        new_h, new_w = letterbox_size(h, w, self.imgsz)
+        canvas = np.zeros((self.imgsz, self.imgsz, 3), np.uint8)
+        canvas[:new_h, :new_w] = resize_rgb(rgb, (new_h, new_w))
+        probs = self._probs_batch(self._normalize(canvas)[None], tta)[:, :, :new_h, :new_w]
         probs = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)[0]
         return probs.numpy()
 
@@ -236,12 +240,17 @@ def load_run(
 ) -> SemanticSegmenter:
     """Load a training run directory (or a best.pt/last.pt file) as a :class:`SemanticSegmenter`.
 
-    ``kwargs`` go to the segmenter (``overlap``, ``tta``, ``batch``, ``imgsz``, ``resize``).
+    ``kwargs`` go to the segmenter (``overlap``, ``tta``, ``batch``, ``imgsz``, ``resize``); ``resize=None``
+    (or absent) takes the run's recorded default (``inference.resize`` in the checkpoint, else True: letterbox
+    to the training ``imgsz`` as validation did).
     """
     ckpt_path = find_checkpoint(path, checkpoint)
     payload = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(payload)
-    options = {"imgsz": payload.get("imgsz", 512), "ignore_index": payload.get("ignore_index")}
+    inference = payload.get("inference") or {}
+    options = {"imgsz": payload.get("imgsz", 512), "ignore_index": payload.get("ignore_index"),
+               "resize": bool(inference.get("resize", True))}
+    kwargs = {k: v for k, v in kwargs.items() if not (k == "resize" and v is None)}
     options.update(kwargs)
     if "imgsz" in kwargs and (int(kwargs["imgsz"]) % OUTPUT_STRIDE or int(kwargs["imgsz"]) < OUTPUT_STRIDE):
         raise InputError(f"imgsz must be a positive multiple of {OUTPUT_STRIDE}, got {kwargs['imgsz']}")

@@ -608,6 +608,7 @@ def train(
         "imgsz": cfg.imgsz,
         "mean": info["mean"],
         "std": info["std"],
+        "inference": {"resize": True},  # predict as validation ran: letterbox to imgsz (see semantic.infer)
         "train": _plain(asdict(cfg)),
     }
 
