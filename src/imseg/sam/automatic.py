@@ -36,6 +36,8 @@ from ..masks import Masks
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from .batch_decoder import PromptBatchDecoder
+
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 #: Images above this many pixels need crop layers (tiling); see ``max_pixels``.
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -175,187 +177,6 @@ def _encode_rles(masks: np.ndarray) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- the fast decoder
-def _heads_weight(linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A projection's weight as (heads, d, C_in) and bias as (heads, d)."""
-    w = linear.weight
-    return w.reshape(heads, -1, w.shape[1]), linear.bias.reshape(heads, -1)
-
-
-class _ImageDecoder:
-    """SAM's mask decoder specialised to one image embedding and many single-point prompts.
-
-    Computes exactly what ``MaskDecoder.predict_masks`` computes (up to float re-association),
-    without repeating the image embedding per prompt.
-    """
-
-    def __init__(self, model, embedding: torch.Tensor) -> None:
-        import torch
-
-        dec = model.mask_decoder
-        pe = model.prompt_encoder
-        self.model = model
-        self.dec = dec
-        self.tr = dec.transformer
-        dtype = embedding.dtype
-        c = embedding.shape[1]
-        self.grid = tuple(embedding.shape[-2:])
-        # (1, N, C) image tokens: embedding + "no mask" dense prompt, and their positional encoding
-        src = embedding + pe.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dtype)
-        self.src = src.flatten(2).transpose(1, 2)
-        self.pos = pe.get_dense_pe().to(dtype).flatten(2).transpose(1, 2)
-        self.src_pos = self.src + self.pos
-        self.output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0).to(dtype)
-        layer0 = self.tr.layers[0]
-        # prompt-independent projections of block 0 (keys are still the shared image tokens)
-        t2i, i2t = layer0.cross_attn_token_to_image, layer0.cross_attn_image_to_token
-        self.k0 = self._split(t2i.k_proj(self.src_pos), t2i.num_heads)  # (1, h, N, d)
-        self.v0 = self._split(t2i.v_proj(self.src), t2i.num_heads)
-        self.q0 = self._split(i2t.q_proj(self.src_pos), i2t.num_heads)
-        self.c = c
-
-    @staticmethod
-    def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
-        b, n, ci = x.shape
-        return x.reshape(b, n, heads, ci // heads).transpose(1, 2)
-
-    @staticmethod
-    def _merge(x: torch.Tensor) -> torch.Tensor:
-        b, h, n, d = x.shape
-        return x.transpose(1, 2).reshape(b, n, h * d)
-
-    # -- attention of few prompt tokens to many image tokens ---------------------------------
-    def _tokens_to_image(self, attn, queries: torch.Tensor, keys_pos, keys, shared=None):
-        """``attn(q=queries, k=keys_pos, v=keys)`` for (B, T, C) queries and (B, N, C) keys.
-
-        Re-associated as (q W_k) keys^T and (softmax @ keys) W_v^T: the image tokens are never
-        projected per prompt. ``shared`` = precomputed (k, v) heads when keys are prompt-independent.
-        """
-        import torch
-
-        h = attn.num_heads
-        q = self._split(attn.q_proj(queries), h)  # (B, h, T, d)
-        d = q.shape[-1]
-        if shared is not None:
-            k, v = shared
-            weights = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(d), dim=-1)
-            out = weights @ v
-        else:
-            wk, _ = _heads_weight(attn.k_proj, h)  # (h, d, C); the k bias cancels in softmax
-            wv, bv = _heads_weight(attn.v_proj, h)
-            b, _, t, _ = q.shape
-            qk = (q @ wk).reshape(b, h * t, -1)  # (B, h*T, C)
-            logits = (qk @ keys_pos.transpose(1, 2)) / math.sqrt(d)  # (B, h*T, N)
-            weights = torch.softmax(logits, dim=-1)
-            mixed = (weights @ keys).reshape(b, h, t, -1)  # (B, h, T, C)
-            out = mixed @ wv.transpose(1, 2) + bv[None, :, None, :]  # (B, h, T, d)
-        return attn.out_proj(self._merge(out))
-
-    def _image_to_tokens(self, attn, queries: torch.Tensor, query_pe: torch.Tensor, keys_pos, shared_q=None):
-        """``attn(q=keys_pos, k=queries+query_pe, v=queries)`` -> (B, N, C) update of the image tokens."""
-        import torch
-
-        h = attn.num_heads
-        k = self._split(attn.k_proj(queries + query_pe), h)  # (B, h, T, d)
-        v = self._split(attn.v_proj(queries), h)
-        b, _, t, d = k.shape
-        if shared_q is not None:  # (1, h, N, d)
-            logits = shared_q @ k.transpose(-1, -2)  # (B, h, N, T)
-        else:
-            wq, bq = _heads_weight(attn.q_proj, h)  # (h, d, C), (h, d)
-            m = (wq.transpose(1, 2)[None] @ k.transpose(-1, -2))  # (B, h, C, T)
-            m = m.permute(0, 2, 1, 3).reshape(b, -1, h * t)  # (B, C, h*T)
-            bias = (bq[None, :, None, :] * k).sum(-1).reshape(b, 1, h * t)
-            logits = (keys_pos @ m + bias).reshape(b, -1, h, t).transpose(1, 2)  # (B, h, N, T)
-        weights = torch.softmax(logits / math.sqrt(d), dim=-1)  # (B, h, N, T)
-        wo = attn.out_proj.weight  # (C, h*d)
-        wo_heads = wo.reshape(wo.shape[0], h, d).permute(1, 2, 0)  # (h, d, C)
-        u = (v @ wo_heads[None]).reshape(b, h * t, -1)  # (B, h*T, C)
-        n = weights.shape[2]
-        mix = weights.transpose(1, 2).reshape(b, n, h * t)  # (B, N, h*T)
-        return mix @ u + attn.out_proj.bias
-
-    def _block(self, layer, queries, keys, query_pe, first: bool):
-        if layer.skip_first_layer_pe:
-            queries = layer.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + layer.self_attn(q, q, queries)
-        queries = layer.norm1(queries)
-        if first:
-            upd = self._tokens_to_image(
-                layer.cross_attn_token_to_image, queries + query_pe, None, None, shared=(self.k0, self.v0)
-            )
-        else:
-            keys_pos = keys + self.pos
-            upd = self._tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys_pos, keys)
-        queries = layer.norm2(queries + upd)
-        queries = layer.norm3(queries + layer.mlp(queries))
-        if first:
-            upd = self._image_to_tokens(layer.cross_attn_image_to_token, queries, query_pe, None, shared_q=self.q0)
-            keys = layer.norm4(self.src + upd)
-        else:
-            upd = self._image_to_tokens(layer.cross_attn_image_to_token, queries, query_pe, keys_pos)
-            keys = layer.norm4(keys + upd)
-        return queries, keys
-
-    def transformer(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, P, C) prompt embeddings -> (B, T, C) token outputs and (B, N, C) image tokens."""
-        import torch
-
-        b = sparse.shape[0]
-        tokens = torch.cat([self.output_tokens[None].expand(b, -1, -1), sparse], dim=1)
-        queries, keys = tokens, None
-        for i, layer in enumerate(self.tr.layers):
-            queries, keys = self._block(layer, queries, keys, tokens, first=i == 0)
-        upd = self._tokens_to_image(self.tr.final_attn_token_to_image, queries + tokens, keys + self.pos, keys)
-        queries = self.tr.norm_final_attn(queries + upd)
-        return queries, keys
-
-    def upscale(self, keys: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) image tokens -> (B, 4H, 4W, C/8) channels-last upscaled embedding.
-
-        The two stride-2 kernel-2 transposed convolutions are non-overlapping, i.e. matmuls.
-        """
-        up1, norm, act1, up2, act2 = self.dec.output_upscaling
-        b = keys.shape[0]
-        gh, gw = self.grid
-        x = self._conv_t2(keys.reshape(b, gh, gw, -1), up1)
-        x = act1(_layer_norm_last(x, norm))
-        return act2(self._conv_t2(x, up2))
-
-    @staticmethod
-    def _conv_t2(x: torch.Tensor, conv) -> torch.Tensor:
-        b, h, w, cin = x.shape
-        weight = conv.weight  # (C_in, C_out, 2, 2)
-        cout = weight.shape[1]
-        y = x.reshape(-1, cin) @ weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
-        y = y.reshape(b, h, w, 2, 2, cout).permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, cout)
-        return y + conv.bias
-
-    def predict(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """All candidates' IoU predictions (B, M) and the tokens/keys needed to make their masks."""
-        hs, keys = self.transformer(sparse)
-        iou = self.dec.iou_prediction_head(hs[:, 0, :])
-        return iou, (hs, keys)
-
-    def masks(self, hs: torch.Tensor, keys: torch.Tensor, mask_ids: list[int]) -> torch.Tensor:
-        """(B, len(mask_ids), 4H, 4W) low-res logits for the given mask-token indices."""
-        import torch
-
-        up = self.upscale(keys)  # (B, 4H, 4W, C8)
-        b, h4, w4, c8 = up.shape
-        hyper = torch.stack([self.dec.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in mask_ids], dim=1)
-        out = up.reshape(b, h4 * w4, c8) @ hyper.transpose(1, 2)  # (B, HW, M)
-        return out.transpose(1, 2).reshape(b, len(mask_ids), h4, w4)
-
-
-def _layer_norm_last(x: torch.Tensor, norm) -> torch.Tensor:
-    """SAM's channels-first LayerNorm2d applied to a channels-last tensor."""
-    import torch.nn.functional as F
-
-    return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, getattr(norm, "eps", 1e-6))
-
-
 # ----------------------------------------------------------------------------- backends
 class PointBatch(Protocol):
     """Decoder results for B single-point prompts on one crop (multimask outputs 1..3).
@@ -392,7 +213,7 @@ class AmgBackend(Protocol):
 class _TorchPointBatch:
     """Decoder tokens of a batch; masks are made only for the prompts asked for."""
 
-    def __init__(self, decoder: _ImageDecoder, iou: torch.Tensor, hs: torch.Tensor, keys: torch.Tensor) -> None:
+    def __init__(self, decoder: PromptBatchDecoder, iou: torch.Tensor, hs: torch.Tensor, keys: torch.Tensor) -> None:
         self.decoder, self.hs, self.keys = decoder, hs, keys
         self.iou = iou[:, 1:].float()  # multimask output: tokens 1..3
 
@@ -402,7 +223,7 @@ class _TorchPointBatch:
 
 
 class TorchBackend:
-    """The default backend: a PyTorch SAM model in this process (the fast :class:`_ImageDecoder`)."""
+    """The default backend: a PyTorch SAM model in this process (the fast :class:`PromptBatchDecoder`)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -413,19 +234,21 @@ class TorchBackend:
         param = next(self.model.mask_decoder.parameters())
         return param.device, param.dtype
 
-    def embed(self, crop: np.ndarray) -> tuple[_ImageDecoder, tuple[int, int]]:
+    def embed(self, crop: np.ndarray) -> tuple[PromptBatchDecoder, tuple[int, int]]:
         """The crop's image embedding (1, C, 64, 64), held by a decoder ready for its prompts."""
         import torch
         from PIL import Image
+
+        from .batch_decoder import PromptBatchDecoder
 
         device, dtype = self._device_dtype()
         nh, nw = resized_shape(crop.shape[0], crop.shape[1], self.img_size)
         resized = np.array(Image.fromarray(crop).resize((nw, nh), Image.BILINEAR))
         x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
         x = self.model.preprocess(x)
-        return _ImageDecoder(self.model, self.model.image_encoder(x.to(dtype))), (nh, nw)
+        return PromptBatchDecoder(self.model, self.model.image_encoder(x.to(dtype))), (nh, nw)
 
-    def decode(self, state: _ImageDecoder, coords: np.ndarray) -> _TorchPointBatch:
+    def decode(self, state: PromptBatchDecoder, coords: np.ndarray) -> _TorchPointBatch:
         import torch
 
         device, dtype = self._device_dtype()

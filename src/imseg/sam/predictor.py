@@ -16,6 +16,7 @@ import torch
 
 from ..errors import ConfigError, InputError, PromptError, StateError
 from ..io import read_image, validate_box, validate_points
+from .batch_decoder import PromptBatchDecoder
 from .model import ResizeLongestSide, Sam
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
@@ -55,6 +56,7 @@ class SamPredictor:
         self.autocast_dtype = resolve_dtype(dtype, torch.device(sam_model.device))
         self.decoder_batch = int(decoder_batch)
         self._dense_pe: torch.Tensor | None = None
+        self._decoder: tuple[torch.Tensor, PromptBatchDecoder] | None = None
         self.reset_image()
 
     # ------------------------------------------------------------------ state
@@ -124,6 +126,13 @@ class SamPredictor:
         return self.features
 
     # ------------------------------------------------------------------ prompts
+    def _batch_decoder(self) -> PromptBatchDecoder:
+        """The re-associated decoder for the current embedding (built once per image)."""
+        assert self.features is not None
+        if self._decoder is None or self._decoder[0] is not self.features:
+            self._decoder = (self.features, PromptBatchDecoder(self.model, self.features))
+        return self._decoder[1]
+
     def _dense_positional(self) -> torch.Tensor:
         pe = self._dense_pe
         if pe is None or pe.device != torch.device(self.device):
@@ -204,13 +213,17 @@ class SamPredictor:
         points = (point_coords, point_labels) if point_coords is not None else None
         with self._autocast():
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-            low_res, iou = self.model.mask_decoder(
-                image_embeddings=self.features,
-                image_pe=self._dense_positional(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask_output,
-            )
+            if mask_input is None and self.features.shape[0] == 1:
+                # sparse prompts only: the same decoder function, image tokens never projected per prompt
+                low_res, iou = self._batch_decoder()(sparse, multimask_output)
+            else:  # mask prompts change the image tokens per prompt: the official decoder layout
+                low_res, iou = self.model.mask_decoder(
+                    image_embeddings=self.features,
+                    image_pe=self._dense_positional(),
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=multimask_output,
+                )
         low_res, iou = low_res.float(), iou.float()
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
         if not return_logits:

@@ -1,0 +1,212 @@
+"""SAM's mask decoder for one image embedding and many prompts (``SamPredictor`` and "segment everything").
+
+:class:`~imseg.sam.mask_decoder.MaskDecoder` follows the official code: every prompt carries its own
+copy of the 64x64x256 image tokens, and each attention layer projects those 4096 tokens again
+(to 128 channels) for each prompt. :class:`PromptBatchDecoder` computes the same function with the
+products re-associated, so the image tokens are only ever multiplied by a prompt's few tokens:
+
+* token -> image attention: ``softmax((q W_k) keys^T) keys W_v^T`` instead of projecting the keys
+  (the key bias is constant along the softmax axis and cancels; softmax rows sum to 1, so the value
+  bias is added once);
+* image -> token attention: ``keys (W_q^T k^T)`` and ``softmax(.) (v W_o)`` per head, i.e. the 4096
+  image tokens meet a (256 x heads*tokens) matrix instead of two 256 x 128 projections;
+* block 0 sees the same image tokens for every prompt, so its image-side projections are made once
+  per image (:meth:`PromptBatchDecoder.__init__`);
+* the two stride-2 transposed convolutions of the upscaling head are per-pixel linear maps, run as
+  matrix products in sub-pixel order; only the (few) output masks are shuffled to pixel order.
+
+Prompts run in chunks of ``chunk`` so the per-prompt image tensors stay in cache. Dense (mask) prompts
+change the image tokens per prompt and take the official decoder path instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+#: prompts decoded together; larger chunks spill the per-prompt (4096 x 256) tensors out of cache on CPU
+DEFAULT_CHUNK = 4
+
+
+def _heads_weight(linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A projection's weight as (heads, d, C_in) and bias as (heads, d)."""
+    w = linear.weight
+    return w.reshape(heads, -1, w.shape[1]), linear.bias.reshape(heads, -1)
+
+
+def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, ci = x.shape
+    return x.reshape(b, n, heads, ci // heads).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+class PromptBatchDecoder:
+    """``model.mask_decoder`` on one image embedding for batches of sparse prompts (points, boxes).
+
+    Args:
+        model: a :class:`~imseg.sam.model.Sam`.
+        embedding: (1, C, h, w) image embedding (``SamPredictor.features``).
+        chunk: prompts per pass (memory/cache trade-off; results do not depend on it).
+
+    ``decoder(sparse, multimask_output)`` -> (low-res logits (B, M, 4h, 4w), IoU predictions (B, M)),
+    the same as ``model.mask_decoder(embedding, dense_pe, sparse, no_mask_dense, multimask_output)``
+    up to float re-association.
+    """
+
+    def __init__(self, model: Any, embedding: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> None:
+        if embedding.ndim != 4 or embedding.shape[0] != 1:
+            raise ValueError(f"PromptBatchDecoder takes one (1, C, h, w) image embedding; got {tuple(embedding.shape)}")
+        dec = model.mask_decoder
+        pe = model.prompt_encoder
+        self.dec = dec
+        self.tr = dec.transformer
+        self.chunk = max(1, int(chunk))
+        self.upscale_block = 2048  # sub-pixel rows of the second upscaling stage made at a time (~1 MB)
+        dtype = embedding.dtype
+        self.grid = tuple(embedding.shape[-2:])
+        # (1, N, C) image tokens: embedding + "no mask" dense prompt, and their positional encoding
+        src = embedding + pe.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dtype)
+        self.src = src.flatten(2).transpose(1, 2).contiguous()
+        self.pos = pe.get_dense_pe().to(dtype).flatten(2).transpose(1, 2).contiguous()
+        src_pos = self.src + self.pos
+        self.output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0).to(dtype)
+        layer0 = self.tr.layers[0]
+        # prompt-independent projections of block 0 (its keys are still the shared image tokens)
+        t2i, i2t = layer0.cross_attn_token_to_image, layer0.cross_attn_image_to_token
+        self.k0 = _split(t2i.k_proj(src_pos), t2i.num_heads)  # (1, h, N, d)
+        self.v0 = _split(t2i.v_proj(self.src), t2i.num_heads)
+        self.q0 = i2t.q_proj(src_pos).contiguous()  # (1, N, h*d)
+
+    # -- attention of a prompt's few tokens to the many image tokens -----------------------------
+    @staticmethod
+    def _tokens_to_image(attn, queries: torch.Tensor, keys_pos, keys, shared=None) -> torch.Tensor:
+        """``attn(q=queries, k=keys_pos, v=keys)`` for (B, T, C) queries and (B, N, C) image tokens."""
+        h = attn.num_heads
+        q = _split(attn.q_proj(queries), h)  # (B, h, T, d)
+        d = q.shape[-1]
+        if shared is not None:
+            k, v = shared
+            out = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(d), dim=-1) @ v
+        else:
+            wk, _ = _heads_weight(attn.k_proj, h)  # (h, d, C); the k bias cancels in the softmax
+            wv, bv = _heads_weight(attn.v_proj, h)
+            b, _, t, _ = q.shape
+            qk = ((q / math.sqrt(d)) @ wk).reshape(b, h * t, -1)  # (B, h*T, C)
+            weights = torch.softmax(qk @ keys_pos.transpose(1, 2), dim=-1)  # (B, h*T, N)
+            mixed = (weights @ keys).reshape(b, h, t, -1)  # (B, h, T, C)
+            out = mixed @ wv.transpose(1, 2) + bv[None, :, None, :]  # (B, h, T, d)
+        return attn.out_proj(_merge(out))
+
+    @staticmethod
+    def _image_to_tokens(attn, residual: torch.Tensor, queries: torch.Tensor, query_pe: torch.Tensor, keys_pos,
+                         shared_q=None) -> torch.Tensor:
+        """``residual + attn(q=keys_pos, k=queries + query_pe, v=queries)``: (B|1, N, C) + update -> (B, N, C).
+
+        Scores are laid out (B, heads*T, N), so the softmax over a prompt's T tokens runs along a
+        strided axis with the N image tokens contiguous (a softmax over a last axis of ~7 is slow).
+        """
+        h = attn.num_heads
+        k = _split(attn.k_proj(queries + query_pe), h)  # (B, h, T, d)
+        v = _split(attn.v_proj(queries), h)
+        b, _, t, d = k.shape
+        ks = k / math.sqrt(d)
+        if shared_q is not None:  # (1, N, h*d) projected image queries: block-diagonal per-head product
+            blocks = ks.new_zeros(b, h, t, h, d)
+            idx = torch.arange(h, device=ks.device)
+            blocks[:, idx, :, idx, :] = ks.transpose(0, 1)
+            logits = blocks.reshape(b, h * t, h * d) @ shared_q.transpose(1, 2)  # (B, h*T, N)
+        else:
+            wq, bq = _heads_weight(attn.q_proj, h)  # (h, d, C), (h, d)
+            mt = (ks @ wq).reshape(b, h * t, -1)  # (B, h*T, C)
+            bias = (bq[None, :, None, :] * ks).sum(-1).reshape(b, h * t, 1)
+            logits = torch.baddbmm(bias, mt, keys_pos.transpose(1, 2))  # (B, h*T, N)
+        weights = torch.softmax(logits.view(b, h, t, -1), dim=2).view(b, h * t, -1)  # each head's T sum to 1
+        wo = attn.out_proj.weight  # (C, h*d)
+        u = v @ wo.reshape(wo.shape[0], h, d).permute(1, 2, 0)[None]  # (B, h, T, C)
+        # the out-projection bias rides on u: every image token's weights sum to h (one per head)
+        u = (u + attn.out_proj.bias / h).reshape(b, h * t, -1)
+        if residual.shape[0] != b:
+            residual = residual.expand(b, -1, -1)
+        return torch.baddbmm(residual, weights.transpose(1, 2), u)
+
+    def _block(self, layer, queries, keys, query_pe, first: bool):
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + layer.self_attn(q, q, queries)
+        queries = layer.norm1(queries)
+        if first:
+            upd = self._tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, None, None,
+                                        shared=(self.k0, self.v0))
+        else:
+            keys_pos = keys + self.pos
+            upd = self._tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys_pos, keys)
+        queries = layer.norm2(queries + upd)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        if first:
+            keys = self._image_to_tokens(layer.cross_attn_image_to_token, self.src, queries, query_pe, None,
+                                         shared_q=self.q0)
+        else:
+            keys = self._image_to_tokens(layer.cross_attn_image_to_token, keys, queries, query_pe, keys_pos)
+        return queries, layer.norm4(keys)
+
+    def transformer(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P, C) prompt embeddings -> (B, T, C) token outputs and (B, N, C) image tokens."""
+        b = sparse.shape[0]
+        tokens = torch.cat([self.output_tokens[None].expand(b, -1, -1), sparse.to(self.src.dtype)], dim=1)
+        queries, keys = tokens, None
+        for i, layer in enumerate(self.tr.layers):
+            queries, keys = self._block(layer, queries, keys, tokens, first=i == 0)
+        upd = self._tokens_to_image(self.tr.final_attn_token_to_image, queries + tokens, keys + self.pos, keys)
+        return self.tr.norm_final_attn(queries + upd), keys
+
+    def predict(self, sparse: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """IoU predictions of all mask tokens (B, T) and the (tokens, image tokens) that make their masks."""
+        hs, keys = self.transformer(sparse)
+        return self.dec.iou_prediction_head(hs[:, 0, :]), (hs, keys)
+
+    def masks(self, hs: torch.Tensor, keys: torch.Tensor, mask_ids: list[int]) -> torch.Tensor:
+        """(B, len(mask_ids), 4h, 4w) low-res logits of mask tokens ``mask_ids`` (0 = single, 1..3 = multimask).
+
+        The upscaling head runs in sub-pixel order; its second (4x larger) stage is made and consumed
+        by the hypernetwork product block by block, so it never leaves the cache."""
+        up1, norm, act1, up2, act2 = self.dec.output_upscaling
+        b, n, c = keys.shape
+        c1, c2 = up1.weight.shape[1], up2.weight.shape[1]
+        w1 = up1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # (C, (dy1, dx1, C1))
+        w2 = up2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (C1, (dy2, dx2, C2))
+        b1, b2 = up1.bias.repeat(4), up2.bias.repeat(4)
+        y = torch.addmm(b1, keys.reshape(-1, c), w1).view(-1, c1)  # (B*N*4, C1)
+        y = act1(torch.nn.functional.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps)).view(b, n * 4, c1)
+        hyper = torch.stack([self.dec.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in mask_ids], dim=1)
+        m = hyper.shape[1]
+        out = keys.new_empty(b, m, n * 16)
+        rows = n * 4
+        step = min(rows, self.upscale_block)
+        for i in range(b):
+            for r in range(0, rows, step):
+                z = act2(torch.addmm(b2, y[i, r : r + step], w2))  # (rows, (dy2, dx2, C2))
+                torch.mm(hyper[i], z.view(-1, c2).t(), out=out[i, :, r * 4 : (r + step) * 4])
+        h, w = self.grid
+        # (h, w, dy1, dx1, dy2, dx2) -> output row 4*y + 2*dy1 + dy2, column 4*x + 2*dx1 + dx2
+        return out.view(b, m, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, m, 4 * h, 4 * w)
+
+    def __call__(self, sparse: torch.Tensor, multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P, C) sparse prompt embeddings -> low-res logits (B, M, 4h, 4w), IoU predictions (B, M)."""
+        mask_ids = list(range(1, self.dec.num_mask_tokens)) if multimask_output else [0]
+        lows, ious = [], []
+        for s in range(0, sparse.shape[0], self.chunk):
+            iou, (hs, keys) = self.predict(sparse[s : s + self.chunk])
+            lows.append(self.masks(hs, keys, mask_ids))
+            ious.append(iou[:, mask_ids])
+        if not lows:
+            h, w = self.grid
+            return sparse.new_zeros(0, len(mask_ids), 4 * h, 4 * w), sparse.new_zeros(0, len(mask_ids))
+        return torch.cat(lows), torch.cat(ious)

@@ -1,0 +1,86 @@
+"""The re-associated many-prompt decoder and the banded mask resize against their plain forms.
+
+End-to-end parity with the official predictor (which now runs through both) is in test_sam_parity.py;
+these tests pin the pieces directly, on inputs where the plain form is the reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from imseg.sam import sam_model_registry  # noqa: E402
+from imseg.sam.batch_decoder import PromptBatchDecoder  # noqa: E402
+from imseg.sam.model import _axis_resize_band, _axis_resize_matrix, _band_resize  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(mobile_sam_checkpoint):
+    return sam_model_registry["vit_t"](checkpoint=mobile_sam_checkpoint).eval()
+
+
+def _sparse(model, batch: int, seed: int):
+    """Mixed prompts: 1-3 points with random labels, half of them with a box too."""
+    g = torch.Generator().manual_seed(seed)
+    coords = torch.rand(batch, 3, 2, generator=g) * 1024
+    labels = torch.randint(0, 2, (batch, 3), generator=g, dtype=torch.int)
+    labels[:, 2] = -1  # a padding point, as the official predictor adds without a box
+    boxes = torch.sort(torch.rand(batch, 2, 2, generator=g) * 1024, dim=1).values.reshape(batch, 4)
+    with torch.inference_mode():
+        points_only, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        with_box, _ = model.prompt_encoder(points=(coords[:, :2], labels[:, :2]), boxes=boxes, masks=None)
+    return points_only, with_box, dense
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_batch_decoder_equals_mask_decoder(model, multimask):
+    torch.manual_seed(0)
+    embedding = torch.randn(1, 256, 64, 64)
+    pe = model.prompt_encoder.get_dense_pe()
+    for sparse in _sparse(model, 5, seed=1)[:2]:
+        with torch.inference_mode():
+            dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(5, -1, 64, 64)
+            ref_low, ref_iou = model.mask_decoder(embedding, pe, sparse, dense, multimask)
+            for chunk in (1, 3, 64):  # the chunking must not change the answer
+                low, iou = PromptBatchDecoder(model, embedding, chunk=chunk)(sparse, multimask)
+                assert low.shape == ref_low.shape == (5, 3 if multimask else 1, 256, 256)
+                scale = float(ref_low.abs().max())
+                assert float((low - ref_low).abs().max()) <= 1e-4 * max(1.0, scale)
+                assert float((iou - ref_iou).abs().max()) <= 1e-5
+    empty_low, empty_iou = PromptBatchDecoder(model, embedding)(sparse[:0], multimask)
+    assert empty_low.shape == (0, 3 if multimask else 1, 256, 256) and empty_iou.shape[0] == 0
+
+
+def test_batch_decoder_refuses_a_batch_of_embeddings(model):
+    with pytest.raises(ValueError, match="one"):
+        PromptBatchDecoder(model, torch.zeros(2, 256, 64, 64))
+
+
+@pytest.mark.parametrize(
+    "input_size, original",
+    [((1024, 1024), (512, 512)), ((683, 1024), (200, 300)), ((640, 1024), (20, 32)), ((1024, 768), (2000, 1500)),
+     ((1024, 1024), (1024, 1024))],
+)
+def test_banded_resize_equals_the_dense_map(model, input_size, original):
+    torch.manual_seed(0)
+    low = torch.randn(2, 3, 256, 256, dtype=torch.float64)
+    ry = _axis_resize_matrix(256, 1024, input_size[0], original[0], "cpu", torch.float64)
+    rx = _axis_resize_matrix(256, 1024, input_size[1], original[1], "cpu", torch.float64)
+    dense = ry @ low @ rx.t()
+    iy, wy = _axis_resize_band(256, 1024, input_size[0], original[0], "cpu", torch.float64)
+    ix, wx = _axis_resize_band(256, 1024, input_size[1], original[1], "cpu", torch.float64)
+    assert iy.shape[1] <= 4 and ix.shape[1] <= 4  # a few taps per output pixel
+    banded = _band_resize(low, iy, wy, ix, wx)
+    assert banded.shape == (2, 3, *original)
+    torch.testing.assert_close(banded, dense, atol=1e-12, rtol=0)
+    # and through the model's float32 postprocessing
+    out = model.postprocess_masks(low.float(), input_size, original)
+    torch.testing.assert_close(out, dense.float(), atol=1e-5, rtol=0)
+    # the official form: upsample to the padded input, crop, resize (float64 to compare the maps only)
+    up = torch.nn.functional.interpolate(low, (1024, 1024), mode="bilinear", align_corners=False)
+    official = torch.nn.functional.interpolate(up[..., : input_size[0], : input_size[1]], original, mode="bilinear",
+                                               align_corners=False)
+    torch.testing.assert_close(banded, official, atol=1e-9, rtol=0)
+    assert np.isfinite(banded.numpy()).all()
