@@ -85,6 +85,17 @@ def test_predict_batch_equals_one_call_per_prompt(predictor):
         np.testing.assert_allclose(s, iou[i], atol=1e-5)
         np.testing.assert_allclose(lo, low[i], atol=1e-4)
         assert (m != masks[i]).mean() <= 1e-3
+    # logits at the original size (per-prompt postprocessing on CPU) agree with the thresholded masks
+    logits, _, _ = predictor.predict_batch(point_coords=coords, point_labels=labels, boxes=boxes, return_logits=True)
+    assert logits.dtype == np.float32 and logits.shape == masks.shape
+    assert np.array_equal(logits > predictor.model.mask_threshold, masks)
+    # mask prompts take the official decoder path, chunked by decoder_batch
+    predictor.decoder_batch = 2
+    with_masks = predictor.predict_batch(point_coords=coords, point_labels=labels, mask_input=low[:, :1])
+    predictor.decoder_batch = 16
+    for i in (0, 4):
+        one = predictor.predict(point_coords=coords[i], point_labels=labels[i], mask_input=low[i, :1])
+        np.testing.assert_allclose(one[2], with_masks[2][i], atol=1e-4)
     with pytest.raises(PromptError, match="one box per prompt set"):
         predictor.predict_batch(point_coords=coords, point_labels=labels, boxes=boxes[:2])
     with pytest.raises(PromptError, match="needs point_coords"):

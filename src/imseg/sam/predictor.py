@@ -47,7 +47,8 @@ class SamPredictor:
     Args:
         sam_model: a :class:`~imseg.sam.model.Sam`.
         dtype: ``None`` (fp32) or ``"bfloat16"``/``"float16"`` autocast on CUDA.
-        decoder_batch: prompts per decoder call in :meth:`predict_batch` (bounds memory).
+        decoder_batch: prompts per decoder call in :meth:`predict_batch` with ``mask_input`` (bounds memory;
+            sparse-only prompts are decoded a few at a time by :class:`~imseg.sam.batch_decoder.PromptBatchDecoder`).
     """
 
     def __init__(self, sam_model: Sam, dtype: Any = None, decoder_batch: int = 16) -> None:
@@ -225,10 +226,26 @@ class SamPredictor:
                     multimask_output=multimask_output,
                 )
         low_res, iou = low_res.float(), iou.float()
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
-        return masks, iou, low_res
+        return self._postprocess(low_res, return_logits), iou, low_res
+
+    def _postprocess(self, low_res: torch.Tensor, return_logits: bool) -> torch.Tensor:
+        """(B, M, 256, 256) logits -> (B, M, H, W) at the original size, thresholded unless ``return_logits``.
+
+        On CPU one prompt at a time, so each full-size intermediate stays in cache (the whole batch's
+        float logits would be B*M*H*W*4 bytes of memory traffic, twice)."""
+        assert self.input_size is not None and self.original_size is not None
+        if low_res.device.type != "cpu" or low_res.shape[0] <= 1:
+            masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+            return masks if return_logits else masks > self.model.mask_threshold
+        out = torch.empty((*low_res.shape[:2], *self.original_size),
+                          dtype=torch.float32 if return_logits else torch.bool)
+        for i in range(low_res.shape[0]):
+            full = self.model.postprocess_masks(low_res[i], self.input_size, self.original_size)
+            if return_logits:
+                out[i] = full
+            else:
+                torch.gt(full, self.model.mask_threshold, out=out[i])
+        return out
 
     def predict_batch(
         self,
@@ -285,7 +302,8 @@ class SamPredictor:
             return (np.zeros((0, c, h, w), np.float32 if return_logits else bool), np.zeros((0, c), np.float32),
                     np.zeros((0, c, *low), np.float32))
         outs = []
-        step = max(1, self.decoder_batch)
+        # sparse prompts: the batch decoder bounds its own memory (it decodes a few prompts at a time)
+        step = batch if mask_t is None else max(1, self.decoder_batch)
         for s in range(0, batch, step):
             sl = slice(s, s + step)
             outs.append(self.predict_torch(
