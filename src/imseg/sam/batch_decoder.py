@@ -68,7 +68,11 @@ class PromptBatchDecoder:
         self.dec = dec
         self.tr = dec.transformer
         self.chunk = max(1, int(chunk))
-        self.upscale_block = 2048  # sub-pixel rows of the second upscaling stage made at a time (~1 MB)
+        self.upscale_block = 2048  # image tokens upscaled per band (32 rows of 64; ViT-B, 2 threads: 27.4 ms/prompt
+        # at 2048, 27.9 at 1024, 30.2 at 512, 28.2 at 4096)
+        up1, _, _, up2, _ = dec.output_upscaling  # stride-2 kernel-2 transposed convs as (C_in, (dy, dx, C_out))
+        self._upscale_weights = (up1.weight.permute(0, 2, 3, 1).reshape(up1.weight.shape[0], -1), up1.bias.repeat(4),
+                                 up2.weight.permute(0, 2, 3, 1).reshape(up2.weight.shape[0], -1), up2.bias.repeat(4))
         dtype = embedding.dtype
         self.grid = tuple(embedding.shape[-2:])
         # (1, N, C) image tokens: embedding + "no mask" dense prompt, and their positional encoding
@@ -176,28 +180,30 @@ class PromptBatchDecoder:
     def masks(self, hs: torch.Tensor, keys: torch.Tensor, mask_ids: list[int]) -> torch.Tensor:
         """(B, len(mask_ids), 4h, 4w) low-res logits of mask tokens ``mask_ids`` (0 = single, 1..3 = multimask).
 
-        The upscaling head runs in sub-pixel order; its second (4x larger) stage is made and consumed
-        by the hypernetwork product block by block, so it never leaves the cache."""
+        The upscaling head runs in sub-pixel order, a band of image rows at a time: both stages, the
+        hypernetwork product and the shuffle to pixel order of each band stay in cache."""
         up1, norm, act1, up2, act2 = self.dec.output_upscaling
+        w1, b1, w2, b2 = self._upscale_weights
         b, n, c = keys.shape
-        c1, c2 = up1.weight.shape[1], up2.weight.shape[1]
-        w1 = up1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # (C, (dy1, dx1, C1))
-        w2 = up2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (C1, (dy2, dx2, C2))
-        b1, b2 = up1.bias.repeat(4), up2.bias.repeat(4)
-        y = torch.addmm(b1, keys.reshape(-1, c), w1).view(-1, c1)  # (B*N*4, C1)
-        y = act1(torch.nn.functional.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps)).view(b, n * 4, c1)
+        gh, gw = self.grid
+        c1, c2 = w1.shape[1] // 4, w2.shape[1] // 4
         hyper = torch.stack([self.dec.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in mask_ids], dim=1)
         m = hyper.shape[1]
-        out = keys.new_empty(b, m, n * 16)
-        rows = n * 4
-        step = min(rows, self.upscale_block)
+        out = keys.new_empty(b, m, 4 * gh, 4 * gw)
+        band = max(1, self.upscale_block // gw)  # image-token rows per band
         for i in range(b):
-            for r in range(0, rows, step):
-                z = act2(torch.addmm(b2, y[i, r : r + step], w2))  # (rows, (dy2, dx2, C2))
-                torch.mm(hyper[i], z.view(-1, c2).t(), out=out[i, :, r * 4 : (r + step) * 4])
-        h, w = self.grid
-        # (h, w, dy1, dx1, dy2, dx2) -> output row 4*y + 2*dy1 + dy2, column 4*x + 2*dx1 + dx2
-        return out.view(b, m, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, m, 4 * h, 4 * w)
+            grid = keys[i].view(gh, gw, c)
+            for y0 in range(0, gh, band):
+                y1 = min(gh, y0 + band)
+                a = torch.addmm(b1, grid[y0:y1].reshape(-1, c), w1).view(-1, c1)  # (T*4, C1), (dy1, dx1) sub-pixels
+                a = act1(torch.nn.functional.layer_norm(a, (c1,), norm.weight, norm.bias, norm.eps))
+                z = act2(torch.addmm(b2, a, w2))  # (T*4, 4*C2), (dy2, dx2) sub-pixels
+                logits = hyper[i] @ z.view(-1, c2).t()  # (M, T*16): (y, x, dy1, dx1, dy2, dx2)
+                # -> output row 4*y + 2*dy1 + dy2, column 4*x + 2*dx1 + dx2
+                rows = y1 - y0
+                out[i, :, 4 * y0 : 4 * y1].view(m, rows, 2, 2, gw, 2, 2).copy_(
+                    logits.view(m, rows, gw, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6))
+        return out
 
     def __call__(self, sparse: torch.Tensor, multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, P, C) sparse prompt embeddings -> low-res logits (B, M, 4h, 4w), IoU predictions (B, M)."""
