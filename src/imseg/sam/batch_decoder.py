@@ -141,6 +141,7 @@ class PromptBatchDecoder:
         return torch.baddbmm(residual, weights.transpose(1, 2), u)
 
     def _block(self, layer, queries, keys, query_pe, first: bool):
+        # the token side spelled out (not a method of our block): ``model`` may be an official SAM too
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(queries, queries, queries)
         else:
