@@ -57,7 +57,7 @@ class SamPredictor:
         self.autocast_dtype = resolve_dtype(dtype, torch.device(sam_model.device))
         self.decoder_batch = int(decoder_batch)
         self._dense_pe: torch.Tensor | None = None
-        self._decoder: tuple[torch.Tensor, PromptBatchDecoder] | None = None
+        self._decoder: tuple[torch.Tensor, PromptBatchDecoder] | None = None  # (features, decoder)
         self.reset_image()
 
     # ------------------------------------------------------------------ state
@@ -69,6 +69,7 @@ class SamPredictor:
         """Forget the current image."""
         self.is_image_set = False
         self.features: torch.Tensor | None = None
+        self._decoder = None  # the batch decoder holds image-side tensors of the old embedding
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
