@@ -265,10 +265,12 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
 # ----------------------------------------------------------------------------- resizing
 
 
-def letterbox_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """(new_h, new_w) with the longer side scaled to ``size`` and the aspect kept (as training's letterbox)."""
-    scale = size / max(height, width)
-    return min(size, max(1, round(height * scale))), min(size, max(1, round(width * scale)))
+def letterbox_size(height: int, width: int, size: int | Sequence[int]) -> tuple[float, int, int]:
+    """``(scale, new_h, new_w)`` fitting (height, width) into ``size`` (int or (H, W)) with the aspect kept:
+    the content area of training's letterbox (``imseg.semantic.transforms.Letterbox``)."""
+    target = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    scale = min(target[0] / height, target[1] / width)
+    return scale, min(target[0], max(1, round(height * scale))), min(target[1], max(1, round(width * scale)))
 
 
 def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -279,6 +281,15 @@ def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if image.shape[:2] == (h, w):
         return image
     return np.array(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR))
+
+
+def letterbox_rgb(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Training's validation view of an RGB uint8 image: longer side scaled to ``size``, black padding to
+    ``size`` x ``size``. Returns the (size, size, 3) canvas and the (h, w) of the content in its top-left."""
+    _, new_h, new_w = letterbox_size(image.shape[0], image.shape[1], size)
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas[:new_h, :new_w] = resize_rgb(image, (new_h, new_w))
+    return canvas, (new_h, new_w)
 
 
 # ----------------------------------------------------------------------------- prompt validation

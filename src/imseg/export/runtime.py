@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, DependencyError, ExportError, ModelNotFoundError, StateError, require
-from ..io import letterbox_size, read_image, resize_rgb, validate_box, validate_points
+from ..io import letterbox_rgb, read_image, validate_box, validate_points
 from ..masks import Masks
 from ..registry import Segmenter
 from .onnx import MANIFEST
@@ -466,9 +466,7 @@ class OrtSemanticSegmenter(Segmenter):
         image = read_image(image)
         h, w = image.shape[:2]
         if self.resize:
-            new_h, new_w = letterbox_size(h, w, self.imgsz)
-            canvas = np.zeros((self.imgsz, self.imgsz, 3), np.uint8)
-            canvas[:new_h, :new_w] = resize_rgb(image, (new_h, new_w))
+            canvas, (new_h, new_w) = letterbox_rgb(image, self.imgsz)
             logits = self._logits(canvas)[:, :new_h, :new_w]
         else:
             logits = self._logits(image)[:, :h, :w]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError, InputError
-from ..io import letterbox_size, read_image, resize_rgb
+from ..io import letterbox_rgb, read_image
 from ..masks import Masks
 from ..registry import Segmenter
 from .metrics import ConfusionMatrix
@@ -166,9 +166,7 @@ class SemanticSegmenter(Segmenter):
     def _predict_resized(self, rgb: np.ndarray, tta: bool) -> np.ndarray:
         """Training's validation view (longer side -> imgsz, black padding to imgsz x imgsz), predict, scale back."""
         h, w = rgb.shape[:2]
-        new_h, new_w = letterbox_size(h, w, self.imgsz)
-        canvas = np.zeros((self.imgsz, self.imgsz, 3), np.uint8)
-        canvas[:new_h, :new_w] = resize_rgb(rgb, (new_h, new_w))
+        canvas, (new_h, new_w) = letterbox_rgb(rgb, self.imgsz)
         probs = self._probs_batch(self._normalize(canvas)[None], tta)[:, :, :new_h, :new_w]
         probs = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)[0]
         return probs.numpy()

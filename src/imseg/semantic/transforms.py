@@ -44,6 +44,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import ConfigError, InputError
+from ..io import letterbox_size
 
 #: ImageNet channel statistics (RGB, for images scaled to [0, 1]).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -142,10 +143,7 @@ def letterbox_params(height: int, width: int, imgsz: int | Sequence[int]) -> tup
     """
     target = _size2(imgsz)
     assert target is not None
-    scale = min(target[0] / height, target[1] / width)
-    new_h = min(target[0], max(1, round(height * scale)))
-    new_w = min(target[1], max(1, round(width * scale)))
-    return scale, new_h, new_w
+    return letterbox_size(height, width, target)
 
 
 class Letterbox(v2.Transform):
