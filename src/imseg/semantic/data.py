@@ -1035,7 +1035,10 @@ class SegmentationDataset(_TorchDataset):
         if self.seed is None:
             return transform(rgb, mask)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]))
+            # CPU generator only (what the transforms use): torch.manual_seed also seeds CUDA/XPU/MTIA lazily,
+            # formatting a stack trace each time (~2 ms per sample).
+            seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+            torch.default_generator.manual_seed(seed)
             return transform(rgb, mask)
 
     def __repr__(self) -> str:

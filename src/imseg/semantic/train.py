@@ -145,8 +145,20 @@ class SeededDataset(torch.utils.data.Dataset):
         item_seed = _item_seed(self.seed, epoch, index)
         random.seed(item_seed)
         np.random.seed(item_seed)
-        torch.manual_seed(item_seed)
+        # The CPU generator is the one transforms draw from; torch.manual_seed would also queue seeds for
+        # CUDA/XPU/MTIA, formatting a stack trace for each (~2 ms a call, ~8% of a small-image epoch).
+        torch.default_generator.manual_seed(item_seed)
         return self.dataset[index]
+
+
+def _fused_or_foreach(kind, params: list, **kwargs: Any) -> torch.optim.Optimizer:
+    """Adam/AdamW with the fused kernel where this torch has it for the params' device (CPU since torch 2.4):
+    one pass over each tensor instead of ~10 elementwise ops (a resnet18 U-Net step: 6 ms instead of 26-50 ms
+    on 2 cores). Older torch falls back to the multi-tensor (foreach) implementation."""
+    try:
+        return kind(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return kind(params, foreach=True, **kwargs)
 
 
 # ----------------------------------------------------------------------------- the LightningModule
@@ -224,10 +236,9 @@ def _make_module_class():
             params = [p for p in self.parameters() if p.requires_grad]
             if cfg["optimizer"] == "sgd":
                 opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, nesterov=True, weight_decay=cfg["weight_decay"])
-            elif cfg["optimizer"] == "adam":
-                opt = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
             else:
-                opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+                kind = torch.optim.Adam if cfg["optimizer"] == "adam" else torch.optim.AdamW
+                opt = _fused_or_foreach(kind, params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
             total = max(int(self.trainer.estimated_stepping_batches), 1)
             per_epoch = max(total // max(int(self.trainer.max_epochs or 1), 1), 1)
             warmup = int(round(cfg["warmup"] * per_epoch))
