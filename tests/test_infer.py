@@ -68,6 +68,28 @@ def test_sliding_window_with_a_real_network_is_seamless_and_tta_averages_flips()
     assert not np.allclose(tta, plain, atol=1e-4)
 
 
+def test_tta_flips_follow_the_flips_the_run_trained_with(tmp_path):
+    """``tta=True`` averages the flips a run saw in training: horizontal only for a run trained with hflip
+    (an upside-down horse is a view the network never saw), both with vflip or rotate90; a flips string picks."""
+    from imseg.errors import ConfigError
+
+    image = _image(64, 64, seed=7)
+    runs = {"h": {"hflip": 0.5}, "hv": {"hflip": 0.5, "vflip": 0.5}, "hv90": {"hflip": 0.0, "rotate90": 0.5}}
+    for name, augment in runs.items():
+        run, _ = _write_run(tmp_path / name, train={"augment": augment, "imgsz": 64})
+        seg = load_run(run, device="cpu")
+        plain = seg.predict_probs(image)
+        hflip = seg.predict_probs(image[:, ::-1])[:, :, ::-1]
+        vflip = seg.predict_probs(image[::-1])[:, ::-1]
+        expected = (plain + hflip) / 2 if name == "h" else (plain + hflip + vflip) / 3
+        np.testing.assert_allclose(seg.predict_probs(image, tta=True), expected, atol=1e-5)
+        np.testing.assert_allclose(seg.predict_probs(image, tta="v"), (plain + vflip) / 2, atol=1e-5)
+    legacy, _ = _write_run(tmp_path / "legacy")  # no training record: both flips, as before
+    assert load_run(legacy, device="cpu").tta_flips == "hv"
+    with pytest.raises(ConfigError, match="'h'"):
+        load_run(legacy, device="cpu", tta="x")
+
+
 def _write_run(tmp_path, model_name="unet", **extra) -> tuple:
     torch.manual_seed(0)
     kwargs = {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}

@@ -61,6 +61,27 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
+def _check_flips(flips: str, what: str) -> str:
+    if not isinstance(flips, str) or not flips or set(flips) - {"h", "v"}:
+        raise ConfigError(f"{what} must be True/False or flips to average: 'h' (horizontal), 'v' (vertical) or 'hv'; "
+                          f"got {flips!r}")
+    return flips
+
+
+def flips_trained_with(train_config: dict | None) -> str:
+    """The flips a run saw in training ("h", "v", "hv"): test-time flips the network never saw (an upside-down
+    horse) add views it was not trained on. Horizontal flips are always included; runs without a record: "hv"."""
+    if not train_config or "augment" not in train_config:
+        return "hv"
+    from .transforms import parse_augment
+
+    try:
+        aug = parse_augment(train_config["augment"])
+    except ConfigError:  # a record this version cannot read keeps the old default
+        return "hv"
+    return "h" + ("v" if aug["vflip"] > 0 or aug["rotate90"] > 0 else "")
+
+
 class SemanticSegmenter(Segmenter):
     """A trained semantic model: ``predict_probs`` (C, H, W), ``predict`` (H, W) labels, ``segment`` -> Masks."""
 
@@ -77,7 +98,8 @@ class SemanticSegmenter(Segmenter):
         ignore_index: int | None = None,
         device: str | torch.device = "auto",
         overlap: float = 0.25,
-        tta: bool = False,
+        tta: bool | str = False,
+        tta_flips: str = "hv",
         batch: int = 4,
         resize: bool = True,
         name: str = "semantic",
@@ -93,7 +115,9 @@ class SemanticSegmenter(Segmenter):
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.ignore_index = ignore_index
         self.overlap = float(overlap)
-        self.tta = bool(tta)
+        self.tta_flips = _check_flips(tta_flips, "tta_flips")
+        self.tta = tta if isinstance(tta, str) else bool(tta)
+        self._views(self.tta)  # checks a flips string now
         self.batch = int(batch)
         self.resize = bool(resize)
         self.name = name
@@ -103,11 +127,17 @@ class SemanticSegmenter(Segmenter):
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
         return (tensor - self.mean) / self.std
 
+    def _views(self, tta: bool | str) -> list[tuple[bool, bool]]:
+        """(flip width, flip height) views averaged: the image itself plus each flip of ``tta``
+        (True = ``tta_flips``; a string of "h"/"v" picks the flips)."""
+        flips = (self.tta_flips if tta is True else _check_flips(tta, "tta")) if tta else ""
+        return [(False, False)] + [(True, False)] * ("h" in flips) + [(False, True)] * ("v" in flips)
+
     @torch.no_grad()
-    def _probs_batch(self, batch: torch.Tensor, tta: bool) -> torch.Tensor:
+    def _probs_batch(self, batch: torch.Tensor, tta: bool | str) -> torch.Tensor:
         """(B, 3, h, w) with h, w multiples of 32 -> (B, C, h, w) probabilities."""
         batch = batch.to(self.device)
-        views = [(False, False)] + ([(True, False), (False, True)] if tta else [])
+        views = self._views(tta)
         total = None
         for flip_w, flip_h in views:
             dims = [d for d, on in ((3, flip_w), (2, flip_h)) if on]
@@ -126,7 +156,7 @@ class SemanticSegmenter(Segmenter):
             tensor = torch.nn.functional.pad(tensor[None], (0, pw, 0, ph), mode=mode)[0]
         return tensor
 
-    def predict_probs(self, image: Any, *, tta: bool | None = None, overlap: float | None = None) -> np.ndarray:
+    def predict_probs(self, image: Any, *, tta: bool | str | None = None, overlap: float | None = None) -> np.ndarray:
         """Class probabilities (C, H, W) float32 at the image's own resolution.
 
         With ``resize=True`` (default) the image is scaled so its longer side is ``imgsz`` and padded with
@@ -163,7 +193,7 @@ class SemanticSegmenter(Segmenter):
                 weight[:, y : y + tile_h, x0 : x0 + tile_w] += window
         return (acc / weight)[:, :h, :w].numpy()
 
-    def _predict_resized(self, rgb: np.ndarray, tta: bool) -> np.ndarray:
+    def _predict_resized(self, rgb: np.ndarray, tta: bool | str) -> np.ndarray:
         """Training's validation view (longer side -> imgsz, black padding to imgsz x imgsz), predict, scale back."""
         h, w = rgb.shape[:2]
         canvas, (new_h, new_w) = letterbox_rgb(rgb, self.imgsz)
@@ -195,7 +225,7 @@ class SemanticSegmenter(Segmenter):
         scores = [float(probs[c][label_map == c].mean()) for c in present]
         return Masks(masks, scores=scores, labels=present, class_names=self.class_names, image_size=label_map.shape)
 
-    def evaluate(self, dataset, *, tta: bool | None = None) -> ConfusionMatrix:
+    def evaluate(self, dataset, *, tta: bool | str | None = None) -> ConfusionMatrix:
         """Confusion matrix over ``dataset.read_raw(i) -> (rgb uint8, mask)`` pairs at full resolution."""
         cm = ConfusionMatrix(self.num_classes, self.ignore_index)
         for i in range(len(dataset)):
@@ -240,14 +270,16 @@ def load_run(
 
     ``kwargs`` go to the segmenter (``overlap``, ``tta``, ``batch``, ``imgsz``, ``resize``); ``resize=None``
     (or absent) takes the run's recorded default (``inference.resize`` in the checkpoint, else True: letterbox
-    to the training ``imgsz`` as validation did).
+    to the training ``imgsz`` as validation did). ``tta=True`` averages the flips the run trained with
+    (horizontal, plus vertical when it trained with vertical flips or 90-degree rotations).
     """
     ckpt_path = find_checkpoint(path, checkpoint)
     payload = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(payload)
     inference = payload.get("inference") or {}
     options = {"imgsz": payload.get("imgsz", 512), "ignore_index": payload.get("ignore_index"),
-               "resize": bool(inference.get("resize", True))}
+               "resize": bool(inference.get("resize", True)),
+               "tta_flips": flips_trained_with(payload.get("train"))}
     kwargs = {k: v for k, v in kwargs.items() if not (k == "resize" and v is None)}
     options.update(kwargs)
     if "imgsz" in kwargs and (int(kwargs["imgsz"]) % OUTPUT_STRIDE or int(kwargs["imgsz"]) < OUTPUT_STRIDE):
