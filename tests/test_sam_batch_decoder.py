@@ -53,6 +53,42 @@ def test_batch_decoder_equals_mask_decoder(model, multimask):
     assert empty_low.shape == (0, 3 if multimask else 1, 256, 256) and empty_iou.shape[0] == 0
 
 
+def test_predictor_splits_prompts_across_cpu_threads_without_changing_the_answer(model):
+    """On CPU, predict_batch decodes the prompts on one single-threaded worker per torch thread, each writing
+    its share of the outputs; the result is the plain decoder + postprocessing, and the thread count is restored."""
+    from imseg.sam import SamPredictor
+
+    predictor = SamPredictor(model)
+    image = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    rng = np.random.default_rng(1)
+    coords = rng.uniform(0, 200, (7, 2, 2)).astype(np.float32)
+    labels = rng.integers(0, 2, (7, 2))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        logits, iou, low = predictor.predict_batch(coords, labels, return_logits=True)
+        masks, iou_b, _ = predictor.predict_batch(coords, labels)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with torch.inference_mode():
+        pts = torch.as_tensor(predictor.transform.apply_coords(coords, (200, 300)))
+        sparse, dense = model.prompt_encoder(points=(pts, torch.as_tensor(labels, dtype=torch.int)), boxes=None,
+                                             masks=None)
+        ref_low, ref_iou = model.mask_decoder(predictor.features, model.prompt_encoder.get_dense_pe(), sparse, dense,
+                                              True)
+        ref = model.postprocess_masks(ref_low, predictor.input_size, (200, 300)).numpy()
+    assert logits.shape == ref.shape == (7, 3, 200, 300) and masks.dtype == bool
+    scale = max(1.0, float(np.abs(ref).max()))
+    assert np.abs(low - ref_low.numpy()).max() <= 1e-4 * scale
+    assert np.abs(logits - ref).max() <= 1e-4 * scale
+    np.testing.assert_allclose(iou, ref_iou.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(iou_b, iou)
+    confident = np.abs(ref) > 1e-3 * scale
+    assert np.array_equal(masks[confident], (ref > 0)[confident])
+
+
 def test_batch_decoder_refuses_a_batch_of_embeddings(model):
     with pytest.raises(ValueError, match="one"):
         PromptBatchDecoder(model, torch.zeros(2, 256, 64, 64))

@@ -13,7 +13,8 @@ products re-associated, so the image tokens are only ever multiplied by a prompt
 * block 0 sees the same image tokens for every prompt, so its image-side projections are made once
   per image (:meth:`PromptBatchDecoder.__init__`);
 * the two stride-2 transposed convolutions of the upscaling head are per-pixel linear maps, run as
-  matrix products in sub-pixel order; only the (few) output masks are shuffled to pixel order.
+  matrix products split by output-row parity, so each product's mask logits are whole output rows
+  (no sub-pixel shuffle).
 
 Prompts run in chunks of ``chunk`` so the per-prompt image tensors stay in cache. Dense (mask) prompts
 change the image tokens per prompt and take the official decoder path instead.
@@ -70,9 +71,13 @@ class PromptBatchDecoder:
         self.chunk = max(1, int(chunk))
         self.upscale_block = 2048  # image tokens upscaled per band (32 rows of 64; ViT-B, 2 threads: 27.4 ms/prompt
         # at 2048, 27.9 at 1024, 30.2 at 512, 28.2 at 4096)
-        up1, _, _, up2, _ = dec.output_upscaling  # stride-2 kernel-2 transposed convs as (C_in, (dy, dx, C_out))
-        self._upscale_weights = (up1.weight.permute(0, 2, 3, 1).reshape(up1.weight.shape[0], -1), up1.bias.repeat(4),
-                                 up2.weight.permute(0, 2, 3, 1).reshape(up2.weight.shape[0], -1), up2.bias.repeat(4))
+        up1, _, _, up2, _ = dec.output_upscaling
+        # stride-2 kernel-2 transposed convs as per-pixel products, one per output-row parity dy:
+        # weight (C_in, (dx, C_out)) and bias ((dx, C_out)) of sub-pixel row dy
+        self._upscale_weights = tuple(
+            (tuple(conv.weight.permute(0, 2, 3, 1)[:, dy].reshape(conv.weight.shape[0], -1).contiguous()
+                   for dy in (0, 1)), conv.bias.repeat(2))
+            for conv in (up1, up2))
         dtype = embedding.dtype
         self.grid = tuple(embedding.shape[-2:])
         # (1, N, C) image tokens: embedding + "no mask" dense prompt, and their positional encoding
@@ -136,6 +141,9 @@ class PromptBatchDecoder:
         u = v @ wo.reshape(wo.shape[0], h, d).permute(1, 2, 0)[None]  # (B, h, T, C)
         # the out-projection bias rides on u: every image token's weights sum to h (one per head)
         u = (u + attn.out_proj.bias / h).reshape(b, h * t, -1)
+        if shared_q is None and not torch.is_grad_enabled():
+            # blocks after the first: the residual is the prompts' own image tokens, not needed after
+            return residual.baddbmm_(weights.transpose(1, 2), u)
         if residual.shape[0] != b:
             residual = residual.expand(b, -1, -1)
         return torch.baddbmm(residual, weights.transpose(1, 2), u)
@@ -178,43 +186,53 @@ class PromptBatchDecoder:
         hs, keys = self.transformer(sparse)
         return self.dec.iou_prediction_head(hs[:, 0, :]), (hs, keys)
 
-    def masks(self, hs: torch.Tensor, keys: torch.Tensor, mask_ids: list[int]) -> torch.Tensor:
-        """(B, len(mask_ids), 4h, 4w) low-res logits of mask tokens ``mask_ids`` (0 = single, 1..3 = multimask).
+    def masks(self, hs: torch.Tensor, keys: torch.Tensor, mask_ids: list[int],
+              out: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, len(mask_ids), 4h, 4w) low-res logits of mask tokens ``mask_ids`` (0 = single, 1..3 = multimask),
+        written into ``out`` when given.
 
-        The upscaling head runs in sub-pixel order, a band of image rows at a time: both stages, the
-        hypernetwork product and the shuffle to pixel order of each band stay in cache."""
-        up1, norm, act1, up2, act2 = self.dec.output_upscaling
-        w1, b1, w2, b2 = self._upscale_weights
+        The upscaling head runs a band of image rows at a time, split by output-row parity (four products
+        per band, each giving every fourth output row whole), so a band's intermediates stay in cache."""
+        _, norm, act1, _, act2 = self.dec.output_upscaling
+        (w1, b1), (w2, b2) = self._upscale_weights
         b, n, c = keys.shape
         gh, gw = self.grid
-        c1, c2 = w1.shape[1] // 4, w2.shape[1] // 4
+        c1, c2 = w1[0].shape[1] // 2, w2[0].shape[1] // 2
         hyper = torch.stack([self.dec.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in mask_ids], dim=1)
         m = hyper.shape[1]
-        out = keys.new_empty(b, m, 4 * gh, 4 * gw)
+        if out is None:
+            out = keys.new_empty(b, m, 4 * gh, 4 * gw)
         band = max(1, self.upscale_block // gw)  # image-token rows per band
         for i in range(b):
             grid = keys[i].view(gh, gw, c)
             for y0 in range(0, gh, band):
                 y1 = min(gh, y0 + band)
-                a = torch.addmm(b1, grid[y0:y1].reshape(-1, c), w1).view(-1, c1)  # (T*4, C1), (dy1, dx1) sub-pixels
-                a = act1(torch.nn.functional.layer_norm(a, (c1,), norm.weight, norm.bias, norm.eps))
-                z = act2(torch.addmm(b2, a, w2))  # (T*4, 4*C2), (dy2, dx2) sub-pixels
-                logits = hyper[i] @ z.view(-1, c2).t()  # (M, T*16): (y, x, dy1, dx1, dy2, dx2)
-                # -> output row 4*y + 2*dy1 + dy2, column 4*x + 2*dx1 + dx2
-                rows = y1 - y0
-                out[i, :, 4 * y0 : 4 * y1].view(m, rows, 2, 2, gw, 2, 2).copy_(
-                    logits.view(m, rows, gw, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6))
+                tokens = grid[y0:y1].reshape(-1, c)
+                for dy1 in (0, 1):  # sub-pixel row of the first stage: rows (y, x, dx1)
+                    a = torch.addmm(b1, tokens, w1[dy1]).view(-1, c1)
+                    a = act1(torch.nn.functional.layer_norm(a, (c1,), norm.weight, norm.bias, norm.eps))
+                    for dy2 in (0, 1):  # and of the second: rows (y, x, dx1), columns (dx2, C2)
+                        z = act2(torch.addmm(b2, a, w2[dy2]))
+                        logits = hyper[i] @ z.view(-1, c2).t()  # (M, rows * (x, dx1, dx2))
+                        # = output rows 4*y + 2*dy1 + dy2, each a contiguous run of columns 4*x + 2*dx1 + dx2
+                        out[i, :, 4 * y0 + 2 * dy1 + dy2 : 4 * y1 : 4] = logits.view(m, y1 - y0, 4 * gw)
         return out
 
-    def __call__(self, sparse: torch.Tensor, multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, P, C) sparse prompt embeddings -> low-res logits (B, M, 4h, 4w), IoU predictions (B, M)."""
+    def __call__(self, sparse: torch.Tensor, multimask_output: bool = True,
+                 out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P, C) sparse prompt embeddings -> low-res logits (B, M, 4h, 4w), IoU predictions (B, M).
+
+        ``out``: a (B, M, 4h, 4w) tensor to write the logits into (no per-chunk copies to concatenate)."""
         mask_ids = list(range(1, self.dec.num_mask_tokens)) if multimask_output else [0]
-        lows, ious = [], []
-        for s in range(0, sparse.shape[0], self.chunk):
+        h, w = self.grid
+        b = sparse.shape[0]
+        if out is None:
+            out = sparse.new_empty(b, len(mask_ids), 4 * h, 4 * w, dtype=self.src.dtype)
+        elif tuple(out.shape) != (b, len(mask_ids), 4 * h, 4 * w):
+            raise ValueError(f"out must be {(b, len(mask_ids), 4 * h, 4 * w)}, got {tuple(out.shape)}")
+        ious = sparse.new_empty(b, len(mask_ids), dtype=self.src.dtype)
+        for s in range(0, b, self.chunk):
             iou, (hs, keys) = self.predict(sparse[s : s + self.chunk])
-            lows.append(self.masks(hs, keys, mask_ids))
-            ious.append(iou[:, mask_ids])
-        if not lows:
-            h, w = self.grid
-            return sparse.new_zeros(0, len(mask_ids), 4 * h, 4 * w), sparse.new_zeros(0, len(mask_ids))
-        return torch.cat(lows), torch.cat(ious)
+            self.masks(hs, keys, mask_ids, out=out[s : s + self.chunk])
+            ious[s : s + self.chunk] = iou[:, mask_ids]
+        return out, ious

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -215,6 +216,8 @@ class SamPredictor:
         points = (point_coords, point_labels) if point_coords is not None else None
         with self._autocast():
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+            if mask_input is None and self.features.shape[0] == 1 and self.features.device.type == "cpu":
+                return self._decode_on_cpu(sparse, multimask_output, return_logits)
             if mask_input is None and self.features.shape[0] == 1:
                 # sparse prompts only: the same decoder function, image tokens never projected per prompt
                 low_res, iou = self._batch_decoder()(sparse, multimask_output)
@@ -228,6 +231,50 @@ class SamPredictor:
                 )
         low_res, iou = low_res.float(), iou.float()
         return self._postprocess(low_res, return_logits), iou, low_res
+
+    def _decode_on_cpu(self, sparse: torch.Tensor, multimask_output: bool,
+                       return_logits: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sparse prompts on CPU: decode and postprocess prompt by prompt, the prompts split across
+        single-threaded workers (one per torch thread) instead of every small op split across threads:
+        no thread barrier per op, and each core keeps its own prompt's tensors in its cache."""
+        assert self.original_size is not None and self.input_size is not None
+        decoder = self._batch_decoder()
+        b = sparse.shape[0]
+        m = self.model.mask_decoder.num_mask_tokens - 1 if multimask_output else 1
+        h, w = decoder.grid
+        low = torch.empty(b, m, 4 * h, 4 * w)
+        iou = torch.empty(b, m)
+        masks = torch.empty((b, m, *self.original_size), dtype=torch.float32 if return_logits else torch.bool)
+        sparse = sparse.float()
+
+        def run(sl: slice) -> None:
+            _, iou[sl] = decoder(sparse[sl], multimask_output, out=low[sl])
+            for i in range(sl.start, sl.stop):
+                full = self.model.postprocess_masks(low[i], self.input_size, self.original_size)
+                if return_logits:
+                    masks[i] = full
+                else:
+                    torch.gt(full, self.model.mask_threshold, out=masks[i])
+
+        threads = torch.get_num_threads()
+        workers = min(threads, b)
+        if workers <= 1:
+            run(slice(0, b))
+            return masks, iou, low
+        bounds = [b * k // workers for k in range(workers + 1)]
+        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+        def work(k: int) -> None:  # grad/inference mode are per thread: carry the caller's
+            torch.set_num_threads(1)
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                run(slice(bounds[k], bounds[k + 1]))
+
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="imseg-sam-decoder") as pool:
+                list(pool.map(work, range(workers)))
+        finally:
+            torch.set_num_threads(threads)
+        return masks, iou, low
 
     def _postprocess(self, low_res: torch.Tensor, return_logits: bool) -> torch.Tensor:
         """(B, M, 256, 256) logits -> (B, M, H, W) at the original size, thresholded unless ``return_logits``.
@@ -314,5 +361,6 @@ class SamPredictor:
                 mask_t[sl] if mask_t is not None else None,
                 multimask_output, return_logits,
             ))
-        masks, iou, low = (torch.cat([o[i] for o in outs]).cpu().numpy() for i in range(3))
+        masks, iou, low = (torch.cat([o[i] for o in outs]) if len(outs) > 1 else outs[0][i] for i in range(3))
+        masks, iou, low = masks.cpu().numpy(), iou.cpu().numpy(), low.cpu().numpy()
         return masks, iou, low
