@@ -7,7 +7,8 @@ products re-associated, so the image tokens are only ever multiplied by a prompt
 
 * token -> image attention: ``softmax((q W_k) keys^T) keys W_v^T`` instead of projecting the keys
   (the key bias is constant along the softmax axis and cancels; softmax rows sum to 1, so the value
-  bias is added once);
+  bias is added once); the positional encoding's share of the scores, ``q (pos W_k^T)^T``, uses a
+  projection of ``pos`` made once per image, so ``keys + pos`` is never formed per prompt;
 * image -> token attention: ``keys (W_q^T k^T)`` and ``softmax(.) (v W_o)`` per head, i.e. the 4096
   image tokens meet a (256 x heads*tokens) matrix instead of two 256 x 128 projections;
 * block 0 sees the same image tokens for every prompt, so its image-side projections are made once
@@ -92,11 +93,23 @@ class PromptBatchDecoder:
         self.k0 = _split(t2i.k_proj(src_pos), t2i.num_heads)  # (1, h, N, d)
         self.v0 = _split(t2i.v_proj(self.src), t2i.num_heads)
         self.q0 = i2t.q_proj(src_pos).contiguous()  # (1, N, h*d)
+        # later blocks add the positional encoding to per-prompt image tokens before projecting them; the
+        # products are linear, so its share is projected once here, per head as (1, h, d, N) (no bias: the key
+        # bias cancels in the softmax, the query bias is added with the prompt's own part)
+        self._pos_proj: dict[int, torch.Tensor] = {}
+        for layer in list(self.tr.layers)[1:]:
+            self._project_pos(layer.cross_attn_token_to_image.k_proj, layer.cross_attn_token_to_image.num_heads)
+            self._project_pos(layer.cross_attn_image_to_token.q_proj, layer.cross_attn_image_to_token.num_heads)
+        final = self.tr.final_attn_token_to_image
+        self._project_pos(final.k_proj, final.num_heads)
+
+    def _project_pos(self, linear, heads: int) -> None:
+        w, _ = _heads_weight(linear, heads)  # (h, d, C)
+        self._pos_proj[id(linear)] = (w.to(self.pos.dtype) @ self.pos[0].t())[None].contiguous()  # (1, h, d, N)
 
     # -- attention of a prompt's few tokens to the many image tokens -----------------------------
-    @staticmethod
-    def _tokens_to_image(attn, queries: torch.Tensor, keys_pos, keys, shared=None) -> torch.Tensor:
-        """``attn(q=queries, k=keys_pos, v=keys)`` for (B, T, C) queries and (B, N, C) image tokens."""
+    def _tokens_to_image(self, attn, queries: torch.Tensor, keys, shared=None) -> torch.Tensor:
+        """``attn(q=queries, k=keys + pos, v=keys)`` for (B, T, C) queries and (B, N, C) image tokens."""
         h = attn.num_heads
         q = _split(attn.q_proj(queries), h)  # (B, h, T, d)
         d = q.shape[-1]
@@ -107,16 +120,17 @@ class PromptBatchDecoder:
             wk, _ = _heads_weight(attn.k_proj, h)  # (h, d, C); the k bias cancels in the softmax
             wv, bv = _heads_weight(attn.v_proj, h)
             b, _, t, _ = q.shape
-            qk = ((q / math.sqrt(d)) @ wk).reshape(b, h * t, -1)  # (B, h*T, C)
-            weights = torch.softmax(qk @ keys_pos.transpose(1, 2), dim=-1)  # (B, h*T, N)
+            qs = q / math.sqrt(d)
+            qk = (qs @ wk).reshape(b, h * t, -1)  # (B, h*T, C)
+            logits = (qs @ self._pos_proj[id(attn.k_proj)]).reshape(b, h * t, -1)  # positional part (B, h*T, N)
+            weights = torch.softmax(logits.baddbmm_(qk, keys.transpose(1, 2)), dim=-1)
             mixed = (weights @ keys).reshape(b, h, t, -1)  # (B, h, T, C)
             out = mixed @ wv.transpose(1, 2) + bv[None, :, None, :]  # (B, h, T, d)
         return attn.out_proj(_merge(out))
 
-    @staticmethod
-    def _image_to_tokens(attn, residual: torch.Tensor, queries: torch.Tensor, query_pe: torch.Tensor, keys_pos,
+    def _image_to_tokens(self, attn, residual: torch.Tensor, queries: torch.Tensor, query_pe: torch.Tensor,
                          shared_q=None) -> torch.Tensor:
-        """``residual + attn(q=keys_pos, k=queries + query_pe, v=queries)``: (B|1, N, C) + update -> (B, N, C).
+        """``residual + attn(q=residual + pos, k=queries + query_pe, v=queries)``: (B|1, N, C) -> (B, N, C).
 
         Scores are laid out (B, heads*T, N), so the softmax over a prompt's T tokens runs along a
         strided axis with the N image tokens contiguous (a softmax over a last axis of ~7 is slow).
@@ -134,8 +148,9 @@ class PromptBatchDecoder:
         else:
             wq, bq = _heads_weight(attn.q_proj, h)  # (h, d, C), (h, d)
             mt = (ks @ wq).reshape(b, h * t, -1)  # (B, h*T, C)
-            bias = (bq[None, :, None, :] * ks).sum(-1).reshape(b, h * t, 1)
-            logits = torch.baddbmm(bias, mt, keys_pos.transpose(1, 2))  # (B, h*T, N)
+            bias = (bq[None, :, None, :] * ks).sum(-1, keepdim=True)  # (B, h, T, 1)
+            logits = (ks @ self._pos_proj[id(attn.q_proj)]).add_(bias).reshape(b, h * t, -1)  # (B, h*T, N)
+            logits.baddbmm_(mt, residual.transpose(1, 2))
         weights = torch.softmax(logits.view(b, h, t, -1), dim=2).view(b, h * t, -1)  # each head's T sum to 1
         wo = attn.out_proj.weight  # (C, h*d)
         u = v @ wo.reshape(wo.shape[0], h, d).permute(1, 2, 0)[None]  # (B, h, T, C)
@@ -157,18 +172,16 @@ class PromptBatchDecoder:
             queries = queries + layer.self_attn(q, q, queries)
         queries = layer.norm1(queries)
         if first:
-            upd = self._tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, None, None,
+            upd = self._tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, None,
                                         shared=(self.k0, self.v0))
         else:
-            keys_pos = keys + self.pos
-            upd = self._tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys_pos, keys)
+            upd = self._tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys)
         queries = layer.norm2(queries + upd)
         queries = layer.norm3(queries + layer.mlp(queries))
         if first:
-            keys = self._image_to_tokens(layer.cross_attn_image_to_token, self.src, queries, query_pe, None,
-                                         shared_q=self.q0)
+            keys = self._image_to_tokens(layer.cross_attn_image_to_token, self.src, queries, query_pe, shared_q=self.q0)
         else:
-            keys = self._image_to_tokens(layer.cross_attn_image_to_token, keys, queries, query_pe, keys_pos)
+            keys = self._image_to_tokens(layer.cross_attn_image_to_token, keys, queries, query_pe)
         return queries, layer.norm4(keys)
 
     def transformer(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +191,7 @@ class PromptBatchDecoder:
         queries, keys = tokens, None
         for i, layer in enumerate(self.tr.layers):
             queries, keys = self._block(layer, queries, keys, tokens, first=i == 0)
-        upd = self._tokens_to_image(self.tr.final_attn_token_to_image, queries + tokens, keys + self.pos, keys)
+        upd = self._tokens_to_image(self.tr.final_attn_token_to_image, queries + tokens, keys)
         return self.tr.norm_final_attn(queries + upd), keys
 
     def predict(self, sparse: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
