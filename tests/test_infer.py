@@ -107,6 +107,8 @@ def test_load_run_through_imseg_load_and_segment_returns_masks(tmp_path):
     assert payload["class_names"] == NAMES
     seg = imseg.load(run, device="cpu")
     assert isinstance(seg, SemanticSegmenter) and seg.class_names == NAMES
+    # a weights file as a plain string, as Ultralytics users write YOLO("best.pt")
+    assert isinstance(imseg.load(str(run / "weights" / "best.pt"), device="cpu"), SemanticSegmenter)
     image = _image(64, 64, seed=3)
     probs = seg.predict_probs(image)
     # same numbers as the network itself on the normalised image
@@ -137,6 +139,8 @@ def test_bad_checkpoints_are_refused(tmp_path):
     torch.save({"state_dict": {}}, bad)
     with pytest.raises(CheckpointError, match="not an imseg semantic checkpoint"):
         load_run(tmp_path)
+    with pytest.raises(CheckpointError, match="sam-vit-b"):  # e.g. a SAM .pth given as a path: says what to do
+        imseg.load(str(bad))
     bad.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_run(tmp_path)

@@ -348,7 +348,7 @@ def val_cmd(
     split: str = typer.Option("val", "--split", help="val or test (or train)."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="best, last or a .pt path (default best)."),
     device: str = typer.Option("auto", "--device"),
-    tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation."),
+    tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation (the flips the run trained with)."),
     resize: bool = typer.Option(
         None, "--resize/--native",
         help="--resize: scale each image's longer side to the run's imgsz, as training validated (the default); "
@@ -393,7 +393,7 @@ def predict_cmd(
     out: str = typer.Option("runs/predict", "--out", help="Output directory: NAME.png label maps + NAME_overlay.png."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="best, last or a .pt path (default best)."),
     device: str = typer.Option("auto", "--device"),
-    tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation."),
+    tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation (the flips the run trained with)."),
     overlap: float = typer.Option(0.25, "--overlap", help="Tile overlap for images larger than imgsz."),
     resize: bool = typer.Option(
         None, "--resize/--native",

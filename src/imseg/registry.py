@@ -195,13 +195,14 @@ def load(
     """Build a segmenter.
 
     ``name`` is a registry name (``"sam-vit-b"``, ``"mobile-sam"``, ``"otsu"``, see
-    ``imseg.registry.list_models()``), a training run directory (``runs/train/exp``) or a
-    directory of exported ONNX models (with ``backend="onnxruntime"``).
+    ``imseg.registry.list_models()``), a training run directory (``runs/train/exp``) or one of its
+    weights files (``runs/train/exp/weights/last.pt``), or a directory of exported ONNX models
+    (with ``backend="onnxruntime"``).
     """
     if backend not in ("torch", "onnxruntime"):
         raise ConfigError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
     path = Path(name)
-    if isinstance(name, os.PathLike) or (path.exists() and path.is_dir()):
+    if isinstance(name, os.PathLike) or path.exists():  # a run/export directory or a run's best.pt/last.pt
         if not path.exists():
             raise ModelNotFoundError(f"{path}: no such run or export directory.")
         if backend == "onnxruntime" or (path / "imseg_export.json").exists():

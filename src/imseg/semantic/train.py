@@ -291,7 +291,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path}: not an imseg semantic checkpoint (no format={CHECKPOINT_FORMAT!r}); "
-            "expected weights/best.pt or weights/last.pt written by `imseg train`."
+            "expected weights/best.pt or weights/last.pt written by `imseg train` (a SAM checkpoint loads with "
+            "imseg.load('sam-vit-b', checkpoint=PATH), or vit_l/vit_h/mobile-sam)."
         )
     if payload.get("version", 0) > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {payload['version']} is newer than this imseg; upgrade imseg.")
