@@ -130,7 +130,7 @@ class SemanticSegmenter(Segmenter):
     def _views(self, tta: bool | str) -> list[tuple[bool, bool]]:
         """(flip width, flip height) views averaged: the image itself plus each flip of ``tta``
         (True = ``tta_flips``; a string of "h"/"v" picks the flips)."""
-        flips = (self.tta_flips if tta is True else _check_flips(tta, "tta")) if tta else ""
+        flips = _check_flips(tta, "tta") if isinstance(tta, str) else (self.tta_flips if tta else "")
         return [(False, False)] + [(True, False)] * ("h" in flips) + [(False, True)] * ("v" in flips)
 
     @torch.no_grad()
