@@ -94,7 +94,7 @@ class PromptBatchDecoder:
         self.v0 = _split(t2i.v_proj(self.src), t2i.num_heads)
         self.q0 = i2t.q_proj(src_pos).contiguous()  # (1, N, h*d)
         # later blocks add the positional encoding to per-prompt image tokens before projecting them; the
-        # products are linear, so its share is projected once here, per head as (1, h, d, N) (no bias: the key
+        # products are linear, so its share is projected once here, per head as (h, d, N) (no bias: the key
         # bias cancels in the softmax, the query bias is added with the prompt's own part)
         self._pos_proj: dict[int, torch.Tensor] = {}
         for layer in list(self.tr.layers)[1:]:
@@ -105,7 +105,15 @@ class PromptBatchDecoder:
 
     def _project_pos(self, linear, heads: int) -> None:
         w, _ = _heads_weight(linear, heads)  # (h, d, C)
-        self._pos_proj[id(linear)] = (w.to(self.pos.dtype) @ self.pos[0].t())[None].contiguous()  # (1, h, d, N)
+        self._pos_proj[id(linear)] = (w.to(self.pos.dtype) @ self.pos[0].t()).contiguous()  # (h, d, N)
+
+    def _pos_scores(self, qs: torch.Tensor, linear) -> torch.Tensor:
+        """(B, h, T, d) scaled per-head queries -> (B, h*T, N) their products with ``linear``'s projection of
+        pos, as one (h, B*T, d) x (h, d, N) product (a broadcast (B, h, T, d) @ (1, h, d, N) matmul would copy
+        the projection B times)."""
+        b, h, t, d = qs.shape
+        scores = (qs.transpose(0, 1).reshape(h, b * t, d) @ self._pos_proj[id(linear)]).view(h, b, t, -1)
+        return scores.transpose(0, 1).reshape(b, h * t, -1)  # a copy only when B > 1
 
     # -- attention of a prompt's few tokens to the many image tokens -----------------------------
     def _tokens_to_image(self, attn, queries: torch.Tensor, keys, shared=None) -> torch.Tensor:
@@ -122,7 +130,7 @@ class PromptBatchDecoder:
             b, _, t, _ = q.shape
             qs = q / math.sqrt(d)
             qk = (qs @ wk).reshape(b, h * t, -1)  # (B, h*T, C)
-            logits = (qs @ self._pos_proj[id(attn.k_proj)]).reshape(b, h * t, -1)  # positional part (B, h*T, N)
+            logits = self._pos_scores(qs, attn.k_proj)  # positional part (B, h*T, N)
             weights = torch.softmax(logits.baddbmm_(qk, keys.transpose(1, 2)), dim=-1)
             mixed = (weights @ keys).reshape(b, h, t, -1)  # (B, h, T, C)
             out = mixed @ wv.transpose(1, 2) + bv[None, :, None, :]  # (B, h, T, d)
@@ -148,8 +156,8 @@ class PromptBatchDecoder:
         else:
             wq, bq = _heads_weight(attn.q_proj, h)  # (h, d, C), (h, d)
             mt = (ks @ wq).reshape(b, h * t, -1)  # (B, h*T, C)
-            bias = (bq[None, :, None, :] * ks).sum(-1, keepdim=True)  # (B, h, T, 1)
-            logits = (ks @ self._pos_proj[id(attn.q_proj)]).add_(bias).reshape(b, h * t, -1)  # (B, h*T, N)
+            bias = (bq[None, :, None, :] * ks).sum(-1).reshape(b, h * t, 1)
+            logits = self._pos_scores(ks, attn.q_proj).add_(bias)  # (B, h*T, N)
             logits.baddbmm_(mt, residual.transpose(1, 2))
         weights = torch.softmax(logits.view(b, h, t, -1), dim=2).view(b, h * t, -1)  # each head's T sum to 1
         wo = attn.out_proj.weight  # (C, h*d)
