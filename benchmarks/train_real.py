@@ -56,7 +56,7 @@ CONFIGS: dict[str, dict] = {
     # ISBI images are 512x512 with thin (a few px) membranes: train on 256 crops at native resolution
     # (ScaleJitter relative to the 256 letterbox, i.e. 0.5x; scale [1.6, 2.4] = 0.8-1.2x native), validate
     # on the whole native 512 images, predict with 256 tiles. CE only (pixel error is an accuracy; Dice on the
-    # thin membrane class trades accuracy for membrane recall), elastic warps, batch 4: 55 epochs ~12 min quiet.
+    # thin membrane class trades accuracy for membrane recall), elastic warps, batch 4: 62 epochs ~13 min quiet.
     "isbi": dict(
         model="unet", encoder="resnet18", imgsz=256, epochs=62, batch=4, lr=2e-3, loss="ce", workers=0,
         optimizer="adamw", scheduler="cosine", warmup=1.0, weight_decay=1e-4, patience=0, cache=True,

@@ -216,10 +216,10 @@ class SamPredictor:
         points = (point_coords, point_labels) if point_coords is not None else None
         with self._autocast():
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-            if mask_input is None and self.features.shape[0] == 1 and self.features.device.type == "cpu":
+            sparse_only = mask_input is None and self.features.shape[0] == 1
+            if sparse_only and self.features.device.type == "cpu":
                 return self._decode_on_cpu(sparse, multimask_output, return_logits)
-            if mask_input is None and self.features.shape[0] == 1:
-                # sparse prompts only: the same decoder function, image tokens never projected per prompt
+            if sparse_only:  # the same decoder function, image tokens never projected per prompt
                 low_res, iou = self._batch_decoder()(sparse, multimask_output)
             else:  # mask prompts change the image tokens per prompt: the official decoder layout
                 low_res, iou = self.model.mask_decoder(
@@ -244,17 +244,12 @@ class SamPredictor:
         h, w = decoder.grid
         low = torch.empty(b, m, 4 * h, 4 * w)
         iou = torch.empty(b, m)
-        masks = torch.empty((b, m, *self.original_size), dtype=torch.float32 if return_logits else torch.bool)
+        masks = self._mask_buffer(b, m, return_logits)
         sparse = sparse.float()
 
         def run(sl: slice) -> None:
             _, iou[sl] = decoder(sparse[sl], multimask_output, out=low[sl])
-            for i in range(sl.start, sl.stop):
-                full = self.model.postprocess_masks(low[i], self.input_size, self.original_size)
-                if return_logits:
-                    masks[i] = full
-                else:
-                    torch.gt(full, self.model.mask_threshold, out=masks[i])
+            self._postprocess_into(low, masks, range(sl.start, sl.stop), return_logits)
 
         threads = torch.get_num_threads()
         workers = min(threads, b)
@@ -285,15 +280,22 @@ class SamPredictor:
         if low_res.device.type != "cpu" or low_res.shape[0] <= 1:
             masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
             return masks if return_logits else masks > self.model.mask_threshold
-        out = torch.empty((*low_res.shape[:2], *self.original_size),
-                          dtype=torch.float32 if return_logits else torch.bool)
-        for i in range(low_res.shape[0]):
+        out = self._mask_buffer(*low_res.shape[:2], return_logits)
+        self._postprocess_into(low_res, out, range(low_res.shape[0]), return_logits)
+        return out
+
+    def _mask_buffer(self, b: int, m: int, return_logits: bool) -> torch.Tensor:
+        assert self.original_size is not None
+        return torch.empty((b, m, *self.original_size), dtype=torch.float32 if return_logits else torch.bool)
+
+    def _postprocess_into(self, low_res: torch.Tensor, out: torch.Tensor, prompts: range, return_logits: bool) -> None:
+        """``out[i]`` = prompt i's masks at the original size (logits, or thresholded), one prompt at a time."""
+        for i in prompts:
             full = self.model.postprocess_masks(low_res[i], self.input_size, self.original_size)
             if return_logits:
                 out[i] = full
             else:
                 torch.gt(full, self.model.mask_threshold, out=out[i])
-        return out
 
     def predict_batch(
         self,

@@ -116,8 +116,7 @@ class SemanticSegmenter(Segmenter):
         self.ignore_index = ignore_index
         self.overlap = float(overlap)
         self.tta_flips = _check_flips(tta_flips, "tta_flips")
-        self.tta = tta if isinstance(tta, str) else bool(tta)
-        self._views(self.tta)  # checks a flips string now
+        self.tta = _check_flips(tta, "tta") if isinstance(tta, str) else bool(tta)
         self.batch = int(batch)
         self.resize = bool(resize)
         self.name = name
