@@ -236,7 +236,9 @@ class SamPredictor:
                        return_logits: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sparse prompts on CPU: decode and postprocess prompt by prompt, the prompts split across
         single-threaded workers (one per torch thread) instead of every small op split across threads:
-        no thread barrier per op, and each core keeps its own prompt's tensors in its cache."""
+        no thread barrier per op, and each core keeps its own prompt's tensors in its cache. torch's thread
+        count is process-wide: it is 1 while the workers run (other threads of the caller's that use torch
+        meanwhile run single-threaded) and is restored afterwards."""
         assert self.original_size is not None and self.input_size is not None
         decoder = self._batch_decoder()
         b = sparse.shape[0]
