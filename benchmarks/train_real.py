@@ -66,7 +66,8 @@ CONFIGS: dict[str, dict] = {
     ),
 }
 TRAIN_KEYS = ("model", "encoder", "imgsz", "epochs", "batch", "lr", "loss", "workers", "optimizer", "scheduler",
-              "warmup", "weight_decay", "patience", "cache", "augment", "name", "seed", "class_weights", "model_kwargs")
+              "warmup", "weight_decay", "patience", "cache", "augment", "name", "seed", "class_weights", "model_kwargs",
+              "ema", "save_period")
 
 
 def data_spec(which: str, limit: int | None) -> dict:
@@ -99,6 +100,8 @@ def parse_args(argv: list[str]) -> tuple[str, dict, int]:
     parser.add_argument("--class-weights", dest="class_weights", type=json.loads, help="JSON list, one per class")
     parser.add_argument("--model-kwargs", dest="model_kwargs", type=json.loads,
                         help='JSON, e.g. {"decoder_channels": [128, 64, 32, 16, 16]}')
+    parser.add_argument("--ema", type=float, help="decay of the validated/saved weight average (0 = off)")
+    parser.add_argument("--save-period", dest="save_period", type=int, help="write last.ckpt every N epochs")
     parser.add_argument("--name")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="train on the first N training images only")

@@ -120,6 +120,10 @@ def test_bad_options_and_resume_targets(tmp_path):
         train(TINY, datasets=squares(), class_names=NAMES, epoch=3)
     with pytest.raises(ConfigError, match="scheduler"):
         train(dict(TINY, scheduler="step"), datasets=squares(), class_names=NAMES)
+    with pytest.raises(ConfigError, match=r"ema must be in \[0, 1\)"):
+        train(dict(TINY, ema=1.0), datasets=squares(), class_names=NAMES)
+    with pytest.raises(ConfigError, match="save_period must be >= 1"):
+        train(dict(TINY, save_period=0), datasets=squares(), class_names=NAMES)
     with pytest.raises(CheckpointError, match="cannot resume"):
         train(resume=tmp_path)
 
@@ -129,7 +133,7 @@ import json, os, sys
 sys.path.insert(0, {tests!r})
 from test_train import NAMES, TINY, squares
 from imseg.semantic.train import train
-r = train(dict(TINY, epochs=2, project={project!r}, name="ddp", devices=2, accelerator="cpu", patience=0),
+r = train(dict(TINY, epochs=2, project={project!r}, name="ddp", devices=2, accelerator="cpu", patience=0, ema=0.9),
           datasets=squares(), class_names=NAMES)
 rank = int(os.environ["RANK"])
 with open(os.path.join({project!r}, f"rank{{rank}}.json"), "w") as fh:
@@ -147,7 +151,9 @@ def test_ddp_two_cpu_processes_reduce_metrics(tmp_path):
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2))
     assert r0 == r1  # both ranks agree on run dir, metrics and the reduced confusion matrix
     assert Path(r0["run_dir"]).name == "ddp" and not (tmp_path / "ddp2").exists()
-    # the matrix is summed over ranks: it equals one process evaluating best.pt on the whole val set
+    assert (Path(r0["run_dir"]) / "weights" / "last.ckpt").is_file()
+    # the matrix is summed over ranks: it equals one process evaluating best.pt (the weights' moving average,
+    # updated alike on both ranks) on the whole val set
     model = model_from_checkpoint(load_checkpoint(Path(r0["run_dir"]) / "weights" / "best.pt"))
     cm = ConfusionMatrix(2, ignore_index=255)
     with torch.no_grad():
@@ -169,10 +175,13 @@ def test_cli_train_val_on_real_horses(data_dir, tmp_path):
     }))
     args = ["train", "--data", str(data_yaml), "--model", "fpn", "--encoder", "resnet18", "--epochs", "4",
             "--imgsz", "64", "--batch", "4", "--lr", "3e-3", "--workers", "0", "--project", str(tmp_path / "runs"),
-            "--name", "horse", "--cache", "--patience", "0"]
+            "--name", "horse", "--cache", "--patience", "0", "--ema", "0.9", "--save-period", "3"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     run = tmp_path / "runs" / "horse"
+    saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert saved["ema"] == 0.9 and saved["save_period"] == 3
+    assert torch.load(run / "weights" / "last.ckpt", weights_only=False, map_location="cpu")["epoch"] == 3
     rows = _rows(run)
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     # above chance: a random labelling with the true class frequencies p_c scores IoU_c = p_c / (2 - p_c)
@@ -185,3 +194,85 @@ def test_cli_train_val_on_real_horses(data_dir, tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "horse" in result.output and "pixel accuracy" in result.output
     assert (run / "confusion_matrix_val.png").is_file()
+
+
+def test_weight_ema_rule():
+    """Each update moves float tensors towards the model by 1 - min(decay, (1+t)/(10+t)); integer buffers copy."""
+    from imseg.semantic.train import WeightEMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ema = WeightEMA(model, decay=0.5)
+    start = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    for t in (1, 2, 3):
+        before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(torch.randn(2, 3, 8, 8))  # moves the BatchNorm statistics and its step counter
+        ema.update(model)
+        d = min(0.5, (1 + t) / (10 + t))
+        assert int(ema.updates) == t and ema.current_decay() == d  # the decay this update used
+        for name, value in model.state_dict().items():
+            got = ema.module.state_dict()[name]
+            if value.is_floating_point():
+                torch.testing.assert_close(got, d * before[name] + (1 - d) * value, rtol=1e-6, atol=1e-6)
+            else:
+                assert torch.equal(got, value), name
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    assert not torch.equal(ema.module[0].weight, start["0.weight"])
+
+
+def _stop_after(epochs: int):
+    import lightning.pytorch as L
+
+    class StopAfter(L.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            if trainer.current_epoch + 1 >= epochs:
+                trainer.should_stop = True
+
+    return StopAfter()
+
+
+def test_ema_weights_are_validated_saved_and_resumed(tmp_path):
+    """With ema: best.pt/last.pt hold the average (not the trained weights), the logged confusion matrix is
+    best.pt's, last.ckpt is written every save_period epochs and at the stop, and resume is exact."""
+    import lightning.pytorch as L
+
+    class SeeLastCkpt(L.Callback):
+        seen: list[bool] = []
+
+        def on_train_epoch_start(self, trainer, module):
+            self.seen.append((Path(trainer.default_root_dir) / "weights" / "last.ckpt").is_file())
+
+    cfg = dict(TINY, epochs=3, ema=0.9, save_period=2, project=str(tmp_path))
+    straight = train(dict(cfg, name="s"), datasets=squares(), class_names=NAMES, callbacks=[SeeLastCkpt()])
+    assert SeeLastCkpt.seen == [False, False, True]  # not after epoch 0; after epoch 1 (period 2)
+    ckpt = torch.load(straight.run_dir / "weights" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["epoch"] == 2  # the final epoch (index 2) though 3 % save_period != 0
+    raw = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    avg = {k[len("ema.module."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.module.")}
+    assert int(ckpt["state_dict"]["ema.updates"]) == 3 * 4  # 16 images / batch 4, every step
+    last = load_checkpoint(straight.last)
+    assert raw.keys() == avg.keys() == last["state_dict"].keys()
+    for key, value in last["state_dict"].items():
+        assert torch.equal(value, avg[key]), key
+    assert any(not torch.equal(avg[k], raw[k]) for k in raw if raw[k].is_floating_point())
+    model = model_from_checkpoint(load_checkpoint(straight.best))
+    cm = ConfusionMatrix(2, ignore_index=255)
+    with torch.no_grad():
+        for img, mask in squares()["val"]:
+            cm.update(model(img[None]).argmax(1)[0], mask)
+    np.testing.assert_array_equal(straight.confusion_matrix, cm.matrix.numpy())
+
+    # stopped by a callback at epoch end after 1 epoch: last.ckpt is written at the stop, not only at period ends
+    stopped = train(dict(cfg, name="r"), datasets=squares(), class_names=NAMES, callbacks=[_stop_after(1)])
+    assert stopped.epochs_run == 1
+    resumed_ckpt = torch.load(stopped.run_dir / "weights" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert resumed_ckpt["epoch"] == 0
+    resumed = train(resume=stopped.run_dir, datasets=squares(), class_names=NAMES)
+    a, b = load_checkpoint(straight.last), load_checkpoint(resumed.last)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert _rows(resumed.run_dir) == _rows(straight.run_dir)

@@ -302,6 +302,10 @@ def train_cmd(
     devices: str = typer.Option("1", "--devices", help="Devices per node (an int or auto)."),
     nodes: int = typer.Option(1, "--nodes"),
     accelerator: str = typer.Option("auto", "--accelerator", help="auto, cpu or gpu."),
+    ema: float = typer.Option(0.0, "--ema", help="Validate and save a moving average of the weights with this decay "
+                              "(e.g. 0.995; 0 = off)."),
+    save_period: int = typer.Option(1, "--save-period", help="Write the resumable weights/last.ckpt every N epochs "
+                                    "(and at the last)."),
     resume: str = typer.Option(None, "--resume", help="Run directory (or weights/last.ckpt) to continue."),
 ) -> None:
     """Train a semantic segmentation model; writes runs/train/NAME[N]/ (weights, metrics.csv, plots)."""
@@ -316,6 +320,7 @@ def train_cmd(
             epochs=epochs or 50, imgsz=imgsz, batch=batch, lr=lr, optimizer=optimizer, scheduler=scheduler, warmup=warmup,
             amp=amp, patience=patience, workers=workers, seed=seed, name=name, project=project, loss=loss, augment=aug,
             cache=cache, devices=int(devices) if devices.isdigit() else devices, nodes=nodes, accelerator=accelerator,
+            ema=ema, save_period=save_period,
         )
         if resume:
             result = train(resume=resume, **({"epochs": epochs} if epochs else {}))

@@ -3,13 +3,17 @@
 Run directory (``runs/train/exp[N]/``)::
 
     weights/best.pt, weights/last.pt   imseg checkpoints (see ``save_checkpoint``), written atomically
-    weights/last.ckpt                  Lightning checkpoint (optimizer, scheduler, epoch, callbacks) for --resume
+    weights/last.ckpt                  Lightning checkpoint (optimizer, scheduler, epoch, callbacks) for --resume,
+                                       every ``save_period`` epochs and at the last epoch
     metrics.csv                        one row per epoch
     results.png, confusion_matrix.png, val_samples.png, config.yaml
 
 Determinism: every sample of epoch ``e`` is loaded under RNG seeds derived from (seed, e, index) and the
 shuffle order is a function of (seed, e), so a run is reproducible on CPU and ``--resume`` continues
 exactly as an uninterrupted run would, whatever the number of loader workers.
+
+With ``ema`` > 0 a moving average of the weights (and BatchNorm statistics) is kept beside the trained ones
+(:class:`WeightEMA`); validation, best.pt and last.pt use the average, as Ultralytics does.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class TrainConfig:
     progress: bool = True
     val_samples: int = 4
     model_kwargs: dict = field(default_factory=dict)
+    ema: float = 0.0  # decay of the weights' moving average (e.g. 0.995); 0 = off
+    save_period: int = 1  # write the resumable weights/last.ckpt every N epochs (and at the last one)
 
     def validate(self) -> None:
         checks = [
@@ -88,6 +94,8 @@ class TrainConfig:
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (self.nodes >= 1, f"nodes must be >= 1, got {self.nodes}"),
+            (0.0 <= self.ema < 1.0, f"ema must be in [0, 1) (a decay such as 0.995; 0 = off), got {self.ema}"),
+            (self.save_period >= 1, f"save_period must be >= 1 epoch, got {self.save_period}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -161,6 +169,40 @@ def _fused_or_foreach(kind, params: list, **kwargs: Any) -> torch.optim.Optimize
         return kind(params, foreach=True, **kwargs)
 
 
+class WeightEMA(torch.nn.Module):
+    """Exponential moving average of a model's parameters and floating-point buffers (BatchNorm statistics).
+
+    After optimizer step ``t`` (1-based) every average moves towards the current value by ``1 - d_t`` with
+    ``d_t = min(decay, (1 + t) / (10 + t))``: the early, fast-changing weights are not averaged over a long
+    horizon. Integer buffers (BatchNorm's step counter) are copied. A submodule of the LightningModule, so it
+    moves with it between devices and its state (``updates`` included) is part of last.ckpt.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        super().__init__()
+        import copy
+
+        self.decay = float(decay)
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def current_decay(self) -> float:
+        t = int(self.updates)
+        return min(self.decay, (1 + t) / (10 + t))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        weight = 1.0 - self.current_decay()
+        current = model.state_dict()
+        for name, average in self.module.state_dict().items():
+            value = current[name].detach()
+            if average.is_floating_point():
+                average.lerp_(value, weight)
+            else:
+                average.copy_(value)
+
+
 # ----------------------------------------------------------------------------- the LightningModule
 def _has_unused_parameters(model: torch.nn.Module, imgsz: int) -> bool:
     """True when some parameters get no gradient (e.g. smp encoders with encoder_depth < 5); DDP must know."""
@@ -196,10 +238,16 @@ def _make_module_class():
                 cfg["model"], encoder=cfg["encoder"], num_classes=num_classes, encoder_weights=cfg["weights"],
                 **cfg.get("model_kwargs", {}),
             )
+            self.ema = WeightEMA(self.model, cfg["ema"]) if cfg.get("ema") else None
             self.criterion = build_loss(cfg["loss"], num_classes, ignore_index, cfg.get("class_weights"))
             self.val_cm = ConfusionMatrix(num_classes, ignore_index)
             self.val_metrics: dict[str, Any] = {}
             self.val_matrix: torch.Tensor | None = None
+
+        @property
+        def eval_model(self) -> torch.nn.Module:
+            """The weights that are validated and saved: the moving average when ``ema`` is on."""
+            return self.ema.module if self.ema is not None else self.model
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.model(x)
@@ -211,12 +259,16 @@ def _make_module_class():
             self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
             return loss
 
+        def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+            if self.ema is not None:  # after the optimizer step (automatic optimization, no accumulation)
+                self.ema.update(self.model)
+
         def on_validation_epoch_start(self) -> None:
             self.val_cm = ConfusionMatrix(self.num_classes, self.ignore_index, device=self.device)
 
         def validation_step(self, batch, batch_idx: int) -> None:
             images, masks = batch
-            logits = self(images)
+            logits = self.eval_model(images)
             loss = self.criterion(logits, masks)
             self.val_cm.update(logits.argmax(1), masks)
             self.log("val/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
@@ -341,14 +393,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _make_artifacts_callback():
+def _make_run_callbacks():
     L = _lightning()
 
     class RunArtifacts(L.Callback):
         """Rank 0: metrics.csv row, weights/last.pt and best.pt (by val mIoU) after every validation epoch."""
 
-        def __init__(self, run_dir: Path, meta: dict, config_yaml: dict, checkpointer) -> None:
-            self.run_dir, self.meta, self.config_yaml, self.checkpointer = run_dir, meta, config_yaml, checkpointer
+        def __init__(self, run_dir: Path, meta: dict, config_yaml: dict) -> None:
+            self.run_dir, self.meta, self.config_yaml = run_dir, meta, config_yaml
             self.best_miou = -1.0
             self.best_epoch = -1
             self.best_metrics: dict[str, float] = {}
@@ -369,7 +421,6 @@ def _make_artifacts_callback():
         def setup(self, trainer, module, stage: str) -> None:
             # every rank computed a candidate run dir; rank 0's wins (no exp/exp2 race under DDP)
             self.run_dir = Path(trainer.strategy.broadcast(str(self.run_dir), src=0))
-            self.checkpointer.dirpath = str(self.run_dir / "weights")
             if trainer.is_global_zero:
                 (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
                 _write_yaml(self.run_dir / "config.yaml", self.config_yaml)
@@ -386,8 +437,8 @@ def _make_artifacts_callback():
             if improved:
                 self.best_miou, self.best_epoch, self.best_metrics = score, epoch, metrics
                 self.best_matrix = module.val_matrix.tolist() if module.val_matrix is not None else None
+            logged = trainer.callback_metrics  # on every rank: reading it reduces the sync_dist metrics (a collective)
             if trainer.is_global_zero:
-                logged = trainer.callback_metrics
                 row = {
                     "epoch": epoch,
                     "train_loss": float(logged.get("train/loss", float("nan"))),
@@ -399,11 +450,28 @@ def _make_artifacts_callback():
                 }
                 _append_csv(self.run_dir / "metrics.csv", row)
                 meta = dict(self.meta, epoch=epoch, metrics=metrics)
-                save_checkpoint(self.run_dir / "weights" / "last.pt", module.model, meta)
+                save_checkpoint(self.run_dir / "weights" / "last.pt", module.eval_model, meta)
                 if improved:
-                    save_checkpoint(self.run_dir / "weights" / "best.pt", module.model, meta)
+                    save_checkpoint(self.run_dir / "weights" / "best.pt", module.eval_model, meta)
 
-    return RunArtifacts
+    class LastCheckpoint(L.callbacks.Checkpoint):
+        """weights/last.ckpt (resumable: optimizer, scheduler, epoch, RNG, callback states) every ``period``
+        epochs and at the epoch training stops. A ``Checkpoint`` subclass, so Lightning runs it after every other
+        callback: RunArtifacts' state is current, and a stop requested at epoch end (early stopping, a Timer)
+        is already known. A 14M-parameter model with AdamW state is ~170 MB, ~0.8 s a write on 2 cores (7% of
+        a small-image epoch), hence ``--save-period``."""
+
+        def __init__(self, artifacts: RunArtifacts, period: int = 1) -> None:
+            self.artifacts, self.period = artifacts, period
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            if trainer.sanity_checking:
+                return
+            epoch = int(trainer.current_epoch)
+            if trainer.should_stop or epoch + 1 >= int(trainer.max_epochs or 0) or (epoch + 1) % self.period == 0:
+                trainer.save_checkpoint(self.artifacts.run_dir / "weights" / "last.ckpt")  # all ranks; rank 0 writes
+
+    return RunArtifacts, LastCheckpoint
 
 
 def _append_csv(path: Path, row: dict) -> None:
@@ -608,7 +676,6 @@ def train(
 
     if run_dir is None:
         run_dir = increment_run_dir(cfg.project, cfg.name, cfg.exist_ok)
-    weights_dir = run_dir / "weights"
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = _make_module_class()(asdict(cfg), num_classes, ignore, names)
@@ -637,14 +704,12 @@ def train(
     )
     val_loader = torch.utils.data.DataLoader(datasets["val"], batch_size=cfg.batch, shuffle=False, **loader_kw)
 
-    checkpointer = L.callbacks.ModelCheckpoint(
-        dirpath=weights_dir, filename="last", save_top_k=1, monitor=None, enable_version_counter=False
-    )
     config_yaml = {"train": meta["train"], "data": info["data"], "class_names": names, "ignore_index": ignore,
                    "mean": meta["mean"], "std": meta["std"]}
-    artifacts = _make_artifacts_callback()(run_dir, meta, config_yaml, checkpointer)
+    artifacts_cls, last_ckpt_cls = _make_run_callbacks()
+    artifacts = artifacts_cls(run_dir, meta, config_yaml)
     extra_callbacks = callbacks
-    callbacks = [artifacts, checkpointer]
+    callbacks = [artifacts, last_ckpt_cls(artifacts, cfg.save_period)]
     if cfg.patience > 0:
         callbacks.append(L.callbacks.EarlyStopping(monitor="val/miou", mode="max", patience=cfg.patience))
     if cfg.progress:
