@@ -11,6 +11,10 @@ hits the cap has not annealed and is not the one to report). Training is seeded 
 ``--threads`` torch threads (default 2; on a CPU shared with other jobs 1 thread was about 2x faster than 2,
 because two threads wait for each other when another process holds a core).
 
+``--ema DECAY`` validates and saves a moving average of the weights (``imseg train --ema``) and ``--save-period N``
+writes the resumable last.ckpt every N epochs instead of every epoch (~0.8 s a write here); both are off by
+default (RESULTS.md, fourth session: the average did not raise the horses figure).
+
 Evaluation runs the trained best.pt (selected on the validation split) through ``imseg.load(run_dir)`` at each
 image's own resolution. Horses are letterboxed to ``imgsz`` as in training and the probabilities scaled back
 (``resize=True``); flip TTA (the flips the run trained with) is used on the test split only if it raises

@@ -469,7 +469,8 @@ def _make_run_callbacks():
                 return
             epoch = int(trainer.current_epoch)
             if trainer.should_stop or epoch + 1 >= int(trainer.max_epochs or 0) or (epoch + 1) % self.period == 0:
-                trainer.save_checkpoint(self.artifacts.run_dir / "weights" / "last.ckpt")  # all ranks; rank 0 writes
+                # on all ranks (rank 0 writes); weights_only=False: the full resumable state
+                trainer.save_checkpoint(self.artifacts.run_dir / "weights" / "last.ckpt", weights_only=False)
 
     return RunArtifacts, LastCheckpoint
 
