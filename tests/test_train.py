@@ -270,7 +270,9 @@ def test_ema_weights_are_validated_saved_and_resumed(tmp_path):
     assert stopped.epochs_run == 1
     resumed_ckpt = torch.load(stopped.run_dir / "weights" / "last.ckpt", weights_only=False, map_location="cpu")
     assert resumed_ckpt["epoch"] == 0
-    resumed = train(resume=stopped.run_dir, datasets=squares(), class_names=NAMES)
+    with pytest.raises(ConfigError, match="cannot change ema when resuming"):  # the average is in last.ckpt
+        train(resume=stopped.run_dir, datasets=squares(), class_names=NAMES, ema=0.0)
+    resumed = train(resume=stopped.run_dir, datasets=squares(), class_names=NAMES, ema=0.9)  # same value: fine
     a, b = load_checkpoint(straight.last), load_checkpoint(resumed.last)
     assert a["epoch"] == b["epoch"] == 2
     for key, value in a["state_dict"].items():

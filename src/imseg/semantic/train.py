@@ -598,6 +598,10 @@ def _load_datasets(cfg: TrainConfig) -> tuple[dict, list[str], int | None, dict]
     return datasets, list(config.names), config.ignore_index, info
 
 
+#: options whose state is inside last.ckpt: a resumed run must keep them
+_FIXED_ON_RESUME = ("model", "encoder", "weights", "model_kwargs", "optimizer", "ema")
+
+
 def _resolve_resume(resume: str | os.PathLike) -> tuple[Path, Path]:
     path = Path(resume)
     if path.is_file() and path.suffix == ".ckpt":
@@ -652,6 +656,12 @@ def train(
         run_dir, ckpt_path = _resolve_resume(resume)
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         cfg = TrainConfig(**{k: v for k, v in saved["train"].items() if k in known})
+        changed = sorted(k for k in _FIXED_ON_RESUME if k in overrides and overrides[k] != getattr(cfg, k))
+        if changed:
+            raise ConfigError(
+                f"cannot change {', '.join(changed)} when resuming {run_dir}: last.ckpt holds that model/optimizer "
+                "state. Resume with the run's own settings (config.yaml), or start a new run."
+            )
         for key, value in overrides.items():
             setattr(cfg, key, value)
     else:
