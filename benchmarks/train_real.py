@@ -80,7 +80,9 @@ def data_spec(which: str, limit: int | None, trainval: bool = False) -> dict:
     if which == "horses":
         split = json.loads((HORSES / "split.json").read_text())
         train = list(split["train"])[: limit or None] + (list(split["val"]) if trainval else [])
-        return {"path": str(HORSES), "names": ["background", "horse"], "train": train, "val": list(split["val"]),
+        # trainval: validation is in-sample and selects nothing, so 8 of its images only monitor the run
+        val = list(split["val"])[:8] if trainval else list(split["val"])
+        return {"path": str(HORSES), "names": ["background", "horse"], "train": train, "val": val,
                 "test": list(split["test"])}
     train = [str(i) for i in range(25)][: limit or None]
     return {"path": str(ISBI), "names": ["membrane", "cell"], "train": train, "val": [str(i) for i in range(25, 30)]}
