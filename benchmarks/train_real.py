@@ -50,6 +50,8 @@ CONFIGS: dict[str, dict] = {
     # small rotations and colour jitter. A lighter U-Net decoder (channels 128..16) makes a batch-8 step 1.55x
     # faster at no loss, which buys epochs: on a quiet 2-core machine 80 epochs take ~13.8 min. Runs (test IoU,
     # RESULTS.md): 96 px batch 4 44 epochs 0.816; these settings at 64 epochs 0.824, at 80 0.836; 128 px 44 0.807.
+    # The best so far (0.842-0.849, fourth session) adds --trainval with encoder_depth 4 and milder augmentation:
+    # see RESULTS.md for the exact command.
     "horses": dict(
         model="unet", encoder="resnet18", imgsz=96, epochs=80, batch=8, lr=3e-3, loss="ce+dice", workers=0,
         optimizer="adamw", scheduler="cosine", warmup=1.0, weight_decay=1e-4, patience=0, cache=True,
