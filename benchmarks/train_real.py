@@ -137,8 +137,9 @@ def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def build(which: str, cfg: dict) -> tuple[dict, dict]:
-    """Train/val datasets as the training run sees them, and the raw-resolution evaluation datasets."""
+def build(which: str, cfg: dict) -> tuple[dict, dict, dict]:
+    """Train/val datasets as the training run sees them, the raw-resolution evaluation datasets, and the
+    dataset dict they were built from."""
     from imseg.semantic.data import build_datasets
 
     spec = data_spec(which, cfg.get("limit"), cfg.get("trainval", False))
@@ -146,7 +147,7 @@ def build(which: str, cfg: dict) -> tuple[dict, dict]:
     native = build_datasets(spec, imgsz=None, augment="none", seed=None, cache=cfg["cache"], validate=False)
     if which == "isbi":  # validate (and pick best.pt) at native resolution, as evaluated
         train_sets["val"] = native["val"]
-    return train_sets, native
+    return train_sets, native, spec
 
 
 def main(argv: list[str]) -> dict:
@@ -169,8 +170,9 @@ def main(argv: list[str]) -> dict:
     trainval = bool(cfg.get("trainval"))
     if trainval and which != "horses":
         raise SystemExit("--trainval is for horses (ISBI's held-out images are its only evaluation set)")
-    datasets, native = build(which, cfg)
-    spec = data_spec(which, cfg.get("limit"), trainval)
+    if trainval and cfg.get("tta") == "auto":
+        raise SystemExit("--tta auto decides on the validation split, which --trainval trains on: use --tta on or off")
+    datasets, native, spec = build(which, cfg)
     train_cfg = {k: cfg[k] for k in TRAIN_KEYS if k in cfg}
     train_cfg.update(data=spec, project="runs/bench", progress=False, exist_ok=True, accelerator="cpu")
     timer = Timer(duration=timedelta(minutes=cfg["max_minutes"]), interval="epoch", verbose=False)

@@ -4,7 +4,7 @@ Run directory (``runs/train/exp[N]/``)::
 
     weights/best.pt, weights/last.pt   imseg checkpoints (see ``save_checkpoint``), written atomically
     weights/last.ckpt                  Lightning checkpoint (optimizer, scheduler, epoch, callbacks) for --resume,
-                                       every ``save_period`` epochs and at the last epoch
+                                       every ``save_period`` epochs and at the epoch training stops
     metrics.csv                        one row per epoch
     results.png, confusion_matrix.png, val_samples.png, config.yaml
 
