@@ -113,9 +113,31 @@ def test_deterministic_and_resume_is_exact(straight_run, tmp_path):
     assert _rows(resumed.run_dir) == _rows(straight_run.run_dir)
 
 
+def test_fewer_encoder_stages_allow_a_finer_training_size(tmp_path):
+    from imseg.errors import InputError
+    from imseg.semantic.infer import load_run
+    from imseg.semantic.models import input_multiple
+
+    assert input_multiple("unet", {"encoder_depth": 4}) == 16 and input_multiple("Unet++", {"encoder_depth": 3}) == 8
+    assert input_multiple("unet", {}) == input_multiple("fcn_resnet50", {"encoder_depth": 3}) == 32
+    # imgsz 40 is not a multiple of 32, but the depth-3 U-Net (stride 8) trains, saves and predicts at it
+    result = train(dict(TINY, imgsz=40, epochs=1, project=str(tmp_path), name="i40"), datasets=squares(),
+                   class_names=NAMES)
+    assert load_checkpoint(result.best)["imgsz"] == 40
+    image = (np.random.default_rng(0).random((30, 50, 3)) * 255).astype(np.uint8)
+    letterboxed = load_run(result.run_dir, device="cpu")  # the image letterboxed to 40x40, as validated
+    assert letterboxed.imgsz == 40 and letterboxed.predict_probs(image).shape == (2, 30, 50)
+    tiled = load_run(result.run_dir, device="cpu", resize=False, imgsz=24)  # 24 px tiles, a multiple of 8
+    assert tiled.predict_probs(np.tile(image, (3, 3, 1))).shape == (2, 90, 150)
+    with pytest.raises(InputError, match="imgsz must be a positive multiple of 8 for this model, got 20"):
+        load_run(result.run_dir, device="cpu", imgsz=20)
+
+
 def test_bad_options_and_resume_targets(tmp_path):
-    with pytest.raises(ConfigError, match="imgsz must be a multiple of 32"):
+    with pytest.raises(ConfigError, match=r"imgsz must be a multiple of 8 \(>= 8\) for encoder_depth 3, got 50"):
         train(dict(TINY, imgsz=50), datasets=squares(), class_names=NAMES)
+    with pytest.raises(ConfigError, match="imgsz must be a multiple of 32"):  # the full 5-stage encoder
+        train(dict(TINY, imgsz=40, model_kwargs={}), datasets=squares(), class_names=NAMES)
     with pytest.raises(ConfigError, match="unknown training option"):
         train(TINY, datasets=squares(), class_names=NAMES, epoch=3)
     with pytest.raises(ConfigError, match="scheduler"):

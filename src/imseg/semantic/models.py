@@ -1,7 +1,8 @@
 """Semantic segmentation models: one ``create_model(name, ...)`` over smp and torchvision.
 
 Every model maps an image batch (B, 3, H, W) float32 to logits (B, C, H, W) at the input size.
-smp architectures need H and W divisible by 32 (``OUTPUT_STRIDE``); inference pads for that.
+smp architectures need H and W divisible by 32 (``OUTPUT_STRIDE``), or by ``2**encoder_depth`` when built with
+fewer encoder stages (:func:`input_multiple`); inference pads native-size images to a multiple of 32.
 ``encoder_weights`` defaults to None (random init, no downloads); ``"imagenet"`` is passed to smp
 and raises :class:`~imseg.errors.WeightsError` when the weights cannot be fetched.
 """
@@ -185,6 +186,16 @@ def create_model(
                 "Offline? Use encoder_weights=None."
             ) from exc
         raise
+
+
+def input_multiple(name: str, model_kwargs: dict | None = None) -> int:
+    """What a model's input height and width must be a multiple of: ``2**encoder_depth`` for an smp
+    architecture built with fewer than 5 encoder stages (``model_kwargs={"encoder_depth": 4}``: 16), else 32."""
+    depth = model_kwargs.get("encoder_depth") if isinstance(model_kwargs, dict) else None
+    smp_model = name.lower() in SMP_ARCHITECTURES or ALIASES.get(name.lower()) in SMP_ARCHITECTURES
+    if smp_model and isinstance(depth, int) and not isinstance(depth, bool) and 1 <= depth < 5:
+        return 2**depth
+    return OUTPUT_STRIDE
 
 
 def model_config(name: str, encoder: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> dict:

@@ -33,7 +33,7 @@ import torch
 from ..errors import CheckpointError, ConfigError, DatasetError, require
 from .losses import build_loss
 from .metrics import ConfusionMatrix, metrics_from_confusion
-from .models import build_from_config, create_model, model_config
+from .models import OUTPUT_STRIDE, build_from_config, create_model, input_multiple, model_config
 from .transforms import denormalize
 
 CHECKPOINT_FORMAT = "imseg.semantic"
@@ -80,9 +80,12 @@ class TrainConfig:
     save_period: int = 1  # write the resumable weights/last.ckpt every N epochs (and at the last one)
 
     def validate(self) -> None:
+        multiple = input_multiple(self.model, self.model_kwargs)
+        why = f" for encoder_depth {self.model_kwargs['encoder_depth']}" if multiple != OUTPUT_STRIDE else ""
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.imgsz >= 32 and self.imgsz % 32 == 0, f"imgsz must be a multiple of 32 (>= 32), got {self.imgsz}"),
+            (self.imgsz >= multiple and self.imgsz % multiple == 0,
+             f"imgsz must be a multiple of {multiple} (>= {multiple}){why}, got {self.imgsz}"),
             (self.batch >= 1, f"batch must be >= 1, got {self.batch}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.optimizer in ("adamw", "adam", "sgd"), f"optimizer must be adamw, adam or sgd, got {self.optimizer!r}"),
