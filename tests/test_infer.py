@@ -200,3 +200,53 @@ def test_default_inference_sees_the_training_scale(tmp_path):
     np.testing.assert_allclose(native.predict_probs(image), load_run(run, device="cpu", resize=False).predict_probs(image),
                                atol=1e-6)
     assert load_run(native_run, device="cpu", resize=True).resize
+
+
+def test_multi_scale_tta_averages_the_predictions_at_each_size(tmp_path):
+    """``scales`` averages predictions at factors of the letterbox size (rounded to the model's input multiple,
+    here 8 for the depth-3 U-Net) or, at native resolution, of the image; each is scaled back first."""
+    from imseg.errors import ConfigError
+    from imseg.io import resize_rgb
+
+    run, _ = _write_run(tmp_path)
+    image = _image(70, 90, seed=11)
+    seg = load_run(run, device="cpu")
+    assert seg.input_multiple == 8 and seg.scales == (1.0,)
+    at = {size: load_run(run, device="cpu", imgsz=size).predict_probs(image) for size in (64, 80, 88)}
+    # 64 * 1.25 = 80; 64 * 1.4 = 89.6 -> 88 (nearest multiple of 8)
+    np.testing.assert_allclose(seg.predict_probs(image, scales=(1, 1.25, 1.4)), (at[64] + at[80] + at[88]) / 3,
+                               atol=1e-6)
+    np.testing.assert_allclose(seg.predict_probs(image, scales=[1.25]), at[80], atol=1e-6)
+    assert not np.allclose(at[64], at[80], atol=1e-3)  # the sizes do see different pixels
+    # the segmenter's default scales apply to predict/segment/evaluate
+    multi = load_run(run, device="cpu", scales=(1.0, 1.25))
+    assert multi.predict(image).tolist() == ((at[64] + at[80]) / 2).argmax(0).tolist()
+    # native resolution: the image itself scaled by 0.5 (PIL bilinear), predicted, probabilities scaled back
+    native = load_run(run, device="cpu", resize=False)
+    half = native.predict_probs(resize_rgb(image, (35, 45)))
+    expected = torch.nn.functional.interpolate(torch.from_numpy(half)[None], size=(70, 90), mode="bilinear",
+                                               align_corners=False)[0].numpy()
+    both = native.predict_probs(image, scales=(1.0, 0.5))
+    np.testing.assert_allclose(both, (native.predict_probs(image) + expected) / 2, atol=1e-6)
+    np.testing.assert_allclose(both.sum(0), 1.0, atol=1e-5)
+    for bad in (0, -1.0, [], "big", [1.0, float("nan")]):
+        with pytest.raises(ConfigError, match="scales must be one or more positive factors"):
+            seg.predict_probs(image, scales=bad)
+    with pytest.raises(ConfigError, match="scales must be"):
+        load_run(run, device="cpu", scales=())
+
+
+def test_cli_scales_option(tmp_path):
+    from imseg.cli import app
+
+    run, _ = _write_run(tmp_path)
+    src = tmp_path / "img.png"
+    Image.fromarray(_image(50, 60, seed=4)).save(src)
+    out = tmp_path / "pred"
+    ok = CliRunner().invoke(app, ["predict", str(src), "--run", str(run), "--out", str(out), "--scales", "1,1.25"])
+    assert ok.exit_code == 0, ok.output
+    labels = np.array(Image.open(out / "img.png"))
+    assert labels.tolist() == load_run(run, device="cpu", scales=(1, 1.25)).predict(_image(50, 60, seed=4)).tolist()
+    for bad, message in (("1,x", "comma-separated numbers"), ("0", "positive factors")):
+        res = CliRunner().invoke(app, ["predict", str(src), "--run", str(run), "--out", str(out), "--scales", bad])
+        assert res.exit_code == 2 and message in res.output, res.output

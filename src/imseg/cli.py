@@ -346,6 +346,13 @@ def _per_class_table(title: str, class_names: list[str], metrics: dict) -> None:
     typer.echo(f"pixel accuracy {metrics['pixel_accuracy']:.4f}")
 
 
+def _parse_scales(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        fail(f"--scales takes comma-separated numbers such as 1,1.2,1.4; got {text!r}")
+
+
 @app.command("val")
 def val_cmd(
     run: str = typer.Option(..., "--run", help="Run directory from imseg train (runs/train/exp)."),
@@ -354,6 +361,10 @@ def val_cmd(
     checkpoint: str = typer.Option(None, "--checkpoint", help="best, last or a .pt path (default best)."),
     device: str = typer.Option("auto", "--device"),
     tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation (the flips the run trained with)."),
+    scales: str = typer.Option(
+        "1", "--scales",
+        help="Multi-scale test-time augmentation: comma-separated factors of the inference size, e.g. 1,1.2,1.4 "
+             "(predictions at each size, scaled back and averaged; choose them on a validation split)."),
     resize: bool = typer.Option(
         None, "--resize/--native",
         help="--resize: scale each image's longer side to the run's imgsz, as training validated (the default); "
@@ -370,7 +381,8 @@ def val_cmd(
     from .semantic.train import plot_confusion_matrix
 
     try:
-        segmenter = load_run(run, checkpoint=checkpoint, device=device, tta=tta, resize=resize)
+        segmenter = load_run(run, checkpoint=checkpoint, device=device, tta=tta, resize=resize,
+                             scales=_parse_scales(scales))
         source = data
         if source is None:
             cfg_file = Path(run) / "config.yaml"
@@ -399,6 +411,10 @@ def predict_cmd(
     checkpoint: str = typer.Option(None, "--checkpoint", help="best, last or a .pt path (default best)."),
     device: str = typer.Option("auto", "--device"),
     tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation (the flips the run trained with)."),
+    scales: str = typer.Option(
+        "1", "--scales",
+        help="Multi-scale test-time augmentation: comma-separated factors of the inference size, e.g. 1,1.2,1.4 "
+             "(predictions at each size, scaled back and averaged; choose them on a validation split)."),
     overlap: float = typer.Option(0.25, "--overlap", help="Tile overlap for images larger than imgsz."),
     resize: bool = typer.Option(
         None, "--resize/--native",
@@ -416,7 +432,8 @@ def predict_cmd(
     from .semantic.train import colorize
 
     try:
-        segmenter = load_run(run, checkpoint=checkpoint, device=device, tta=tta, overlap=overlap, resize=resize)
+        segmenter = load_run(run, checkpoint=checkpoint, device=device, tta=tta, overlap=overlap, resize=resize,
+                             scales=_parse_scales(scales))
         paths = list_images(source)
         out_dir = Path(out)
         for path in paths:

@@ -8,7 +8,11 @@ black padding to a square), predicted, and the class probabilities scaled back t
 weight (centre pixels count most), so memory stays bounded and tile seams vanish; use it for runs
 trained on native-resolution crops (large microscopy or aerial images). A run can record its own
 default (checkpoint ``inference.resize``). Optional flip test-time augmentation averages the
-probabilities of the image and its horizontal (and vertical) flips.
+probabilities of the image and its horizontal (and vertical) flips; ``scales`` (multi-scale test-time
+augmentation) averages predictions at several sizes: with ``resize=True`` the letterbox size ``imgsz * s``
+(rounded to the multiple the model needs), with ``resize=False`` the image scaled by ``s``; each result is scaled
+back to the image's own size before averaging. A network trained with zoom-in scale jitter often does better
+at a size above its training ``imgsz`` (FixRes, Touvron et al. 2019): choose scales on a validation split.
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError, InputError
-from ..io import letterbox_rgb, read_image
+from ..io import letterbox_rgb, read_image, resize_rgb
 from ..masks import Masks
 from ..registry import Segmenter
 from .metrics import ConfusionMatrix
-from .models import OUTPUT_STRIDE
+from .models import OUTPUT_STRIDE, input_multiple
 from .train import load_checkpoint, model_from_checkpoint
 
 BACKGROUND_NAMES = {"background", "bg", "_background_", "__background__", "backdrop"}
@@ -68,6 +72,17 @@ def _check_flips(flips: str, what: str) -> str:
     return flips
 
 
+def _check_scales(scales: Any) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in (scales if isinstance(scales, list | tuple) else [scales]))
+    except (TypeError, ValueError):
+        values = ()
+    if not values or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"scales must be one or more positive factors of the inference size, e.g. (1.0, 1.2, 1.4); "
+                          f"got {scales!r}")
+    return values
+
+
 def flips_trained_with(train_config: dict | None) -> str:
     """The flips a run saw in training ("h", "v", "hv"): test-time flips the network never saw (an upside-down
     horse) add views it was not trained on. Horizontal flips are always included; runs without a record: "hv"."""
@@ -102,6 +117,8 @@ class SemanticSegmenter(Segmenter):
         tta_flips: str = "hv",
         batch: int = 4,
         resize: bool = True,
+        scales: Any = (1.0,),
+        input_multiple: int = OUTPUT_STRIDE,
         name: str = "semantic",
     ) -> None:
         if not 0 <= overlap < 1:
@@ -119,6 +136,8 @@ class SemanticSegmenter(Segmenter):
         self.tta = _check_flips(tta, "tta") if isinstance(tta, str) else bool(tta)
         self.batch = int(batch)
         self.resize = bool(resize)
+        self.scales = _check_scales(scales)
+        self.input_multiple = int(input_multiple)
         self.name = name
 
     # ------------------------------------------------------------------ core
@@ -134,7 +153,7 @@ class SemanticSegmenter(Segmenter):
 
     @torch.no_grad()
     def _probs_batch(self, batch: torch.Tensor, tta: bool | str) -> torch.Tensor:
-        """(B, 3, h, w) with h, w multiples of 32 -> (B, C, h, w) probabilities."""
+        """(B, 3, h, w) with h, w multiples of the model's ``input_multiple`` -> (B, C, h, w) probabilities."""
         batch = batch.to(self.device)
         views = self._views(tta)
         total = None
@@ -155,19 +174,40 @@ class SemanticSegmenter(Segmenter):
             tensor = torch.nn.functional.pad(tensor[None], (0, pw, 0, ph), mode=mode)[0]
         return tensor
 
-    def predict_probs(self, image: Any, *, tta: bool | str | None = None, overlap: float | None = None) -> np.ndarray:
+    def predict_probs(self, image: Any, *, tta: bool | str | None = None, overlap: float | None = None,
+                      scales: Any = None) -> np.ndarray:
         """Class probabilities (C, H, W) float32 at the image's own resolution.
 
         With ``resize=True`` (default) the image is scaled so its longer side is ``imgsz`` and padded with
         black to ``imgsz`` x ``imgsz`` (training's validation letterbox), and the result scaled back.
         With ``resize=False`` images with both sides <= ``imgsz`` run whole at native size; larger ones
         run as sliding ``imgsz`` tiles with ``overlap`` (fraction) and gaussian blending.
+        ``scales`` (default: the segmenter's, ``(1.0,)``) averages the predictions at those factors of the
+        letterbox size (``resize=True``) or of the image (``resize=False``), each scaled back to the image's size.
         """
         rgb = read_image(image)
         tta = self.tta if tta is None else tta
-        if self.resize:
-            return self._predict_resized(rgb, tta)
         overlap = self.overlap if overlap is None else overlap
+        scales = self.scales if scales is None else _check_scales(scales)
+        h, w = rgb.shape[:2]
+        total = None
+        for scale in scales:
+            if self.resize:
+                step = self.input_multiple
+                size = self.imgsz if scale == 1.0 else max(step, round(self.imgsz * scale / step) * step)
+                probs = self._predict_resized(rgb, tta, size)
+            elif scale == 1.0:
+                probs = self._predict_native(rgb, tta, overlap)
+            else:
+                new_size = (max(1, round(h * scale)), max(1, round(w * scale)))
+                probs = torch.from_numpy(self._predict_native(resize_rgb(rgb, new_size), tta, overlap))
+                probs = torch.nn.functional.interpolate(probs[None], size=(h, w), mode="bilinear",
+                                                        align_corners=False)[0].numpy()
+            total = probs if total is None else total + probs
+        return total / len(scales) if len(scales) > 1 else total
+
+    def _predict_native(self, rgb: np.ndarray, tta: bool | str, overlap: float) -> np.ndarray:
+        """Native resolution: one padded pass up to ``imgsz``, gaussian-blended ``imgsz`` tiles beyond."""
         h, w = rgb.shape[:2]
         x = self._normalize(rgb)
         round_up = lambda v: -(-v // OUTPUT_STRIDE) * OUTPUT_STRIDE  # noqa: E731
@@ -192,10 +232,10 @@ class SemanticSegmenter(Segmenter):
                 weight[:, y : y + tile_h, x0 : x0 + tile_w] += window
         return (acc / weight)[:, :h, :w].numpy()
 
-    def _predict_resized(self, rgb: np.ndarray, tta: bool | str) -> np.ndarray:
-        """Training's validation view (longer side -> imgsz, black padding to imgsz x imgsz), predict, scale back."""
+    def _predict_resized(self, rgb: np.ndarray, tta: bool | str, size: int) -> np.ndarray:
+        """Training's validation view (longer side -> size, black padding to size x size), predict, scale back."""
         h, w = rgb.shape[:2]
-        canvas, (new_h, new_w) = letterbox_rgb(rgb, self.imgsz)
+        canvas, (new_h, new_w) = letterbox_rgb(rgb, size)
         probs = self._probs_batch(self._normalize(canvas)[None], tta)[:, :, :new_h, :new_w]
         probs = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)[0]
         return probs.numpy()
@@ -224,12 +264,12 @@ class SemanticSegmenter(Segmenter):
         scores = [float(probs[c][label_map == c].mean()) for c in present]
         return Masks(masks, scores=scores, labels=present, class_names=self.class_names, image_size=label_map.shape)
 
-    def evaluate(self, dataset, *, tta: bool | str | None = None) -> ConfusionMatrix:
+    def evaluate(self, dataset, *, tta: bool | str | None = None, scales: Any = None) -> ConfusionMatrix:
         """Confusion matrix over ``dataset.read_raw(i) -> (rgb uint8, mask)`` pairs at full resolution."""
         cm = ConfusionMatrix(self.num_classes, self.ignore_index)
         for i in range(len(dataset)):
             rgb, mask = dataset.read_raw(i)
-            pred = self.predict(rgb, tta=tta)
+            pred = self.predict(rgb, tta=tta, scales=scales)
             cm.update(torch.from_numpy(pred), torch.from_numpy(np.asarray(mask, dtype=np.int64)))
         return cm
 
@@ -267,7 +307,7 @@ def load_run(
 ) -> SemanticSegmenter:
     """Load a training run directory (or a best.pt/last.pt file) as a :class:`SemanticSegmenter`.
 
-    ``kwargs`` go to the segmenter (``overlap``, ``tta``, ``batch``, ``imgsz``, ``resize``); ``resize=None``
+    ``kwargs`` go to the segmenter (``overlap``, ``tta``, ``scales``, ``batch``, ``imgsz``, ``resize``); ``resize=None``
     (or absent) takes the run's recorded default (``inference.resize`` in the checkpoint, else True: letterbox
     to the training ``imgsz`` as validation did). ``tta=True`` averages the flips the run trained with
     (horizontal, plus vertical when it trained with vertical flips or 90-degree rotations).
@@ -278,11 +318,13 @@ def load_run(
     inference = payload.get("inference") or {}
     options = {"imgsz": payload.get("imgsz", 512), "ignore_index": payload.get("ignore_index"),
                "resize": bool(inference.get("resize", True)),
-               "tta_flips": flips_trained_with(payload.get("train"))}
+               "tta_flips": flips_trained_with(payload.get("train")),
+               "input_multiple": input_multiple(payload["model"].get("name", ""), payload["model"].get("kwargs"))}
     kwargs = {k: v for k, v in kwargs.items() if not (k == "resize" and v is None)}
     options.update(kwargs)
-    if "imgsz" in kwargs and (int(kwargs["imgsz"]) % OUTPUT_STRIDE or int(kwargs["imgsz"]) < OUTPUT_STRIDE):
-        raise InputError(f"imgsz must be a positive multiple of {OUTPUT_STRIDE}, got {kwargs['imgsz']}")
+    multiple = options["input_multiple"]
+    if "imgsz" in kwargs and (int(kwargs["imgsz"]) % multiple or int(kwargs["imgsz"]) < multiple):
+        raise InputError(f"imgsz must be a positive multiple of {multiple} for this model, got {kwargs['imgsz']}")
     run_name = Path(path).name if Path(path).is_dir() else Path(path).parent.parent.name
     return SemanticSegmenter(
         model,
