@@ -17,9 +17,11 @@ default (RESULTS.md, fourth session: the average did not raise the horses figure
 
 Evaluation runs the trained best.pt (selected on the validation split) through ``imseg.load(run_dir)`` at each
 image's own resolution. Horses are letterboxed to ``imgsz`` as in training and the probabilities scaled back
-(``resize=True``); flip TTA (the flips the run trained with) is used on the test split only if it raises
-foreground IoU on the validation split, which is checked first. ISBI is trained on native-resolution crops and
-predicted with sliding ``imgsz`` tiles, without TTA; its held-out images are also its validation images (so
+(``resize=True``); flip TTA (the flips the run trained with) and multi-scale TTA (letterbox sizes ``imgsz`` x
+each factor of a ``SCALE_CANDIDATES`` set, probabilities averaged) are chosen together on the validation split,
+which is scored first: the combination with the highest validation foreground IoU is used on the test split.
+ISBI is trained on native-resolution crops and predicted with sliding ``imgsz`` tiles, without TTA unless
+``--tta on`` is given (then the figures without it are printed too); its held-out images are also its validation images (so
 best.pt is chosen on them), and last.pt, which no selection touched, is scored too.
 ISBI: "membrane" is class 0 (label 0), "cell" class 1 (label 255); pixel error = 1 - pixel accuracy;
 adapted Rand error (skimage.metrics.adapted_rand_error) compares the 4-connected components of "cell" in truth
@@ -37,6 +39,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -71,6 +74,10 @@ CONFIGS: dict[str, dict] = {
         name="bench_isbi", max_minutes=14.5,
     ),
 }
+# multi-scale test-time sizes tried on the validation split by --scales auto (factors of imgsz; e.g. at 96 px with
+# encoder_depth 4: 96, 112, 128 px). A network trained with zoom-in scale jitter often does better above its training
+# size (FixRes); the fifth session's 80 px run found validation 0.835 at 80 px, 0.848 at 96, 0.850 averaged over 80/96/112.
+SCALE_CANDIDATES = ((1.0,), (1.2,), (1.4,), (1.0, 1.2), (1.0, 1.2, 1.4))
 TRAIN_KEYS = ("model", "encoder", "imgsz", "epochs", "batch", "lr", "loss", "workers", "optimizer", "scheduler",
               "warmup", "weight_decay", "patience", "cache", "augment", "name", "seed", "class_weights", "model_kwargs",
               "ema", "save_period")
@@ -119,6 +126,12 @@ def parse_args(argv: list[str]) -> tuple[str, dict, int]:
     parser.add_argument("--trainval", action="store_true",
                         help="horses: train on train + val with the settings fixed in advance and score last.pt "
                              "(validation is then in-sample and selects nothing); TTA defaults to on")
+    parser.add_argument("--evaluate", metavar="RUN_DIR",
+                        help="skip training: score this finished run (give the options of its training command)")
+    parser.add_argument("--scales", default=None,
+                        help="multi-scale test-time augmentation: 'auto' (horses default without --trainval) picks, on "
+                             "the validation split, among " + ", ".join(",".join(map(str, c)) for c in SCALE_CANDIDATES)
+                             + " (factors of imgsz), or a fixed comma-separated list such as 1,1.2,1.4; default 1")
     parser.add_argument("--tta", choices=["auto", "on", "off"], default=None,
                         help="flip test-time augmentation (the flips the run trained with) at evaluation; 'auto' "
                              "(horses default) decides on the validation split, before the test split is scored; "
@@ -170,29 +183,51 @@ def main(argv: list[str]) -> dict:
     trainval = bool(cfg.get("trainval"))
     if trainval and which != "horses":
         raise SystemExit("--trainval is for horses (ISBI's held-out images are its only evaluation set)")
-    if trainval and cfg.get("tta") == "auto":
-        raise SystemExit("--tta auto decides on the validation split, which --trainval trains on: use --tta on or off")
+    if trainval and "auto" in (cfg.get("tta"), cfg.get("scales")):
+        raise SystemExit("--tta/--scales auto decide on the validation split, which --trainval trains on: "
+                         "give fixed values (--tta on|off, --scales 1,1.2,1.4)")
+    scales_rule = cfg.get("scales") or ("auto" if which == "horses" and not trainval else "1")
+    if scales_rule == "auto" and which != "horses":
+        raise SystemExit("--scales auto decides on the validation split; ISBI's held-out images are its validation "
+                         "images: give fixed scales")
+    try:
+        fixed_scales = None if scales_rule == "auto" else tuple(float(v) for v in scales_rule.split(","))
+    except ValueError:
+        raise SystemExit(f"--scales takes 'auto' or comma-separated factors such as 1,1.2,1.4; got {scales_rule!r}") from None
     datasets, native, spec = build(which, cfg)
     train_cfg = {k: cfg[k] for k in TRAIN_KEYS if k in cfg}
     train_cfg.update(data=spec, project="runs/bench", progress=False, exist_ok=True, accelerator="cpu")
-    timer = Timer(duration=timedelta(minutes=cfg["max_minutes"]), interval="epoch", verbose=False)
     start = time.perf_counter()
-    result = train(train_cfg, datasets={"train": datasets["train"], "val": datasets["val"]},
-                   class_names=spec["names"], ignore_index=255, callbacks=[timer])
-    minutes = (time.perf_counter() - start) / 60
+    if cfg.get("evaluate"):  # score a finished run again (same settings as its training command), no training
+        run_dir = Path(cfg["evaluate"])
+        if not (run_dir / "weights" / "best.pt").is_file():
+            raise SystemExit(f"--evaluate {run_dir}: no weights/best.pt there (a run directory of this script)")
+        with open(run_dir / "metrics.csv") as fh:
+            epochs_run = sum(1 for _ in fh) - 1
+        result = SimpleNamespace(run_dir=run_dir, last=run_dir / "weights" / "last.pt", epochs_run=epochs_run)
+        minutes = float("nan")
+    else:
+        timer = Timer(duration=timedelta(minutes=cfg["max_minutes"]), interval="epoch", verbose=False)
+        result = train(train_cfg, datasets={"train": datasets["train"], "val": datasets["val"]},
+                       class_names=spec["names"], ignore_index=255, callbacks=[timer])
+        minutes = (time.perf_counter() - start) / 60
     load_after_train = load_average()
 
     # trainval: the validation images were trained on, so best.pt was chosen in-sample: score last.pt
     seg = load(result.last if trainval else result.run_dir, device="cpu", resize=which == "horses")
     tta_rule = cfg.get("tta") or ("on" if trainval else "auto" if which == "horses" else "off")
-    val_tta = {}
-    if tta_rule == "auto":  # decided on validation images only; the test split is scored once, afterwards
-        for mode in (False, True):
-            val_tta[mode] = float(seg.evaluate(native["val"], tta=mode).compute()["iou"][1])
-        tta = val_tta[True] > val_tta[False]
+    val_scores = {}
+    tta_modes = (False, True) if tta_rule == "auto" else (tta_rule == "on",)
+    scale_sets = SCALE_CANDIDATES if fixed_scales is None else (fixed_scales,)
+    if len(tta_modes) * len(scale_sets) > 1:  # decided on validation images only; the test split is scored once, after
+        for mode in tta_modes:
+            for scales in scale_sets:
+                cm = seg.evaluate(native["val"], tta=mode, scales=scales)
+                val_scores[(mode, scales)] = float(cm.compute()["iou"][1])
+        tta, scales = max(val_scores, key=val_scores.get)  # ties: the first (no TTA, fewer sizes)
     else:
-        tta = tta_rule == "on"
-    seg.tta = tta
+        tta, scales = tta_modes[0], scale_sets[0]
+    seg.tta, seg.scales = tta, scales
     dataset = native[eval_split]
     start = time.perf_counter()
     cm = seg.evaluate(dataset)
@@ -205,9 +240,11 @@ def main(argv: list[str]) -> dict:
         "miou": round(float(m["miou"]), 4), "iou": [round(float(v), 4) for v in m["iou"].tolist()],
         "pixel_error": round(1 - float(m["pixel_accuracy"]), 4),
         "tta": f"{tta_rule}: " + (f"flips {seg.tta_flips!r}" if tta else "off"),
+        "scales": f"{scales_rule}: " + ",".join(map(str, scales)) + f" (sizes {sizes(seg, scales)})",
     }
-    if val_tta:
-        out["val_foreground_iou_without_and_with_tta"] = [round(val_tta[False], 4), round(val_tta[True], 4)]
+    if val_scores:
+        out["val_foreground_iou"] = {f"tta {'on' if k[0] else 'off'}, scales {','.join(map(str, k[1]))}": round(v, 4)
+                                     for k, v in val_scores.items()}
     if which == "horses":
         out["foreground_iou"] = out["iou"][1]
         out["goal"] = "foreground IoU >= 0.85: " + ("met" if out["foreground_iou"] >= 0.85 else "MISSED")
@@ -230,17 +267,29 @@ def main(argv: list[str]) -> dict:
         out["goal"] = "pixel error <= 0.08: " + ("met" if out["pixel_error"] <= 0.08 else "MISSED")
         # best.pt is chosen on these same 5 held-out images (30 labelled images, no third split): last.pt, which
         # no selection touched, is the figure without that optimism
-        last = load(Path(result.run_dir) / "weights" / "last.pt", device="cpu", resize=False)
+        last = load(Path(result.run_dir) / "weights" / "last.pt", device="cpu", resize=False, tta=tta, scales=scales)
         last_m = last.evaluate(dataset).compute()
         out["last_pt"] = {"pixel_error": round(1 - float(last_m["pixel_accuracy"]), 4),
                           "adapted_rand_error": round(float(np.mean(rand_errors(last))), 4),
                           "iou": [round(float(v), 4) for v in last_m["iou"].tolist()]}
+        if tta or scales != (1.0,):  # the same checkpoints without test-time augmentation, for comparison
+            out["pixel_error_without_tta"] = {
+                name: round(1 - float(s.evaluate(dataset, tta=False, scales=(1.0,)).compute()["pixel_accuracy"]), 4)
+                for name, s in (("best_pt", seg), ("last_pt", last))}
     out["eval_seconds"] = round(time.perf_counter() - start, 1)
     out["run_dir"] = str(result.run_dir)
     out["end_utc"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}"
     out["load_end"] = load_average()
     print(json.dumps(out, indent=1), flush=True)
     return out
+
+
+def sizes(seg, scales) -> str:
+    """The inference sizes a scale set means for ``seg`` (letterbox px, or the native image's factor)."""
+    if not seg.resize:
+        return "native x " + ",".join(map(str, scales))
+    step = seg.input_multiple
+    return ",".join(str(seg.imgsz if s == 1.0 else max(step, round(seg.imgsz * s / step) * step)) for s in scales)
 
 
 def _best_epoch(run_dir: Path) -> int:
