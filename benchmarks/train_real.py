@@ -288,8 +288,7 @@ def sizes(seg, scales) -> str:
     """The inference sizes a scale set means for ``seg`` (letterbox px, or the native image's factor)."""
     if not seg.resize:
         return "native x " + ",".join(map(str, scales))
-    step = seg.input_multiple
-    return ",".join(str(seg.imgsz if s == 1.0 else max(step, round(seg.imgsz * s / step) * step)) for s in scales)
+    return ",".join(str(seg.letterbox_size(s)) for s in scales)
 
 
 def _best_epoch(run_dir: Path) -> int:

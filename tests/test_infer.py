@@ -212,6 +212,7 @@ def test_multi_scale_tta_averages_the_predictions_at_each_size(tmp_path):
     image = _image(70, 90, seed=11)
     seg = load_run(run, device="cpu")
     assert seg.input_multiple == 8 and seg.scales == (1.0,)
+    assert [seg.letterbox_size(s) for s in (1, 1.25, 1.4, 0.01)] == [64, 80, 88, 8]
     at = {size: load_run(run, device="cpu", imgsz=size).predict_probs(image) for size in (64, 80, 88)}
     # 64 * 1.25 = 80; 64 * 1.4 = 89.6 -> 88 (nearest multiple of 8)
     np.testing.assert_allclose(seg.predict_probs(image, scales=(1, 1.25, 1.4)), (at[64] + at[80] + at[88]) / 3,

@@ -193,9 +193,7 @@ class SemanticSegmenter(Segmenter):
         total = None
         for scale in scales:
             if self.resize:
-                step = self.input_multiple
-                size = self.imgsz if scale == 1.0 else max(step, round(self.imgsz * scale / step) * step)
-                probs = self._predict_resized(rgb, tta, size)
+                probs = self._predict_resized(rgb, tta, self.letterbox_size(scale))
             elif scale == 1.0:
                 probs = self._predict_native(rgb, tta, overlap)
             else:
@@ -205,6 +203,12 @@ class SemanticSegmenter(Segmenter):
                                                         align_corners=False)[0].numpy()
             total = probs if total is None else total + probs
         return total / len(scales) if len(scales) > 1 else total
+
+    def letterbox_size(self, scale: float = 1.0) -> int:
+        """The letterbox side for a test-time ``scale`` (``resize=True``): ``imgsz * scale`` rounded to the
+        nearest multiple the model needs (``imgsz`` itself at scale 1)."""
+        step = self.input_multiple
+        return self.imgsz if scale == 1.0 else max(step, round(self.imgsz * scale / step) * step)
 
     def _predict_native(self, rgb: np.ndarray, tta: bool | str, overlap: float) -> np.ndarray:
         """Native resolution: one padded pass up to ``imgsz``, gaussian-blended ``imgsz`` tiles beyond."""
