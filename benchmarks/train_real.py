@@ -179,6 +179,8 @@ def main(argv: list[str]) -> dict:
     from lightning.pytorch.callbacks import Timer
 
     from imseg import load
+    from imseg.errors import ConfigError
+    from imseg.semantic.infer import parse_scales
     from imseg.semantic.train import train
 
     which, cfg, threads = parse_args(argv)
@@ -201,10 +203,10 @@ def main(argv: list[str]) -> dict:
     if scales_rule == "auto" and which != "horses":
         raise SystemExit("--scales auto decides on the validation split; ISBI's held-out images are its validation "
                          "images: give fixed scales")
-    try:
-        fixed_scales = None if scales_rule == "auto" else tuple(float(v) for v in scales_rule.split(","))
-    except ValueError:
-        raise SystemExit(f"--scales takes 'auto' or comma-separated factors such as 1,1.2,1.4; got {scales_rule!r}") from None
+    try:  # checked before training, not after it
+        fixed_scales = None if scales_rule == "auto" else parse_scales(scales_rule)
+    except ConfigError as exc:
+        raise SystemExit(f"--scales: 'auto' or {exc}") from None
     datasets, native, spec = build(which, cfg)
     train_cfg = {k: cfg[k] for k in TRAIN_KEYS if k in cfg}
     train_cfg.update(data=spec, project="runs/bench", progress=False, exist_ok=True, accelerator="cpu")

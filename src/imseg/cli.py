@@ -346,13 +346,6 @@ def _per_class_table(title: str, class_names: list[str], metrics: dict) -> None:
     typer.echo(f"pixel accuracy {metrics['pixel_accuracy']:.4f}")
 
 
-def _parse_scales(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        fail(f"--scales takes comma-separated numbers such as 1,1.2,1.4; got {text!r}")
-
-
 @app.command("val")
 def val_cmd(
     run: str = typer.Option(..., "--run", help="Run directory from imseg train (runs/train/exp)."),
@@ -377,12 +370,12 @@ def val_cmd(
     import yaml
 
     from .semantic.data import build_datasets, load_data_config
-    from .semantic.infer import load_run
+    from .semantic.infer import load_run, parse_scales
     from .semantic.train import plot_confusion_matrix
 
     try:
         segmenter = load_run(run, checkpoint=checkpoint, device=device, tta=tta, resize=resize,
-                             scales=_parse_scales(scales))
+                             scales=parse_scales(scales))
         source = data
         if source is None:
             cfg_file = Path(run) / "config.yaml"
@@ -428,12 +421,12 @@ def predict_cmd(
     import numpy as np
 
     from .io import list_images, read_image, write_image
-    from .semantic.infer import load_run
+    from .semantic.infer import load_run, parse_scales
     from .semantic.train import colorize
 
     try:
         segmenter = load_run(run, checkpoint=checkpoint, device=device, tta=tta, overlap=overlap, resize=resize,
-                             scales=_parse_scales(scales))
+                             scales=parse_scales(scales))
         paths = list_images(source)
         out_dir = Path(out)
         for path in paths:

@@ -72,14 +72,16 @@ def _check_flips(flips: str, what: str) -> str:
     return flips
 
 
-def _check_scales(scales: Any) -> tuple[float, ...]:
+def parse_scales(scales: Any) -> tuple[float, ...]:
+    """Test-time scale factors from a number, a sequence of numbers or a comma-separated string ("1,1.2,1.4")."""
+    items = scales.split(",") if isinstance(scales, str) else scales if isinstance(scales, list | tuple) else [scales]
     try:
-        values = tuple(float(v) for v in (scales if isinstance(scales, list | tuple) else [scales]))
+        values = tuple(float(v) for v in items)
     except (TypeError, ValueError):
         values = ()
     if not values or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ConfigError(f"scales must be one or more positive factors of the inference size, e.g. (1.0, 1.2, 1.4); "
-                          f"got {scales!r}")
+        raise ConfigError("scales must be one or more positive factors of the inference size (comma-separated "
+                          f"numbers such as 1,1.2,1.4, or a sequence of them); got {scales!r}")
     return values
 
 
@@ -136,7 +138,7 @@ class SemanticSegmenter(Segmenter):
         self.tta = _check_flips(tta, "tta") if isinstance(tta, str) else bool(tta)
         self.batch = int(batch)
         self.resize = bool(resize)
-        self.scales = _check_scales(scales)
+        self.scales = parse_scales(scales)
         self.input_multiple = int(input_multiple)
         self.name = name
 
@@ -188,7 +190,7 @@ class SemanticSegmenter(Segmenter):
         rgb = read_image(image)
         tta = self.tta if tta is None else tta
         overlap = self.overlap if overlap is None else overlap
-        scales = self.scales if scales is None else _check_scales(scales)
+        scales = self.scales if scales is None else parse_scales(scales)
         h, w = rgb.shape[:2]
         total = None
         for scale in scales:

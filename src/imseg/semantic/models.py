@@ -192,7 +192,10 @@ def input_multiple(name: str, model_kwargs: dict | None = None) -> int:
     """What a model's input height and width must be a multiple of: ``2**encoder_depth`` for an smp
     architecture built with fewer than 5 encoder stages (``model_kwargs={"encoder_depth": 4}``: 16), else 32."""
     depth = model_kwargs.get("encoder_depth") if isinstance(model_kwargs, dict) else None
-    smp_model = name.lower() in SMP_ARCHITECTURES or ALIASES.get(name.lower()) in SMP_ARCHITECTURES
+    try:
+        smp_model = canonical_name(name) in SMP_ARCHITECTURES
+    except ConfigError:  # an unknown name is reported where the model is built
+        smp_model = False
     if smp_model and isinstance(depth, int) and not isinstance(depth, bool) and 1 <= depth < 5:
         return 2**depth
     return OUTPUT_STRIDE
