@@ -88,7 +88,8 @@ CONFIGS: dict[str, dict] = {
 # multi-scale test-time sizes tried on the validation split by --scales auto (factors of imgsz; e.g. at 96 px with
 # encoder_depth 4: 96, 112, 128 px). A network trained with zoom-in scale jitter often does better above its training
 # size (FixRes); the fifth session's 80 px run found validation 0.835 at 80 px, 0.848 at 96, 0.850 averaged over 80/96/112.
-SCALE_CANDIDATES = ((1.0,), (1.2,), (1.4,), (1.0, 1.2), (1.0, 1.2, 1.4))
+# A model fine-tuned at a larger size (--finetune-imgsz) is also offered the sizes around it.
+SCALE_CANDIDATES = ((1.0,), (1.2,), (1.4,), (1.0, 1.2), (1.0, 1.2, 1.4), (0.875, 1.0, 1.125))
 TRAIN_KEYS = ("model", "encoder", "imgsz", "epochs", "batch", "lr", "loss", "workers", "optimizer", "scheduler",
               "warmup", "weight_decay", "patience", "cache", "augment", "name", "seed", "class_weights", "model_kwargs",
               "ema", "save_period")
@@ -137,6 +138,12 @@ def parse_args(argv: list[str]) -> tuple[str, dict, int]:
     parser.add_argument("--trainval", action="store_true",
                         help="horses: train on train + val with the settings fixed in advance and score last.pt "
                              "(validation is then in-sample and selects nothing); TTA defaults to on")
+    parser.add_argument("--finetune-imgsz", dest="finetune_imgsz", type=int,
+                        help="after training, fine-tune its last.pt at this larger size (imseg train --init), inside "
+                             "the same --max-minutes budget; the fine-tuned run is the one scored (FixRes)")
+    parser.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, default=4)
+    parser.add_argument("--finetune-lr", dest="finetune_lr", type=float, default=3e-4,
+                        help="fine-tuning learning rate (cosine, no warm-up)")
     parser.add_argument("--evaluate", metavar="RUN_DIR",
                         help="skip training: score this finished run (give the options of its training command)")
     parser.add_argument("--scales", default=None,
@@ -211,6 +218,7 @@ def main(argv: list[str]) -> dict:
     train_cfg = {k: cfg[k] for k in TRAIN_KEYS if k in cfg}
     train_cfg.update(data=spec, project="runs/bench", progress=False, exist_ok=True, accelerator="cpu")
     start = time.perf_counter()
+    stage_one = None
     if cfg.get("evaluate"):  # score a finished run again (same settings as its training command), no training
         run_dir = Path(cfg["evaluate"])
         if not (run_dir / "weights" / "best.pt").is_file():
@@ -223,6 +231,16 @@ def main(argv: list[str]) -> dict:
         timer = Timer(duration=timedelta(minutes=cfg["max_minutes"]), interval="epoch", verbose=False)
         result = train(train_cfg, datasets={"train": datasets["train"], "val": datasets["val"]},
                        class_names=spec["names"], ignore_index=255, callbacks=[timer])
+        if cfg.get("finetune_imgsz"):  # second stage: the same data at the larger size, from stage one's last.pt
+            stage_one = {"run_dir": str(result.run_dir), "epochs_run": result.epochs_run,
+                         "minutes": round((time.perf_counter() - start) / 60, 2)}
+            ft_sets, _, _ = build(which, dict(cfg, imgsz=cfg["finetune_imgsz"]))
+            left = max(cfg["max_minutes"] - (time.perf_counter() - start) / 60, 0.05)
+            ft_cfg = dict(train_cfg, imgsz=cfg["finetune_imgsz"], epochs=cfg["finetune_epochs"], lr=cfg["finetune_lr"],
+                          warmup=0.0, init=str(result.last), name=f"{train_cfg['name']}_ft{cfg['finetune_imgsz']}")
+            timer = Timer(duration=timedelta(minutes=left), interval="epoch", verbose=False)
+            result = train(ft_cfg, datasets={"train": ft_sets["train"], "val": ft_sets["val"]},
+                           class_names=spec["names"], ignore_index=255, callbacks=[timer])
         minutes = (time.perf_counter() - start) / 60
     load_after_train = load_average()
 
@@ -246,8 +264,9 @@ def main(argv: list[str]) -> dict:
     cm = seg.evaluate(dataset)
     m = cm.compute()
     out = {
-        "config": which, "train_minutes": None if minutes is None else round(minutes, 2), "epochs_run": result.epochs_run,
-        "epochs_planned": cfg["epochs"], "best_val_epoch": _best_epoch(result.run_dir),
+        "config": which, "train_minutes": None if minutes is None else round(minutes, 2),
+        "epochs_run": stage_one["epochs_run"] if stage_one else result.epochs_run, "epochs_planned": cfg["epochs"],
+        "best_val_epoch": _best_epoch(result.run_dir),
         "threads": threads, "load_after_train": load_after_train, "eval_split": eval_split, "images": len(dataset),
         "trained_on": "train+val, scored last.pt" if trainval else "train, scored best.pt",
         "miou": round(float(m["miou"]), 4), "iou": [round(float(v), 4) for v in m["iou"].tolist()],
@@ -255,6 +274,10 @@ def main(argv: list[str]) -> dict:
         "tta": f"{tta_rule}: " + (f"flips {seg.tta_flips!r}" if tta else "off"),
         "scales": f"{scales_rule}: " + ",".join(map(str, scales)) + f" (sizes {sizes(seg, scales)})",
     }
+    if stage_one:
+        out["stage_one"] = stage_one
+        out["finetune"] = {"imgsz": cfg["finetune_imgsz"], "epochs_run": result.epochs_run,
+                           "epochs_planned": cfg["finetune_epochs"], "lr": cfg["finetune_lr"]}
     if val_scores:
         out["val_foreground_iou"] = {f"tta {'on' if k[0] else 'off'}, scales {','.join(map(str, k[1]))}": round(v, 4)
                                      for k, v in val_scores.items()}

@@ -113,6 +113,37 @@ def test_deterministic_and_resume_is_exact(straight_run, tmp_path):
     assert _rows(resumed.run_dir) == _rows(straight_run.run_dir)
 
 
+def test_init_fine_tunes_from_a_run_at_another_size(straight_run, tmp_path):
+    """--init starts a new run (and its moving average) from a run's weights, here at a larger imgsz; a checkpoint
+    of another architecture is refused with the options it holds."""
+    import lightning.pytorch as L
+
+    start = {}
+
+    class RecordStart(L.Callback):
+        def on_train_start(self, trainer, module):
+            start["model"] = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+            start["ema"] = {k: v.detach().clone() for k, v in module.ema.module.state_dict().items()}
+
+    tuned = train(dict(TINY, imgsz=40, epochs=1, lr=1e-3, warmup=0, ema=0.9, project=str(tmp_path), name="ft",
+                       init=str(straight_run.run_dir)), datasets=squares(), class_names=NAMES, callbacks=[RecordStart()])
+    trained = load_checkpoint(straight_run.best)["state_dict"]
+    for key, value in trained.items():
+        assert torch.equal(start["model"][key], value), key
+        assert torch.equal(start["ema"][key], value), key
+    payload = load_checkpoint(tuned.last)
+    assert payload["imgsz"] == 40 and payload["train"]["init"] == str(straight_run.run_dir)
+    # it trained on from there: the weights moved, and the fine-tuned model is still well above chance
+    assert any(not torch.equal(payload["state_dict"][k], v) for k, v in trained.items() if v.is_floating_point())
+    assert tuned.metrics["miou"] > 0.55
+    with pytest.raises(ConfigError, match=r"holds model=unet, encoder=resnet18, 2 classes, model_kwargs=\{'encoder_depth': 3"):
+        train(dict(TINY, model_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 8]}, project=str(tmp_path),
+                   init=str(straight_run.best)), datasets=squares(), class_names=NAMES)
+    with pytest.raises(CheckpointError, match="no weights/best.pt or weights/last.pt"):
+        train(dict(TINY, project=str(tmp_path), init=str(tmp_path / "nothing")), datasets=squares(), class_names=NAMES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]  # refused before any run directory was made
+
+
 def test_fewer_encoder_stages_allow_a_finer_training_size(tmp_path):
     from imseg.errors import InputError
     from imseg.semantic.infer import load_run

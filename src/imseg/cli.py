@@ -307,6 +307,8 @@ def train_cmd(
     save_period: int = typer.Option(1, "--save-period", help="Write the resumable weights/last.ckpt every N epochs "
                                     "(and at the last)."),
     resume: str = typer.Option(None, "--resume", help="Run directory (or weights/last.ckpt) to continue."),
+    init: str = typer.Option(None, "--init", help="Start from these weights (a run directory or its best.pt/last.pt): "
+                             "fine-tune, e.g. at a larger --imgsz; --model/--encoder must be the checkpoint's."),
 ) -> None:
     """Train a semantic segmentation model; writes runs/train/NAME[N]/ (weights, metrics.csv, plots)."""
     import yaml
@@ -320,7 +322,7 @@ def train_cmd(
             epochs=epochs or 50, imgsz=imgsz, batch=batch, lr=lr, optimizer=optimizer, scheduler=scheduler, warmup=warmup,
             amp=amp, patience=patience, workers=workers, seed=seed, name=name, project=project, loss=loss, augment=aug,
             cache=cache, devices=int(devices) if devices.isdigit() else devices, nodes=nodes, accelerator=accelerator,
-            ema=ema, save_period=save_period,
+            ema=ema, save_period=save_period, init=init,
         )
         if resume:
             result = train(resume=resume, **({"epochs": epochs} if epochs else {}))

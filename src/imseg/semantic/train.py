@@ -78,6 +78,8 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)
     ema: float = 0.0  # decay of the weights' moving average (e.g. 0.995); 0 = off
     save_period: int = 1  # write the resumable weights/last.ckpt every N epochs (and at the last one)
+    init: str | None = None  # start from these weights (a run directory or its best.pt/last.pt): fine-tuning,
+    #                          e.g. at a larger imgsz; the model options must be the checkpoint's
 
     def validate(self) -> None:
         multiple = input_multiple(self.model, self.model_kwargs)
@@ -231,7 +233,8 @@ def _make_module_class():
     class SegmentationModule(L.LightningModule):
         """Model + loss + optimizer/scheduler; validation accumulates a rank-reduced confusion matrix."""
 
-        def __init__(self, cfg: dict, num_classes: int, ignore_index: int | None, class_names: list[str]) -> None:
+        def __init__(self, cfg: dict, num_classes: int, ignore_index: int | None, class_names: list[str],
+                     init_state: Mapping[str, torch.Tensor] | None = None) -> None:
             super().__init__()
             self.cfg = cfg
             self.num_classes = num_classes
@@ -241,6 +244,8 @@ def _make_module_class():
                 cfg["model"], encoder=cfg["encoder"], num_classes=num_classes, encoder_weights=cfg["weights"],
                 **cfg.get("model_kwargs", {}),
             )
+            if init_state is not None:  # before the moving average copies the model
+                self.model.load_state_dict(init_state)
             self.ema = WeightEMA(self.model, cfg["ema"]) if cfg.get("ema") else None
             self.criterion = build_loss(cfg["loss"], num_classes, ignore_index, cfg.get("class_weights"))
             self.val_cm = ConfusionMatrix(num_classes, ignore_index)
@@ -605,6 +610,27 @@ def _load_datasets(cfg: TrainConfig) -> tuple[dict, list[str], int | None, dict]
 _FIXED_ON_RESUME = ("model", "encoder", "weights", "model_kwargs", "optimizer", "ema")
 
 
+def _init_state(init: str | os.PathLike, model_meta: Mapping[str, Any]) -> dict:
+    """The weights of ``init`` (a run directory or its best.pt/last.pt) for a run that builds ``model_meta``;
+    a different architecture or class count is a ConfigError that names the options to train with."""
+    from .infer import find_checkpoint
+
+    path = find_checkpoint(init)
+    payload = load_checkpoint(path)
+    theirs = payload.get("model") or {}
+    if theirs != dict(model_meta):
+        def options(m: Mapping[str, Any]) -> str:
+            text = f"model={m.get('name')}, encoder={m.get('encoder')}, {m.get('num_classes')} classes"
+            return text + (f", model_kwargs={dict(m['kwargs'])}" if m.get("kwargs") else "")
+
+        raise ConfigError(
+            f"--init {path}: that checkpoint holds {options(theirs)}, this run builds {options(model_meta)}. "
+            "Fine-tuning keeps the architecture: train with the checkpoint's model options (model, encoder, "
+            f"model_kwargs) on a dataset with its classes {payload.get('class_names')}, or drop --init."
+        )
+    return payload["state_dict"]
+
+
 def _resolve_resume(resume: str | os.PathLike) -> tuple[Path, Path]:
     path = Path(resume)
     if path.is_file() and path.suffix == ".ckpt":
@@ -688,13 +714,17 @@ def train(
             raise DatasetError(f"the {split!r} split is missing or empty; training needs train and val images.")
     num_classes = len(names)
 
+    model_meta = model_config(cfg.model, cfg.encoder, num_classes, **cfg.model_kwargs)
+    # a resumed run's weights come from last.ckpt; --init only seeds a new run (checked before its directory exists)
+    init_state = _init_state(cfg.init, model_meta) if cfg.init and ckpt_path is None else None
+
     if run_dir is None:
         run_dir = increment_run_dir(cfg.project, cfg.name, cfg.exist_ok)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = _make_module_class()(asdict(cfg), num_classes, ignore, names)
+    module = _make_module_class()(asdict(cfg), num_classes, ignore, names, init_state)
     meta = {
-        "model": model_config(cfg.model, cfg.encoder, num_classes, **cfg.model_kwargs),
+        "model": model_meta,
         "class_names": names,
         "num_classes": num_classes,
         "ignore_index": ignore,
