@@ -247,6 +247,15 @@ def test_cli_train_val_on_real_horses(data_dir, tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "horse" in result.output and "pixel accuracy" in result.output
     assert (run / "confusion_matrix_val.png").is_file()
+    # --init: one more epoch at 96 px from that run's weights
+    args = ["train", "--data", str(data_yaml), "--model", "fpn", "--encoder", "resnet18", "--epochs", "1", "--imgsz", "96",
+            "--batch", "4", "--workers", "0", "--project", str(tmp_path / "runs"), "--name", "horse96", "--cache",
+            "--init", str(run)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert yaml.safe_load((tmp_path / "runs" / "horse96" / "config.yaml").read_text())["train"]["init"] == str(run)
+    result = CliRunner().invoke(app, args[:4] + ["unet"] + args[5:-2] + ["--name", "bad", "--init", str(run)])
+    assert result.exit_code != 0 and "that checkpoint holds model=fpn" in result.output
 
 
 def test_weight_ema_rule():
