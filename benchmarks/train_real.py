@@ -180,11 +180,18 @@ def build(which: str, cfg: dict) -> tuple[dict, dict, dict]:
     from imseg.semantic.data import build_datasets
 
     spec = data_spec(which, cfg.get("limit"), cfg.get("trainval", False))
-    train_sets = build_datasets(spec, imgsz=cfg["imgsz"], augment=cfg["augment"], seed=cfg["seed"], cache=cfg["cache"])
     native = build_datasets(spec, imgsz=None, augment="none", seed=None, cache=cfg["cache"], validate=False)
+    return training_sets(which, cfg, spec, native, cfg["imgsz"]), native, spec
+
+
+def training_sets(which: str, cfg: dict, spec: dict, native: dict, imgsz: int) -> dict:
+    """The train/val datasets a training run at ``imgsz`` sees (ISBI validates on ``native``'s val split)."""
+    from imseg.semantic.data import build_datasets
+
+    sets = build_datasets(spec, imgsz=imgsz, augment=cfg["augment"], seed=cfg["seed"], cache=cfg["cache"])
     if which == "isbi":  # validate (and pick best.pt) at native resolution, as evaluated
-        train_sets["val"] = native["val"]
-    return train_sets, native, spec
+        sets["val"] = native["val"]
+    return sets
 
 
 def main(argv: list[str]) -> dict:
@@ -246,7 +253,7 @@ def main(argv: list[str]) -> dict:
         if cfg.get("finetune_imgsz"):  # second stage: the same data at the larger size, from stage one's last.pt
             stage_one = {"run_dir": str(result.run_dir), "epochs_run": result.epochs_run,
                          "minutes": round((time.perf_counter() - start) / 60, 2)}
-            ft_sets, _, _ = build(which, dict(cfg, imgsz=cfg["finetune_imgsz"]))
+            ft_sets = training_sets(which, cfg, spec, native, cfg["finetune_imgsz"])
             left = max(cfg["max_minutes"] - (time.perf_counter() - start) / 60, 0.05)
             ft_cfg = dict(train_cfg, imgsz=cfg["finetune_imgsz"], epochs=cfg["finetune_epochs"], lr=cfg["finetune_lr"],
                           warmup=0.0, init=str(result.last), name=f"{train_cfg['name']}_ft{cfg['finetune_imgsz']}")

@@ -139,7 +139,7 @@ def test_init_fine_tunes_from_a_run_at_another_size(straight_run, tmp_path):
     with pytest.raises(ConfigError, match=r"holds model=unet, encoder=resnet18, 2 classes, model_kwargs=\{'encoder_depth': 3"):
         train(dict(TINY, model_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 8]}, project=str(tmp_path),
                    init=str(straight_run.best)), datasets=squares(), class_names=NAMES)
-    with pytest.raises(CheckpointError, match="no weights/best.pt or weights/last.pt"):
+    with pytest.raises(CheckpointError, match="--init: .* no weights/best.pt or weights/last.pt"):
         train(dict(TINY, project=str(tmp_path), init=str(tmp_path / "nothing")), datasets=squares(), class_names=NAMES)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]  # refused before any run directory was made
 

@@ -240,9 +240,9 @@ def _make_module_class():
             self.num_classes = num_classes
             self.ignore_index = ignore_index
             self.class_names = class_names
-            self.model = create_model(
-                cfg["model"], encoder=cfg["encoder"], num_classes=num_classes, encoder_weights=cfg["weights"],
-                **cfg.get("model_kwargs", {}),
+            self.model = create_model(  # with init_state, no encoder weights to fetch: they are replaced
+                cfg["model"], encoder=cfg["encoder"], num_classes=num_classes,
+                encoder_weights=cfg["weights"] if init_state is None else None, **cfg.get("model_kwargs", {}),
             )
             if init_state is not None:  # before the moving average copies the model
                 self.model.load_state_dict(init_state)
@@ -615,7 +615,10 @@ def _init_state(init: str | os.PathLike, model_meta: Mapping[str, Any]) -> dict:
     a different architecture or class count is a ConfigError that names the options to train with."""
     from .infer import find_checkpoint
 
-    path = find_checkpoint(init)
+    try:
+        path = find_checkpoint(init)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--init: {exc}") from None
     payload = load_checkpoint(path)
     theirs = payload.get("model") or {}
     if theirs != dict(model_meta):
