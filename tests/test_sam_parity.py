@@ -148,6 +148,29 @@ def test_vit_b_reduced_depth_parity(vit_b_reduced_pair, sample_image, image_name
         _compare_batched_boxes(off_pred, our_pred)
 
 
+def test_global_attention_per_head_and_query_chunks_match_official(vit_b_reduced_pair, sample_image):
+    """The CPU inference path (one head per SDPA call), in query chunks that do not divide the grid, and
+    the all-heads path taken under autograd all give the official image embedding."""
+    off_pred, our_pred = vit_b_reduced_pair
+    off_pred.set_image(sample_image)
+    ref = off_pred.features
+    tol = 1e-4 * max(1.0, ref.abs().max().item())
+    attn = our_pred.model.image_encoder.blocks[1].attn
+    default = attn.query_chunk
+    try:
+        for chunk in (default, 1000):  # 1000 -> 15 whole rows of 64 queries: chunks of 15, 15, 15, 15, 4 rows
+            attn.query_chunk = chunk
+            our_pred.set_image(sample_image)
+            assert (our_pred.get_image_embedding() - ref).abs().max().item() <= tol
+        resized = torch.as_tensor(np.array(our_pred.transform.apply_image(sample_image)))
+        x = our_pred.model.preprocess(resized.permute(2, 0, 1)[None].float())
+        with torch.enable_grad():  # autograd: no scratch buffers, every head in one SDPA call per chunk
+            grad_path = our_pred.model.image_encoder(x).detach()
+        assert (grad_path - ref).abs().max().item() <= tol
+    finally:
+        attn.query_chunk = default
+
+
 def test_vit_b_full_config_checkpoint(make_sam_checkpoint):
     """The real vit_b layout loads strictly; a global block (with rel-pos interpolation at a smaller grid)
     and the whole prompt path match the official model on the same weights."""

@@ -2,8 +2,8 @@
 
 Parameter names equal the official ``segment_anything`` ones, so official checkpoints load unchanged.
 Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` with the relative
-position bias passed as ``attn_mask``; global attention can run in query chunks
-(``query_chunk`` rows at a time) to bound the bias tensor.
+position bias passed as ``attn_mask``; global attention runs one head at a time on CPU and can run
+in query chunks (``query_chunk`` queries at a time) to bound the bias tensor.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from torch import nn
 from .common import LayerNorm2d, MLPBlock
 
 #: Queries per SDPA call in global-attention blocks (rounded down to whole token rows). 4096 is
-#: the whole 64x64 grid of a 1024x1024 input: one SDPA call with a bias buffer of heads x 4096 x
-#: 4096 floats (~800 MB for ViT-B, ~1.1 GB for ViT-L/H; the official encoder holds about three
-#: such maps). Measured on a 2-core AVX2 CPU, one global ViT-B block: 1.38 s CPU at 4096,
-#: 1.50 s at 2048, 1.66 s at 1024 (fewer k/v re-reads and SDPA calls). Set an attention's
-#: ``query_chunk`` lower to bound memory.
+#: the whole 64x64 grid of a 1024x1024 input. On CPU in eager inference each call covers ONE head,
+#: so the bias buffer is 4096 x 4096 floats (64 MB); elsewhere (CUDA, autograd, export) a call
+#: covers every head, a heads x 4096 x 4096 bias (~800 MB for ViT-B, ~1.1 GB for ViT-L/H; the
+#: official encoder holds about three such maps). Set an attention's ``query_chunk`` lower to bound
+#: memory further.
 DEFAULT_QUERY_CHUNK = 4096
 
 
@@ -332,9 +332,11 @@ class Attention(nn.Module):
         d = q.shape[-1]
         if not self.use_rel_pos:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        elif scratch is not None and not raw and q.device.type == "cpu":
+            return self._attend_per_head(q, k, v, h, w, scratch)
         else:
             if scratch is not None:
-                full_h, full_w = self._rel_bias_views(q, h, w)
+                full_h, full_w = self._rel_bias_views(q, h, w, scratch=scratch)
             else:
                 rh = relative_positions(h, h, self.rel_pos_h).to(q.dtype)  # (h, h, d)
                 rw = relative_positions(w, w, self.rel_pos_w).to(q.dtype)  # (w, w, d)
@@ -364,7 +366,36 @@ class Attention(nn.Module):
             return out
         return out.transpose(1, 2).reshape(b, h, w, -1)
 
-    def _rel_bias_views(self, q: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _attend_per_head(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: int, w: int,
+                         scratch: Scratch) -> torch.Tensor:
+        """Global attention on CPU, eager inference: one head (and ``query_chunk`` queries) per SDPA call.
+
+        q, k, v: (B', heads, h*w, d) views of the qkv buffer -> (B', h, w, C). Each head's relative
+        position terms (B' x h*w x (Lh + Lw) floats, 4 MB for a 64x64 grid) and its bias block stay
+        small, so the bias is written and read in cache instead of a heads x N x N map in memory
+        (~800 MB for ViT-B, faulted in afresh on every forward pass); the outputs land directly in
+        the (B', h, w, heads, d) layout the output projection reads, with no transpose copy after.
+        """
+        b, heads, n, d = q.shape
+        chunk = max(w, (self.query_chunk // w) * w)  # whole query rows per chunk
+        out = q.new_empty(b, h, w, heads, d)
+        flat_out = out.view(b, n, heads, d)
+        table = self._rel_table(h, w, q.dtype)
+        for head in range(heads):
+            qh, kh, vh = q[:, head : head + 1], k[:, head : head + 1], v[:, head : head + 1]
+            full_h, full_w = self._rel_bias_views(qh, h, w, table, scratch)  # (B', 1, h, w, h), (B', 1, h, w, w)
+            for start in range(0, n, chunk):
+                stop = min(n, start + chunk)
+                rows, r0 = (stop - start) // w, start // w
+                bias = torch.add(full_h[:, :, r0 : r0 + rows, :, :, None], full_w[:, :, r0 : r0 + rows, :, None, :],
+                                 out=scratch.get("bias", q, b, 1, rows, w, h, w))
+                flat_out[:, start:stop, head] = F.scaled_dot_product_attention(
+                    qh[:, :, start:stop], kh, vh, attn_mask=bias.view(b, 1, stop - start, n), scale=self.scale
+                )[:, 0]
+        return out.view(b, h, w, heads * d)
+
+    def _rel_bias_views(self, q: torch.Tensor, h: int, w: int, table: torch.Tensor | None = None,
+                        scratch: Scratch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Both bias terms from ONE matrix product: q (B', heads, h*w, d) -> strided views
         bias_h (B', heads, h, w, h) = q . Rh[y, ky] and bias_w (B', heads, h, w, w) = q . Rw[x, kx].
 
@@ -373,12 +404,19 @@ class Attention(nn.Module):
         so the (y, ky) term is a stride trick on P, not a gather or a per-row batched product.
         """
         b, heads, n, d = q.shape
-        rh = _resized_table(self.rel_pos_h, 2 * h - 1)
-        rw = _resized_table(self.rel_pos_w, 2 * w - 1)
-        table = torch.cat([rh.flip(0), rw.flip(0)]).to(q.dtype)  # (Lh + Lw, d)
-        p = torch.mm(q.reshape(-1, d), table.t()).view(b, heads, h, w, -1)  # (B', heads, h, w, Lh + Lw)
+        if table is None:
+            table = self._rel_table(h, w, q.dtype)
+        flat = q.reshape(-1, d)
+        out = None if scratch is None else scratch.get("relpos", q, flat.shape[0], table.shape[0])
+        p = torch.mm(flat, table.t(), out=out).view(b, heads, h, w, -1)  # (B', heads, h, w, Lh + Lw)
         sb, sn, sy, sx, _ = p.stride()
         base = p.storage_offset()
         bias_h = p.as_strided((b, heads, h, w, h), (sb, sn, sy - 1, sx, 1), base + h - 1)
-        bias_w = p.as_strided((b, heads, h, w, w), (sb, sn, sy, sx - 1, 1), base + rh.shape[0] + w - 1)
+        bias_w = p.as_strided((b, heads, h, w, w), (sb, sn, sy, sx - 1, 1), base + 2 * h - 1 + w - 1)
         return bias_h, bias_w
+
+    def _rel_table(self, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+        """[flip(Rh); flip(Rw)]: (2h - 1 + 2w - 1, d), the tables resized to an h x w grid."""
+        rh = _resized_table(self.rel_pos_h, 2 * h - 1)
+        rw = _resized_table(self.rel_pos_w, 2 * w - 1)
+        return torch.cat([rh.flip(0), rw.flip(0)]).to(dtype)
