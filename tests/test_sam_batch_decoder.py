@@ -53,6 +53,28 @@ def test_batch_decoder_equals_mask_decoder(model, multimask):
     assert empty_low.shape == (0, 3 if multimask else 1, 256, 256) and empty_iou.shape[0] == 0
 
 
+def test_factored_first_upscaling_equals_the_plain_product(model):
+    """In fp32 inference the first upscaling product is assembled from the blocks' low-rank updates and LayerNorm
+    statistics (``record``); it must give the plain ``keys @ W`` path's logits, and the call must take it."""
+    torch.manual_seed(1)
+    embedding = torch.randn(1, 256, 64, 64) * 3 + 0.5  # tokens with a mean: the LayerNorm mean terms matter
+    sparse = _sparse(model, 4, seed=2)[1]
+    decoder = PromptBatchDecoder(model, embedding)
+    with torch.inference_mode():
+        record: list = []
+        _, (hs, keys) = decoder.predict(sparse, record)
+        assert len(record) == len(model.mask_decoder.transformer.layers)
+        factored = decoder.masks(hs, keys, [1, 2, 3], record=record)
+        plain = decoder.masks(hs, keys, [1, 2, 3])
+        fresh = PromptBatchDecoder(model, embedding)
+        assert fresh._stage1 is None
+        called, _ = fresh(sparse, True)
+        assert fresh._stage1 is not None  # __call__ took the factored path
+    scale = max(1.0, float(plain.abs().max()))
+    assert float((factored - plain).abs().max()) <= 1e-5 * scale
+    assert float((called - plain).abs().max()) <= 1e-5 * scale
+
+
 def test_predictor_splits_prompts_across_cpu_threads_without_changing_the_answer(model):
     """On CPU, predict_batch decodes the prompts on one single-threaded worker per torch thread, each writing
     its share of the outputs; the result is the plain decoder + postprocessing, and the thread count is restored."""
