@@ -71,7 +71,8 @@ int main(void) {
 def fma_peak(threads: int) -> float | None:
     """GMAC/s of the FMA loop on ``threads`` OpenMP threads, or None when it cannot be built here."""
     cc = shutil.which("cc") or shutil.which("gcc")
-    flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
     if cc is None or " avx2" not in flags or " fma" not in flags:
         return None
     with tempfile.TemporaryDirectory() as tmp:
