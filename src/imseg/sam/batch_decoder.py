@@ -269,16 +269,16 @@ class PromptBatchDecoder:
         """A batch's factors of the first upscaling product from :meth:`transformer`'s ``record``: left
         (B, K, N) and right (B, K, D) with ``keys W = left^T right + r_0 (src G_0) + const``, and r_0 (B, N, 1)."""
         gs, _, rows, _ = self._stage1_shared()
-        depth = len(record)
-        scales: list[torch.Tensor] = []  # r_depth-1, ..., r_0
-        for _, _, _, rstd in reversed(record):
-            scales.append(rstd if not scales else rstd * scales[-1])
-        scales.reverse()  # scales[i] = r_i
-        left = [weights * scales[i].transpose(1, 2) for i, (weights, _, _, _) in enumerate(record)]
-        left += [(scales[i] * record[i][2]).neg_().transpose(1, 2) for i in range(depth)]
-        left += [scales[i + 1].transpose(1, 2) for i in range(depth - 1)]
-        right = [u @ gs[i] for i, (_, u, _, _) in enumerate(record)]
-        right.append(rows[None].expand(record[0][1].shape[0], -1, -1))
+        weights, us, means, rstds = zip(*record, strict=True)
+        scales = [rstds[-1]]  # r_i = rstd_i * r_{i+1}, built from the last block back
+        for rstd in reversed(rstds[:-1]):
+            scales.insert(0, rstd * scales[0])
+        col = [r.transpose(1, 2) for r in scales]  # (B, 1, N)
+        left = [a * r for a, r in zip(weights, col, strict=True)]
+        left += [(r * mean).neg_().transpose(1, 2) for r, mean in zip(scales, means, strict=True)]
+        left += col[1:]
+        right = [u @ g for u, g in zip(us, gs, strict=True)]
+        right.append(rows[None].expand(us[0].shape[0], -1, -1))
         return torch.cat(left, 1), torch.cat(right, 1), scales[0]
 
     def masks(self, hs: torch.Tensor, keys: torch.Tensor, mask_ids: list[int],
@@ -292,7 +292,7 @@ class PromptBatchDecoder:
         factored form of :meth:`_stage1_shared`: ~120 instead of ~270 million multiply-adds per prompt (ViT-B)."""
         _, norm, act1, _, act2 = self.dec.output_upscaling
         (w1, b1), (w2, b2) = self._upscale_weights
-        b, n, c = keys.shape
+        b = keys.shape[0]
         if record is not None:
             _, src_g, _, const = self._stage1_shared()
             left, right, r0 = self._stage1_factors(record)
@@ -305,14 +305,12 @@ class PromptBatchDecoder:
             out = keys.new_empty(b, m, 4 * gh, 4 * gw)
         band = max(1, self.upscale_block // gw)  # image-token rows per band
         for i in range(b):
-            grid = keys[i].view(gh, gw, c)
             for y0 in range(0, gh, band):
                 y1 = min(gh, y0 + band)
-                tokens = grid[y0:y1].reshape(-1, c)
-                t0, t1 = y0 * gw, y1 * gw
+                t0, t1 = y0 * gw, y1 * gw  # the band's image tokens
                 for dy1 in (0, 1):  # sub-pixel row of the first stage: rows (y, x, dx1)
                     if record is None:
-                        a = torch.addmm(b1, tokens, w1[dy1])
+                        a = torch.addmm(b1, keys[i, t0:t1], w1[dy1])
                     else:
                         a = torch.addmm(const[dy1], left[i, :, t0:t1].t(), right[i, :, dy1 * half : (dy1 + 1) * half])
                         a.addcmul_(src_g[dy1][t0:t1], r0[i, t0:t1])
