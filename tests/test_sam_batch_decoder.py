@@ -142,3 +142,23 @@ def test_banded_resize_equals_the_dense_map(model, input_size, original):
                                                align_corners=False)
     torch.testing.assert_close(banded, official, atol=1e-9, rtol=0)
     assert np.isfinite(banded.numpy()).all()
+
+
+def test_batch_decoder_under_autocast_computes_in_the_embedding_dtype(model):
+    """Called inside ``torch.autocast`` (a user's, or a predictor's on CUDA), the decoder turns autocast off:
+    its in-place accumulations would otherwise meet bfloat16 products and fail, and its factored first
+    upscaling product is checked in float32 only. The answer is the float32 one (CPU autocast: same rules)."""
+    torch.manual_seed(3)
+    embedding = torch.randn(1, 256, 64, 64)
+    sparse = _sparse(model, 3, seed=4)[1]
+    with torch.inference_mode():
+        ref_low, ref_iou = PromptBatchDecoder(model, embedding)(sparse, True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            decoder = PromptBatchDecoder(model, embedding)
+            low, iou = decoder(sparse, True)
+            assert torch.is_autocast_enabled("cpu")  # the caller's autocast is left as it was
+    assert decoder._stage1 is not None  # the factored float32 path
+    assert low.dtype == iou.dtype == torch.float32
+    scale = max(1.0, float(ref_low.abs().max()))
+    assert float((low - ref_low).abs().max()) <= 1e-6 * scale
+    assert float((iou - ref_iou).abs().max()) <= 1e-6

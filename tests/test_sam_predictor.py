@@ -193,3 +193,52 @@ def test_everything_mode_returns_masks(segmenter, sample_image):
     assert isinstance(masks, Masks) and masks.image_size == (256, 256)
     assert 0 < len(masks) <= 16 and masks.masks.shape[1:] == (256, 256)
     assert np.all((masks.areas > 0) & (masks.areas == masks.masks.reshape(len(masks), -1).sum(1)))
+
+
+def test_autocast_runs_the_encoder_in_low_precision_and_the_decoder_in_float32(sample_image):
+    """``SamPredictor(dtype="bfloat16")`` on CUDA runs set_image under ``torch.autocast``. Autocast does not cast
+    ``out=``/in-place ops, so the encoder's buffered inference path must step aside (else its products silently
+    run in float32). Prompts are encoded and decoded in float32 from the float32 embedding. CUDA is not needed
+    to check this: CPU autocast has the same rules, and the predictor is pointed at it directly (its
+    constructor refuses low precision on CPU)."""
+    from conftest import perturb_constant_parameters
+    from imseg.sam.batch_decoder import PromptBatchDecoder
+
+    torch.manual_seed(0)
+    model = sam_model_registry["vit_b"]().eval()
+    model.image_encoder.blocks = model.image_encoder.blocks[:3]  # windowed, windowed, global
+    perturb_constant_parameters(model, seed=1)
+    seen: list[torch.dtype] = []
+    for blk in model.image_encoder.blocks:
+        for layer in (blk.attn.qkv, blk.mlp.lin1):
+            layer.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    exact = SamPredictor(model)
+    exact.set_image(sample_image)
+    assert seen == []  # exact float32 inference: the buffered path calls the products directly
+    low = SamPredictor(model)
+    low.autocast_dtype = torch.bfloat16
+    low.set_image(sample_image)
+    assert seen == [torch.bfloat16] * 6  # every block's products in bfloat16, none through float32 buffers
+    assert low.features.dtype == torch.float32
+    scale = float(exact.features.abs().max())
+    diff = float((low.features - exact.features).abs().max())
+    assert 0 < diff <= 0.05 * scale  # bfloat16 rounding, not a different function
+    coords = np.array([[[60.0, 80.0]], [[150.0, 40.0]], [[10.0, 200.0]]])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # decode in the calling thread (CPU workers would not see an autocast)
+        _, iou, low_res = low.predict_batch(coords, np.ones((3, 1)), return_logits=True)
+    finally:
+        torch.set_num_threads(before)
+    with torch.inference_mode():
+        pts = torch.as_tensor(low.transform.apply_coords(coords, sample_image.shape[:2]), dtype=torch.float32)
+        sparse, _ = model.prompt_encoder(points=(pts, torch.ones(3, 1, dtype=torch.int)), boxes=None, masks=None)
+        ref_low, ref_iou = PromptBatchDecoder(model, low.features)(sparse, True)
+    assert low_res.dtype == np.float32
+    low_res, iou = torch.as_tensor(low_res), torch.as_tensor(iou)
+    ref_scale = max(1.0, float(ref_low.abs().max()))
+    assert float((low_res - ref_low).abs().max()) <= 1e-5 * ref_scale  # the decoder in float32
+    assert float((iou - ref_iou).abs().max()) <= 1e-5
+    masks, iou_m, _ = low.predict(point_coords=coords[0], point_labels=np.ones(1),
+                                  mask_input=low_res[0, :1].numpy(), multimask_output=False)  # official layout
+    assert masks.shape == (1, *sample_image.shape[:2]) and masks.dtype == bool and iou_m.dtype == np.float32

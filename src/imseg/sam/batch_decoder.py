@@ -21,20 +21,42 @@ products re-associated, so the image tokens are only ever multiplied by a prompt
   pays a product of inner size ~2 x heads x tokens instead of C (:meth:`PromptBatchDecoder._stage1_shared`).
 
 Prompts run in chunks of ``chunk`` so the per-prompt image tensors stay in cache. Dense (mask) prompts
-change the image tokens per prompt and take the official decoder path instead.
+change the image tokens per prompt and take the official decoder path instead. The decoder computes in the
+embedding's dtype with autocast turned off (it accumulates in place, which autocast does not cast): under
+``SamPredictor(dtype="bfloat16")`` on CUDA the encoder runs in bfloat16 and the decoder in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import threading
 from typing import Any
 
 import torch
 
+from .common import autocast_active
+
 #: prompts decoded together; larger chunks spill the per-prompt (4096 x 256) tensors out of cache on CPU
 #: (ViT-B, 2 threads, 64 prompts: 35 ms/prompt at 1, 37 at 2 and 4, 55 at 8)
 DEFAULT_CHUNK = 1
+
+
+def _no_autocast(device_type: str):
+    """Autocast off for the decoder's in-place accumulations and ``out=`` products (autocast casts neither)."""
+    if autocast_active(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _exact(method):
+    """Run a :class:`PromptBatchDecoder` method with autocast off (see :func:`_no_autocast`)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with _no_autocast(self.src.device.type):
+            return method(self, *args, **kwargs)
+    return run
 
 
 def _heads_weight(linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,6 +91,10 @@ class PromptBatchDecoder:
     def __init__(self, model: Any, embedding: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> None:
         if embedding.ndim != 4 or embedding.shape[0] != 1:
             raise ValueError(f"PromptBatchDecoder takes one (1, C, h, w) image embedding; got {tuple(embedding.shape)}")
+        with _no_autocast(embedding.device.type):
+            self._build(model, embedding, chunk)
+
+    def _build(self, model: Any, embedding: torch.Tensor, chunk: int) -> None:
         dec = model.mask_decoder
         pe = model.prompt_encoder
         self.dec = dec
@@ -225,6 +251,7 @@ class PromptBatchDecoder:
         upd = self._tokens_to_image(self.tr.final_attn_token_to_image, queries + tokens, keys)
         return self.tr.norm_final_attn(queries + upd), keys
 
+    @_exact
     def predict(self, sparse: torch.Tensor,
                 record: list | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """IoU predictions of all mask tokens (B, T) and the (tokens, image tokens) that make their masks
@@ -281,6 +308,7 @@ class PromptBatchDecoder:
         right.append(rows[None].expand(us[0].shape[0], -1, -1))
         return torch.cat(left, 1), torch.cat(right, 1), scales[0]
 
+    @_exact
     def masks(self, hs: torch.Tensor, keys: torch.Tensor, mask_ids: list[int],
               out: torch.Tensor | None = None, record: list | None = None) -> torch.Tensor:
         """(B, len(mask_ids), 4h, 4w) low-res logits of mask tokens ``mask_ids`` (0 = single, 1..3 = multimask),
@@ -323,6 +351,7 @@ class PromptBatchDecoder:
                         out[i, :, 4 * y0 + 2 * dy1 + dy2 : 4 * y1 : 4] = logits.view(m, y1 - y0, 4 * gw)
         return out
 
+    @_exact
     def __call__(self, sparse: torch.Tensor, multimask_output: bool = True,
                  out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, P, C) sparse prompt embeddings -> low-res logits (B, M, 4h, 4w), IoU predictions (B, M).

@@ -43,3 +43,18 @@ class LayerNorm2d(nn.Module):
 def tracing() -> bool:
     """True while TorchScript tracing or ONNX export runs (shape logic must then stay symbolic)."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def autocast_active(device_type: str) -> bool:
+    """True while ``torch.autocast`` is on for ``device_type`` ("cpu", "cuda", ...).
+
+    Autocast casts the inputs of listed ops (``linear``, ``addmm``, SDPA, ...) but not of their ``out=`` or
+    in-place forms, and it keeps LayerNorm outputs in float32: code that writes into preallocated buffers
+    or accumulates in place must not run under it, or it silently computes in float32 (or fails on a dtype
+    mismatch)."""
+    try:
+        return bool(torch.is_autocast_enabled(device_type))  # torch >= 2.4
+    except (TypeError, RuntimeError):
+        if device_type == "cpu":
+            return bool(torch.is_autocast_cpu_enabled())
+        return bool(torch.is_autocast_enabled())  # torch 2.3: the CUDA flag

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock
+from .common import LayerNorm2d, MLPBlock, autocast_active
 
 #: Queries per SDPA call in global-attention blocks (rounded down to whole token rows). 4096 is
 #: the whole 64x64 grid of a 1024x1024 input. On CPU in eager inference each call covers ONE head,
@@ -41,10 +41,11 @@ class Scratch:
         return buf
 
 
-def _eager_inference() -> bool:
-    """True in plain eager inference: no autograd graph to keep, no tracer/exporter/compiler watching
-    (they get the straightforward ops, without ``out=`` buffers and in-place GELU)."""
-    if torch.is_grad_enabled() or torch.jit.is_tracing():
+def _eager_inference(device_type: str) -> bool:
+    """True in plain eager inference: no autograd graph to keep, no tracer/exporter/compiler watching,
+    no autocast (they get the straightforward ops, without ``out=`` buffers and in-place GELU; autocast
+    does not cast the inputs of ``out=``/in-place ops, so the buffered path would run in float32)."""
+    if torch.is_grad_enabled() or torch.jit.is_tracing() or autocast_active(device_type):
         return False
     compiler = getattr(torch, "compiler", None)
     for check in ("is_compiling", "is_exporting"):
@@ -106,7 +107,7 @@ class ImageEncoderViT(nn.Module):
         x = self.patch_embed(x)  # (B, h, w, C)
         if self.pos_embed is not None:
             x = x + self.pos_embed
-        scratch = Scratch() if _eager_inference() else None
+        scratch = Scratch() if _eager_inference(x.device.type) else None
         for blk in self.blocks:
             x = blk(x, scratch)
         return self.neck(x.permute(0, 3, 1, 2))

@@ -47,7 +47,8 @@ class SamPredictor:
 
     Args:
         sam_model: a :class:`~imseg.sam.model.Sam`.
-        dtype: ``None`` (fp32) or ``"bfloat16"``/``"float16"`` autocast on CUDA.
+        dtype: ``None`` (fp32) or ``"bfloat16"``/``"float16"``: the image encoder under autocast on CUDA
+            (prompts are encoded and masks decoded in float32 from the float32 embedding; they cost little).
         decoder_batch: prompts per decoder call in :meth:`predict_batch` with ``mask_input`` (bounds memory;
             sparse-only prompts are decoded a few at a time by :class:`~imseg.sam.batch_decoder.PromptBatchDecoder`).
     """
@@ -214,21 +215,21 @@ class SamPredictor:
         if boxes is not None and (boxes.ndim != 2 or boxes.shape[-1] != 4):
             raise PromptError(f"boxes must be (B, 4) XYXY; got {tuple(boxes.shape)}.")
         points = (point_coords, point_labels) if point_coords is not None else None
-        with self._autocast():
-            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-            sparse_only = mask_input is None and self.features.shape[0] == 1
-            if sparse_only and self.features.device.type == "cpu":
-                return self._decode_on_cpu(sparse, multimask_output, return_logits)
-            if sparse_only:  # the same decoder function, image tokens never projected per prompt
-                low_res, iou = self._batch_decoder()(sparse, multimask_output)
-            else:  # mask prompts change the image tokens per prompt: the official decoder layout
-                low_res, iou = self.model.mask_decoder(
-                    image_embeddings=self.features,
-                    image_pe=self._dense_positional(),
-                    sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense,
-                    multimask_output=multimask_output,
-                )
+        # no autocast here: the embedding is float32, and the decoder's in-place products need one dtype
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        sparse_only = mask_input is None and self.features.shape[0] == 1
+        if sparse_only and self.features.device.type == "cpu":
+            return self._decode_on_cpu(sparse, multimask_output, return_logits)
+        if sparse_only:  # the same decoder function, image tokens never projected per prompt
+            low_res, iou = self._batch_decoder()(sparse, multimask_output)
+        else:  # mask prompts change the image tokens per prompt: the official decoder layout
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=self.features,
+                image_pe=self._dense_positional(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
         low_res, iou = low_res.float(), iou.float()
         return self._postprocess(low_res, return_logits), iou, low_res
 
