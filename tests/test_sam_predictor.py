@@ -242,3 +242,48 @@ def test_autocast_runs_the_encoder_in_low_precision_and_the_decoder_in_float32(s
     masks, iou_m, _ = low.predict(point_coords=coords[0], point_labels=np.ones(1),
                                   mask_input=low_res[0, :1].numpy(), multimask_output=False)  # official layout
     assert masks.shape == (1, *sample_image.shape[:2]) and masks.dtype == bool and iou_m.dtype == np.float32
+
+
+def test_a_model_cast_to_bfloat16_runs_end_to_end(sample_image):
+    """``sam.to(torch.bfloat16)`` (what users do for half-precision GPUs; the official predictor and generator
+    fail on it with a dtype mismatch): set_image, point/box/mask prompts and the automatic generator run, with
+    half-precision results close to the float32 model's. Point positions are encoded in float32 before the
+    model's dtype, so a prompt's position is not rounded to 8 bits. The image encoder is a small ViT (the real
+    prompt encoder and mask decoder): a full encoder in bfloat16 takes tens of seconds on a CPU."""
+    import copy
+
+    from conftest import perturb_constant_parameters
+    from imseg.sam import SamAutomaticMaskGenerator
+    from imseg.sam.image_encoder import ImageEncoderViT
+
+    torch.manual_seed(0)
+    model = sam_model_registry["vit_b"]().eval()
+    model.image_encoder = ImageEncoderViT(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,)).eval()
+    perturb_constant_parameters(model, seed=1)
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    exact, low = SamPredictor(model), SamPredictor(half)
+    exact.set_image(sample_image)
+    low.set_image(sample_image)
+    assert low.features.dtype == torch.float32
+    assert float((low.features - exact.features).abs().max()) <= 0.05 * float(exact.features.abs().max())
+    with torch.inference_mode():  # the half model's own (rounded) frequencies, applied in float32
+        xy = torch.rand(1, 500, 2, generator=torch.Generator().manual_seed(2)) * 1024
+        pe = half.prompt_encoder.pe_layer
+        got = pe.forward_with_coords(xy, (1024, 1024))
+        freq = pe.positional_encoding_gaussian_matrix.float()
+        proj = 2 * torch.pi * ((2 * xy / 1024 - 1) @ freq)
+        ref = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+    assert got.dtype == torch.bfloat16
+    assert float((got.float() - ref).abs().max()) <= 2 ** -8  # one rounding of sin/cos, no 8-bit positions
+    coords = np.array([[60.0, 80.0], [150.0, 40.0]])
+    for prompt in ({"point_coords": coords, "point_labels": np.array([1, 0])}, {"box": np.array([10, 20, 150, 200])}):
+        ref_logits, ref_iou, ref_low = exact.predict(**prompt, return_logits=True)
+        logits, iou, low_res = low.predict(**prompt, return_logits=True)
+        assert logits.dtype == iou.dtype == low_res.dtype == np.float32
+        assert np.abs(logits - ref_logits).max() <= 0.1 * np.abs(ref_logits).max()
+        assert np.abs(iou - ref_iou).max() <= 0.02
+        masks, _, _ = low.predict(**prompt, mask_input=low_res[:1], multimask_output=False)
+        assert masks.shape == (1, *sample_image.shape[:2]) and masks.dtype == bool
+    records = SamAutomaticMaskGenerator(half, points_per_side=2, pred_iou_thresh=0.0,
+                                        stability_score_thresh=0.0).generate(sample_image)
+    assert all(r["segmentation"].shape == sample_image.shape[:2] for r in records)

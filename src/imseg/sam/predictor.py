@@ -81,6 +81,12 @@ class SamPredictor:
             return contextlib.nullcontext()
         return torch.autocast(device_type=torch.device(self.device).type, dtype=self.autocast_dtype)
 
+    def _weights_dtype(self, module: torch.nn.Module | None = None) -> torch.dtype:
+        """The parameter dtype of ``module`` (default: the mask decoder): float32, or half precision for a
+        model cast with ``.to(dtype)`` (the embedding is handed out as float32 either way and cast back for
+        the decoder)."""
+        return next((module or self.model.mask_decoder).parameters()).dtype
+
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise StateError("no image is set: call predictor.set_image(image) before predicting masks.")
@@ -118,6 +124,7 @@ class SamPredictor:
         self.orig_h, self.orig_w = self.original_size
         self.input_h, self.input_w = self.input_size
         x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
+        x = x.to(self._weights_dtype(self.model.image_encoder))
         with self._autocast():
             features = self.model.image_encoder(x)
         self.features = features.float()
@@ -134,7 +141,8 @@ class SamPredictor:
         """The re-associated decoder for the current embedding (built once per image)."""
         assert self.features is not None
         if self._decoder is None or self._decoder[0] is not self.features:
-            self._decoder = (self.features, PromptBatchDecoder(self.model, self.features))
+            embedding = self.features.to(self._weights_dtype())
+            self._decoder = (self.features, PromptBatchDecoder(self.model, embedding))
         return self._decoder[1]
 
     def _dense_positional(self) -> torch.Tensor:
@@ -224,7 +232,7 @@ class SamPredictor:
             low_res, iou = self._batch_decoder()(sparse, multimask_output)
         else:  # mask prompts change the image tokens per prompt: the official decoder layout
             low_res, iou = self.model.mask_decoder(
-                image_embeddings=self.features,
+                image_embeddings=self.features.to(self._weights_dtype()),
                 image_pe=self._dense_positional(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,

@@ -19,10 +19,12 @@ class PositionEmbeddingRandom(nn.Module):
         self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
 
     def _pe_encoding(self, coords: torch.Tensor) -> torch.Tensor:
-        """(..., 2) coords in [0, 1] -> (..., 2F) sin/cos features."""
-        proj = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix
+        """(..., 2) coords in [0, 1] -> (..., 2F) sin/cos features, computed in float32 (a point's position
+        must not be rounded to 8 bits in a half-precision model) and returned in the model's dtype."""
+        matrix = self.positional_encoding_gaussian_matrix
+        proj = (2 * coords.float() - 1) @ matrix.float()
         proj = 2 * math.pi * proj
-        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1).to(matrix.dtype)
 
     def forward(self, size: tuple[int, int]) -> torch.Tensor:
         """Encoding of every cell centre of an (h, w) grid: (2F, h, w)."""
@@ -102,7 +104,7 @@ class PromptEncoder(nn.Module):
 
     def _embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
         """(B, 1, 256, 256) mask logits -> (B, C, 64, 64)."""
-        return self.mask_downscaling(masks)
+        return self.mask_downscaling(masks.to(self.no_mask_embed.weight.dtype))
 
     def _device(self) -> torch.device:
         return self.point_embeddings[0].weight.device
@@ -130,7 +132,7 @@ class PromptEncoder(nn.Module):
         if parts:
             sparse = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         else:
-            sparse = torch.empty((bs, 0, self.embed_dim), device=self._device())
+            sparse = torch.empty((bs, 0, self.embed_dim), device=self._device(), dtype=self.no_mask_embed.weight.dtype)
         if masks is not None:
             dense = self._embed_masks(masks)
         else:
