@@ -287,3 +287,9 @@ def test_a_model_cast_to_bfloat16_runs_end_to_end(sample_image):
     records = SamAutomaticMaskGenerator(half, points_per_side=2, pred_iou_thresh=0.0,
                                         stability_score_thresh=0.0).generate(sample_image)
     assert all(r["segmentation"].shape == sample_image.shape[:2] for r in records)
+    # a predictor whose model is cast after its first mask prompt: the cached dense positional encoding follows
+    exact.predict(box=np.array([10, 20, 150, 200]), mask_input=low_res[:1], multimask_output=False)
+    model.to(torch.bfloat16)
+    exact.set_image(sample_image)
+    masks, _, _ = exact.predict(box=np.array([10, 20, 150, 200]), mask_input=low_res[:1], multimask_output=False)
+    assert masks.shape == (1, *sample_image.shape[:2])

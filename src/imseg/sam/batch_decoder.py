@@ -351,7 +351,6 @@ class PromptBatchDecoder:
                         out[i, :, 4 * y0 + 2 * dy1 + dy2 : 4 * y1 : 4] = logits.view(m, y1 - y0, 4 * gw)
         return out
 
-    @_exact
     def __call__(self, sparse: torch.Tensor, multimask_output: bool = True,
                  out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, P, C) sparse prompt embeddings -> low-res logits (B, M, 4h, 4w), IoU predictions (B, M).

@@ -147,7 +147,7 @@ class SamPredictor:
 
     def _dense_positional(self) -> torch.Tensor:
         pe = self._dense_pe
-        if pe is None or pe.device != torch.device(self.device):
+        if pe is None or pe.device != torch.device(self.device) or pe.dtype != self._weights_dtype():
             pe = self._dense_pe = self.model.prompt_encoder.get_dense_pe()
         return pe
 
