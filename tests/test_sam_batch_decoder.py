@@ -43,8 +43,11 @@ def test_batch_decoder_equals_mask_decoder(model, multimask):
         with torch.inference_mode():
             dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(5, -1, 64, 64)
             ref_low, ref_iou = model.mask_decoder(embedding, pe, sparse, dense, multimask)
-            for chunk in (1, 3, 64):  # the chunking must not change the answer
-                low, iou = PromptBatchDecoder(model, embedding, chunk=chunk)(sparse, multimask)
+            # neither the chunking nor the accelerator layout (every prompt of a chunk per product) may change it
+            for chunk, per_prompt in ((1, True), (3, True), (64, True), (3, False), (64, False)):
+                decoder = PromptBatchDecoder(model, embedding, chunk=chunk)
+                decoder.per_prompt = per_prompt
+                low, iou = decoder(sparse, multimask)
                 assert low.shape == ref_low.shape == (5, 3 if multimask else 1, 256, 256)
                 scale = float(ref_low.abs().max())
                 assert float((low - ref_low).abs().max()) <= 1e-4 * max(1.0, scale)
@@ -66,12 +69,17 @@ def test_factored_first_upscaling_equals_the_plain_product(model):
         assert len(record) == len(model.mask_decoder.transformer.layers)
         factored = decoder.masks(hs, keys, [1, 2, 3], record=record)
         plain = decoder.masks(hs, keys, [1, 2, 3])
+        decoder.per_prompt = False  # the accelerator layout: each product covers all 4 prompts
+        factored_batched = decoder.masks(hs, keys, [1, 2, 3], record=record)
+        plain_batched = decoder.masks(hs, keys, [1, 2, 3])
         fresh = PromptBatchDecoder(model, embedding)
         assert fresh._stage1 is None
         called, _ = fresh(sparse, True)
         assert fresh._stage1 is not None  # __call__ took the factored path
     scale = max(1.0, float(plain.abs().max()))
     assert float((factored - plain).abs().max()) <= 1e-5 * scale
+    assert float((factored_batched - plain).abs().max()) <= 1e-5 * scale
+    assert float((plain_batched - plain).abs().max()) <= 1e-5 * scale
     assert float((called - plain).abs().max()) <= 1e-5 * scale
 
 
@@ -109,6 +117,51 @@ def test_predictor_splits_prompts_across_cpu_threads_without_changing_the_answer
     np.testing.assert_array_equal(iou_b, iou)
     confident = np.abs(ref) > 1e-3 * scale
     assert np.array_equal(masks[confident], (ref > 0)[confident])
+
+
+def _aten_ops(fn) -> int:
+    """Top-level aten ops ``fn`` dispatches (on CUDA each is at least one kernel launch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::")
+               and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+
+
+def test_off_cpu_the_predictor_decodes_a_prompt_batch_in_as_few_ops_as_the_official(model):
+    """On CUDA a prompt per decoder pass costs ~150 small kernel launches per prompt (64 boxes: ~24k against ~500
+    for the official predictor). Off the CPU the decoder takes 64 prompts per pass with every product covering
+    all of them, so the ops do not grow with the prompts and stay near the official count. Run on the meta
+    device (shapes, no compute), which takes the predictor's non-CPU branches; the values of that layout are
+    checked on CPU above."""
+    import copy
+
+    from mobile_sam import SamPredictor as OfficialPredictor
+
+    from conftest import build_official_sam
+    from imseg.sam import SamPredictor
+    from imseg.sam.batch_decoder import DEVICE_CHUNK
+
+    image = torch.zeros(1, 3, 1024, 1024, device="meta")
+    predictor = SamPredictor(copy.deepcopy(model).to("meta"))
+    predictor.set_torch_image(image, (600, 800))
+    official = OfficialPredictor(build_official_sam("vit_t").to("meta"))
+    official.set_torch_image(image, (600, 800))
+
+    def boxes(n: int, who=predictor):
+        return who.predict_torch(None, None, boxes=torch.zeros(n, 4, device="meta"))
+
+    masks, iou, low = boxes(5)  # also builds the decoder for this embedding
+    assert masks.shape == (5, 3, 600, 800) and masks.dtype == torch.bool and low.shape == (5, 3, 256, 256)
+    decoder = predictor._decoder[1]
+    assert decoder.chunk == DEVICE_CHUNK and not decoder.per_prompt
+    few, many = _aten_ops(lambda: boxes(2)), _aten_ops(lambda: boxes(DEVICE_CHUNK))
+    reference = _aten_ops(lambda: boxes(DEVICE_CHUNK, official))
+    assert many == few <= 1.25 * reference
+    # the CPU layout, forced on the same device, grows with every prompt
+    decoder.chunk, decoder.per_prompt = 1, True
+    assert _aten_ops(lambda: boxes(8)) > 3 * _aten_ops(lambda: boxes(2))
 
 
 def test_batch_decoder_refuses_a_batch_of_embeddings(model):

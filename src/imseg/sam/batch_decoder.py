@@ -20,7 +20,8 @@ products re-associated, so the image tokens are only ever multiplied by a prompt
   maps) onto their low-rank updates: the image's share is multiplied once per image and each prompt
   pays a product of inner size ~2 x heads x tokens instead of C (:meth:`PromptBatchDecoder._stage1_shared`).
 
-Prompts run in chunks of ``chunk`` so the per-prompt image tensors stay in cache. Dense (mask) prompts
+Prompts run in chunks of ``chunk``: on CPU one at a time, so the per-prompt image tensors stay in cache; on
+other devices (CUDA) 64 at a time, each product covering the whole chunk. Dense (mask) prompts
 change the image tokens per prompt and take the official decoder path instead. The decoder computes in the
 embedding's dtype with autocast turned off (it accumulates in place, which autocast does not cast): under
 ``SamPredictor(dtype="bfloat16")`` on CUDA the encoder runs in bfloat16 and the decoder in float32.
@@ -38,9 +39,13 @@ import torch
 
 from .common import autocast_active
 
-#: prompts decoded together; larger chunks spill the per-prompt (4096 x 256) tensors out of cache on CPU
+#: prompts decoded together on CPU; larger chunks spill the per-prompt (4096 x 256) tensors out of cache
 #: (ViT-B, 2 threads, 64 prompts: 35 ms/prompt at 1, 37 at 2 and 4, 55 at 8)
 DEFAULT_CHUNK = 1
+#: prompts decoded together on other devices (CUDA): one prompt per pass would launch ~150 small kernels per
+#: prompt. 64 is the official automatic generator's ``points_per_batch``; a chunk of 64 box prompts peaks at
+#: ~1.1 GB (the official decoder on the same 64: ~1.6 GB; measured on CPU, the decoder is the same for every variant).
+DEVICE_CHUNK = 64
 
 
 def _no_autocast(device_type: str):
@@ -81,25 +86,30 @@ class PromptBatchDecoder:
     Args:
         model: a :class:`~imseg.sam.model.Sam`.
         embedding: (1, C, h, w) image embedding (``SamPredictor.features``).
-        chunk: prompts per pass (memory/cache trade-off; results do not depend on it).
+        chunk: prompts per pass (memory/cache trade-off; results do not depend on it). Default:
+            :data:`DEFAULT_CHUNK` on CPU, :data:`DEVICE_CHUNK` elsewhere.
 
     ``decoder(sparse, multimask_output)`` -> (low-res logits (B, M, 4h, 4w), IoU predictions (B, M)),
     the same as ``model.mask_decoder(embedding, dense_pe, sparse, no_mask_dense, multimask_output)``
     up to float re-association.
     """
 
-    def __init__(self, model: Any, embedding: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> None:
+    def __init__(self, model: Any, embedding: torch.Tensor, chunk: int | None = None) -> None:
         if embedding.ndim != 4 or embedding.shape[0] != 1:
             raise ValueError(f"PromptBatchDecoder takes one (1, C, h, w) image embedding; got {tuple(embedding.shape)}")
         with _no_autocast(embedding.device.type):
             self._build(model, embedding, chunk)
 
-    def _build(self, model: Any, embedding: torch.Tensor, chunk: int) -> None:
+    def _build(self, model: Any, embedding: torch.Tensor, chunk: int | None) -> None:
         dec = model.mask_decoder
         pe = model.prompt_encoder
         self.dec = dec
         self.tr = dec.transformer
-        self.chunk = max(1, int(chunk))
+        on_cpu = embedding.device.type == "cpu"
+        self.chunk = max(1, int((DEFAULT_CHUNK if on_cpu else DEVICE_CHUNK) if chunk is None else chunk))
+        # masks: on CPU one prompt and a band of image rows per product (cache-sized); elsewhere every prompt of
+        # the call and the whole grid per product (a few large kernels instead of ~16 small ones per prompt)
+        self.per_prompt = on_cpu
         self._stage1: tuple | None = None  # see _stage1_shared; made on first use, under the lock (CPU workers)
         self._stage1_lock = threading.Lock()
         self._factorable = all(layer.norm4.weight is not None and layer.norm4.bias is not None
@@ -314,8 +324,9 @@ class PromptBatchDecoder:
         """(B, len(mask_ids), 4h, 4w) low-res logits of mask tokens ``mask_ids`` (0 = single, 1..3 = multimask),
         written into ``out`` when given.
 
-        The upscaling head runs a band of image rows at a time, split by output-row parity (four products
-        per band, each giving every fourth output row whole), so a band's intermediates stay in cache.
+        The upscaling head runs split by output-row parity (four products per band, each giving every fourth
+        output row whole). On CPU (``per_prompt``) it runs one prompt and a band of image rows at a time, so a
+        band's intermediates stay in cache; elsewhere each product covers every prompt and the whole grid.
         With ``record`` (filled by :meth:`transformer` for these prompts) the first product comes from the
         factored form of :meth:`_stage1_shared`: ~120 instead of ~270 million multiply-adds per prompt (ViT-B)."""
         _, norm, act1, _, act2 = self.dec.output_upscaling
@@ -331,24 +342,32 @@ class PromptBatchDecoder:
         m = hyper.shape[1]
         if out is None:
             out = keys.new_empty(b, m, 4 * gh, 4 * gw)
-        band = max(1, self.upscale_block // gw)  # image-token rows per band
-        for i in range(b):
+        if self.per_prompt:  # CPU: one prompt and a band of image rows at a time, in cache
+            groups, band = [(i, i + 1) for i in range(b)], max(1, self.upscale_block // gw)
+        else:  # accelerators: every prompt and the whole grid in each product (a few large kernels)
+            groups, band = [(0, b)] if b else [], gh
+        for i0, i1 in groups:
+            n = i1 - i0
             for y0 in range(0, gh, band):
                 y1 = min(gh, y0 + band)
                 t0, t1 = y0 * gw, y1 * gw  # the band's image tokens
-                for dy1 in (0, 1):  # sub-pixel row of the first stage: rows (y, x, dx1)
-                    if record is None:
-                        a = torch.addmm(b1, keys[i, t0:t1], w1[dy1])
+                for dy1 in (0, 1):  # sub-pixel row of the first stage: rows (prompt, y, x, dx1)
+                    if record is None:  # (n, tokens, C) rows are contiguous: one product for the group
+                        a = torch.addmm(b1, keys[i0:i1, t0:t1].reshape(-1, keys.shape[-1]), w1[dy1])
                     else:
-                        a = torch.addmm(const[dy1], left[i, :, t0:t1].t(), right[i, :, dy1 * half : (dy1 + 1) * half])
-                        a.addcmul_(src_g[dy1][t0:t1], r0[i, t0:t1])
+                        lhs = left[i0:i1, :, t0:t1].transpose(1, 2)  # (n, tokens, K)
+                        rhs = right[i0:i1, :, dy1 * half : (dy1 + 1) * half]  # (n, K, D)
+                        a = (torch.addmm(const[dy1], lhs[0], rhs[0]) if n == 1
+                             else torch.baddbmm(const[dy1], lhs, rhs)).view(n, t1 - t0, -1)
+                        a.addcmul_(src_g[dy1][t0:t1], r0[i0:i1, t0:t1])
                     a = a.view(-1, c1)
                     a = act1(torch.nn.functional.layer_norm(a, (c1,), norm.weight, norm.bias, norm.eps))
-                    for dy2 in (0, 1):  # and of the second: rows (y, x, dx1), columns (dx2, C2)
-                        z = act2(torch.addmm(b2, a, w2[dy2]))
-                        logits = hyper[i] @ z.view(-1, c2).t()  # (M, rows * (x, dx1, dx2))
-                        # = output rows 4*y + 2*dy1 + dy2, each a contiguous run of columns 4*x + 2*dx1 + dx2
-                        out[i, :, 4 * y0 + 2 * dy1 + dy2 : 4 * y1 : 4] = logits.view(m, y1 - y0, 4 * gw)
+                    for dy2 in (0, 1):  # and of the second: rows (prompt, y, x, dx1), columns (dx2, C2)
+                        z = act2(torch.addmm(b2, a, w2[dy2])).view(n, -1, c2)
+                        # (n, M, rows * (x, dx1, dx2)) = output rows 4*y + 2*dy1 + dy2, each a contiguous
+                        # run of columns 4*x + 2*dx1 + dx2
+                        logits = (hyper[i0] @ z[0].t())[None] if n == 1 else hyper[i0:i1] @ z.transpose(1, 2)
+                        out[i0:i1, :, 4 * y0 + 2 * dy1 + dy2 : 4 * y1 : 4] = logits.view(n, m, y1 - y0, 4 * gw)
         return out
 
     def __call__(self, sparse: torch.Tensor, multimask_output: bool = True,
