@@ -113,8 +113,10 @@ def main() -> None:
 
     if args.device == "cuda":
         batch = torch.randn(args.gpu_batch, 3, 1024, 1024, device="cuda")
+        rate = {}
         for name, enc, dtype in (("official fp32", official.image_encoder, None),
                                  ("imseg fp32", ours.image_encoder, None),
+                                 ("official bf16", official.image_encoder, torch.bfloat16),
                                  ("imseg bf16", ours.image_encoder, torch.bfloat16)):
             def run(enc=enc, dtype=dtype):
                 with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float32,
@@ -122,7 +124,12 @@ def main() -> None:
                     enc(batch)
             run()
             wall, _ = best(run, 5, "cuda")
-            print(f"encoder batch {args.gpu_batch} {name:14s} {args.gpu_batch / wall:8.1f} images/s")
+            rate[name] = args.gpu_batch / wall
+            print(f"encoder batch {args.gpu_batch} {name:14s} {rate[name]:8.1f} images/s")
+        for kind in ("fp32", "bf16"):
+            ratio = rate[f"imseg {kind}"] / rate[f"official {kind}"]
+            print(f"encoder batch {args.gpu_batch} {kind} speed-up {ratio:.2f}x")
+        print("goal: imseg bf16 >= 185 images/s at batch 8 on an H100")
 
 
 if __name__ == "__main__":
