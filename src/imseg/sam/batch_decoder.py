@@ -44,7 +44,7 @@ from .common import autocast_active
 DEFAULT_CHUNK = 1
 #: prompts decoded together on other devices (CUDA): one prompt per pass would launch ~150 small kernels per
 #: prompt. 64 is the official automatic generator's ``points_per_batch``; a chunk of 64 box prompts peaks at
-#: ~1.1 GB (the official decoder on the same 64: ~1.6 GB; measured on CPU, the decoder is the same for every variant).
+#: ~1.1 GB, the official decoder on the same 64 at ~1.8 GB (``benchmarks/sam_decoder_layout.py``, on CPU).
 DEVICE_CHUNK = 64
 
 
