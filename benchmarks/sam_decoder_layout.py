@@ -33,18 +33,20 @@ import torch
 PROMPTS = 64
 
 
-def _models(ckpt: str | None = None):
+def _official():
+    """The official ViT-B with random weights (seed 0)."""
     from segment_anything import sam_model_registry as official_registry
-
-    from imseg.sam import sam_model_registry
 
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        official = official_registry["vit_b"]().eval()
-    if ckpt is None:
-        return official, None
-    return official, sam_model_registry["vit_b"](checkpoint=ckpt).eval()
+        return official_registry["vit_b"]().eval()
+
+
+def _ours(ckpt: str):
+    from imseg.sam import sam_model_registry
+
+    return sam_model_registry["vit_b"](checkpoint=ckpt).eval()
 
 
 def _inputs(model, device="cpu"):
@@ -86,11 +88,16 @@ def _status_kib(field: str) -> int:
 
 
 def _peak(layout: str, ckpt: str, threads: int, queue) -> None:
-    """Peak RSS growth of one decode: the high-water mark is reset after the models are built (Linux)."""
+    """Peak RSS growth of one decode: the high-water mark is reset after the models are built (Linux;
+    None where ``/proc/self/clear_refs`` cannot be written)."""
     torch.set_num_threads(threads)
-    official, ours = _models(ckpt)
-    run = _decoders(official, ours, layout)
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    official = _official()
+    run = _decoders(official, None if layout == "official" else _ours(ckpt), layout)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        queue.put(None)
+        return
     base = _status_kib("VmRSS")
     with torch.inference_mode():
         run()
@@ -110,9 +117,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = str(Path(tmp) / "sam_vit_b_random.pth")
-        official, _ = _models()
+        official = _official()
         torch.save(official.state_dict(), ckpt)
-        official, ours = _models(ckpt)
+        ours = _ours(ckpt)
         print(f"ViT-B decoder, {PROMPTS} box prompts, torch {torch.__version__}")
         rows = {}
         ctx = mp.get_context("spawn")
@@ -127,10 +134,12 @@ def main() -> None:
             queue = ctx.Queue()
             proc = ctx.Process(target=_peak, args=(layout, ckpt, args.threads, queue))
             proc.start()
-            peak = queue.get()
-            proc.join()
+            proc.join()  # the child puts one small value: joining first cannot deadlock
+            peak = queue.get() if proc.exitcode == 0 else f"child exited with {proc.exitcode}"
             rows[layout] = _ops(run)
-            print(f"{name:42s} {rows[layout]:6d} aten ops | peak RSS growth {peak:7.0f} MiB | CPU {seconds:6.2f} s")
+            memory = (f"{peak:7.0f} MiB" if isinstance(peak, float)
+                      else "n/a (needs Linux)" if peak is None else f"n/a ({peak})")
+            print(f"{name:42s} {rows[layout]:6d} aten ops | peak RSS growth {memory} | CPU {seconds:6.2f} s")
         print(f"ops, imseg device layout / official: {rows['device'] / rows['official']:.2f}x; "
               f"CPU layout / official: {rows['cpu'] / rows['official']:.0f}x")
 

@@ -50,7 +50,8 @@ class SamPredictor:
         dtype: ``None`` (fp32) or ``"bfloat16"``/``"float16"``: the image encoder under autocast on CUDA
             (prompts are encoded and masks decoded in float32 from the float32 embedding; they cost little).
         decoder_batch: prompts per decoder call in :meth:`predict_batch` with ``mask_input`` (bounds memory;
-            sparse-only prompts are decoded a few at a time by :class:`~imseg.sam.batch_decoder.PromptBatchDecoder`).
+            sparse-only prompts are decoded by :class:`~imseg.sam.batch_decoder.PromptBatchDecoder`, one at a
+            time on CPU, 64 at a time on other devices).
     """
 
     def __init__(self, sam_model: Sam, dtype: Any = None, decoder_batch: int = 16) -> None:
