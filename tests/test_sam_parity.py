@@ -140,6 +140,39 @@ def test_vit_t_parity(vit_t_pair, sample_image, image_name):
         _compare_batched_boxes(off_pred, our_pred)
 
 
+def test_accelerator_layout_gives_the_official_answer(vit_t_pair, sample_image, monkeypatch):
+    """Off the CPU (CUDA), sparse prompts are decoded a chunk at a time with each product covering the whole chunk,
+    and postprocessed as one batch. No GPU here, so that layout is forced on CPU: the official predictor's answers,
+    with chunks of 4 that split 10 prompts unevenly."""
+    off_pred, our_pred = vit_t_pair
+    ours = SamPredictor(our_pred.model)
+    ours._cpu_layout = False
+    monkeypatch.setattr(ours, "_decode_on_cpu", lambda *a: pytest.fail("took the CPU layout"))
+    image = _images(sample_image)["wide"]
+    h, w = image.shape[:2]
+    off_pred.set_image(image)
+    ours.set_image(image)
+    decoder = ours._batch_decoder()
+    assert not decoder.per_prompt
+    decoder.chunk = 4
+    rng = np.random.default_rng(5)
+    corners = np.sort(rng.uniform(0, 1, (10, 2, 2)) * [w - 1, h - 1], axis=1)
+    boxes = torch.as_tensor(off_pred.transform.apply_boxes(corners.reshape(10, 4), (h, w)), dtype=torch.float)
+    points = torch.as_tensor(off_pred.transform.apply_coords(rng.uniform(0, 1, (10, 2, 2)) * [w, h], (h, w)),
+                             dtype=torch.float)
+    labels = torch.as_tensor(rng.integers(0, 2, (10, 2)), dtype=torch.int)
+    for kw in (dict(boxes=boxes), dict(boxes=boxes, point_coords=points, point_labels=labels),
+               dict(point_coords=points, point_labels=labels, multimask_output=False)):
+        kw = {"point_coords": None, "point_labels": None, **kw}
+        with torch.no_grad():
+            ref = off_pred.predict_torch(**kw)
+            ref_logits = off_pred.predict_torch(**kw, return_logits=True)[0]
+        got = ours.predict_torch(**kw)
+        assert got[0].shape == (10, 1 if kw.get("multimask_output") is False else 3, h, w)
+        assert_outputs_match(tuple(t.numpy() for t in ref), tuple(t.numpy() for t in got), ref_logits.numpy())
+    assert ours._batch_decoder() is decoder  # built once per image, in the accelerator layout
+
+
 @pytest.mark.parametrize("image_name", ["square", "wide"])
 def test_vit_b_reduced_depth_parity(vit_b_reduced_pair, sample_image, image_name):
     off_pred, our_pred = vit_b_reduced_pair

@@ -88,24 +88,26 @@ class PromptBatchDecoder:
         embedding: (1, C, h, w) image embedding (``SamPredictor.features``).
         chunk: prompts per pass (memory/cache trade-off; results do not depend on it). Default:
             :data:`DEFAULT_CHUNK` on CPU, :data:`DEVICE_CHUNK` elsewhere.
+        cpu_layout: one prompt and a band of image rows per upscaling product (True), or every prompt of a chunk
+            and the whole grid (False). Default: True on CPU, False elsewhere; results do not depend on it.
 
     ``decoder(sparse, multimask_output)`` -> (low-res logits (B, M, 4h, 4w), IoU predictions (B, M)),
     the same as ``model.mask_decoder(embedding, dense_pe, sparse, no_mask_dense, multimask_output)``
     up to float re-association.
     """
 
-    def __init__(self, model: Any, embedding: torch.Tensor, chunk: int | None = None) -> None:
+    def __init__(self, model: Any, embedding: torch.Tensor, chunk: int | None = None,
+                 cpu_layout: bool | None = None) -> None:
         if embedding.ndim != 4 or embedding.shape[0] != 1:
             raise ValueError(f"PromptBatchDecoder takes one (1, C, h, w) image embedding; got {tuple(embedding.shape)}")
         with _no_autocast(embedding.device.type):
-            self._build(model, embedding, chunk)
+            self._build(model, embedding, chunk, embedding.device.type == "cpu" if cpu_layout is None else cpu_layout)
 
-    def _build(self, model: Any, embedding: torch.Tensor, chunk: int | None) -> None:
+    def _build(self, model: Any, embedding: torch.Tensor, chunk: int | None, on_cpu: bool) -> None:
         dec = model.mask_decoder
         pe = model.prompt_encoder
         self.dec = dec
         self.tr = dec.transformer
-        on_cpu = embedding.device.type == "cpu"
         self.chunk = max(1, int((DEFAULT_CHUNK if on_cpu else DEVICE_CHUNK) if chunk is None else chunk))
         # masks: on CPU one prompt and a band of image rows per product (cache-sized); elsewhere every prompt of
         # the call and the whole grid per product (a few large kernels instead of ~16 small ones per prompt)

@@ -61,6 +61,9 @@ class SamPredictor:
         self.decoder_batch = int(decoder_batch)
         self._dense_pe: torch.Tensor | None = None
         self._decoder: tuple[torch.Tensor, PromptBatchDecoder] | None = None  # (features, decoder)
+        # sparse prompts' decoding layout: None = by the embedding's device (the CPU layout on CPU, the accelerator
+        # layout elsewhere); tests set False to check the accelerator layout's answers on CPU
+        self._cpu_layout: bool | None = None
         self.reset_image()
 
     # ------------------------------------------------------------------ state
@@ -143,8 +146,15 @@ class SamPredictor:
         assert self.features is not None
         if self._decoder is None or self._decoder[0] is not self.features:
             embedding = self.features.to(self._weights_dtype())
-            self._decoder = (self.features, PromptBatchDecoder(self.model, embedding))
+            decoder = PromptBatchDecoder(self.model, embedding, cpu_layout=self._uses_cpu_layout())
+            self._decoder = (self.features, decoder)
         return self._decoder[1]
+
+    def _uses_cpu_layout(self) -> bool:
+        """Sparse prompts split across single-threaded workers, one per decoder pass, postprocessed one at a
+        time (CPU); or every prompt of a call in each pass and each postprocessing op (accelerators)."""
+        assert self.features is not None
+        return self.features.device.type == "cpu" if self._cpu_layout is None else self._cpu_layout
 
     def _dense_positional(self) -> torch.Tensor:
         pe = self._dense_pe
@@ -227,7 +237,7 @@ class SamPredictor:
         # no autocast here: the embedding is float32, and the decoder's in-place products need one dtype
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         sparse_only = mask_input is None and self.features.shape[0] == 1
-        if sparse_only and self.features.device.type == "cpu":
+        if sparse_only and self._uses_cpu_layout():
             return self._decode_on_cpu(sparse, multimask_output, return_logits)
         if sparse_only:  # the same decoder function, image tokens never projected per prompt
             low_res, iou = self._batch_decoder()(sparse, multimask_output)
@@ -289,7 +299,7 @@ class SamPredictor:
         On CPU one prompt at a time, so each full-size intermediate stays in cache (the whole batch's
         float logits would be B*M*H*W*4 bytes of memory traffic, twice)."""
         assert self.input_size is not None and self.original_size is not None
-        if low_res.device.type != "cpu" or low_res.shape[0] <= 1:
+        if not self._uses_cpu_layout() or low_res.shape[0] <= 1:
             masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
             return masks if return_logits else masks > self.model.mask_threshold
         out = self._mask_buffer(*low_res.shape[:2], return_logits)
