@@ -150,6 +150,8 @@ def test_region_grow_and_flood_from_points(scene):
         ("grabcut", {"box": (0, 0, 64, 64)}),  # no background left to learn from
         ("grabcut", {"points": [(-3, 5)]}),
         ("region_grow", {"points": [(5, 5)], "labels": [0]}),
+        ("grabcut", {"points": [(5, 5)], "labels": [2]}),  # SAM's box-corner label means nothing to GrabCut
+        ("flood", {"points": [(5, 5)], "labels": [0.5]}),
     ],
 )
 def test_bad_prompts_raise_prompt_error(name, kwargs, scene):

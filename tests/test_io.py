@@ -159,6 +159,15 @@ def test_validate_points_and_box():
         validate_points([(11, 2)], [1], (10, 10))
     with pytest.raises(PromptError, match=r"\(N, 2\)"):
         validate_points([1, 2, 3], None)
+    # labels: whole numbers from SAM's vocabulary by default, or the caller's (classical methods: 0/1)
+    assert validate_points([(1, 2)] * 5, np.array([1.0, 0.0, -1.0, 2.0, 3.0]))[1].tolist() == [1, 0, -1, 2, 3]
+    assert validate_points([(1, 2)] * 2, [True, False])[1].tolist() == [1, 0]
+    with pytest.raises(PromptError, match="label 2 is not one of \\[0, 1\\]"):
+        validate_points([(1, 2)], [2], allowed_labels=(0, 1))
+    with pytest.raises(PromptError, match="whole numbers.*got nan"):
+        validate_points([(1, 2)], [float("nan")])
+    with pytest.raises(PromptError, match="points must be numbers"):
+        validate_points([("x", 2)], [1])
     assert validate_box([1, 1, 5, 5], (10, 10)).shape == (4,)
     assert validate_box([[1, 1, 5, 5], [0, 0, 2, 2]]).shape == (2, 4)
     with pytest.raises(PromptError, match="inverted"):

@@ -51,6 +51,12 @@ def test_predict_before_set_image_is_a_state_error(mobile_sam_checkpoint):
         (dict(point_coords=np.array([1, 2, 3]), point_labels=np.array([1])), "shape"),
         (dict(box=np.array([[0, 0, 5, 5], [1, 1, 9, 9]])), "one box"),
         (dict(box=np.array([0, 0, 5, 5]), mask_input=np.zeros((256, 256))), "mask_input must have shape"),
+        (dict(point_coords=[["a", 3]], point_labels=[1]), "points must be numbers"),
+        (dict(point_coords=[[1, 2], [3]], point_labels=[1, 1]), "regular array"),
+        (dict(box=["x0", 1, 5, 5]), "box must be numbers"),
+        (dict(point_coords=np.array([[10, 10]]), point_labels=np.array([0.5])), "whole numbers.*got 0.5"),
+        (dict(point_coords=np.array([[10, 10]]), point_labels=np.array([7])), r"label 7 is not one of \[-1, 0, 1, 2, 3\]"),
+        (dict(point_coords=np.array([[10, 10]]), point_labels=np.array(["fg"])), "whole numbers"),
     ],
 )
 def test_bad_prompts_raise_prompt_error(predictor, kwargs, match):
@@ -100,6 +106,14 @@ def test_predict_batch_equals_one_call_per_prompt(predictor):
         predictor.predict_batch(point_coords=coords, point_labels=labels, boxes=boxes[:2])
     with pytest.raises(PromptError, match="needs point_coords"):
         predictor.predict_batch()
+    with pytest.raises(PromptError, match=r"boxes must be \(B, 4\)"):
+        predictor.predict_batch(boxes=np.zeros(6))
+    with pytest.raises(PromptError, match="boxes must be numbers"):
+        predictor.predict_batch(boxes=[[0, 0, 5, "5"], [0, 0, 5]])
+    with pytest.raises(PromptError, match="point_coords must be numbers"):
+        predictor.predict_batch(point_coords=[[[1, 2]], [[1]]], point_labels=[[1], [1]])
+    with pytest.raises(PromptError, match="whole numbers"):
+        predictor.predict_batch(point_coords=coords, point_labels=labels + 0.25)
 
 
 def test_segment_prompt_modes_return_masks(segmenter, sample_image):

@@ -635,7 +635,7 @@ def grabcut(
 
     rgb = _rgb(image)
     h, w = rgb.shape[:2]
-    coords, point_labels = validate_points(points, labels, (h, w))
+    coords, point_labels = validate_points(points, labels, (h, w), allowed_labels=(0, 1))
     box_xyxy = validate_box(box, (h, w))
     if coords is None and box_xyxy is None:
         raise PromptError("grabcut needs a box=(x0, y0, x1, y1) and/or points=[(x, y), ...] prompt.")
@@ -785,7 +785,7 @@ class ClassicalSegmenter(Segmenter):
     def _grow_prompt(self, image: Any, points: Any, labels: Any, kwargs: dict[str, Any]) -> Masks:
         pixels = _pixels(image)
         shape = pixels.shape[:2]
-        coords, point_labels = validate_points(points, labels, shape)
+        coords, point_labels = validate_points(points, labels, shape, allowed_labels=(0, 1))
         assert coords is not None and point_labels is not None
         positive = point_labels == 1
         if not positive.any():

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError, PromptError, StateError
-from ..io import read_image, validate_box, validate_points
+from ..io import prompt_array, read_image, validate_box, validate_points
 from .batch_decoder import PromptBatchDecoder
 from .model import ResizeLongestSide, Sam
 
@@ -341,7 +341,7 @@ class SamPredictor:
         batch = None
         coords_t = labels_t = boxes_t = mask_t = None
         if point_coords is not None:
-            pc = np.asarray(point_coords, dtype=np.float32)
+            pc = prompt_array(point_coords, "point_coords")
             if pc.ndim != 3 or pc.shape[-1] != 2:
                 raise PromptError(f"point_coords must be (B, N, 2); got shape {pc.shape}.")
             if point_labels is None:
@@ -349,13 +349,16 @@ class SamPredictor:
             pl = np.asarray(point_labels)
             if pl.shape != pc.shape[:2]:
                 raise PromptError(f"point_labels must be (B, N) = {pc.shape[:2]}; got {pl.shape}.")
-            validate_points(pc.reshape(-1, 2), pl.reshape(-1), self.original_size)
+            _, flat_labels = validate_points(pc.reshape(-1, 2), pl.reshape(-1), self.original_size)
             batch = len(pc)
             coords_t = torch.as_tensor(self.transform.apply_coords(pc, self.original_size), dtype=torch.float,
                                        device=self.device)
-            labels_t = torch.as_tensor(pl, dtype=torch.int, device=self.device)
+            labels_t = torch.as_tensor(flat_labels.reshape(pl.shape), dtype=torch.int, device=self.device)
         if boxes is not None:
-            bx = validate_box(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), self.original_size)
+            bx = prompt_array(boxes, "boxes")
+            if bx.size % 4 or bx.ndim == 0:
+                raise PromptError(f"boxes must be (B, 4) XYXY pixels; got shape {bx.shape}.")
+            bx = validate_box(bx.reshape(-1, 4), self.original_size)
             if batch is not None and len(bx) != batch:
                 raise PromptError(f"{len(bx)} boxes for {batch} point sets; give one box per prompt set.")
             batch = len(bx)
