@@ -317,15 +317,15 @@ def _point_labels(labels: Any, n: int, allowed: Sequence[int]) -> np.ndarray:
     meaning = "1 = foreground, 0 = background" + (", -1 = padding, 2/3 = box corners" if -1 in allowed else "")
     if raw.dtype.kind not in "biuf":
         raise PromptError(f"labels must be whole numbers ({meaning}); got dtype {raw.dtype}.")
-    if raw.dtype.kind == "f" and not (np.isfinite(raw) & (raw == np.round(raw))).all():
-        bad = raw[~(np.isfinite(raw) & (raw == np.round(raw)))][0]
-        raise PromptError(f"labels must be whole numbers ({meaning}); got {bad:g}.")
+    if raw.dtype.kind == "f":
+        whole = np.isfinite(raw) & (raw == np.round(raw))
+        if not whole.all():
+            raise PromptError(f"labels must be whole numbers ({meaning}); got {raw[~whole][0]:g}.")
     lab = raw.astype(np.int32)
     unknown = ~np.isin(lab, allowed)
     if unknown.any():
         raise PromptError(f"label {int(lab[np.argmax(unknown)])} is not one of {sorted(allowed)} ({meaning}).")
     return lab
-
 
 
 def validate_points(

@@ -356,7 +356,7 @@ class SamPredictor:
             labels_t = torch.as_tensor(flat_labels.reshape(pl.shape), dtype=torch.int, device=self.device)
         if boxes is not None:
             bx = prompt_array(boxes, "boxes")
-            if bx.size % 4 or bx.ndim == 0:
+            if bx.size % 4:
                 raise PromptError(f"boxes must be (B, 4) XYXY pixels; got shape {bx.shape}.")
             bx = validate_box(bx.reshape(-1, 4), self.original_size)
             if batch is not None and len(bx) != batch:
