@@ -146,7 +146,7 @@ def test_accelerator_layout_gives_the_official_answer(vit_t_pair, sample_image, 
     with chunks of 4 that split 10 prompts unevenly."""
     off_pred, our_pred = vit_t_pair
     ours = SamPredictor(our_pred.model)
-    ours._cpu_layout = False
+    monkeypatch.setattr(ours, "_uses_cpu_layout", lambda: False)
     monkeypatch.setattr(ours, "_decode_on_cpu", lambda *a: pytest.fail("took the CPU layout"))
     image = _images(sample_image)["wide"]
     h, w = image.shape[:2]

@@ -61,9 +61,6 @@ class SamPredictor:
         self.decoder_batch = int(decoder_batch)
         self._dense_pe: torch.Tensor | None = None
         self._decoder: tuple[torch.Tensor, PromptBatchDecoder] | None = None  # (features, decoder)
-        # sparse prompts' decoding layout: None = by the embedding's device (the CPU layout on CPU, the accelerator
-        # layout elsewhere); tests set False to check the accelerator layout's answers on CPU
-        self._cpu_layout: bool | None = None
         self.reset_image()
 
     # ------------------------------------------------------------------ state
@@ -152,9 +149,10 @@ class SamPredictor:
 
     def _uses_cpu_layout(self) -> bool:
         """Sparse prompts split across single-threaded workers, one per decoder pass, postprocessed one at a
-        time (CPU); or every prompt of a call in each pass and each postprocessing op (accelerators)."""
+        time (CPU); or every prompt of a call in each pass and each postprocessing op (accelerators). By the
+        embedding's device (tests patch it to check the accelerator layout's answers on CPU)."""
         assert self.features is not None
-        return self.features.device.type == "cpu" if self._cpu_layout is None else self._cpu_layout
+        return self.features.device.type == "cpu"
 
     def _dense_positional(self) -> torch.Tensor:
         pe = self._dense_pe
