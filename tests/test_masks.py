@@ -48,6 +48,17 @@ def test_polygons_with_holes_rasterise_back_exactly(masks):
     assert (approx & masks.masks[0]).sum() / (approx | masks.masks[0]).sum() > 0.85
 
 
+def test_polygons_keep_islands_inside_holes():
+    """A target (disc, ring hole, ring, hole, centre dot): each ring only cuts what it encloses."""
+    yy, xx = np.mgrid[:41, :41]
+    r = np.hypot(yy - 20, xx - 20)
+    target = (r < 19) & ~((r > 12) & (r < 16)) & ~((r > 5) & (r < 8))
+    masks = Masks(target[None])
+    rings = masks.to_polygons()[0]
+    assert sorted(r["hole"] for r in rings) == [False, False, False, True, True]
+    assert np.array_equal(Masks.polygons_to_mask(rings, masks.image_size), target)
+
+
 @pytest.mark.parametrize("fmt", ["png", "coco", "rle", "polygons", "npz"])
 def test_save_load_round_trip(masks, tmp_path, fmt):
     paths = masks.save(tmp_path, format=fmt, stem="img")

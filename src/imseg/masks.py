@@ -358,17 +358,20 @@ class Masks:
 
     @staticmethod
     def polygons_to_mask(rings: Sequence[dict], image_size: tuple[int, int]) -> np.ndarray:
-        """Rasterise rings from :meth:`to_polygons` back to an (H, W) bool mask (holes subtracted)."""
+        """Rasterise rings from :meth:`to_polygons` back to an (H, W) bool mask.
+
+        Even-odd rule: a pixel is in the mask when an odd number of rings enclose it, so holes are cut
+        from their outer ring and islands inside a hole are kept (the ``hole`` flags are informative).
+        """
         from pycocotools import mask as mask_utils
 
         h, w = image_size
         mask = np.zeros((h, w), bool)
-        for want_hole in (False, True):
-            polys = [np.asarray(r["points"], np.float64).ravel().tolist() for r in rings if r["hole"] == want_hole]
-            if not polys:
-                continue
-            area = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, h, w))).astype(bool)
-            mask = mask & ~area if want_hole else mask | area
+        polys = [np.asarray(r["points"], np.float64).ravel().tolist() for r in rings]
+        polys = [p for p in polys if len(p) >= 6]
+        if polys:
+            for area in np.moveaxis(mask_utils.decode(mask_utils.frPyObjects(polys, h, w)), -1, 0):
+                mask ^= area.astype(bool)
         return mask
 
     def overlay(self, image: Any, alpha: float = 0.5, outline: bool = True, seed: int = 0) -> np.ndarray:
