@@ -166,3 +166,35 @@ def test_sam_everything_on_a_folder(photo_dir, mobile_sam_checkpoint, tmp_path):
         assert mask.shape == (image["height"], image["width"])
         assert int(mask.sum()) == ann["area"] == int(mask_utils.area(ann["segmentation"]))
     assert len(list((out / "overlays").iterdir())) == 3
+
+
+def test_same_file_names_in_two_folders_and_changed_settings(tmp_path):
+    """Outputs are named per image path, not per file stem, and a marker only counts for the same job."""
+    from imseg.masks import Masks
+
+    small = np.zeros((20, 30, 3), np.uint8)
+    small[5:15, 5:20] = 200
+    wide = np.zeros((40, 50, 3), np.uint8)
+    wide[:, :25] = 200
+    write_image(tmp_path / "a" / "photo.png", small)
+    write_image(tmp_path / "b" / "photo.png", wide)
+    out = tmp_path / "out"
+    first = run(tmp_path / "*" / "photo.png", "--model", "otsu", "--format", "npz", "--out", out)
+    assert first.exit_code == 0 and "2 segmented, 0 skipped" in first.output, first.output
+    sizes = sorted(Masks.load(p).image_size for p in (out / "masks").glob("*.npz"))
+    assert sizes == [(20, 30), (40, 50)]
+    # each folder alone later: both are recognised as done, neither takes the other's outputs
+    for folder in ("b", "a"):
+        again = run(tmp_path / folder, "--model", "otsu", "--format", "npz", "--out", out)
+        assert "0 segmented, 1 skipped" in again.output, again.output
+    # another format into the same --out: redone and said so; coco.json lists each image once
+    coco = run(tmp_path / "*" / "photo.png", "--model", "otsu", "--format", "coco", "--out", out)
+    assert coco.exit_code == 0 and "2 segmented" in coco.output and "with other settings" in coco.output
+    images = json.loads((out / "coco.json").read_text())["images"]
+    assert sorted((im["height"], im["width"]) for im in images) == [(20, 30), (40, 50)]
+    assert len({im["file_name"] for im in images}) == 2
+    assert "0 segmented, 2 skipped" in run(tmp_path / "*" / "photo.png", "--model", "otsu", "--format", "coco",
+                                           "--out", out).output
+    (tmp_path / "afile").write_text("x")
+    as_file = run(tmp_path / "a", "--model", "otsu", "--out", tmp_path / "afile")
+    assert as_file.exit_code == 2 and "is a file" in as_file.output

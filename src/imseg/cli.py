@@ -119,6 +119,43 @@ def _parse_xy_list(values: list[str] | None, what: str, size: int) -> list[list[
     return out
 
 
+def _read_marker(marker) -> dict | None:
+    """A done marker's record, or None when there is none or it cannot be read (the image is redone)."""
+    import json
+
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and "image" in info else None
+
+
+def _output_names(images: list, done_dir) -> list[str]:
+    """One output name per image, unique and the same on every run into the same --out.
+
+    An image gets its file stem unless another image already owns that name (in this run, or by a
+    done marker from an earlier run); then it gets ``stem-<8 hex digits of its absolute path>``.
+    """
+    import hashlib
+    from pathlib import Path
+
+    taken: dict[str, str] = {}
+    names = []
+    for path in images:
+        key = str(Path(path).resolve())
+        digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:8]
+        for name in (path.stem, f"{path.stem}-{digest}"):
+            owner = taken.get(name)
+            if owner is None:
+                info = _read_marker(done_dir / f"{name}.json")
+                owner = None if info is None else info.get("source", str(Path(info["image"]).resolve()))
+            if owner is None or owner == key:
+                break
+        taken[name] = key
+        names.append(name)
+    return names
+
+
 @app.command("segment")
 def segment_cmd(
     src: str = typer.Argument(..., help="An image, a directory of images or a glob pattern (quote it)."),
@@ -216,21 +253,31 @@ def segment_cmd(
         seg_kwargs = amg_options
 
     root = Path(out)
-    stems = [p.stem for p in images]
-    stems = [p.name if stems.count(p.stem) > 1 else p.stem for p in images]
+    if root.exists() and not root.is_dir():
+        fail(f"--out {root} is a file; pass a directory (it is created when missing).")
     done_dir, mask_dir = root / "done", root / "masks"
-    rows, failed, skipped = [], 0, 0
+    names = _output_names(images, done_dir)
+    # a done marker counts only for the same job: same model, weights, prompts, format and post-processing
+    settings = {"model": model, "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
+                "backend": backend, "half": half, "format": fmt, "prompts": seg_kwargs, "post": post}
+    settings = json.loads(json.dumps(settings))  # compared with what the markers read back
+    rows, failed, skipped, redone = [], 0, 0, 0
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("segmenting", total=len(images))
-        for path, stem in zip(images, stems, strict=True):
+        for path, stem in zip(images, names, strict=True):
             marker = done_dir / f"{stem}.json"
+            overlay_path = root / "overlays" / f"{stem}.png"
             progress.update(task, description=f"segmenting {path.name}")
-            if marker.is_file():
+            earlier = _read_marker(marker)
+            if earlier is not None and earlier.get("settings") == settings and (not overlay or overlay_path.is_file()):
                 skipped += 1
                 rows.append((path.name, "-", "-", "skipped (done)"))
                 progress.advance(task)
                 continue
+            if earlier is not None:
+                redone += 1
+                marker.unlink()  # the old record no longer describes what masks/ will hold
             start = time.perf_counter()
             try:
                 rgb = read_image(path)
@@ -239,7 +286,7 @@ def segment_cmd(
                     masks = pipeline(masks, image=rgb)
                 masks.save(mask_dir if fmt != "png" else mask_dir / stem, format=fmt, stem=stem)
                 if overlay:
-                    write_image(root / "overlays" / f"{stem}.png", masks.overlay(rgb))
+                    write_image(overlay_path, masks.overlay(rgb))
             except (ImsegError, OSError, ValueError) as exc:  # OSError/ValueError: decoders on corrupt files
                 failed += 1
                 console.print(f"[red]failed[/red] {path}: {exc}")
@@ -247,18 +294,23 @@ def segment_cmd(
                 progress.advance(task)
                 continue
             seconds = time.perf_counter() - start
-            info = {"image": str(path), "stem": stem, "masks": len(masks), "seconds": round(seconds, 3),
-                    "format": fmt, "height": int(rgb.shape[0]), "width": int(rgb.shape[1])}
+            info = {"image": str(path), "source": str(path.resolve()), "stem": stem, "masks": len(masks),
+                    "seconds": round(seconds, 3), "format": fmt, "height": int(rgb.shape[0]),
+                    "width": int(rgb.shape[1]), "settings": settings}
             write_bytes(marker, json.dumps(info).encode())  # written last: the image is done
             rows.append((path.name, str(len(masks)), f"{seconds:.1f}", "ok"))
             progress.advance(task)
     if fmt == "coco":  # one COCO file for everything done so far in --out (this run and earlier ones)
         dataset: dict = {"images": [], "annotations": [], "categories": []}
         cats: dict = {}
-        for image_id, marker in enumerate(sorted(done_dir.glob("*.json")), start=1):
-            info = json.loads(marker.read_text())
+        records = [_read_marker(marker) for marker in sorted(done_dir.glob("*.json"))]
+        records = [info for info in records if info is not None and info.get("settings") == settings]
+        file_names = [Path(info["image"]).name for info in records]
+        for image_id, info in enumerate(records, start=1):
+            name = Path(info["image"]).name
             part = Masks.load(mask_dir / f"{info['stem']}.json").to_coco_dataset(
-                file_name=Path(info["image"]).name, image_id=image_id, start_id=len(dataset["annotations"]) + 1)
+                file_name=name if file_names.count(name) == 1 else info["image"], image_id=image_id,
+                start_id=len(dataset["annotations"]) + 1)
             dataset["images"] += part["images"]
             dataset["annotations"] += part["annotations"]
             cats.update({c["id"]: c for c in part["categories"]})
@@ -271,6 +323,8 @@ def segment_cmd(
         table.add_row(*row)
     Console().print(table)
     done = len(images) - failed - skipped
+    if redone:
+        typer.echo(f"{redone} image(s) done earlier in {root} with other settings were segmented again.")
     typer.echo(f"{done} segmented, {skipped} skipped (already done), {failed} failed; outputs in {root}")
     if failed:
         raise typer.Exit(1)
