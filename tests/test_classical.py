@@ -212,6 +212,43 @@ def test_cli_lists_methods_and_writes_label_maps(tmp_path):
     assert bad.exit_code == 2 and "nope" in bad.output
 
 
+def test_files_take_the_same_checks_as_read_image(tmp_path):
+    """Gray files are read raw, but upright (EXIF) and under the pixel limit like every other image."""
+    from PIL import Image
+
+    from imseg.io import read_image
+
+    gray = np.zeros((24, 32), np.uint8)
+    gray[:, :8] = 200
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    Image.fromarray(gray).save(tmp_path / "g.png", exif=exif)
+    assert classical.read_gray(tmp_path / "g.png").shape == (32, 24) == read_image(tmp_path / "g.png").shape[:2]
+    masks = imseg.load("otsu").segment(tmp_path / "g.png")
+    assert masks.image_size == (32, 24) and masks.overlay(tmp_path / "g.png").shape == (32, 24, 3)
+    Image.fromarray(np.zeros((300, 300), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(InputError, match="above the limit"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("IMSEG_MAX_PIXELS", "10000")
+            classical.read_gray(tmp_path / "big.png")
+
+
+def test_cli_goes_on_past_a_bad_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from imseg.cli import app
+    from imseg.io import write_image
+
+    for name in ("a", "c"):
+        write_image(tmp_path / "in" / f"{name}.png", _discs().astype(np.uint8) * 200)
+    good = (tmp_path / "in" / "a.png").read_bytes()
+    (tmp_path / "in" / "b.png").write_bytes(good[: len(good) // 2])
+    result = CliRunner().invoke(app, ["classical", str(tmp_path / "in"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1, result.output
+    assert "b.png" in result.output and "1 of 3 image(s) failed" in result.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.png", "c.png"]
+
+
 # ============================================================================ real data
 def _instance_f1(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     from skimage.metrics import contingency_table

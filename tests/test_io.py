@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imseg.errors import InputError, PromptError
+from imseg.errors import ConfigError, InputError, PromptError
 from imseg.io import atomic_path, list_images, read_image, validate_box, validate_points, write_image
 
 
@@ -80,6 +80,40 @@ def test_float_and_bool_arrays():
         read_image(np.full((4, 4), np.nan, np.float32))
 
 
+def test_floats_outside_unit_range_keep_their_levels():
+    ramp = np.linspace(0, 1.01, 24 * 32, dtype=np.float32).reshape(24, 32)  # just past 1 after resampling
+    assert len(np.unique(read_image(ramp))) == 256
+    signed = read_image(ramp * 2 / 1.01 - 1)  # [-1, 1]
+    assert signed.min() == 0 and signed.max() == 255 and len(np.unique(signed)) == 256
+    assert not (read_image(ramp * 4000) == 255).mean() > 0.01  # float microscopy: stretched, not clipped
+    whole = np.arange(0, 240, dtype=np.float64).reshape(12, 20)  # a float copy of 8-bit data keeps its values
+    assert np.array_equal(read_image(whole)[:, :, 0], whole.astype(np.uint8))
+
+
+def test_16bit_colour_png_keeps_its_low_bits_and_exif(tmp_path):
+    import struct
+    import zlib
+
+    import cv2
+
+    rgb16 = np.random.default_rng(1).integers(0, 4096, (6, 9, 3)).astype(np.uint16)  # 12-bit data
+    ok, buf = cv2.imencode(".png", rgb16[:, :, ::-1])
+    data = buf.tobytes()
+    expected = np.round((rgb16 - rgb16.min()) * (255.0 / (rgb16.max() - rgb16.min()))).astype(np.uint8)
+    assert np.array_equal(read_image(data), expected)  # Pillow alone gives the high byte: 0..15
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    body = exif.tobytes()[6:]  # drop the "Exif\0\0" header: a PNG eXIf chunk holds the TIFF structure
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    (tmp_path / "r.png").write_bytes(data[:33] + chunk + data[33:])
+    assert np.array_equal(read_image(tmp_path / "r.png"), np.rot90(expected, k=-1))
+
+
+def test_format_comes_from_the_bytes_not_the_suffix(tmp_path, rgb):
+    (tmp_path / "png-inside.tif").write_bytes(_png_bytes(rgb))
+    assert np.array_equal(read_image(tmp_path / "png-inside.tif"), rgb)
+
+
 @pytest.mark.parametrize(
     "content, match",
     [
@@ -126,6 +160,16 @@ def test_pixel_limit(tmp_path, monkeypatch):
     monkeypatch.setenv("IMSEG_MAX_PIXELS", "9999")
     with pytest.raises(InputError, match="IMSEG_MAX_PIXELS"):
         read_image(tmp_path / "b.png")
+    monkeypatch.setenv("IMSEG_MAX_PIXELS", "1e9")
+    with pytest.raises(ConfigError, match="IMSEG_MAX_PIXELS='1e9' is not a whole number"):
+        read_image(tmp_path / "b.png")
+    monkeypatch.delenv("IMSEG_MAX_PIXELS")
+    # Pillow's own guard (here lowered to 100 px) must not override imseg's limit, in either direction
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    assert read_image(tmp_path / "b.png", max_pixels=20_000).shape == (100, 100, 3)
+    with pytest.raises(InputError, match="above the limit of 5,000"):
+        read_image(tmp_path / "b.png", max_pixels=5000)
+    assert Image.MAX_IMAGE_PIXELS == 100
 
 
 def test_list_images(tmp_path, rgb):

@@ -20,6 +20,7 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -95,28 +96,25 @@ def read_gray(source: Any) -> np.ndarray:
     """
     if isinstance(source, np.ndarray):
         return _raw_to_gray(source, "image array")
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
-            import tifffile
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+        from .io import _pil_to_rgb, open_encoded, read_tiff_array
 
-            try:
-                array = tifffile.imread(path)
-            except Exception as exc:
-                raise InputError(f"{path}: could not read TIFF ({exc}). The file may be truncated or corrupt.") from exc
-            array = np.squeeze(array)
+        path = Path(source)
+        data = path.read_bytes()
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            array = np.squeeze(read_tiff_array(BytesIO(data), str(path)))
             if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
                 array = np.moveaxis(array, 0, -1)
             return _raw_to_gray(array, str(path))
-        if path.is_file():
-            from PIL import Image
-
+        img = open_encoded(data, str(path))  # size limit, EXIF orientation, clear errors
+        if isinstance(img, np.ndarray):  # 16-bit colour PNG
+            return _raw_to_gray(img, str(path))
+        if img.mode in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
             try:
-                with Image.open(path) as img:
-                    if img.mode in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
-                        return _raw_to_gray(np.asarray(img), str(path))
-            except (OSError, ValueError):
-                pass  # read_image below gives the specific error
+                return _raw_to_gray(np.asarray(img), str(path))
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise InputError(f"{path}: could not decode image ({exc}). The file may be truncated or corrupt.") from exc
+        return _raw_to_gray(_pil_to_rgb(img, str(path), None), str(path))
     return _raw_to_gray(read_image(source), "image")
 
 

@@ -130,7 +130,7 @@ def _read_marker(marker) -> dict | None:
     return info if isinstance(info, dict) and "image" in info else None
 
 
-def _output_names(images: list, done_dir) -> list[str]:
+def _output_names(images: list, done_dir=None) -> list[str]:
     """One output name per image, unique and the same on every run into the same --out.
 
     An image gets its file stem unless another image already owns that name (in this run, or by a
@@ -146,7 +146,7 @@ def _output_names(images: list, done_dir) -> list[str]:
         digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:8]
         for name in (path.stem, f"{path.stem}-{digest}"):
             owner = taken.get(name)
-            if owner is None:
+            if owner is None and done_dir is not None:
                 info = _read_marker(done_dir / f"{name}.json")
                 owner = None if info is None else info.get("source", str(Path(info["image"]).resolve()))
             if owner is None or owner == key:
@@ -525,7 +525,7 @@ def classical_cmd(
     import numpy as np
 
     from .io import list_images, read_image, write_image
-    from .postprocess import apply_pipeline
+    from .postprocess import parse_pipeline
     from .registry import load
 
     params = {}
@@ -538,18 +538,30 @@ def classical_cmd(
         except json.JSONDecodeError:
             params[key.strip()] = value
     try:
+        pipeline = parse_pipeline(post) if post else None
         segmenter = load(method, **params)
         files = list_images(source)
-        out_dir = Path(out)
-        for path in files:
-            masks = segmenter.segment(path)
-            if post:
-                masks = apply_pipeline(masks, post, image=read_image(path))
-            labels = masks.label_map()
-            write_image(out_dir / f"{path.stem}.png", labels.astype(np.uint16 if labels.max() > 255 else np.uint8))
-            typer.echo(f"{path}: {len(masks)} mask(s) -> {out_dir / (path.stem + '.png')}")
     except ImsegError as exc:
         fail(str(exc))
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"--out {out_dir} is a file; pass a directory (it is created when missing).")
+    failed = 0
+    for path, name in zip(files, _output_names(files), strict=True):
+        try:
+            masks = segmenter.segment(path)
+            if pipeline is not None:
+                masks = pipeline(masks, image=read_image(path))
+            labels = masks.label_map()
+            target = write_image(out_dir / f"{name}.png", labels.astype(np.uint16 if labels.max() > 255 else np.uint8))
+        except (ImsegError, OSError, ValueError) as exc:  # one bad file does not stop the others
+            failed += 1
+            typer.echo(f"failed {path}: {exc}", err=True)
+            continue
+        typer.echo(f"{path}: {len(masks)} mask(s) -> {target}")
+    if failed:
+        typer.echo(f"{failed} of {len(files)} image(s) failed; the others were written to {out_dir}.", err=True)
+        raise typer.Exit(1)
 
 
 # ============================================================================ export (issue 6)

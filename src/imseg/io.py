@@ -11,14 +11,14 @@ import glob as _glob
 import io as _io
 import os
 import tempfile
-import warnings
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
-from .errors import InputError, PromptError
+from .errors import ConfigError, InputError, PromptError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 #: Default pixel limit (same as Pillow's decompression-bomb error threshold). Override per call
@@ -33,7 +33,15 @@ def _max_pixels(max_pixels: int | None) -> int:
     if max_pixels is not None:
         return int(max_pixels)
     env = os.environ.get("IMSEG_MAX_PIXELS")
-    return int(env) if env else DEFAULT_MAX_PIXELS
+    if not env:
+        return DEFAULT_MAX_PIXELS
+    try:
+        return int(env)
+    except ValueError:
+        raise ConfigError(
+            f"IMSEG_MAX_PIXELS={env!r} is not a whole number of pixels; set it like IMSEG_MAX_PIXELS=400000000 "
+            f"or unset it for the default {DEFAULT_MAX_PIXELS:,}."
+        ) from None
 
 
 def _check_size(width: int, height: int, where: str, max_pixels: int | None) -> None:
@@ -51,9 +59,11 @@ def _check_size(width: int, height: int, where: str, max_pixels: int | None) -> 
 def to_uint8(array: np.ndarray) -> np.ndarray:
     """Convert an array of any numeric dtype to uint8.
 
-    uint8 is returned unchanged; bool maps to {0, 255}; floats in [0, 1] are scaled by 255,
-    other floats are clipped to [0, 255]; integer types wider than 8 bits (e.g. 16-bit microscopy)
-    are linearly stretched from their min..max to 0..255.
+    uint8 is returned unchanged; bool maps to {0, 255}; floats in [0, 1] are scaled by 255, and
+    whole-number floats in [0, 255] (a float copy of 8-bit data) keep their values; any other float
+    data (e.g. [-1, 1], a float microscopy TIFF, values just past 1 after resampling) and integer
+    types wider than 8 bits (e.g. 16-bit microscopy) are linearly stretched from their min..max to
+    0..255, so no levels are lost to clipping.
     """
     if array.dtype == np.uint8:
         return array
@@ -62,18 +72,24 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise InputError("image contains NaN or infinite values; clean it (np.nan_to_num) first.")
-        if array.size and array.min() >= 0.0 and array.max() <= 1.0:
+        lo, hi = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if lo >= 0.0 and hi <= 1.0:
             return np.round(array * 255.0).astype(np.uint8)
-        return np.clip(np.round(array), 0, 255).astype(np.uint8)
+        if lo >= 0.0 and hi <= 255.0 and np.array_equal(array, np.round(array)):
+            return array.astype(np.uint8)
+        return _stretch(array, lo, hi)
     if np.issubdtype(array.dtype, np.integer):
         lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
         if lo >= 0 and hi <= 255:
             return array.astype(np.uint8)
-        if hi == lo:
-            return np.zeros(array.shape, np.uint8)
-        scaled = (array.astype(np.float64) - lo) * (255.0 / (hi - lo))
-        return np.round(scaled).astype(np.uint8)
+        return _stretch(array, lo, hi)
     raise InputError(f"unsupported image dtype {array.dtype}; pass uint8, uint16, float or bool data.")
+
+
+def _stretch(array: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi == lo:
+        return np.zeros(array.shape, np.uint8)
+    return np.round((array.astype(np.float64) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
 def _array_to_rgb(array: np.ndarray, where: str, max_pixels: int | None) -> np.ndarray:
@@ -117,30 +133,69 @@ def _pil_to_rgb(img, where: str, max_pixels: int | None) -> np.ndarray:
         raise InputError(f"{where}: {exc}") from exc
 
 
-def _open_bytes(data: bytes, where: str, max_pixels: int | None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def open_encoded(data: bytes, where: str, max_pixels: int | None = None):
+    """Open an encoded (non-TIFF) image: a size-checked, EXIF-upright PIL image, or, for a 16-bit colour
+    PNG (which Pillow cuts to 8 bits), an (H, W, 3) uint16 RGB array decoded with OpenCV."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if len(data) == 0:
         raise InputError(f"{where}: empty data (0 bytes); pass an image file's contents.")
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return _read_tiff(_io.BytesIO(data), where, max_pixels)
+    if data[:8] == _PNG_SIGNATURE and len(data) > 25 and data[24] == 16 and data[25] in (2, 6):
+        return _png16_colour(data, where, max_pixels)
+    _max_pixels(max_pixels)  # a bad IMSEG_MAX_PIXELS fails before any decoding
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(_io.BytesIO(data))
+        # Pillow's own guard (a fixed ~89 Mpx warning, an error at twice that) would override max_pixels:
+        # it is off while the header is read, and _check_size below refuses before anything is decoded.
+        with _PIL_LIMIT_LOCK:
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(_io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError as exc:
         raise InputError(
             f"{where}: not a recognised image format (first bytes {data[:8]!r}). "
             f"Supported: JPEG, PNG, TIFF, BMP, WebP, GIF."
         ) from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(f"{where}: {exc}. Raise max_pixels= if the image is trusted.") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # header itself cut short or malformed
         raise InputError(f"{where}: could not decode image header ({exc}). The file is truncated or corrupt.") from exc
+    _check_size(img.width, img.height, where, max_pixels)
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{where}: could not decode image ({exc}). The file may be truncated or corrupt.") from exc
+
+
+def _png16_colour(data: bytes, where: str, max_pixels: int | None) -> np.ndarray:
+    import cv2
+
+    _check_size(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), where, max_pixels)
+    # IMREAD_COLOR | IMREAD_ANYDEPTH: three channels at 16 bits, EXIF orientation applied, alpha dropped
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if bgr is None or bgr.ndim != 3:
+        raise InputError(f"{where}: could not decode 16-bit PNG. The file may be truncated or corrupt.")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def _open_bytes(data: bytes, where: str, max_pixels: int | None) -> np.ndarray:
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return _read_tiff(_io.BytesIO(data), where, max_pixels)
+    img = open_encoded(data, where, max_pixels)
+    if isinstance(img, np.ndarray):
+        return _array_to_rgb(img, where, max_pixels)
     return _pil_to_rgb(img, where, max_pixels)
 
 
 def _read_tiff(source, where: str, max_pixels: int | None) -> np.ndarray:
+    return _array_to_rgb(read_tiff_array(source, where, max_pixels), where, max_pixels)
+
+
+def read_tiff_array(source, where: str, max_pixels: int | None = None) -> np.ndarray:
+    """The first page of a TIFF as stored (dtype and values kept), size-checked before decoding."""
     import tifffile
 
     try:
@@ -155,7 +210,7 @@ def _read_tiff(source, where: str, max_pixels: int | None) -> np.ndarray:
         raise
     except Exception as exc:
         raise InputError(f"{where}: could not read TIFF ({exc}). The file may be truncated or corrupt.") from exc
-    return _array_to_rgb(np.asarray(array), where, max_pixels)
+    return np.asarray(array)
 
 
 def read_image(source: ImageSource, *, max_pixels: int | None = None) -> np.ndarray:
@@ -176,15 +231,17 @@ def read_image(source: ImageSource, *, max_pixels: int | None = None) -> np.ndar
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         where = str(path)
-        if not path.exists():
-            raise InputError(f"{where}: no such file. Check the path.")
-        if path.is_dir():
-            raise InputError(f"{where}: is a directory, expected an image file.")
-        if path.stat().st_size == 0:
+        try:
+            if not path.exists():
+                raise InputError(f"{where}: no such file. Check the path.")
+            if path.is_dir():
+                raise InputError(f"{where}: is a directory, expected an image file.")
+            data = path.read_bytes()
+        except OSError as exc:  # permissions, a name too long, an I/O error
+            raise InputError(f"{where[:200]}: could not read the file ({exc.strerror or exc}).") from exc
+        if not data:
             raise InputError(f"{where}: empty file (0 bytes); it is not an image.")
-        if path.suffix.lower() in (".tif", ".tiff"):
-            return _read_tiff(path, where, max_pixels)
-        return _open_bytes(path.read_bytes(), where, max_pixels)
+        return _open_bytes(data, where, max_pixels)  # the format comes from the bytes, not the suffix
     try:
         from PIL import Image
 
