@@ -123,3 +123,46 @@ def test_empty_masks_save_and_load(tmp_path):
         paths = empty.save(tmp_path / fmt, format=fmt)
         back = Masks.load(paths[-1] if fmt == "png" else paths[0])
         assert len(back) == 0 and back.image_size == (6, 7)
+
+
+def test_bad_construction_is_refused_not_guessed():
+    dense = np.zeros((2, 4, 5), bool)
+    dense[0, 1:3, 1:3] = True
+    with pytest.raises(InputError, match="Threshold probabilities"):
+        Masks(np.full((1, 4, 4), 0.2, np.float32))  # probabilities
+    with pytest.raises(InputError, match="binary"):
+        Masks(np.array([[[0, 1], [2, 2]]]))  # a label map
+    assert Masks(dense.astype(np.uint8) * 255).areas.tolist() == [4, 0]  # 0/255 PNG-style masks are fine
+    with pytest.raises(InputError, match=r"boxes must have shape \(2, 4\)"):
+        Masks(dense, boxes=[[0, 0, 1, 1]])
+    with pytest.raises(InputError, match="scores must be numbers"):
+        Masks(dense, scores=["a", "b"])
+    with pytest.raises(InputError, match="NaN"):
+        Masks(dense, scores=[np.nan, 0.5])
+    with pytest.raises(InputError, match="one value per mask"):
+        Masks(dense, extra=3)
+    rles = Masks(dense).to_rle()
+    other = Masks(np.ones((1, 5, 5), bool)).to_rle()
+    with pytest.raises(InputError, match="mixes mask sizes"):
+        Masks(rles=rles + other)
+    with pytest.raises(InputError, match="does not match rles"):
+        Masks(rles=rles, image_size=(3, 3))
+    uncompressed = {"size": [4, 5], "counts": [5, 2, 2, 2, 9]}  # column-major runs
+    assert Masks(rles=[uncompressed]).areas.tolist() == [4]
+
+
+def test_load_errors_and_exact_stems(tmp_path, masks):
+    masks.save(tmp_path, format="rle", stem="photo")
+    masks[:2].save(tmp_path, format="rle", stem="photo-2")  # sorts before "photo.rle.json"
+    assert len(Masks.load(tmp_path, stem="photo")) == len(masks)
+    with pytest.raises(InputError, match="named 'nothing'"):
+        Masks.load(tmp_path, stem="nothing")
+    for name, text in [("list.json", "[1, 2]"), ("partial.json", '{"imseg_masks": 1, "image_size": [4, 5]}'),
+                       ("coco.json", '{"images": [{"id": 1}], "annotations": []}')]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match=name):
+            Masks.load(tmp_path / name)
+    upper = masks.save(tmp_path / "u", format="npz")[0].rename(tmp_path / "u" / "masks.NPZ")
+    assert np.array_equal(Masks.load(upper).masks, masks.masks)
+    with pytest.raises(InputError, match="Python objects"):
+        Masks(masks.masks, note=np.array([{}, {}, {}, {}], dtype=object)).save(tmp_path / "o", format="npz")

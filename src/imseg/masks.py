@@ -16,10 +16,33 @@ from .errors import InputError
 
 
 def _rle_counts_to_str(rle: dict) -> dict:
+    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+        raise InputError(f"an RLE is a dict with 'size' [H, W] and 'counts'; got {str(rle)[:80]!r}.")
     out = dict(rle)
+    if isinstance(out["counts"], list):  # uncompressed (COCO crowd style) -> compressed
+        from pycocotools import mask as mask_utils
+
+        out = dict(mask_utils.frPyObjects(out, int(out["size"][0]), int(out["size"][1])))
     if isinstance(out.get("counts"), bytes):
         out["counts"] = out["counts"].decode("ascii")
+    out["size"] = [int(out["size"][0]), int(out["size"][1])]
     return out
+
+
+def _as_bool_masks(arr: np.ndarray) -> np.ndarray:
+    """Binary masks as bool; anything that is not 0/1 (or 0/255) is refused rather than guessed at."""
+    if arr.dtype == bool:
+        return arr
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise InputError(f"masks must be boolean (or 0/1 numbers); got dtype {arr.dtype}.")
+    off = (arr != 0) & (arr != 1)
+    if off.any() and not (np.issubdtype(arr.dtype, np.integer) and ((arr == 0) | (arr == 255)).all()):
+        raise InputError(
+            f"masks must be binary (bool, 0/1 or 0/255); got values such as {arr[off][0].item()!r}. "
+            f"Threshold probabilities or logits first (e.g. probs > 0.5), or build from a label map with "
+            f"Masks.from_label_map."
+        )
+    return arr != 0
 
 
 def encode_rle(masks: np.ndarray) -> list[dict]:
@@ -107,7 +130,7 @@ class Masks:
                 arr = arr[None]
             if arr.ndim != 3:
                 raise InputError(f"masks must have shape (N, H, W); got {arr.shape}")
-            self._masks = arr.astype(bool, copy=False)
+            self._masks = _as_bool_masks(arr)
             n, h, w = arr.shape
             if image_size is not None and tuple(image_size) != (h, w):
                 raise InputError(f"image_size {tuple(image_size)} does not match masks of size {(h, w)}")
@@ -115,6 +138,11 @@ class Masks:
         else:
             self._rles = [_rle_counts_to_str(r) for r in rles]
             n = len(self._rles)
+            sizes = {tuple(r["size"]) for r in self._rles}
+            if len(sizes) > 1:
+                raise InputError(f"rles= mixes mask sizes {sorted(sizes)}; all masks of one Masks share one image size.")
+            if n and image_size is not None and tuple(image_size) != sizes.pop():
+                raise InputError(f"image_size {tuple(image_size)} does not match rles of size {self._rles[0]['size']}")
             if n:
                 self.image_size = (int(self._rles[0]["size"][0]), int(self._rles[0]["size"][1]))
             elif image_size is None:
@@ -137,14 +165,21 @@ class Masks:
                 from pycocotools import mask as mask_utils
 
                 boxes = mask_utils.toBbox(self._coco_rles()) if n else np.zeros((0, 4))
-        self.boxes = np.asarray(boxes, np.float32).reshape(n, 4)
+        try:
+            boxes = np.asarray(boxes, np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"boxes must be numbers, (N, 4) XYWH; got {exc}.") from exc
+        if boxes.shape != (n, 4) and not (boxes.size == 4 * n and boxes.ndim == 1):
+            raise InputError(f"boxes must have shape ({n}, 4) (XYWH per mask); got {boxes.shape}.")
+        self.boxes = boxes.reshape(n, 4)
         self.labels = None if labels is None else self._per_mask(labels, n, np.int64, "labels")
         self.class_names = list(class_names) if class_names is not None else None
         self.fields: dict[str, np.ndarray] = {}
         for key, value in fields.items():
             value = np.asarray(value)
-            if len(value) != n:
-                raise InputError(f"field {key!r} has {len(value)} entries for {n} masks")
+            if value.ndim == 0 or len(value) != n:
+                raise InputError(f"field {key!r} has {value.size if value.ndim == 0 else len(value)} entries for "
+                                 f"{n} masks; pass one value per mask.")
             self.fields[key] = value
 
     @staticmethod
@@ -153,9 +188,14 @@ class Masks:
             if default is None:
                 raise InputError(f"{name} is required")
             return np.full(n, default, dtype)
-        arr = np.asarray(values, dtype=dtype).reshape(-1)
+        try:
+            arr = np.asarray(values, dtype=dtype).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{name} must be numbers, one per mask; got {str(values)[:60]!r}.") from exc
         if len(arr) != n:
             raise InputError(f"{name} has {len(arr)} entries for {n} masks")
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise InputError(f"{name} contains NaN or infinite values; they cannot be written to JSON or ranked.")
         return arr
 
     def _coco_rles(self) -> list[dict]:
@@ -436,6 +476,9 @@ class Masks:
             if self.labels is not None:
                 arrays["labels"] = self.labels
             for key, value in self.fields.items():
+                if value.dtype == object:
+                    raise InputError(f"field {key!r} holds Python objects, which npz cannot store safely; give it a "
+                                     f"numeric or string dtype, or save with format='rle' (JSON).")
                 arrays[f"field_{key}"] = value
             if self.class_names is not None:
                 arrays["class_names"] = np.asarray(self.class_names, dtype=str)
@@ -499,18 +542,36 @@ class Masks:
     def load(cls, path: Any, stem: str | None = None) -> Masks:
         """Read masks written by :meth:`save` (a file, or a directory plus ``stem``), or any COCO JSON
         with RLE/polygon segmentations of one image."""
-        import json
         from pathlib import Path
 
         p = Path(path)
         if p.is_dir():
-            candidates = sorted(p.glob(f"{stem or '*'}.npz")) + sorted(p.glob(f"{stem or '*'}*.json"))
+            if stem is not None:  # exactly the names save() gives, not a pattern
+                names = (f"{stem}.npz", f"{stem}.json", f"{stem}.rle.json", f"{stem}.polygons.json")
+                candidates = [p / name for name in names if (p / name).is_file()]
+            else:
+                candidates = sorted(p.glob("*.npz")) + sorted(p.glob("*.json"))
             if not candidates:
-                raise InputError(f"{p}: no saved masks (.npz or .json) found; pass the file written by Masks.save.")
+                raise InputError(f"{p}: no saved masks{'' if stem is None else f' named {stem!r}'} (.npz or .json) "
+                                 f"found; pass the file written by Masks.save.")
             p = candidates[0]
         if not p.is_file():
             raise InputError(f"{p}: no such file; pass a path written by Masks.save().")
-        if p.suffix == ".npz":
+        try:
+            return cls._load_file(p)
+        except InputError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(
+                f"{p}: not a masks file this version can read ({type(exc).__name__}: {exc}); pass a file written "
+                f"by Masks.save() or a COCO JSON of one image."
+            ) from exc
+
+    @classmethod
+    def _load_file(cls, p) -> Masks:
+        import json
+
+        if p.suffix.lower() == ".npz":
             with np.load(p, allow_pickle=False) as data:
                 width = int(data["width"])
                 dense = np.unpackbits(data["masks"], axis=-1, count=width).astype(bool)
@@ -523,6 +584,8 @@ class Masks:
             doc = json.loads(p.read_text())
         except (OSError, ValueError) as exc:
             raise InputError(f"{p}: not a readable JSON file ({exc}).") from exc
+        if not isinstance(doc, dict):
+            raise InputError(f"{p}: holds a JSON {type(doc).__name__}, not masks; pass a file written by Masks.save().")
         if "annotations" in doc and "images" in doc:
             return cls._from_coco(doc, p)
         if doc.get("imseg_masks") != 1:
