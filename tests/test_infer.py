@@ -251,3 +251,43 @@ def test_cli_scales_option(tmp_path):
     for bad, message in (("1,x", "comma-separated numbers"), ("0", "positive factors")):
         res = CliRunner().invoke(app, ["predict", str(src), "--run", str(run), "--out", str(out), "--scales", bad])
         assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_predict_cli_keeps_same_named_images_apart_and_goes_on_past_a_bad_file(tmp_path):
+    from imseg.cli import app
+
+    run, _ = _write_run(tmp_path)
+    src = tmp_path / "images"
+    src.mkdir()
+    Image.fromarray(_image(64, 64, seed=1)).save(src / "big.png")
+    Image.fromarray(_image(64, 64, seed=2)).save(src / "big.bmp")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(app, ["predict", str(src), "--run", str(run), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 1 and "broken.png" in result.output and "2 image(s)" in result.output, result.output
+    labels = sorted(p.name for p in out.glob("*.png") if not p.name.endswith("_overlay.png"))
+    assert len(labels) == 2 and "big.png" in labels  # big.bmp's result is big-<hash>.png, not written over
+    seg = load_run(run, device="cpu")
+    written = {np.asarray(Image.open(out / name)).tobytes() for name in labels}
+    assert written == {seg.predict(src / name).astype(np.uint8).tobytes() for name in ("big.png", "big.bmp")}
+
+
+def test_val_cli_refuses_a_dataset_with_other_classes(tmp_path):
+    import yaml
+
+    from imseg.cli import app
+
+    run, _ = _write_run(tmp_path)
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(3):
+        Image.fromarray(_image(32, 32, seed=i)).save(root / "images" / f"a{i}.png")
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4:12, 4:12] = 1 + i % 2
+        Image.fromarray(mask).save(root / "masks" / f"a{i}.png")
+    (root / "data.yaml").write_text(yaml.safe_dump({"names": ["background", "horse", "cow"], "train": ["a0"],
+                                                    "val": ["a1", "a2"]}))
+    result = CliRunner().invoke(app, ["val", "--run", str(run), "--data", str(root / "data.yaml"), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "['background', 'horse', 'cow'] are not the run's ['background', 'red', 'blue']" in result.output

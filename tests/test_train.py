@@ -179,6 +179,46 @@ def test_bad_options_and_resume_targets(tmp_path):
         train(dict(TINY, save_period=0), datasets=squares(), class_names=NAMES)
     with pytest.raises(CheckpointError, match="cannot resume"):
         train(resume=tmp_path)
+    with pytest.raises(ConfigError, match="accelerator must be auto, cpu or gpu, got 'tpu'"):
+        train(dict(TINY, accelerator="tpu"), datasets=squares(), class_names=NAMES)
+    for devices in ("abc", 0, [], True):
+        with pytest.raises(ConfigError, match="devices must be"):
+            train(dict(TINY, devices=devices), datasets=squares(), class_names=NAMES)
+    with pytest.raises(ConfigError, match=r"a binary task has two classes, e.g. \['background', 'square'\]"):
+        train(dict(TINY, project=str(tmp_path / "one")), datasets=squares(), class_names=["square"])
+    assert not (tmp_path / "one").exists()  # refused before a run directory is made
+
+
+def test_cli_epochs_zero_resume_flags_and_resume_from_another_directory(tmp_path, monkeypatch):
+    """--epochs 0 is refused (not read as the default), --resume refuses flags it would ignore, and a resumed
+    run finds its dataset from any working directory (the run records it resolved)."""
+    from PIL import Image
+
+    from imseg.cli import app
+
+    work = tmp_path / "work"
+    for sub in ("images", "masks"):
+        (work / "ds" / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(work / "ds" / "images" / f"s{i}.png")
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:20, 8:20] = 1
+        Image.fromarray(mask).save(work / "ds" / "masks" / f"s{i}.png")
+    (work / "ds" / "data.yaml").write_text(yaml.safe_dump({"names": ["background", "square"], "val_ratio": 0.34}))
+    monkeypatch.chdir(work)
+    base = ["train", "--data", "ds/data.yaml", "--model", "unet", "--encoder", "resnet18", "--imgsz", "32",
+            "--batch", "2", "--workers", "0", "--project", str(tmp_path / "runs"), "--name", "r"]
+    zero = CliRunner().invoke(app, [*base, "--epochs", "0"])
+    assert zero.exit_code == 2 and "epochs must be >= 1, got 0" in zero.output, zero.output
+    assert CliRunner().invoke(app, [*base, "--epochs", "1"]).exit_code == 0
+    run = tmp_path / "runs" / "r"
+    flags = CliRunner().invoke(app, ["train", "--resume", str(run), "--lr", "0.5", "--imgsz", "64"])
+    assert flags.exit_code == 2 and "--imgsz, --lr would be ignored" in flags.output, flags.output
+    monkeypatch.chdir(tmp_path)  # ds/data.yaml is not reachable from here
+    resumed = CliRunner().invoke(app, ["train", "--resume", str(run), "--epochs", "2"])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(_rows(run)) == 2
 
 
 DDP_SCRIPT = """

@@ -333,6 +333,7 @@ def segment_cmd(
 # ============================================================================ train / val / predict (issue 4)
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     data: str = typer.Option(None, "--data", help="Dataset YAML or directory (folder pairs, VOC, COCO, labelme)."),
     model: str = typer.Option("unet", "--model", help="Architecture: unet, unet++, fpn, deeplabv3+, segformer, ..."),
     encoder: str = typer.Option("resnet34", "--encoder", help="smp encoder (resnet18/34/50, efficientnet-b0, ...) or tu-<timm>."),
@@ -369,17 +370,25 @@ def train_cmd(
 
     from .semantic.train import train
 
+    if resume:
+        sources = {name: getattr(ctx.get_parameter_source(name), "name", "") for name in ctx.params}
+        given = sorted(f"--{name.replace('_', '-')}" for name, source in sources.items()
+                       if name not in ("resume", "epochs") and source == "COMMANDLINE")
+        if given:
+            fail(f"--resume continues {resume} with the settings in its config.yaml; {', '.join(given)} would be "
+                 f"ignored. Drop them (only --epochs may be raised), or start a new run with --init {resume}.")
     try:
         aug = augment if augment in ("default", "none") else yaml.safe_load(augment)
         options = dict(
             data=data, model=model, encoder=encoder, weights=None if weights.lower() == "none" else weights,
-            epochs=epochs or 50, imgsz=imgsz, batch=batch, lr=lr, optimizer=optimizer, scheduler=scheduler, warmup=warmup,
+            epochs=50 if epochs is None else epochs, imgsz=imgsz, batch=batch, lr=lr, optimizer=optimizer,
+            scheduler=scheduler, warmup=warmup,
             amp=amp, patience=patience, workers=workers, seed=seed, name=name, project=project, loss=loss, augment=aug,
             cache=cache, devices=int(devices) if devices.isdigit() else devices, nodes=nodes, accelerator=accelerator,
             ema=ema, save_period=save_period, init=init,
         )
         if resume:
-            result = train(resume=resume, **({"epochs": epochs} if epochs else {}))
+            result = train(resume=resume, **({"epochs": epochs} if epochs is not None else {}))
         else:
             result = train(options)
     except ImsegError as exc:
@@ -439,7 +448,11 @@ def val_cmd(
             source = saved.get("data")
             if not isinstance(source, dict | str) or source == "<in-memory>":
                 fail(f"{run}: the run does not record its dataset; pass --data data.yaml")
-        datasets = build_datasets(load_data_config(source), imgsz=None, augment="none")
+        data_config = load_data_config(source)
+        if list(data_config.names) != list(segmenter.class_names):
+            fail(f"the dataset's classes {list(data_config.names)} are not the run's {list(segmenter.class_names)}; "
+                 f"evaluate on data labelled with the run's classes (in that order).")
+        datasets = build_datasets(data_config, imgsz=None, augment="none")
         if split not in datasets:
             fail(f"the dataset has no {split!r} split; it has {', '.join(datasets)}")
         cm = segmenter.evaluate(datasets[split])
@@ -484,18 +497,27 @@ def predict_cmd(
         segmenter = load_run(run, checkpoint=checkpoint, device=device, tta=tta, overlap=overlap, resize=resize,
                              scales=parse_scales(scales))
         paths = list_images(source)
-        out_dir = Path(out)
-        for path in paths:
+    except ImsegError as exc:
+        fail(str(exc))
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"--out {out_dir} is a file; pass a directory (it is created when missing).")
+    failed = 0
+    for path, name in zip(paths, _output_names(paths), strict=True):  # same stem twice: stem-<hash> for the second
+        try:
             rgb = read_image(path)
             labels = segmenter.predict(rgb)
             dtype = np.uint8 if segmenter.num_classes <= 256 else np.uint16
-            write_image(out_dir / f"{path.stem}.png", labels.astype(dtype))
+            write_image(out_dir / f"{name}.png", labels.astype(dtype))
             colours = colorize(labels, segmenter.num_classes)
             blend = np.where((labels > 0)[..., None], (0.5 * rgb + 0.5 * colours), rgb).round().astype(np.uint8)
-            write_image(out_dir / f"{path.stem}_overlay.png", blend)
-    except ImsegError as exc:
-        fail(str(exc))
-    typer.echo(f"{len(paths)} image(s) -> {out_dir}")
+            write_image(out_dir / f"{name}_overlay.png", blend)
+        except (ImsegError, OSError, ValueError) as exc:  # one bad file does not stop the others
+            failed += 1
+            typer.echo(f"failed {path}: {exc}", err=True)
+    typer.echo(f"{len(paths) - failed} image(s) -> {out_dir}" + (f"; {failed} failed" if failed else ""))
+    if failed:
+        raise typer.Exit(1)
 
 
 # ============================================================================ classical (issue 5)

@@ -101,10 +101,27 @@ class TrainConfig:
             (self.nodes >= 1, f"nodes must be >= 1, got {self.nodes}"),
             (0.0 <= self.ema < 1.0, f"ema must be in [0, 1) (a decay such as 0.995; 0 = off), got {self.ema}"),
             (self.save_period >= 1, f"save_period must be >= 1 epoch, got {self.save_period}"),
+            (self.accelerator in ("auto", "cpu", "gpu", "cuda"),
+             f"accelerator must be auto, cpu or gpu, got {self.accelerator!r}"),
+            (_devices_ok(self.devices),
+             f"devices must be a count >= 1, -1 or 'auto' (all), or device ids such as '0,1'; got {self.devices!r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+
+def _devices_ok(devices: Any) -> bool:
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices >= 1 or devices == -1
+    if isinstance(devices, str):
+        text = devices.strip()
+        return text == "auto" or text == "-1" or all(part.strip().isdigit() for part in text.split(","))
+    if isinstance(devices, list | tuple):
+        return bool(devices) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
+    return False
 
 
 @dataclass
@@ -696,6 +713,8 @@ def train(
             )
         for key, value in overrides.items():
             setattr(cfg, key, value)
+        if "data" not in overrides and isinstance(saved.get("data"), dict):
+            cfg.data = saved["data"]  # the dataset as resolved when the run started, not a path relative to its cwd
     else:
         cfg = config if isinstance(config, TrainConfig) else TrainConfig(**dict(config or {}))
         cfg = TrainConfig(**{**asdict(cfg), **overrides})
@@ -716,6 +735,11 @@ def train(
         if split not in datasets or len(datasets[split]) == 0:
             raise DatasetError(f"the {split!r} split is missing or empty; training needs train and val images.")
     num_classes = len(names)
+    if num_classes < 2:
+        raise ConfigError(
+            f"{num_classes} class name(s) {names}: imseg trains class 0 as the background, so a binary task has two "
+            f"classes, e.g. ['background', '{names[0] if names else 'foreground'}'] with masks of 0 and 1."
+        )
 
     model_meta = model_config(cfg.model, cfg.encoder, num_classes, **cfg.model_kwargs)
     # a resumed run's weights come from last.ckpt; --init only seeds a new run (checked before its directory exists)
