@@ -219,3 +219,15 @@ def test_backend_seam_drives_the_whole_pipeline(tiny_sam, image):
     scale = backend.img_size / max(image.shape[:2])
     assert np.allclose(np.sort(np.unique(coords[:, 0])), (np.arange(4) + 0.5) / 4 * image.shape[1] * scale, atol=0.5)
     assert np.allclose(np.sort(np.unique(coords[:, 1])), (np.arange(4) + 0.5) / 4 * image.shape[0] * scale, atol=0.5)
+
+
+def test_a_hooked_decoder_is_called_and_gives_the_same_masks(image):
+    """A wrapped or hooked mask decoder is run as modules (the fast decoder reads weights directly)."""
+    calls = []
+    hooked = tiny_official_sam()
+    hooked.mask_decoder.output_upscaling[0].register_forward_hook(lambda *_: calls.append(1))
+    kwargs = dict(points_per_side=4, box_nms_thresh=1.0, **LOW)
+    expected = SamAutomaticMaskGenerator(tiny_official_sam(), **kwargs).generate(image)
+    got = SamAutomaticMaskGenerator(hooked, **kwargs).generate(image)
+    assert calls
+    assert_same_records(expected, got, score_tol=1e-5)

@@ -222,17 +222,29 @@ def test_autocast_runs_the_encoder_in_low_precision_and_the_decoder_in_float32(s
     model = sam_model_registry["vit_b"]().eval()
     model.image_encoder.blocks = model.image_encoder.blocks[:3]  # windowed, windowed, global
     perturb_constant_parameters(model, seed=1)
-    seen: list[torch.dtype] = []
-    for blk in model.image_encoder.blocks:
-        for layer in (blk.attn.qkv, blk.mlp.lin1):
-            layer.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    from torch.overrides import TorchFunctionMode
+
+    seen: list[tuple[str, torch.dtype]] = []
+
+    class Products(TorchFunctionMode):  # records the encoder's products without hooks (hooks change the path)
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = getattr(func, "__name__", "")
+            if name in ("linear", "addmm", "addmm_"):
+                seen.append((name, out.dtype))
+            return out
+
     exact = SamPredictor(model)
-    exact.set_image(sample_image)
-    assert seen == []  # exact float32 inference: the buffered path calls the products directly
+    with Products():
+        exact.set_image(sample_image)
+    assert {name for name, _ in seen} == {"addmm", "addmm_"}  # exact float32: the buffered products
+    assert {dtype for _, dtype in seen} == {torch.float32}
+    seen.clear()
     low = SamPredictor(model)
     low.autocast_dtype = torch.bfloat16
-    low.set_image(sample_image)
-    assert seen == [torch.bfloat16] * 6  # every block's products in bfloat16, none through float32 buffers
+    with Products():
+        low.set_image(sample_image)
+    assert seen == [("linear", torch.bfloat16)] * 12  # qkv, proj, lin1, lin2 of 3 blocks, none into float32 buffers
     assert low.features.dtype == torch.float32
     scale = float(exact.features.abs().max())
     diff = float((low.features - exact.features).abs().max())
@@ -307,3 +319,119 @@ def test_a_model_cast_to_bfloat16_runs_end_to_end(sample_image):
     exact.set_image(sample_image)
     masks, _, _ = exact.predict(box=np.array([10, 20, 150, 200]), mask_input=low_res[:1], multimask_output=False)
     assert masks.shape == (1, *sample_image.shape[:2])
+
+
+def _fresh_answer(model, image, **prompt):
+    fresh = SamPredictor(model)
+    fresh.set_image(image)
+    return fresh.predict(**prompt, return_logits=True)
+
+
+def test_changed_weights_are_seen_without_a_new_set_image(mobile_sam_checkpoint, sample_image):
+    """Tensors derived from the decoder and prompt encoder (re-associated projections, the dense positional
+    encoding) follow the weights: an optimizer step or load_state_dict between predictions is honoured."""
+    model = sam_model_registry["vit_t"](checkpoint=mobile_sam_checkpoint)
+    pred = SamPredictor(model)
+    pred.set_image(sample_image)
+    box = np.array([20, 30, 200, 220])
+    before = pred.predict(box=box, return_logits=True)
+    with torch.no_grad():
+        model.mask_decoder.transformer.layers[0].cross_attn_token_to_image.q_proj.weight.mul_(1.5)
+        model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(1.2)
+    after = pred.predict(box=box, return_logits=True)
+    expected = _fresh_answer(model, sample_image, box=box)
+    assert float(np.abs(after[2] - before[2]).max()) > 1e-3  # the change matters
+    np.testing.assert_allclose(after[2], expected[2], atol=1e-5)
+    np.testing.assert_allclose(after[1], expected[1], atol=1e-6)
+    low = before[2][:1]
+    with_mask = pred.predict(box=box, mask_input=low, multimask_output=False, return_logits=True)
+    np.testing.assert_allclose(with_mask[2], _fresh_answer(model, sample_image, box=box, mask_input=low,
+                                                           multimask_output=False)[2], atol=1e-5)
+
+
+class _LowRank(torch.nn.Module):
+    """A LoRA-style wrapper: the base layer plus a low-rank update, exposing the base's weight and bias."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int = 4) -> None:
+        super().__init__()
+        self.base = base
+        self.down = torch.nn.Linear(base.in_features, rank, bias=False)
+        self.up = torch.nn.Linear(rank, base.out_features, bias=False)
+        torch.nn.init.normal_(self.up.weight, std=0.05)
+        self.weight, self.bias = base.weight, base.bias
+        self.in_features, self.out_features = base.in_features, base.out_features
+
+    def forward(self, x):
+        return self.base(x) + self.up(self.down(x))
+
+
+def test_wrapped_or_hooked_modules_are_called_in_inference(sample_image):
+    """The fast paths read weights straight from plain modules; a wrapper (LoRA) or a hook gets the modules
+    called, so inference gives what training sees."""
+    from conftest import perturb_constant_parameters
+
+    torch.manual_seed(0)
+    model = sam_model_registry["vit_b"]().eval()
+    model.image_encoder.blocks = model.image_encoder.blocks[:2]
+    perturb_constant_parameters(model, seed=2)
+    model.image_encoder.blocks[0].attn.qkv = _LowRank(model.image_encoder.blocks[0].attn.qkv)
+    attn = model.mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    attn.q_proj = _LowRank(attn.q_proj)
+    calls = []
+    model.mask_decoder.output_upscaling[0].register_forward_hook(lambda *_: calls.append(1))
+    image = np.ascontiguousarray(sample_image[:64, :96])
+    x = model.preprocess(torch.as_tensor(model_input(model, image)))
+    with torch.enable_grad():
+        graph = model.image_encoder(x).detach()  # grad mode always calls the modules
+    pred = SamPredictor(model)
+    pred.set_image(image)
+    assert float((pred.features - graph).abs().max()) <= 1e-5 * float(graph.abs().max())
+    box = np.array([5, 5, 60, 40])
+    _, iou, low = pred.predict(box=box, return_logits=True)
+    assert calls  # the hooked upscaling layer ran
+    box_t = torch.as_tensor(pred.transform.apply_boxes(box, image.shape[:2]), dtype=torch.float)
+    with torch.enable_grad():
+        sparse, dense = model.prompt_encoder(points=None, boxes=box_t, masks=None)
+        ref_low, ref_iou = model.mask_decoder(pred.features, model.prompt_encoder.get_dense_pe(), sparse, dense, True)
+    np.testing.assert_allclose(low, ref_low[0].detach().numpy(), atol=1e-5 * max(1.0, float(ref_low.detach().abs().max())))
+    np.testing.assert_allclose(iou, ref_iou[0].detach().numpy(), atol=1e-5)
+
+
+def model_input(model, image):
+    from imseg.sam.model import ResizeLongestSide
+
+    resized = ResizeLongestSide(model.image_encoder.img_size).apply_image(image)
+    return resized.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def test_outputs_are_ordinary_tensors_and_official_odds_and_ends(predictor, sample_image, mobile_sam_checkpoint):
+    """As the official (no_grad, not inference_mode): embeddings and predict_torch outputs can be edited in
+    place and used in autograd; the embedding is contiguous; BGR float arrays are flipped; the generator
+    has a predictor; ResizeLongestSide takes the official keywords; a 1x3000 image works."""
+    from imseg.sam import SamAutomaticMaskGenerator
+    from imseg.sam.model import ResizeLongestSide
+
+    emb = predictor.get_image_embedding()
+    assert not emb.is_inference() and emb.is_contiguous() and emb.view(1, -1).shape[1] == 256 * 64 * 64
+    head = torch.nn.Conv2d(256, 1, 1)
+    head(emb).sum().backward()  # training a head on the embedding
+    boxes = torch.as_tensor(predictor.transform.apply_boxes(np.array([[20, 30, 200, 220]]), predictor.original_size),
+                            dtype=torch.float)
+    _, _, low = predictor.predict_torch(None, None, boxes=boxes)
+    low.sigmoid_()
+    model = predictor.model
+    logits = model.postprocess_masks(torch.zeros(1, 1, 256, 256, requires_grad=True), (10, 13), (13, 17))
+    logits.sum().backward()  # the cached resize maps were not made inference tensors by the predictions above
+    assert ResizeLongestSide.get_preprocess_shape(oldh=3000, oldw=1, long_side_length=1024) == (1024, 1)
+    floats = sample_image.astype(np.float32) / 255
+    rgb = SamPredictor(model)
+    rgb.set_image(floats)
+    bgr = SamPredictor(model)
+    bgr.set_image(np.ascontiguousarray(floats[..., ::-1]), image_format="BGR")
+    assert torch.equal(rgb.features, bgr.features)
+    generator = SamAutomaticMaskGenerator(model, points_per_side=2)
+    assert isinstance(generator.predictor, SamPredictor) and generator.predictor.model is model
+    thin = SamPredictor(model)
+    thin.set_image(np.full((1, 3000, 3), 128, np.uint8))
+    masks, _, _ = thin.predict(point_coords=np.array([[1500, 0]]), point_labels=np.array([1]))
+    assert masks.shape == (3, 1, 3000)

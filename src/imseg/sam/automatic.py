@@ -222,6 +222,23 @@ class _TorchPointBatch:
         return self.decoder.masks(self.hs[ids], self.keys[ids], list(range(1, 1 + n_masks)))
 
 
+class _ModuleState:
+    """A crop's embedding for a mask decoder that must be called as a module (wrapped or hooked)."""
+
+    def __init__(self, model: Any, embedding: torch.Tensor) -> None:
+        self.model, self.embedding = model, embedding
+
+
+class _ModulePointBatch:
+    """Decoder outputs of the official module layout (every mask made, as the official generator does)."""
+
+    def __init__(self, low_res: torch.Tensor, iou: torch.Tensor) -> None:
+        self._low_res, self.iou = low_res, iou.float()
+
+    def low_res(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._low_res[ids]
+
+
 class TorchBackend:
     """The default backend: a PyTorch SAM model in this process (the fast :class:`PromptBatchDecoder`)."""
 
@@ -240,21 +257,29 @@ class TorchBackend:
         from PIL import Image
 
         from .batch_decoder import PromptBatchDecoder
+        from .common import plain_modules
 
         device, dtype = self._device_dtype()
         nh, nw = resized_shape(crop.shape[0], crop.shape[1], self.img_size)
         resized = np.array(Image.fromarray(crop).resize((nw, nh), Image.BILINEAR))
         x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
         x = self.model.preprocess(x)
-        return PromptBatchDecoder(self.model, self.model.image_encoder(x.to(dtype))), (nh, nw)
+        embedding = self.model.image_encoder(x.to(dtype))
+        if not plain_modules(self.model.mask_decoder):  # the fast decoder reads weights directly: call modules
+            return _ModuleState(self.model, embedding), (nh, nw)
+        return PromptBatchDecoder(self.model, embedding), (nh, nw)
 
-    def decode(self, state: PromptBatchDecoder, coords: np.ndarray) -> _TorchPointBatch:
+    def decode(self, state: PromptBatchDecoder | _ModuleState, coords: np.ndarray) -> PointBatch:
         import torch
 
         device, dtype = self._device_dtype()
         points = torch.as_tensor(coords, device=device)[:, None, :]  # float64 like the official
         labels = torch.ones((len(coords), 1), dtype=torch.int, device=device)
-        sparse, _ = self.model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+        sparse, dense = self.model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+        if isinstance(state, _ModuleState):
+            low_res, iou = self.model.mask_decoder(state.embedding, self.model.prompt_encoder.get_dense_pe(),
+                                                   sparse.to(dtype), dense.to(dtype), True)
+            return _ModulePointBatch(low_res, iou)
         iou, (hs, keys) = state.predict(sparse.to(dtype))
         return _TorchPointBatch(state, iou, hs, keys)
 
@@ -364,6 +389,7 @@ class SamAutomaticMaskGenerator:
                 f"model has no '{missing}'; pass a SAM model such as imseg.sam.sam_model_registry['vit_b'](...)"
                 f" or an imseg.sam.automatic.AmgBackend (img_size, mask_threshold, embed(), decode())."
             )
+        self._predictor = None
         self.point_grids = grids
         self.points_per_batch = int(points_per_batch)
         self.pred_iou_thresh = float(pred_iou_thresh)
@@ -380,6 +406,17 @@ class SamAutomaticMaskGenerator:
         self.max_pixels = int(max_pixels if max_pixels is not None else env or DEFAULT_MAX_PIXELS)
 
     # ------------------------------------------------------------------ public API
+    @property
+    def predictor(self):
+        """A :class:`~imseg.sam.predictor.SamPredictor` on the same model (the official generator has one)."""
+        if self._predictor is None:
+            if self.model is None or not hasattr(self.model, "image_encoder"):
+                raise ConfigError("this generator runs on a backend without a PyTorch SAM model; it has no predictor.")
+            from .predictor import SamPredictor
+
+            self._predictor = SamPredictor(self.model)
+        return self._predictor
+
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
         """Masks for an (H, W, 3) uint8 RGB image as the official list of records.
 

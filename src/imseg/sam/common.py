@@ -58,3 +58,34 @@ def autocast_active(device_type: str) -> bool:
         if device_type == "cpu":
             return bool(torch.is_autocast_cpu_enabled())
         return bool(torch.is_autocast_enabled())  # torch 2.3: the CUDA flag
+
+
+def plain_modules(module: nn.Module) -> bool:
+    """True when ``module`` and all its submodules are unmodified torch.nn / imseg (or official SAM) classes
+    with no forward hooks. The fast inference paths read weights (``.weight``, ``.bias``) straight from such modules
+    instead of calling them; anything else (LoRA-style wrappers, hooks, subclasses) makes the callers run
+    the modules themselves, so what the user attached is honoured."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return False
+    for sub in module.modules():
+        if sub._forward_hooks or sub._forward_pre_hooks:
+            return False
+        if not type(sub).__module__.startswith(("torch.nn.", "imseg.", "segment_anything.", "mobile_sam.")):
+            return False
+    return True
+
+
+def weights_key(*modules: nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer of ``modules`` is replaced or changed in place (optimizer
+    steps, ``load_state_dict``, ``copy_``): a key for tensors derived from the weights."""
+    key = []
+    for module in modules:
+        for tensor in (*module.parameters(), *module.buffers()):
+            try:
+                version = tensor._version
+            except RuntimeError:  # inference tensors have no version counter
+                version = -1
+            key.append((tensor.data_ptr(), version))
+    return tuple(key)

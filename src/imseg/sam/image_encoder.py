@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock, autocast_active
+from .common import LayerNorm2d, MLPBlock, autocast_active, plain_modules
 
 #: Queries per SDPA call in global-attention blocks (rounded down to whole token rows). 4096 is
 #: the whole 64x64 grid of a 1024x1024 input. On CPU in eager inference each call covers ONE head,
@@ -107,7 +107,7 @@ class ImageEncoderViT(nn.Module):
         x = self.patch_embed(x)  # (B, h, w, C)
         if self.pos_embed is not None:
             x = x + self.pos_embed
-        scratch = Scratch() if _eager_inference(x.device.type) else None
+        scratch = Scratch() if _eager_inference(x.device.type) and plain_modules(self) else None
         for blk in self.blocks:
             x = blk(x, scratch)
         return self.neck(x.permute(0, 3, 1, 2))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, tracing
+from .common import LayerNorm2d, plain_modules, tracing
 
 
 class MLP(nn.Module):
@@ -118,8 +118,13 @@ class MaskDecoder(nn.Module):
         A stride-2 kernel-2 transposed convolution is a per-pixel linear map to 2x2 sub-pixels, so
         both stages run as matrix products and the pixel shuffle is left to the (few) final masks.
         """
-        up1, norm, act1, up2, act2 = self.output_upscaling
         b = x.shape[0]
+        if not plain_modules(self.output_upscaling):  # wrapped or hooked: run the modules, then reorder
+            h, w = x.shape[1:3]
+            y = self.output_upscaling(x.permute(0, 3, 1, 2))  # (B, C2, 4h, 4w): row 4y + 2dy1 + dy2
+            c2 = y.shape[1]
+            return y.view(b, c2, h, 2, 2, w, 2, 2).permute(0, 2, 5, 3, 6, 4, 7, 1).reshape(b, -1, c2)
+        up1, norm, act1, up2, act2 = self.output_upscaling
         w1 = up1.weight.permute(0, 2, 3, 1).reshape(up1.weight.shape[0], -1)  # (C, 4*C1), (dy, dx, c1)
         y = F.linear(x.reshape(-1, x.shape[-1]), w1.t(), up1.bias.repeat(4))
         c1 = up1.weight.shape[1]

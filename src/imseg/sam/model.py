@@ -15,9 +15,10 @@ from .prompt_encoder import PromptEncoder
 
 
 def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
-    """(H, W) after scaling the longest side to ``long_side`` pixels (rounded half up)."""
+    """(H, W) after scaling the longest side to ``long_side`` pixels (rounded half up; at least 1 pixel,
+    so images more elongated than ``long_side``:1 keep a 1-pixel short side)."""
     scale = long_side * 1.0 / max(old_h, old_w)
-    return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+    return max(1, int(old_h * scale + 0.5)), max(1, int(old_w * scale + 0.5))
 
 
 class ResizeLongestSide:
@@ -26,12 +27,23 @@ class ResizeLongestSide:
     def __init__(self, target_length: int) -> None:
         self.target_length = target_length
 
-    get_preprocess_shape = staticmethod(preprocess_shape)
+    @staticmethod
+    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
+        """The official signature of :func:`preprocess_shape`."""
+        return preprocess_shape(oldh, oldw, long_side_length)
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> (h, w, 3) uint8, bilinear (Pillow, antialiased)."""
+        """(H, W, 3) uint8 -> (h, w, 3) uint8, bilinear (Pillow, antialiased). Float images are taken as
+        0..1 and scaled by 255 (truncated), as the official transform does."""
         from PIL import Image
 
+        from ..io import to_uint8
+
+        image = np.asarray(image)
+        if np.issubdtype(image.dtype, np.floating):
+            image = (image * 255).astype(np.uint8)
+        elif image.dtype != np.uint8:
+            image = to_uint8(image)
         h, w = preprocess_shape(image.shape[0], image.shape[1], self.target_length)
         return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
@@ -69,6 +81,7 @@ class ResizeLongestSide:
 
 
 @lru_cache(maxsize=32)
+@torch.inference_mode(False)  # cached: normal tensors even when first asked for inside inference mode
 def _axis_resize_matrix(low: int, padded: int, valid: int, out: int, device: str, dtype: torch.dtype) -> torch.Tensor:
     """(out, low) matrix doing, along one axis, what SAM's postprocessing does to mask logits:
     bilinear ``low -> padded``, crop the first ``valid`` samples, bilinear ``valid -> out``."""
@@ -79,6 +92,7 @@ def _axis_resize_matrix(low: int, padded: int, valid: int, out: int, device: str
 
 
 @lru_cache(maxsize=32)
+@torch.inference_mode(False)
 def _axis_resize_band(low: int, padded: int, valid: int, out: int, device: str,
                       dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_axis_resize_matrix` as a band: output i = sum_k weight[i, k] * input[index[i, k]].
@@ -167,7 +181,7 @@ class Sam(nn.Module):
         ix, wx = _axis_resize_band(low_w, self.img_size, int(input_size[1]), int(original_size[1]), dev, dt)
         return _band_resize(masks.to(dt), iy, wy, ix, wx)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:
         """Official end-to-end form: list of {'image' (3,h,w) resized, 'original_size', optional
         'point_coords' (B,N,2), 'point_labels' (B,N), 'boxes' (B,4), 'mask_inputs' (B,1,256,256)}

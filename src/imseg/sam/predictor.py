@@ -18,6 +18,7 @@ import torch
 from ..errors import ConfigError, InputError, PromptError, StateError
 from ..io import prompt_array, read_image, validate_box, validate_points
 from .batch_decoder import PromptBatchDecoder
+from .common import plain_modules, weights_key
 from .model import ResizeLongestSide, Sam
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
@@ -59,8 +60,8 @@ class SamPredictor:
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.autocast_dtype = resolve_dtype(dtype, torch.device(sam_model.device))
         self.decoder_batch = int(decoder_batch)
-        self._dense_pe: torch.Tensor | None = None
-        self._decoder: tuple[torch.Tensor, PromptBatchDecoder] | None = None  # (features, decoder)
+        self._dense_pe: tuple[tuple, torch.Tensor] | None = None  # (weights key, dense positional encoding)
+        self._decoder: tuple[tuple, PromptBatchDecoder] | None = None  # ((features, weights key), decoder)
         self.reset_image()
 
     # ------------------------------------------------------------------ state
@@ -105,12 +106,15 @@ class SamPredictor:
             if image_format != self.model.image_format:
                 image = image[..., ::-1]
         else:
-            image = read_image(image)  # RGB uint8 (H, W, 3): gray/RGBA/16-bit/float handled
+            in_memory = isinstance(image, np.ndarray) or hasattr(image, "detach")  # arrays keep their channel order
+            image = read_image(image)  # uint8 (H, W, 3): gray/RGBA/16-bit/float handled
+            if in_memory and image_format != self.model.image_format:
+                image = image[..., ::-1]
         input_image = np.array(self.transform.apply_image(np.ascontiguousarray(image)))  # writable copy
         tensor = torch.as_tensor(input_image, device=self.device).permute(2, 0, 1).contiguous()[None]
         self.set_torch_image(tensor, image.shape[:2])
 
-    @torch.inference_mode()
+    @torch.no_grad()  # as the official: outputs are ordinary tensors (autograd-usable, editable in place)
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
         """Embed a (1, 3, h, w) tensor already resized so max(h, w) == img_size; ``original_image_size``
         is (H, W) of the image before resizing."""
@@ -128,7 +132,7 @@ class SamPredictor:
         x = x.to(self._weights_dtype(self.model.image_encoder))
         with self._autocast():
             features = self.model.image_encoder(x)
-        self.features = features.float()
+        self.features = features.float().contiguous()
         self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -141,10 +145,11 @@ class SamPredictor:
     def _batch_decoder(self) -> PromptBatchDecoder:
         """The re-associated decoder for the current embedding (built once per image)."""
         assert self.features is not None
-        if self._decoder is None or self._decoder[0] is not self.features:
+        key = (self.features, weights_key(self.model.mask_decoder, self.model.prompt_encoder))
+        if self._decoder is None or self._decoder[0][0] is not key[0] or self._decoder[0][1] != key[1]:
             embedding = self.features.to(self._weights_dtype())
             decoder = PromptBatchDecoder(self.model, embedding, cpu_layout=self._uses_cpu_layout())
-            self._decoder = (self.features, decoder)
+            self._decoder = (key, decoder)  # rebuilt for a new image or changed decoder weights
         return self._decoder[1]
 
     def _uses_cpu_layout(self) -> bool:
@@ -155,10 +160,10 @@ class SamPredictor:
         return self.features.device.type == "cpu"
 
     def _dense_positional(self) -> torch.Tensor:
-        pe = self._dense_pe
-        if pe is None or pe.device != torch.device(self.device) or pe.dtype != self._weights_dtype():
-            pe = self._dense_pe = self.model.prompt_encoder.get_dense_pe()
-        return pe
+        key = weights_key(self.model.prompt_encoder)
+        if self._dense_pe is None or self._dense_pe[0] != key:
+            self._dense_pe = (key, self.model.prompt_encoder.get_dense_pe())  # device/dtype moves change the key
+        return self._dense_pe[1]
 
     def _check_mask_input(self, mask_input: Any, batch: int | None) -> np.ndarray:
         arr = np.asarray(mask_input, dtype=np.float32)
@@ -209,7 +214,7 @@ class SamPredictor:
         masks, iou, low_res = self.predict_torch(coords_t, labels_t, box_t, mask_t, multimask_output, return_logits)
         return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def predict_torch(
         self,
         point_coords: torch.Tensor | None,
@@ -234,7 +239,8 @@ class SamPredictor:
         points = (point_coords, point_labels) if point_coords is not None else None
         # no autocast here: the embedding is float32, and the decoder's in-place products need one dtype
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        sparse_only = mask_input is None and self.features.shape[0] == 1
+        # the re-associated decoder reads the decoder's weights directly: only for unwrapped, hook-free modules
+        sparse_only = mask_input is None and self.features.shape[0] == 1 and plain_modules(self.model.mask_decoder)
         if sparse_only and self._uses_cpu_layout():
             return self._decode_on_cpu(sparse, multimask_output, return_logits)
         if sparse_only:  # the same decoder function, image tokens never projected per prompt
