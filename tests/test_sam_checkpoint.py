@@ -100,6 +100,13 @@ def test_segmenter_weights_lookup(mobile_sam_checkpoint, tmp_path, monkeypatch):
         imseg.load("mobile-sam", device="cpu", colour="red")
     with pytest.raises(imseg.errors.ConfigError, match="device"):
         imseg.load("mobile-sam", device="tpu")
+    from imseg.sam.segmenter import resolve_device
+
+    for device, match in [("mps", "MPS"), ("meta", "device must be"), ("cuda:99", "cuda")]:
+        if device == "mps" and torch.backends.mps.is_available():
+            continue
+        with pytest.raises(imseg.errors.ConfigError, match=match):
+            resolve_device(device)
 
 
 def test_demo_command_writes_overlays(mobile_sam_checkpoint, tmp_path, monkeypatch):

@@ -29,9 +29,18 @@ def resolve_device(device: str | Any = "auto") -> Any:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.") from exc
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}.") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' was requested but CUDA is not available; use device='cpu' or 'auto'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                          f"use cuda:0..cuda:{torch.cuda.device_count() - 1}.")
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ConfigError("device='mps' was requested but MPS (Apple GPU) is not available here; "
+                          "use device='cpu' or 'auto'.")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}.")
     return dev
 
 
