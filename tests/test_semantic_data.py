@@ -217,3 +217,201 @@ def test_build_datasets_and_seeded_loader(tmp_path):
     train.set_epoch(1)
     assert not torch.equal(train[0][0], first[0][0])
     assert set(torch.unique(torch.cat([m for _, m in batches])).tolist()) <= {0, 1, 2, 255}
+
+
+# ----------------------------------------------------------------------------- audit regressions
+def _write_image(path: Path, size=(24, 32), seed=0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+
+
+def _write_labelme(folder: Path, stem: str, labels, size=(24, 32), **extra) -> None:
+    _write_image(folder / f"{stem}.jpg", size)
+    shapes = [{"label": label, "points": [[2, 2], [12, 2], [12, 12]], "shape_type": "polygon"} for label in labels]
+    data = {"shapes": shapes, "imagePath": f"{stem}.jpg", "imageHeight": size[0], "imageWidth": size[1], **extra}
+    (folder / f"{stem}.json").write_text(json.dumps({k: v for k, v in data.items() if v is not None}, sort_keys=True))
+
+
+def _write_coco(folder: Path, annotations, images=None) -> None:
+    images = images or [{"id": i + 1, "file_name": f"im{i}.jpg", "height": 24, "width": 32} for i in range(2)]
+    for i in range(2):
+        _write_image(folder / f"im{i}.jpg")
+    cats = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+    (folder / "annotations.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": cats}))
+
+
+def test_voc_split_lists_define_the_samples(tmp_path):
+    voc = tmp_path / "VOC2012"
+    for i in range(8):  # like VOC2012: more JPEGs (detection) than segmentation masks
+        _write_image(voc / "JPEGImages" / f"2007_{i:06d}.jpg", seed=i)
+    (voc / "SegmentationClass").mkdir()
+    for i in range(6):
+        mask = np.zeros((24, 32), np.uint8)
+        mask[4:12, 4:12], mask[12, :] = 15, 255
+        Image.fromarray(mask).save(voc / "SegmentationClass" / f"2007_{i:06d}.png")
+    sets = voc / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("\n".join(f"2007_{i:06d}" for i in range(4)))
+    (sets / "val.txt").write_text("2007_000004\n2007_000005\n")
+    assert validate_dataset(tmp_path)["counts"] == {"train": 4, "val": 2}
+    (sets / "val.txt").write_text("2007_000004\n2007_000006\n")  # a listed JPEG without a mask is a problem
+    with pytest.raises(DatasetError, match=r"2007_000006.jpg: listed in the 'val' split but has no mask"):
+        validate_dataset(tmp_path)
+    for path in sets.iterdir():
+        path.unlink()
+    with pytest.warns(UserWarning, match="2 of 8 images in JPEGImages/ have no mask"):
+        cfg = load_data_config({"path": str(tmp_path), "val_ratio": 0.0})
+    assert [s.stem for s in cfg.train] == [f"2007_{i:06d}" for i in range(6)] and cfg.num_classes == 21
+
+
+def test_binary_255_is_decided_once_per_dataset(tmp_path):
+    ignore = tmp_path / "ignore"  # 2 classes, 255 = ignore; one mask happens to hold only {0, 255}
+    _write_pairs(ignore, 4, values=(0, 1, 255))
+    only = np.zeros((24, 32), np.uint8)
+    only[:6] = 255
+    Image.fromarray(only).save(ignore / "masks" / "im000.png")
+    cfg = load_data_config({"path": str(ignore), "names": ["bg", "fg"], "val_ratio": 0.0})
+    assert np.unique(read_mask(cfg.train[0], 2)).tolist() == [0, 255]  # still ignore, not foreground
+    assert SegmentationDataset(cfg.train, num_classes=2).read_raw(0)[1].max() == 255
+    binary16 = tmp_path / "u16"  # genuinely binary 0/255 masks saved as 16-bit PNGs
+    for i in range(3):
+        _write_image(binary16 / "images" / f"a{i}.jpg", seed=i)
+        mask = np.zeros((24, 32), np.uint16)
+        mask[8:16] = 255
+        (binary16 / "masks").mkdir(exist_ok=True)
+        Image.fromarray(mask).save(binary16 / "masks" / f"a{i}.png")
+    cfg = load_data_config({"path": str(binary16), "names": ["bg", "fg"], "val_ratio": 0.0})
+    assert np.unique(read_mask(cfg.train[0])).tolist() == [0, 1]
+    assert validate_dataset(cfg)["class_pixels"]["train"] == [3 * 16 * 32, 3 * 8 * 32]
+
+
+def test_lossy_or_greyscale_masks_are_refused(tmp_path):
+    yy, xx = np.mgrid[:48, :48]
+    for i in range(3):
+        _write_image(tmp_path / "jpg" / "images" / f"a{i}.jpg", (48, 48), seed=i)
+        (tmp_path / "jpg" / "masks").mkdir(exist_ok=True)
+        disc = (((yy - 20) ** 2 + (xx - 22 - i) ** 2) < 150).astype(np.uint8) * 255
+        Image.fromarray(disc).save(tmp_path / "jpg" / "masks" / f"a{i}.jpg", quality=75)
+    with pytest.raises(DatasetError, match="3 mask.s. are JPEG files.*lossless PNG index masks"):
+        load_data_config(tmp_path / "jpg")
+    with pytest.raises(DatasetError, match=r"lossy masks .*\(3\):\n.*a0.jpg: JPEG mask") as info:
+        validate_dataset({"path": str(tmp_path / "jpg"), "names": ["bg", "fg"], "val_ratio": 0.0})
+    assert "unknown class values" not in str(info.value)  # the JPEG artefacts are not listed twice
+    for i in range(2):  # anti-aliased greyscale PNGs: ~100 distinct values
+        _write_image(tmp_path / "grey" / "images" / f"a{i}.jpg", (48, 48), seed=i)
+        (tmp_path / "grey" / "masks").mkdir(exist_ok=True)
+        Image.fromarray(((yy + xx) * 2 + i).astype(np.uint8)).save(tmp_path / "grey" / "masks" / f"a{i}.png")
+    with pytest.raises(DatasetError, match="too many to be class ids.*lossless PNG"):
+        load_data_config(tmp_path / "grey")
+
+
+def test_images_sharing_a_stem_are_a_problem(tmp_path):
+    _write_pairs(tmp_path, 3)
+    _write_image(tmp_path / "images" / "im000.png", seed=9)
+    cfg = load_data_config({"path": str(tmp_path), "names": ["a", "b", "c"], "val_ratio": 0.0})
+    assert [s.stem for s in cfg.train] == ["im001", "im002"]
+    with pytest.raises(DatasetError, match=r"images im000.jpg, im000.png share the stem 'im000'"):
+        validate_dataset(cfg)
+
+
+def test_declared_test_split_stays_out_of_train_and_val(tmp_path):
+    _write_pairs(tmp_path, 10)
+    cfg = load_data_config({"path": str(tmp_path), "names": ["a", "b", "c"], "test": ["im008", "im009"]})
+    assert [s.stem for s in cfg.test] == ["im008", "im009"] and (len(cfg.train), len(cfg.val)) == (6, 2)
+    stems = [s.stem for part in cfg.splits.values() for s in part]
+    assert sorted(stems) == [f"im{i:03d}" for i in range(10)]  # disjoint and complete
+    with pytest.raises(DatasetError, match=r"im003.jpg: in both the 'train' and the 'val' split"):
+        validate_dataset({"path": str(tmp_path), "names": ["a", "b", "c"], "train": ["im000", "im003"], "val": ["im003"]})
+
+
+def test_negative_mask_values_are_reported(tmp_path):
+    import tifffile
+
+    for i in range(3):
+        _write_image(tmp_path / "images" / f"a{i}.jpg", seed=i)
+        mask = np.zeros((24, 32), np.int16)
+        mask[:4], mask[10:20] = -1, 1
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        tifffile.imwrite(tmp_path / "masks" / f"a{i}.tif", mask)
+    with pytest.raises(DatasetError, match=r"a0.tif: values -1 are not class ids 0..1 or 255"):
+        validate_dataset({"path": str(tmp_path), "names": ["a", "b"], "val_ratio": 0.0})
+    with pytest.raises(DatasetError, match=r"negative values \[-1\].*-1 -> 255"):
+        load_data_config(tmp_path)
+
+
+def test_ignore_index_may_not_be_a_class_in_any_format(tmp_path):
+    for i, label in enumerate(["cat", "dog"]):
+        _write_labelme(tmp_path / "labelme", f"a{i}", [label])
+    with pytest.raises(ConfigError, match=r"ignore_index 1 collides with class ids 0..2 \('cat'\)"):
+        load_data_config({"path": str(tmp_path / "labelme"), "ignore_index": 1})
+    _write_coco(tmp_path / "coco", [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[2, 2, 12, 2, 12, 12]]}])
+    with pytest.raises(ConfigError, match="ignore_index 2 collides"):
+        load_data_config({"path": str(tmp_path / "coco"), "ignore_index": 2})
+
+
+def test_labelme_found_whatever_the_key_order(tmp_path):
+    embedded = "A" * 6000  # imageData sorts before "shapes": the key lies past the first 4096 characters
+    _write_labelme(tmp_path, "a0", ["cat"], imageData=embedded)
+    _write_labelme(tmp_path, "a1", ["dog"], imageData=embedded)
+    _write_labelme(tmp_path, "a2", ["dog"])
+    cfg = load_data_config({"path": str(tmp_path), "val_ratio": 0.0})
+    assert cfg.format == "labelme" and cfg.names == ["background", "cat", "dog"]
+    assert [s.stem for s in cfg.train] == ["a0", "a1", "a2"]
+
+
+def test_labelme_without_image_size_uses_the_image(tmp_path):
+    _write_labelme(tmp_path, "a0", ["cat"], size=(20, 28), imageHeight=None, imageWidth=None)
+    cfg = load_data_config({"path": str(tmp_path), "val_ratio": 0.0})
+    mask = read_mask(cfg.train[0])
+    assert mask.shape == (20, 28) and np.unique(mask).tolist() == [0, 1]
+    assert validate_dataset(cfg)["counts"] == {"train": 1}
+    _write_labelme(tmp_path, "a0", ["cat"], size=(20, 28), imageHeight="abc")
+    with pytest.raises(DatasetError, match="imageHeight/imageWidth must be positive integers; got 'abc'/28"):
+        validate_dataset({"path": str(tmp_path), "val_ratio": 0.0})
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
+def test_malformed_coco_is_listed_not_raised_or_dropped(tmp_path):
+    ok = {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[2, 2, 20, 2, 20, 20]]}
+    anns = [ok, {**ok, "id": 2, "segmentation": [[2, 2, 20, 20]]}, {**ok, "id": 3, "segmentation": [[2, 2, 20, 2, 20]]},
+            {**ok, "id": 4, "category_id": 42}, {**ok, "id": 5, "image_id": 77}, {**ok, "id": 6, "image_id": 2}]
+    images = [{"id": 1, "file_name": "im0.jpg", "height": 24, "width": 32}, {"id": 2, "file_name": "im1.jpg"}]
+    _write_coco(tmp_path, anns, images)
+    cfg = load_data_config({"path": str(tmp_path), "val_ratio": 0.0})
+    assert [s.stem for s in cfg.train] == ["im0"]
+    assert np.unique(read_mask(cfg.train[0])).tolist() == [0, 1]  # the valid annotation still rasterises
+    with pytest.raises(DatasetError) as info:
+        validate_dataset(cfg)
+    message = str(info.value)
+    assert "malformed annotations" in message and "has 5 problem(s)" in message
+    for expected in ("annotation id 2 (image 'im0.jpg'): polygon segmentation[0] has 4 number(s)",
+                     "annotation id 3 (image 'im0.jpg'): polygon segmentation[0] has 5 number(s)",
+                     "annotation id 4 (image 'im0.jpg'): category_id 42 is not in 'categories'",
+                     "annotation id 5: image_id 77 is not in 'images'",
+                     "image 'im1.jpg' (id 2) has no valid height/width"):
+        assert f"annotations.json: {expected}" in message
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"path": 123}, "path must be the dataset folder"),
+    ({"val_ratio": "abc"}, "val_ratio must be a number in"),
+    ({"seed": "x"}, "seed must be an integer"),
+    ({"split": {"val": "abc"}}, r"split.val must be a fraction"),
+    ({"num_classes": 5}, "num_classes is 5 but names lists 3 classes"),
+    ({"binary": "false", "names": None}, "binary must be true or false"),
+])
+def test_config_values_of_the_wrong_type_name_the_key(tmp_path, setting, message):
+    _write_pairs(tmp_path, 3)
+    spec = {"path": str(tmp_path), "names": ["a", "b", "c"], **setting}
+    with pytest.raises(ConfigError, match=message):
+        load_data_config({k: v for k, v in spec.items() if v is not None})
+
+
+def test_ignore_index_above_255_with_uint8_masks(tmp_path):
+    _write_pairs(tmp_path, 3, size=(40, 56))
+    sets = build_datasets({"path": str(tmp_path), "names": ["a", "b", "c"], "ignore_index": 300, "val_ratio": 0.34},
+                          imgsz=64, augment={"rotate": 10})
+    _, mask = sets["val"][0]
+    assert mask.shape == (64, 64) and (mask[46:] == 300).all()  # letterbox 40x56 -> 46x64 + ignore padding
+    _, mask = sets["train"][0]
+    assert set(torch.unique(mask).tolist()) <= {0, 1, 2, 300}

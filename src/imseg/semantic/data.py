@@ -4,20 +4,28 @@ Supported layouts (auto-detected from a directory, or named with ``format``):
 
 - ``folder``: ``images/`` + ``masks/`` with matching stems (also ``image/`` + ``label/``,
   ``img/`` + ``mask/``, ``images/`` + ``labels/``; split subfolders ``train/``, ``val/``, ``test/``
-  or ``images/train`` + ``masks/train``). Masks are index PNGs, palette PNGs (read as indices, not
-  colours) or 0/255 binary images: 255 becomes class 1 only when the mask holds exactly {0, 255}
-  and the dataset has 2 classes (``names`` of length 2 or ``binary: true``).
+  or ``images/train`` + ``masks/train``). Masks are lossless index PNGs, palette PNGs (read as
+  indices, not colours) or 0/255 binary images: 255 becomes class 1 only when the dataset has 2
+  classes (``names`` of length 2 or ``binary: true``) and every mask holds only 0 and 255 (decided
+  once per dataset, so a 0/1/255 dataset keeps 255 as ignore). JPEG masks are refused (lossy).
 - ``voc``: Pascal VOC (``JPEGImages/``, ``SegmentationClass/`` palette PNGs, 255 = ignore,
   ``ImageSets/Segmentation/{train,val,test}.txt``; names from ``class_names.txt`` or the 21 VOC classes).
+  The ImageSets lists define the samples (the detection-only JPEGs without a mask are not samples);
+  without lists, the images that have a mask are used (with a warning saying how many were left out).
 - ``coco``: COCO instance JSON, rasterised to class maps with pycocotools; category ids are mapped
   to 1..K in id order (0 = background; a category named ``_background_``/``background`` maps to 0).
+  Malformed entries (polygons under 3 points, unknown category or image ids, images without
+  height/width) are listed by :func:`validate_dataset`, never dropped silently.
 - ``labelme``: labelme JSON (polygon, rectangle, circle, line, linestrip, point), label
   ``__ignore__`` = ignore_index; names from the config, a ``labels.txt``/``class_names.txt``, or
-  the sorted labels found (0 = background).
+  the sorted labels found (0 = background). Without ``imageHeight``/``imageWidth`` the image file's
+  size is used.
 
 Splits come from the config (``train``/``val``/``test``: a folder, a .txt/.json list of stems, a
 COCO .json, or a list of stems), from a ``split``/``split.json`` file, from split subfolders or
-``ImageSets``, or by ratio (``val_ratio``, default 0.2, ``test_ratio``, ``seed``).
+``ImageSets``, or by ratio (``val_ratio``, default 0.2, ``test_ratio``, ``seed``). A ratio split
+draws from the images that no declared split holds (a declared ``test`` never leaks into train/val);
+an image in two declared splits is a problem. ``ignore_index`` may not equal a class id (any format).
 
 API contract (used by training, validation and prediction):
 
@@ -55,7 +63,7 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -92,7 +100,9 @@ class Sample:
     """One image and where its labels come from.
 
     ``mask`` is a label image (folder/voc); ``annotation`` a COCO or labelme JSON, with ``image_id``
-    for COCO; ``classes`` maps annotation label names to class indices (coco/labelme).
+    for COCO; ``classes`` maps annotation label names to class indices (coco/labelme);
+    ``binary_255`` reads mask value 255 as class 1 (set by :func:`load_data_config` for a 2-class
+    dataset whose masks all hold only 0 and 255).
     """
 
     image: Path
@@ -101,6 +111,7 @@ class Sample:
     annotation: Path | None = None
     image_id: int | None = None
     classes: Mapping[str, int] | None = field(default=None, compare=False, repr=False)
+    binary_255: bool = False
 
     @property
     def stem(self) -> str:
@@ -146,6 +157,14 @@ class DataConfig:
 
 
 # ============================================================================ mask reading
+LOSSY_MASK_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+#: More distinct class values than this in masks without ``names`` means greyscale, not class ids.
+MAX_INFERRED_CLASSES = 64
+LOSSY_MASK_ADVICE = ("JPEG compression changes pixel values around every edge, so they are no longer class ids; "
+                     "save the masks as lossless PNG index masks (pixel value = class id, e.g. 0/1 or 0/255) with the "
+                     "same stems as the images")
+
+
 def _read_label_file(path: Path) -> np.ndarray:
     """Decode a label image as integers (palette PNG -> indices). Returns (H, W) uint8/uint16/int32."""
     from PIL import Image, UnidentifiedImageError
@@ -193,18 +212,61 @@ def _present_values(mask: np.ndarray) -> np.ndarray:
     return np.unique(mask)
 
 
-def _map_binary(mask: np.ndarray, num_classes: int | None) -> np.ndarray:
-    """Map 255 -> 1 when the dataset has 2 classes and the mask holds exactly {0, 255}."""
-    if num_classes == 2 and mask.dtype == np.uint8:
-        values = _present_values(mask)
-        if len(values) == 2 and values[0] == 0 and values[1] == 255:
-            return (mask == 255).astype(np.uint8)
-    return mask
+def _map_binary(mask: np.ndarray) -> np.ndarray:
+    """255 -> 1 (any integer dtype) for a 0/255 binary dataset; other values are kept (validation reports them)."""
+    out = np.where(mask == 255, 1, mask)
+    return out.astype(np.uint8) if out.size == 0 or (out.min() >= 0 and out.max() < 256) else out.astype(np.int32)
+
+
+def _positive_int(value: Any) -> int | None:
+    """``value`` as a positive int (ints and integral floats), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    if value != int(value) or value <= 0:
+        return None
+    return int(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _coco_segmentation_problem(seg: Any, height: int | None, width: int | None) -> str | None:
+    """Why a COCO ``segmentation`` cannot be rasterised, or None (empty = no mask, allowed)."""
+    if not seg:
+        return None
+    if isinstance(seg, list):
+        for k, poly in enumerate(seg):
+            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+                return (f"segmentation[{k}] is not a list of numbers; polygons are [[x1, y1, x2, y2, ...], ...] "
+                        f"(or give an RLE dict with 'counts' and 'size')")
+            if len(poly) < 6 or len(poly) % 2:
+                return (f"polygon segmentation[{k}] has {len(poly)} number(s); a polygon needs an even count of at "
+                        f"least 6 (x, y pairs for 3 or more points): fix or remove it")
+        return None
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not isinstance(counts, (list, str)) or not isinstance(size, list) or len(size) != 2:
+            return "RLE segmentation needs 'counts' (list or string) and 'size' [height, width]"
+        if height is not None and width is not None and [_positive_int(v) for v in size] != [height, width]:
+            return f"RLE size {size} differs from the image's [height, width] [{height}, {width}]"
+        return None
+    return f"segmentation of type {type(seg).__name__} is neither a polygon list nor an RLE dict"
+
+
+def _coco_image_size_problem(path: str, info: dict) -> str | None:
+    if _positive_int(info.get("height")) is None or _positive_int(info.get("width")) is None:
+        return (f"{path}: image '{info.get('file_name')}' (id {info.get('id')}) has no valid height/width (got "
+                f"{info.get('height')!r}/{info.get('width')!r}); add the image's pixel size to its 'images' entry")
+    return None
 
 
 @lru_cache(maxsize=8)
-def _coco_index(path: str, mtime: float) -> tuple[dict, dict, dict]:
-    """(images by id, annotations by image id, categories by id) of a COCO JSON (cached per process)."""
+def _coco_index(path: str, mtime: float) -> tuple[dict, dict, dict, tuple[str, ...]]:
+    """(images by id, valid annotations by image id, categories by id, problems) of a COCO JSON (cached).
+
+    Malformed entries are left out and described in ``problems`` (what, which annotation id, how to fix).
+    """
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
@@ -212,15 +274,54 @@ def _coco_index(path: str, mtime: float) -> tuple[dict, dict, dict]:
         raise DatasetError(f"{path}: cannot read COCO JSON ({exc}).") from exc
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
         raise DatasetError(f"{path}: not a COCO instance file (needs 'images', 'annotations' and 'categories').")
-    images = {img["id"]: img for img in data["images"]}
-    anns: dict[int, list] = {}
-    for ann in data["annotations"]:
-        anns.setdefault(ann["image_id"], []).append(ann)
-    cats = {cat["id"]: cat for cat in data["categories"]}
-    return images, anns, cats
+    if not all(isinstance(data[key], list) for key in ("images", "annotations", "categories")):
+        raise DatasetError(f"{path}: 'images', 'annotations' and 'categories' must be lists.")
+    problems: list[str] = []
+    images: dict[Any, dict] = {}
+    for i, info in enumerate(data["images"]):
+        if not isinstance(info, dict) or "id" not in info or not info.get("file_name"):
+            problems.append(f"{path}: images[{i}] has no 'id' or 'file_name'; every image entry needs id, file_name, "
+                            f"height and width")
+            continue
+        images[info["id"]] = info
+        problem = _coco_image_size_problem(path, info)
+        if problem:
+            problems.append(problem)
+    cats: dict[Any, dict] = {}
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+            problems.append(f"{path}: categories[{i}] has no 'id' or 'name'; every category needs both")
+            continue
+        cats[cat["id"]] = cat
+    anns: dict[Any, list] = {}
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            problems.append(f"{path}: annotations[{i}] is not an object; remove it")
+            continue
+        where = f"{path}: annotation id {ann.get('id', f'(none, annotations[{i}])')}"
+        image_id = ann.get("image_id")
+        info = images.get(image_id) if isinstance(image_id, (int, str)) else None
+        if info is None:
+            problems.append(f"{where}: image_id {image_id!r} is not in 'images'; add that image entry or remove the "
+                            f"annotation")
+            continue
+        where += f" (image '{info.get('file_name')}')"
+        category_id = ann.get("category_id")
+        if not isinstance(category_id, (int, str)) or category_id not in cats:
+            problems.append(f"{where}: category_id {category_id!r} is not in 'categories' (ids {sorted(cats, key=str)}); "
+                            f"add the category or fix the id")
+            continue
+        problem = _coco_segmentation_problem(
+            ann.get("segmentation"), _positive_int(info.get("height")), _positive_int(info.get("width"))
+        )
+        if problem:
+            problems.append(f"{where}: {problem}")
+            continue
+        anns.setdefault(image_id, []).append(ann)
+    return images, anns, cats, tuple(problems)
 
 
-def _coco_load(path: Path) -> tuple[dict, dict, dict]:
+def _coco_load(path: Path) -> tuple[dict, dict, dict, tuple[str, ...]]:
     return _coco_index(str(path), path.stat().st_mtime)
 
 
@@ -228,11 +329,16 @@ def _rasterize_coco(sample: Sample, ignore_index: int) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     assert sample.annotation is not None and sample.classes is not None
-    images, anns, cats = _coco_load(sample.annotation)
-    info = images[sample.image_id]
+    images, anns, cats, _ = _coco_load(sample.annotation)
+    info = images.get(sample.image_id)
+    if info is None:
+        raise DatasetError(f"{sample.annotation}: no image with id {sample.image_id!r} in 'images'.")
+    problem = _coco_image_size_problem(str(sample.annotation), info)
+    if problem:
+        raise DatasetError(problem)
     height, width = int(info["height"]), int(info["width"])
     out = np.zeros((height, width), np.int32)
-    for ann in anns.get(sample.image_id, []):
+    for ann in anns.get(sample.image_id, []):  # malformed annotations were left out (and listed) by _coco_index
         name = cats[ann["category_id"]]["name"]
         value = sample.classes.get(name)
         if value is None:
@@ -279,7 +385,17 @@ def _rasterize_labelme(sample: Sample, ignore_index: int) -> np.ndarray:
 
     assert sample.annotation is not None and sample.classes is not None
     data = _load_labelme(sample.annotation)
-    height, width = int(data["imageHeight"]), int(data["imageWidth"])
+    raw_size = data.get("imageHeight"), data.get("imageWidth")
+    if raw_size == (None, None):  # not recorded: the image file's size (EXIF-upright, as read_image gives it)
+        height, width = _image_size(sample.image)
+    else:
+        checked = _positive_int(raw_size[0]), _positive_int(raw_size[1])
+        if checked[0] is None or checked[1] is None:
+            raise DatasetError(
+                f"{sample.annotation}: imageHeight/imageWidth must be positive integers; got {raw_size[0]!r}/"
+                f"{raw_size[1]!r}. Fix them, or remove both keys to use the size of {sample.image.name}."
+            )
+        height, width = checked[0], checked[1]
     canvas = Image.new("I", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
     for shape in data["shapes"]:
@@ -314,9 +430,11 @@ def _rasterize_labelme(sample: Sample, ignore_index: int) -> np.ndarray:
 
 
 def read_mask(sample: Sample, num_classes: int | None = None, ignore_index: int = 255) -> np.ndarray:
-    """Class-index map of a sample as (H, W) uint8 (or int32 when values exceed 255).
+    """Class-index map of a sample as (H, W) uint8 (or uint16/int32 when values exceed 255).
 
-    Palette PNGs give their indices; 0/255 masks become 0/1 when ``num_classes == 2``.
+    Palette PNGs give their indices; 255 becomes 1 when ``sample.binary_255`` (a 0/255 binary
+    dataset, decided once for the whole dataset by :func:`load_data_config`). ``num_classes`` is
+    unused (kept for callers of the earlier signature).
     """
     if sample.format == "coco":
         return _rasterize_coco(sample, ignore_index)
@@ -324,7 +442,8 @@ def read_mask(sample: Sample, num_classes: int | None = None, ignore_index: int 
         return _rasterize_labelme(sample, ignore_index)
     if sample.mask is None:
         raise DatasetError(f"{sample.image}: no mask for this image; add one with the same stem in the masks folder.")
-    return _map_binary(_read_label_file(sample.mask), num_classes)
+    mask = _read_label_file(sample.mask)
+    return _map_binary(mask) if sample.binary_255 else mask
 
 
 # ============================================================================ discovery helpers
@@ -344,8 +463,13 @@ def _find_child(folder: Path, names: Sequence[str]) -> Path | None:
     return None
 
 
-def _pair_folders(image_dir: Path, mask_dir: Path) -> tuple[list[Sample], list[str]]:
-    """Pair images and masks by stem. Returns (samples, problems)."""
+def _pair_folders(image_dir: Path, mask_dir: Path, missing_ok: bool = False) -> tuple[list[Sample], list[str]]:
+    """Pair images and masks by stem. Returns (samples, problems).
+
+    ``missing_ok``: an image without a mask gives a ``Sample`` with ``mask=None`` instead of a problem
+    (VOC, where only some images are segmentation samples). Images sharing a stem (``a.jpg`` and
+    ``a.png``) are a problem: they would share one mask.
+    """
     masks: dict[str, list[Path]] = {}
     for path in _images_in(mask_dir):
         stem = path.stem
@@ -354,10 +478,23 @@ def _pair_folders(image_dir: Path, mask_dir: Path) -> tuple[list[Sample], list[s
             if stem.endswith(suffix):
                 masks.setdefault(stem[: -len(suffix)], []).append(path)
     samples, problems, used = [], [], set()
-    for image in _images_in(image_dir):
+    images = _images_in(image_dir)
+    images_by_stem: dict[str, list[Path]] = {}
+    for image in images:
+        images_by_stem.setdefault(image.stem, []).append(image)
+    for stem, same in images_by_stem.items():
+        if len(same) > 1:
+            problems.append(f"{image_dir}: images {', '.join(p.name for p in same)} share the stem '{stem}' and would "
+                            f"share one mask; rename or remove all but one")
+    for image in images:
+        if len(images_by_stem[image.stem]) > 1:
+            continue
         found = masks.get(image.stem, [])
         if not found:
-            problems.append(f"{image}: no mask with stem '{image.stem}' in {mask_dir}")
+            if missing_ok:
+                samples.append(Sample(image=image))
+            else:
+                problems.append(f"{image}: no mask with stem '{image.stem}' in {mask_dir}")
             continue
         if len(found) > 1:
             pngs = [p for p in found if p.suffix.lower() == ".png"]
@@ -367,7 +504,7 @@ def _pair_folders(image_dir: Path, mask_dir: Path) -> tuple[list[Sample], list[s
             found = pngs
         used.add(found[0])
         samples.append(Sample(image=image, mask=found[0]))
-    image_stems = {p.stem for p in _images_in(image_dir)}
+    image_stems = set(images_by_stem)
     for stem, paths in sorted(masks.items()):
         for path in paths:
             if path not in used and path.stem == stem and not any(
@@ -455,6 +592,35 @@ def _ratio_split(pool: list[Sample], val_ratio: float, test_ratio: float, seed: 
     return out
 
 
+def _ratio_setting(spec: Mapping[str, Any], key: str, default: float) -> float:
+    """``spec[key]`` as a fraction in [0, 1); ConfigError naming the key otherwise."""
+    value = spec.get(key)
+    if value is None:
+        return default
+    if not _is_number(value) or not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f"{key} must be a number in [0, 1) (the fraction of images to hold out, e.g. 0.2); "
+                          f"got {value!r}.")
+    return float(value)
+
+
+def _seed_setting(spec: Mapping[str, Any]) -> int:
+    value = spec.get("seed")
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"seed must be an integer (e.g. 0); got {value!r}.")
+    return int(value)
+
+
+def _class_count_setting(spec: Mapping[str, Any], key: str) -> int | None:
+    value = spec.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{key} must be a positive number of classes; got {value!r}.")
+    return int(value)
+
+
 def _parse_names(raw: Any) -> list[str] | None:
     if raw is None:
         return None
@@ -536,13 +702,18 @@ def _coco_files(root: Path) -> list[Path]:
     return [p for p in found if p.name != "split.json"]
 
 
-def _labelme_files(root: Path) -> list[Path]:
-    out = []
-    for path in sorted(root.glob("*.json")):
+def _is_labelme_file(path: Path) -> bool:
+    """A JSON object with a 'shapes' key (parsed: key order and embedded imageData do not matter)."""
+    try:
         with open(path, encoding="utf-8") as fh:
-            if '"shapes"' in fh.read(4096):
-                out.append(path)
-    return out
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "shapes" in data
+
+
+def _labelme_files(root: Path) -> list[Path]:
+    return [path for path in sorted(root.glob("*.json")) if _is_labelme_file(path)]
 
 
 def _resolve_splits(
@@ -591,6 +762,14 @@ def _resolve_splits(
                     problems += found
         elif isinstance(split, (Mapping, list, tuple)):
             ratios = dict(split) if isinstance(split, Mapping) else dict(zip(SPLITS, split, strict=False))
+            unknown = sorted(str(k) for k in ratios if k not in SPLITS)
+            if unknown:
+                raise ConfigError(f"split ratios: unknown key(s) {unknown}; use train, val and test, e.g. "
+                                  f"{{train: 0.8, val: 0.2}}.")
+            for key, value in ratios.items():
+                if not _is_number(value) or not 0.0 <= float(value) <= 1.0:
+                    raise ConfigError(f"split.{key} must be a fraction in [0, 1] (e.g. split: {{train: 0.8, val: 0.2}}); "
+                                      f"got {value!r}.")
             spec.setdefault("val_ratio", float(ratios.get("val", 0.0)))
             spec.setdefault("test_ratio", float(ratios.get("test", 0.0)))
         else:
@@ -614,10 +793,13 @@ def _resolve_splits(
     if not splits and pool is None:
         raise ConfigError(f"{root}: no split found; set train/val (folders or lists) in the dataset config.")
     if "val" not in splits and "val" not in spec:
-        val_ratio = float(spec.get("val_ratio", 0.2))
-        test_ratio = float(spec.get("test_ratio", 0.0)) if "test" not in splits else 0.0
+        val_ratio = _ratio_setting(spec, "val_ratio", 0.2)
+        test_ratio = _ratio_setting(spec, "test_ratio", 0.0) if "test" not in splits else 0.0
         base = splits.get("train", pool) or []
-        seed = int(spec.get("seed", 0))
+        if "train" not in splits:  # the pool minus the declared splits' samples (e.g. a declared test split)
+            taken = {s.image for samples in splits.values() for s in samples}
+            base = [s for s in base if s.image not in taken]
+        seed = _seed_setting(spec)
         spec.update(val_ratio=val_ratio, seed=seed)
         if val_ratio > 0 or test_ratio > 0:
             parts = _ratio_split(base, val_ratio, test_ratio, seed)
@@ -630,6 +812,18 @@ def _resolve_splits(
         else:
             splits.setdefault("train", list(base))
     return splits, problems, tuple(k for k in SPLITS if k in splits)
+
+
+def _overlap_problems(splits: Mapping[str, Sequence[Sample]]) -> list[str]:
+    """One problem per image that two declared splits share (a leak between train and val/test)."""
+    problems, owner = [], {}
+    for key in SPLITS:
+        for sample in splits.get(key, []):
+            first = owner.setdefault(sample.image, key)
+            if first != key:
+                problems.append(f"{sample.image}: in both the '{first}' and the '{key}' split; list each image in one "
+                                f"split only")
+    return problems
 
 
 def _folder_pool(root: Path) -> tuple[list[Sample] | None, list[str]]:
@@ -663,11 +857,48 @@ def _scan_values(samples: Sequence[Sample], ignore_index: int) -> set[int]:
     return out
 
 
+def _is_binary_255(samples: Sequence[Sample]) -> bool:
+    """True when every readable mask holds only 0 and 255, and some hold 255 (a 0/255 binary dataset).
+
+    Stops at the first mask with another value; unreadable masks are skipped (validation reports them).
+    """
+    masks = sorted({s.mask for s in samples if s.mask is not None})
+
+    def values(path: Path) -> set[int]:
+        try:
+            return {int(v) for v in _present_values(_read_label_file(path))}
+        except DatasetError:
+            return set()
+
+    seen: set[int] = set()
+    chunk = 32
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
+        for start in range(0, len(masks), chunk):
+            for vals in pool.map(values, masks[start : start + chunk]):
+                seen |= vals
+            if not seen <= {0, 255}:
+                return False
+    return 255 in seen
+
+
 def _infer_names(samples: Sequence[Sample], ignore_index: int, binary: bool, root: Path) -> list[str]:
     if binary:
         return ["background", "foreground"]
     values = _scan_values(samples, ignore_index)
+    negative = sorted(v for v in values if v < 0)
+    if negative:
+        raise DatasetError(
+            f"{root}: masks hold negative values {negative[:8]}; class ids are 0..K-1 and the ignore value "
+            f"({ignore_index}) is non-negative. Remap them (e.g. -1 -> {ignore_index} to ignore those pixels)."
+        )
     classes = sorted(v for v in values if v != ignore_index)
+    if len(classes) > MAX_INFERRED_CLASSES:
+        raise DatasetError(
+            f"{root}: the masks hold {len(classes)} distinct values ({classes[0]}..{classes[-1]}), too many to be "
+            f"class ids without 'names': they look like greyscale, anti-aliased or lossy (JPEG-compressed) images. "
+            f"Save the masks as lossless PNG index masks (pixel value = class id); if the dataset really has "
+            f"{classes[-1] + 1} classes, list them in 'names' (or set nc: {classes[-1] + 1})."
+        )
     if values and values <= {0, 255}:
         raise ConfigError(
             f"{root}: masks hold only the values 0 and 255, which is ambiguous (255 is the ignore value). If 255 "
@@ -680,13 +911,16 @@ def _infer_names(samples: Sequence[Sample], ignore_index: int, binary: bool, roo
 
 
 def _attach_classes(splits: dict[str, list[Sample]], classes: dict[str, int]) -> dict[str, list[Sample]]:
-    return {k: [Sample(s.image, s.mask, s.format, s.annotation, s.image_id, classes) for s in v] for k, v in splits.items()}
+    return {k: [replace(s, classes=classes) for s in v] for k, v in splits.items()}
 
 
-def _coco_samples(json_path: Path, root: Path) -> tuple[list[Sample], list[str]]:
-    images, _, _ = _coco_load(json_path)
+def _coco_samples(json_path: Path, root: Path) -> tuple[list[Sample], list[str], list[str]]:
+    """(samples, pairing problems, malformed-annotation problems) of a COCO JSON."""
+    images, _, _, malformed = _coco_load(json_path)
     samples, problems = [], []
     for image_id, info in sorted(images.items(), key=lambda kv: str(kv[1].get("file_name"))):
+        if _coco_image_size_problem(str(json_path), info):
+            continue  # listed in `malformed`
         name = str(info.get("file_name", ""))
         candidates = [json_path.parent / name, root / name, root / "images" / name, json_path.parent / "images" / Path(name).name,
                       root / Path(name).name]
@@ -695,7 +929,7 @@ def _coco_samples(json_path: Path, root: Path) -> tuple[list[Sample], list[str]]
             problems.append(f"{json_path}: image '{name}' (id {image_id}) not found next to the JSON or under {root}")
             continue
         samples.append(Sample(image=path, format="coco", annotation=json_path, image_id=image_id))
-    return samples, problems
+    return samples, problems, list(malformed)
 
 
 def _coco_names(json_paths: Sequence[Path]) -> list[str]:
@@ -725,11 +959,69 @@ def _labelme_samples(root: Path) -> tuple[list[Sample], list[str]]:
     return samples, problems
 
 
+def _check_setting_types(spec: Mapping[str, Any]) -> None:
+    """ConfigError naming the key for values of the wrong type (before any of them is used)."""
+    path = spec.get("path")
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"path must be the dataset folder as a string (relative to the dataset YAML); got {path!r}.")
+    for key in SPLITS:
+        value = spec.get(key)
+        if value is not None and not isinstance(value, (str, os.PathLike, list, tuple)):
+            raise ConfigError(f"{key} must be a folder, a list file (.txt/.json/.yaml), a COCO .json or a list of image "
+                              f"stems; got {value!r}.")
+    binary = spec.get("binary")
+    if binary is not None and not isinstance(binary, bool):
+        raise ConfigError(f"binary must be true or false (a YAML boolean, not a string); got {binary!r}.")
+    fmt = spec.get("format")
+    if fmt is not None and not isinstance(fmt, str):
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}.")
+    _ratio_setting(spec, "val_ratio", 0.2)
+    _ratio_setting(spec, "test_ratio", 0.0)
+    _seed_setting(spec)
+
+
+def _voc_splits(voc: Path, spec: dict[str, Any]) -> tuple[dict[str, list[Sample]], list[str], tuple[str, ...]]:
+    """Splits of a Pascal VOC folder. Returns (splits, problems, declared).
+
+    With split lists (``ImageSets/Segmentation/*.txt``, the config's ``train``/``val``/``test`` or a
+    ``split``/``split.json`` file) the lists define the samples, and a listed image without a mask is
+    a problem. Without lists, the images that have a mask are the pool (real VOC2012 holds ~17k
+    JPEGs for ~2.9k masks; the others are detection-only) and a warning says how many were left out.
+    """
+    sets = voc / "ImageSets" / "Segmentation"
+    if not any(spec.get(k) for k in SPLITS) and spec.get("split") is None:
+        for key in SPLITS:
+            if (sets / f"{key}.txt").is_file():
+                spec[key] = str((sets / f"{key}.txt").relative_to(voc))
+    image_dir, mask_dir = voc / "JPEGImages", voc / "SegmentationClass"
+    everything, problems = _pair_folders(image_dir, mask_dir, missing_ok=True)
+    listed = (any(spec.get(k) is not None for k in SPLITS) or isinstance(spec.get("split"), str)
+              or (voc / "split.json").is_file())
+    pool = [s for s in everything if s.mask is not None]
+    if not listed and len(pool) < len(everything):
+        warnings.warn(
+            f"{voc}: {len(everything) - len(pool)} of {len(everything)} images in JPEGImages/ have no mask in "
+            f"SegmentationClass/ (detection-only images) and are not used; {len(pool)} image/mask pairs are. "
+            f"Add ImageSets/Segmentation/train.txt and val.txt (or set train/val) to choose the samples.",
+            UserWarning, stacklevel=4,
+        )
+    splits, found, declared = _resolve_splits(voc, spec, everything if listed else pool, _by_dir_folder)
+    problems += found
+    for key, samples in splits.items():
+        for sample in samples:
+            if sample.mask is None:
+                problems.append(f"{sample.image}: listed in the '{key}' split but has no mask '{sample.stem}.png' in "
+                                f"{mask_dir}; add the mask or remove the image from the list")
+        splits[key] = [s for s in samples if s.mask is not None]
+    return splits, problems, declared
+
+
 def _from_mapping(raw: Mapping[str, Any], base: Path) -> DataConfig:
     unknown = sorted(set(raw) - set(CONFIG_KEYS))
     if unknown:
         raise ConfigError(f"unknown dataset config key(s) {unknown}; valid keys: {', '.join(CONFIG_KEYS)}.")
     spec = dict(raw)
+    _check_setting_types(spec)
     root = Path(spec.get("path") or base).expanduser()
     root = (base / root).resolve() if not root.is_absolute() else root
     if not root.is_dir():
@@ -738,13 +1030,16 @@ def _from_mapping(raw: Mapping[str, Any], base: Path) -> DataConfig:
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or ignore_index < 0:
         raise ConfigError(f"ignore_index must be a non-negative integer (usually 255); got {ignore_index!r}.")
     names = _parse_names(spec.get("names"))
-    nc = spec.get("nc")
-    if nc is not None:
-        if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
-            raise ConfigError(f"nc must be a positive number of classes; got {nc!r}.")
-        if names is not None and len(names) != nc:
-            raise ConfigError(f"nc is {nc} but names lists {len(names)} classes; make them agree (or drop nc).")
-        names = names or [f"class{i}" for i in range(nc)]
+    counts = {key: _class_count_setting(spec, key) for key in ("nc", "num_classes")}
+    if None not in counts.values() and counts["nc"] != counts["num_classes"]:
+        raise ConfigError(f"nc is {counts['nc']} but num_classes is {counts['num_classes']}; give one of them.")
+    for key, count in counts.items():
+        if count is None:
+            continue
+        if names is not None and len(names) != count:
+            raise ConfigError(f"{key} is {count} but names lists {len(names)} classes {names}; make them agree "
+                              f"(or drop {key}).")
+        names = names or [f"class{i}" for i in range(count)]
     binary = bool(spec.get("binary", False))
     if binary and names is not None and len(names) != 2:
         raise ConfigError(f"binary: true needs exactly 2 names; got {names}.")
@@ -753,39 +1048,40 @@ def _from_mapping(raw: Mapping[str, Any], base: Path) -> DataConfig:
         raise ConfigError(f"format '{fmt}' is not supported; use one of {', '.join(FORMATS)}.")
 
     problems: list[str] = []
+    malformed: list[str] = []  # lossy masks (folder/voc) or malformed COCO entries
     if fmt in ("folder", "voc"):
         if fmt == "voc":
             voc = _voc_root(root)
             if voc is None:
                 raise ConfigError(f"{root}: not a Pascal VOC folder (needs JPEGImages/ and SegmentationClass/).")
             root = voc
-            pool, problems = _pair_folders(voc / "JPEGImages", voc / "SegmentationClass")
-            defaults = {}
-            sets = voc / "ImageSets" / "Segmentation"
-            if not any(spec.get(k) for k in SPLITS) and spec.get("split") is None:
-                for key in SPLITS:
-                    if (sets / f"{key}.txt").is_file():
-                        spec[key] = str((sets / f"{key}.txt").relative_to(voc))
+            splits, problems, declared = _voc_splits(voc, spec)
             names = names or _names_file(voc) or (list(VOC_NAMES) if not binary else None)
         else:
             pool, problems = _folder_pool(root)
-            defaults = None
-        splits, found, declared = _resolve_splits(root, spec, pool, _by_dir_folder, defaults)
-        problems += found
+            splits, found, declared = _resolve_splits(root, spec, pool, _by_dir_folder)
+            problems += found
+        everything = [s for samples in splits.values() for s in samples]
+        lossy = sorted({s.mask for s in everything if s.mask is not None and s.mask.suffix.lower() in LOSSY_MASK_SUFFIXES})
+        if lossy and names is None and _names_file(root) is None:  # their values cannot tell the classes
+            raise DatasetError(f"{root}: {len(lossy)} mask(s) are JPEG files; {LOSSY_MASK_ADVICE}.\n"
+                               + describe_files(lossy))
+        malformed = [f"{path}: JPEG mask" for path in lossy]  # validate_dataset lists them with the other problems
         if names is None:
-            everything = [s for samples in splits.values() for s in samples]
             names = _names_file(root) or _infer_names(everything, ignore_index, binary, root)
-        splits = {k: [Sample(s.image, s.mask, fmt) for s in v] for k, v in splits.items()}
+        splits = {k: [replace(s, format=fmt) for s in v] for k, v in splits.items()}
     elif fmt == "coco":
         json_by_split = {k: (root / str(spec[k])).resolve() for k in SPLITS if isinstance(spec.get(k), str)
                          and str(spec[k]).lower().endswith(".json") and _is_coco_file(root / str(spec[k]))}
         if json_by_split:
             splits = {}
             for key, path in json_by_split.items():
-                splits[key], found = _coco_samples(path, root)
+                splits[key], found, bad = _coco_samples(path, root)
                 problems += found
+                malformed += [m for m in bad if m not in malformed]  # one file may serve two splits
             rest = {k: v for k, v in spec.items() if k not in SPLITS}
-            splits, _, declared = _resolve_splits(root, rest, None, _by_dir_folder, defaults=splits)
+            splits, found, declared = _resolve_splits(root, rest, None, _by_dir_folder, defaults=splits)
+            problems += found
             spec.update({k: rest[k] for k in ("val_ratio", "test_ratio", "seed") if k in rest})
             json_paths = list(json_by_split.values())
         else:
@@ -800,7 +1096,7 @@ def _from_mapping(raw: Mapping[str, Any], base: Path) -> DataConfig:
                             spec[key] = str(paths[0].relative_to(root))
                     return _from_mapping(spec, base)
                 raise ConfigError(f"{root}: several COCO files found ({[p.name for p in json_paths]}); set train/val to them.")
-            pool, problems = _coco_samples(json_paths[0], root)
+            pool, problems, malformed = _coco_samples(json_paths[0], root)
             splits, found, declared = _resolve_splits(root, spec, pool, _by_dir_folder)
             problems += found
         names = names or _coco_names(json_paths)
@@ -821,14 +1117,22 @@ def _from_mapping(raw: Mapping[str, Any], base: Path) -> DataConfig:
     if binary and names is None:
         names = ["background", "foreground"]
     assert names is not None
-    if fmt in ("folder", "voc") and len(names) > ignore_index >= 0 and ignore_index < 256:
-        raise ConfigError(f"ignore_index {ignore_index} collides with class ids 0..{len(names) - 1}; pick another (e.g. 255).")
+    if ignore_index < len(names):  # every format: a class id equal to the ignore value would never be learnt
+        raise ConfigError(
+            f"ignore_index {ignore_index} collides with class ids 0..{len(names) - 1} ({names[ignore_index]!r}); "
+            f"pick a value outside them (e.g. 255)."
+        )
+    if fmt in ("folder", "voc") and len(names) == 2 and _is_binary_255([s for v in splits.values() for s in v]):
+        splits = {k: [replace(s, binary_255=True) for s in v] for k, v in splits.items()}
     spec.update(format=fmt, ignore_index=ignore_index)
     spec.pop("path", None)
+    kinds = {"pairing": problems, "lossy" if fmt in ("folder", "voc") else "annotations": malformed,
+             "overlap": _overlap_problems(splits)}
+    found_problems = {kind: items for kind, items in kinds.items() if items}
     return DataConfig(
         names=names, ignore_index=ignore_index, format=fmt, path=root,
         train=splits.get("train", []), val=splits.get("val", []), test=splits.get("test", []),
-        declared=declared, problems={"pairing": problems} if problems else {}, spec=spec,
+        declared=declared, problems=found_problems, spec=spec,
     )
 
 
@@ -897,7 +1201,7 @@ def _check_sample(sample: Sample, num_classes: int, ignore_index: int) -> tuple[
         return ("size", f"{sample.image} is {size[1]}x{size[0]} but its mask {label_source} is "
                 f"{mask.shape[1]}x{mask.shape[0]} (WxH)", None)
     values = _present_values(mask)
-    bad = values[(values >= num_classes) & (values != ignore_index)]
+    bad = values[((values >= num_classes) | (values < 0)) & (values != ignore_index)]
     if len(bad):
         shown = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
         return "values", f"{label_source}: values {shown} are not class ids 0..{num_classes - 1} or {ignore_index}", None
@@ -911,6 +1215,9 @@ _PROBLEM_TITLES = {
     "unreadable": "unreadable or missing files",
     "size": "image/mask size mismatch (masks are never resized; fix or remove these pairs)",
     "values": "unknown class values (check names / num_classes, or set ignore_index)",
+    "annotations": "malformed annotations (left out until fixed)",
+    "lossy": f"lossy masks ({LOSSY_MASK_ADVICE})",
+    "overlap": "images in more than one split (a leak between training and evaluation)",
     "empty": "empty splits",
 }
 
@@ -927,6 +1234,7 @@ def validate_dataset(config: DataConfig | str | os.PathLike | Mapping[str, Any],
     if "train" not in cfg.declared:
         problems.setdefault("empty", []).append("no train split was found or declared")
     class_pixels: dict[str, np.ndarray] = {}
+    reported = {message for items in problems.values() for message in items}
     for split, samples in cfg.splits.items():
         if not samples:
             problems.setdefault("empty", []).append(f"split '{split}' has no samples")
@@ -934,9 +1242,13 @@ def validate_dataset(config: DataConfig | str | os.PathLike | Mapping[str, Any],
         totals = np.zeros(cfg.num_classes, np.int64)
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
             results = pool.map(lambda s: _check_sample(s, cfg.num_classes, cfg.ignore_index), samples)
-            for kind, message, counts in results:
+            for sample, (kind, message, counts) in zip(samples, results, strict=True):
+                if kind == "values" and sample.mask is not None and sample.mask.suffix.lower() in LOSSY_MASK_SUFFIXES:
+                    continue  # listed as a lossy mask: its stray values are JPEG artefacts
                 if kind:
-                    problems.setdefault(kind, []).append(message)
+                    if message not in reported:  # e.g. a malformed COCO entry already listed by load_data_config
+                        problems.setdefault(kind, []).append(message)
+                        reported.add(message)
                 elif counts is not None:
                     totals += counts
         class_pixels[split] = totals
@@ -948,9 +1260,11 @@ def validate_dataset(config: DataConfig | str | os.PathLike | Mapping[str, Any],
         raise DatasetError("\n".join(parts))
     train_pixels = class_pixels.get("train")
     if train_pixels is not None and cfg.num_classes > 1 and train_pixels[1:].sum() == 0:
+        hint = ("" if cfg.num_classes == 2 else " If the masks are 0/255 (255 = foreground), declare 2 classes "
+                "(names: [background, foreground]) so 255 is read as class 1.")
         raise DatasetError(
-            f"dataset at {cfg.path}: every training mask is background (class 0) or ignore; nothing to learn. "
-            f"If the masks are 0/255, declare 2 classes (names: [background, foreground]) so 255 is read as class 1."
+            f"dataset at {cfg.path}: every training mask is background (class 0) or ignore ({cfg.ignore_index}); "
+            f"nothing to learn.{hint}"
         )
     return {"counts": {k: len(v) for k, v in cfg.splits.items()},
             "class_pixels": {k: v.tolist() for k, v in class_pixels.items()}}
@@ -971,7 +1285,8 @@ class SegmentationDataset(_TorchDataset):
         transform: callable ``(rgb uint8 (H,W,3), mask (H,W)) -> (tensor, tensor)``, e.g. from
             :func:`~imseg.semantic.transforms.build_transforms`; None = normalise only.
         ignore_index: mask value that losses and metrics skip.
-        num_classes: enables the 0/255 -> 0/1 reading of binary masks when 2.
+        num_classes: number of classes (informational; the 0/255 -> 0/1 reading of binary masks is
+            decided per dataset by :func:`load_data_config` and carried by each ``Sample.binary_255``).
         seed: None draws augmentation randomness from torch's global RNG (seed it, and DataLoader
             workers, e.g. with ``lightning.seed_everything(seed, workers=True)``). An int makes
             sample ``i`` in epoch ``e`` use a generator seeded from ``(seed, e, i)``, independent of

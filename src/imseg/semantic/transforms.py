@@ -146,6 +146,23 @@ def letterbox_params(height: int, width: int, imgsz: int | Sequence[int]) -> tup
     return letterbox_size(height, width, target)
 
 
+def mask_holding(mask: torch.Tensor, fill: int) -> torch.Tensor:
+    """``mask`` in a dtype that can hold ``fill`` (e.g. ignore_index 300 in a uint8 mask -> int32), else as is.
+
+    Padding, cropping and rotation write ``fill`` into the mask; torch refuses values outside the dtype.
+    """
+    if mask.dtype == torch.bool:
+        mask = mask.to(torch.uint8)
+    if mask.dtype.is_floating_point:
+        return mask
+    info = torch.iinfo(mask.dtype)
+    if info.min <= fill <= info.max:
+        return mask
+    wider = torch.int32 if torch.iinfo(torch.int32).min <= fill <= torch.iinfo(torch.int32).max else torch.int64
+    out = mask.to(wider)
+    return tv_tensors.wrap(out, like=mask) if isinstance(mask, tv_tensors.Mask) else out
+
+
 class Letterbox(v2.Transform):
     """Resize the longer side to fit ``imgsz`` (aspect kept), then pad bottom/right to ``imgsz``.
 
@@ -171,7 +188,9 @@ class Letterbox(v2.Transform):
             inpt = TF.resize(inpt, [new_h, new_w], antialias=True)
         pad_bottom, pad_right = self.size[0] - new_h, self.size[1] - new_w
         if pad_bottom or pad_right:
-            fill = self.ignore_index if isinstance(inpt, tv_tensors.Mask) else 0
+            fill = 0
+            if isinstance(inpt, tv_tensors.Mask):
+                fill, inpt = self.ignore_index, mask_holding(inpt, self.ignore_index)
             inpt = TF.pad(inpt, [0, 0, pad_right, pad_bottom], fill=fill)
         return inpt
 
@@ -275,16 +294,20 @@ class SegmentationTransform:
     """Callable ``(rgb uint8 (H,W,3), mask int (H,W)) -> (float32 (3,h,w), int64 (h,w))``.
 
     ``pipeline`` is the v2 transform applied to the uint8 image and the mask; normalisation with
-    ImageNet mean/std comes last (``normalize=False`` returns float32 in [0, 1]).
+    ImageNet mean/std comes last (``normalize=False`` returns float32 in [0, 1]). ``ignore_index``
+    (the value padding/rotation write into masks) widens masks whose dtype cannot hold it.
     """
 
-    def __init__(self, pipeline: v2.Transform | None, normalize: bool = True) -> None:
+    def __init__(self, pipeline: v2.Transform | None, normalize: bool = True, ignore_index: int | None = None) -> None:
         self.pipeline = pipeline
         self.normalize = normalize
+        self.ignore_index = ignore_index
 
     def __call__(self, image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         img_t = image if isinstance(image, torch.Tensor) else torch.from_numpy(_writable(image)).permute(2, 0, 1)
         mask_t = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(_writable(mask))
+        if self.pipeline is not None and self.ignore_index is not None:
+            mask_t = mask_holding(mask_t, int(self.ignore_index))
         img = tv_tensors.Image(img_t)
         msk = tv_tensors.Mask(mask_t)
         if self.pipeline is not None:
@@ -359,7 +382,8 @@ def build_transforms(
         ignore_index: mask value given to padded / rotated-in pixels.
         normalize: subtract ImageNet mean and divide by std.
     """
-    return SegmentationTransform(build_pipeline(imgsz, augment, train, ignore_index), normalize=normalize)
+    return SegmentationTransform(build_pipeline(imgsz, augment, train, ignore_index), normalize=normalize,
+                                 ignore_index=ignore_index)
 
 
 def denormalize(
