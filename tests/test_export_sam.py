@@ -191,6 +191,9 @@ def test_raw_input_encoder_matches_pytorch(official_mobile_sam, official_predict
     image = np.ascontiguousarray(sample_image[:, :170])
     _, size = session.run(None, {"image": image})
     assert tuple(size) == (1024, 680)
+    # an extreme aspect ratio keeps a 1 px short side inside the graph too (was resized to 0 px)
+    emb, size = session.run(None, {"image": np.full((1, 3000, 3), 90, np.uint8)})
+    assert tuple(size) == (1, 1024) and np.isfinite(emb).all()
 
 
 def test_int8_dynamic_size_and_accuracy(sam_export, tmp_path, sample_image):
@@ -214,3 +217,165 @@ def test_int8_dynamic_size_and_accuracy(sam_export, tmp_path, sample_image):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         json.dumps(report)  # the report is plain JSON
+
+
+# ============================================================================ extreme aspect ratios
+def test_extreme_aspect_ratio_runs_on_onnx_runtime(ort_predictor, sam_export, tmp_path, sample_image):
+    from imseg.errors import InputError
+    from imseg.export.runtime import OrtSamPredictor, ResizeLongestSide
+
+    assert ResizeLongestSide(1024).get_preprocess_shape(1, 3000) == (1, 1024)  # short side >= 1 px, as torch
+    assert ResizeLongestSide(1024).get_preprocess_shape(3000, 1) == (1024, 1)
+    for shape, point in [((1, 3000), [[1500, 0.5]]), ((3000, 1), [[0.5, 1500]])]:
+        ort_predictor.set_image(np.full((*shape, 3), 128, np.uint8))
+        assert ort_predictor.input_size == ResizeLongestSide(1024).get_preprocess_shape(*shape)
+        masks, scores, low_res = ort_predictor.predict(np.array(point), np.array([1]))
+        assert masks.shape == (3, *shape) and np.isfinite(scores).all() and low_res.shape == (3, 256, 256)
+    ort_predictor.set_image(sample_image)
+    # an export made before the decoder clamped the short side refuses such images clearly
+    old = _variant(sam_export, tmp_path / "old", lambda m: m.pop("min_resized_side"))
+    predictor = OrtSamPredictor(old, device="cpu", threads=1)
+    with pytest.raises(InputError, match="export the model again"):
+        predictor.set_image(np.zeros((1, 3000, 3), np.uint8))
+
+
+# ============================================================================ single-mask exports
+def test_single_mask_export_box_only_matches_torch_single_mask(sam_export, our_mobile_sam, official_predictor,
+                                                                sample_image, tmp_path):
+    from imseg.export.onnx import export_sam_decoder
+    from imseg.export.runtime import OrtSamPredictor
+
+    single = _variant(sam_export, tmp_path / "single", lambda m: m.update(single_mask=True), decoder=False)
+    export_sam_decoder(our_mobile_sam, single / "decoder.onnx", single_mask=True)
+    box = np.array([40, 30, 200, 220])
+    ref, ref_scores, _ = official_predictor.predict(box=box, multimask_output=False)
+    best_multi = official_predictor.predict(box=box, multimask_output=True)[0]
+    predictor = OrtSamPredictor(single, device="cpu", threads=1)
+    predictor.set_image(sample_image)
+    masks, scores, _ = predictor.predict(box=box)
+    assert masks.shape == (1, 256, 256)
+    assert abs(scores[0] - ref_scores[0]) <= 1e-3 and (masks[0] != ref[0]).mean() <= 1e-3
+    # one point still gets the best multimask candidate (the official single-mask rule)
+    m1, s1, _ = predictor.predict(np.array([[100, 80]]), np.array([1]))
+    r1, rs1, _ = official_predictor.predict(np.array([[100, 80]]), np.array([1]), multimask_output=True)
+    assert abs(s1[0] - rs1.max()) <= 1e-3 and (m1[0] != r1[int(np.argmax(rs1))]).mean() <= 1e-3
+    # a decoder exported before the box rule: a padding point selects the single-mask output
+    legacy = OrtSamPredictor(_variant(single, tmp_path / "legacy", lambda m: m.pop("single_mask_box")),
+                             device="cpu", threads=1)
+    assert not legacy.single_mask_box
+    coords, labels = legacy._prompt_arrays(None, None, box.reshape(1, 4).astype(np.float32))
+    assert labels.tolist() == [[2.0, 3.0, -1.0]] and coords.shape == (1, 3, 2)
+    legacy.set_image(sample_image)
+    masks, _, _ = legacy.predict(box=box)
+    assert (masks[0] == ref[0]).mean() >= 0.9
+    assert (masks[0] == ref[0]).mean() > max((masks[0] == b).mean() for b in best_multi)
+
+
+# ============================================================================ mismatched files and manifests
+def _variant(src, out, edit=None, encoder=True, decoder=True, files=None, manifest=None):
+    """An export directory at ``out``: links to ``src``'s .onnx files (and ``files`` {name: path}) and
+    ``src``'s manifest changed in place by ``edit`` (or replaced by ``manifest``)."""
+    out.mkdir(parents=True)
+    original = json.loads((src / "imseg_export.json").read_text())
+    links = {**({"encoder.onnx": src / "encoder.onnx"} if encoder else {}),
+             **({"decoder.onnx": src / "decoder.onnx"} if decoder else {}), **(files or {})}
+    for name, target in links.items():
+        (out / name).symlink_to(target)
+    if edit is not None:
+        edit(original)
+    (out / "imseg_export.json").write_text(json.dumps(original if manifest is None else manifest))
+    return out
+
+
+@pytest.fixture(scope="module")
+def foreign_onnx(tmp_path_factory):
+    """A semantic-model .onnx (a 3x3 conv, 2 classes) to put where the SAM encoder should be."""
+    import torch
+
+    from imseg.export.onnx import export_semantic
+
+    out = tmp_path_factory.mktemp("foreign")
+    export_semantic(torch.nn.Conv2d(3, 2, 3, padding=1), out, class_names=["a", "b"], mean=(0.5,) * 3, std=(0.5,) * 3)
+    return out
+
+
+def test_mismatched_onnx_files_and_manifests_raise_export_error(sam_export, foreign_onnx, tmp_path):
+    import imseg
+    from imseg.errors import ExportError
+
+    def drop(key):
+        return lambda m: m.pop(key)
+
+    cases = [
+        ("decoder-as-encoder", dict(encoder=False, files={"encoder.onnx": sam_export / "decoder.onnx"}),
+         r"encoder\.onnx: this is not the SAM image encoder"),
+        ("encoder-as-decoder", dict(decoder=False, files={"decoder.onnx": sam_export / "encoder.onnx"}),
+         r"decoder\.onnx: this is not the SAM prompt decoder"),
+        ("semantic-as-encoder", dict(encoder=False, files={"encoder.onnx": foreign_onnx / "model.onnx"}),
+         "expected outputs .*image_embeddings"),
+        ("raw-input-flag", dict(edit=lambda m: m.update(raw_input=True)), r'"raw_input": false'),
+        ("single-mask-flag", dict(edit=lambda m: m.update(single_mask=True)), r'"single_mask": false'),
+        ("no-files", dict(edit=drop("files")), "no 'files' object"),
+        ("no-normalization", dict(edit=drop("normalization")), "no 'normalization'"),
+        ("bad-std", dict(edit=lambda m: m["normalization"].update(std=[1, 2])), r"normalization\.std must be 3 numbers"),
+        ("list", dict(manifest=[]), "must be a JSON object, got a JSON list"),
+        ("sam-labelled-semantic", dict(edit=lambda m: m.update(family="semantic")), "is 'family' wrong"),
+        ("unknown-family", dict(edit=lambda m: m.update(family="yolo")), "unknown model family"),
+        ("escaping-file", dict(edit=lambda m: m["files"].update(encoder="../encoder.onnx")), "inside the export directory"),
+    ]
+    for name, kwargs, message in cases:
+        directory = _variant(sam_export, tmp_path / name, **kwargs)
+        with pytest.raises(ExportError, match=message) as info:
+            imseg.load(directory, device="cpu", threads=1)
+        assert "imseg export" in str(info.value) or "imseg_export.json" in str(info.value), name
+    # a semantic export whose manifest disagrees with its graph, or that is really a SAM encoder
+    sem = _variant(foreign_onnx, tmp_path / "sem-classes", lambda m: m.update(class_names=["a", "b", "c"]),
+                   encoder=False, decoder=False, files={"model.onnx": foreign_onnx / "model.onnx"})
+    with pytest.raises(ExportError, match="2 class channel"):
+        imseg.load(sem, device="cpu")
+    sam_as_sem = _variant(foreign_onnx, tmp_path / "sem-sam", encoder=False, decoder=False,
+                          files={"model.onnx": sam_export / "encoder.onnx"})
+    with pytest.raises(ExportError, match="looks like a SAM image encoder"):
+        imseg.load(sam_as_sem, device="cpu")
+
+
+# ============================================================================ serving an ONNX Runtime export
+def test_serve_an_onnx_runtime_export(sam_export, sample_image):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    import imseg
+    from imseg.export.runtime import OrtSamPredictor
+    from imseg.serve.app import ServeSettings, create_app
+
+    def png(image) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        return buf.getvalue()
+
+    segmenter = imseg.load(sam_export, device="cpu", threads=1)
+    app = create_app(segmenter, ServeSettings(concurrency=2, everything_options=dict(points_per_side=2)))
+    workers = app.state.pool._idle
+    assert isinstance(workers[0].predictor, OrtSamPredictor) and workers[0].predictor is not workers[1].predictor
+    assert workers[0].predictor.encoder is segmenter.predictor.encoder  # sessions are shared, image state is not
+    image = np.ascontiguousarray(sample_image[:160, :224])
+    with TestClient(app) as client:
+        assert "ONNX Runtime" in client.get("/v1/models").json()["models"][0]["summary"]
+        up = client.post("/v1/images", content=png(image))
+        assert up.status_code == 200, up.text
+        seg = client.post(f"/v1/images/{up.json()['image_id']}/segment", json={"points": [[60, 80]], "labels": [1]})
+        assert seg.status_code == 200, seg.text
+        ref = OrtSamPredictor(sam_export, device="cpu", threads=1)
+        ref.set_image(image)
+        _, scores, _ = ref.predict(np.array([[60, 80]]), np.array([1]))
+        np.testing.assert_allclose([m["score"] for m in seg.json()["masks"]], np.sort(scores)[::-1], atol=1e-5)
+        everything = client.post(f"/v1/images/{up.json()['image_id']}/segment", json={"mode": "everything"})
+        assert everything.status_code == 200, everything.text
+        # an extreme aspect ratio is served (was a 500)
+        wide = client.post("/v1/images", content=png(np.full((1, 3000, 3), 90, np.uint8)))
+        assert wide.status_code == 200, wide.text
+        seg = client.post(f"/v1/images/{wide.json()['image_id']}/segment", json={"points": [[1500, 0.5]], "labels": [1]})
+        assert seg.status_code == 200 and seg.json()["masks"][0]["rle"]["size"] == [1, 3000], seg.text

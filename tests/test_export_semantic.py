@@ -127,14 +127,19 @@ def test_torchscript_matches_pytorch(semantic_run, torch_segmenter, sample_image
         assert (labels == _eager_labels(torch_segmenter, image)).mean() >= 0.999
 
 
-def test_int8_semantic_reports_size_and_agreement(onnx_export, tmp_path):
+def test_int8_semantic_reports_size_and_agreement(onnx_export, tmp_path, caplog):
+    import logging
     import shutil
 
     from imseg.export.quantize import quantize_semantic_export
 
     target = tmp_path / "int8"
     shutil.copytree(onnx_export, target)
-    report = quantize_semantic_export(target)
+    with caplog.at_level(logging.WARNING):
+        report = quantize_semantic_export(target)
+    # onnxruntime.quantization's root-logger advice/tensor dumps are not passed on
+    assert not [r for r in caplog.records if r.name == "root"], [r.getMessage()[:80] for r in caplog.records]
+    assert logging.getLogger().filters == []
     assert report["size_ratio"] <= 0.35
     assert 0.0 <= report["accuracy"]["pixel_agreement_min"] <= 1.0
     assert json.loads((target / "imseg_export.json").read_text())["files"]["model"] == "model.int8.onnx"
@@ -157,6 +162,8 @@ def test_bad_inputs(tmp_path, semantic_run, monkeypatch):
         export_model(run=semantic_run, out=a_file)
     with pytest.raises(ExportError, match="nothing to export"):
         export_model("otsu", out=tmp_path / "o3")
+    with pytest.raises(ExportError, match="lies under"):
+        export_model(run=semantic_run, out=a_file / "sub")
 
     import imseg.errors
 
@@ -173,6 +180,28 @@ def test_bad_inputs(tmp_path, semantic_run, monkeypatch):
     with pytest.raises(DependencyError, match=r"pip install 'imseg\[export\]'"):
         load_exported(tmp_path)
     assert imseg.errors.require  # the real helper was used
+
+
+def test_export_checks_everything_before_creating_the_output(tmp_path, semantic_run):
+    from imseg.errors import CheckpointError, ConfigError, ModelNotFoundError
+    from imseg.export import export_model
+
+    out = tmp_path / "never"
+    with pytest.raises(ModelNotFoundError):
+        export_model("sam-vit-z", checkpoint=tmp_path / "x.pth", out=out)
+    with pytest.raises(CheckpointError, match="not found"):
+        export_model("mobile-sam", checkpoint=tmp_path / "missing.pt", out=out)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        export_model("mobile-sam", checkpoint=garbage, out=out)
+    with pytest.raises(ConfigError, match=r"opset 99 is above 2\d, the highest"):
+        export_model(run=semantic_run, out=out, opset=99)
+    with pytest.raises(ConfigError, match="opset must be >= 17"):
+        export_model(run=semantic_run, out=out, opset=16)
+    with pytest.raises(ConfigError, match="apply to SAM exports"):
+        export_model(run=semantic_run, out=out, raw_input=True)
+    assert not out.exists()
 
 
 def test_cli_export_run_and_errors(semantic_run, tmp_path):

@@ -249,13 +249,28 @@ ABUSE = [
     ("inverted box", None, dict(json={"box": [100, 100, 10, 10]}), 422),
     ("box outside", None, dict(json={"box": [900, 900, 1000, 1000]}), 422),
     ("no prompt", None, dict(json={}), 422),
-    ("bad mask_input", None, dict(json={"points": [[1, 1]], "mask_input": "not-base64!"}), 422),
-    ("short mask_input", None, dict(json={"points": [[1, 1]], "mask_input": base64.b64encode(b"\0" * 16).decode()}), 422),
+    ("bad mask_input", None, dict(json={"points": [[1, 1]], "labels": [1], "mask_input": "not-base64!"}), 422),
+    ("short mask_input", None,
+     dict(json={"points": [[1, 1]], "labels": [1], "mask_input": base64.b64encode(b"\0" * 16).decode()}), 422),
+    ("points without labels", None, dict(json={"points": [[1, 1], [2, 2]]}), 422),
+    ("points with empty labels", None, dict(json={"points": [[1, 1]], "labels": []}), 422),
+    ("one-shot empty prompts", "/v1/segment", "EMPTY_PROMPTS", 422),
+    ("one-shot unknown field", "/v1/segment", "TYPO_FIELD", 422),
+    ("one-shot prompts as a file", "/v1/segment", "PROMPTS_FILE", 422),
     ("everything with points", None, dict(json={"mode": "everything", "points": [[1, 1]]}), 422),
     ("unknown field", None, dict(json={"points": [[1, 1]], "pointz": 1}), 422),
     ("unknown format", None, dict(json={"points": [[1, 1]], "formats": ["gif"]}), 422),
     ("one-shot bad prompts JSON", "/v1/segment", "BAD_PROMPTS", 422),
 ]
+
+
+ONE_SHOT_PROMPTS = json.dumps({"points": [[5, 5]], "labels": [1]})
+ONE_SHOT_MISTAKES = {
+    "EMPTY_PROMPTS": lambda png: dict(files={"file": ("x.png", png, "image/png")}, data={"prompts": ""}),
+    "TYPO_FIELD": lambda png: dict(files={"file": ("x.png", png, "image/png")}, data={"prompt": ONE_SHOT_PROMPTS}),
+    "PROMPTS_FILE": lambda png: dict(files={"file": ("x.png", png, "image/png"),
+                                            "prompts": ("p.json", ONE_SHOT_PROMPTS.encode(), "application/json")}),
+}
 
 
 @pytest.mark.parametrize("name,path,kwargs,status", ABUSE, ids=[a[0] for a in ABUSE])
@@ -264,6 +279,8 @@ def test_abuse_is_a_clear_4xx_and_server_stays_up(client, uploaded, image, name,
         kwargs = dict(content=truncated_jpeg(image))
     elif kwargs == "BAD_PROMPTS":
         kwargs = dict(files={"file": ("x.png", encode(image[:32, :32]), "image/png")}, data={"prompts": "{not json"})
+    elif isinstance(kwargs, str):
+        kwargs = ONE_SHOT_MISTAKES[kwargs](encode(image[:32, :32]))
     path = path or f"/v1/images/{uploaded['image_id']}/segment"
     response = client.post(path, **kwargs)
     assert response.status_code == status, f"{name}: {response.status_code} {response.text[:300]}"
@@ -272,6 +289,121 @@ def test_abuse_is_a_clear_4xx_and_server_stays_up(client, uploaded, image, name,
     assert body["status"] == status and body["title"] and body["type"].startswith("urn:imseg:problem:")
     assert len(body["detail"]) > 15 and "Traceback" not in body["detail"]
     assert client.get("/healthz").status_code == 200
+
+
+def test_form_mistakes_are_named(client, image):
+    """Unknown fields, empty prompts and prompts sent as a file say what to fix (no silent everything mode)."""
+    png = encode(image[:32, :32])
+    typo = client.post("/v1/segment", **ONE_SHOT_MISTAKES["TYPO_FIELD"](png))
+    assert typo.status_code == 422 and "'prompt'" in typo.json()["detail"] and "'prompts'" in typo.json()["detail"]
+    empty = client.post("/v1/segment", **ONE_SHOT_MISTAKES["EMPTY_PROMPTS"](png))
+    assert empty.status_code == 422 and "'prompts' is empty" in empty.json()["detail"]
+    as_file = client.post("/v1/segment", **ONE_SHOT_MISTAKES["PROMPTS_FILE"](png))
+    assert as_file.status_code == 422 and "text form field" in as_file.json()["detail"]
+    twice = client.post("/v1/segment?prompts=" + ONE_SHOT_PROMPTS, files={"file": ("x.png", png, "image/png")},
+                        data={"prompts": ONE_SHOT_PROMPTS})
+    assert twice.status_code == 422 and "once" in twice.json()["detail"]
+    extra = client.post("/v1/images", files={"file": ("x.png", png, "image/png"), "thumb": ("t.png", png, "image/png")})
+    assert extra.status_code == 422 and "'thumb'" in extra.json()["detail"]
+    text_file = client.post("/v1/images", files={"file": (None, b"hello")})  # a text part, no file name
+    assert text_file.status_code == 422 and "file part" in text_file.json()["detail"]
+    two = client.post("/v1/images", files=[("file", ("a.png", png, "image/png")), ("file", ("b.png", png, "image/png"))])
+    assert two.status_code == 422 and "one image per request" in two.json()["detail"]
+
+
+def test_points_need_labels(client, uploaded):
+    for body in ({"points": [[10, 10], [40, 40]]}, {"points": [[10, 10]], "labels": []}):
+        response = client.post(f"/v1/images/{uploaded['image_id']}/segment", json=body)
+        assert response.status_code == 422, response.text
+        assert "without labels" in response.json()["detail"] and "1 = foreground" in response.json()["detail"]
+
+
+def _asgi_post(app, path: str, chunks: list[bytes], headers: dict[str, str]) -> tuple[int, dict, int]:
+    """POST ``chunks`` to the ASGI ``app`` without a client (so the test sees how much of the body the
+    app read): returns (status, JSON body, number of body chunks received)."""
+    received = 0
+
+    async def receive():
+        nonlocal received
+        if received < len(chunks):
+            received += 1
+            return {"type": "http.request", "body": chunks[received - 1], "more_body": received < len(chunks)}
+        await asyncio.sleep(3600)  # the client waits for the answer
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "server": ("t", 80),
+             "client": ("c", 1), "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+
+    async def run():
+        await asyncio.wait_for(app(scope, receive, send), 30)
+
+    asyncio.run(run())
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body), received
+
+
+def test_json_body_key_first_and_size_limit(sam_model, client, uploaded):
+    app = create_app(sam_model, ServeSettings(api_key="s3cret", max_json_bytes=1024 * 1024))
+    chunk = b" " * 65536
+    path = "/v1/images/abc/segment"
+    json_headers = {"content-type": "application/json"}
+    # no key: 401 before a byte of a (declared 6 MB) body is read
+    status, body, read = _asgi_post(app, path, [chunk] * 96, {**json_headers, "content-length": str(96 * 65536)})
+    assert (status, read) == (401, 0) and "X-API-Key" in body["detail"]
+    # key, declared length over the limit: 413 at once
+    keyed = {**json_headers, "x-api-key": "s3cret"}
+    status, body, read = _asgi_post(app, path, [chunk] * 96, {**keyed, "content-length": str(96 * 65536)})
+    assert (status, read) == (413, 0) and "1,048,576" in body["detail"] and body["type"].endswith("body-too-large")
+    # key, chunked (no length): reading stops just past the limit
+    status, body, read = _asgi_post(app, path, [chunk] * 96, keyed)
+    assert status == 413 and read == 17
+    # under the limit, the request goes on to the endpoint (unknown id -> 404)
+    status, _, _ = _asgi_post(app, path, [b'{"points": [[1, 1]], "labels": [1]}'], keyed)
+    assert status == 404
+    # the default limit takes a real request at its largest: max_points points and a mask_input
+    mask_input = base64.b64encode(np.zeros((256, 256), "<f4").tobytes()).decode()
+    body = {"points": [[1.123456789, 2.123456789]] * 64, "labels": [1] * 64, "mask_input": mask_input,
+            "formats": ["rle", "png", "polygons"], "return_logits": True}
+    response = client.post(f"/v1/images/{uploaded['image_id']}/segment", content=json.dumps(body, indent=4),
+                           headers=json_headers)
+    assert response.status_code == 200, response.text[:300]
+    big = client.post(f"/v1/images/{uploaded['image_id']}/segment", content=b" " * (3 * 1024 * 1024) + b"{}",
+                      headers=json_headers)
+    assert big.status_code == 413 and big.headers["content-type"].startswith(PROBLEM)
+
+
+def test_cache_that_cannot_hold_one_embedding(sam_model, image):
+    from imseg.errors import ConfigError
+    from imseg.serve.backend import SamBackend
+
+    with pytest.raises(ConfigError, match=r"--cache-mb 24 or more"):
+        create_app(sam_model, ServeSettings(cache_bytes=1024 * 1024))  # imseg serve --cache-mb 1
+    create_app(sam_model, ServeSettings(cache_bytes=24 * 1024 * 1024))  # 4 MiB embedding + 20 MiB upload fit
+    # a backend that cannot say its embedding size: a failed cache put is an explicit error, not a dead image_id
+    backend = SamBackend.from_official(sam_model)
+    backend.embedding_bytes = None
+    with TestClient(create_app(backend, ServeSettings(cache_bytes=1024 * 1024))) as c:
+        response = c.post("/v1/images", content=encode(image[:32, :32]))
+        assert response.status_code == 507 and "--cache-mb" in response.json()["detail"]
+        assert response.headers["content-type"].startswith(PROBLEM)
+        one_shot = c.post("/v1/segment", files={"file": ("x.png", encode(image[:32, :32]), "image/png")},
+                          data={"prompts": json.dumps({"points": [[5, 5]], "labels": [1]})})
+        assert one_shot.status_code == 200 and one_shot.json()["image_id"] is None
+
+
+def test_extreme_aspect_ratio_is_served(client):
+    """A 1x3000 image (resized short side < 1 px before the clamp) uploads and segments (was a 500)."""
+    up = client.post("/v1/images", content=encode(np.full((1, 3000, 3), 90, np.uint8)))
+    assert up.status_code == 200, up.text
+    seg = client.post(f"/v1/images/{up.json()['image_id']}/segment", json={"points": [[1500, 0.5]], "labels": [1]})
+    assert seg.status_code == 200, seg.text
+    assert seg.json()["masks"][0]["rle"]["size"] == [1, 3000]
 
 
 def test_routing_errors_are_problems(client):

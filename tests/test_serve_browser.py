@@ -157,3 +157,78 @@ def test_click_to_segment_in_chromium(page, sample_image, tmp_path):
         page.click("#download-coco")
     data = json.loads(Path(info.value.path()).read_text())
     assert len(data["annotations"]) == n
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_drop_on_the_drop_zone_uploads_once(page, sample_image):
+    import base64
+
+    uploads: list[str] = []
+
+    def on_request(request) -> None:
+        if request.method == "POST" and request.url.endswith("/v1/images"):
+            uploads.append(request.url)
+
+    page.on("request", on_request)
+    try:
+        page.evaluate(
+            """(b64) => {
+              const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+              const dt = new DataTransfer();
+              dt.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+              const drop = document.getElementById("drop");
+              drop.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+            }""",
+            base64.b64encode(_png_bytes(sample_image[:48, :64])).decode(),
+        )
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('dropped.png: 64×48')")
+        page.wait_for_timeout(300)  # both handlers would have sent their request before the first answer
+    finally:
+        page.remove_listener("request", on_request)
+    assert len(uploads) == 1, uploads
+    assert page.evaluate("document.getElementById('overlay').width") == 64
+
+
+def test_a_slow_earlier_upload_does_not_replace_a_later_one(page, sample_image, tmp_path):
+    slow, fast = tmp_path / "slow.png", tmp_path / "fast.png"
+    slow.write_bytes(_png_bytes(sample_image[:192]))  # 256x192
+    fast.write_bytes(_png_bytes(sample_image[:64, :96]))  # 96x64
+    # hold back the answer to the first upload until the second one is on screen
+    page.evaluate("""() => {
+      window.__realFetch = window.fetch;
+      let first = true;
+      window.__slowDone = false;
+      window.fetch = async (...args) => {
+        const response = await window.__realFetch(...args);
+        if (first && String(args[0]).endsWith("/v1/images")) {
+          first = false;
+          await new Promise((resolve) => {
+            const shown = () => document.getElementById("status").textContent.startsWith("fast.png: ");
+            const poll = () => (shown() ? resolve() : setTimeout(poll, 50));
+            poll();
+          });
+          setTimeout(() => { window.__slowDone = true; }, 500);  // after loadFile has handled the answer
+        }
+        return response;
+      };
+    }""")
+    try:
+        page.set_input_files("#file", str(slow))
+        page.set_input_files("#file", str(fast))
+        page.wait_for_function("window.__slowDone === true")  # set only once fast.png was shown and slow.png answered
+        assert page.inner_text("#status").startswith("fast.png: 96×64")
+        assert page.evaluate("[document.getElementById('overlay').width, document.getElementById('overlay').height]") == [96, 64]
+        # prompts go to the image on screen
+        box = page.locator("#prompts").bounding_box()
+        page.click("#prompts", position={"x": 40 * box["width"] / 96, "y": 30 * box["height"] / 64})
+        wait_for_new_score(page, "")
+        assert page.locator(".candidate").count() == 3
+    finally:
+        page.evaluate("() => { window.fetch = window.__realFetch; }")

@@ -60,3 +60,17 @@ def test_imseg_serve_process(mobile_sam_checkpoint, sample_image, tmp_path):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_imseg_serve_refuses_a_cache_smaller_than_one_embedding(mobile_sam_checkpoint, tmp_path, monkeypatch):
+    """`--cache-mb 1` would make every uploaded image_id unusable: refused at startup, before serving."""
+    from typer.testing import CliRunner
+
+    from imseg.cli import app
+
+    monkeypatch.setenv("IMSEG_HOME", str(tmp_path))
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: None)  # never serve: a missed check exits 0
+    result = CliRunner().invoke(app, ["serve", "--checkpoint", str(mobile_sam_checkpoint), "--cache-mb", "1",
+                                      "--port", str(_free_port()), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "--cache-mb 24 or more" in result.output and "Traceback" not in result.output

@@ -69,14 +69,18 @@ def export_model(
 
     from ..errors import ConfigError, ExportError
     from ..registry import get_spec
-    from .onnx import prepare_out_dir
+    from .onnx import check_opset, check_out_dir
 
     if format not in ("onnx", "torchscript"):
         raise ConfigError(f"--format must be 'onnx' or 'torchscript', got {format!r}.")
     if (model is None) == (run is None):
         raise ConfigError("give exactly one of --model NAME (with --checkpoint) or --run RUN_DIR.")
-    prepare_out_dir(out)
+    if format == "onnx":
+        check_opset(opset)
+    check_out_dir(out)  # nothing is created until the model and checkpoint have been checked
     if run is not None:
+        if raw_input or single_mask:
+            raise ConfigError("--raw-input and --single-mask apply to SAM exports (--model), not to training runs.")
         return export_run(run, out, format=format, int8=int8, calibration=calibration, opset=opset, simplify=simplify)
     spec = get_spec(model)
     if spec.family != "sam":

@@ -35,11 +35,22 @@ DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_inpu
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
 
 
-def prepare_out_dir(out: str | os.PathLike) -> Path:
-    """Create the export directory; refuse a path that exists as a file."""
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """Refuse an export directory path that is (or lies under) an existing file, without creating anything."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ExportError(f"export output {path} exists and is a file; pass a directory path (it is created if missing).")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ExportError(f"export output {path} lies under {parent}, which is a file; pass a directory path.")
+            break
+    return path
+
+
+def prepare_out_dir(out: str | os.PathLike) -> Path:
+    """Create the export directory; refuse a path that exists as a file."""
+    path = check_out_dir(out)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -47,12 +58,33 @@ def prepare_out_dir(out: str | os.PathLike) -> Path:
     return path
 
 
+def max_opset() -> int:
+    """The highest opset the TorchScript-based ``torch.onnx.export`` writes (20 on torch 2.x)."""
+    try:
+        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    except ImportError:  # pragma: no cover - older/newer torch without the constant
+        return 20
+    return int(ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+
+
+def check_opset(opset: int) -> int:
+    """``opset`` if the exporter can write it (17 <= opset <= :func:`max_opset`), else :class:`ConfigError`."""
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise ConfigError(f"opset must be an integer, got {opset!r}.")
+    if opset < 17:
+        raise ConfigError(f"opset must be >= 17 (LayerNorm and the SAM decoder need it); got {opset}.")
+    top = max_opset()
+    if opset > top:
+        raise ConfigError(f"opset {opset} is above {top}, the highest this torch's ONNX exporter writes; "
+                          f"use --opset between 17 and {top} (default {DEFAULT_OPSET}).")
+    return opset
+
+
 def _torch_onnx_export(module, args: tuple, path: Path, *, input_names, output_names, dynamic_axes, opset: int) -> None:
     """``torch.onnx.export`` with the TorchScript exporter, to a temp file moved into place."""
     import torch
 
-    if opset < 17:
-        raise ConfigError(f"opset must be >= 17 (LayerNorm and the SAM decoder need it); got {opset}.")
+    check_opset(opset)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with warnings.catch_warnings():
@@ -144,7 +176,8 @@ def _sam_modules():
             if not self.raw_input:
                 return self.image_encoder(image)
             hw = torch._shape_as_tensor(image)[:2].to(torch.float32)  # traced as a dynamic Shape op
-            size = torch.floor(hw * (self.img_size / hw.max()) + 0.5).to(torch.int64)
+            # the short side of an extreme aspect ratio (1x3000) would round to 0 px: keep it >= 1
+            size = torch.clamp(torch.floor(hw * (self.img_size / hw.max()) + 0.5), min=1.0).to(torch.int64)
             x = image.permute(2, 0, 1).unsqueeze(0).to(torch.float32)
             x = F.interpolate(x, size=(size[0], size[1]), mode="bilinear", align_corners=False)
             # the official pipeline resizes a uint8 image: round and clamp the same way
@@ -184,16 +217,19 @@ def _sam_modules():
                 dense_prompt_embeddings=dense,
             )
             if self.single_mask:
-                # one point (plus padding) -> best multimask token; more prompts -> the single token
+                # one point (plus padding) -> best multimask token; more points or a box -> the single token
+                # (the official rule looks at the point count only, so a box alone, 2 corners, got a multimask one)
                 n = point_coords.shape[1]
+                has_box = (point_labels == 2).to(iou.dtype).amax(dim=1, keepdim=True)  # (B, 1)
                 bias = torch.zeros_like(iou[:1])
                 bias[:, 0] = 1000.0
-                best = torch.argmax(iou + (n - 2.5) * bias, dim=1, keepdim=True)
+                best = torch.argmax(iou + (n - 2.5 + has_box) * bias, dim=1, keepdim=True)
                 iou = torch.gather(iou, 1, best)
                 idx = best[:, :, None, None].expand(-1, -1, low_res.shape[2], low_res.shape[3])
                 low_res = torch.gather(low_res, 1, idx)
             masks = F.interpolate(low_res, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
-            size = torch.floor(orig_im_size * (self.img_size / orig_im_size.max()) + 0.5).to(torch.int64)
+            size = torch.clamp(torch.floor(orig_im_size * (self.img_size / orig_im_size.max()) + 0.5), min=1.0)
+            size = size.to(torch.int64)  # >= 1 px, as the encoder side (ResizeLongestSide) resizes it
             masks = masks[..., : size[0], : size[1]]
             out_hw = orig_im_size.to(torch.int64)
             masks = F.interpolate(masks, size=(out_hw[0], out_hw[1]), mode="bilinear", align_corners=False)
@@ -270,6 +306,7 @@ def export_sam(
 
     Returns the manifest path.
     """
+    check_opset(opset)
     out = prepare_out_dir(out_dir)
     sam = sam.eval()
     encoder = export_sam_encoder(sam, out / "encoder.onnx", raw_input=raw_input, opset=opset)
@@ -300,6 +337,8 @@ def export_sam(
         "raw_input": raw_input,
         "single_mask": single_mask,
         "img_size": img_size,
+        "min_resized_side": 1,
+        "single_mask_box": True,  # single_mask: a box without points gets the single-mask output
         "mask_threshold": float(getattr(sam, "mask_threshold", 0.0)),
         "normalization": {"mean": list(SAM_PIXEL_MEAN), "std": list(SAM_PIXEL_STD), "units": "0..255"},
         "inputs": {"encoder": encoder_input, "decoder": {
@@ -340,6 +379,7 @@ def export_semantic(
     units) and the padding multiple go into ``metadata_props`` and the manifest. Returns the manifest."""
     import torch
 
+    check_opset(opset)
     out = prepare_out_dir(out_dir)
     model = model.eval()
     path = out / "model.onnx"

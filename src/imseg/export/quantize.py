@@ -6,8 +6,10 @@ activation ranges calibrated on a folder of images (QDQ format, per-channel int8
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +21,36 @@ def _quantization():
     return require("onnxruntime.quantization", "export", "int8 quantization")
 
 
+@contextmanager
+def _quiet_root_warnings() -> Iterator[None]:
+    """Drop the root-logger WARNINGs ``onnxruntime.quantization`` emits through ``logging.warning``
+    (pre-processing advice, one multi-line tensor dump per unquantizable tensor) while it runs; a
+    NullHandler stops ``logging.warning`` from installing a stderr handler when there is none."""
+    root = logging.getLogger()
+    null = logging.NullHandler() if not root.handlers else None
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.name != "root" or record.levelno >= logging.ERROR
+
+    if null is not None:
+        root.addHandler(null)
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+        if null is not None:
+            root.removeHandler(null)
+
+
 def quantize_dynamic_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Dynamic int8 quantization of ``src`` into ``dst``; returns ``dst``."""
     q = _quantization()
     dst = Path(dst)
     try:
         # uint8 weights: ConvInteger/MatMulInteger have CPU kernels for it on every onnxruntime build
-        q.quantize_dynamic(str(src), str(dst), weight_type=q.QuantType.QUInt8, per_channel=False)
+        with _quiet_root_warnings():
+            q.quantize_dynamic(str(src), str(dst), weight_type=q.QuantType.QUInt8, per_channel=False)
     except Exception as exc:
         raise ExportError(f"dynamic int8 quantization of {src} failed: {type(exc).__name__}: {exc}") from exc
     store_large_floats_as_fp16(dst)
@@ -111,10 +136,11 @@ def quantize_static_int8(
     dst = Path(dst)
     reader = _Reader([make_feed(img) for img in images])
     try:
-        q.quantize_static(
-            str(src), str(dst), reader, quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QUInt8,
-            weight_type=q.QuantType.QInt8, per_channel=True, calibrate_method=q.CalibrationMethod.MinMax,
-        )
+        with _quiet_root_warnings():
+            q.quantize_static(
+                str(src), str(dst), reader, quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QUInt8,
+                weight_type=q.QuantType.QInt8, per_channel=True, calibrate_method=q.CalibrationMethod.MinMax,
+            )
     except Exception as exc:
         raise ExportError(f"static int8 quantization of {src} failed: {type(exc).__name__}: {exc}") from exc
     return dst

@@ -10,6 +10,7 @@ sessions through :class:`OrtAmgBackend` (its ``AmgBackend`` seam: embed a crop, 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -18,11 +19,21 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError, DependencyError, ExportError, ModelNotFoundError, StateError, require
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    DependencyError,
+    ExportError,
+    InputError,
+    ModelNotFoundError,
+    PromptError,
+    StateError,
+    require,
+)
 from ..io import letterbox_rgb, read_image, validate_box, validate_points
 from ..masks import Masks
 from ..registry import Segmenter
-from .onnx import MANIFEST
+from .onnx import DECODER_INPUTS, MANIFEST
 
 PROVIDER_ALIASES = {
     "cpu": ["CPUExecutionProvider"],
@@ -85,7 +96,7 @@ def make_session(path: str | os.PathLike, *, device: str = "auto", providers: li
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``imseg_export.json`` of an export directory."""
+    """The ``imseg_export.json`` of an export directory, checked (:func:`check_manifest`)."""
     path = Path(path)
     file = path / MANIFEST if path.is_dir() else path
     if not file.is_file():
@@ -94,9 +105,91 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
             f"Create one with `imseg export --model NAME --checkpoint P --out DIR` or `imseg export --run RUN`."
         )
     try:
-        return json.loads(file.read_text())
+        manifest = json.loads(file.read_text())
     except (OSError, ValueError) as exc:
         raise ExportError(f"{file}: unreadable export manifest ({exc}); export again.") from exc
+    check_manifest(manifest, file)
+    return manifest
+
+
+#: files each model family lists in its manifest
+MANIFEST_FILES = {"sam": ("encoder", "decoder"), "semantic": ("model",)}
+
+
+def check_manifest(manifest: Any, file: str | os.PathLike = MANIFEST) -> None:
+    """Raise :class:`ExportError` naming ``file`` and the fix unless ``manifest`` has the keys the
+    ONNX Runtime backend reads: ``format``, ``family``, ``files`` (per family), ``normalization``
+    (``mean``/``std``, 3 numbers each) and, for semantic models, ``class_names``."""
+    fix = "export the model again with `imseg export` (or restore the manifest it wrote)"
+
+    def bad(what: str) -> ExportError:
+        return ExportError(f"{file}: {what}; {fix}.")
+
+    if not isinstance(manifest, dict):
+        raise bad(f"the export manifest must be a JSON object, got a JSON {type(manifest).__name__}")
+    family = manifest.get("family")
+    if family not in MANIFEST_FILES:
+        raise bad(f"unknown model family {family!r} (expected 'sam' or 'semantic')")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise bad("the manifest has no 'files' object naming the .onnx files")
+    wanted = MANIFEST_FILES[family]
+    missing = [role for role in wanted if not isinstance(files.get(role), str) or not files.get(role)]
+    if missing:
+        others = {f: r for f, r in MANIFEST_FILES.items() if f != family and all(k in files for k in r)}
+        hint = f" (the files {sorted(files)} are those of a {next(iter(others))!r} export: is 'family' wrong?)" if others else ""
+        raise bad(f"family {family!r} needs files {list(wanted)}, but 'files' lists {sorted(files)}{hint}")
+    for role, name in files.items():
+        if isinstance(name, str) and (Path(name).is_absolute() or ".." in Path(name).parts):
+            raise bad(f"files.{role} = {name!r} must be a file name inside the export directory")
+    norm = manifest.get("normalization")
+    if not isinstance(norm, dict):
+        raise bad("the manifest has no 'normalization' object (mean, std)")
+    for key in ("mean", "std"):
+        value = norm.get(key)
+        if (not isinstance(value, list) or len(value) != 3
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise bad(f"normalization.{key} must be 3 numbers (R, G, B), got {value!r}")
+    if any(v == 0 for v in norm["std"]):
+        raise bad(f"normalization.std must not contain 0, got {norm['std']!r}")
+    if family == "semantic":
+        names = manifest.get("class_names")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise bad(f"class_names must be a non-empty list of strings, got {names!r}")
+
+
+def _io_signature(session) -> tuple[dict[str, tuple[str, list]], dict[str, tuple[str, list]]]:
+    """({input name: (type, shape)}, {output name: (type, shape)}) of an ONNX Runtime session."""
+    return ({i.name: (i.type, list(i.shape)) for i in session.get_inputs()},
+            {o.name: (o.type, list(o.shape)) for o in session.get_outputs()})
+
+
+def check_session(session, path: str | os.PathLike, role: str, inputs: dict[str, tuple[str, int]],
+                  outputs: dict[str, tuple[str, int]], hint: str = "") -> None:
+    """Raise :class:`ExportError` unless ``session`` has exactly the ``inputs`` and at least the
+    ``outputs`` given as ``{name: (onnx type, rank)}``: the file at ``path`` is not the ``role`` model."""
+    have_in, have_out = _io_signature(session)
+
+    def describe(sig: dict[str, tuple[str, list]]) -> str:
+        return ", ".join(f"{n} {t.replace('tensor(', '').rstrip(')')}{s}" for n, (t, s) in sig.items()) or "none"
+
+    def wrong(what: str) -> ExportError:
+        fix = hint or " Point the manifest's 'files' at the right file, or export again with `imseg export`."
+        return ExportError(
+            f"{path}: this is not the {role} model this export's {MANIFEST} describes ({what}; the file has inputs "
+            f"[{describe(have_in)}] and outputs [{describe(have_out)}]).{fix}"
+        )
+
+    if set(have_in) != set(inputs):
+        raise wrong(f"expected inputs {sorted(inputs)}")
+    missing = [name for name in outputs if name not in have_out]
+    if missing:
+        raise wrong(f"expected outputs {sorted(outputs)}")
+    for kind, want, have in (("input", inputs, have_in), ("output", outputs, have_out)):
+        for name, (dtype, rank) in want.items():
+            got_type, got_shape = have[name]
+            if got_type != dtype or len(got_shape) != rank:
+                raise wrong(f"{kind} '{name}' should be {dtype} of rank {rank}, not {got_type} of rank {len(got_shape)}")
 
 
 # ============================================================================ SAM
@@ -107,8 +200,9 @@ class ResizeLongestSide:
         self.target_length = int(target_length)
 
     def get_preprocess_shape(self, old_h: int, old_w: int) -> tuple[int, int]:
+        """(h, w) with the longest side ``target_length``, rounded half up; a side is never below 1 px."""
         scale = self.target_length / max(old_h, old_w)
-        return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+        return max(1, int(old_h * scale + 0.5)), max(1, int(old_w * scale + 0.5))
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (h, w, 3) uint8, bilinear (PIL, as the official predictor)."""
@@ -170,11 +264,17 @@ class OrtSamPredictor:
         if self.manifest.get("family") != "sam":
             raise ExportError(f"{export_dir}: not a SAM export (family={self.manifest.get('family')!r}).")
         files = files or self.manifest["files"]
-        self.encoder = make_session(export_dir / files["encoder"], device=device, providers=providers, threads=threads)
-        self.decoder = make_session(export_dir / files["decoder"], device=device, providers=providers, threads=threads)
         self.img_size = int(self.manifest.get("img_size", 1024))
         self.raw_input = bool(self.manifest.get("raw_input", False))
         self.single_mask = bool(self.manifest.get("single_mask", False))
+        #: exports before this field existed let a resized side round to 0 px (aspect ratios above 2048:1)
+        self.min_resized_side = int(self.manifest.get("min_resized_side", 0))
+        #: single-mask decoders before this field chose by point count only: a box alone needs a padding point
+        self.single_mask_box = bool(self.manifest.get("single_mask_box", False))
+        self.encoder = make_session(export_dir / files["encoder"], device=device, providers=providers, threads=threads)
+        self._check_encoder(export_dir / files["encoder"])
+        self.decoder = make_session(export_dir / files["decoder"], device=device, providers=providers, threads=threads)
+        self._check_decoder(export_dir / files["decoder"])
         norm = self.manifest["normalization"]
         self.pixel_mean = np.asarray(norm["mean"], np.float32)
         self.pixel_std = np.asarray(norm["std"], np.float32)
@@ -182,6 +282,50 @@ class OrtSamPredictor:
         self.model = _ModelInfo(float(self.manifest.get("mask_threshold", 0.0)), self.img_size)
         self.device = "cpu"  # tensors handed to/returned from predict_torch live on the CPU
         self.reset_image()
+
+    def _check_encoder(self, path: Path) -> None:
+        image = _io_signature(self.encoder)[0].get("image")
+        hint = ""
+        if image is not None and (image[0] == "tensor(uint8)") != self.raw_input:
+            raw = image[0] == "tensor(uint8)"
+            hint = (f" The encoder takes {'a raw uint8 (H, W, 3) image' if raw else 'a preprocessed float32 (1, 3, S, S) tensor'}"
+                    f", but the manifest says raw_input={str(self.raw_input).lower()}: set \"raw_input\": "
+                    f"{str(raw).lower()} in {MANIFEST}, or export again with `imseg export`.")
+        if self.raw_input:
+            inputs = {"image": ("tensor(uint8)", 3)}
+            outputs = {"image_embeddings": ("tensor(float)", 4), "input_size": ("tensor(int64)", 1)}
+        else:
+            inputs = {"image": ("tensor(float)", 4)}
+            outputs = {"image_embeddings": ("tensor(float)", 4)}
+        check_session(self.encoder, path, "SAM image encoder", inputs, outputs, hint)
+        if not self.raw_input:
+            dims = image[1]
+            if all(isinstance(d, int) for d in dims[1:]) and dims[1:] != [3, self.img_size, self.img_size]:
+                raise ExportError(
+                    f"{path}: the encoder takes images of shape {dims}, but {MANIFEST} says img_size={self.img_size} "
+                    f"(expected [1, 3, {self.img_size}, {self.img_size}]); fix img_size or export again."
+                )
+
+    def _check_decoder(self, path: Path) -> None:
+        ranks = {"image_embeddings": 4, "point_coords": 3, "point_labels": 2, "mask_input": 4, "has_mask_input": 1,
+                 "orig_im_size": 1}
+        check_session(self.decoder, path, "SAM prompt decoder", {n: ("tensor(float)", ranks[n]) for n in DECODER_INPUTS},
+                      {"masks": ("tensor(float)", 4), "iou_predictions": ("tensor(float)", 2),
+                       "low_res_masks": ("tensor(float)", 4)})
+        count = _io_signature(self.decoder)[1]["iou_predictions"][1][1]
+        if isinstance(count, int) and count != (1 if self.single_mask else 4):
+            raise ExportError(
+                f"{path}: the decoder returns {count} mask(s) per prompt, but {MANIFEST} says "
+                f"single_mask={str(self.single_mask).lower()}: set \"single_mask\": {str(count == 1).lower()} there, "
+                f"or export again."
+            )
+
+    def worker_copy(self) -> OrtSamPredictor:
+        """A predictor that shares this one's ONNX Runtime sessions (thread-safe) but has its own
+        image state: one per server worker or thread."""
+        clone = copy.copy(self)
+        clone.reset_image()
+        return clone
 
     # ---------------------------------------------------------------- image
     def reset_image(self) -> None:
@@ -215,7 +359,14 @@ class OrtSamPredictor:
         Stateless: the image set with :meth:`set_image` is left as it is.
         """
         image = np.ascontiguousarray(image)
-        size = self.transform.get_preprocess_shape(int(image.shape[0]), int(image.shape[1]))
+        h, w = int(image.shape[0]), int(image.shape[1])
+        if self.min_resized_side < 1 and min(h, w) * self.img_size / max(h, w) < 0.5:
+            raise InputError(
+                f"the {w}x{h} image would be resized to 0 pixels on its short side by this export's graphs "
+                f"(made before imseg clamped that side to 1 px); export the model again with this imseg version "
+                f"(`imseg export`), or pad/crop the image to an aspect ratio below 2048:1."
+            )
+        size = self.transform.get_preprocess_shape(h, w)
         feed = image if self.raw_input else self.preprocess(image)
         return self.encoder.run(["image_embeddings"], {"image": feed})[0], size
 
@@ -249,7 +400,12 @@ class OrtSamPredictor:
         return self.decoder.run(outputs, feeds)
 
     def _prompt_arrays(self, coords, labels, boxes):
-        """Append box corners (labels 2, 3) or the padding point (label -1), as the official encoder does."""
+        """Append box corners (labels 2, 3) or the padding point (label -1), as the official encoder does.
+
+        Single-mask decoders exported before ``single_mask_box`` pick their output by the number of
+        points only (one point plus padding: the best multimask candidate; more: the single-mask
+        token), so a box alone (2 corners) would get a multimask candidate: there it gets a padding
+        point too, which selects the single-mask answer (close to, not bit-equal with, torch's)."""
         batch = coords.shape[0] if coords is not None else boxes.shape[0]
         parts_c, parts_l = [], []
         if coords is not None:
@@ -258,7 +414,8 @@ class OrtSamPredictor:
         if boxes is not None:
             parts_c.append(boxes.reshape(batch, 2, 2))
             parts_l.append(np.tile(np.array([[2.0, 3.0]], np.float32), (batch, 1)))
-        else:
+        box_only = boxes is not None and (coords is None or coords.shape[1] == 0)
+        if boxes is None or (box_only and self.single_mask and not self.single_mask_box):
             parts_c.append(np.zeros((batch, 1, 2), np.float32))
             parts_l.append(-np.ones((batch, 1), np.float32))
         return np.concatenate(parts_c, axis=1), np.concatenate(parts_l, axis=1)
@@ -277,7 +434,7 @@ class OrtSamPredictor:
         coords = labels = boxes = None
         if point_coords is not None:
             if point_labels is None:
-                raise ConfigError("point_labels must be given with point_coords (1 = foreground, 0 = background).")
+                raise PromptError("point_labels must be given with point_coords (1 = foreground, 0 = background).")
             pts, labs = validate_points(point_coords, point_labels, self.original_size)
             coords = self.transform.apply_coords(pts, self.original_size)[None].astype(np.float32)
             labels = np.asarray(labs, np.float32)[None]
@@ -285,7 +442,7 @@ class OrtSamPredictor:
             b = validate_box(box, self.original_size)
             boxes = self.transform.apply_boxes(np.asarray(b, np.float32).reshape(1, 4), self.original_size).astype(np.float32)
         if coords is None and boxes is None and mask_input is None:
-            raise ConfigError("predict needs at least one prompt: points, a box or a mask_input.")
+            raise PromptError("predict needs at least one prompt: points, a box or a mask_input.")
         if coords is None and boxes is None:
             coords, labels = np.zeros((1, 0, 2), np.float32), np.zeros((1, 0), np.float32)
         coords, labels = self._prompt_arrays(coords, labels, boxes)
@@ -442,11 +599,14 @@ class OrtSemanticSegmenter(Segmenter):
                  imgsz: int | None = None) -> None:
         export_dir = Path(export_dir)
         self.manifest = read_manifest(export_dir)
+        if self.manifest.get("family") != "semantic":
+            raise ExportError(f"{export_dir}: not a semantic export (family={self.manifest.get('family')!r}).")
         files = files or self.manifest["files"]
         self.session = make_session(export_dir / files["model"], device=device, providers=providers,
                                     threads=threads)
         self.name = str(self.manifest.get("model", "semantic"))
         self.class_names = list(self.manifest["class_names"])
+        self._check_session(export_dir / files["model"])
         self.mean = self.manifest["normalization"]["mean"]
         self.std = self.manifest["normalization"]["std"]
         self.pad_multiple = int(self.manifest.get("pad_multiple", 32))
@@ -456,6 +616,25 @@ class OrtSemanticSegmenter(Segmenter):
         if self.resize and self.imgsz is None:
             raise ConfigError(f"{export_dir}: resize needs the training imgsz, which this export does not record; "
                               f"pass imgsz=... or resize=False.")
+
+    def _check_session(self, path: Path) -> None:
+        outputs = _io_signature(self.session)[1]
+        if "image_embeddings" in outputs:
+            raise ExportError(
+                f"{path}: this looks like a SAM image encoder (it outputs image_embeddings), not the semantic "
+                f"segmentation model {MANIFEST} describes; point files.model at the semantic model's .onnx, or "
+                f"export again with `imseg export --run RUN`."
+            )
+        first = next(iter(outputs), None)
+        check_session(self.session, path, "semantic segmentation", {"image": ("tensor(float)", 4)},
+                      {first or "logits": ("tensor(float)", 4)})
+        channels = outputs[first][1][1]
+        n = len(self.class_names)
+        if isinstance(channels, int) and channels != n and not (channels == 1 and n == 2):
+            raise ExportError(
+                f"{path}: the model outputs {channels} class channel(s) but {MANIFEST} lists {n} class_names "
+                f"{self.class_names}; fix class_names or export again."
+            )
 
     def _logits(self, image: np.ndarray) -> np.ndarray:
         x = semantic_preprocess(image, self.mean, self.std, self.pad_multiple)

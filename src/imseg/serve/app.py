@@ -4,7 +4,8 @@
 with uvicorn. Endpoints (all errors are ``application/problem+json``):
 
 - ``POST /v1/images``: upload (multipart ``file`` or raw bytes) -> image embedding, cached.
-- ``POST /v1/images/{image_id}/segment``: prompts -> masks (RLE, PNG base64 or polygons) + scores.
+- ``POST /v1/images/{image_id}/segment``: prompts -> masks (RLE, PNG base64 or polygons) + scores; the
+  API key and the body size (``max_json_bytes``) are checked before the JSON body is read.
 - ``POST /v1/segment``: one shot, multipart ``file`` + optional ``prompts`` JSON (else everything).
 - ``GET /healthz``, ``/readyz``, ``/v1/models``, ``/metrics`` (Prometheus text), ``/`` (web page).
 """
@@ -17,9 +18,11 @@ import hmac
 import io
 import json
 import logging
+import re
 import struct
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -59,6 +62,8 @@ class ServeSettings:
     queue_timeout: float = 30.0
     request_timeout: float = 120.0
     max_points: int = 64
+    #: largest JSON body of /v1/images/{id}/segment (a mask_input is ~350 kB, max_points points a few kB)
+    max_json_bytes: int = 2 * 1024 * 1024
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     #: keyword arguments for the automatic mask generator (``points_per_side``, ``pred_iou_thresh``, ...)
@@ -75,6 +80,7 @@ class ServeSettings:
             "queue_timeout": self.queue_timeout > 0,
             "request_timeout": self.request_timeout > 0,
             "max_points": 1 <= self.max_points <= SCHEMA_MAX_POINTS,
+            "max_json_bytes": self.max_json_bytes >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -185,6 +191,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         (422, "invalid image or prompts"),
         (503, "model busy (see Retry-After)"),
         (504, "model call timed out"),
+        (507, "the embedding cache cannot hold this image (server setting --cache-mb)"),
     ]
 }
 
@@ -338,8 +345,79 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_upload(request: Request, settings: ServeSettings) -> tuple[bytes, dict[str, str]]:
-    """Image bytes and text form fields from a multipart (field ``file``) or raw-bytes request."""
+def _unauthorized() -> JSONResponse:
+    return problem(401, "unauthorized", "Unauthorized", "missing or wrong API key; send it in the X-API-Key header.",
+                   {"WWW-Authenticate": "X-API-Key"})
+
+
+class JsonBodyGuard:
+    """ASGI middleware for the JSON segment endpoint: the API key, then the body size, before the body
+    is read or parsed (FastAPI reads a typed body before it runs dependencies such as the key check).
+
+    A ``Content-Length`` above ``limit`` is refused at once; without one (chunked) the body is read
+    only up to ``limit`` bytes. Both answer 413 with a problem body; a missing/wrong key answers 401.
+    """
+
+    def __init__(self, app: Any, *, limit: int, key_ok: Callable[[str | None], bool]) -> None:
+        self.app, self.limit, self.key_ok = app, int(limit), key_ok
+
+    def _too_large(self, size: str) -> JSONResponse:
+        return problem(413, "body-too-large", "Request body too large",
+                       f"the JSON body {size} this server's limit of {self.limit:,} bytes; send fewer points "
+                       f"or one mask_input (a 256x256 float32 mask_input is ~350 kB as base64).")
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not _SEGMENT_PATH.search(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        from starlette.datastructures import Headers
+
+        headers = Headers(scope=scope)
+        if not self.key_ok(headers.get("x-api-key")):
+            await _unauthorized()(scope, receive, send)
+            return
+        length = headers.get("content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.limit:
+            await self._too_large(f"is {int(length):,} bytes, above")(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.limit:
+                await self._too_large("exceeds")(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+_SEGMENT_PATH = re.compile(r"/v1/images/[^/]+/segment/?$")
+
+
+async def read_upload(
+    request: Request, settings: ServeSettings, text_fields: tuple[str, ...] = ()
+) -> tuple[bytes, dict[str, str]]:
+    """Image bytes and text form fields from a multipart (field ``file``) or raw-bytes request.
+
+    A multipart form may hold one ``file`` part (the image) and the text fields named in
+    ``text_fields``; any other part, a second ``file`` or a named field sent as a file is a 422.
+    """
     body = await read_body(request, settings.max_upload_bytes + 64 * 1024)
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
@@ -354,18 +432,44 @@ async def read_upload(request: Request, settings: ServeSettings) -> tuple[bytes,
 
     request = Request(request.scope, receive=replay)
     try:
-        form = await request.form(max_files=1, max_fields=8, max_part_size=1024 * 1024)
+        form = await request.form(max_files=4, max_fields=8, max_part_size=1024 * 1024)
     except Exception as exc:
         raise ApiError(400, "bad-multipart", "Malformed multipart body", f"could not parse the form ({exc}).") from exc
+    takes = " and ".join(["'file' (the image, as a file part)", *(f"'{n}' (a text field)" for n in text_fields)])
     fields: dict[str, str] = {}
     data = None
-    for key, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            if key == "file":
-                data = await value.read()
-        else:
-            fields[key] = value
-    await form.close()
+    unknown: list[str] = []
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key == "file":
+                    if data is not None:
+                        raise ApiError(422, "several-files", "Several files",
+                                       "the form has more than one 'file' part; send one image per request.")
+                    data = await value.read()
+                elif key in text_fields:
+                    raise ApiError(
+                        422, "field-sent-as-file", f"'{key}' sent as a file",
+                        f"'{key}' arrived as a file part; send it as a text form field instead "
+                        f"(curl: -F '{key}=<{key}.json' reads the file into a text field; -F {key}=@... sends a file).",
+                    )
+                else:
+                    unknown.append(key)
+            elif key in text_fields:
+                if key in fields:
+                    raise ApiError(422, "repeated-field", "Repeated field", f"the form has '{key}' more than once.")
+                fields[key] = value
+            elif key == "file":
+                raise ApiError(422, "file-sent-as-text", "File sent as text",
+                               "'file' arrived as a text field; send the image as a file part (curl -F file=@photo.jpg).")
+            else:
+                unknown.append(key)
+    finally:
+        await form.close()
+    if unknown:
+        names = ", ".join(repr(k[:64]) for k in dict.fromkeys(unknown))
+        raise ApiError(422, "unknown-field", "Unknown form field",
+                       f"unknown form field(s) {names}; this endpoint takes {takes}.")
     if data is None:
         raise ApiError(422, "missing-file", "Missing file", "the multipart form has no 'file' part; send the image as 'file'.")
     if len(data) > settings.max_upload_bytes:
@@ -509,18 +613,39 @@ def _as_backend(segmenter: Any, settings: ServeSettings) -> SamBackend:
     return SamBackend.from_segmenter(segmenter, **settings.everything_options)
 
 
+def _check_cache_fits(backend: SamBackend, settings: ServeSettings) -> None:
+    """Refuse a cache that cannot hold one embedding of the largest accepted upload (every upload's
+    image_id would be unusable)."""
+    features = backend.embedding_bytes
+    if features is None:
+        return
+    needed = features + settings.max_upload_bytes
+    if settings.cache_bytes < needed:
+        mib = 1024 * 1024
+        raise ConfigError(
+            f"the embedding cache ({settings.cache_bytes / mib:.1f} MiB, cache_bytes / --cache-mb) is smaller than one "
+            f"image embedding of this model ({features / mib:.1f} MiB) plus the largest accepted upload it keeps "
+            f"({settings.max_upload_bytes / mib:.1f} MiB, --max-upload-mb), so uploaded images could never be "
+            f"segmented; use --cache-mb {int(-(-needed // mib))} or more (or lower --max-upload-mb)."
+        )
+
+
 def create_app(segmenter: Any, settings: ServeSettings | None = None) -> FastAPI:
     """Build the FastAPI app.
 
     Args:
-        segmenter: an ``imseg.load("mobile-sam" | "sam-vit-b", ...)`` segmenter, an official
-            ``Sam`` model, or a :class:`SamBackend`.
+        segmenter: an ``imseg.load("mobile-sam" | "sam-vit-b", ...)`` segmenter (torch, or an ONNX
+            export loaded with ``imseg.load(EXPORT_DIR)``), an official ``Sam`` model, or a :class:`SamBackend`.
         settings: limits and options (defaults: :class:`ServeSettings`).
+
+    Raises:
+        ConfigError: the settings cannot work with this model (e.g. a cache smaller than one embedding).
     """
     from .. import __version__
 
     settings = settings or ServeSettings()
     backend = _as_backend(segmenter, settings)
+    _check_cache_fits(backend, settings)
     cache = EmbeddingCache(settings.cache_items, settings.cache_bytes)
     pool = WorkerPool(
         [backend.make_worker() for _ in range(settings.concurrency)],
@@ -538,6 +663,14 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None) -> FastAPI
     app.state.settings, app.state.backend, app.state.cache, app.state.pool = settings, backend, cache, pool
     app.state.metrics = metrics
     _install_error_handlers(app)
+
+    def key_ok(key: str | None) -> bool:
+        if settings.api_key is None:
+            return True
+        return key is not None and hmac.compare_digest(key.encode(), settings.api_key.encode())
+
+    # added before the metrics middleware so that its 401/413 answers are counted too
+    app.add_middleware(JsonBodyGuard, limit=settings.max_json_bytes, key_ok=key_ok)
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):
@@ -564,9 +697,7 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None) -> FastAPI
     api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Required when the server has --api-key.")
 
     def check_key(key: str | None = Security(api_key_header)) -> None:
-        if settings.api_key is None:
-            return
-        if key is None or not hmac.compare_digest(key.encode(), settings.api_key.encode()):
+        if not key_ok(key):
             raise ApiError(401, "unauthorized", "Unauthorized",
                            "missing or wrong API key; send it in the X-API-Key header.", {"WWW-Authenticate": "X-API-Key"})
 
@@ -575,7 +706,7 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None) -> FastAPI
     def image_id_for(data: bytes) -> str:
         return hashlib.sha256(backend.name.encode() + b"\0" + data).hexdigest()[:32]
 
-    async def embed(data: bytes) -> tuple[str, Any, bool, float]:
+    async def embed(data: bytes, must_cache: bool = True) -> tuple[str | None, Any, bool, float]:
         image_id = image_id_for(data)
         found = cache.get(image_id)
         if found is not None:
@@ -583,7 +714,15 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None) -> FastAPI
         image = decode_upload(data, settings)
         start = time.perf_counter()
         embedding = await pool.run(lambda w: w.embed(image, data))
-        cache.put(image_id, embedding)
+        if not cache.put(image_id, embedding):
+            if not must_cache:  # one-shot: the embedding is used once; no id that could not be used again
+                return None, embedding, False, (time.perf_counter() - start) * 1000
+            raise ApiError(
+                507, "cache-too-small", "Embedding cache too small",
+                f"the image embedding takes {embedding.nbytes:,} bytes, more than this server's whole embedding cache "
+                f"({settings.cache_bytes:,} bytes), so its image_id could never be used; the server must be restarted "
+                f"with a larger cache (imseg serve --cache-mb). POST /v1/segment works without the cache.",
+            )
         return image_id, embedding, False, (time.perf_counter() - start) * 1000
 
     async def run_segment(image_id: str | None, embedding: Any, req: SegmentRequest, t0: float) -> SegmentResponse:
@@ -599,6 +738,11 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None) -> FastAPI
             size = (embedding.height, embedding.width)
             if req.points is not None and len(req.points) > settings.max_points:
                 raise PromptError(f"{len(req.points)} points given; this server accepts at most {settings.max_points}.")
+            if req.points and not req.labels:
+                raise PromptError(
+                    f"{len(req.points)} point(s) given without labels; send \"labels\": one per point, "
+                    f"1 = foreground (object), 0 = background, e.g. \"labels\": {[1] * min(len(req.points), 3)}."
+                )
             from ..io import validate_box, validate_points
 
             points, labels = validate_points(req.points or None, req.labels or None, size)
@@ -644,7 +788,7 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None) -> FastAPI
     upload_errors = {c: PROBLEM_RESPONSES[c] for c in (401, 413, 415, 422, 503, 504)}
 
     @app.post("/v1/images", response_model=ImageInfo, tags=["segment"], dependencies=protected,
-              openapi_extra=_upload_body(), responses={**upload_errors, 400: {"model": Problem}})
+              openapi_extra=_upload_body(), responses={**upload_errors, 400: {"model": Problem}, 507: PROBLEM_RESPONSES[507]})
     async def upload_image(request: Request) -> ImageInfo:
         """Upload an image (multipart field ``file`` or the raw bytes); computes and caches its embedding."""
         data, _ = await read_upload(request, settings)
@@ -652,7 +796,7 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None) -> FastAPI
         return ImageInfo(image_id=image_id, width=emb.width, height=emb.height, cached=cached, embed_ms=round(ms, 3))
 
     @app.post("/v1/images/{image_id}/segment", response_model=SegmentResponse, tags=["segment"], dependencies=protected,
-              responses={c: PROBLEM_RESPONSES[c] for c in (401, 404, 422, 503, 504)})
+              responses={c: PROBLEM_RESPONSES[c] for c in (401, 404, 413, 422, 503, 504)})
     async def segment_image(image_id: str, req: SegmentRequest) -> SegmentResponse:
         """Segment a previously uploaded image with points / box / mask_input, or everything mode."""
         t0 = time.perf_counter()
@@ -669,10 +813,20 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None) -> FastAPI
     async def segment_once(request: Request) -> SegmentResponse:
         """One shot: multipart ``file`` + optional ``prompts`` (SegmentRequest JSON); no prompts = everything."""
         t0 = time.perf_counter()
-        data, fields = await read_upload(request, settings)
-        text = fields.get("prompts") or request.query_params.get("prompts")
+        data, fields = await read_upload(request, settings, text_fields=("prompts",))
+        text, query = fields.get("prompts"), request.query_params.get("prompts")
+        if text is not None and query is not None:
+            raise ApiError(422, "prompts-twice", "Prompts given twice",
+                           "prompts were given both as a form field and in the query string; send them once.")
+        text = query if text is None else text
+        if text is not None and not text.strip():
+            raise ApiError(
+                422, "empty-prompts", "Empty prompts",
+                "'prompts' is empty; send SegmentRequest JSON as the text field 'prompts' (e.g. "
+                '{"points": [[x, y]], "labels": [1]}), or leave the field out for everything mode.',
+            )
         try:
-            req = SegmentRequest.model_validate_json(text) if text else SegmentRequest(mode="everything")
+            req = SegmentRequest.model_validate_json(text) if text is not None else SegmentRequest(mode="everything")
         except ValidationError as exc:
             errors = [{"loc": ["prompts", *e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()]
             return problem(422, "invalid-request", "Invalid request", _describe_validation(errors), errors=errors)
@@ -680,7 +834,7 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None) -> FastAPI
             image = decode_upload(data, settings)
             emb = Embedding(state={}, source=data, height=int(image.shape[0]), width=int(image.shape[1]))
             return await run_segment(None, emb, req, t0)
-        image_id, emb, _, _ = await embed(data)
+        image_id, emb, _, _ = await embed(data, must_cache=False)
         return await run_segment(image_id, emb, req, t0)
 
     @app.get("/", include_in_schema=False)

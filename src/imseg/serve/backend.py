@@ -40,6 +40,16 @@ _STATE_ATTRS = (
 LOW_RES_SIZE = (256, 256)
 
 
+def estimate_embedding_bytes(model: Any) -> int | None:
+    """Bytes of one image embedding (float32, ``embed_dim`` x (img_size/16)^2) of a SAM-style model,
+    or None when the model does not say its sizes."""
+    img_size = getattr(getattr(model, "image_encoder", None), "img_size", None)
+    if img_size is None:
+        return None
+    embed_dim = getattr(getattr(model, "prompt_encoder", None), "embed_dim", 256)
+    return 4 * int(embed_dim) * (int(img_size) // 16) ** 2
+
+
 def _nbytes(value: Any) -> int:
     if hasattr(value, "element_size") and hasattr(value, "nelement"):  # torch tensor
         return int(value.element_size() * value.nelement())
@@ -133,9 +143,12 @@ class SamBackend:
         predictor_factory: Callable[[], Any],
         everything_factory: Callable[[], Callable[[np.ndarray], Masks]] | None = None,
         summary: str = "",
+        embedding_bytes: int | None = None,
     ) -> None:
         self.name = name
         self.summary = summary
+        #: bytes of one image embedding (the cache must hold at least one); None = unknown
+        self.embedding_bytes = embedding_bytes
         self._predictor_factory = predictor_factory
         self._everything_factory = everything_factory
 
@@ -174,11 +187,13 @@ class SamBackend:
 
             return run
 
-        return cls(name, lambda: SamPredictor(model), everything_factory, summary=f"official {package} model")
+        return cls(name, lambda: SamPredictor(model), everything_factory, summary=f"official {package} model",
+                   embedding_bytes=estimate_embedding_bytes(model))
 
     @classmethod
     def from_segmenter(cls, segmenter: Any, **everything_options: Any) -> SamBackend:
-        """Wrap an ``imseg.load("mobile-sam" | "sam-vit-b", ...)`` segmenter (needs ``.predictor``)."""
+        """Wrap an ``imseg.load("mobile-sam" | "sam-vit-b", ...)`` segmenter (needs ``.predictor``),
+        on torch or on ONNX Runtime (``imseg.load(EXPORT_DIR)``)."""
         predictor = getattr(segmenter, "predictor", None)
         if predictor is None or not hasattr(predictor, "set_image"):
             raise ConfigError(
@@ -186,6 +201,14 @@ class SamBackend:
                 f"(--model mobile-sam or sam-vit-b)."
             )
         model = getattr(predictor, "model", None)
+        if hasattr(predictor, "worker_copy"):  # ONNX Runtime: workers share the sessions, not the image state
+            return cls._from_ort(segmenter, predictor, model, everything_options)
+        if not hasattr(model, "prompt_encoder"):
+            raise ConfigError(
+                f"{type(segmenter).__name__}'s predictor ({type(predictor).__name__}) has no SAM model with a "
+                f"prompt encoder; serve an imseg.load('mobile-sam' | 'sam-vit-b', checkpoint=...) segmenter, an "
+                f"ONNX export (imseg.load(EXPORT_DIR)) or an official Sam model."
+            )
         predictor_type = type(predictor)
 
         def everything_factory() -> Callable[[np.ndarray], Masks]:
@@ -199,6 +222,25 @@ class SamBackend:
             lambda: predictor_type(model),
             everything_factory,
             summary=f"imseg {predictor_type.__name__}",
+            embedding_bytes=estimate_embedding_bytes(model),
+        )
+
+    @classmethod
+    def _from_ort(cls, segmenter: Any, predictor: Any, model: Any, everything_options: dict[str, Any]) -> SamBackend:
+        """An ``OrtSamSegmenter``: each worker gets ``predictor.worker_copy()`` (shared sessions);
+        everything mode unless the export was made with ``--single-mask``."""
+        everything_factory = None
+        if not getattr(predictor, "single_mask", False) and hasattr(segmenter, "automatic_generator"):
+
+            def everything_factory() -> Callable[[np.ndarray], Masks]:
+                return segmenter.automatic_generator(**everything_options).generate_masks
+
+        return cls(
+            getattr(segmenter, "name", "sam"),
+            predictor.worker_copy,
+            everything_factory,
+            summary=f"imseg {type(predictor).__name__} (ONNX Runtime)",
+            embedding_bytes=estimate_embedding_bytes(model),
         )
 
 

@@ -8,7 +8,7 @@ const COLORS = [[30, 144, 255], [255, 99, 71], [50, 205, 50], [255, 215, 0], [18
 const state = {
   imageId: null, fileName: "image", width: 0, height: 0,
   points: [], labels: [], box: null, history: [],
-  masks: [], selected: 0, mode: "prompt", seq: 0, drag: null,
+  masks: [], selected: 0, mode: "prompt", seq: 0, drag: null, uploadSeq: 0,
 };
 
 function setStatus(text, isError = false) {
@@ -40,12 +40,15 @@ async function api(path, options = {}) {
 // ------------------------------------------------------------------ loading an image
 async function loadFile(file) {
   if (!file) return;
+  // only the latest upload may change the page: an earlier, slower one that answers later is ignored
+  const upload = ++state.uploadSeq;
   setStatus(`Uploading ${file.name} and computing its embedding…`);
   try {
     const info = await api("/v1/images", {
       method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" },
     });
     const bitmap = await createImageBitmap(file);
+    if (upload !== state.uploadSeq) return;
     Object.assign(state, {
       imageId: info.image_id, fileName: file.name.replace(/\.[^.]+$/, "") || "image",
       width: info.width, height: info.height,
@@ -60,7 +63,7 @@ async function loadFile(file) {
     for (const id of ["clear", "everything"]) $(id).disabled = false;
     setStatus(`${file.name}: ${info.width}×${info.height}, ready (embedding ${info.cached ? "cached" : Math.round(info.embed_ms) + " ms"}). Click on an object.`);
   } catch (err) {
-    setStatus(err.message, true);
+    if (upload === state.uploadSeq) setStatus(err.message, true);
   }
 }
 
@@ -72,7 +75,7 @@ for (const name of ["dragenter", "dragover"]) {
 for (const name of ["dragleave", "drop"]) {
   drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.remove("over"); });
 }
-drop.addEventListener("drop", (e) => loadFile(e.dataTransfer.files[0]));
+// one handler loads a dropped file, wherever on the page it lands (a drop on #drop bubbles up to it)
 document.addEventListener("dragover", (e) => e.preventDefault());
 document.addEventListener("drop", (e) => { e.preventDefault(); loadFile(e.dataTransfer.files[0]); });
 
