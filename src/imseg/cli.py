@@ -119,6 +119,16 @@ def _parse_xy_list(values: list[str] | None, what: str, size: int) -> list[list[
     return out
 
 
+def _out_dir(out: str):
+    """--out as a Path; a path that is an existing file fails up front, not once per image."""
+    from pathlib import Path
+
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        fail(f"--out {root} is a file; pass a directory (it is created when missing).")
+    return root
+
+
 def _read_marker(marker) -> dict | None:
     """A done marker's record, or None when there is none or it cannot be read (the image is redone)."""
     import json
@@ -252,9 +262,7 @@ def segment_cmd(
     elif amg_options:
         seg_kwargs = amg_options
 
-    root = Path(out)
-    if root.exists() and not root.is_dir():
-        fail(f"--out {root} is a file; pass a directory (it is created when missing).")
+    root = _out_dir(out)
     done_dir, mask_dir = root / "done", root / "masks"
     names = _output_names(images, done_dir)
     # a done marker counts only for the same job: same model, weights, prompts, format and post-processing
@@ -485,7 +493,6 @@ def predict_cmd(
         show_default=False),
 ) -> None:
     """Predict label maps (PNG, pixel = class id) and colour overlays for images."""
-    from pathlib import Path
 
     import numpy as np
 
@@ -499,9 +506,7 @@ def predict_cmd(
         paths = list_images(source)
     except ImsegError as exc:
         fail(str(exc))
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        fail(f"--out {out_dir} is a file; pass a directory (it is created when missing).")
+    out_dir = _out_dir(out)
     failed = 0
     for path, name in zip(paths, _output_names(paths), strict=True):  # same stem twice: stem-<hash> for the second
         try:
@@ -542,7 +547,6 @@ def classical_cmd(
     if source is None:
         fail("give an image SOURCE (file, directory or glob), or --list to see the methods.")
     import json
-    from pathlib import Path
 
     import numpy as np
 
@@ -565,9 +569,7 @@ def classical_cmd(
         files = list_images(source)
     except ImsegError as exc:
         fail(str(exc))
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        fail(f"--out {out_dir} is a file; pass a directory (it is created when missing).")
+    out_dir = _out_dir(out)
     failed = 0
     for path, name in zip(files, _output_names(files), strict=True):
         try:
