@@ -12,6 +12,8 @@ CPU seconds (steadier on a shared machine) and the speed-up ratios.
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import sys
 import tempfile
 import time
@@ -30,6 +32,18 @@ def _timed(fn, device: str) -> tuple[float, float]:
     if device == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - w0, time.process_time() - c0
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (and family/model on x86 Linux, where VMs often say only "AMD EPYC")."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()[:30]
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in lines)}
+    name = fields.get("model name") or platform.machine()
+    family, model = fields.get("cpu family"), fields.get("model")
+    return f"{name} (family {family}, model {model})" if family and model else name
 
 
 def best(fn, repeats: int, device: str) -> tuple[float, float]:
@@ -75,6 +89,7 @@ def main() -> None:
 
     print(f"ViT-B, {args.size}x{args.size} image, device={args.device}, threads={torch.get_num_threads()}, "
           f"torch {torch.__version__}, best of {args.repeats}")
+    print(f"machine: {_cpu_name()}, {os.cpu_count()} logical CPUs, torch CPU kernels {torch.backends.cpu.get_cpu_capability()}")
     t_off, t_our = (0.0, 0.0), (0.0, 0.0)
     runs_off, runs_our = [], []
     for _ in range(args.repeats):  # interleave so both see the same machine load
