@@ -64,7 +64,8 @@ def official(model, image, **kwargs):
 
 
 def assert_same_records(expected: list[dict], got: list[dict], score_tol: float = 1e-3) -> None:
-    """Same count, every official mask matched (greedy by IoU) with IoU >= 0.99, scores within tol."""
+    """Same count, every official mask matched (greedy by IoU) with IoU >= 0.99, scores within tol
+    (stability scores within two pixels' worth of their mask's area)."""
     assert len(got) == len(expected)
     assert len(expected) > 0, "the settings must let some masks survive, or the test proves nothing"
     free = list(range(len(got)))
@@ -79,7 +80,9 @@ def assert_same_records(expected: list[dict], got: list[dict], score_tol: float 
         assert ious[best] >= 0.99
         mine = got[j]
         assert abs(mine["predicted_iou"] - rec["predicted_iou"]) <= score_tol
-        assert abs(mine["stability_score"] - rec["stability_score"]) <= score_tol
+        # a stability score is a ratio of pixel counts: one pixel on a threshold changes it by up to 1/area,
+        # and equal-in-value float paths may round such a pixel differently (seen with AVX-512 kernels)
+        assert abs(mine["stability_score"] - rec["stability_score"]) <= max(score_tol, 2 / max(rec["area"], 1))
         assert mine["crop_box"] == rec["crop_box"]
         assert np.allclose(mine["point_coords"], rec["point_coords"], atol=1e-6)
         assert np.allclose(mine["bbox"], rec["bbox"], atol=2)
