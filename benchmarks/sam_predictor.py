@@ -3,7 +3,8 @@
 Times ``set_image`` on a 512x512 image, one single-point ``predict``, and 64 point prompts
 (official: 64 ``predict`` calls; imseg: one ``predict_batch`` call), interleaving the two
 implementations and keeping the best of ``--repeats`` runs. Prints wall-clock seconds, process
-CPU seconds (steadier on a shared machine) and the speed-up ratios.
+CPU seconds (steadier on a shared machine) and the speed-up ratios, and for ``set_image`` each side's
+system CPU time and page faults (on a VM a fault's cost varies with the host's memory state).
 
     .venv/bin/python benchmarks/sam_predictor.py --threads 2 --repeats 2
     .venv/bin/python benchmarks/sam_predictor.py --device cuda      # adds bf16 batch-8 images/s
