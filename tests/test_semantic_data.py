@@ -77,7 +77,7 @@ def three_formats(data_dir):
         fmt: load_data_config({"path": str(base / folder), "names": names, "val_ratio": 0.0})
         for fmt, folder in (("voc", "data_dataset_voc"), ("coco", "data_dataset_coco"), ("labelme", "data_annotated"))
     }
-    maps = {fmt: {s.stem: read_mask(s, len(names)) for s in cfg.train} for fmt, cfg in configs.items()}
+    maps = {fmt: {s.stem: read_mask(s) for s in cfg.train} for fmt, cfg in configs.items()}
     return names, configs, maps
 
 
@@ -146,12 +146,12 @@ def test_palette_png_is_read_as_indices(tmp_path):
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "i.png")
     from imseg.semantic.data import Sample
 
-    np.testing.assert_array_equal(read_mask(Sample(tmp_path / "i.png", tmp_path / "m.png"), 3), mask)
+    np.testing.assert_array_equal(read_mask(Sample(tmp_path / "i.png", tmp_path / "m.png")), mask)
     rgb = np.zeros((2, 2, 3), np.uint8)
     rgb[0, 1] = (128, 0, 0)
     Image.fromarray(rgb).save(tmp_path / "colour.png")
     with pytest.raises(DatasetError, match="colour"):
-        read_mask(Sample(tmp_path / "i.png", tmp_path / "colour.png"), 3)
+        read_mask(Sample(tmp_path / "i.png", tmp_path / "colour.png"))
 
 
 def test_validation_lists_every_problem_once(tmp_path):
@@ -271,7 +271,7 @@ def test_binary_255_is_decided_once_per_dataset(tmp_path):
     only[:6] = 255
     Image.fromarray(only).save(ignore / "masks" / "im000.png")
     cfg = load_data_config({"path": str(ignore), "names": ["bg", "fg"], "val_ratio": 0.0})
-    assert np.unique(read_mask(cfg.train[0], 2)).tolist() == [0, 255]  # still ignore, not foreground
+    assert np.unique(read_mask(cfg.train[0])).tolist() == [0, 255]  # still ignore, not foreground
     assert SegmentationDataset(cfg.train, num_classes=2).read_raw(0)[1].max() == 255
     binary16 = tmp_path / "u16"  # genuinely binary 0/255 masks saved as 16-bit PNGs
     for i in range(3):

@@ -354,6 +354,13 @@ def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.array(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR))
 
 
+def longest_side_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """(H', W') with the longer side scaled to ``long_side``, rounded half up, as SAM's ResizeLongestSide does;
+    a side is never below 1 px (an image more elongated than ``long_side``:1 keeps a 1-pixel short side)."""
+    scale = long_side * 1.0 / max(h, w)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+
+
 def letterbox_rgb(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Training's validation view of an RGB uint8 image: longer side scaled to ``size``, black padding to
     ``size`` x ``size``. Returns the (size, size, 3) canvas and the (h, w) of the content in its top-left."""

@@ -30,7 +30,7 @@ from ..errors import (
     StateError,
     require,
 )
-from ..io import letterbox_rgb, read_image, validate_box, validate_points
+from ..io import letterbox_rgb, longest_side_shape, read_image, validate_box, validate_points
 from ..masks import Masks
 from ..registry import Segmenter
 from .onnx import DECODER_INPUTS, MANIFEST
@@ -201,8 +201,7 @@ class ResizeLongestSide:
 
     def get_preprocess_shape(self, old_h: int, old_w: int) -> tuple[int, int]:
         """(h, w) with the longest side ``target_length``, rounded half up; a side is never below 1 px."""
-        scale = self.target_length / max(old_h, old_w)
-        return max(1, int(old_h * scale + 0.5)), max(1, int(old_w * scale + 0.5))
+        return longest_side_shape(old_h, old_w, self.target_length)
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (h, w, 3) uint8, bilinear (PIL, as the official predictor)."""

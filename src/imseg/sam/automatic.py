@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from ..io import longest_side_shape
 from ..masks import Masks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,12 +80,6 @@ def generate_crop_boxes(
             boxes.append([x0, y0, min(x0 + crop_w, w), min(y0 + crop_h, h)])
             layers.append(layer)
     return boxes, layers
-
-
-def resized_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
-    """(H', W') with the longer side scaled to ``long_side`` (SAM's ResizeLongestSide)."""
-    scale = long_side * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
 # ----------------------------------------------------------------------------- small mask helpers
@@ -260,7 +255,7 @@ class TorchBackend:
         from .common import plain_modules
 
         device, dtype = self._device_dtype()
-        nh, nw = resized_shape(crop.shape[0], crop.shape[1], self.img_size)
+        nh, nw = longest_side_shape(crop.shape[0], crop.shape[1], self.img_size)
         resized = np.array(Image.fromarray(crop).resize((nw, nh), Image.BILINEAR))
         x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
         x = self.model.preprocess(x)

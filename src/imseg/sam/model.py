@@ -10,15 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io import longest_side_shape
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
-
-def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
-    """(H, W) after scaling the longest side to ``long_side`` pixels (rounded half up; at least 1 pixel,
-    so images more elongated than ``long_side``:1 keep a 1-pixel short side)."""
-    scale = long_side * 1.0 / max(old_h, old_w)
-    return max(1, int(old_h * scale + 0.5)), max(1, int(old_w * scale + 0.5))
+#: (H, W) after scaling the longest side to ``long_side`` pixels (rounded half up, at least 1 pixel)
+preprocess_shape = longest_side_shape
 
 
 class ResizeLongestSide:

@@ -20,6 +20,9 @@ RANDOM_WEIGHTS_WARNING = (
 )
 
 
+_DEVICES = "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
 def resolve_device(device: str | Any = "auto") -> Any:
     """``"auto"`` -> cuda if available else cpu; otherwise ``torch.device(device)``."""
     import torch
@@ -29,7 +32,7 @@ def resolve_device(device: str | Any = "auto") -> Any:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}.") from exc
+        raise ConfigError(f"{_DEVICES}, got {device!r}.") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' was requested but CUDA is not available; use device='cpu' or 'auto'.")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -40,7 +43,7 @@ def resolve_device(device: str | Any = "auto") -> Any:
         raise ConfigError("device='mps' was requested but MPS (Apple GPU) is not available here; "
                           "use device='cpu' or 'auto'.")
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}.")
+        raise ConfigError(f"{_DEVICES}, got {device!r}.")
     return dev
 
 

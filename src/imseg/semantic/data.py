@@ -429,12 +429,13 @@ def _rasterize_labelme(sample: Sample, ignore_index: int) -> np.ndarray:
     return _narrow(np.asarray(canvas, dtype=np.int32), ignore_index)
 
 
-def read_mask(sample: Sample, num_classes: int | None = None, ignore_index: int = 255) -> np.ndarray:
+def read_mask(sample: Sample, ignore_index: int = 255) -> np.ndarray:
     """Class-index map of a sample as (H, W) uint8 (or uint16/int32 when values exceed 255).
 
     Palette PNGs give their indices; 255 becomes 1 when ``sample.binary_255`` (a 0/255 binary
-    dataset, decided once for the whole dataset by :func:`load_data_config`). ``num_classes`` is
-    unused (kept for callers of the earlier signature).
+    dataset, decided once for the whole dataset by :func:`load_data_config`). ``ignore_index`` is
+    the value labelme shapes with the ignore label are drawn with; rasterised COCO/labelme maps get a
+    dtype that can hold it.
     """
     if sample.format == "coco":
         return _rasterize_coco(sample, ignore_index)
@@ -846,7 +847,7 @@ def _scan_values(samples: Sequence[Sample], ignore_index: int) -> set[int]:
     """Distinct label values over masks (threaded decode)."""
     def values(sample: Sample) -> set[int]:
         try:
-            return {int(v) for v in _present_values(read_mask(sample, None, ignore_index))}
+            return {int(v) for v in _present_values(read_mask(sample, ignore_index))}
         except DatasetError:
             return set()
 
@@ -1193,7 +1194,7 @@ def _check_sample(sample: Sample, num_classes: int, ignore_index: int) -> tuple[
     except DatasetError as exc:
         return "unreadable", f"{sample.image}: {exc}", None
     try:
-        mask = read_mask(sample, num_classes, ignore_index)
+        mask = read_mask(sample, ignore_index)
     except DatasetError as exc:
         return "unreadable", str(exc), None
     label_source = sample.mask or sample.annotation
@@ -1324,7 +1325,7 @@ class SegmentationDataset(_TorchDataset):
             return self._cache[index]
         sample = self.samples[index]
         rgb = read_image(sample.image)
-        mask = read_mask(sample, self.num_classes, self.ignore_index)
+        mask = read_mask(sample, self.ignore_index)
         if mask.shape != rgb.shape[:2]:
             raise DatasetError(
                 f"{sample.image} is {rgb.shape[1]}x{rgb.shape[0]} but its mask {sample.mask or sample.annotation} is "

@@ -210,6 +210,10 @@ def problem(status: int, slug: str, title: str, detail: str, headers: dict[str, 
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+def _as_problem(error: ApiError) -> JSONResponse:
+    return problem(error.status, error.slug, error.title, error.detail, error.headers)
+
+
 def _describe_validation(errors: list[dict]) -> str:
     parts = []
     for err in errors[:5]:
@@ -222,7 +226,7 @@ def _describe_validation(errors: list[dict]) -> str:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError):
-        return problem(exc.status, exc.slug, exc.title, exc.detail, exc.headers)
+        return _as_problem(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
@@ -345,9 +349,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _unauthorized() -> JSONResponse:
-    return problem(401, "unauthorized", "Unauthorized", "missing or wrong API key; send it in the X-API-Key header.",
-                   {"WWW-Authenticate": "X-API-Key"})
+def _unauthorized() -> ApiError:
+    return ApiError(401, "unauthorized", "Unauthorized", "missing or wrong API key; send it in the X-API-Key header.",
+                    {"WWW-Authenticate": "X-API-Key"})
 
 
 class JsonBodyGuard:
@@ -374,7 +378,7 @@ class JsonBodyGuard:
 
         headers = Headers(scope=scope)
         if not self.key_ok(headers.get("x-api-key")):
-            await _unauthorized()(scope, receive, send)
+            await _as_problem(_unauthorized())(scope, receive, send)
             return
         length = headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.limit:
@@ -698,8 +702,7 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None) -> FastAPI
 
     def check_key(key: str | None = Security(api_key_header)) -> None:
         if not key_ok(key):
-            raise ApiError(401, "unauthorized", "Unauthorized",
-                           "missing or wrong API key; send it in the X-API-Key header.", {"WWW-Authenticate": "X-API-Key"})
+            raise _unauthorized()
 
     protected = [Depends(check_key)]
 
