@@ -234,3 +234,11 @@ def test_a_hooked_decoder_is_called_and_gives_the_same_masks(image):
     got = SamAutomaticMaskGenerator(hooked, **kwargs).generate(image)
     assert calls
     assert_same_records(expected, got, score_tol=1e-5)
+
+
+def test_a_one_pixel_high_image_is_segmented(tiny_sam):
+    """1 x 3000 px: the resized short side is kept at 1 px (it rounded to 0 and Pillow refused the resize)."""
+    thin = np.random.default_rng(0).integers(0, 255, (1, 3000, 3), dtype=np.uint8)
+    records = SamAutomaticMaskGenerator(tiny_sam, points_per_side=4, **LOW).generate(thin)
+    assert records, "the low thresholds let masks survive"
+    assert all(r["segmentation"].shape == (1, 3000) for r in records)
