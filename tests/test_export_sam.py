@@ -224,11 +224,11 @@ def test_extreme_aspect_ratio_runs_on_onnx_runtime(ort_predictor, sam_export, tm
     from imseg.errors import InputError
     from imseg.export.runtime import OrtSamPredictor, ResizeLongestSide
 
-    assert ResizeLongestSide(1024).get_preprocess_shape(1, 3000) == (1, 1024)  # short side >= 1 px, as torch
-    assert ResizeLongestSide(1024).get_preprocess_shape(3000, 1) == (1024, 1)
+    assert ResizeLongestSide.get_preprocess_shape(1, 3000, 1024) == (1, 1024)  # short side >= 1 px, as torch
+    assert ResizeLongestSide.get_preprocess_shape(3000, 1, 1024) == (1024, 1)
     for shape, point in [((1, 3000), [[1500, 0.5]]), ((3000, 1), [[0.5, 1500]])]:
         ort_predictor.set_image(np.full((*shape, 3), 128, np.uint8))
-        assert ort_predictor.input_size == ResizeLongestSide(1024).get_preprocess_shape(*shape)
+        assert ort_predictor.input_size == ResizeLongestSide.get_preprocess_shape(*shape, 1024)
         masks, scores, low_res = ort_predictor.predict(np.array(point), np.array([1]))
         assert masks.shape == (3, *shape) and np.isfinite(scores).all() and low_res.shape == (3, 256, 256)
     ort_predictor.set_image(sample_image)

@@ -217,7 +217,6 @@ def test_autocast_runs_the_encoder_in_low_precision_and_the_decoder_in_float32(s
     constructor refuses low precision on CPU)."""
     from conftest import perturb_constant_parameters
     from imseg.sam.batch_decoder import PromptBatchDecoder
-
     from imseg.sam.checkpoint import build_model, get_config
 
     torch.manual_seed(0)
@@ -438,3 +437,33 @@ def test_outputs_are_ordinary_tensors_and_official_odds_and_ends(predictor, samp
     thin.set_image(np.full((1, 3000, 3), 128, np.uint8))
     masks, _, _ = thin.predict(point_coords=np.array([[1500, 0]]), point_labels=np.array([1]))
     assert masks.shape == (3, 1, 3000)
+
+
+def test_both_resize_transforms_give_the_official_answers():
+    """The torch predictor's and the ONNX Runtime predictor's ``transform`` share one torch-free base and match
+    the official ``ResizeLongestSide``: uint8 and 0..1 float images, points, boxes, and the ``*_torch`` methods."""
+    from segment_anything.utils.transforms import ResizeLongestSide as Official
+
+    from imseg.export.runtime import ResizeLongestSide as OrtResize
+    from imseg.sam.model import ResizeLongestSide as TorchResize
+
+    rng = np.random.default_rng(0)
+    uint8 = rng.integers(0, 256, (37, 90, 3), dtype=np.uint8)
+    images = [uint8, uint8.astype(np.float32) / 255.0]
+    coords = rng.uniform(0, 90, (4, 3, 2))
+    boxes = np.array([[3.0, 4.0, 80.5, 30.0], [0.0, 0.0, 89.0, 36.0]])
+    official = Official(64)
+    for ours in (TorchResize(64), OrtResize(64)):
+        for image in images:
+            want = official.apply_image(image)
+            got = ours.apply_image(image)
+            assert got.dtype == want.dtype == np.uint8 and np.array_equal(got, want)
+        assert ours.get_preprocess_shape(37, 90, 64) == official.get_preprocess_shape(37, 90, 64) == (26, 64)
+        np.testing.assert_allclose(ours.apply_coords(coords, (37, 90)), official.apply_coords(coords, (37, 90)))
+        np.testing.assert_allclose(ours.apply_boxes(boxes, (37, 90)), official.apply_boxes(boxes, (37, 90)))
+        t_coords, t_boxes = torch.as_tensor(coords), torch.as_tensor(boxes)
+        got_c, want_c = ours.apply_coords_torch(t_coords, (37, 90)), official.apply_coords_torch(t_coords, (37, 90))
+        got_b, want_b = ours.apply_boxes_torch(t_boxes, (37, 90)), official.apply_boxes_torch(t_boxes, (37, 90))
+        assert got_c.dtype == want_c.dtype and got_b.dtype == want_b.dtype
+        torch.testing.assert_close(got_c, want_c)
+        torch.testing.assert_close(got_b, want_b)

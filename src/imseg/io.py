@@ -361,6 +361,52 @@ def longest_side_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
+class ResizeLongestSide:
+    """SAM's resize of images, points and boxes to a ``target_length`` longest side (the official
+    ``ResizeLongestSide`` semantics), without torch: the ONNX Runtime predictor uses it as it is, and
+    ``imseg.sam.model.ResizeLongestSide`` adds the official ``*_torch`` methods."""
+
+    def __init__(self, target_length: int) -> None:
+        self.target_length = int(target_length)
+
+    @staticmethod
+    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
+        """The official signature of :func:`longest_side_shape`."""
+        return longest_side_shape(oldh, oldw, long_side_length)
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> (h, w, 3) uint8, bilinear (Pillow, antialiased). Float images are taken as
+        0..1 and scaled by 255 (truncated), as the official transform does; other dtypes go through
+        :func:`to_uint8`."""
+        from PIL import Image
+
+        image = np.asarray(image)
+        if np.issubdtype(image.dtype, np.floating):
+            image = (image * 255).astype(np.uint8)
+        elif image.dtype != np.uint8:
+            image = to_uint8(image)
+        h, w = longest_side_shape(image.shape[0], image.shape[1], self.target_length)
+        return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+    def scale(self, original_size: tuple[int, ...]) -> tuple[float, float]:
+        """(x, y) factors from an ``original_size`` (H, W) image to the resized frame."""
+        old_h, old_w = int(original_size[0]), int(original_size[1])
+        new_h, new_w = longest_side_shape(old_h, old_w, self.target_length)
+        return new_w / old_w, new_h / old_h
+
+    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
+        """(..., 2) XY pixels of the original image -> resized-frame float64 pixels."""
+        sx, sy = self.scale(original_size)
+        out = np.array(coords, dtype=float, copy=True)
+        out[..., 0] *= sx
+        out[..., 1] *= sy
+        return out
+
+    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
+        """(B, 4) XYXY -> resized frame (B, 4)."""
+        return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+
 def letterbox_rgb(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Training's validation view of an RGB uint8 image: longer side scaled to ``size``, black padding to
     ``size`` x ``size``. Returns the (size, size, 3) canvas and the (h, w) of the content in its top-left."""

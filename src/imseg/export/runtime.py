@@ -30,6 +30,7 @@ from ..errors import (
     StateError,
     require,
 )
+from ..io import ResizeLongestSide as _ResizeLongestSide
 from ..io import letterbox_rgb, longest_side_shape, read_image, validate_box, validate_points
 from ..masks import Masks
 from ..registry import Segmenter
@@ -193,34 +194,8 @@ def check_session(session, path: str | os.PathLike, role: str, inputs: dict[str,
 
 
 # ============================================================================ SAM
-class ResizeLongestSide:
-    """Coordinates and images to the 1024-longest-side frame of SAM (official semantics)."""
-
-    def __init__(self, target_length: int) -> None:
-        self.target_length = int(target_length)
-
-    def get_preprocess_shape(self, old_h: int, old_w: int) -> tuple[int, int]:
-        """(h, w) with the longest side ``target_length``, rounded half up; a side is never below 1 px."""
-        return longest_side_shape(old_h, old_w, self.target_length)
-
-    def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> (h, w, 3) uint8, bilinear (PIL, as the official predictor)."""
-        from PIL import Image
-
-        h, w = self.get_preprocess_shape(*image.shape[:2])
-        return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-
-    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-        """(..., 2) XY pixel coordinates in the original image -> resized frame (float)."""
-        h, w = original_size
-        new_h, new_w = self.get_preprocess_shape(h, w)
-        out = np.array(coords, dtype=float, copy=True)
-        out[..., 0] *= new_w / w
-        out[..., 1] *= new_h / h
-        return out
-
-    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-        return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
+class ResizeLongestSide(_ResizeLongestSide):
+    """:class:`imseg.io.ResizeLongestSide` with the official ``*_torch`` methods, importing torch only when called."""
 
     def apply_coords_torch(self, coords, original_size):
         import torch
@@ -365,7 +340,7 @@ class OrtSamPredictor:
                 f"(made before imseg clamped that side to 1 px); export the model again with this imseg version "
                 f"(`imseg export`), or pad/crop the image to an aspect ratio below 2048:1."
             )
-        size = self.transform.get_preprocess_shape(h, w)
+        size = longest_side_shape(h, w, self.img_size)
         feed = image if self.raw_input else self.preprocess(image)
         return self.encoder.run(["image_embeddings"], {"image": feed})[0], size
 

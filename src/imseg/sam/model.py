@@ -5,64 +5,21 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io import ResizeLongestSide as _ResizeLongestSide
 from ..io import longest_side_shape
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
-#: (H, W) after scaling the longest side to ``long_side`` pixels (rounded half up, at least 1 pixel)
-preprocess_shape = longest_side_shape
 
-
-class ResizeLongestSide:
-    """Resize images (and move coordinates/boxes with them) so the longest side is ``target_length``."""
-
-    def __init__(self, target_length: int) -> None:
-        self.target_length = target_length
-
-    @staticmethod
-    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
-        """The official signature of :func:`preprocess_shape`."""
-        return preprocess_shape(oldh, oldw, long_side_length)
-
-    def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> (h, w, 3) uint8, bilinear (Pillow, antialiased). Float images are taken as
-        0..1 and scaled by 255 (truncated), as the official transform does."""
-        from PIL import Image
-
-        from ..io import to_uint8
-
-        image = np.asarray(image)
-        if np.issubdtype(image.dtype, np.floating):
-            image = (image * 255).astype(np.uint8)
-        elif image.dtype != np.uint8:
-            image = to_uint8(image)
-        h, w = preprocess_shape(image.shape[0], image.shape[1], self.target_length)
-        return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-
-    def _scale(self, original_size: tuple[int, ...]) -> tuple[float, float]:
-        old_h, old_w = original_size
-        new_h, new_w = preprocess_shape(old_h, old_w, self.target_length)
-        return new_w / old_w, new_h / old_h
-
-    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
-        """(..., 2) XY pixels of the original image -> model-frame float64 pixels."""
-        sx, sy = self._scale(original_size)
-        out = np.array(coords, dtype=float, copy=True)
-        out[..., 0] *= sx
-        out[..., 1] *= sy
-        return out
-
-    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
-        """(B, 4) XYXY -> model frame (B, 4)."""
-        return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
+class ResizeLongestSide(_ResizeLongestSide):
+    """:class:`imseg.io.ResizeLongestSide` (images, points, boxes as NumPy) with the official ``*_torch`` methods."""
 
     def apply_coords_torch(self, coords: torch.Tensor, original_size: tuple[int, ...]) -> torch.Tensor:
-        sx, sy = self._scale(original_size)
+        sx, sy = self.scale(original_size)
         out = coords.to(torch.float).clone()
         out[..., 0] *= sx
         out[..., 1] *= sy
@@ -73,7 +30,7 @@ class ResizeLongestSide:
 
     def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float -> resized (antialiased bilinear; close to, not equal to, apply_image)."""
-        size = preprocess_shape(image.shape[2], image.shape[3], self.target_length)
+        size = longest_side_shape(image.shape[2], image.shape[3], self.target_length)
         return F.interpolate(image, size, mode="bilinear", align_corners=False, antialias=True)
 
 
