@@ -379,3 +379,25 @@ def test_serve_an_onnx_runtime_export(sam_export, sample_image):
         assert wide.status_code == 200, wide.text
         seg = client.post(f"/v1/images/{wide.json()['image_id']}/segment", json={"points": [[1500, 0.5]], "labels": [1]})
         assert seg.status_code == 200 and seg.json()["masks"][0]["rle"]["size"] == [1, 3000], seg.text
+
+
+def test_onnx_runtime_predictor_needs_no_torch(sam_export):
+    """The ONNX Runtime predictor (and its ``transform``) runs in a process where torch cannot be imported."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+import numpy as np
+from imseg.export.runtime import OrtSamPredictor
+predictor = OrtSamPredictor({str(sam_export)!r}, device="cpu", threads=1)
+image = np.random.default_rng(0).random((40, 60, 3))  # 0..1 floats: the transform scales them
+predictor.set_image((image * 255).astype(np.uint8))
+masks, iou, low_res = predictor.predict(np.array([[30.0, 20.0]]), np.array([1]))
+resized = predictor.transform.apply_image(image)
+print(masks.shape, iou.shape, low_res.shape, resized.shape, resized.dtype)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["(3,", "40,", "60)", "(3,)", "(3,", "256,", "256)", "(683,", "1024,", "3)", "uint8"]

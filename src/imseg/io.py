@@ -363,8 +363,8 @@ def longest_side_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
 
 class ResizeLongestSide:
     """SAM's resize of images, points and boxes to a ``target_length`` longest side (the official
-    ``ResizeLongestSide`` semantics), without torch: the ONNX Runtime predictor uses it as it is, and
-    ``imseg.sam.model.ResizeLongestSide`` adds the official ``*_torch`` methods."""
+    ``ResizeLongestSide`` semantics). It imports torch only inside the ``*_torch`` methods, so the ONNX Runtime
+    predictor uses it as it is; ``imseg.sam.model.ResizeLongestSide`` adds ``apply_image_torch``."""
 
     def __init__(self, target_length: int) -> None:
         self.target_length = int(target_length)
@@ -405,6 +405,20 @@ class ResizeLongestSide:
     def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
         """(B, 4) XYXY -> resized frame (B, 4)."""
         return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+    def apply_coords_torch(self, coords, original_size: tuple[int, ...]):
+        """Torch (..., 2) XY pixels -> float32 resized frame, on the input's device (torch imported on call)."""
+        import torch
+
+        sx, sy = self.scale(original_size)
+        out = coords.to(torch.float).clone()
+        out[..., 0] *= sx
+        out[..., 1] *= sy
+        return out
+
+    def apply_boxes_torch(self, boxes, original_size: tuple[int, ...]):
+        """Torch (B, 4) XYXY -> float32 resized frame (B, 4)."""
+        return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
 
 
 def letterbox_rgb(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:

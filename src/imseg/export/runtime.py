@@ -30,8 +30,7 @@ from ..errors import (
     StateError,
     require,
 )
-from ..io import ResizeLongestSide as _ResizeLongestSide
-from ..io import letterbox_rgb, longest_side_shape, read_image, validate_box, validate_points
+from ..io import ResizeLongestSide, letterbox_rgb, longest_side_shape, read_image, validate_box, validate_points
 from ..masks import Masks
 from ..registry import Segmenter
 from .onnx import DECODER_INPUTS, MANIFEST
@@ -194,20 +193,6 @@ def check_session(session, path: str | os.PathLike, role: str, inputs: dict[str,
 
 
 # ============================================================================ SAM
-class ResizeLongestSide(_ResizeLongestSide):
-    """:class:`imseg.io.ResizeLongestSide` with the official ``*_torch`` methods, importing torch only when called."""
-
-    def apply_coords_torch(self, coords, original_size):
-        import torch
-
-        return torch.as_tensor(self.apply_coords(coords.detach().cpu().numpy(), original_size), dtype=torch.float32)
-
-    def apply_boxes_torch(self, boxes, original_size):
-        import torch
-
-        return torch.as_tensor(self.apply_boxes(boxes.detach().cpu().numpy(), original_size), dtype=torch.float32)
-
-
 class _ModelInfo:
     """What the automatic mask generator reads from ``predictor.model``."""
 

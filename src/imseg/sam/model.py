@@ -16,17 +16,7 @@ from .prompt_encoder import PromptEncoder
 
 
 class ResizeLongestSide(_ResizeLongestSide):
-    """:class:`imseg.io.ResizeLongestSide` (images, points, boxes as NumPy) with the official ``*_torch`` methods."""
-
-    def apply_coords_torch(self, coords: torch.Tensor, original_size: tuple[int, ...]) -> torch.Tensor:
-        sx, sy = self.scale(original_size)
-        out = coords.to(torch.float).clone()
-        out[..., 0] *= sx
-        out[..., 1] *= sy
-        return out
-
-    def apply_boxes_torch(self, boxes: torch.Tensor, original_size: tuple[int, ...]) -> torch.Tensor:
-        return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+    """:class:`imseg.io.ResizeLongestSide` with the official ``apply_image_torch``."""
 
     def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float -> resized (antialiased bilinear; close to, not equal to, apply_image)."""
