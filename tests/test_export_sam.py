@@ -396,8 +396,9 @@ image = np.random.default_rng(0).random((40, 60, 3))  # 0..1 floats: the transfo
 predictor.set_image((image * 255).astype(np.uint8))
 masks, iou, low_res = predictor.predict(np.array([[30.0, 20.0]]), np.array([1]))
 resized = predictor.transform.apply_image(image)
-print(masks.shape, iou.shape, low_res.shape, resized.shape, resized.dtype)
+import json
+print(json.dumps([masks.shape, iou.shape, low_res.shape, resized.shape, str(resized.dtype)]))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["(3,", "40,", "60)", "(3,)", "(3,", "256,", "256)", "(683,", "1024,", "3)", "uint8"]
+    assert json.loads(done.stdout) == [[3, 40, 60], [3], [3, 256, 256], [683, 1024, 3], "uint8"]
