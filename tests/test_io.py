@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from imseg.errors import ConfigError, InputError, PromptError
-from imseg.io import atomic_path, list_images, read_image, validate_box, validate_points, write_image
+from imseg.io import atomic_path, list_images, read_image, write_image
+from imseg.prompts import validate_box, validate_points
 
 
 def _png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, InputError, PromptError, require
-from .io import read_image, validate_box, validate_points
+from .io import read_image
 from .masks import Masks
+from .prompts import validate_box, validate_points
 from .registry import Segmenter
 
 __all__ = [

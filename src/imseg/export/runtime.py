@@ -30,8 +30,9 @@ from ..errors import (
     StateError,
     require,
 )
-from ..io import ResizeLongestSide, letterbox_rgb, longest_side_shape, read_image, validate_box, validate_points
+from ..io import ResizeLongestSide, letterbox_rgb, longest_side_shape, read_image
 from ..masks import Masks
+from ..prompts import validate_box, validate_points
 from ..registry import Segmenter
 from .onnx import DECODER_INPUTS, MANIFEST
 

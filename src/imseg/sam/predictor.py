@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError, PromptError, StateError
-from ..io import prompt_array, read_image, validate_box, validate_points
+from ..io import read_image
+from ..prompts import prompt_array, validate_box, validate_points
 from .batch_decoder import PromptBatchDecoder
 from .common import plain_modules, weights_key
 from .model import ResizeLongestSide, Sam

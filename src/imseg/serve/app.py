@@ -746,7 +746,7 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None) -> FastAPI
                     f"{len(req.points)} point(s) given without labels; send \"labels\": one per point, "
                     f"1 = foreground (object), 0 = background, e.g. \"labels\": {[1] * min(len(req.points), 3)}."
                 )
-            from ..io import validate_box, validate_points
+            from ..prompts import validate_box, validate_points
 
             points, labels = validate_points(req.points or None, req.labels or None, size)
             box = validate_box(req.box, size)
