@@ -7,6 +7,11 @@ Every mask operation accepts and returns the same kind of thing, so calls chain:
 * a bool mask (H, W) -> bool (H, W); a bool stack (N, H, W) -> bool (N, H, W);
 * an integer label map (H, W) -> label map (each label processed on its own, 0 = background).
 
+Small regions have one home here: :func:`remove_small` (pieces of masks or labels),
+:func:`fill_holes`, :func:`remove_small_labels` (whole labels of a label map, renumbered) and
+:func:`remove_small_regions` (Segment Anything's per-mask holes/islands rule). :func:`split_mask`
+is the distance-transform watershed that :func:`split_touching` and the classical watershed share.
+
 ``dense_crf`` and ``threshold`` work on probabilities. The pipeline form
 ``apply_pipeline(masks, "remove_small=64,fill_holes=64,crf", image=img)`` is what the CLI's
 ``--post`` option uses.
@@ -36,7 +41,10 @@ __all__ = [
     "opening",
     "parse_pipeline",
     "remove_small",
+    "remove_small_labels",
+    "remove_small_regions",
     "smooth_boundaries",
+    "split_mask",
     "split_touching",
     "threshold",
 ]
@@ -138,6 +146,54 @@ def keep_largest(target: Target) -> Target:
     return _apply(target, _largest_component, "keep_largest")
 
 
+def remove_small_labels(label_map: np.ndarray, min_area: int = 64) -> np.ndarray:
+    """Zero out whole labels of fewer than ``min_area`` pixels and renumber the rest 1..K -> int32 (H, W).
+
+    Unlike :func:`remove_small`, which drops small connected pieces of each label and keeps label
+    values, this counts each label's pixels at once (fast for thousands of labels) and renumbers.
+    """
+    from skimage.segmentation import relabel_sequential
+
+    _check_nonnegative("remove_small_labels", min_area=min_area)
+    labels = np.asarray(label_map)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
+        raise InputError(
+            f"remove_small_labels: expected a non-negative integer (H, W) label map, got {labels.dtype} {labels.shape}."
+        )
+    if min_area > 1 and labels.max(initial=0) > 0:
+        small = np.bincount(labels.ravel()) < min_area
+        small[0] = False
+        labels = np.where(small[labels], 0, labels)
+    return relabel_sequential(labels)[0].astype(np.int32)
+
+
+def remove_small_regions(mask: np.ndarray, min_area: int, mode: str) -> tuple[np.ndarray, bool]:
+    """Segment Anything's clean-up of one bool mask (H, W): ``mode="holes"`` fills holes, ``"islands"``
+    drops islands, of fewer than ``min_area`` pixels.
+
+    8-connected components (OpenCV), as ``segment_anything.utils.amg.remove_small_regions``: a hole
+    is any small background component, border-touching ones included; when every island is small,
+    the largest one is kept. Returns the new mask and whether it changed.
+    """
+    import cv2
+
+    if mode not in ("holes", "islands"):
+        raise ConfigError(f"remove_small_regions: mode must be 'holes' or 'islands', got {mode!r}.")
+    fill = mode == "holes"
+    work = (np.asarray(mask, bool) ^ fill).astype(np.uint8)
+    n_labels, regions, stats, _ = cv2.connectedComponentsWithStats(work, connectivity=8)
+    sizes = stats[1:, cv2.CC_STAT_AREA]
+    small = np.flatnonzero(sizes < min_area) + 1
+    if small.size == 0:
+        return mask, False
+    if fill:  # label 0 is the mask itself; add the small background components to it
+        return np.isin(regions, np.concatenate([[0], small])), True
+    keep = np.setdiff1d(np.arange(1, n_labels), small)
+    if keep.size == 0:
+        keep = np.array([int(np.argmax(sizes)) + 1])
+    return np.isin(regions, keep), True
+
+
 # ============================================================================ morphology
 def _disk(radius: int) -> np.ndarray:
     import cv2
@@ -203,8 +259,13 @@ def smooth_boundaries(target: Target, sigma: float = 2.0) -> Target:
 
 
 # ============================================================================ splitting
-def _split_mask(mask: np.ndarray, min_distance: int, distance_sigma: float) -> np.ndarray:
-    """Label map (H, W) of the pieces of one mask, split by a watershed on its distance transform."""
+def split_mask(mask: np.ndarray, min_distance: int = 5, distance_sigma: float = 1.0, compactness: float = 0.0) -> np.ndarray:
+    """int32 label map (H, W) of the pieces of one bool mask (H, W), 0 = outside the mask.
+
+    One marker per peak of the distance transform (smoothed by ``distance_sigma`` pixels, peaks at
+    least ``min_distance`` pixels apart), watershed on the negated distance inside the mask
+    (``compactness`` > 0 gives more regular pieces). Every connected piece keeps at least one marker.
+    """
     from scipy import ndimage as ndi
     from skimage import feature, filters, measure, segmentation
 
@@ -221,7 +282,7 @@ def _split_mask(mask: np.ndarray, min_distance: int, distance_sigma: float) -> n
     for i, comp in enumerate(unmarked):  # every piece keeps at least one marker
         r, c = np.argwhere(components == comp)[0]
         markers[r, c] = len(peaks) + 1 + i
-    return segmentation.watershed(-distance, markers, mask=mask).astype(np.int32)
+    return segmentation.watershed(-distance, markers, mask=mask, compactness=compactness).astype(np.int32)
 
 
 def split_touching(target: Target, min_distance: int = 5, distance_sigma: float = 1.0) -> Target:
@@ -236,7 +297,7 @@ def split_touching(target: Target, min_distance: int = 5, distance_sigma: float 
     if isinstance(target, Masks):
         pieces, parents = [], []
         for i, mask in enumerate(target.masks):
-            parts = _split_mask(mask, min_distance, distance_sigma)
+            parts = split_mask(mask, min_distance, distance_sigma)
             for value in range(1, int(parts.max()) + 1):
                 pieces.append(parts == value)
                 parents.append(i)
@@ -244,7 +305,7 @@ def split_touching(target: Target, min_distance: int = 5, distance_sigma: float 
         return _rebuild(target, stack, np.asarray(parents, np.int64))
     array = np.asarray(target)
     if array.dtype == bool and array.ndim == 3:
-        parts = [_split_mask(m, min_distance, distance_sigma) for m in array]
+        parts = [split_mask(m, min_distance, distance_sigma) for m in array]
         pieces = [p == v for p in parts for v in range(1, int(p.max()) + 1)]
         return np.stack(pieces) if pieces else np.zeros((0, *array.shape[1:]), bool)
     if array.ndim != 2 or 0 in array.shape or not (array.dtype == bool or np.issubdtype(array.dtype, np.integer)):
@@ -252,7 +313,7 @@ def split_touching(target: Target, min_distance: int = 5, distance_sigma: float 
     out = np.zeros(array.shape, np.int32)
     masks = [array] if array.dtype == bool else [array == v for v in _label_values(array)]
     for mask in masks:
-        parts = _split_mask(mask, min_distance, distance_sigma)
+        parts = split_mask(mask, min_distance, distance_sigma)
         out[parts > 0] = parts[parts > 0] + out.max()
     return out
 

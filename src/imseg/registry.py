@@ -1,7 +1,9 @@
 """One place that lists what exists: model names -> builders, weights (URL + sha256), the cache.
 
 Entries name their builder as ``"module:function"`` strings so listing models imports nothing
-heavy. ``load(name, ...)`` resolves a name, a run directory or an exported model to a
+heavy. The classical entries come from the method table of :mod:`imseg.classical.table`, the
+semantic ones from the architecture tables of :mod:`imseg.semantic.models`; the SAM entries are
+listed here with their official weights. ``load(name, ...)`` resolves a name, a run directory or an exported model to a
 :class:`Segmenter`.
 """
 
@@ -119,39 +121,54 @@ for _variant, _name, _aliases, _summary in [
 
 
 def _register_classical() -> None:
-    # name, summary (when to use it), prompt support is declared by the segmenter itself
-    methods = [
-        ("threshold", "global threshold at a fixed value; bright objects on a dark background"),
-        ("otsu", "Otsu threshold; bimodal histograms (cells, documents, silhouettes)"),
-        ("li", "Li minimum-cross-entropy threshold; skewed histograms, faint foreground"),
-        ("yen", "Yen threshold; high-contrast images with small foreground"),
-        ("adaptive", "local (adaptive) threshold; uneven illumination"),
-        ("canny", "Canny edges then filled regions; objects with clear closed outlines"),
-        ("watershed", "distance-transform watershed; touching round objects (nuclei, coins)"),
-        ("region_grow", "grow regions from seed points within a colour tolerance (prompt: points)"),
-        ("flood", "flood fill from seed points (prompt: points)"),
-        ("kmeans", "k-means on colour(+position); a few dominant colours"),
-        ("meanshift", "mean shift on colour; unknown number of colour modes"),
-        ("gmm", "Gaussian mixture on colour(+position); soft colour classes"),
-        ("slic", "SLIC superpixels; over-segmentation as a pre-step"),
-        ("felzenszwalb", "Felzenszwalb graph segmentation; natural images, variable region size"),
-        ("quickshift", "Quickshift superpixels; texture-aware over-segmentation"),
-        ("chan_vese", "Chan-Vese active contour; one object without sharp edges"),
-        ("grabcut", "OpenCV GrabCut from a box and/or points; one object with a user prompt"),
-    ]
-    for name, summary in methods:
+    """One entry per row of the classical method table (:mod:`imseg.classical.table`, stdlib only)."""
+    from .classical.table import BUILDER, METHODS
+
+    for method in METHODS.values():
         register(
             ModelSpec(
-                name=name,
+                name=method.name,
                 family="classical",
-                builder="imseg.classical:build_classical_segmenter",
-                summary=summary,
-                options={"method": name},
+                builder=BUILDER,
+                summary=method.summary,
+                options={"method": method.name},
             )
         )
 
 
+def _register_semantic() -> None:
+    """One entry per architecture of :mod:`imseg.semantic.models` (its tables import no torch)."""
+    from .semantic.models import ALIASES, SMP_ARCHITECTURES, TORCHVISION_MODELS
+
+    sources = [(name, "smp", f"segmentation_models_pytorch.{cls}") for name, cls in SMP_ARCHITECTURES.items()]
+    sources += [(name, "torchvision", f"torchvision.models.segmentation.{fn}") for name, fn in TORCHVISION_MODELS.items()]
+    for name, source, where in sources:
+        register(
+            ModelSpec(
+                name=name,
+                family="semantic",
+                builder="imseg.registry:build_semantic_architecture",
+                summary=f"{where} semantic segmentation; train it first: imseg train --model {name}",
+                options={"architecture": name, "source": source},
+                aliases=tuple(alias for alias, target in ALIASES.items() if target == name),
+            )
+        )
+
+
+def build_semantic_architecture(spec: ModelSpec, checkpoint: Any = None, device: str = "auto", **kwargs: Any):
+    """Registry builder of the semantic architectures: they have no weights until trained, so this
+    explains where a trained model comes from instead of building one."""
+    run_hint = "imseg.load('runs/train/NAME') (or its weights/best.pt)"
+    if checkpoint is not None:
+        run_hint = f"imseg.load({str(checkpoint)!r}) (the run directory or its weights file, as the model name)"
+    raise ConfigError(
+        f"{spec.name!r} is a semantic architecture with no pretrained weights here: train it first with "
+        f"`imseg train --model {spec.name} --data DATA`, then load the run directory: {run_hint}."
+    )
+
+
 _register_classical()
+_register_semantic()
 
 
 def list_models(family: str | None = None) -> list[ModelSpec]:
