@@ -293,3 +293,95 @@ def test_horse_grabcut_from_ground_truth_box(data_dir):
         otsu_scores.append(max(_iou(otsu, truth), _iou(~otsu, truth)))
     assert np.mean(scores) >= 0.7, scores
     assert np.mean(scores) > np.mean(otsu_scores) + 0.15  # the prompt is worth a lot over a blind threshold
+
+
+# ============================================================================ package layout
+PUBLIC_NAMES = [
+    "ClassicalSegmenter", "METHODS", "adaptive", "build_classical_segmenter", "canny", "chan_vese", "felzenszwalb",
+    "flood", "gmm", "grabcut", "kmeans", "li", "meanshift", "otsu", "quickshift", "read_gray", "region_grow", "slic",
+    "threshold", "watershed", "yen",
+]
+
+
+def test_public_names_import_from_the_package_and_come_from_their_family_module():
+    import importlib
+
+    for name in PUBLIC_NAMES:
+        exec(f"from imseg.classical import {name}", {})  # noqa: S102 - the import form users write
+        assert name in classical.__all__ and name in dir(classical)
+    for name, method in classical.METHODS.items():
+        module = importlib.import_module(f"imseg.classical.{method.module}")
+        assert getattr(classical, name) is getattr(module, name) is method.function
+        assert name in module.__all__
+    with pytest.raises(AttributeError, match="no_such_method"):
+        classical.no_such_method  # noqa: B018
+
+
+# ============================================================================ family modules on real images
+@pytest.fixture(scope="module")
+def horse(data_dir):
+    """A real photo (half size, about 100x150) and its figure-ground truth."""
+    from imseg.io import read_image
+
+    root = data_dir / "weizmann-horse"
+    image = read_image(root / "images" / "horse003.jpg")[::2, ::2]
+    truth = read_image(root / "masks" / "horse003.png")[::2, ::2, 0] > 0
+    return image, truth
+
+
+def _check_output(name: str, result: np.ndarray, shape: tuple[int, int]) -> None:
+    """The documented output of a method: bool mask, or int32 label map (classes: every pixel in 1..K)."""
+    output = classical.METHODS[name].output
+    assert result.shape == shape, (name, result.shape)
+    if output == "mask":
+        assert result.dtype == bool, (name, result.dtype)
+        assert 0 < result.sum() < result.size, name  # a real photo has a foreground and a background
+        return
+    assert result.dtype == np.int32 and result.min() >= 0 and result.max() >= 1, (name, result.dtype)
+    if output == "classes":
+        np.testing.assert_array_equal(np.unique(result), np.arange(1, result.max() + 1))
+
+
+@pytest.mark.parametrize("family", ["thresholds", "edges", "clustering", "superpixels", "contours"])
+def test_family_functions_keep_their_output_on_a_real_photo(family, horse):
+    from imseg.classical.table import FAMILIES
+
+    image, _ = horse
+    fast = {
+        "meanshift": {"max_samples": 500},
+        "kmeans": {"n_segments": 3, "max_samples": 2000},
+        "gmm": {"n_segments": 3, "max_samples": 2000},
+        "chan_vese": {"max_num_iter": 20},
+    }
+    for name in FAMILIES[family]:
+        result = classical.METHODS[name].function(image, **fast.get(name, {}))
+        _check_output(name, result, image.shape[:2])
+        if family in ("superpixels", "edges"):  # documented: renumbered 1..K (canny: 0 = background)
+            values = np.unique(result[result > 0])
+            np.testing.assert_array_equal(values, np.arange(1, len(values) + 1))
+
+
+def test_regions_family_on_real_nuclei_and_photo(data_dir, horse):
+    import tifffile
+
+    nuclei = tifffile.imread(data_dir / "stardist-nuclei" / "img2d.tif")[:128, :128]
+    truth = tifffile.imread(data_dir / "stardist-nuclei" / "mask2d.tif")[:128, :128]
+    labels = classical.watershed(nuclei)
+    _check_output("watershed", labels, nuclei.shape)
+    assert abs(len(np.unique(labels)) - len(np.unique(truth))) <= 0.25 * len(np.unique(truth))
+    assert classical.watershed(nuclei, markers="gradient").min() >= 1  # a partition: no background
+    image, _ = horse
+    grown = classical.region_grow(image, grid=48)
+    _check_output("region_grow", grown, image.shape[:2])
+    seeds = [(10, 10), (60, 50)]
+    flooded = classical.flood(image, seeds=seeds)
+    _check_output("flood", flooded, image.shape[:2])
+    assert set(np.unique(flooded)) <= {0, 1, 2} and flooded[10, 10] == 1  # label i+1 = seed i, at (x, y)
+
+
+def test_graphcut_family_on_a_real_photo(horse):
+    image, truth = horse
+    ys, xs = np.nonzero(truth)
+    mask = classical.grabcut(image, box=(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), iterations=3)
+    _check_output("grabcut", mask, image.shape[:2])
+    assert _iou(mask, truth) > 0.5

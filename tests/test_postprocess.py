@@ -177,3 +177,52 @@ def test_bad_pipelines_raise_config_error(spec, match):
 def test_crf_step_needs_the_image():
     with pytest.raises(ConfigError, match="image"):
         pp.apply_pipeline(Masks(_disc()[None]), "crf")
+
+
+# ============================================================================ small regions: one home
+def test_remove_small_labels_drops_whole_labels_and_renumbers():
+    label_map = np.zeros((48, 48), np.int64)
+    label_map[_disc(center=(12, 12), radius=6)] = 3
+    label_map[_disc(center=(36, 36), radius=6)] = 9
+    label_map[0:2, 40:42] = 7  # 4 pixels
+    out = pp.remove_small_labels(label_map, min_area=5)
+    assert out.dtype == np.int32 and set(np.unique(out)) == {0, 1, 2}
+    np.testing.assert_array_equal(out == 1, label_map == 3)
+    np.testing.assert_array_equal(out == 2, label_map == 9)
+    np.testing.assert_array_equal(pp.remove_small_labels(label_map, min_area=0) > 0, label_map > 0)
+    # the same regions as remove_small when each label is one connected piece
+    np.testing.assert_array_equal(out > 0, pp.remove_small(label_map, min_area=5) > 0)
+    with pytest.raises(InputError, match="label map"):
+        pp.remove_small_labels(label_map > 0, min_area=5)
+    with pytest.raises(ConfigError, match="min_area"):
+        pp.remove_small_labels(label_map, min_area=-1)
+
+
+@pytest.mark.parametrize("mode", ["holes", "islands"])
+def test_remove_small_regions_matches_segment_anything_on_real_masks(mode, data_dir):
+    amg = pytest.importorskip("segment_anything.utils.amg")
+    from imseg.io import read_image
+
+    root = data_dir / "weizmann-horse"
+    rng = np.random.default_rng(0)
+    changed_any = False
+    for name in json.loads((root / "split.json").read_text())["test"][:3]:
+        truth = read_image(root / "masks" / f"{name}.png")[:, :, 0] > 0
+        noisy = truth ^ (rng.random(truth.shape) < 0.01)  # specks outside and pinholes inside
+        for min_area in (5, 100):
+            expected, expected_changed = amg.remove_small_regions(noisy, min_area, mode)
+            got, changed = pp.remove_small_regions(noisy, min_area, mode)
+            np.testing.assert_array_equal(got, expected)
+            assert changed == expected_changed
+            changed_any |= changed
+    assert changed_any
+    with pytest.raises(ConfigError, match="holes"):
+        pp.remove_small_regions(truth, 10, "specks")
+
+
+def test_split_mask_is_the_watershed_split_touching_uses():
+    pair = _disc(shape=(48, 64), center=(24, 21), radius=11) | _disc(shape=(48, 64), center=(24, 42), radius=11)
+    pieces = pp.split_mask(pair, min_distance=5, distance_sigma=1.0)
+    assert pieces.dtype == np.int32 and pieces.max() == 2 and ((pieces > 0) == pair).all()
+    np.testing.assert_array_equal(pieces, pp.split_touching(pair))
+    np.testing.assert_array_equal(pp.split_mask(np.zeros((5, 5), bool)), np.zeros((5, 5), np.int32))

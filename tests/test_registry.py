@@ -101,3 +101,79 @@ def test_empty_masks_are_valid():
     empty = imseg.Masks(np.zeros((0, 4, 5), bool))
     assert len(empty) == 0 and empty.image_size == (4, 5) and empty.to_coco() == []
     assert imseg.Masks.from_label_map(np.zeros((4, 5), int)).image_size == (4, 5)
+
+
+# ============================================================================ tables -> registry
+def test_registry_lists_every_classical_method_of_the_table():
+    from imseg.classical.table import BUILDER, METHODS
+
+    specs = {s.name: s for s in list_models("classical")}
+    assert list(specs) == list(METHODS)  # same names, table order
+    for name, method in METHODS.items():
+        assert get_spec(name) is specs[name]
+        assert specs[name].summary == method.summary and specs[name].builder == BUILDER
+        assert callable(method.function) and method.function.__name__ == name
+
+
+def test_registry_lists_every_smp_architecture():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    from imseg.semantic.models import ALIASES, SMP_ARCHITECTURES, TORCHVISION_MODELS
+
+    semantic = {s.name: s for s in list_models("semantic")}
+    assert set(semantic) == set(SMP_ARCHITECTURES) | set(TORCHVISION_MODELS)
+    for name, cls in SMP_ARCHITECTURES.items():
+        assert semantic[name].options == {"architecture": name, "source": "smp"}
+        assert isinstance(getattr(smp, cls), type), cls  # the table names real smp classes
+    for alias, target in ALIASES.items():
+        assert get_spec(alias) is semantic[target]
+    # smp's own list: DPT takes only timm ViT encoders and imseg.semantic.models does not offer it
+    offered = {SMP_ARCHITECTURES[k].lower() for k in SMP_ARCHITECTURES}
+    missing = {name for name, cls in smp.MODEL_ARCHITECTURES_MAPPING.items() if cls.__name__.lower() not in offered}
+    assert missing <= {"dpt"}, f"smp architectures missing from imseg.semantic.models: {sorted(missing)}"
+
+
+def test_semantic_architecture_names_the_training_step(tmp_path):
+    from imseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="imseg train --model unet") as info:
+        imseg.load("unet")
+    assert "runs/train" in str(info.value)
+    checkpoint = tmp_path / "best.pt"
+    with pytest.raises(ConfigError, match="imseg train --model fpn") as info:
+        imseg.load("fpn", checkpoint=checkpoint)
+    assert str(checkpoint) in str(info.value)
+    with pytest.raises(WeightsError, match="no downloadable weights"):
+        weights_path("unet")
+    import numpy as np
+
+    from imseg.io import write_image
+
+    write_image(tmp_path / "x.png", np.zeros((8, 8, 3), np.uint8))
+    args = ["segment", str(tmp_path / "x.png"), "--model", "deeplabv3+", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "imseg train --model deeplabv3plus" in result.output, result.output
+
+
+def test_listing_models_imports_no_heavy_module():
+    code = (
+        "import sys, imseg; specs = imseg.list_models(); "
+        "assert {'sam', 'classical', 'semantic'} <= {s.family for s in specs}; "
+        "print(','.join(m for m in ('torch', 'segmentation_models_pytorch', 'torchvision', 'skimage', 'cv2', "
+        "'sklearn', 'scipy', 'onnxruntime') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"imseg.list_models() imports heavy modules: {out.stdout}"
+
+
+def test_classical_table_imports_only_the_standard_library():
+    from imseg.classical import table
+
+    code = (
+        "import importlib.util, sys; "
+        f"spec = importlib.util.spec_from_file_location('method_table', {table.__file__!r}); "
+        "module = importlib.util.module_from_spec(spec); sys.modules['method_table'] = module; "
+        "spec.loader.exec_module(module); "
+        "assert len(module.METHODS) >= 17; print('numpy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
