@@ -177,3 +177,16 @@ def test_classical_table_imports_only_the_standard_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_names_ignore_case_spaces_and_separators_and_families_are_checked():
+    from imseg.errors import ConfigError
+
+    assert get_spec("chan-vese").name == "chan_vese" and get_spec("Region-Grow").name == "region_grow"
+    assert get_spec(" SAM_VIT_B ").name == "sam-vit-b" and get_spec("FCN-ResNet50").name == "fcn_resnet50"
+    assert imseg.load("chan-vese").method == "chan_vese"
+    with pytest.raises(ModelNotFoundError, match=r"classical: threshold, otsu") as info:
+        get_spec("otsuu")
+    assert "Did you mean otsu" in str(info.value) and "semantic: unet" in str(info.value)
+    with pytest.raises(ConfigError, match="unknown model family 'semantics'"):
+        list_models("semantics")

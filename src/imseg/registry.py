@@ -172,7 +172,10 @@ _register_semantic()
 
 
 def list_models(family: str | None = None) -> list[ModelSpec]:
-    """Registry entries (unique by name), optionally of one family."""
+    """Registry entries (unique by name, in registration order), optionally of one family
+    (``"sam"``, ``"classical"``, ``"semantic"``)."""
+    if family is not None and family not in _families():
+        raise ConfigError(f"unknown model family {family!r}; the families are {', '.join(_families())}.")
     seen: dict[str, ModelSpec] = {}
     for spec in MODELS.values():
         if family is None or spec.family == family:
@@ -181,19 +184,25 @@ def list_models(family: str | None = None) -> list[ModelSpec]:
 
 
 def get_spec(name: str) -> ModelSpec:
-    key = name.strip().lower().replace("_", "-") if name not in MODELS else name
-    spec = MODELS.get(name) or MODELS.get(key) or MODELS.get(name.lower())
-    if spec is None:
-        import difflib
+    """The entry of a model name or alias; case, spaces and ``-`` versus ``_`` do not matter."""
+    key = name.strip().lower()
+    for candidate in (name, key, key.replace("_", "-"), key.replace("-", "_")):
+        if candidate in MODELS:
+            return MODELS[candidate]
+    import difflib
 
-        names = sorted({s.name for s in MODELS.values()})
-        close = difflib.get_close_matches(name.lower(), names, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ModelNotFoundError(
-            f"unknown model {name!r}.{hint} Known models: {', '.join(names)}; "
-            f"or pass a training run directory (runs/train/exp) or an exported model directory."
-        )
-    return spec
+    names = sorted({s.name for s in MODELS.values()})
+    close = difflib.get_close_matches(key, names, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    known = "; ".join(f"{family}: {', '.join(s.name for s in list_models(family))}" for family in _families())
+    raise ModelNotFoundError(
+        f"unknown model {name!r}.{hint} Known models ({known}); "
+        f"or pass a training run directory (runs/train/exp) or an exported model directory."
+    )
+
+
+def _families() -> list[str]:
+    return list(dict.fromkeys(spec.family for spec in MODELS.values()))
 
 
 def _call_builder(path: str, *args, **kwargs):
