@@ -3,8 +3,8 @@
 Entries name their builder as ``"module:function"`` strings so listing models imports nothing
 heavy. The classical entries come from the method table of :mod:`imseg.classical.table`, the
 semantic ones from the architecture tables of :mod:`imseg.semantic.models`; the SAM entries are
-listed here with their official weights. ``load(name, ...)`` resolves a name, a run directory or an exported model to a
-:class:`Segmenter`.
+listed here with their official weights. ``load(name, ...)`` resolves a name, a run directory or
+an exported model to a :class:`Segmenter`.
 """
 
 from __future__ import annotations
