@@ -24,7 +24,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import build_official_sam  # noqa: E402
-from imseg.serve.app import create_app  # noqa: E402
+from imseg.serve.app import ServeSettings, create_app  # noqa: E402
 
 TESTS_DIR = Path(__file__).parent
 
@@ -205,6 +205,37 @@ def test_mask_input_out_of_range_is_named(client, image_id):
     ok = client.post(f"/v1/images/{image_id}/segment",
                      json={"points": [[40, 30]], "labels": [1], "mask_input": base64.b64encode(logits.tobytes()).decode()})
     assert ok.status_code == 200, ok.text
+
+
+# ============================================================================ upload memory budget
+def test_upload_over_the_memory_budget_waits_then_answers_503(sam_model, sample_image):
+    body_limit = 100_000 + 64 * 1024
+    settings = ServeSettings(max_upload_bytes=100_000, upload_memory_bytes=2 * body_limit, queue_timeout=0.3)
+    app = create_app(sam_model, settings)
+    budget = app.state.serve.uploads
+    png = encode_png(sample_image[:32, :32])
+    with TestClient(app) as c:
+        held = budget.reserve(budget.total)  # other uploads in flight hold the whole budget
+        c.portal.call(held.__aenter__)
+        try:
+            refused = c.post("/v1/images", content=png)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert refused.json()["type"] == "urn:imseg:problem:uploads-busy" and "retry" in refused.json()["detail"]
+            assert c.get("/healthz").status_code == 200
+        finally:
+            c.portal.call(held.__aexit__, None, None, None)
+        assert c.post("/v1/images", content=png).status_code == 200
+        assert budget.held == 0  # every reservation was given back, refused or served
+        samples = metric_samples(c.get("/metrics").text)
+        assert samples["imseg_upload_rejected_total"] == 1 and samples["imseg_upload_bytes_reserved"] == 0
+
+
+def test_upload_memory_setting_must_hold_one_upload():
+    from imseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="upload_memory_bytes=1,000 cannot hold one upload"):
+        ServeSettings(max_upload_bytes=10_000, upload_memory_bytes=1000)
+    assert ServeSettings(max_upload_bytes=10_000).upload_memory == 4 * (10_000 + 64 * 1024)
 
 
 # ============================================================================ memory under a burst of large uploads
