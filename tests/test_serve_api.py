@@ -149,6 +149,31 @@ def test_point_prompt_matches_official_predictor(client, uploaded, official_pred
         assert iou > 0.95
 
 
+def test_polygons_are_the_outer_rings_of_masks_to_polygons(client, uploaded):
+    """One polygon convention: the API's polygons are imseg.Masks.to_polygons outer rings (pixel corners)."""
+    from imseg.masks import Masks
+
+    response = client.post(f"/v1/images/{uploaded['image_id']}/segment",
+                           json={"points": [[60.5, 80.0]], "labels": [1], "formats": ["rle", "polygons"]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    dense = decode_rles(body["masks"])
+    rings = Masks(dense).to_polygons()
+    assert all(mask["polygons"] for mask in body["masks"])
+    single = 0
+    for k, mask in enumerate(body["masks"]):
+        expected = [r["points"].reshape(-1).tolist() for r in rings[k] if not r["hole"]]
+        assert mask["polygons"] == expected
+        outer = [{"points": np.asarray(p).reshape(-1, 2), "hole": False} for p in mask["polygons"]]
+        if len(outer) == 1:  # a single outline rasterises back to the mask with its holes filled
+            from scipy import ndimage
+
+            single += 1
+            np.testing.assert_array_equal(Masks.polygons_to_mask(outer, dense.shape[1:]),
+                                          ndimage.binary_fill_holes(dense[k]))
+    assert single >= 1
+
+
 def test_box_mask_input_single_mask_match_official(client, uploaded, official_predictor):
     box = [20.0, 30.0, 180.0, 140.0]
     first = client.post(f"/v1/images/{uploaded['image_id']}/segment",
