@@ -181,3 +181,45 @@ def test_list_images_lists_each_real_file_once(tmp_path):
     assert result.exit_code == 0, result.output
     assert "2 segmented, 0 skipped (already done), 0 failed" in result.output
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.png", "b.png"]
+
+
+class Flaky(BatchJob):
+    """Copies images; the model fails on ``b``, the disk is full when ``c`` is written."""
+
+    name, verb, settings = "copy", "copied", {"version": 1}
+
+    def process(self, image_path):
+        from imseg.io import read_image
+
+        if image_path.stem == "b":
+            raise RuntimeError("the model failed")
+        return read_image(image_path)
+
+    def write(self, result, out_dir, name):
+        import errno
+
+        if name == "c":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return [write_image(out_dir / f"{name}.png", result)]
+
+
+def test_any_failure_in_process_or_write_is_that_images_and_the_summary_names_it(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    for i, stem in enumerate("abcd"):
+        write_image(tmp_path / "in" / f"{stem}.png", _image(i))
+    out = tmp_path / "out"
+    summary = run_batch(tmp_path / "in", Flaky(), out, console=Console(file=io.StringIO()))
+    assert (summary.done, summary.failed, summary.exit_code) == (2, 2, 1)
+    reasons = {Path(f.where).name: f.reason for f in summary.failures}
+    assert reasons == {"b.png": "RuntimeError: the model failed", "c.png": "No space left on device"}
+    assert sorted(p.name for p in (out / "done").iterdir()) == ["a.json", "d.json"]
+    text = io.StringIO()
+    summary.print(Console(file=text, width=200))
+    printed = text.getvalue()
+    assert "2 copied, 0 skipped (already done), 2 failed" in printed and "2 of 4 image(s) failed:" in printed
+    assert "b.png: RuntimeError: the model failed" in printed and "c.png: No space left on device" in printed
+    again = run_batch(tmp_path / "in", Flaky(), out, console=Console(file=io.StringIO()))
+    assert (again.done, again.skipped, again.failed) == (0, 2, 2)

@@ -177,7 +177,12 @@ class BatchSummary:
 def error_reason(exc: BaseException, where: str | os.PathLike | None = None) -> str:
     """A one-line reason: our own messages and OS errors as they are, anything else with its type; without a
     leading ``where: `` (the summary shows where)."""
-    reason = str(exc) if isinstance(exc, ImsegError | OSError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+        if exc.filename is not None and str(exc.filename) != str(where):
+            reason += f": {exc.filename}"
+    else:
+        reason = str(exc) if isinstance(exc, ImsegError | OSError) else f"{type(exc).__name__}: {exc}"
     prefix = f"{where}: "
     return reason[len(prefix):] if where is not None and reason.startswith(prefix) else reason
 
@@ -419,6 +424,6 @@ class _Run:
             self.job.finish(self.root, records)
         except Exception as exc:
             where = getattr(exc, "filename", None) or f"{self.root} ({self.job.name} folder outputs)"
-            failure = Failure(str(where), error_reason(exc), image=False)
+            failure = Failure(str(where), error_reason(exc, where), image=False)
             self.summary.failures.append(failure)
             self.console.print(Text.assemble(("failed", "red"), f" {failure.where}: {failure.reason}"), soft_wrap=True)
