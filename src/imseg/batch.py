@@ -20,7 +20,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,8 +57,9 @@ class BatchJob:
         """Files a finished image must have besides those its marker lists (e.g. an overlay asked for now)."""
         return []
 
-    def finish(self, out_dir: Path, records: list[dict]) -> list[Path]:
-        """Folder-level outputs from the markers of every image done with these settings."""
+    def finish(self, out_dir: Path, records: Callable[[], list[dict]]) -> list[Path]:
+        """Folder-level outputs; ``records()`` reads the markers of every image done in ``out_dir`` with these
+        settings (this run and earlier ones)."""
         return []
 
 
@@ -419,9 +420,9 @@ class _Run:
         """The job's folder-level outputs, through the same failure handling."""
         from rich.text import Text
 
-        records = self.markers.records(self.settings) if self.markers is not None else []
+        markers = self.markers
         try:
-            self.job.finish(self.root, records)
+            self.job.finish(self.root, lambda: markers.records(self.settings) if markers is not None else [])
         except Exception as exc:
             where = getattr(exc, "filename", None) or f"{self.root} ({self.job.name} folder outputs)"
             failure = Failure(str(where), error_reason(exc, where), image=False)

@@ -8,6 +8,8 @@ functions load the model. This module is the one place the batch commands call m
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,20 +72,21 @@ class SegmentJob(BatchJob):
     def required(self, out_dir: Path, name: str) -> list[Path]:
         return [self.overlay_path(out_dir, name)] if self.overlay else []
 
-    def finish(self, out_dir: Path, records: list[dict]) -> list[Path]:
+    def finish(self, out_dir: Path, records: Callable[[], list[dict]]) -> list[Path]:
         """``coco.json``: every image done in ``out_dir`` with these settings (this run and earlier ones)."""
         if self.fmt != "coco":
             return []
         from . import io
         from .masks import Masks
 
+        done = records()
         dataset: dict = {"images": [], "annotations": [], "categories": []}
         cats: dict = {}
-        file_names = [Path(info["image"]).name for info in records]
-        for image_id, info in enumerate(records, start=1):
+        name_count = Counter(Path(info["image"]).name for info in done)
+        for image_id, info in enumerate(done, start=1):
             name = Path(info["image"]).name  # the bare file name unless two images share it
             part = Masks.load(out_dir / "masks" / f"{info['stem']}.json").to_coco_dataset(
-                file_name=name if file_names.count(name) == 1 else info["image"], image_id=image_id,
+                file_name=name if name_count[name] == 1 else info["image"], image_id=image_id,
                 start_id=len(dataset["annotations"]) + 1)
             dataset["images"] += part["images"]
             dataset["annotations"] += part["annotations"]

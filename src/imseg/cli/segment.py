@@ -60,7 +60,7 @@ def parse_prompts(points: list[str] | None, labels: list[str] | None, box: str |
         fail("--labels needs --points.")
     if point_list is None and box_list is None:
         return {}
-    for flags, check in (("--points/--labels", lambda: validate_points(point_list, label_list, None, (0, 1))),
+    for flags, check in (("--points/--labels", lambda: validate_points(point_list, label_list, None, allowed_labels=(0, 1))),
                          ("--box", lambda: validate_box(None if box_list is None else box_list[0]))):
         try:
             check()
