@@ -57,6 +57,9 @@ class Counting(BatchJob):
     def describe(self, result):
         return self.job.describe(result)
 
+    def required(self, out_dir, name):
+        return self.job.required(out_dir, name)
+
     def finish(self, out_dir, records):
         return self.job.finish(out_dir, records)
 

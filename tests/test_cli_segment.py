@@ -1,4 +1,5 @@
-"""`imseg segment`: folders with a corrupt file, COCO output, overlays, resuming, random-weight guard."""
+"""`imseg segment`: folders with a corrupt file, COCO output, overlays, resuming, outputs replaced under new
+settings, failed writes, prompt checks, random-weight guard."""
 
 from __future__ import annotations
 
