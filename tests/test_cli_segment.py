@@ -1,8 +1,10 @@
-"""`imseg segment`: folders with a corrupt file, COCO output, overlays, resuming, random-weight guard."""
+"""`imseg segment`: folders with a corrupt file, COCO output, overlays, resuming, outputs replaced under new
+settings, failed writes, prompt checks, random-weight guard."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,3 +200,129 @@ def test_same_file_names_in_two_folders_and_changed_settings(tmp_path):
     (tmp_path / "afile").write_text("x")
     as_file = run(tmp_path / "a", "--model", "otsu", "--out", tmp_path / "afile")
     assert as_file.exit_code == 2 and "is a file" in as_file.output
+
+
+def _outputs(root):
+    """Every file under an out dir (markers aside) with its bytes."""
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.parent.name != "done"}
+
+
+def test_other_settings_replace_an_images_outputs_completely(photo_dir, tmp_path):
+    """Redone with another model, an image keeps only the new outputs: the same files as a fresh run."""
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    first = run(photo_dir / "*.png", "--model", "slic", "--overlay", "--out", out)
+    assert first.exit_code == 0, first.output
+    assert len(list((out / "masks" / "coffee").glob("*.png"))) > 5  # SLIC: many superpixels
+    second = run(photo_dir / "*.png", "--model", "otsu", "--out", out)
+    assert second.exit_code == 0 and "3 segmented" in second.output, second.output
+    assert run(photo_dir / "*.png", "--model", "otsu", "--out", fresh).exit_code == 0
+    assert _outputs(out) == _outputs(fresh)
+    info = json.loads((out / "done" / "coffee.json").read_text())
+    assert sorted(info["files"]) == sorted(p for p in _outputs(fresh) if "coffee" in p)
+
+
+def _failing_write_bytes(monkeypatch, should_fail):
+    """imseg.io.write_bytes raising ENOSPC (a full disk) for the paths ``should_fail`` picks."""
+    import errno
+    import os
+
+    import imseg.io
+
+    real = imseg.io.write_bytes
+
+    def write_bytes(path, data):
+        if should_fail(Path(path)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, data)
+
+    monkeypatch.setattr(imseg.io, "write_bytes", write_bytes)
+
+
+def test_a_full_disk_at_the_coco_file_is_reported_in_the_summary(photo_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _failing_write_bytes(monkeypatch, lambda p: p.name == "coco.json")
+    result = run(photo_dir / "*.png", "--model", "otsu", "--format", "coco", "--out", out)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1, result.output
+    assert "coco.json" in result.output and "No space left on device" in result.output
+    assert "3 segmented, 0 skipped (already done), 0 failed" in result.output  # the summary is printed
+    assert not (out / "coco.json").exists()
+    monkeypatch.undo()  # space again: the images are done, the COCO file is written
+    again = run(photo_dir / "*.png", "--model", "otsu", "--format", "coco", "--out", out)
+    assert again.exit_code == 0 and "0 segmented, 3 skipped" in again.output, again.output
+    assert len(json.loads((out / "coco.json").read_text())["images"]) == 3
+
+
+def test_a_full_disk_at_a_done_marker_fails_that_image_only(photo_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _failing_write_bytes(monkeypatch, lambda p: p.parent.name == "done" and p.name == "coffee.json")
+    result = run(photo_dir / "*.png", "--model", "otsu", "--format", "coco", "--out", out)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1, result.output
+    assert "coffee.png" in result.output and "No space left on device" in result.output
+    assert "2 segmented, 0 skipped (already done), 1 failed" in result.output
+    assert [im["file_name"] for im in json.loads((out / "coco.json").read_text())["images"]] == \
+        ["astronaut.png", "chelsea.png"]
+    monkeypatch.undo()
+    again = run(photo_dir / "*.png", "--model", "otsu", "--format", "coco", "--out", out)
+    assert again.exit_code == 0 and "1 segmented, 2 skipped" in again.output, again.output
+    assert len(json.loads((out / "coco.json").read_text())["images"]) == 3
+
+
+def test_an_unwritable_out_dir_is_one_clear_error(photo_dir, tmp_path, monkeypatch):
+    """A read-only --out (simulated below the file system: tests run as root) fails up front with exit 2."""
+    import errno
+    import os
+    import tempfile
+
+    out = tmp_path / "readonly"
+    out.mkdir()
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).resolve().is_relative_to(out.resolve()):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    result = run(photo_dir / "*.png", "--model", "otsu", "--format", "coco", "--out", out)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 2, result.output
+    assert f"--out {out} is not writable (Read-only file system)" in result.output
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root writes to read-only directories")
+def test_a_read_only_out_dir_is_one_clear_error(photo_dir, tmp_path):
+    out = tmp_path / "readonly"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        result = run(photo_dir / "*.png", "--model", "otsu", "--format", "coco", "--out", out)
+    finally:
+        out.chmod(0o755)
+    assert result.exit_code == 2 and "is not writable" in result.output, result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--points", "50,50", "--labels", "1,0"], "one entry per point: got 1 points and 2 labels"),
+    (["--points", "5,5", "--labels", "2"], "label 2 is not one of [0, 1]"),
+    (["--points", "5,5", "--labels", "3"], "label 3 is not one of [0, 1]"),
+    (["--points", "5,5", "--labels=-1"], "label -1 is not one of [0, 1]"),
+    (["--points", "nan,5"], "NaN"),
+    (["--box", "50,50,10,10"], "is inverted"),
+    (["--points", "5,5", "--box", "40,30,20,60"], "is inverted"),
+])
+def test_prompt_errors_are_found_once_before_any_image(photo_dir, mobile_sam_checkpoint, tmp_path, monkeypatch,
+                                                       args, message):
+    import imseg.io
+
+    read = []
+    monkeypatch.setattr(imseg.io, "read_image", lambda *a, **k: read.append(a) or pytest.fail("an image was read"))
+    result = run(photo_dir, "--model", "mobile-sam", "--checkpoint", mobile_sam_checkpoint, *args,
+                 "--out", tmp_path / "o")
+    assert result.exit_code == 2, result.output
+    assert result.output.count(message) == 1, result.output
+    assert not read and not (tmp_path / "o").exists()

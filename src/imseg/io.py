@@ -257,12 +257,45 @@ def read_image(source: ImageSource, *, max_pixels: int | None = None) -> np.ndar
 
 
 def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Expand an image path, a directory (non-recursive) or a glob pattern into sorted image paths."""
-    if isinstance(source, (list, tuple)):
-        out: list[Path] = []
-        for item in source:
-            out.extend(list_images(item))
-        return out
+    """Expand an image path, a directory (non-recursive) or a glob pattern into sorted image paths.
+
+    Each real file is listed once, however many links or paths lead to it: a recursive glob
+    (``**``) through a symlink loop or a linked folder, a symlink beside its target, a list naming a
+    file twice. Of several paths to one file the shortest (then the first in sorted order) is kept.
+    """
+    items = source if isinstance(source, (list, tuple)) else [source]
+    seen: set = set()
+    out: list[Path] = []
+    for item in items:
+        for path in _unique_files(_expand_source(item)):
+            key = _file_key(path)
+            if key not in seen:
+                seen.add(key)
+                out.append(path)
+    return out
+
+
+def _file_key(path: Path) -> tuple:
+    """The real file behind ``path``: (device, inode); the path itself when it cannot be stat'ed (it is kept,
+    so reading it later reports why)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return ("path", str(path))
+    return (stat.st_dev, stat.st_ino)
+
+
+def _unique_files(paths: Sequence[Path]) -> list[Path]:
+    """Sorted ``paths`` with one path per real file: the shortest, then the first in sorted order."""
+    chosen: dict[tuple, Path] = {}
+    for path in paths:
+        key = _file_key(path)
+        if key not in chosen or (len(path.parts), str(path)) < (len(chosen[key].parts), str(chosen[key])):
+            chosen[key] = path
+    return sorted(chosen.values())
+
+
+def _expand_source(source: str | os.PathLike) -> list[Path]:
     text = str(source)
     path = Path(text)
     if path.is_dir():

@@ -1,0 +1,5 @@
+"""``python -m imseg``: the command line."""
+
+from .cli import main
+
+main()

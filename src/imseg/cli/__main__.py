@@ -1,0 +1,5 @@
+"""``python -m imseg.cli``."""
+
+from . import main
+
+main()

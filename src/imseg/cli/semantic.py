@@ -1,0 +1,178 @@
+"""`imseg train`, `imseg val` and `imseg predict`: semantic segmentation runs."""
+
+from __future__ import annotations
+
+import typer
+
+from ..errors import ImsegError
+from .common import app, fail, out_dir, run_and_exit
+
+
+@app.command("train")
+def train_cmd(
+    ctx: typer.Context,
+    data: str = typer.Option(None, "--data", help="Dataset YAML or directory (folder pairs, VOC, COCO, labelme)."),
+    model: str = typer.Option("unet", "--model", help="Architecture: unet, unet++, fpn, deeplabv3+, segformer, ..."),
+    encoder: str = typer.Option("resnet34", "--encoder", help="smp encoder (resnet18/34/50, efficientnet-b0, ...) or tu-<timm>."),
+    weights: str = typer.Option("none", "--weights", help="Encoder weights: none or imagenet (needs a download)."),
+    epochs: int = typer.Option(None, "--epochs", help="Epochs (default 50; with --resume: the run's own)."),
+    imgsz: int = typer.Option(512, "--imgsz", help="Training size in pixels (multiple of 32)."),
+    batch: int = typer.Option(8, "--batch"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adam or sgd."),
+    scheduler: str = typer.Option("cosine", "--scheduler", help="cosine, poly, plateau or none."),
+    warmup: float = typer.Option(1.0, "--warmup", help="Linear warm-up in epochs."),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision (fp16 on GPU, bf16 on CPU)."),
+    patience: int = typer.Option(10, "--patience", help="Early stopping on val mIoU (0 = off)."),
+    workers: int = typer.Option(2, "--workers"),
+    seed: int = typer.Option(0, "--seed"),
+    name: str = typer.Option("exp", "--name"),
+    project: str = typer.Option("runs/train", "--project"),
+    loss: str = typer.Option("ce+dice", "--loss", help="e.g. ce, ce+dice, 0.5*focal+lovasz."),
+    augment: str = typer.Option("default", "--augment", help="default, none, or a YAML/JSON mapping."),
+    cache: bool = typer.Option(False, "--cache", help="Keep decoded images in memory."),
+    devices: str = typer.Option("1", "--devices", help="Devices per node (an int or auto)."),
+    nodes: int = typer.Option(1, "--nodes"),
+    accelerator: str = typer.Option("auto", "--accelerator", help="auto, cpu or gpu."),
+    ema: float = typer.Option(0.0, "--ema", help="Validate and save a moving average of the weights with this decay "
+                              "(e.g. 0.995; 0 = off)."),
+    save_period: int = typer.Option(1, "--save-period", help="Write the resumable weights/last.ckpt every N epochs "
+                                    "(and at the last)."),
+    resume: str = typer.Option(None, "--resume", help="Run directory (or weights/last.ckpt) to continue."),
+    init: str = typer.Option(None, "--init", help="Start from these weights (a run directory or its best.pt/last.pt): "
+                             "fine-tune, e.g. at a larger --imgsz; --model/--encoder must be the checkpoint's."),
+) -> None:
+    """Train a semantic segmentation model; writes runs/train/NAME[N]/ (weights, metrics.csv, plots)."""
+    import yaml
+
+    from ..semantic.train import train
+
+    if resume:
+        sources = {name: getattr(ctx.get_parameter_source(name), "name", "") for name in ctx.params}
+        given = sorted(f"--{name.replace('_', '-')}" for name, source in sources.items()
+                       if name not in ("resume", "epochs") and source == "COMMANDLINE")
+        if given:
+            fail(f"--resume continues {resume} with the settings in its config.yaml; {', '.join(given)} would be "
+                 f"ignored. Drop them (only --epochs may be raised), or start a new run with --init {resume}.")
+    try:
+        aug = augment if augment in ("default", "none") else yaml.safe_load(augment)
+        options = dict(
+            data=data, model=model, encoder=encoder, weights=None if weights.lower() == "none" else weights,
+            epochs=50 if epochs is None else epochs, imgsz=imgsz, batch=batch, lr=lr, optimizer=optimizer,
+            scheduler=scheduler, warmup=warmup,
+            amp=amp, patience=patience, workers=workers, seed=seed, name=name, project=project, loss=loss, augment=aug,
+            cache=cache, devices=int(devices) if devices.isdigit() else devices, nodes=nodes, accelerator=accelerator,
+            ema=ema, save_period=save_period, init=init,
+        )
+        if resume:
+            result = train(resume=resume, **({"epochs": epochs} if epochs is not None else {}))
+        else:
+            result = train(options)
+    except ImsegError as exc:
+        fail(str(exc))
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
+    typer.echo(f"best: {metrics}\nresults saved to {result.run_dir}")
+
+
+def _per_class_table(title: str, class_names: list[str], metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("class", "IoU", "Dice", "precision", "recall"):
+        table.add_column(col, justify="right" if col != "class" else "left")
+    for i, cls in enumerate(class_names):
+        table.add_row(cls, *(f"{float(metrics[k][i]):.4f}" for k in ("iou", "dice", "precision", "recall")))
+    table.add_row("mean", *(f"{metrics[k]:.4f}" for k in ("miou", "mdice", "mprecision", "mrecall")), style="bold")
+    Console().print(table)
+    typer.echo(f"pixel accuracy {metrics['pixel_accuracy']:.4f}")
+
+
+@app.command("val")
+def val_cmd(
+    run: str = typer.Option(..., "--run", help="Run directory from imseg train (runs/train/exp)."),
+    data: str = typer.Option(None, "--data", help="Dataset YAML/dir; default: the run's own dataset."),
+    split: str = typer.Option("val", "--split", help="val or test (or train)."),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="best, last or a .pt path (default best)."),
+    device: str = typer.Option("auto", "--device"),
+    tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation (the flips the run trained with)."),
+    scales: str = typer.Option(
+        "1", "--scales",
+        help="Multi-scale test-time augmentation: comma-separated factors of the inference size, e.g. 1,1.2,1.4 "
+             "(predictions at each size, scaled back and averaged; choose them on a validation split)."),
+    resize: bool = typer.Option(
+        None, "--resize/--native",
+        help="--resize: scale each image's longer side to the run's imgsz, as training validated (the default); "
+             "--native: keep native resolution, sliding imgsz tiles (runs trained on native-size crops).",
+        show_default=False),
+) -> None:
+    """Evaluate a run at full resolution: per-class IoU/Dice table and confusion_matrix.png in the run dir."""
+    from pathlib import Path
+
+    import yaml
+
+    from ..semantic.data import build_datasets, load_data_config
+    from ..semantic.infer import load_run, parse_scales
+    from ..semantic.train import plot_confusion_matrix
+
+    try:
+        segmenter = load_run(run, checkpoint=checkpoint, device=device, tta=tta, resize=resize,
+                             scales=parse_scales(scales))
+        source = data
+        if source is None:
+            cfg_file = Path(run) / "config.yaml"
+            saved = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else {}
+            source = saved.get("data")
+            if not isinstance(source, dict | str) or source == "<in-memory>":
+                fail(f"{run}: the run does not record its dataset; pass --data data.yaml")
+        data_config = load_data_config(source)
+        if list(data_config.names) != list(segmenter.class_names):
+            fail(f"the dataset's classes {list(data_config.names)} are not the run's {list(segmenter.class_names)}; "
+                 f"evaluate on data labelled with the run's classes (in that order).")
+        datasets = build_datasets(data_config, imgsz=None, augment="none")
+        if split not in datasets:
+            fail(f"the dataset has no {split!r} split; it has {', '.join(datasets)}")
+        cm = segmenter.evaluate(datasets[split])
+    except ImsegError as exc:
+        fail(str(exc))
+    metrics = cm.compute()
+    _per_class_table(f"{run} on {split} ({len(datasets[split])} images)", segmenter.class_names, metrics)
+    out = plot_confusion_matrix(cm.matrix.cpu().numpy(), segmenter.class_names, Path(run) / f"confusion_matrix_{split}.png",
+                                title=f"{split} split")
+    typer.echo(f"confusion matrix: {out}")
+
+
+@app.command("predict")
+def predict_cmd(
+    source: str = typer.Argument(..., help="Image file, directory or glob."),
+    run: str = typer.Option(..., "--run", help="Run directory from imseg train."),
+    out: str = typer.Option("runs/predict", "--out", help="Output directory: NAME.png label maps + NAME_overlay.png."),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="best, last or a .pt path (default best)."),
+    device: str = typer.Option("auto", "--device"),
+    tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation (the flips the run trained with)."),
+    scales: str = typer.Option(
+        "1", "--scales",
+        help="Multi-scale test-time augmentation: comma-separated factors of the inference size, e.g. 1,1.2,1.4 "
+             "(predictions at each size, scaled back and averaged; choose them on a validation split)."),
+    overlap: float = typer.Option(0.25, "--overlap", help="Tile overlap for images larger than imgsz."),
+    resize: bool = typer.Option(
+        None, "--resize/--native",
+        help="--resize: scale each image's longer side to the run's imgsz, as training validated (the default); "
+             "--native: keep native resolution, sliding imgsz tiles (runs trained on native-size crops).",
+        show_default=False),
+) -> None:
+    """Predict label maps (PNG, pixel = class id) and colour overlays for images.
+
+    A bad file is reported and the others go on; the exit code is 1 when any image failed.
+    """
+    from ..io import list_images
+    from ..jobs import build_predict_job
+
+    root = out_dir(out)
+    try:
+        job = build_predict_job(run, checkpoint=checkpoint, device=device, tta=tta, overlap=overlap, resize=resize,
+                                scales=scales)
+        paths = list_images(source)
+    except ImsegError as exc:
+        fail(str(exc))
+    run_and_exit(paths, job, root, resume=False)

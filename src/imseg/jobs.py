@@ -1,0 +1,210 @@
+"""The batch jobs behind ``imseg segment``, ``imseg predict`` and ``imseg classical``.
+
+Each job is what its command does to one image (see :class:`imseg.batch.BatchJob`); the ``build_*``
+functions load the model. This module is the one place the batch commands call model APIs
+(``imseg.load``, ``segment``, ``predict``, ``Masks.save`` / ``overlay`` / ``to_coco_dataset``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .batch import BatchJob
+from .errors import ConfigError
+
+
+@dataclass
+class SegmentResult:
+    masks: Any  # imseg.Masks
+    overlay: np.ndarray | None
+    size: tuple[int, int]  # (H, W)
+
+
+class SegmentJob(BatchJob):
+    """Masks per image in one of ``Masks.save``'s formats, optional overlays, and for ``coco`` one
+    ``coco.json`` listing every image done in the out dir with these settings.
+
+    Layout: ``masks/<name>/<name>_NNN.png`` + ``<name>.json`` (png), ``masks/<name>.<ext>`` (other
+    formats), ``overlays/<name>.png``.
+    """
+
+    name, verb = "segment", "segmented"
+
+    def __init__(self, segmenter: Any, settings: dict, prompts: dict | None = None, pipeline: Any = None,
+                 fmt: str = "png", overlay: bool = False) -> None:
+        self.segmenter, self.prompts, self.pipeline = segmenter, dict(prompts or {}), pipeline
+        self.fmt, self.overlay = fmt, overlay
+        self.settings = {**settings, "format": fmt}
+
+    def process(self, image_path: Path) -> SegmentResult:
+        from .io import read_image
+
+        rgb = read_image(image_path)
+        masks = self.segmenter.segment(rgb, **self.prompts)
+        if self.pipeline is not None:
+            masks = self.pipeline(masks, image=rgb)
+        overlay = masks.overlay(rgb) if self.overlay else None
+        return SegmentResult(masks, overlay, (int(rgb.shape[0]), int(rgb.shape[1])))
+
+    def write(self, result: SegmentResult, out_dir: Path, name: str) -> list[Path]:
+        from .io import write_image
+
+        mask_dir = out_dir / "masks"
+        paths = list(result.masks.save(mask_dir / name if self.fmt == "png" else mask_dir, format=self.fmt, stem=name))
+        if result.overlay is not None:
+            paths.append(write_image(self.overlay_path(out_dir, name), result.overlay))
+        return paths
+
+    @staticmethod
+    def overlay_path(out_dir: Path, name: str) -> Path:
+        return out_dir / "overlays" / f"{name}.png"
+
+    def describe(self, result: SegmentResult) -> dict:
+        return {"masks": len(result.masks), "format": self.fmt, "height": result.size[0], "width": result.size[1]}
+
+    def required(self, out_dir: Path, name: str) -> list[Path]:
+        return [self.overlay_path(out_dir, name)] if self.overlay else []
+
+    def finish(self, out_dir: Path, records: Callable[[], list[dict]]) -> list[Path]:
+        """``coco.json``: every image done in ``out_dir`` with these settings (this run and earlier ones)."""
+        if self.fmt != "coco":
+            return []
+        from . import io
+        from .masks import Masks
+
+        done = records()
+        dataset: dict = {"images": [], "annotations": [], "categories": []}
+        cats: dict = {}
+        name_count = Counter(Path(info["image"]).name for info in done)
+        for image_id, info in enumerate(done, start=1):
+            name = Path(info["image"]).name  # the bare file name unless two images share it
+            part = Masks.load(out_dir / "masks" / f"{info['stem']}.json").to_coco_dataset(
+                file_name=name if name_count[name] == 1 else info["image"], image_id=image_id,
+                start_id=len(dataset["annotations"]) + 1)
+            dataset["images"] += part["images"]
+            dataset["annotations"] += part["annotations"]
+            cats.update({c["id"]: c for c in part["categories"]})
+        dataset["categories"] = [cats[k] for k in sorted(cats)] or [{"id": 1, "name": "object"}]
+        target = out_dir / "coco.json"
+        try:
+            return [io.write_bytes(target, json.dumps(dataset).encode("utf-8"))]
+        except OSError as exc:  # name the file, not the temporary one beside it
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+
+
+def build_segment_job(model: str, *, checkpoint: str | None = None, device: str = "auto", backend: str = "torch",
+                      half: bool = False, allow_random: bool = False, prompts: dict | None = None,
+                      post: str | None = None, fmt: str = "png", overlay: bool = False) -> SegmentJob:
+    """Load ``model`` (a registry name or a run dir) and the ``post`` pipeline into a :class:`SegmentJob`.
+    A bad ``post`` spec fails before the model is built."""
+    from . import load
+    from .registry import get_spec
+
+    pipeline = None
+    if post:
+        from .postprocess import parse_pipeline
+
+        pipeline = parse_pipeline(post)
+    load_kwargs: dict = {"device": device, "backend": backend}
+    family = None if Path(model).is_dir() else get_spec(model).family
+    if half:
+        import torch
+
+        if device == "cpu" or not torch.cuda.is_available():
+            raise ConfigError("--half needs a CUDA device; drop --half or use --device cuda on a GPU machine.")
+        load_kwargs["dtype"] = torch.float16
+    if family == "sam":
+        load_kwargs["allow_random"] = allow_random
+    segmenter = load(model, checkpoint=checkpoint, **load_kwargs)
+    # a done marker counts only for the same job: same model, weights, prompts, format and post-processing
+    settings = {"model": model, "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
+                "backend": backend, "half": half, "prompts": dict(prompts or {}), "post": post}
+    return SegmentJob(segmenter, settings, prompts=prompts, pipeline=pipeline, fmt=fmt, overlay=overlay)
+
+
+@dataclass
+class LabelResult:
+    labels: np.ndarray  # (H, W) class or region ids, uint8 or uint16
+    overlay: np.ndarray | None = None
+    masks: int | None = None
+
+
+class PredictJob(BatchJob):
+    """A semantic run's label map (``<name>.png``, pixel = class id) and colour overlay (``<name>_overlay.png``)."""
+
+    name, verb = "predict", "predicted"
+
+    def __init__(self, segmenter: Any, settings: dict | None = None) -> None:
+        self.segmenter, self.settings = segmenter, dict(settings or {})
+
+    def process(self, image_path: Path) -> LabelResult:
+        from .io import read_image
+        from .semantic.train import colorize
+
+        rgb = read_image(image_path)
+        labels = self.segmenter.predict(rgb)
+        num_classes = self.segmenter.num_classes
+        colours = colorize(labels, num_classes)
+        blend = np.where((labels > 0)[..., None], (0.5 * rgb + 0.5 * colours), rgb).round().astype(np.uint8)
+        return LabelResult(labels.astype(np.uint8 if num_classes <= 256 else np.uint16), blend)
+
+    def write(self, result: LabelResult, out_dir: Path, name: str) -> list[Path]:
+        from .io import write_image
+
+        return [write_image(out_dir / f"{name}.png", result.labels),
+                write_image(out_dir / f"{name}_overlay.png", result.overlay)]
+
+
+def build_predict_job(run: str, *, checkpoint: str | None = None, device: str = "auto", tta: bool = False,
+                      overlap: float = 0.25, resize: bool | None = None, scales: str = "1") -> PredictJob:
+    """Load a training run for :class:`PredictJob`."""
+    from .semantic.infer import load_run, parse_scales
+
+    segmenter = load_run(run, checkpoint=checkpoint, device=device, tta=tta, overlap=overlap, resize=resize,
+                         scales=parse_scales(scales))
+    settings = {"run": str(Path(run).resolve()), "checkpoint": checkpoint, "tta": tta, "overlap": overlap,
+                "resize": resize, "scales": scales}
+    return PredictJob(segmenter, settings)
+
+
+class ClassicalJob(BatchJob):
+    """A classical method's label map per image (``<name>.png``; uint16 above 255 regions)."""
+
+    name, verb = "classical", "segmented"
+
+    def __init__(self, segmenter: Any, settings: dict | None = None, pipeline: Any = None) -> None:
+        self.segmenter, self.pipeline, self.settings = segmenter, pipeline, dict(settings or {})
+
+    def process(self, image_path: Path) -> LabelResult:
+        from .io import read_image
+
+        masks = self.segmenter.segment(image_path)  # from the file: methods read gray images as stored
+        if self.pipeline is not None:
+            masks = self.pipeline(masks, image=read_image(image_path))
+        labels = masks.label_map()
+        return LabelResult(labels.astype(np.uint16 if labels.max() > 255 else np.uint8), masks=len(masks))
+
+    def write(self, result: LabelResult, out_dir: Path, name: str) -> list[Path]:
+        from .io import write_image
+
+        return [write_image(out_dir / f"{name}.png", result.labels)]
+
+    def describe(self, result: LabelResult) -> dict:
+        return {"masks": result.masks}
+
+
+def build_classical_job(method: str, params: dict | None = None, post: str | None = None) -> ClassicalJob:
+    """Build a classical method with ``params`` (and the ``post`` pipeline) into a :class:`ClassicalJob`."""
+    from .postprocess import parse_pipeline
+    from .registry import load
+
+    pipeline = parse_pipeline(post) if post else None
+    segmenter = load(method, **dict(params or {}))
+    return ClassicalJob(segmenter, {"method": method, "params": dict(params or {}), "post": post}, pipeline)
