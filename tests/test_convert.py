@@ -189,6 +189,8 @@ def test_options_and_bad_requests(data_dir, tmp_path):
         convert(src, "coco", tmp_path / "x", names=["a"])
     with pytest.raises(ConfigError, match="mask_format='rle' applies to COCO only"):
         convert(src, "yolo", tmp_path / "x", mask_format="rle")
+    with pytest.raises(ConfigError, match="is the source folder"):
+        convert(src / "2011_000003.json", "labelme", src)
     report = convert(src, "coco", tmp_path / "none", images="none")
     doc = json.loads((tmp_path / "none/annotations.json").read_text())
     assert not (tmp_path / "none/images").exists() and report.images == 3

@@ -124,6 +124,15 @@ def test_coco_bad_input_lists_every_offender(tmp_path, annotations, expected):
     assert "2 problem(s)" in message
 
 
+def test_coco_every_offender_is_listed(tmp_path):
+    path = _coco(tmp_path, [_ann(k, SQUARE, category=50 + k) for k in range(1, 1201)])
+    with pytest.raises(DatasetError) as info:
+        read_coco(path)
+    assert "1200 problem(s)" in str(info.value) and "annotation id 1000)" in str(info.value)
+    assert "... and 200 more" in str(info.value)
+    assert len(info.value.problems) == 1200 and "annotation id 1200" in info.value.problems[-1]
+
+
 def test_coco_repair_is_explicit_and_reported(tmp_path):
     path = _coco(tmp_path, [
         _ann(1, [[1, 1, 5, 5]] + SQUARE),  # a degenerate ring beside a good one

@@ -22,7 +22,7 @@ EDGE_TOLERANCE_PX = 1.0
 class Problems:
     """Faults found while reading one data set (``what`` names it for the message)."""
 
-    def __init__(self, what: str, repair: bool = False, limit: int = 50):
+    def __init__(self, what: str, repair: bool = False, limit: int = 1000):
         self.what, self.repair, self.limit = what, repair, limit
         self.items: list[str] = []
         self.repairs: list[str] = []
@@ -39,7 +39,9 @@ class Problems:
         shown = "\n  ".join(self.items[: self.limit])
         more = f"\n  ... and {len(self.items) - self.limit} more" if len(self.items) > self.limit else ""
         hint = f"\n{fix}" if fix else ""
-        raise DatasetError(f"{self.what}: {len(self.items)} problem(s) found:\n  {shown}{more}{hint}")
+        error = DatasetError(f"{self.what}: {len(self.items)} problem(s) found:\n  {shown}{more}{hint}")
+        error.problems = list(self.items)  # every one, also when the message is cut at ``limit``
+        raise error
 
 
 REPAIR_HINT = (

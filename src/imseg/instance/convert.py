@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import ConfigError
-from .formats import READERS, WRITERS, read_dataset
+from .formats import READERS, WRITERS, detect_format, read_dataset
 from .report import ConvertReport
 from .sample import InstanceDataset
 
@@ -16,6 +16,8 @@ TARGETS = tuple(WRITERS)
 
 def _reader_options(fmt: str, options: dict) -> dict:
     """The options the reader for ``fmt`` takes; an option given (not None) that it does not take is refused."""
+    if fmt not in READERS:
+        raise ConfigError(f"unknown source format {fmt!r}; choose one of {', '.join(READERS)}.")
     accepted = inspect.signature(READERS[fmt]).parameters
     given = {k: v for k, v in options.items() if v is not None}
     unknown = sorted(set(given) - set(accepted))
@@ -61,9 +63,12 @@ def convert(
     ``names``: YOLO class names when there is no data.yaml. ``category``: class name for label images / DSB.
     Raises DatasetError listing every bad annotation; anything the target cannot represent is in the report.
     """
-    fmt = src_format or None
+    src_dir = Path(src).resolve() if Path(src).is_dir() else Path(src).resolve().parent
+    if Path(out).resolve() == src_dir:
+        raise ConfigError(f"--out {out} is the source folder; write the conversion to a new folder.")
+    fmt = src_format or detect_format(src)
     options = {"repair": repair, "names": names, "category": category}
-    fmt, ds = read_dataset(src, fmt, **_reader_options(fmt or _detect(src), options))
+    fmt, ds = read_dataset(src, fmt, **_reader_options(fmt, options))
     files, losses = write_dataset(ds, to, out, images=images, mask_format=mask_format)
     dropped = {loss.source for loss in losses if loss.dropped}
     counts = Counter(o.category for s in ds.samples for o in s.objects if o.source not in dropped)
@@ -78,12 +83,6 @@ def convert(
         losses=losses,
         notes=list(ds.notes),
     )
-
-
-def _detect(src: str | Path) -> str:
-    from .formats import detect_format
-
-    return detect_format(src)
 
 
 def run_convert(
