@@ -347,7 +347,7 @@ def test_detect_format_parses_contents(data_dir, tmp_path):
     assert detect_format(data_dir / "coco128-seg") == "yolo"
     assert detect_format(data_dir / "dsb2018-nuclei") == "dsb"
     (tmp_path / "other.json").write_text(json.dumps({"images": []}))
-    with pytest.raises(DatasetError, match="not a COCO instances file nor a labelme file"):
+    with pytest.raises(DatasetError, match="not a COCO, labelme or Label Studio file"):
         detect_format(tmp_path / "other.json")
     coco = _coco(tmp_path / "c", [_ann(1, SQUARE)], name="labels.txt.json")
     assert read_dataset(coco)[0] == "coco"
@@ -360,3 +360,54 @@ def test_instance_mask_from_array_round_trip():
     mask[2:6, 1:4] = True
     im = InstanceMask.from_array(mask)
     assert im.area == 12 and im.bbox() == [1.0, 2.0, 3.0, 4.0] and np.array_equal(im.decode(), mask)
+
+
+def test_label_studio_polygons_rectangles_and_left_out_results(tmp_path):
+    from pycocotools import mask as mask_utils
+
+    from imseg.instance.formats import read_label_studio
+
+    _image(tmp_path / "photo.png", 50, 100)
+    size = {"original_width": 100, "original_height": 50}
+    results = [
+        {"id": "p1", "type": "polygonlabels", **size,
+         "value": {"points": [[10, 10], [50, 10], [50, 90]], "polygonlabels": ["cat"]}},
+        {"id": "r1", "type": "rectanglelabels", **size,
+         "value": {"x": 60, "y": 20, "width": 20, "height": 40, "rotation": 0, "rectanglelabels": ["box"]}},
+        {"id": "r2", "type": "rectanglelabels", **size,
+         "value": {"x": 30, "y": 50, "width": 20, "height": 20, "rotation": 90, "rectanglelabels": ["box"]}},
+        {"id": "b1", "type": "brushlabels", **size, "value": {"format": "rle", "rle": [0, 1], "brushlabels": ["cat"]}},
+    ]
+    tasks = [
+        {"id": 1, "data": {"image": "/data/upload/3/8f2a1c0e-photo.png"},
+         "annotations": [{"id": 7, "result": results}, {"id": 8, "result": []}]},
+        {"id": 2, "data": {"image": "/data/upload/3/other.png"}, "annotations": [{"id": 9, "was_cancelled": True}]},
+    ]
+    export = tmp_path / "project-3.json"
+    export.write_text(json.dumps(tasks))
+    assert detect_format(export) == "label-studio"
+    ds = read_label_studio(export)
+    sample = ds.samples[0]
+    assert Path(sample.image_path) == tmp_path / "photo.png" and (sample.height, sample.width) == (50, 100)
+    tri, box, turned = sample.objects
+    oracle = mask_utils.frPyObjects([[10, 5, 50, 5, 50, 45]], 50, 100)
+    assert tri.category == "cat" and tri.mask.area == int(mask_utils.area(oracle)[0])
+    assert box.mask.bbox() == [60.0, 10.0, 20.0, 20.0]
+    # 20 x 10 px turned 90 degrees clockwise (on screen) about its top-left corner (30, 25)
+    assert turned.mask.bbox() == [20.0, 25.0, 10.0, 20.0]
+    notes = "\n".join(ds.notes)
+    assert "(task 1 result b1): a brushlabels result is not a polygon" in notes
+    assert "(task 1): 2 annotations; the first (id 7) is read" in notes and "(task 2): no annotation" in notes
+    bad = [
+        {"id": 1, "data": {"image": "x.png"}, "annotations": [{"result": [
+            {"id": "q", "type": "polygonlabels", **size, "value": {"points": [[1, 1], [2, 2]], "polygonlabels": ["cat"]}},
+        ]}]},
+        {"id": 2, "data": {"image": "y.png"}, "annotations": [{"result": [
+            {"id": "s", "type": "polygonlabels", "value": {"points": [[1, 1], [2, 2], [1, 5]], "polygonlabels": ["cat"]}},
+        ]}]},
+    ]
+    export.write_text(json.dumps(bad))
+    with pytest.raises(DatasetError) as info:
+        read_label_studio(export)
+    assert "(task 1 result q): polygon has 2 distinct point(s)" in str(info.value)
+    assert "(task 2): results give the image size as nothing" in str(info.value)

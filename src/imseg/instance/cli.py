@@ -10,7 +10,9 @@ def convert_command(
     to: str = typer.Option(..., "--to", help="Target format: coco | yolo | labelme | png."),
     out: str = typer.Option(..., "--out", help="Output folder."),
     src_format: str = typer.Option(
-        None, "--from", help="Source format (coco | labelme | yolo | voc | dsb | label-images); detected when left out."
+        None,
+        "--from",
+        help="Source format (coco | labelme | yolo | voc | dsb | label-images | label-studio); detected if left out.",
     ),
     images: str = typer.Option("copy", "--images", help="copy | symlink | none: what to do with the image files."),
     mask_format: str = typer.Option("polygon", "--mask-format", help="COCO masks: polygon (RLE where needed) | rle."),

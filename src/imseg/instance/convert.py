@@ -56,7 +56,7 @@ def convert(
 ) -> ConvertReport:
     """Convert instance annotations from ``src`` into format ``to`` (coco | yolo | labelme | png) under ``out``.
 
-    ``src_format``: coco | labelme | yolo | voc | dsb | label-images, detected by parsing when None.
+    ``src_format``: coco | labelme | yolo | voc | dsb | label-images | label-studio, detected by parsing when None.
     ``images``: copy | symlink | none (leave the images where they are; COCO and labelme then refer to them).
     ``mask_format``: COCO only: "polygon" (RLE where a polygon cannot hold the mask) or "rle".
     ``repair``: fix what has an explicit repair (see imseg.instance.checks) and report it, instead of refusing.

@@ -12,6 +12,7 @@ from pathlib import Path
 from ...errors import ConfigError, DatasetError
 from .coco import is_coco, read_coco, write_coco
 from .label_images import LABEL_FOLDERS, is_dsb, read_dsb, read_label_images
+from .label_studio import is_label_studio, read_label_studio
 from .labelme import is_labelme, read_labelme, write_labelme
 from .voc import is_voc, read_voc, write_voc
 from .yolo import read_yolo, write_yolo
@@ -23,6 +24,7 @@ READERS = {
     "voc": read_voc,
     "dsb": read_dsb,
     "label-images": read_label_images,
+    "label-studio": read_label_studio,
 }
 WRITERS = {"coco": write_coco, "labelme": write_labelme, "yolo": write_yolo, "png": write_voc}
 
@@ -34,7 +36,9 @@ def _json_kind(path: Path) -> str | None:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return "coco" if is_coco(doc) else "labelme" if is_labelme(doc) else None
+    if is_coco(doc):
+        return "coco"
+    return "labelme" if is_labelme(doc) else "label-studio" if is_label_studio(doc) else None
 
 
 def _is_yolo_label(path: Path) -> bool:
@@ -74,7 +78,7 @@ def detect_format(path: str | Path) -> str:
             return "yolo"
         kind = _json_kind(path)
         if kind is None:
-            raise DatasetError(f"{path}: not a COCO instances file nor a labelme file (checked its JSON keys).")
+            raise DatasetError(f"{path}: not a COCO, labelme or Label Studio file (checked its JSON keys).")
         return kind
     kinds = _folder_kinds(path)
     if len(kinds) == 1:
@@ -88,15 +92,17 @@ def detect_format(path: str | Path) -> str:
 
 
 def read_dataset(path: str | Path, src_format: str | None = None, **options):
-    """Read ``path`` with the reader for ``src_format`` (detected when None). A folder given for COCO
-    means its single COCO JSON."""
+    """Read ``path`` with the reader for ``src_format`` (detected when None). A folder given for COCO or
+    Label Studio means its single JSON file of that kind."""
     fmt = src_format or detect_format(path)
     if fmt not in READERS:
         raise ConfigError(f"unknown source format {fmt!r}; choose one of {', '.join(READERS)}.")
     path = Path(path)
-    if fmt == "coco" and path.is_dir():
-        found = [p for p in sorted(path.glob("*.json")) + sorted(path.glob("annotations/*.json")) if _json_kind(p) == "coco"]
+    if fmt in ("coco", "label-studio") and path.is_dir():
+        found = [p for p in sorted(path.glob("*.json")) + sorted(path.glob("annotations/*.json")) if _json_kind(p) == fmt]
         if len(found) != 1:
-            raise ConfigError(f"{path}: {len(found)} COCO files found ({', '.join(map(str, found))}); pass the JSON file itself.")
+            raise ConfigError(
+                f"{path}: {len(found)} {fmt} files found ({', '.join(map(str, found))}); pass the JSON file itself."
+            )
         path = found[0]
     return fmt, READERS[fmt](path, **options)
