@@ -174,6 +174,16 @@ def test_labelme_real_matches_labelmes_own_coco_export(data_dir):
     assert "__ignore__" not in ds.categories
 
 
+def test_sample_to_masks(data_dir):
+    ds = read_labelme(data_dir / LABELME / "data_annotated")
+    sample = ds.samples[1]
+    masks = sample.to_masks(ds.categories)
+    assert len(masks) == len(sample.objects) == 6 and masks.image_size == (sample.height, sample.width)
+    assert [masks.class_names[i] for i in masks.labels] == [o.category for o in sample.objects]
+    assert masks.areas.tolist() == [o.mask.area for o in sample.objects]
+    assert np.array_equal(masks.masks[2], sample.objects[2].mask.decode()) and not masks.fields["iscrowd"].any()
+
+
 def test_labelme_rectangle_circle_mask_and_non_regions(tmp_path):
     _image(tmp_path / "x.png")
     part = np.zeros((6, 8), np.uint8)

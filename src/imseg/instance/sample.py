@@ -133,6 +133,18 @@ class InstanceSample:
     objects: list[InstanceObject] = field(default_factory=list)
     ignore: InstanceMask | None = None
 
+    def to_masks(self, categories: list[str]) -> Masks:
+        """The objects as one :class:`imseg.Masks` (RLE-backed): ``labels`` index ``categories``
+        (``class_names``), and an ``iscrowd`` field."""
+        index = {name: i for i, name in enumerate(categories)}
+        return Masks(
+            rles=[o.mask.rle() for o in self.objects],
+            labels=[index[o.category] for o in self.objects],
+            class_names=list(categories),
+            image_size=(self.height, self.width),
+            iscrowd=np.array([o.iscrowd for o in self.objects], bool),
+        )
+
     @property
     def stem(self) -> str:
         from pathlib import PurePath
