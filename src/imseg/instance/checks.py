@@ -59,6 +59,13 @@ def signed_area(pts: np.ndarray) -> float:
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
 
 
+def _bridge_edges(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Edges the ring also runs back along (a to b and later b to a): zero-width bridges, which YOLO-seg
+    uses to join the parts of one object into one line. They add nothing to any fill, so may cross."""
+    forward = {(tuple(p), tuple(q)) for p, q in zip(a.tolist(), b.tolist(), strict=True)}
+    return np.array([(tuple(q), tuple(p)) in forward for p, q in zip(a.tolist(), b.tolist(), strict=True)], bool)
+
+
 def self_intersects(ring: np.ndarray, graze_px: float = 1.5, min_loop_px: float = 4.0) -> bool:
     """Whether two non-adjacent edges of the closed ring (K, 2) cross so that the ring twists.
 
@@ -81,6 +88,8 @@ def self_intersects(ring: np.ndarray, graze_px: float = 1.5, min_loop_px: float 
     idx = np.arange(n)
     gap = idx[None, :] - idx[:, None]
     crossing &= (gap > 1) & (gap < n - 1)  # each pair once (i < j); neighbours share an end point
+    bridge = _bridge_edges(a, b)
+    crossing &= ~bridge[:, None] & ~bridge[None, :]
     for i, j in zip(*np.nonzero(crossing), strict=True):
         d1, d2 = b[i] - a[i], b[j] - a[j]
         x = a[i] + _cross(a[j] - a[i], d2) / _cross(d1, d2) * d1

@@ -83,13 +83,20 @@ class InstanceMask:
     def outline(self) -> tuple[list[np.ndarray], bool]:
         """Rings that trace the mask and whether it has holes (which union-rule rings cannot hold).
 
-        Polygon masks return their own rings; RLE masks are traced with :meth:`Masks.to_polygons`.
+        Polygon masks return their own rings unless the rings overlap (a union that one list of rings
+        filled by another rule would get wrong); the rest is traced from the pixels with :meth:`Masks.to_polygons`.
         """
-        if self.rings is not None:
+        if self.rings is not None and (len(self.rings) == 1 or not self._rings_overlap()):
             return [r.copy() for r in self.rings], False
         traced = Masks(self.decode()[None]).to_polygons()[0]
         outer = [r["points"].astype(np.float64) for r in traced if not r["hole"]]
         return outer, any(r["hole"] for r in traced)
+
+    def _rings_overlap(self) -> bool:
+        from pycocotools import mask as mask_utils
+
+        parts = mask_utils.frPyObjects([r.ravel().tolist() for r in self.rings], self.height, self.width)
+        return int(mask_utils.area(parts).sum()) != self.area
 
     def iou(self, other: InstanceMask) -> float:
         from pycocotools import mask as mask_utils

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ConfigError, DatasetError
-from ..checks import REPAIR_HINT, Problems, check_rings, find_image, image_size, signed_area
+from ..checks import REPAIR_HINT, Problems, check_rings, find_image, image_size
 from ..report import Loss, place_image
 from ..sample import InstanceDataset, InstanceMask, InstanceObject, InstanceSample, Source
 
@@ -122,6 +122,21 @@ def _sample(image: Path, h: int, w: int, rows: list, names: list[str], label_fil
     return sample
 
 
+def bridged(rings: list[np.ndarray]) -> np.ndarray:
+    """One ring through all ``rings``: each part is joined to the next by a zero-width bridge between their
+    nearest vertices, run out and back (the YOLO-seg convention for an object in several parts)."""
+
+    def visit(k: int, entry: int) -> np.ndarray:
+        ring = np.roll(rings[k], -entry, axis=0)
+        if k == len(rings) - 1:
+            return np.vstack([ring, ring[:1]])
+        gaps = np.linalg.norm(ring[:, None] - rings[k + 1][None], axis=2)
+        exit_at, child_entry = np.unravel_index(np.argmin(gaps), gaps.shape)
+        return np.vstack([ring[: exit_at + 1], visit(k + 1, int(child_entry)), ring[exit_at:], ring[:1]])
+
+    return visit(0, 0)[:-1]  # the line closes on its first point by itself
+
+
 def _ring_lines(obj: InstanceObject, index: int, w: int, h: int, losses: list) -> str | None:
     if obj.iscrowd:
         losses.append(Loss(obj.source, "crowd", "YOLO-seg has no crowd regions; not written", dropped=True))
@@ -132,13 +147,8 @@ def _ring_lines(obj: InstanceObject, index: int, w: int, h: int, losses: list) -
         return None
     if holes:
         losses.append(Loss(obj.source, "hole", "a YOLO-seg polygon cannot cut a hole; written filled"))
-    if len(rings) > 1:
-        areas = [abs(signed_area(r)) for r in rings]
-        keep = int(np.argmax(areas))
-        lost = sum(areas) - areas[keep]
-        losses.append(Loss(obj.source, "multi-part", f"{len(rings)} parts; only the largest written ({lost:.0f} px^2 left out)"))
-        rings = [rings[keep]]
-    xy = np.clip(rings[0] / [w, h], 0.0, 1.0)
+    ring = bridged(rings) if len(rings) > 1 else rings[0]
+    xy = np.clip(ring / [w, h], 0.0, 1.0)
     return " ".join([str(index)] + [f"{v:.6f}" for v in xy.ravel()])
 
 
