@@ -221,3 +221,23 @@ def test_cli_command_prints_the_report_and_refuses_bad_input(data_dir, tmp_path)
     assert result.exit_code == 2 and "image_id 5 is not in 'images'" in result.output
     with pytest.raises(DatasetError):
         run_convert(str(bad), "coco", str(tmp_path / "c"))
+
+
+def test_missing_images_are_reported_and_shared_names_refused(tmp_path):
+    from imseg.instance import InstanceDataset, InstanceObject, InstanceSample
+    from imseg.instance.convert import write_dataset
+
+    square = np.zeros((20, 30), bool)
+    square[2:8, 3:9] = True
+    obj = InstanceObject("thing", InstanceMask.from_array(square))
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "here.png")
+    ds = InstanceDataset(["thing"], [
+        InstanceSample(str(tmp_path / "here.png"), 20, 30, [obj]),
+        InstanceSample(str(tmp_path / "gone.png"), 20, 30, [obj]),
+    ])
+    _, losses = write_dataset(ds, "labelme", tmp_path / "out")
+    assert [(loss.source.file, loss.kind) for loss in losses] == [(str(tmp_path / "gone.png"), "no image")]
+    ds.samples.append(InstanceSample(str(tmp_path / "val" / "here.png"), 20, 30, [obj]))
+    with pytest.raises(DatasetError, match="here: .*here.png, .*val/here.png"):
+        write_dataset(ds, "yolo", tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()

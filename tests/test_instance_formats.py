@@ -124,6 +124,21 @@ def test_coco_bad_input_lists_every_offender(tmp_path, annotations, expected):
     assert "2 problem(s)" in message
 
 
+def test_coco_bad_categories_and_images(tmp_path):
+    path = _coco(tmp_path, [_ann(1, SQUARE, image_id=9)])
+    doc = json.loads(path.read_text())
+    doc["categories"] += [{"id": 3, "name": "again"}, {"id": 8, "name": "dog"}, {"name": "no id"}]
+    doc["images"].append({"id": 1, "file_name": "b.png"})
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DatasetError) as info:
+        read_coco(path)
+    message = str(info.value)
+    assert "5 problem(s)" in message and "(category id 3): category id listed twice" in message
+    assert "(category id 8): category name 'dog' is used by another id too" in message
+    assert "needs 'id' and 'name'" in message and "(image id 1): an image needs" in message
+    assert "(annotation id 1): image_id 9 is not in 'images'" in message
+
+
 def test_coco_every_offender_is_listed(tmp_path):
     path = _coco(tmp_path, [_ann(k, SQUARE, category=50 + k) for k in range(1, 1201)])
     with pytest.raises(DatasetError) as info:

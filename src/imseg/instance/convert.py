@@ -6,10 +6,10 @@ import inspect
 from collections import Counter
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetError
 from .formats import READERS, WRITERS, detect_format, read_dataset
-from .report import ConvertReport
-from .sample import InstanceDataset
+from .report import ConvertReport, Loss
+from .sample import InstanceDataset, Source
 
 TARGETS = tuple(WRITERS)
 
@@ -26,6 +26,20 @@ def _reader_options(fmt: str, options: dict) -> dict:
     return given
 
 
+def _refuse_shared_names(ds: InstanceDataset) -> None:
+    """Every writer names its files after the image (``NAME.json``, ``labels/NAME.txt``, ``NAME.png``)."""
+    by_stem: dict[str, list[str]] = {}
+    for sample in ds.samples:
+        by_stem.setdefault(sample.stem, []).append(sample.image_path)
+    shared = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+    if shared:
+        listing = "\n  ".join(f"{stem}: {', '.join(paths)}" for stem, paths in sorted(shared.items()))
+        raise DatasetError(
+            f"{len(shared)} image name(s) occur in several folders, so their output files would overwrite each other:\n"
+            f"  {listing}\nConvert each folder (split) on its own, or rename the images."
+        )
+
+
 def write_dataset(
     ds: InstanceDataset, to: str, out: str | Path, *, images: str = "copy", mask_format: str = "polygon"
 ) -> tuple[list, list]:
@@ -36,7 +50,12 @@ def write_dataset(
         raise ConfigError(f"mask_format={mask_format!r}: choose 'polygon' or 'rle'.")
     if mask_format == "rle" and to != "coco":
         raise ConfigError(f"mask_format='rle' applies to COCO only, not {to}.")
-    losses: list = []
+    _refuse_shared_names(ds)
+    losses: list = [
+        Loss(Source(s.image_path), "no image", "the image file is missing; the annotations refer to its path")
+        for s in ds.samples
+        if images != "none" and not Path(s.image_path).is_file()
+    ]
     extra = {"mask_format": mask_format} if to == "coco" else {}
     files = WRITERS[to](ds, Path(out), images=images, losses=losses, **extra)
     return files, losses

@@ -29,6 +29,10 @@ def _categories(doc: dict, path: Path, problems: Problems) -> dict[int, str]:
             problems.add(Source(str(path), "categories"), f"category {str(cat)[:60]!r} needs 'id' and 'name'")
         elif cat["id"] in names:
             problems.add(Source(str(path), f"category id {cat['id']}"), "category id listed twice")
+        elif str(cat["name"]) in names.values():
+            problems.add(
+                Source(str(path), f"category id {cat['id']}"), f"category name '{cat['name']}' is used by another id too"
+            )
         else:
             names[cat["id"]] = str(cat["name"])
     return names
