@@ -199,6 +199,11 @@ def test_options_and_bad_requests(data_dir, tmp_path):
     doc = json.loads((tmp_path / "none/annotations.json").read_text())
     assert not (tmp_path / "none/images").exists() and report.images == 3
     assert all((tmp_path / "none" / im["file_name"]).resolve().is_file() for im in doc["images"])
+    convert(src, "yolo", tmp_path / "linked", images="symlink")
+    linked = tmp_path / "linked/images/2011_000003.jpg"
+    assert linked.is_symlink() and linked.resolve() == (src / "2011_000003.jpg").resolve()
+    with pytest.raises(ConfigError, match="YOLO-seg pairs labels with images by folder"):
+        convert(src, "yolo", tmp_path / "y", images="none")
 
 
 def test_cli_command_prints_the_report_and_refuses_bad_input(data_dir, tmp_path):
@@ -241,3 +246,20 @@ def test_missing_images_are_reported_and_shared_names_refused(tmp_path):
     with pytest.raises(DatasetError, match="here: .*here.png, .*val/here.png"):
         write_dataset(ds, "yolo", tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
+
+
+def test_dsb_overlap_and_many_objects_to_png(data_dir, tmp_path):
+    from imseg.instance.convert import write_dataset
+
+    overlapping, crowded = (
+        "1609b1b8480ee52652a644403b3f7d5511410a016750aa3b9a4c8ddb3e893e8e",  # subset_index: overlap_px 1
+        "07fb37aafa6626608af90c1e18f6a743f29b6b233d2e427dcd1102df6a916cf5",  # 313 nuclei
+    )
+    _, dsb = read_dataset(data_dir / "dsb2018-nuclei", "dsb", ids=[overlapping, crowded])
+    _, losses = write_dataset(dsb, "png", tmp_path / "png", images="none")
+    assert [(Path(loss.source.file).parts[-3], loss.kind) for loss in losses] == [(overlapping, "overlap")]
+    assert losses[0].detail.startswith("1 of ")
+    stored = np.asarray(Image.open(tmp_path / f"png/SegmentationObject/{crowded}.png"))
+    assert stored.dtype == np.uint16 and len(np.unique(stored)) == 313 + 1
+    back = {s.stem: s for s in read_voc(tmp_path / "png").samples}
+    assert len(back[crowded].objects) == 313
