@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ConfigError, DatasetError
-from ..checks import REPAIR_HINT, Problems, check_rings, find_image, image_size
+from ..checks import IMAGE_SUFFIXES, REPAIR_HINT, Problems, check_rings, find_image, image_size
 from ..report import Loss, place_image
 from ..sample import InstanceDataset, InstanceMask, InstanceObject, InstanceSample, Source
 
@@ -70,11 +70,9 @@ def read_yolo(path: str | Path, *, names: list[str] | None = None, repair: bool 
             notes.append(f"{label_file}: label file without an image in {images_dir / rel} (left out)")
             continue
         h, w = image_size(image)
-        samples.append(_sample(image, h, w, rows, names, label_file, problems))
+        samples.append(_sample(image, h, w, rows, names, problems))
     labelled = {s.stem for s in samples} | {f.stem for f in label_files}
-    for image in sorted(
-        p for p in images_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-    ):
+    for image in sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         if image.stem not in labelled:
             notes.append(f"{image}: image without a label file (kept, no objects)")
             h, w = image_size(image)
@@ -104,7 +102,7 @@ def _parse_lines(path: Path, problems: Problems) -> list[tuple[int, np.ndarray, 
     return rows
 
 
-def _sample(image: Path, h: int, w: int, rows: list, names: list[str], label_file: Path, problems: Problems) -> InstanceSample:
+def _sample(image: Path, h: int, w: int, rows: list, names: list[str], problems: Problems) -> InstanceSample:
     sample = InstanceSample(str(image), h, w)
     for cls, points, where in rows:
         if cls >= len(names):
