@@ -207,14 +207,10 @@ def test_options_and_bad_requests(data_dir, tmp_path):
 
 
 def test_cli_command_prints_the_report_and_refuses_bad_input(data_dir, tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from imseg.instance.cli import convert_command
+    from imseg.cli import app
 
-    app = typer.Typer()
-    app.command("convert")(convert_command)
-    app.command("other")(lambda: None)  # two commands keep the verb name on the line, as in imseg's app
     runner = CliRunner()
     src = str(data_dir / LABELME / "data_annotated")
     result = runner.invoke(app, ["convert", src, "--to", "yolo", "--out", str(tmp_path / "y")])
