@@ -53,8 +53,9 @@ def test_bad_checkpoint_files(mobile_sam_checkpoint, tmp_path):
     (tmp_path / "empty.pth").write_bytes(b"")
     (tmp_path / "text.pth").write_text("<html>404 Not Found</html>")
     for name in ("truncated.pt", "garbage.pth", "text.pth"):
-        with pytest.raises(CheckpointError, match="corrupted, truncated or not a checkpoint|not a loadable"):
+        with pytest.raises(CheckpointError, match="corrupted, truncated or not a checkpoint|not a loadable") as err:
             sam_model_registry["vit_t"](checkpoint=tmp_path / name)
+        assert f"{type(err.value.__cause__).__name__}: {err.value.__cause__}" in str(err.value)  # quoted whole
     with pytest.raises(CheckpointError, match="empty file"):
         sam_model_registry["vit_t"](checkpoint=tmp_path / "empty.pth")
     with pytest.raises(CheckpointError, match="imseg weights download"):
@@ -78,8 +79,37 @@ def test_pickled_code_is_refused(tmp_path):
 
     with open(tmp_path / "evil.pth", "wb") as fh:
         pickle.dump({"image_encoder.pos_embed": Payload()}, fh)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError) as err:
         read_state_dict(tmp_path / "evil.pth")
+    torch_message = str(err.value.__cause__)
+    assert len(torch_message) > 200 and torch_message in str(err.value)  # PyTorch's explanation, not cut short
+
+
+def test_checkpoint_saved_from_ddp_loads(mobile_sam_checkpoint, sample_image, tmp_path):
+    """Every key prefixed ``module.`` (DistributedDataParallel) or ``module._orig_mod.``: the prefix is removed."""
+    state_dict = torch.load(mobile_sam_checkpoint, map_location="cpu", weights_only=True)
+    reference = imseg.load("mobile-sam", checkpoint=mobile_sam_checkpoint, device="cpu")
+    expected = reference.segment(sample_image, points=[(128, 100)], labels=[1])
+    for prefix in ("module.", "module._orig_mod."):
+        path = tmp_path / "ddp.pt"
+        torch.save({"model": {prefix + k: v for k, v in state_dict.items()}, "epoch": 3}, path)
+        model = imseg.load("mobile-sam", checkpoint=path, device="cpu")
+        masks = model.segment(sample_image, points=[(128, 100)], labels=[1])
+        np.testing.assert_array_equal(masks.masks, expected.masks)
+        np.testing.assert_array_equal(masks.scores, expected.scores)
+
+
+def test_checkpoint_with_prefix_on_some_keys_is_named(mobile_sam_checkpoint, tmp_path):
+    state_dict = torch.load(mobile_sam_checkpoint, map_location="cpu", weights_only=True)
+    keys = sorted(state_dict)
+    mixed = {("module." + k if i % 2 else k): state_dict[k] for i, k in enumerate(keys)}
+    torch.save(mixed, tmp_path / "mixed.pt")
+    with pytest.raises(CheckpointError, match=r"carry the prefix 'module\.' .* ambiguous") as err:
+        build_sam("vit_t", tmp_path / "mixed.pt")
+    assert f"{len(keys) // 2} of its {len(keys)} keys" in str(err.value)
+    torch.save({"module.weights": torch.zeros(3), "module.bias": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"not a SAM checkpoint .*keys start with module\. \(2 of 2\)"):
+        build_sam("vit_t", tmp_path / "other.pt")
 
 
 def test_segmenter_weights_lookup(mobile_sam_checkpoint, tmp_path, monkeypatch):
