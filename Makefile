@@ -21,7 +21,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	@touch $(STAMP)
 
 demo: venv
-	$(BIN)/imseg demo
+	$(BIN)/imseg demo --model mobile-sam
 
 # Headless Chromium for the web-page test; best effort (root + apt), the test skips without it.
 browser:
