@@ -210,6 +210,7 @@ def test_download_weights_checks_the_sha256(weights_server, tmp_path, monkeypatc
     assert path.read_bytes() == payload.read_bytes()  # a failed forced download keeps the good file
 
 
+@pytest.mark.slow
 def test_demo_downloads_the_official_weights(mobile_sam_checkpoint, weights_server, tmp_path, monkeypatch):
     """Online, the demo fetches the weights into the cache and segments with them (no random-weights banner)."""
     from skimage import data
@@ -232,6 +233,7 @@ def test_demo_downloads_the_official_weights(mobile_sam_checkpoint, weights_serv
     np.testing.assert_array_equal(written, expected.masks[0])
 
 
+@pytest.mark.slow
 def test_demo_command_writes_overlays(mobile_sam_checkpoint, tmp_path, monkeypatch):
     """Offline (the weights server is down) the demo says so and runs with random weights under the banner."""
     from typer.testing import CliRunner

@@ -234,6 +234,7 @@ with open(os.path.join({project!r}, f"rank{{rank}}.json"), "w") as fh:
 """
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_reduce_metrics(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), project=str(tmp_path)))
@@ -255,6 +256,7 @@ def test_ddp_two_cpu_processes_reduce_metrics(tmp_path):
     np.testing.assert_array_equal(np.asarray(r0["cm"]), cm.matrix.numpy())
 
 
+@pytest.mark.slow
 def test_cli_train_val_on_real_horses(data_dir, tmp_path):
     """imseg train on a tiny Weizmann-horse subset (real data), then imseg val on the held-out images."""
     from imseg.cli import app
