@@ -1,4 +1,5 @@
 # Quickstart: `make demo` and `make test`. Both create/refresh .venv from the pinned lock file.
+# `make check` runs the fast tests only (not the ones marked slow), for day-to-day work.
 PYTHON ?= python3.11
 VENV ?= .venv
 LOCK := requirements/lock.txt
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.imseg-$(KEY)
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint browser clean
+.PHONY: venv demo test check lint browser clean
 
 venv: $(STAMP)
 
@@ -21,7 +22,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	@touch $(STAMP)
 
 demo: venv
-	$(BIN)/imseg demo
+	$(BIN)/imseg demo --model mobile-sam
 
 # Headless Chromium for the web-page test; best effort (root + apt), the test skips without it.
 browser:
@@ -31,6 +32,9 @@ browser:
 
 test: venv browser
 	$(BIN)/python -m pytest -n 2 --timeout 900 --durations=15 $(PYTEST_ARGS)
+
+check: venv
+	$(BIN)/python -m pytest -n 2 --timeout 900 -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

@@ -1,4 +1,4 @@
-"""Classical baselines on the real data in ../shared/data, plus imseg's overhead over the libraries.
+"""Classical baselines on the real data (``IMSEG_DATA``, default ../shared/data), plus imseg's overhead over the libraries.
 
 Tables (for benchmarks/RESULTS.md, section "Classical baselines"):
   * nuclei (stardist, 125 instances): thresholded distance watershed (defaults, and the global-Otsu
@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _data import data_dir
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = data_dir()
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _data import data_dir
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -24,7 +25,7 @@ from torchvision.transforms import v2
 from imseg.semantic.data import SegmentationDataset, load_data_config
 from imseg.semantic.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "weizmann-horse"
+DATA = data_dir() / "weizmann-horse"
 
 
 def plain_pipeline(imgsz: int):

@@ -9,12 +9,12 @@ Every setting of CONFIGS can be overridden for tuning runs, e.g.
 A ``Timer`` callback stops training at the end of the epoch after ``--max-minutes`` (a safety net so the
 15-minute budget holds on a loaded machine; the cosine schedule is planned for ``--epochs``, so a run that
 hits the cap has not annealed and is not the one to report). Training is seeded (``--seed``) and runs with
-``--threads`` torch threads (default 2; on a CPU shared with other jobs 1 thread was about 2x faster than 2,
-because two threads wait for each other when another process holds a core).
+``--threads`` torch threads (default 2; on a CPU shared with other jobs 1 thread can be faster, because two
+threads wait for each other when another process holds a core).
 
 ``--ema DECAY`` validates and saves a moving average of the weights (``imseg train --ema``; the ISBI config uses
-0.995, the horses one none: it did not raise the horses figure) and ``--save-period N`` writes the resumable
-last.ckpt every N epochs instead of every epoch (~0.8 s a write here; both configs use 10).
+0.995, the horses one none) and ``--save-period N`` writes the resumable last.ckpt every N epochs instead of every
+epoch (a write takes ~0.8 s on a 2-core CPU; both configs use 10).
 
 ``--trainval`` (horses) trains on train + val with settings fixed in advance (TTA and scales as the train-only
 run's validation chose them) and scores last.pt on the test split; validation is then in-sample (8 images,
@@ -52,20 +52,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from _data import data_dir
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = data_dir()
 HORSES = DATA / "weizmann-horse"
 ISBI = DATA / "isbi2012-membrane" / "train"
 
 CONFIGS: dict[str, dict] = {
     # Horse photos are ~265x212; letterboxed to 96 px (longer side; scaling the test masks down to 96 and the
-    # result back up keeps IoU 0.989, at 128 0.995) with scale jitter, flips and colour jitter. U-Net on ResNet-18
-    # without its last stage (3x3 px at 96 px; encoder_depth 4) and a light decoder (128..16), mild augmentation,
-    # CE + Lovasz-softmax, 56 epochs at 96 px, then 4 epochs fine-tuning at 128 px (FixRes; ~1.4 min): 12.8 min
-    # on the quiet VM. Test IoU history (RESULTS.md): heavier augmentation with the full encoder 0.816-0.840; these
-    # settings at 96 px only with CE + Dice 0.831 (flip TTA) / 0.840 (+ multi-scale TTA); with Lovasz 0.848; with the
-    # 128 px fine-tune 0.857 (validation picked flip TTA at 112/128/144 px). The goal run trains the same settings on
-    # train + val with that TTA fixed in advance (sixth session, seeds 0/1/2: 0.8608, 0.8554, 0.8583):
+    # result back up keeps IoU 0.989, so the size does not cap the score) with scale jitter, flips and colour
+    # jitter. U-Net on ResNet-18 without its last stage (3x3 px at 96 px; encoder_depth 4) and a light decoder
+    # (128..16): more epochs fit the 15-minute budget. CE + Lovasz-softmax (a surrogate of the IoU the goal
+    # measures), 56 epochs at 96 px, then 4 epochs fine-tuning at 128 px (FixRes). The goal run trains the same
+    # settings on train + val with the TTA the train-only run's validation chose, fixed in advance:
     #   train_real.py horses --trainval --epochs 48 --tta on --scales 0.875,1,1.125
     "horses": dict(
         model="unet", encoder="resnet18", imgsz=96, epochs=56, batch=8, lr=3e-3, loss="ce+lovasz", workers=0,
@@ -78,9 +77,9 @@ CONFIGS: dict[str, dict] = {
     # (ScaleJitter relative to the 256 letterbox, i.e. 0.5x; scale [1.6, 2.4] = 0.8-1.2x native), validate
     # on the whole native 512 images, predict with 256 tiles. CE only (pixel error is an accuracy; Dice on the
     # thin membrane class trades accuracy for membrane recall), elastic warps, batch 4, a moving average of the
-    # weights (validation then moves 0.0797-0.0806 instead of 0.079-0.086, so best.pt and last.pt agree):
-    # 58 epochs ~12.5-14 min. Flip TTA (the h+v flips it trained with) is on by default for ISBI: a rule fixed
-    # in advance, not chosen on the 5 held-out images; the figures without it are printed too.
+    # weights (a steadier validation curve, so best.pt and last.pt agree), 58 epochs. Flip TTA (the h+v flips it
+    # trained with) is on by default for ISBI: a rule fixed in advance, not chosen on the 5 held-out images; the
+    # figures without it are printed too.
     "isbi": dict(
         model="unet", encoder="resnet18", imgsz=256, epochs=58, batch=4, lr=2e-3, loss="ce", workers=0, ema=0.995,
         save_period=10, tta="on",
@@ -92,7 +91,7 @@ CONFIGS: dict[str, dict] = {
 }
 # multi-scale test-time sizes tried on the validation split by --scales auto (factors of imgsz; e.g. at 96 px with
 # encoder_depth 4: 96, 112, 128 px). A network trained with zoom-in scale jitter often does better above its training
-# size (FixRes); the fifth session's 80 px run found validation 0.835 at 80 px, 0.848 at 96, 0.850 averaged over 80/96/112.
+# size (FixRes).
 # A model fine-tuned at a larger size (--finetune-imgsz) is also offered the sizes around it.
 SCALE_CANDIDATES = ((1.0,), (1.2,), (1.4,), (1.0, 1.2), (1.0, 1.2, 1.4), (0.875, 1.0, 1.125))
 TRAIN_KEYS = ("model", "encoder", "imgsz", "epochs", "batch", "lr", "loss", "workers", "optimizer", "scheduler",

@@ -1,4 +1,4 @@
-"""Shared fixtures: real-data location, random-weight official SAM checkpoints.
+"""Shared fixtures: real-data location (``IMSEG_DATA``), random-weight official SAM checkpoints.
 
 Checkpoints are built with the *official* packages (segment-anything, mobile_sam) from a fixed
 seed, every constant parameter (zeros such as pos_embed/rel_pos/biases, ones such as LayerNorm
@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("IMSEG_DATA", REPO.parent / "shared" / "data"))
+#: The one setting for where the real data sets are (benchmarks/_data.py reads the same variable and default).
+DATA = Path(os.environ.get("IMSEG_DATA", REPO.parent / "shared" / "data")).expanduser()
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """``../shared/data``; tests that use it skip cleanly when it is absent."""
+    """The real data sets: ``$IMSEG_DATA``, default ``shared/data`` beside the checkout; tests that use it skip
+    cleanly when it is absent."""
     if not DATA.is_dir():
         pytest.skip(f"real data not found at {DATA}")
     return DATA

@@ -125,6 +125,7 @@ def test_output_modes_match_official(tiny_sam, image):
                 assert (mask_utils.decode(mine["segmentation"]).astype(bool) == d["segmentation"]).all()
 
 
+@pytest.mark.slow
 def test_our_mobile_sam_matches_official_mobile_sam(mobile_sam_checkpoint, image):
     from conftest import build_official_sam
     from imseg.sam import sam_model_registry

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +221,94 @@ def test_validate_points_and_box():
         validate_box([5, 1, 1, 5])
     with pytest.raises(PromptError, match="outside"):
         validate_box([20, 20, 30, 30], (10, 10))
+
+
+def test_tiff_pixel_limit_counts_height_by_width_before_decoding(tmp_path, monkeypatch):
+    """A page of 5 samples per pixel is height x width pixels (not width x 5): refused from its tags, undecoded."""
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "five.tif"
+    tifffile.imwrite(path, np.zeros((4000, 3000, 5), np.uint8), photometric="minisblack", planarconfig="contig",
+                     compression="zlib")
+    assert path.stat().st_size < 1_000_000  # 60 MB once decoded
+    decoded = []
+    real_asarray = tifffile.TiffPage.asarray
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda self, *a, **k: decoded.append(1) or real_asarray(self, *a, **k))
+    monkeypatch.setenv("IMSEG_MAX_PIXELS", "1000000")
+    with pytest.raises(InputError, match=r"3000x4000 = 12,000,000 pixels, above the limit of 1,000,000"):
+        read_image(path)
+    from imseg.classical import read_gray
+
+    with pytest.raises(InputError, match="above the limit"):
+        read_gray(path)
+    monkeypatch.delenv("IMSEG_MAX_PIXELS")
+    with pytest.raises(InputError, match="5 samples per pixel"):  # within the limit, still not an image
+        read_image(path)
+    assert decoded == []
+    tifffile.imwrite(path, np.zeros((3, 40, 30), np.uint8), photometric="rgb", planarconfig="separate")
+    with pytest.raises(InputError, match="30x40 = 1,200 pixels"):
+        read_image(path, max_pixels=1000)
+    assert read_image(path).shape == (40, 30, 3) and decoded == [1]
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_png_pixel_limit_is_checked_before_decoding(tmp_path, monkeypatch, bit_depth):
+    import cv2
+    from PIL import ImageFile
+
+    array = np.zeros((3000, 2000, 3), np.uint8 if bit_depth == 8 else np.uint16)
+    path = tmp_path / "big.png"
+    assert cv2.imwrite(str(path), array)
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append("pil"))
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: decoded.append("cv2"))
+    with pytest.raises(InputError, match="2000x3000 = 6,000,000 pixels, above the limit of 1,000,000"):
+        read_image(path, max_pixels=1_000_000)
+    assert decoded == []
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_devices_and_fifos_are_refused_before_opening(tmp_path, monkeypatch):
+    with pytest.raises(InputError, match="/dev/zero: is a character device, not a regular file"):
+        read_image("/dev/zero")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    with pytest.raises(InputError, match="is a FIFO"):  # no writer: opening it for reading would block
+        read_image(fifo)
+    assert str(fifo) not in [str(p) for p in opened]
+
+
+def test_byte_cap(tmp_path, monkeypatch, rgb):
+    path = write_image(tmp_path / "a.png", rgb)
+    size = path.stat().st_size
+    assert read_image(path, max_bytes=size).shape == (20, 32, 3)
+    with pytest.raises(InputError, match=rf"\({size:,} bytes\) is larger than the limit of {size - 1:,} bytes"):
+        read_image(path, max_bytes=size - 1)
+    monkeypatch.setenv("IMSEG_MAX_BYTES", "100")
+    with pytest.raises(InputError, match="IMSEG_MAX_BYTES"):
+        read_image(path)
+    for bad in ("1GB", "0", "-5"):
+        monkeypatch.setenv("IMSEG_MAX_BYTES", bad)
+        with pytest.raises(ConfigError, match=f"IMSEG_MAX_BYTES='{bad}' is not a positive whole number"):
+            read_image(path)
+    monkeypatch.setenv("IMSEG_MAX_BYTES", str(size))
+    assert read_image(path).shape == (20, 32, 3)
+
+
+def test_byte_cap_holds_when_the_size_is_not_known_in_advance(tmp_path, monkeypatch, rgb):
+    """A file whose stat size is 0 (as /proc files report) is still read no further than the cap."""
+    import imseg.io as imseg_io
+
+    path = write_image(tmp_path / "a.png", rgb)
+    real_stat = os.stat
+
+    def stat_size_zero(p, *a, **k):
+        info = real_stat(p, *a, **k)
+        return os.stat_result((info.st_mode, *info[1:6], 0, *info[7:10]))
+
+    monkeypatch.setattr(imseg_io.os, "stat", stat_size_zero)
+    monkeypatch.setattr(imseg_io.os, "fstat", lambda fd: stat_size_zero(fd))
+    with pytest.raises(InputError, match="is larger than the limit of 100 bytes"):
+        read_image(path, max_bytes=100)

@@ -132,7 +132,7 @@ def vit_b_reduced_pair(tmp_path_factory):
     return _official_predictor(official), SamPredictor(ours)
 
 
-@pytest.mark.parametrize("image_name", ["square", "wide", "gray", "tiny"])
+@pytest.mark.parametrize("image_name", ["square", *(pytest.param(n, marks=pytest.mark.slow) for n in ("wide", "gray", "tiny"))])
 def test_vit_t_parity(vit_t_pair, sample_image, image_name):
     off_pred, our_pred = vit_t_pair
     _compare_image(off_pred, our_pred, _images(sample_image)[image_name], full=image_name in ("square", "wide"))
@@ -140,6 +140,7 @@ def test_vit_t_parity(vit_t_pair, sample_image, image_name):
         _compare_batched_boxes(off_pred, our_pred)
 
 
+@pytest.mark.slow
 def test_accelerator_layout_gives_the_official_answer(vit_t_pair, sample_image, monkeypatch):
     """Off the CPU (CUDA), sparse prompts are decoded a chunk at a time with each product covering the whole chunk,
     and postprocessed as one batch. No GPU here, so that layout is forced on CPU: the official predictor's answers,
@@ -173,6 +174,7 @@ def test_accelerator_layout_gives_the_official_answer(vit_t_pair, sample_image, 
     assert ours._batch_decoder() is decoder  # built once per image, in the accelerator layout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_name", ["square", "wide"])
 def test_vit_b_reduced_depth_parity(vit_b_reduced_pair, sample_image, image_name):
     off_pred, our_pred = vit_b_reduced_pair
@@ -181,6 +183,7 @@ def test_vit_b_reduced_depth_parity(vit_b_reduced_pair, sample_image, image_name
         _compare_batched_boxes(off_pred, our_pred)
 
 
+@pytest.mark.slow
 def test_global_attention_per_head_and_query_chunks_match_official(vit_b_reduced_pair, sample_image):
     """The CPU inference path (one head per SDPA call), in query chunks that do not divide the grid, and
     the all-heads path taken under autograd all give the official image embedding."""
@@ -204,6 +207,7 @@ def test_global_attention_per_head_and_query_chunks_match_official(vit_b_reduced
         attn.query_chunk = default
 
 
+@pytest.mark.slow
 def test_vit_b_full_config_checkpoint(make_sam_checkpoint):
     """The real vit_b layout loads strictly; a global block (with rel-pos interpolation at a smaller grid)
     and the whole prompt path match the official model on the same weights."""

@@ -209,6 +209,7 @@ def test_everything_mode_returns_masks(segmenter, sample_image):
     assert np.all((masks.areas > 0) & (masks.areas == masks.masks.reshape(len(masks), -1).sum(1)))
 
 
+@pytest.mark.slow
 def test_autocast_runs_the_encoder_in_low_precision_and_the_decoder_in_float32(sample_image):
     """``SamPredictor(dtype="bfloat16")`` on CUDA runs set_image under ``torch.autocast``. Autocast does not cast
     ``out=``/in-place ops, so the encoder's buffered inference path must step aside (else its products silently
@@ -367,6 +368,7 @@ class _LowRank(torch.nn.Module):
         return self.base(x) + self.up(self.down(x))
 
 
+@pytest.mark.slow
 def test_wrapped_or_hooked_modules_are_called_in_inference(sample_image):
     """The fast paths read weights straight from plain modules; a wrapper (LoRA) or a hook gets the modules
     called, so inference gives what training sees."""

@@ -524,6 +524,7 @@ def test_embedding_cache_is_lru_bounded_by_count_and_bytes():
 
 
 # ============================================================================ schema fuzzing
+@pytest.mark.slow
 def test_openapi_fuzzing_never_5xx(client):
     schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, given, settings

@@ -91,6 +91,7 @@ def test_run_directory_loss_falls_and_iou_above_chance(straight_run):
     assert cm.matrix.sum() == 8 * 31 * 32
 
 
+@pytest.mark.slow
 def test_deterministic_and_resume_is_exact(straight_run, tmp_path):
     import lightning.pytorch as L
 
@@ -144,6 +145,7 @@ def test_init_fine_tunes_from_a_run_at_another_size(straight_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]  # refused before any run directory was made
 
 
+@pytest.mark.slow
 def test_fewer_encoder_stages_allow_a_finer_training_size(tmp_path):
     from imseg.errors import InputError
     from imseg.semantic.infer import load_run
@@ -189,6 +191,7 @@ def test_bad_options_and_resume_targets(tmp_path):
     assert not (tmp_path / "one").exists()  # refused before a run directory is made
 
 
+@pytest.mark.slow
 def test_cli_epochs_zero_resume_flags_and_resume_from_another_directory(tmp_path, monkeypatch):
     """--epochs 0 is refused (not read as the default), --resume refuses flags it would ignore, and a resumed
     run finds its dataset from any working directory (the run records it resolved)."""
@@ -234,6 +237,7 @@ with open(os.path.join({project!r}, f"rank{{rank}}.json"), "w") as fh:
 """
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_reduce_metrics(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), project=str(tmp_path)))
@@ -255,6 +259,7 @@ def test_ddp_two_cpu_processes_reduce_metrics(tmp_path):
     np.testing.assert_array_equal(np.asarray(r0["cm"]), cm.matrix.numpy())
 
 
+@pytest.mark.slow
 def test_cli_train_val_on_real_horses(data_dir, tmp_path):
     """imseg train on a tiny Weizmann-horse subset (real data), then imseg val on the held-out images."""
     from imseg.cli import app
@@ -336,6 +341,7 @@ def _stop_after(epochs: int):
     return StopAfter()
 
 
+@pytest.mark.slow
 def test_ema_weights_are_validated_saved_and_resumed(tmp_path):
     """With ema: best.pt/last.pt hold the average (not the trained weights), the logged confusion matrix is
     best.pt's, last.ckpt is written every save_period epochs and at the stop, and resume is exact."""

@@ -10,6 +10,7 @@ import contextlib
 import glob as _glob
 import io as _io
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 #: Default pixel limit (same as Pillow's decompression-bomb error threshold). Override per call
 #: with ``max_pixels=`` or globally with the ``IMSEG_MAX_PIXELS`` environment variable.
 DEFAULT_MAX_PIXELS = 178_956_970
+#: Default cap on the bytes read from one image file (1 GiB). Override per call with ``max_bytes=`` or
+#: globally with the ``IMSEG_MAX_BYTES`` environment variable.
+DEFAULT_MAX_BYTES = 1 << 30
 
 ImageSource = Union[  # noqa: UP007 (runtime alias)
     str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]
@@ -42,6 +46,75 @@ def _max_pixels(max_pixels: int | None) -> int:
             f"IMSEG_MAX_PIXELS={env!r} is not a whole number of pixels; set it like IMSEG_MAX_PIXELS=400000000 "
             f"or unset it for the default {DEFAULT_MAX_PIXELS:,}."
         ) from None
+
+
+def _max_bytes(max_bytes: int | None) -> int:
+    if max_bytes is not None:
+        return int(max_bytes)
+    env = os.environ.get("IMSEG_MAX_BYTES")
+    if not env:
+        return DEFAULT_MAX_BYTES
+    try:
+        value = int(env)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(
+            f"IMSEG_MAX_BYTES={env!r} is not a positive whole number of bytes; set it like IMSEG_MAX_BYTES=2147483648 "
+            f"or unset it for the default {DEFAULT_MAX_BYTES:,} (1 GiB)."
+        )
+    return value
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_file_bytes(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
+    """The contents of an image file, refusing what is not a regular file or is larger than the byte cap.
+
+    The file is checked with ``os.stat`` before it is opened (opening a FIFO with no writer would block), and
+    at most ``max_bytes`` + 1 bytes are read, so a file that grows or lies about its size is still bounded.
+    """
+    where = str(Path(path))
+    limit = _max_bytes(max_bytes)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{where}: no such file. Check the path.") from None
+    except OSError as exc:  # permissions, a name too long, a loop of links
+        raise InputError(f"{where[:200]}: could not read the file ({exc.strerror or exc}).") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{where}: is a directory, expected an image file.")
+    _require_regular(info, where)
+    if info.st_size > limit:
+        raise _too_many_bytes(where, limit, info.st_size)
+    try:
+        # O_NONBLOCK: should the path be swapped for a FIFO after the stat, open returns instead of waiting
+        # for a writer, and the fstat below refuses it
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
+            _require_regular(os.fstat(fh.fileno()), where)
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"{where[:200]}: could not read the file ({exc.strerror or exc}).") from exc
+    if len(data) > limit:  # the file grew after stat, or its size is not known in advance
+        raise _too_many_bytes(where, limit, None)
+    if not data:
+        raise InputError(f"{where}: empty file (0 bytes); it is not an image.")
+    return data
+
+
+def _require_regular(info: os.stat_result, where: str) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+        raise InputError(f"{where}: is {kind}, not a regular file; imseg reads images from regular files only. "
+                         f"Copy the data into a file first, or pass its bytes.")
+
+
+def _too_many_bytes(where: str, limit: int, size: int | None) -> InputError:
+    size_text = f" ({size:,} bytes)" if size is not None else ""
+    return InputError(f"{where}: file{size_text} is larger than the limit of {limit:,} bytes. If this file is trusted, "
+                      f"raise the limit with max_bytes= (or the IMSEG_MAX_BYTES environment variable).")
 
 
 def _check_size(width: int, height: int, where: str, max_pixels: int | None) -> None:
@@ -201,10 +274,7 @@ def read_tiff_array(source, where: str, max_pixels: int | None = None) -> np.nda
     try:
         with tifffile.TiffFile(source) as tif:
             page = tif.pages[0]
-            shape = page.shape
-            if len(shape) >= 2:
-                h, w = (shape[0], shape[1]) if len(shape) == 2 or shape[-1] in (1, 2, 3, 4) else shape[-2:]
-                _check_size(int(w), int(h), where, max_pixels)
+            _check_tiff_page(page, where, max_pixels)
             array = page.asarray()
     except InputError:
         raise
@@ -213,13 +283,28 @@ def read_tiff_array(source, where: str, max_pixels: int | None = None) -> np.nda
     return np.asarray(array)
 
 
-def read_image(source: ImageSource, *, max_pixels: int | None = None) -> np.ndarray:
+def _check_tiff_page(page, where: str, max_pixels: int | None) -> None:
+    """Refuse a page from its tags alone: width x height against the pixel limit (whatever the sample layout),
+    and layouts that are not an image (volumes, more than 4 samples per pixel)."""
+    _check_size(int(page.imagewidth), int(page.imagelength), where, max_pixels)
+    if int(page.imagedepth) > 1:
+        raise InputError(f"{where}: TIFF page is a volume of depth {page.imagedepth} (axes {page.axes}); pass a "
+                         f"2-D image (one slice saved on its own).")
+    if int(page.samplesperpixel) > 4:
+        raise InputError(f"{where}: TIFF page has {page.samplesperpixel} samples per pixel (axes {page.axes}); "
+                         f"imseg reads gray, gray+alpha, RGB or RGBA (1 to 4). Save the channels to use as RGB.")
+
+
+def read_image(source: ImageSource, *, max_pixels: int | None = None, max_bytes: int | None = None) -> np.ndarray:
     """Read any image source as an RGB ``uint8`` array of shape (H, W, 3).
 
     Args:
         source: a file path, raw encoded bytes, a numpy array ((H,W), (H,W,C) or (C,H,W); uint8,
             uint16, float in [0,1] or bool), or a PIL image.
-        max_pixels: refuse images with more pixels than this (decompression-bomb guard).
+        max_pixels: refuse images with more pixels than this (decompression-bomb guard), checked from the
+            header before decoding.
+        max_bytes: refuse files larger than this (default 1 GiB or ``IMSEG_MAX_BYTES``); devices and FIFOs are
+            refused whatever their size.
 
     EXIF orientation is applied, alpha is dropped, grayscale is replicated to three channels,
     16-bit data is stretched min..max to 0..255.
@@ -229,18 +314,8 @@ def read_image(source: ImageSource, *, max_pixels: int | None = None) -> np.ndar
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _open_bytes(bytes(source), "image bytes", max_pixels)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        where = str(path)
-        try:
-            if not path.exists():
-                raise InputError(f"{where}: no such file. Check the path.")
-            if path.is_dir():
-                raise InputError(f"{where}: is a directory, expected an image file.")
-            data = path.read_bytes()
-        except OSError as exc:  # permissions, a name too long, an I/O error
-            raise InputError(f"{where[:200]}: could not read the file ({exc.strerror or exc}).") from exc
-        if not data:
-            raise InputError(f"{where}: empty file (0 bytes); it is not an image.")
+        where = str(Path(source))
+        data = read_file_bytes(source, max_bytes)
         return _open_bytes(data, where, max_pixels)  # the format comes from the bytes, not the suffix
     try:
         from PIL import Image

@@ -10,6 +10,7 @@ an exported model to a :class:`Segmenter`.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib
 import os
 import shutil
@@ -297,7 +298,7 @@ def download_weights(name: str, *, force: bool = False, progress: bool = True, t
                         bar.update(len(block))
                 if bar is not None:
                     bar.close()
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:  # offline, refused, timed out, HTTP error status
             raise WeightsError(
                 f"could not download {spec.weights.url} ({exc}). If this machine is offline, download "
                 f"{spec.weights.filename} elsewhere and place it at {target} (or set IMSEG_HOME), or pass "
@@ -305,9 +306,12 @@ def download_weights(name: str, *, force: bool = False, progress: bool = True, t
             ) from exc
         digest = sha256_file(tmp)
         if digest != spec.weights.sha256:
+            got = tmp.stat().st_size
+            sizes = f" ({got:,} bytes received, {spec.weights.size:,} expected)" if spec.weights.size else ""
             raise WeightsError(
-                f"checksum mismatch for {spec.weights.filename}: expected sha256 {spec.weights.sha256}, got "
-                f"{digest}. The download is incomplete or altered; it was not kept. Try again."
+                f"checksum mismatch for {spec.weights.filename} from {spec.weights.url}: expected sha256 "
+                f"{spec.weights.sha256}, got {digest}{sizes}. The download is incomplete or altered; it was not "
+                f"kept. Try again."
             )
         shutil.move(str(tmp), target)
     finally:

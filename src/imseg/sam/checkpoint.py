@@ -130,13 +130,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, AttributeError, ImportError,
             IndexError, KeyError, TypeError) as exc:
         raise CheckpointError(
-            f"{p}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:200]}). The file is "
-            f"corrupted, truncated or not a checkpoint; download it again with `imseg weights download NAME`."
+            f"{p}: cannot be read as a PyTorch checkpoint; the file is corrupted, truncated or not a checkpoint. "
+            f"Download it again with `imseg weights download NAME`. PyTorch said: {type(exc).__name__}: {exc}"
         ) from exc
     except Exception as exc:  # pickle.UnpicklingError and friends from weights_only loading
         raise CheckpointError(
-            f"{p}: not a loadable weights-only checkpoint ({type(exc).__name__}: {str(exc)[:200]}). Use the "
-            f"official file or re-save it as a plain state_dict."
+            f"{p}: not a loadable weights-only checkpoint. Use the official file or re-save it as a plain "
+            f"state_dict. PyTorch said: {type(exc).__name__}: {exc}"
         ) from exc
     if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in ("model", "state_dict"):  # common wrappers around a state_dict
@@ -146,16 +146,62 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{p}: contains a {type(obj).__name__}, not a state_dict of tensors; it is not a "
                               f"SAM checkpoint.")
-    return obj
+    return strip_wrapper_prefix(obj)
+
+
+#: top-level names of a SAM state_dict; a first key component shared by every key that is not one of these is
+#: a wrapper's prefix ("module." from DistributedDataParallel/DataParallel, "_orig_mod." from torch.compile)
+_SAM_TOP_LEVEL = {"image_encoder", "prompt_encoder", "mask_decoder", "pixel_mean", "pixel_std"}
+
+
+def strip_wrapper_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove a prefix that every key carries (``module.``, ``_orig_mod.``, nested ones too) when what is left is
+    SAM's layout; a prefix on only some keys is ambiguous and is left for :func:`load_into` to report."""
+    stripped = state_dict
+    while all("." in key for key in stripped):
+        heads = {key.split(".", 1)[0] for key in stripped}
+        if len(heads) != 1 or heads & _SAM_TOP_LEVEL:
+            break
+        stripped = {key.split(".", 1)[1]: value for key, value in stripped.items()}
+    if stripped is not state_dict and {key.split(".", 1)[0] for key in stripped} & _SAM_TOP_LEVEL:
+        return stripped
+    return state_dict
+
+
+def _prefix_hint(state_dict: dict[str, torch.Tensor]) -> str:
+    """How to fix keys of which only some carry a wrapper prefix (``module.image_encoder...`` next to
+    ``image_encoder...``); empty when that is not the case."""
+    wrapped = sorted({key.split(".", 1)[0] + "." for key in state_dict
+                      if key.split(".", 1)[0] not in _SAM_TOP_LEVEL and "." in key
+                      and key.split(".", 1)[1].split(".", 1)[0] in _SAM_TOP_LEVEL})
+    if not wrapped:
+        return ""
+    head = wrapped[0]
+    count = sum(key.startswith(head) for key in state_dict)
+    return (f" {count} of its {len(state_dict)} keys carry the prefix {head!r} (a DistributedDataParallel/"
+            f"DataParallel or torch.compile save) and the others do not, so which weights are meant is ambiguous; "
+            f"re-save it with one layout, e.g. {{k.removeprefix({head!r}): v for k, v in sd.items()}} if the "
+            f"prefixed keys are the ones to keep.")
+
+
+def _describe_keys(state_dict: dict[str, torch.Tensor]) -> str:
+    """'module. (300 of 310), ...': the commonest first key components, to show what the file holds."""
+    from collections import Counter
+
+    counts = Counter(key.split(".", 1)[0] + ("." if "." in key else "") for key in state_dict)
+    return ", ".join(f"{head} ({n} of {len(state_dict)})" for head, n in counts.most_common(4))
 
 
 def load_into(model: Sam, state_dict: dict[str, torch.Tensor], expected: str, where: str = "checkpoint") -> Sam:
-    """Strictly load ``state_dict`` into ``model``; name the variant on a mismatch."""
+    """Strictly load ``state_dict`` into ``model``; name the variant on a mismatch. A prefix on every key
+    (``module.`` from DistributedDataParallel) is removed first."""
+    state_dict = strip_wrapper_prefix(state_dict)
     detected = detect_variant(state_dict)
     if detected.startswith("not"):
         raise CheckpointError(
-            f"{where}: not a SAM checkpoint (no image_encoder weights among its {len(state_dict)} tensors); the "
-            f"model being built is {expected}. Get the official file with {_how_to_get(expected)}."
+            f"{where}: not a SAM checkpoint (no image_encoder weights among its {len(state_dict)} tensors: "
+            f"its keys start with {_describe_keys(state_dict)}).{_prefix_hint(state_dict)} The model being built "
+            f"is {expected}. Get the official file with {_how_to_get(expected)}."
         )
     if expected in CONFIGS and detected != expected and detected in CONFIGS:
         raise CheckpointError(
@@ -179,7 +225,7 @@ def load_into(model: Sam, state_dict: dict[str, torch.Tensor], expected: str, wh
                          f"model {tuple(own[k].shape)})")
         raise CheckpointError(
             f"{where}: does not match the {expected} architecture (detected: {detected}): " + "; ".join(parts)
-            + ". Pass the official checkpoint for this model."
+            + "." + (_prefix_hint(state_dict) or " Pass the official checkpoint for this model.")
         )
     model.load_state_dict(state_dict, strict=True)
     return model.eval()

@@ -1,4 +1,8 @@
-"""``imseg demo``: segment scikit-image's bundled photos with a point and a box prompt, no download."""
+"""``imseg demo``: segment scikit-image's bundled photos with a point and a box prompt.
+
+Without a checkpoint the demo fetches the model's official weights into the cache (sha256 checked); offline it
+says so and runs with random weights under a banner, so it always shows the whole flow.
+"""
 
 from __future__ import annotations
 
@@ -36,20 +40,43 @@ def _mark(image: np.ndarray, point: tuple[int, int] | None = None, box: tuple[in
     return img
 
 
-def run_demo(model: str = "sam-vit-b", checkpoint: str | os.PathLike | None = None, out: str | os.PathLike = "runs/demo",
+def demo_weights(name: str, checkpoint: str | os.PathLike | None, echo: Any = print,
+                 timeout: float = 20.0) -> str | os.PathLike | None:
+    """The checkpoint the demo runs: ``checkpoint`` if given, else the cached official weights of model
+    ``name``, else a fresh download of them; None (random weights) when the download fails, with the reason."""
+    from ..errors import WeightsError
+    from ..registry import download_weights, find_weights, get_spec, weights_path
+
+    spec = get_spec(name)
+    if checkpoint is not None or spec.weights is None:
+        return checkpoint
+    cached = find_weights(spec.name)
+    if cached is not None:
+        return cached
+    size = f" ({spec.weights.size / 1e6:.0f} MB)" if spec.weights.size else ""
+    echo(f"downloading the official {spec.name} weights{size} from {spec.weights.url} to {weights_path(spec.name)}")
+    try:
+        return download_weights(spec.name, timeout=timeout)
+    except WeightsError as exc:
+        echo(f"the download failed, so the demo continues offline: {exc}")
+        return None
+
+
+def run_demo(model: str = "mobile-sam", checkpoint: str | os.PathLike | None = None, out: str | os.PathLike = "runs/demo",
              images: tuple[str, ...] = ("astronaut", "coffee"), device: str = "auto", echo: Any = print) -> list[Path]:
-    """Build ``model`` (random weights, loudly, when no checkpoint is available), segment each image
-    with its point and box prompt, write overlay and mask PNGs into ``out``; returns the written paths."""
+    """Build ``model`` with :func:`demo_weights` (random weights, loudly, when none can be had), segment each
+    image with its point and box prompt, write overlay and mask PNGs into ``out``; returns the written paths."""
     import warnings
 
     from skimage import data
 
-    from ..registry import find_weights, get_spec, load
+    from ..registry import get_spec, load
 
     spec = get_spec(model)
-    if checkpoint is None and find_weights(spec.name) is None:
+    checkpoint = demo_weights(spec.name, checkpoint, echo)
+    if checkpoint is None:
         echo("=" * 78)
-        echo(f"WEIGHTS ARE RANDOM: no checkpoint for {spec.name} was found, so this demo runs the real model")
+        echo(f"WEIGHTS ARE RANDOM: no checkpoint for {spec.name} could be had, so this demo runs the real model")
         echo("code with RANDOM weights and the masks will not look like objects.")
         echo(f"Get real weights: `imseg weights download {spec.name}`, or pass --checkpoint PATH.")
         echo("=" * 78)
