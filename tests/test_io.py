@@ -297,6 +297,16 @@ def test_byte_cap(tmp_path, monkeypatch, rgb):
     assert read_image(path).shape == (20, 32, 3)
 
 
+def test_classical_gray_reader_keeps_the_byte_cap(tmp_path, monkeypatch, rgb):
+    """The classical methods' raw-intensity reader goes through the same capped reader as read_image."""
+    from imseg.classical import read_gray
+
+    path = write_image(tmp_path / "a.png", rgb)
+    monkeypatch.setenv("IMSEG_MAX_BYTES", "100")
+    with pytest.raises(InputError, match="IMSEG_MAX_BYTES"):
+        read_gray(path)
+
+
 def test_byte_cap_holds_when_the_size_is_not_known_in_advance(tmp_path, monkeypatch, rgb):
     """A file whose stat size is 0 (as /proc files report) is still read no further than the cap."""
     import imseg.io as imseg_io

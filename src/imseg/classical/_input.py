@@ -60,10 +60,10 @@ def read_gray(source: Any) -> np.ndarray:
     if isinstance(source, np.ndarray):
         return _raw_to_gray(source, "image array")
     if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
-        from ..io import _pil_to_rgb, open_encoded, read_tiff_array
+        from ..io import _pil_to_rgb, open_encoded, read_file_bytes, read_tiff_array
 
         path = Path(source)
-        data = path.read_bytes()
+        data = read_file_bytes(path)  # the byte cap, as for every other reader
         if data[:4] in (b"II*\x00", b"MM\x00*"):
             array = np.squeeze(read_tiff_array(BytesIO(data), str(path)))
             if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):

@@ -10,12 +10,12 @@ from .common import app, fail, out_dir, run_and_exit
 
 @app.command("demo")
 def demo_cmd(
-    model: str = typer.Option("sam-vit-b", "--model", help="SAM model: sam-vit-b or mobile-sam (also sam-vit-l/h)."),
+    model: str = typer.Option("mobile-sam", "--model", help="SAM model: mobile-sam (40 MB) or sam-vit-b/l/h."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="Official checkpoint file; default: the weights cache."),
     out: str = typer.Option("runs/demo", "--out", help="Output directory for overlays and masks."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
-    """Segment scikit-image's astronaut and coffee with a point and a box prompt (no download needed)."""
+    """Segment scikit-image's astronaut and coffee with a point and a box prompt (downloads the weights once when online)."""
     from ..sam.demo import run_demo
 
     try:
