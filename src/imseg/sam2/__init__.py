@@ -2,27 +2,36 @@
 
 Drop-in names: ``build_sam2`` (official config names), ``SAM2ImagePredictor``. Model pieces: Hiera
 image encoder with FPN neck, prompt encoder, mask decoder (high-resolution skips, object scores),
-memory attention (RoPE), memory encoder, object pointers. Importing this package imports torch.
+memory attention (RoPE), memory encoder, object pointers.
+
+The names are imported on first use, so ``imseg.sam2.specs`` (the checkpoint table) is readable
+without importing torch.
 """
 
 from __future__ import annotations
 
-from .checkpoint import build_model, build_sam2_model, load_into, read_state_dict
-from .compat import build_sam2, build_sam2_hf
-from .config import CONFIGS, Sam2Config, get_config
-from .model import Sam2Model
-from .predictor import SAM2ImagePredictor
+import importlib
+from typing import Any
 
-__all__ = [
-    "CONFIGS",
-    "SAM2ImagePredictor",
-    "Sam2Config",
-    "Sam2Model",
-    "build_model",
-    "build_sam2",
-    "build_sam2_hf",
-    "build_sam2_model",
-    "get_config",
-    "load_into",
-    "read_state_dict",
-]
+_WHERE = {
+    "SAM2ImagePredictor": "predictor",
+    "Sam2Model": "model",
+    "Sam2Config": "config",
+    "CONFIGS": "config",
+    "get_config": "config",
+    "build_sam2": "compat",
+    "build_sam2_hf": "compat",
+    "build_model": "checkpoint",
+    "build_sam2_model": "checkpoint",
+    "load_into": "checkpoint",
+    "read_state_dict": "checkpoint",
+    "SPECS": "specs",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'imseg.sam2' has no attribute {name!r}")
