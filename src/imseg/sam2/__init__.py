@@ -1,6 +1,7 @@
 """SAM 2.1 (our implementation; the official checkpoints load unchanged).
 
-Drop-in names: ``build_sam2`` (official config names), ``SAM2ImagePredictor``. Model pieces: Hiera
+Drop-in names: ``build_sam2`` (official config names), ``SAM2ImagePredictor``,
+``SAM2AutomaticMaskGenerator``. Model pieces: Hiera
 image encoder with FPN neck, prompt encoder, mask decoder (high-resolution skips, object scores),
 memory attention (RoPE), memory encoder, object pointers.
 
@@ -15,6 +16,7 @@ from typing import Any
 
 _WHERE = {
     "SAM2ImagePredictor": "predictor",
+    "SAM2AutomaticMaskGenerator": "automatic",
     "Sam2Model": "model",
     "Sam2Config": "config",
     "CONFIGS": "config",
