@@ -175,14 +175,18 @@ def test_image_batch_matches_official(models):
             np.testing.assert_allclose(b, a, rtol=0, atol=TOL)
 
 
-def test_memory_modules_match_official(models):
+@pytest.mark.parametrize("side", [32, pytest.param(64, marks=pytest.mark.slow)])
+def test_memory_modules_match_official(models, side):
+    """Memory attention over two frames' memories plus object-pointer tokens (no RoPE on those), on the
+    64x64 grid of 1024-px inputs and on a 32x32 grid (rotations recomputed); and the memory encoder."""
     official, ours = models
     gen = torch.Generator().manual_seed(3)
-    curr = torch.randn(4096, 2, 256, generator=gen)
-    curr_pos = torch.randn(4096, 2, 256, generator=gen)
+    tokens = side * side
+    curr = torch.randn(tokens, 2, 256, generator=gen)
+    curr_pos = torch.randn(tokens, 2, 256, generator=gen)
     ptr_tokens = 16
-    memory = torch.randn(2 * 4096 + ptr_tokens, 2, 64, generator=gen)
-    memory_pos = torch.randn(2 * 4096 + ptr_tokens, 2, 64, generator=gen)
+    memory = torch.randn(2 * tokens + ptr_tokens, 2, 64, generator=gen)
+    memory_pos = torch.randn(2 * tokens + ptr_tokens, 2, 64, generator=gen)
     with torch.no_grad():
         ref = official.memory_attention(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=ptr_tokens)
         got = ours.memory_attention(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=ptr_tokens)
@@ -234,3 +238,48 @@ def test_small_holes_and_sprinkles_are_flipped():
     assert (cleaned[0, 0, 40:42, 40:42] < 0).all() and (plain[0, 0, 40:42, 40:42] > 0).all()
     assert (cleaned[0, 0, 31:39, 31:39] < 0).all()  # the large hole stays
     assert torch.equal(cleaned[0, 0, :5, :5], plain[0, 0, :5, :5])
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_frame_decoding_matches_official(models, multimask):
+    from imseg.sam2.tracking import decode_frame
+
+    official, ours = models
+    gen = torch.Generator().manual_seed(4)
+    feats = torch.randn(2, 256, 64, 64, generator=gen)
+    high_res = [torch.randn(2, 32, 256, 256, generator=gen), torch.randn(2, 64, 128, 128, generator=gen)]
+    coords = torch.rand(2, 2, 2, generator=gen) * 1024
+    labels = torch.tensor([[1, 0], [1, -1]], dtype=torch.int32)
+    mask_inputs = torch.randn(2, 1, 1024, 1024, generator=gen)
+    for points, masks in (((coords, labels), None), (None, mask_inputs), ((coords, labels), mask_inputs)):
+        point_inputs = None if points is None else {"point_coords": points[0], "point_labels": points[1]}
+        with torch.no_grad():
+            ref = official._forward_sam_heads(feats, point_inputs=point_inputs, mask_inputs=masks,
+                                              high_res_features=high_res, multimask_output=multimask)
+            got = decode_frame(ours, feats, *(points or (None, None)), mask_inputs=masks, high_res_features=high_res,
+                               multimask_output=multimask)
+        names = ("low_res_multimasks", "high_res_multimasks", "ious", "low_res_masks", "high_res_masks", "obj_ptr",
+                 "object_score_logits")
+        for name, value in zip(names, ref, strict=True):
+            torch.testing.assert_close(getattr(got, name), value, rtol=0, atol=TOL, msg=name)
+
+
+@pytest.mark.parametrize("binarize", [False, True])
+def test_memory_encoding_matches_official(models, binarize):
+    from imseg.sam2.tracking import encode_memory
+
+    official, ours = models
+    gen = torch.Generator().manual_seed(6)
+    pix = torch.randn(2, 256, 64, 64, generator=gen)
+    masks = torch.randn(2, 1, 1024, 1024, generator=gen) * 4
+    scores = torch.tensor([[2.0], [-3.0]])  # one object present, one absent
+    official.binarize_mask_from_pts_for_mem_enc = binarize
+    try:
+        with torch.no_grad():
+            ref_feat, ref_pos = official._encode_new_memory([pix.flatten(2).permute(2, 0, 1)], [(64, 64)], masks,
+                                                            scores, is_mask_from_pts=True)
+            got_feat, got_pos = encode_memory(ours, pix, masks, scores, binarize=binarize)
+    finally:
+        official.binarize_mask_from_pts_for_mem_enc = False
+    torch.testing.assert_close(got_feat, ref_feat, rtol=0, atol=TOL)
+    torch.testing.assert_close(got_pos[0], ref_pos[0], rtol=0, atol=TOL)

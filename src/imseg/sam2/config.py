@@ -25,6 +25,8 @@ class Sam2Config:
     mem_dim: int = 64
     num_maskmem: int = 7
     memory_attention_layers: int = 4
+    sigmoid_scale_for_mem_enc: float = 20.0  # mask probabilities are mapped to logits-like inputs of the memory
+    sigmoid_bias_for_mem_enc: float = -10.0
     apply_postprocessing: bool = True  # dynamic single-mask choice via stability (official build default)
 
 
