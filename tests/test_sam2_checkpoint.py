@@ -132,3 +132,9 @@ def test_specs_table_imports_no_torch():
             "print(sorted(s.SPECS))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "sam2.1-hiera-b+" in out and "sam2.1-hiera-t" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_default_device_without_cuda_is_a_clear_error():
+    with pytest.raises(ConfigError, match="pass device='cpu'"):
+        build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml")

@@ -223,6 +223,9 @@ def test_prompt_errors(models):
         predictor.predict(point_coords=np.array([[1.0, 1.0]]), point_labels=np.array([7]))
     with pytest.raises(PromptError, match="mask_input must be"):
         predictor.predict(mask_input=np.zeros((256, 256)))
+    predictor._orig_hw = [(10, 10), (20, 20)]  # as after set_image_batch with two images
+    with pytest.raises(StateError, match="use predict_batch"):
+        predictor.predict(point_coords=np.array([[1.0, 1.0]]), point_labels=np.array([1]))
     with pytest.raises(StateError, match="set_image_batch"):
         predictor.predict_batch(point_coords_batch=[np.array([[1.0, 1.0]])], point_labels_batch=[np.array([1])])
 

@@ -25,6 +25,8 @@ def build_sam2(config_file: str, ckpt_path: str | os.PathLike | None = None, dev
                           f"{hydra_overrides_extra}); the four SAM 2.1 configs are built as published.")
     if mode not in ("eval", "train"):
         raise ConfigError(f"mode must be 'eval' or 'train', got {mode!r}.")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} is not available on this machine (no CUDA); pass device='cpu'.")
     model = build_sam2_model(variant_of(config_file), ckpt_path, device=device,
                              apply_postprocessing=apply_postprocessing)
     return model.train() if mode == "train" else model

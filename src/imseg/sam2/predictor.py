@@ -87,6 +87,9 @@ class SAM2ImagePredictor:
         (M, 256, 256); M = 3 with ``multimask_output`` else 1."""
         if not self._is_image_set:
             raise StateError("no image is set: call predictor.set_image(image) before predicting masks.")
+        if len(self._orig_hw) > 1:  # type: ignore[arg-type]
+            raise StateError(f"{len(self._orig_hw)} images are set (set_image_batch): use predict_batch, or "  # type: ignore[arg-type]
+                             f"set_image(image) for one image.")
         prompts = self._prep_prompts(point_coords, point_labels, box, mask_input, normalize_coords, img_idx=0)
         masks, iou, low_res = self._predict(*prompts, multimask_output, return_logits=return_logits, img_idx=0)
         return (masks.squeeze(0).float().cpu().numpy(), iou.squeeze(0).float().cpu().numpy(),
