@@ -16,7 +16,10 @@ venv: $(STAMP)
 
 $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -r $(LOCK)
+	@# sam2 ships source only and builds against the installed torch: install it after the rest, without CUDA
+	grep -v '^sam2==' $(LOCK) > $(VENV)/lock-base.txt
+	$(BIN)/pip install --quiet -r $(VENV)/lock-base.txt
+	SAM2_BUILD_CUDA=0 $(BIN)/pip install --quiet --no-deps --no-build-isolation $$(grep '^sam2==' $(LOCK))
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.imseg-*
 	@touch $(STAMP)
