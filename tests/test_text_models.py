@@ -72,7 +72,11 @@ def tiny_owlv2(seed: int = 0, **kwargs) -> Owlv2Detector:
                            image_size=64, patch_size=16),
         projection_dim=32)
     torch.manual_seed(seed)
-    return Owlv2Detector(Owlv2ForObjectDetection(config), processor, **kwargs)
+    model = Owlv2ForObjectDetection(config)
+    with torch.no_grad():  # small box offsets around OWLv2's per-patch prior boxes, so random boxes have a size
+        torch.nn.init.normal_(model.box_head.dense2.weight, std=0.01)
+        torch.nn.init.zeros_(model.box_head.dense2.bias)
+    return Owlv2Detector(model, processor, **kwargs)
 
 
 def tiny_clip_labeler(seed: int = 0, **kwargs):
