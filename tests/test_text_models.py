@@ -241,3 +241,32 @@ def test_specs_table_is_light_and_complete():
             "print(sorted(s.DETECTOR_WEIGHTS), sorted(s.CLIP_WEIGHTS))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "grounding-dino-tiny" in out and "owlv2-base" in out and "clip-vit-b-32" in out
+
+
+@pytest.mark.slow
+def test_offline_hub_names_raise_weights_errors(tmp_path):
+    """With the hub unreachable and an empty cache, both the detector and CLIP say what to place where."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from imseg.errors import WeightsError\n"
+        "from imseg.text import ClipLabeler, GroundingDinoDetector\n"
+        "for make in (lambda: GroundingDinoDetector.from_pretrained('IDEA-Research/grounding-dino-tiny'),\n"
+        "             lambda: ClipLabeler.from_pretrained('clip-vit-b-32', device='cpu')):\n"
+        "    try:\n"
+        "        make()\n"
+        "    except WeightsError as exc:\n"
+        "        print('WEIGHTS-ERROR', 'HF_HOME' in str(exc), 'hf download' in str(exc))\n"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300).stdout
+    assert out.count("WEIGHTS-ERROR True True") == 2, out
+
+
+def test_unknown_clip_name_is_a_config_error():
+    from imseg.text import ClipLabeler
+
+    with pytest.raises(ConfigError, match="unknown CLIP checkpoint"):
+        ClipLabeler.from_pretrained("clip-vit-z-99", device="cpu")

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PromptError, WeightsError, require
+from ..errors import ConfigError, PromptError, WeightsError, require
 
 # CLIP's normalisation mean as uint8: pixels outside a mask become this, i.e. zero after preprocessing
 _MEAN_RGB = (122, 116, 104)
@@ -65,7 +65,7 @@ class ClipLabeler:
         open_clip = require("open_clip", "text", "naming masks with CLIP")
         spec = CLIP_WEIGHTS.get(name)
         if spec is None:
-            raise WeightsError(f"unknown CLIP checkpoint {name!r}; known: {sorted(CLIP_WEIGHTS)}.")
+            raise ConfigError(f"unknown CLIP checkpoint {name!r}; known: {sorted(CLIP_WEIGHTS)}.")
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
