@@ -213,3 +213,62 @@ def test_sam_neck_layer_box_prompt_and_errors(mobile_sam_checkpoint, sample_imag
     with pytest.raises(ConfigError, match="semantic runs"):
         explain(ours, wide, target="horse")
     assert isinstance(result, Explanation)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def cli_app():
+    import typer
+
+    from imseg.explain_cli import explain_cmd
+
+    app = typer.Typer()
+    app.command("explain")(explain_cmd)
+    app.command("noop")(lambda: None)  # two commands: the verb is named on the command line as in imseg
+    return app
+
+
+def test_explain_cli_writes_overlays_and_maps_for_a_run(tmp_path, data_dir):
+    from typer.testing import CliRunner
+
+    from imseg.io import read_image, resize_rgb, write_image
+
+    run = write_run(tmp_path)
+    src = tmp_path / "images"
+    image = resize_rgb(read_image(data_dir / "weizmann-horse" / "images" / "horse001.jpg"), (64, 64))
+    write_image(src / "horse001.png", image)
+    region = np.zeros((64, 64), np.uint8)
+    region[8:40, 8:40] = 255
+    write_image(tmp_path / "region.png", region)
+    out = tmp_path / "out"
+    runner = CliRunner()
+    res = runner.invoke(cli_app(), ["explain", str(src), "--run", str(run), "--mask", str(tmp_path / "region.png"),
+                                    "--class", "horse", "--method", "gradcam++", "--out", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    overlay, cam = read_image(out / "horse001_mask_gradcampp.png"), read_image(out / "horse001_mask_gradcampp_cam.png")
+    assert overlay.shape == (64, 64, 3) and not np.array_equal(overlay, image)
+    seg = load_run(run, device="cpu")
+    expected = package_cam("gradcam++", seg.model, seg.model.decoder, normalised(image), 1, region > 0)
+    np.testing.assert_allclose(cam[..., 0] / 255.0, expected, atol=1 / 255 + 1e-6)
+    # errors: no model at all, an unknown class, a malformed point
+    res = runner.invoke(cli_app(), ["explain", str(src), "--out", str(out)])
+    assert res.exit_code == 2 and "either --run" in res.output
+    res = runner.invoke(cli_app(), ["explain", str(src), "--run", str(run), "--class", "zebra", "--device", "cpu"])
+    assert res.exit_code == 2 and "zebra" in res.output and "Traceback" not in res.output
+    res = runner.invoke(cli_app(), ["explain", str(src), "--model", "mobile-sam", "--points", "1;2,x"])
+    assert res.exit_code == 2 and "--points" in res.output
+
+
+@pytest.mark.slow
+def test_explain_cli_sam_point_prompt(tmp_path, mobile_sam_checkpoint, sample_image):
+    from typer.testing import CliRunner
+
+    from imseg.io import read_image, write_image
+
+    write_image(tmp_path / "astronaut.png", sample_image)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli_app(), ["explain", str(tmp_path / "astronaut.png"), "--model", "mobile-sam",
+                                         "--checkpoint", str(mobile_sam_checkpoint), "--points", "128,100",
+                                         "--labels", "1", "--out", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    cam = read_image(out / "astronaut_mask_gradcam_cam.png")
+    assert cam.shape == (256, 256, 3) and cam.max() > 100

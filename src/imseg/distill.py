@@ -36,6 +36,7 @@ class DistillResult:
     checkpoint: Path
     train_mse: list[float] = field(default_factory=list)
     val_mse: list[float] = field(default_factory=list)  # val_mse[0]: before training, then one per epoch
+    teacher_computed: int = 0  # embeddings the teacher computed (the rest came from the cache)
 
 
 def tensors_sha256(state_dict: dict[str, torch.Tensor]) -> str:
@@ -197,6 +198,7 @@ def distill_sam_encoder(teacher, student, images: Any, epochs: int, out_dir: str
     with atomic_path(result.checkpoint) as tmp:
         torch.save(official_state_dict(teacher, student), tmp)
     _write_metrics(Path(out_dir) / "metrics.csv", result)
+    result.teacher_computed = cache.computed
     return result
 
 
@@ -230,7 +232,7 @@ def _train(student, cache: TeacherCache, train: list[np.ndarray], val: list[np.n
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         result.train_mse.append(float(np.mean(losses)))
         if val:
             result.val_mse.append(embedding_mse(student, cache, val, dev))
