@@ -127,21 +127,25 @@ def official_state_dict(teacher, student) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in out.items()}
 
 
-def _read_all(images: Any, what: str) -> list[np.ndarray]:
-    from .io import list_images, read_image
+def _image_paths(images: Any, what: str) -> list[Path]:
+    """The image files of ``images``; they are read when used, so large sets need no memory."""
+    from .io import list_images
 
     paths = list_images(images)
     if not paths:
         raise InputError(f"{what}: no images found in {images!r}; pass a folder, a glob or a list of image files.")
-    return [read_image(p) for p in paths]
+    return paths
 
 
-def embedding_mse(student, cache: TeacherCache, images: list[np.ndarray], device: torch.device) -> float:
+def embedding_mse(student, cache: TeacherCache, images: list[Path], device: torch.device) -> float:
     """Mean squared error between the student's and the (cached) teacher's embeddings over ``images``."""
+    from .io import read_image
+
     student.image_encoder.eval()
     total = 0.0
     with torch.no_grad():
-        for rgb in images:
+        for path in images:
+            rgb = read_image(path)
             pred = student.image_encoder(encoder_input(rgb, cache.img_size, student).to(device))[0]
             total += float(torch.nn.functional.mse_loss(pred.float().cpu(), cache.embedding(rgb)))
     return total / len(images)
@@ -164,7 +168,7 @@ def distill_sam_encoder(teacher, student, images: Any, epochs: int, out_dir: str
         teacher_checkpoint: the teacher's file, hashed for the cache key (else its tensors are hashed).
         cache_dir: teacher embedding cache root (default ``<imseg cache>/distill``).
     """
-    from .io import atomic_path
+    from .io import atomic_path, read_image
     from .registry import cache_dir as imseg_cache
     from .registry import sha256_file
     from .sam.segmenter import resolve_device
@@ -188,9 +192,9 @@ def distill_sam_encoder(teacher, student, images: Any, epochs: int, out_dir: str
     student = student.to(dev)
     digest = sha256_file(teacher_checkpoint) if teacher_checkpoint else tensors_sha256(teacher.state_dict())
     cache = TeacherCache(cache_dir or imseg_cache() / "distill", teacher, digest, img_size, dev)
-    train = _read_all(images, "images")
-    val = _read_all(val_images, "val_images") if val_images is not None else []
-    _check_grid(student, cache, train[0], dev)
+    train = _image_paths(images, "images")
+    val = _image_paths(val_images, "val_images") if val_images is not None else []
+    _check_grid(student, cache, read_image(train[0]), dev)
     result = DistillResult(Path(out_dir) / CHECKPOINT_NAME)
     if val:
         result.val_mse.append(embedding_mse(student, cache, val, dev))
@@ -211,8 +215,10 @@ def _check_grid(student, cache: TeacherCache, rgb: np.ndarray, dev: torch.device
                               f"{tuple(pred.shape)}; the student must produce the teacher's embedding grid.")
 
 
-def _train(student, cache: TeacherCache, train: list[np.ndarray], val: list[np.ndarray], epochs: int, lr: float,
+def _train(student, cache: TeacherCache, train: list[Path], val: list[Path], epochs: int, lr: float,
            batch_size: int, dev: torch.device, seed: int, result: DistillResult, log) -> None:
+    from .io import read_image
+
     encoder = student.image_encoder
     params = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -224,7 +230,7 @@ def _train(student, cache: TeacherCache, train: list[np.ndarray], val: list[np.n
         losses = []
         perm = order.permutation(len(train))
         for start in range(0, len(train), batch_size):
-            chunk = [train[i] for i in perm[start : start + batch_size]]
+            chunk = [read_image(train[i]) for i in perm[start : start + batch_size]]
             x = torch.cat([encoder_input(rgb, cache.img_size, student) for rgb in chunk]).to(dev)
             target = torch.stack([cache.embedding(rgb) for rgb in chunk]).to(dev)
             loss = torch.nn.functional.mse_loss(encoder(x).float(), target)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from .errors import ConfigError, InputError, require
 
@@ -94,8 +95,6 @@ def get_layer(model, name: str):
 def _last_map_module(model, scope, x) -> str:
     """Name (in ``model``) of the module under ``scope`` whose (B, C, h, w) output is computed last in a forward
     pass: a stage finishes after its blocks, so this is the scope's last stage."""
-    import torch
-
     names = {id(m): n for n, m in model.named_modules()}
     seen: list[str] = []
     hooks = [m.register_forward_hook(lambda mod, _in, out: seen.append(names[id(mod)])
@@ -135,7 +134,6 @@ def run_cam(model, x, target_mask: np.ndarray, channel: int, layer, method: str,
             reshape_transform: Callable | None = None) -> np.ndarray:
     """The package's CAM of ``model`` on ``x`` (1, C, h, w) for ``SemanticSegmentationTarget(channel, mask)``:
     (h, w) float32 in [0, 1]."""
-    import torch
     from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
     target = SemanticSegmentationTarget(channel, np.ascontiguousarray(target_mask, dtype=np.float32))
@@ -191,28 +189,22 @@ def _class_index(target: int | str | None, class_names: list[str], label_map: np
     return index
 
 
-def _two_channel(model):
+class TwoChannel(torch.nn.Module):
     """A single-logit binary model as (background, foreground) logits (-z, z), so class ids index channels."""
-    import torch
 
-    class TwoChannel(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            z = self.inner(x)
-            return torch.cat([-z, z], 1)
-
-    return TwoChannel(model).eval()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.inner(x)
+        return torch.cat([-z, z], 1)
 
 
 def semantic_input(segmenter, rgb: np.ndarray):
     """The network input the segmenter would see at scale 1 (no tiling): (1, 3, s, s) normalised tensor and
     the (h, w) of the image inside it. Letterboxed to ``imgsz`` for ``resize=True`` runs, else native size
     padded (edge-replicated) to the model's input multiple."""
-    import torch
-
     from .io import letterbox_rgb
 
     if segmenter.resize:
@@ -241,8 +233,6 @@ def explain_semantic(model: Any, image: Any, *, target: int | str | None = None,
         method: gradcam, gradcam++ or hirescam.
         layer: dotted module name, or "decoder" (default: the decoder's output) / "encoder" (its last stage).
     """
-    import torch
-
     from .io import read_image
     from .semantic.infer import SemanticSegmenter, load_run
 
@@ -267,7 +257,7 @@ def explain_semantic(model: Any, image: Any, *, target: int | str | None = None,
                              "(--mask) to explain a region of your choice, or pick a predicted class.")
     name = layer if layer not in (None, "decoder", "encoder") else default_semantic_layer(seg.model, x, layer or "decoder")
     get_layer(seg.model, name)
-    net = _two_channel(seg.model) if single else seg.model
+    net = TwoChannel(seg.model).eval() if single else seg.model
     name_in_net = f"inner.{name}" if single else name
     cam = run_cam(net, x, region_in, index, get_layer(net, name_in_net), method)
     size = rgb.shape[:2]
@@ -308,34 +298,27 @@ def sam_reshape_transform(sam, layer: str) -> Callable | None:
     return None
 
 
-class PromptedMask:
+class PromptedMask(torch.nn.Module):
     """``sam`` as image -> mask logits for fixed prompts: (1, 3, S, S) preprocessed image ->
-    (1, 1, 256, 256) low-resolution logits of output ``index`` (an ``nn.Module`` built on first use)."""
+    (1, 1, 256, 256) low-resolution logits of mask output ``index``."""
 
-    def __new__(cls, sam, points, labels, box, multimask: bool, index: int = 0):
-        import torch
+    def __init__(self, sam, points, labels, box, multimask: bool, index: int = 0) -> None:
+        super().__init__()
+        self.sam, self.index, self.multimask = sam, index, multimask
+        self.points = None if points is None else (points, labels)
+        self.box = box
 
-        class _PromptedMask(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.sam = sam
-                self.index = index
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.all_outputs(x)[0][:, self.index : self.index + 1]
 
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.all_outputs(x)[0][:, self.index : self.index + 1]
-
-            def all_outputs(self, x: torch.Tensor):
-                emb = self.sam.image_encoder(x)
-                pts = (points, labels) if points is not None else None
-                sparse, dense = self.sam.prompt_encoder(points=pts, boxes=box, masks=None)
-                return self.sam.mask_decoder(emb, self.sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
-
-        return _PromptedMask().eval()
+    def all_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, M, 256, 256) low-resolution logits and (B, M) predicted IoUs of every mask output."""
+        emb = self.sam.image_encoder(x)
+        sparse, dense = self.sam.prompt_encoder(points=self.points, boxes=self.box, masks=None)
+        return self.sam.mask_decoder(emb, self.sam.prompt_encoder.get_dense_pe(), sparse, dense, self.multimask)
 
 
 def _sam_prompts(sam, transform, points, labels, box, size):
-    import torch
-
     from .prompts import validate_box, validate_points
 
     dev = sam.device
@@ -362,8 +345,6 @@ def explain_sam(model: Any, image: Any, *, points: Any = None, labels: Any = Non
     with ``multimask`` the mask with the highest predicted IoU is explained. ``layer``: a module name in the
     ``Sam`` model (default :func:`default_sam_layer`); points and box are in image pixels.
     """
-    import torch
-
     from .io import read_image
     from .sam.model import ResizeLongestSide
 

@@ -112,15 +112,19 @@ def distill_cmd(
     """Distil a SAM image encoder into MobileSAM's TinyViT (decoupled distillation); writes OUT/mobile_sam.pt."""
     from .distill import build_student, distill_sam_encoder
     from .registry import find_weights
-    from .sam.checkpoint import ALIASES, build_sam
+    from .sam.checkpoint import ALIASES, CONFIGS, VARIANT_MODEL_NAMES, build_sam
 
-    if ALIASES.get(student.strip().lower(), student) != "vit_t":
+    def variant_of(name: str) -> str | None:
+        key = name.strip().lower()
+        return ALIASES.get(key, key if key in CONFIGS else None)
+
+    if variant_of(student) != "vit_t":
         _fail(f"--student must be mobile-sam (a TinyViT encoder), got {student!r}.")
-    variant = ALIASES.get(teacher.strip().lower())
+    variant = variant_of(teacher)
     if variant is None:
         _fail(f"--teacher must be one of sam-vit-b, sam-vit-l, sam-vit-h, mobile-sam; got {teacher!r}.")
     try:
-        teacher_ckpt = teacher_checkpoint or find_weights(teacher.strip().lower())
+        teacher_ckpt = teacher_checkpoint or find_weights(VARIANT_MODEL_NAMES[variant])
         if teacher_ckpt is None:
             _fail(f"no checkpoint for the teacher {teacher}: pass --teacher-checkpoint PATH or run "
                   f"`imseg weights download {teacher}`.")
