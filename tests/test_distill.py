@@ -92,6 +92,8 @@ def test_distill_refuses_bad_setups(tmp_path, data_dir, make_sam_checkpoint):
                             images, 1, tmp_path, cache_dir=tmp_path, device="cpu")
     with pytest.raises(ConfigError, match="differs from the teacher"):
         distill_sam_encoder(teacher, None, images, 1, tmp_path, img_size=128, cache_dir=tmp_path, device="cpu")
+    with pytest.raises(ConfigError, match="teacher must be a SAM model"):
+        distill_sam_encoder(torch.nn.Linear(1, 1), None, images, 1, tmp_path, cache_dir=tmp_path, device="cpu")
     with pytest.raises(ConfigError, match="epochs"):
         distill_sam_encoder(teacher, None, images, 0, tmp_path, cache_dir=tmp_path, device="cpu")
 

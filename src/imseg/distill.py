@@ -93,13 +93,16 @@ class TeacherCache:
         return emb
 
 
-def _check_models(teacher, student) -> None:
+def _check_sam(model, name: str) -> None:
+    if not all(hasattr(model, a) for a in ("image_encoder", "prompt_encoder", "mask_decoder")):
+        raise ConfigError(f"{name} must be a SAM model (imseg.sam Sam, e.g. build_sam('vit_b', checkpoint)), "
+                          f"got {type(model).__name__}.")
+
+
+def _check_student(student) -> None:
     from .sam.tiny_vit import TinyViT
 
-    for name, model in (("teacher", teacher), ("student", student)):
-        if not all(hasattr(model, a) for a in ("image_encoder", "prompt_encoder", "mask_decoder")):
-            raise ConfigError(f"{name} must be a SAM model (imseg.sam Sam, e.g. build_sam('vit_b', checkpoint)), "
-                              f"got {type(model).__name__}.")
+    _check_sam(student, "student")
     if not isinstance(student.image_encoder, TinyViT):
         raise ConfigError(f"the student's image encoder must be TinyViT (MobileSAM, variant vit_t), got "
                           f"{type(student.image_encoder).__name__}.")
@@ -176,6 +179,7 @@ def distill_sam_encoder(teacher, student, images: Any, epochs: int, out_dir: str
     if int(epochs) < 1 or int(batch_size) < 1 or not lr > 0:
         raise ConfigError(f"epochs and batch_size must be >= 1 and lr > 0; got epochs={epochs}, "
                           f"batch_size={batch_size}, lr={lr}.")
+    _check_sam(teacher, "teacher")
     dev = resolve_device(device)
     img_size = int(img_size or teacher.image_encoder.img_size)
     if img_size % 64:
@@ -185,7 +189,7 @@ def distill_sam_encoder(teacher, student, images: Any, epochs: int, out_dir: str
         raise ConfigError(f"img_size {img_size} differs from the teacher's input size {teacher.image_encoder.img_size}; "
                           "build the teacher at that size (get_config(variant, img_size=...)).")
     student = build_student(teacher, img_size) if student is None else student
-    _check_models(teacher, student)
+    _check_student(student)
     if student.image_encoder.img_size != img_size:
         raise ConfigError(f"the student takes {student.image_encoder.img_size}-pixel inputs, the teacher {img_size}; "
                           "build both at the same size.")
