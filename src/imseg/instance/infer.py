@@ -40,12 +40,14 @@ class InstanceSegmenter(Segmenter):
         from ..io import read_image
         from .train import detections_to_masks
 
+        threshold = self.score_threshold if score_threshold is None else float(score_threshold)
         rgb = read_image(image)
         tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255).to(self.device)
+        # the box head drops detections at or below its own threshold before the mask head runs
+        self.model.roi_heads.score_thresh = threshold
         with torch.inference_mode():
             output = self.model([tensor])[0]
         masks = detections_to_masks(output, rgb.shape[:2], self.class_names, self.mask_threshold)
-        threshold = self.score_threshold if score_threshold is None else score_threshold
         return masks[np.flatnonzero(masks.scores >= threshold)]
 
     def segment(self, image: Any, *, points=None, labels=None, box=None, **kwargs: Any):

@@ -385,3 +385,18 @@ def train_instance(config: Mapping[str, Any]) -> Path:
     trainer.fit(module, loader(train_set, True, bool(cfg["flips"])), loader(val_set, False, False),
                 ckpt_path=str(resume) if resume else None)
     return run_dir
+
+
+def train_command(data: str, *, model: str = "maskrcnn", backbone: str = "resnet18", weights: str | None = None,
+                  val: str | None = None, val_fraction: float = 0.2, epochs: int = 50, imgsz: int = 512,
+                  batch: int = 2, lr: float = 3e-4, workers: int = 0, seed: int = 0, proposals: int = 1000,
+                  detections: int = 100, max_time: float | None = None, name: str = "exp",
+                  project: str = "runs/train", exist_ok: bool = False, resume: str | None = None,
+                  accelerator: str = "auto") -> Path:
+    """Flat, typed options for ``imseg train --task instance`` (``weights``: a backbone state_dict file)."""
+    return train_instance({
+        "data": data, "model": model, "backbone": backbone, "backbone_weights": weights, "val": val,
+        "val_fraction": val_fraction, "epochs": epochs, "imgsz": imgsz, "batch": batch, "lr": lr, "workers": workers,
+        "seed": seed, "proposals": proposals, "detections": detections, "max_time": max_time, "name": name,
+        "project": project, "exist_ok": exist_ok, "resume": resume, "accelerator": accelerator,
+    })
