@@ -80,6 +80,9 @@ def test_coco_ap_matches_faster_coco_eval():
         ref = _reference_coco(truth, preds, iou_type)
         np.testing.assert_allclose([got[f"{prefix}_ap"], got[f"{prefix}_ap50"], got[f"{prefix}_ap75"]], ref, atol=1e-6)
     assert set(got["per_class_mask_ap"]) == set(NAMES)
+    # fewer than 100 detections per image: a larger cap changes nothing (COCO's summary only reads maxDets=100)
+    more = coco_metrics(preds, truth, NAMES, max_dets=300)
+    assert all(more[k] == pytest.approx(got[k]) for k in ("mask_ap", "mask_ap50", "mask_ap75", "box_ap"))
     assert np.nanmean(list(got["per_class_mask_ap"].values())) == pytest.approx(got["mask_ap"], abs=1e-9)
 
 

@@ -82,15 +82,16 @@ def _run_cocoeval(gt_api, results: list[dict], iou_type: str, max_dets: int):
     return evaluator
 
 
+def _mean_valid(values: np.ndarray) -> float:
+    """Mean of the entries COCOeval filled (-1 marks none); NaN if there are none."""
+    values = values[values > -1]
+    return float(values.mean()) if values.size else float("nan")
+
+
 def _per_class_ap(evaluator, class_names: Sequence[str]) -> dict[str, float]:
     """AP@[.50:.95] per class (area "all", the largest maxDets); NaN for a class without ground truth."""
     precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K)
-    out = {}
-    for k, name in enumerate(class_names):
-        values = precision[:, :, k]
-        values = values[values > -1]
-        out[name] = float(values.mean()) if values.size else float("nan")
-    return out
+    return {name: _mean_valid(precision[:, :, k]) for k, name in enumerate(class_names)}
 
 
 def coco_metrics(predictions: Sequence[Masks], truth: Sequence[InstanceSample | Masks], class_names: Sequence[str],
@@ -120,7 +121,11 @@ def coco_metrics(predictions: Sequence[Masks], truth: Sequence[InstanceSample | 
             gt_api.dataset = dataset
             gt_api.createIndex()
         evaluator = _run_cocoeval(gt_api, results, iou_type, max_dets)
-        stats = [float("nan") if v < 0 else float(v) for v in evaluator.stats[:3]]
+        # read from the precision array: COCOeval.summarize looks AP@[.5:.95] up at maxDets=100 only
+        precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K), area "all", the largest maxDets
+        thresholds = np.round(evaluator.params.iouThrs, 2)
+        stats = [_mean_valid(precision), _mean_valid(precision[thresholds == 0.5]),
+                 _mean_valid(precision[thresholds == 0.75])]
         out.update({f"{prefix}_ap": stats[0], f"{prefix}_ap50": stats[1], f"{prefix}_ap75": stats[2],
                     f"per_class_{prefix}_ap": _per_class_ap(evaluator, class_names)})
     return out
