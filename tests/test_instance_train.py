@@ -11,7 +11,7 @@ pytest.importorskip("lightning")
 
 from imseg.errors import CheckpointError, ConfigError, DatasetError, PromptError  # noqa: E402
 from imseg.instance import InstanceDataset, InstanceMask, InstanceObject, InstanceSample  # noqa: E402
-from imseg.instance.infer import InstanceSegmenter, load_instance_run  # noqa: E402
+from imseg.instance.infer import InstanceSegmenter, is_instance_run, load_instance_run  # noqa: E402
 from imseg.instance.model import build_maskrcnn, model_config  # noqa: E402
 from imseg.instance.train import InstanceTorchDataset, split_dataset, train_instance  # noqa: E402
 from imseg.masks import Masks  # noqa: E402
@@ -88,6 +88,8 @@ def test_bad_options_are_clear_errors(tmp_path):
         train_instance({"data": InstanceDataset(["x"]), "backbone": "vgg"})
     with pytest.raises(ConfigError, match="unknown training option"):
         train_instance({"data": InstanceDataset(["x"]), "epoch": 3})
+    with pytest.raises(DatasetError, match="0 validation images"):
+        train_instance({"data": InstanceDataset(["x"], [InstanceSample("a", 4, 4)]), "val": InstanceDataset(["x"])})
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train_instance({"data": InstanceDataset(["x"], [InstanceSample("a", 4, 4)] * 2), "resume": tmp_path})
     with pytest.raises(CheckpointError, match="not an imseg instance checkpoint"):
@@ -137,6 +139,7 @@ def test_train_writes_run_directory(trained):
     assert config["task"] == "instance" and config["class_names"] == ["nucleus"] and config["train"]["imgsz"] == 128
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["0"] and np.isfinite(float(rows[0]["train_loss"]))
+    assert is_instance_run(run) and is_instance_run(run / "weights" / "best.pt") and not is_instance_run(run.parent)
     payload = torch.load(run / "weights" / "best.pt", weights_only=True)
     assert payload["format"] == "imseg.instance" and payload["model"]["backbone"] == "resnet18"
 

@@ -98,3 +98,20 @@ def load_instance_run(path: str | os.PathLike, *, weights: str = "best", device:
     threshold = payload.get("score_threshold", 0.5) if score_threshold is None else score_threshold
     return InstanceSegmenter(model, payload["class_names"], score_threshold=threshold,
                              mask_threshold=mask_threshold, device=device)
+
+
+def is_instance_run(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an instance run directory (config.yaml ``task: instance``) or one of its weights files,
+    so ``imseg.load(path)`` can route it here rather than to the semantic loader."""
+    path = Path(path)
+    run = path.parent.parent if path.is_file() and path.parent.name == "weights" else path
+    config = run / "config.yaml"
+    if not config.is_file():
+        return False
+    import yaml
+
+    try:
+        data = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and data.get("task") == "instance"

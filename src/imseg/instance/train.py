@@ -359,6 +359,8 @@ def train_instance(config: Mapping[str, Any]) -> Path:
         raise DatasetError(f"validation classes {extra} are not among the training classes {names}.")
     if not names:
         raise DatasetError("the training set has no categories; it needs at least one object class.")
+    if not len(train_set) or not len(val_set):
+        raise DatasetError(f"{len(train_set)} training and {len(val_set)} validation images; both need at least one.")
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
     arch = model_config(cfg["backbone"], len(names), cfg["imgsz"], anchors=tuple(cfg["anchors"]),
                         proposals=cfg["proposals"], detections=cfg["detections"], scales=tuple(cfg["scales"]),
