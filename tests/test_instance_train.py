@@ -113,6 +113,15 @@ def test_backbone_checkpoint_seeds_the_backbone(tmp_path):
         build_maskrcnn(config, tmp_path / "missing.pth")
 
 
+def test_mobilenet_checkpoint_seeds_the_features(tmp_path):
+    import torchvision
+
+    net = torchvision.models.mobilenet_v3_large(weights=None)
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "mnv3.pth")
+    model = build_maskrcnn(model_config("mobilenet_v3", 1, 64), tmp_path / "mnv3.pth")
+    assert torch.equal(model.backbone.body["16"][0].weight, net.features[16][0].weight)
+
+
 @pytest.mark.parametrize("backbone", ["resnet34", "resnet50", "mobilenet_v3"])
 def test_other_backbones_detect(backbone):
     model = build_maskrcnn(model_config(backbone, 3, 64, channels=16, proposals=16, detections=5)).eval()
