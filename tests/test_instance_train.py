@@ -135,7 +135,9 @@ def trained(dsb, tmp_path_factory):
     project = tmp_path_factory.mktemp("runs")
     train = InstanceDataset(dsb.categories, dsb.samples[:2])
     val = InstanceDataset(dsb.categories, dsb.samples[2:])
-    run = train_instance({**TINY, "data": train, "val": val, "epochs": 1, "project": project, "name": "nuclei"})
+    # max_time=0: the time budget ends training after its first (whole, validated) epoch of three
+    run = train_instance({**TINY, "data": train, "val": val, "epochs": 3, "max_time": 0, "project": project,
+                          "name": "nuclei"})
     return run, val
 
 
