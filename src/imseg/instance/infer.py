@@ -1,0 +1,117 @@
+"""Inference with a trained instance run: ``load_instance_run(path) -> InstanceSegmenter``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError, ConfigError, PromptError
+from ..registry import Segmenter
+from .sample import InstanceDataset
+
+
+class InstanceSegmenter(Segmenter):
+    """Mask R-CNN from a run directory. ``segment(image)`` returns :class:`imseg.Masks` with ``labels``
+    (0-based, indexing ``class_names``), ``scores`` and XYWH ``boxes``, detections scoring at least
+    ``score_threshold``; a pixel belongs to a mask where its probability exceeds ``mask_threshold``."""
+
+    name = "maskrcnn"
+    supports_prompts = False
+
+    def __init__(self, model, class_names: list[str], *, score_threshold: float = 0.5, mask_threshold: float = 0.5,
+                 device: str = "cpu") -> None:
+        import torch
+
+        for what, value in (("score_threshold", score_threshold), ("mask_threshold", mask_threshold)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{what} must be between 0 and 1; got {value}.")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.class_names = list(class_names)
+        self.score_threshold, self.mask_threshold = float(score_threshold), float(mask_threshold)
+
+    def detect(self, image: Any, score_threshold: float | None = None):
+        """All detections of ``image`` scoring at least ``score_threshold`` (default: the segmenter's)."""
+        import torch
+
+        from ..io import read_image
+        from .train import detections_to_masks
+
+        threshold = self.score_threshold if score_threshold is None else float(score_threshold)
+        rgb = read_image(image)
+        tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255).to(self.device)
+        # the box head drops detections at or below its own threshold before the mask head runs
+        self.model.roi_heads.score_thresh = threshold
+        with torch.inference_mode():
+            output = self.model([tensor])[0]
+        masks = detections_to_masks(output, rgb.shape[:2], self.class_names, self.mask_threshold)
+        return masks[np.flatnonzero(masks.scores >= threshold)]
+
+    def segment(self, image: Any, *, points=None, labels=None, box=None, **kwargs: Any):
+        if points is not None or labels is not None or box is not None:
+            raise PromptError("Mask R-CNN segments every object it finds and takes no prompts; drop points/labels/box.")
+        if kwargs:
+            raise ConfigError(f"InstanceSegmenter.segment got unknown options {sorted(kwargs)}.")
+        return self.detect(image)
+
+    def evaluate(self, dataset: InstanceDataset | str | os.PathLike, *, max_dets: int = 100) -> dict:
+        """COCO box/mask AP (every detection) and the DSB score / F1@0.5 (detections at ``score_threshold``).
+
+        ``dataset``: an InstanceDataset or a path :func:`imseg.instance.read_dataset` reads; its classes must be
+        among the model's."""
+        from .formats import read_dataset
+        from .metrics import instance_metrics
+
+        if not isinstance(dataset, InstanceDataset):
+            dataset = read_dataset(dataset)
+        unknown = sorted(set(dataset.categories) - set(self.class_names))
+        if unknown:
+            raise ConfigError(f"dataset classes {unknown} are not among the model's classes {self.class_names}.")
+        predictions = [self.detect(s.image_path, score_threshold=0.0) for s in dataset.samples]
+        return instance_metrics(predictions, dataset.samples, self.class_names,
+                                score_threshold=self.score_threshold, max_dets=max_dets)
+
+    def __repr__(self) -> str:
+        return f"InstanceSegmenter(classes={self.class_names}, score_threshold={self.score_threshold})"
+
+
+def load_instance_run(path: str | os.PathLike, *, weights: str = "best", device: str = "cpu",
+                      score_threshold: float | None = None, mask_threshold: float = 0.5) -> InstanceSegmenter:
+    """An :class:`InstanceSegmenter` from a run directory (``weights/best.pt`` or ``last.pt``) or a checkpoint file."""
+    from .model import build_maskrcnn
+    from .train import load_checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        if weights not in ("best", "last"):
+            raise ConfigError(f"weights must be 'best' or 'last'; got {weights!r}.")
+        path = path / "weights" / f"{weights}.pt"
+    payload = load_checkpoint(path)
+    model = build_maskrcnn(payload["model"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the model {payload['model']}: {exc}") from exc
+    threshold = payload.get("score_threshold", 0.5) if score_threshold is None else score_threshold
+    return InstanceSegmenter(model, payload["class_names"], score_threshold=threshold,
+                             mask_threshold=mask_threshold, device=device)
+
+
+def is_instance_run(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an instance run directory (config.yaml ``task: instance``) or one of its weights files,
+    so ``imseg.load(path)`` can route it here rather than to the semantic loader."""
+    path = Path(path)
+    run = path.parent.parent if path.is_file() and path.parent.name == "weights" else path
+    config = run / "config.yaml"
+    if not config.is_file():
+        return False
+    import yaml
+
+    try:
+        data = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and data.get("task") == "instance"
