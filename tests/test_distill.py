@@ -99,14 +99,10 @@ def test_distill_refuses_bad_setups(tmp_path, data_dir, make_sam_checkpoint):
 
 
 def test_distill_cli_trains_and_saves_mobile_sam(tmp_path, data_dir, make_sam_checkpoint):
-    import typer
     from typer.testing import CliRunner
 
-    from imseg.explain_cli import distill_cmd
+    from imseg.cli import app
 
-    app = typer.Typer()
-    app.command("distill")(distill_cmd)
-    app.command("noop")(lambda: None)
     data = str(data_dir / "weizmann-horse" / "images" / "horse00[12].jpg")
     args = ["distill", "--teacher", "mobile-sam", "--teacher-checkpoint", str(make_sam_checkpoint("vit_t", seed=0)),
             "--student", "mobile-sam", "--data", data, "--val", data, "--epochs", "1", "--imgsz", "64",

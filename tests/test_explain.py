@@ -217,13 +217,8 @@ def test_sam_neck_layer_box_prompt_and_errors(mobile_sam_checkpoint, sample_imag
 
 # ----------------------------------------------------------------------------------------------- CLI
 def cli_app():
-    import typer
+    from imseg.cli import app
 
-    from imseg.explain_cli import explain_cmd
-
-    app = typer.Typer()
-    app.command("explain")(explain_cmd)
-    app.command("noop")(lambda: None)  # two commands: the verb is named on the command line as in imseg
     return app
 
 

@@ -175,6 +175,9 @@ def test_load_segment_and_evaluate(trained):
     run, val = trained
     segmenter = load_instance_run(run, score_threshold=0.0)
     assert isinstance(segmenter, InstanceSegmenter)
+    import imseg
+
+    assert isinstance(imseg.load(run, score_threshold=0.0), InstanceSegmenter)  # routed by the run's task
     sample = val.samples[0]
     masks = segmenter.segment(sample.image_path)
     assert isinstance(masks, Masks) and masks.image_size == (sample.height, sample.width)
@@ -188,3 +191,20 @@ def test_load_segment_and_evaluate(trained):
     for key in ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "dsb_score", "f1_50"):
         assert np.isfinite(metrics[key]) and 0.0 <= metrics[key] <= 1.0, key
     assert len(metrics["per_image"]) == 2 and set(metrics["per_class_mask_ap"]) == {"nucleus"}
+
+
+def test_cli_instance_task_refuses_semantic_options_and_missing_data(tmp_path):
+    from typer.testing import CliRunner
+
+    from imseg.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--task", "instance", "--data", str(tmp_path), "--loss", "ce"])
+    assert result.exit_code == 2 and "--loss apply to semantic training only" in result.output
+    result = runner.invoke(app, ["train", "--task", "instance"])
+    assert result.exit_code == 2 and "--task instance needs --data" in result.output
+    result = runner.invoke(app, ["train", "--task", "panoptic", "--data", str(tmp_path)])
+    assert result.exit_code == 2 and "--task must be semantic or instance" in result.output
+    result = runner.invoke(app, ["train", "--task", "instance", "--data", str(tmp_path / "none"), "--project",
+                                 str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "Traceback" not in result.output

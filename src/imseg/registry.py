@@ -234,6 +234,10 @@ def load(
             raise ModelNotFoundError(f"{path}: no such run or export directory.")
         if backend == "onnxruntime" or (path / "imseg_export.json").exists():
             return _call_builder("imseg.export.runtime:load_exported", path, device=device, **kwargs)
+        from .instance.infer import is_instance_run
+
+        if is_instance_run(path):
+            return _call_builder("imseg.instance.infer:load_instance_run", path, device=device, **kwargs)
         return _call_builder("imseg.semantic.infer:load_run", path, checkpoint=checkpoint, device=device, **kwargs)
     spec = get_spec(str(name))
     if backend == "onnxruntime":

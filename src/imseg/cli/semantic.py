@@ -12,7 +12,11 @@ from .common import app, fail, out_dir, run_and_exit
 def train_cmd(
     ctx: typer.Context,
     data: str = typer.Option(None, "--data", help="Dataset YAML or directory (folder pairs, VOC, COCO, labelme)."),
-    model: str = typer.Option("unet", "--model", help="Architecture: unet, unet++, fpn, deeplabv3+, segformer, ..."),
+    task: str = typer.Option("semantic", "--task", help="semantic (a class per pixel) or instance (Mask R-CNN: a mask "
+                             "per object; data in any format `imseg convert` reads)."),
+    model: str = typer.Option(None, "--model", help="Architecture: unet, unet++, fpn, deeplabv3+, segformer, ... "
+                              "(default unet); maskrcnn for --task instance."),
+    backbone: str = typer.Option("resnet18", "--backbone", help="--task instance: resnet18/34/50 or mobilenet_v3."),
     encoder: str = typer.Option("resnet34", "--encoder", help="smp encoder (resnet18/34/50, efficientnet-b0, ...) or tu-<timm>."),
     weights: str = typer.Option("none", "--weights", help="Encoder weights: none or imagenet (needs a download)."),
     epochs: int = typer.Option(None, "--epochs", help="Epochs (default 50; with --resume: the run's own)."),
@@ -45,6 +49,13 @@ def train_cmd(
     """Train a semantic segmentation model; writes runs/train/NAME[N]/ (weights, metrics.csv, plots)."""
     import yaml
 
+    if task not in ("semantic", "instance"):
+        fail(f"--task must be semantic or instance, got {task!r}.")
+    if task == "instance":
+        _train_instance(ctx, data, model or "maskrcnn", backbone, epochs, imgsz, batch, lr, workers, seed, name,
+                        project, resume, accelerator)
+        return
+    model = model or "unet"
     from ..semantic.train import train
 
     if resume:
@@ -72,6 +83,31 @@ def train_cmd(
         fail(str(exc))
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
     typer.echo(f"best: {metrics}\nresults saved to {result.run_dir}")
+
+
+_INSTANCE_OPTIONS = ("data", "task", "model", "backbone", "epochs", "imgsz", "batch", "lr", "workers", "seed", "name",
+                     "project", "resume", "accelerator")
+
+
+def _train_instance(ctx: typer.Context, data, model, backbone, epochs, imgsz, batch, lr, workers, seed, name, project,
+                    resume, accelerator) -> None:
+    """``imseg train --task instance``: Mask R-CNN on an instance data set."""
+    from ..instance.train import train_command
+
+    unused = sorted(f"--{key.replace('_', '-')}" for key in ctx.params if key not in _INSTANCE_OPTIONS
+                    and getattr(ctx.get_parameter_source(key), "name", "") == "COMMANDLINE")
+    if unused:
+        fail(f"{', '.join(unused)} apply to semantic training only; --task instance takes --data, --model, --backbone, "
+             f"--epochs, --imgsz, --batch, --lr, --workers, --seed, --name, --project, --resume and --accelerator.")
+    if data is None and resume is None:
+        fail("--task instance needs --data DATA (COCO JSON, labelme, YOLO-seg, VOC, label images or DSB folders).")
+    try:
+        run_dir = train_command(data, model=model, backbone=backbone, epochs=50 if epochs is None else epochs,
+                                imgsz=imgsz, batch=batch, lr=lr, workers=workers, seed=seed, name=name, project=project,
+                                resume=resume, accelerator=accelerator)
+    except ImsegError as exc:
+        fail(str(exc))
+    typer.echo(f"results saved to {run_dir}")
 
 
 def _per_class_table(title: str, class_names: list[str], metrics: dict) -> None:
