@@ -5,7 +5,19 @@ from __future__ import annotations
 import typer
 
 from ..errors import ImsegError
-from .common import app, fail, out_dir, run_and_exit
+from .common import (
+    ADDRESS,
+    BATCH_SIZE,
+    CPUS_PER_WORKER,
+    ENGINE,
+    GPUS_PER_WORKER,
+    WORKERS,
+    app,
+    fail,
+    make_executor,
+    out_dir,
+    run_and_exit,
+)
 
 
 def parse_params(items: list[str]) -> dict:
@@ -32,6 +44,12 @@ def classical_cmd(
     param: list[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE (repeatable), e.g. sigma=1."),
     post: str = typer.Option("", "--post", help="Post-processing, e.g. 'remove_small=64,fill_holes=64,crf'."),
     list_methods: bool = typer.Option(False, "--list", help="List the methods with when to use each, then exit."),
+    engine: str = ENGINE,
+    address: str = ADDRESS,
+    workers: int = WORKERS,
+    cpus_per_worker: float = CPUS_PER_WORKER,
+    gpus_per_worker: float = GPUS_PER_WORKER,
+    batch_size: int = BATCH_SIZE,
 ) -> None:
     """Segment images with a classical method (no weights); one label map PNG per image.
 
@@ -50,6 +68,7 @@ def classical_cmd(
     from ..io import list_images
     from ..jobs import build_classical_job
 
+    executor = make_executor(engine, address, workers, cpus_per_worker, gpus_per_worker, batch_size)
     params = parse_params(param)
     root = out_dir(out)
     try:
@@ -57,4 +76,4 @@ def classical_cmd(
         files = list_images(source)
     except ImsegError as exc:
         fail(str(exc))
-    run_and_exit(files, job, root, resume=False)
+    run_and_exit(files, job, root, resume=False, executor=executor)

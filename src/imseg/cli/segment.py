@@ -5,7 +5,19 @@ from __future__ import annotations
 import typer
 
 from ..errors import ImsegError
-from .common import app, fail, out_dir, run_and_exit
+from .common import (
+    ADDRESS,
+    BATCH_SIZE,
+    CPUS_PER_WORKER,
+    ENGINE,
+    GPUS_PER_WORKER,
+    WORKERS,
+    app,
+    fail,
+    make_executor,
+    out_dir,
+    run_and_exit,
+)
 
 
 @app.command("demo")
@@ -93,6 +105,12 @@ def segment_cmd(
     allow_random_weights: bool = typer.Option(
         False, "--allow-random-weights", help="Build random weights when no checkpoint is found (testing only)."
     ),
+    engine: str = ENGINE,
+    address: str = ADDRESS,
+    workers: int = WORKERS,
+    cpus_per_worker: float = CPUS_PER_WORKER,
+    gpus_per_worker: float = GPUS_PER_WORKER,
+    batch_size: int = BATCH_SIZE,
 ) -> None:
     """Segment images; writes masks/, overlays/, coco.json (format coco) and done/ markers under --out.
 
@@ -118,6 +136,7 @@ def segment_cmd(
     }
     if amg_options and prompts:
         fail("--points-per-side / --pred-iou-thresh / --stability-score-thresh apply to everything mode only.")
+    executor = make_executor(engine, address, workers, cpus_per_worker, gpus_per_worker, batch_size)
     root = out_dir(out)
     try:
         images = list_images(src)
@@ -126,4 +145,4 @@ def segment_cmd(
                                 fmt=fmt, overlay=overlay)
     except ImsegError as exc:
         fail(str(exc))
-    run_and_exit(images, job, root)
+    run_and_exit(images, job, root, executor=executor)
