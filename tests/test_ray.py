@@ -23,7 +23,7 @@ from imseg.jobs import ClassicalJob, build_classical_job, build_segment_job
 def ray_cluster():
     """One local Ray for the module: 2 CPUs, no dashboard; this module's jobs pickled by value for the workers."""
     ray = pytest.importorskip("ray")
-    import cloudpickle
+    from ray import cloudpickle  # the pickler Ray ships objects with
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -93,7 +93,14 @@ def test_classical_labels_match_local(ray_cluster, horses, tmp_path):
 def test_sam_random_weights_match_local(ray_cluster, horses, tmp_path, make_sam_checkpoint):
     job = build_segment_job("mobile-sam", checkpoint=str(make_sam_checkpoint("vit_t")), device="cpu", fmt="coco",
                             prompts={"box": [20.0, 20.0, 200.0, 180.0]})
-    local = run_batch(horses, job, tmp_path / "local")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker (cpus_per_worker=1): float sums in the same order, same scores
+    try:
+        local = run_batch(horses, job, tmp_path / "local")
+    finally:
+        torch.set_num_threads(threads)
     remote = run_batch(horses, job, tmp_path / "ray", executor=ray_executor())
     assert local.done == 3 and local.masks > 0
     assert_same_run(tmp_path / "local", tmp_path / "ray", local, remote)
@@ -147,9 +154,10 @@ class StopAfter:
 def test_interrupted_run_resumes(ray_cluster, horses, tmp_path):
     job = build_segment_job("otsu", fmt="coco")
     first = run_batch(horses, job, tmp_path / "ray", executor=StopAfter(2))
-    assert first.interrupted and first.exit_code == 130 and first.done == 2
+    assert first.interrupted and first.exit_code == 130 and first.done + first.failed == 2
     second = run_batch(horses, job, tmp_path / "ray", executor=ray_executor())
-    assert second.skipped >= 2 and second.skipped + second.done == 3 and second.failed == 1
+    # what the workers finished before the interrupt (at least what the driver saw) is skipped
+    assert second.skipped >= first.done and second.skipped + second.done == 3 and second.failed == 1
     local = run_batch(horses, job, tmp_path / "local")
     assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
     third = run_batch(horses, job, tmp_path / "ray", executor=ray_executor())

@@ -41,6 +41,8 @@ class BatchJob:
     verb: str = "processed"
     #: JSON-able: a done marker counts only for exactly these settings
     settings: dict = {}
+    #: picklable, no arguments, builds this same job (model included) in another process; None: ship the job
+    recipe: Callable[[], BatchJob] | None = None
 
     def process(self, image_path: Path) -> Any:
         """The expensive, write-free part for one image (it may run in another process)."""

@@ -2,8 +2,9 @@
 
 Built on Ray Data: the driver lists the images (paths every worker can read) and plans the run (names,
 resume); a dataset of those tasks goes through ``map_batches`` with a pool of actors. Each actor gets
-the job (with its loaded model) and the :class:`~imseg.batch.ImageWriter` once, through the object
-store, in its constructor; then, per image, it reads the file, runs ``job.process`` and writes the
+the job's ``recipe`` (or the job itself when it has none) and the :class:`~imseg.batch.ImageWriter`
+once, through the object store; its constructor builds the job, loading the model weights on the
+worker (and its device: ``auto`` picks the worker's GPU); then, per image, it reads the file, runs ``job.process`` and writes the
 outputs and the done marker itself with the same atomic writes as the local runner. The driver only
 receives one small row per image (its ``describe`` facts or its failure reason).
 
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,10 +53,10 @@ class ImageActor:
 
         if isinstance(payload, ray.ObjectRef):
             payload = ray.get(payload)
-        self.job, self.writer = payload
-        if threads > 0:
-            import torch
-
+        job, self.writer = payload
+        self.job = job() if callable(job) and not isinstance(job, BatchJob) else job
+        torch = sys.modules.get("torch")  # a job without torch (classical) need not import it
+        if torch is not None and threads > 0:
             torch.set_num_threads(threads)
 
     def __call__(self, batch: dict) -> dict:
@@ -151,11 +154,14 @@ class RayExecutor:
         rows = [{"index": t.index, "path": str(t.path), "name": t.name, "earlier": json.dumps(t.earlier)}
                 for t in tasks]
         blocks = min(len(rows), self.workers * 4)  # enough blocks to keep every actor busy
-        payload = ray.put((job, writer))  # shipped once; every actor reads it from the object store
+        payload = ray.put((job.recipe or job, writer))  # shipped once; every actor reads it from the object store
         resources = {"num_cpus": self.cpus_per_worker}
         if self.gpus_per_worker:
             resources["num_gpus"] = self.gpus_per_worker
-        return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
-            ImageActor, fn_constructor_args=(payload, int(self.cpus_per_worker)), batch_size=self.batch_size,
-            concurrency=self.workers, max_restarts=self.max_restarts, max_task_retries=self.max_restarts,
-            **resources)
+        with warnings.catch_warnings():
+            # bounded restarts have no named parameter yet; Ray Data's default retries a poison image forever
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
+                ImageActor, fn_constructor_args=(payload, int(self.cpus_per_worker)), batch_size=self.batch_size,
+                concurrency=self.workers, max_restarts=self.max_restarts, max_task_retries=self.max_restarts,
+                **resources)

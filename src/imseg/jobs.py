@@ -7,6 +7,7 @@ functions load the model. This module is the one place the batch commands call m
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -126,7 +127,11 @@ def build_segment_job(model: str, *, checkpoint: str | None = None, device: str 
     # a done marker counts only for the same job: same model, weights, prompts, format and post-processing
     settings = {"model": model, "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
                 "backend": backend, "half": half, "prompts": dict(prompts or {}), "post": post}
-    return SegmentJob(segmenter, settings, prompts=prompts, pipeline=pipeline, fmt=fmt, overlay=overlay)
+    job = SegmentJob(segmenter, settings, prompts=prompts, pipeline=pipeline, fmt=fmt, overlay=overlay)
+    job.recipe = functools.partial(build_segment_job, model, checkpoint=checkpoint, device=device, backend=backend,
+                                   half=half, allow_random=allow_random, prompts=prompts, post=post, fmt=fmt,
+                                   overlay=overlay)
+    return job
 
 
 @dataclass
@@ -171,7 +176,10 @@ def build_predict_job(run: str, *, checkpoint: str | None = None, device: str = 
                          scales=parse_scales(scales))
     settings = {"run": str(Path(run).resolve()), "checkpoint": checkpoint, "tta": tta, "overlap": overlap,
                 "resize": resize, "scales": scales}
-    return PredictJob(segmenter, settings)
+    job = PredictJob(segmenter, settings)
+    job.recipe = functools.partial(build_predict_job, run, checkpoint=checkpoint, device=device, tta=tta,
+                                   overlap=overlap, resize=resize, scales=scales)
+    return job
 
 
 class ClassicalJob(BatchJob):
@@ -207,4 +215,6 @@ def build_classical_job(method: str, params: dict | None = None, post: str | Non
 
     pipeline = parse_pipeline(post) if post else None
     segmenter = load(method, **dict(params or {}))
-    return ClassicalJob(segmenter, {"method": method, "params": dict(params or {}), "post": post}, pipeline)
+    job = ClassicalJob(segmenter, {"method": method, "params": dict(params or {}), "post": post}, pipeline)
+    job.recipe = functools.partial(build_classical_job, method, params, post)
+    return job
