@@ -163,5 +163,6 @@ class RayExecutor:
             warnings.simplefilter("ignore", DeprecationWarning)
             return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
                 ImageActor, fn_constructor_args=(payload, int(self.cpus_per_worker)), batch_size=self.batch_size,
-                concurrency=self.workers, max_restarts=self.max_restarts, max_task_retries=self.max_restarts,
+                compute=ray.data.ActorPoolStrategy(size=self.workers),
+                max_restarts=self.max_restarts, max_task_retries=self.max_restarts,
                 **resources)
