@@ -198,3 +198,43 @@ def test_engine_flags_checked(tmp_path):
         RayExecutor(workers=0)
     result = CliRunner().invoke(app, ["classical", str(tmp_path), "--engine", "spark"])
     assert result.exit_code == 2 and "--engine must be local or ray" in result.output
+
+
+@pytest.mark.slow
+def test_jsonl_shards_merge_to_the_local_coco(ray_cluster, horses, tmp_path):
+    local = run_batch(horses, build_segment_job("otsu", fmt="coco"), tmp_path / "local")
+    remote = run_batch(horses, build_segment_job("otsu", fmt="jsonl", shards=2), tmp_path / "ray",
+                       executor=ray_executor())
+    assert (remote.done, remote.masks, remote.failed) == (local.done, local.masks, 1)
+    parts = sorted((tmp_path / "ray" / "shards").glob("*.jsonl"))
+    assert [p.name for p in parts] == ["part-00000-of-00002.jsonl", "part-00001-of-00002.jsonl"]
+    assert sum(len(p.read_text().splitlines()) for p in parts) == 3  # one row per image
+    assert not (tmp_path / "ray" / "masks").exists()
+    result = CliRunner().invoke(app, ["merge-shards", str(tmp_path / "ray" / "shards"), "--out",
+                                      str(tmp_path / "merged.json")])
+    assert result.exit_code == 0, result.output
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged == json.loads((tmp_path / "local" / "coco.json").read_text())
+
+
+def test_merge_shards_keeps_an_image_once_and_rejects_bad_rows(tmp_path):
+    from imseg.batch import merge_shards
+    from imseg.errors import InputError
+
+    row = {"image": "/data/a.jpg", "stem": "a", "images": [{"id": 0, "file_name": "a", "height": 2, "width": 3}],
+           "annotations": [{"id": 9, "image_id": 0, "category_id": 1, "area": 1}],
+           "categories": [{"id": 1, "name": "object"}]}
+    other = {**row, "image": "/data/b.jpg", "stem": "b"}
+    (tmp_path / "p0.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(other) + "\n")
+    (tmp_path / "p1.jsonl").write_text(json.dumps(row) + "\n")  # a row written again by a retried worker
+    coco = json.loads(merge_shards([tmp_path / "p0.jsonl", tmp_path / "p1.jsonl"], tmp_path / "c.json").read_text())
+    assert [(i["id"], i["file_name"]) for i in coco["images"]] == [(1, "a.jpg"), (2, "b.jpg")]
+    assert [(a["id"], a["image_id"]) for a in coco["annotations"]] == [(1, 1), (2, 2)]
+    (tmp_path / "bad.jsonl").write_text('{"image": "x"}\n')
+    with pytest.raises(InputError, match=r"bad.jsonl:1: not an imseg shard row"):
+        merge_shards(tmp_path / "bad.jsonl", tmp_path / "c.json")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no .jsonl shards"):
+        merge_shards(tmp_path / "empty", tmp_path / "c.json")
+    with pytest.raises(InputError, match="missing.jsonl: cannot read shard"):
+        merge_shards(tmp_path / "missing.jsonl", tmp_path / "c.json")

@@ -478,3 +478,76 @@ class _Run:
             failure = Failure(str(where), error_reason(exc, where), image=False)
             self.summary.failures.append(failure)
             self.console.print(Text.assemble(("failed", "red"), f" {failure.where}: {failure.reason}"), soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------- sharded rows, one COCO JSON
+
+
+def coco_from_rows(rows: Sequence[dict]) -> dict:
+    """One COCO dataset from per-image rows (``image``: its path, ``stem``, and that image's own COCO
+    ``images`` / ``annotations`` / ``categories``), ids numbered in ``stem`` order; an image's
+    ``file_name`` is its bare file name unless two images share it (then its path)."""
+    from collections import Counter
+
+    rows = sorted(rows, key=lambda row: row["stem"])
+    name_count = Counter(Path(row["image"]).name for row in rows)
+    dataset: dict = {"images": [], "annotations": [], "categories": []}
+    cats: dict = {}
+    for image_id, row in enumerate(rows, start=1):
+        name = Path(row["image"]).name
+        for image in row["images"]:
+            dataset["images"].append({**image, "id": image_id,
+                                      "file_name": name if name_count[name] == 1 else row["image"]})
+        for ann in row["annotations"]:
+            dataset["annotations"].append({**ann, "id": len(dataset["annotations"]) + 1, "image_id": image_id})
+        cats.update({c["id"]: c for c in row["categories"]})
+    dataset["categories"] = [cats[k] for k in sorted(cats)] or [{"id": 1, "name": "object"}]
+    return dataset
+
+
+def write_shards(rows: Sequence[dict], directory: Path, shards: int) -> list[Path]:
+    """``rows`` (sorted by ``stem``) as ``shards`` JSON-lines files ``part-NNNNN-of-MMMMM.jsonl``, each written
+    atomically; earlier part files of another count are removed."""
+    from . import io
+
+    rows = sorted(rows, key=lambda row: row["stem"])
+    shards = max(1, min(int(shards), len(rows) or 1))
+    size = -(-len(rows) // shards) if rows else 0
+    paths = []
+    for k in range(shards):
+        lines = "".join(json.dumps(row) + "\n" for row in rows[k * size:(k + 1) * size])
+        paths.append(io.write_bytes(directory / f"part-{k:05d}-of-{shards:05d}.jsonl", lines.encode("utf-8")))
+    for stale in set(directory.glob("part-*.jsonl")) - {Path(p) for p in paths}:
+        stale.unlink(missing_ok=True)
+    return paths
+
+
+def merge_shards(shards: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Merge JSON-lines shards (files, or a folder of ``*.jsonl``) into one COCO JSON at ``out``; an image
+    that appears in several shards is kept once (the last one read). Returns ``out``."""
+    from . import io
+    from .errors import InputError
+
+    sources = [shards] if isinstance(shards, str | os.PathLike) else list(shards)
+    files: list[Path] = []
+    for source in map(Path, sources):
+        files += sorted(source.glob("*.jsonl")) if source.is_dir() else [source]
+    if not files:
+        raise InputError(f"no .jsonl shards in {', '.join(map(str, sources))}; pass the shards/ folder of an "
+                         f"'imseg segment --format jsonl' run or its part files.")
+    rows: dict[str, dict] = {}
+    for path in files:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read shard ({exc.strerror or exc}).") from None
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+                if not all(isinstance(row[key], list) for key in ("images", "annotations", "categories")):
+                    raise TypeError
+                rows[str(Path(row["image"]).resolve())] = {**row, "stem": str(row["stem"])}
+            except (ValueError, KeyError, TypeError):
+                raise InputError(f"{path}:{number}: not an imseg shard row (JSON with image, stem, images, "
+                                 f"annotations, categories).") from None
+    return io.write_bytes(Path(out), json.dumps(coco_from_rows(list(rows.values()))).encode("utf-8"))

@@ -96,7 +96,10 @@ def segment_cmd(
         None, "--stability-score-thresh", help="Everything mode: min stability score (0.95)."
     ),
     out: str = typer.Option("runs/segment", "--out", help="Output directory (re-running resumes)."),
-    fmt: str = typer.Option("png", "--format", help="Mask format: png, coco, rle, polygons or npz."),
+    fmt: str = typer.Option(
+        "png", "--format", help="Mask format: png, coco, rle, polygons, npz, or jsonl (COCO RLE rows in shards/)."
+    ),
+    shards: int = typer.Option(1, "--shards", help="Format jsonl: number of shards/part-*.jsonl files."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write overlays/<image>.png."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     half: bool = typer.Option(False, "--half", help="float16 weights (CUDA only)."),
@@ -123,8 +126,10 @@ def segment_cmd(
     from ..masks import SAVE_FORMATS
 
     fmt = fmt.lower()
-    if fmt not in SAVE_FORMATS:
-        fail(f"--format must be one of {', '.join(SAVE_FORMATS)}, got {fmt!r}.")
+    if fmt not in (*SAVE_FORMATS, "jsonl"):
+        fail(f"--format must be one of {', '.join(SAVE_FORMATS)}, jsonl, got {fmt!r}.")
+    if shards < 1:
+        fail(f"--shards must be at least 1, got {shards}.")
     if everything and (points or box):
         fail("--everything cannot be combined with --points/--box; drop one of them.")
     prompts = parse_prompts(points, labels, box)
@@ -142,7 +147,22 @@ def segment_cmd(
         images = list_images(src)
         job = build_segment_job(model, checkpoint=checkpoint, device=device, backend=backend, half=half,
                                 allow_random=allow_random_weights, prompts=prompts or amg_options, post=post,
-                                fmt=fmt, overlay=overlay)
+                                fmt=fmt, overlay=overlay, shards=shards)
     except ImsegError as exc:
         fail(str(exc))
     run_and_exit(images, job, root, executor=executor)
+
+
+@app.command("merge-shards")
+def merge_shards_cmd(
+    shards: list[str] = typer.Argument(..., help="Shard files or a shards/ folder of an 'imseg segment --format jsonl' run."),
+    out: str = typer.Option(..., "--out", help="The COCO JSON file to write."),
+) -> None:
+    """Merge JSON-lines shards (one COCO RLE row per image) into one COCO JSON."""
+    from ..batch import merge_shards
+
+    try:
+        path = merge_shards(shards, out)
+    except ImsegError as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {path}")
