@@ -238,3 +238,18 @@ def test_merge_shards_keeps_an_image_once_and_rejects_bad_rows(tmp_path):
         merge_shards(tmp_path / "empty", tmp_path / "c.json")
     with pytest.raises(InputError, match="missing.jsonl: cannot read shard"):
         merge_shards(tmp_path / "missing.jsonl", tmp_path / "c.json")
+
+
+def test_text_file_of_paths_is_a_source(horses, tmp_path):
+    from imseg.errors import InputError
+
+    listing = horses / "images.txt"
+    listing.write_text("# the photos\n" + "".join(f"{p.name}\n" for p in sorted(horses.glob("*.jpg"))) + "\n")
+    job = build_classical_job("otsu")
+    from_list = run_batch(listing, job, tmp_path / "list", resume=False)
+    from_folder = run_batch(horses, job, tmp_path / "folder", resume=False)
+    assert (from_list.images, from_list.done, from_list.failed) == (from_folder.images, 3, 1) == (4, 3, 1)
+    assert outputs(tmp_path / "list") == outputs(tmp_path / "folder")
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    with pytest.raises(InputError, match="empty.txt: the list of image paths is empty"):
+        run_batch(tmp_path / "empty.txt", job, tmp_path / "o")

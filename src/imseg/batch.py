@@ -293,6 +293,31 @@ def output_names(images: Sequence[Path], markers: Markers | None = None) -> list
 # ----------------------------------------------------------------------------- the runner
 
 
+def list_sources(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """:func:`imseg.io.list_images` of ``sources``, where a ``.txt`` file is a list of image paths, one a line
+    (blank lines and ``#`` comments skipped; relative paths are relative to the list's folder). On a
+    cluster, every path must be readable by every worker (a shared file system)."""
+    from .errors import InputError
+    from .io import list_images
+
+    items = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
+    expanded: list[str | os.PathLike] = []
+    for item in items:
+        path = Path(item)
+        if path.suffix.lower() != ".txt" or not path.is_file():
+            expanded.append(item)
+            continue
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot read the list of image paths ({exc}).") from None
+        listed = [path.parent / line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not listed:
+            raise InputError(f"{path}: the list of image paths is empty; write one image path a line.")
+        expanded += listed
+    return list_images(expanded)
+
+
 def run_batch(
     sources: str | os.PathLike | Sequence[str | os.PathLike],
     job: BatchJob,
@@ -302,7 +327,8 @@ def run_batch(
     resume: bool = True,
     console: Any = None,
 ) -> BatchSummary:
-    """Run ``job`` over every image of ``sources`` (a file, a directory, a glob, or a list of them).
+    """Run ``job`` over every image of ``sources`` (a file, a directory, a glob, a ``.txt`` list of image
+    paths, or a list of them).
 
     With ``resume`` (the default) each finished image gets a done marker under ``out_dir/done`` and a
     later run with the same ``job.settings`` skips it; without, every image is done and no marker is
@@ -310,10 +336,8 @@ def run_batch(
     (default: stderr). Raises :class:`~imseg.errors.ImsegError` only before any image is touched (no
     images, an unwritable ``out_dir``, an unknown executor); everything later ends up in the summary.
     """
-    from .io import list_images
-
     runner = get_executor(executor)
-    images = list_images(sources)
+    images = list_sources(sources)
     root = prepare_out_dir(out_dir)
     run = _Run(job, root, images, Markers(root) if resume else None, console)
     start = time.perf_counter()

@@ -38,7 +38,7 @@ def parse_params(items: list[str]) -> dict:
 
 @app.command("classical")
 def classical_cmd(
-    source: str = typer.Argument(None, help="Image file, directory or glob."),
+    source: str = typer.Argument(None, help="Image file, directory, glob or a .txt list of image paths."),
     method: str = typer.Option("otsu", "--method", "-m", help="Classical method (see --list)."),
     out: str = typer.Option("runs/classical", "--out", help="Output directory: one label-map PNG per image."),
     param: list[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE (repeatable), e.g. sigma=1."),
@@ -65,7 +65,7 @@ def classical_cmd(
         return
     if source is None:
         fail("give an image SOURCE (file, directory or glob), or --list to see the methods.")
-    from ..io import list_images
+    from ..batch import list_sources
     from ..jobs import build_classical_job
 
     executor = make_executor(engine, address, workers, cpus_per_worker, gpus_per_worker, batch_size)
@@ -73,7 +73,7 @@ def classical_cmd(
     root = out_dir(out)
     try:
         job = build_classical_job(method, params, post or None)
-        files = list_images(source)
+        files = list_sources(source)
     except ImsegError as exc:
         fail(str(exc))
     run_and_exit(files, job, root, resume=False, executor=executor)

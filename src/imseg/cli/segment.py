@@ -83,7 +83,9 @@ def parse_prompts(points: list[str] | None, labels: list[str] | None, box: str |
 
 @app.command("segment")
 def segment_cmd(
-    src: str = typer.Argument(..., help="An image, a directory of images or a glob pattern (quote it)."),
+    src: str = typer.Argument(
+        ..., help="An image, a directory of images, a glob pattern (quote it) or a .txt list of image paths."
+    ),
     model: str = typer.Option("sam-vit-b", "--model", help="Registry model (sam-vit-b, mobile-sam, otsu, ...) or run dir."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="Checkpoint file; default: the weights cache."),
     points: list[str] = typer.Option(None, "--points", help="Point prompt x,y in pixels (repeat for several)."),
@@ -121,7 +123,7 @@ def segment_cmd(
     image done again replaces its earlier outputs. Unreadable images and failed writes are reported and
     the run goes on; the exit code is 1 when anything failed, 2 for a bad option.
     """
-    from ..io import list_images
+    from ..batch import list_sources
     from ..jobs import build_segment_job
     from ..masks import SAVE_FORMATS
 
@@ -144,7 +146,7 @@ def segment_cmd(
     executor = make_executor(engine, address, workers, cpus_per_worker, gpus_per_worker, batch_size)
     root = out_dir(out)
     try:
-        images = list_images(src)
+        images = list_sources(src)
         job = build_segment_job(model, checkpoint=checkpoint, device=device, backend=backend, half=half,
                                 allow_random=allow_random_weights, prompts=prompts or amg_options, post=post,
                                 fmt=fmt, overlay=overlay, shards=shards)

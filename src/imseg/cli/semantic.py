@@ -156,7 +156,7 @@ def val_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    source: str = typer.Argument(..., help="Image file, directory or glob."),
+    source: str = typer.Argument(..., help="Image file, directory, glob or a .txt list of image paths."),
     run: str = typer.Option(..., "--run", help="Run directory from imseg train."),
     out: str = typer.Option("runs/predict", "--out", help="Output directory: NAME.png label maps + NAME_overlay.png."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="best, last or a .pt path (default best)."),
@@ -183,7 +183,7 @@ def predict_cmd(
 
     A bad file is reported and the others go on; the exit code is 1 when any image failed.
     """
-    from ..io import list_images
+    from ..batch import list_sources
     from ..jobs import build_predict_job
 
     executor = make_executor(engine, address, workers, cpus_per_worker, gpus_per_worker, batch_size)
@@ -191,7 +191,7 @@ def predict_cmd(
     try:
         job = build_predict_job(run, checkpoint=checkpoint, device=device, tta=tta, overlap=overlap, resize=resize,
                                 scales=scales)
-        paths = list_images(source)
+        paths = list_sources(source)
     except ImsegError as exc:
         fail(str(exc))
     run_and_exit(paths, job, root, resume=False, executor=executor)
