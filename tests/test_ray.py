@@ -106,6 +106,24 @@ def test_sam_random_weights_match_local(ray_cluster, horses, tmp_path, make_sam_
     assert_same_run(tmp_path / "local", tmp_path / "ray", local, remote)
 
 
+class PlainMap:
+    """The Ray executor through the plain protocol: results come back to the runner, which writes them."""
+
+    def __init__(self) -> None:
+        self.inner = ray_executor()
+
+    def map(self, job, items):
+        return self.inner.map(job, items)
+
+
+@pytest.mark.slow
+def test_plain_map_results_written_by_the_runner(ray_cluster, horses, tmp_path):
+    job = build_segment_job("otsu", fmt="rle")
+    local = run_batch(horses, job, tmp_path / "local")
+    remote = run_batch(horses, job, tmp_path / "ray", executor=PlainMap())
+    assert_same_run(tmp_path / "local", tmp_path / "ray", local, remote)
+
+
 class DiesOnce(ClassicalJob):
     """Otsu, but the worker process exits (as if killed) the first time it reaches ``victim``; a file in
     ``attempts`` records the first attempt so the retry goes through."""

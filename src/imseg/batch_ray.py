@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .batch import BatchJob, ImageWriter, LocalExecutor, Outcome, Task, error_reason
+from .batch import BatchJob, ImageWriter, Outcome, Task, error_reason
 from .errors import ConfigError, ImsegError
 
 RAY_EXTRA = "pip install 'imseg[ray]'"
@@ -60,27 +60,35 @@ class ImageActor:
             torch.set_num_threads(threads)
 
     def __call__(self, batch: dict) -> dict:
-        rows: dict[str, list] = {"index": [], "info": [], "error": [], "seconds": []}
+        rows: dict[str, list] = {"index": [], "info": [], "result": [], "error": [], "seconds": []}
         for index, path, name, earlier in zip(batch["index"], batch["path"], batch["name"], batch["earlier"],
                                               strict=True):
             task = Task(int(index), Path(str(path)), str(name), json.loads(str(earlier)))
-            info, error, seconds = run_task(self.job, self.writer, task)
+            info, result, error, seconds = run_task(self.job, self.writer, task)
             rows["index"].append(task.index)
             rows["info"].append(json.dumps(info))
+            rows["result"].append(result)
             rows["error"].append(error)
             rows["seconds"].append(seconds)
         return rows
 
 
-def run_task(job: BatchJob, writer: ImageWriter, task: Task) -> tuple[dict | None, str, float]:
-    """Process and write one image: (describe facts, "" ) or (None, failure reason), and the seconds taken."""
+def run_task(job: BatchJob, writer: ImageWriter | None, task: Task) -> tuple[dict | None, bytes, str, float]:
+    """Process one image and write it (``writer``) or return it pickled (no writer): (describe facts,
+    pickled result, "" or the failure reason, seconds taken)."""
     start = time.perf_counter()
+    info, payload = None, b""
     try:
         result = job.process(task.path)
-        info = writer.write(job, task, result, time.perf_counter() - start)
+        if writer is None:
+            from ray import cloudpickle
+
+            payload = cloudpickle.dumps(result)
+        else:
+            info = writer.write(job, task, result, time.perf_counter() - start)
     except Exception as exc:  # this image's failure; the batch goes on
-        return None, error_reason(exc, task.path) or type(exc).__name__, time.perf_counter() - start
-    return info, "", time.perf_counter() - start
+        return None, b"", error_reason(exc, task.path) or type(exc).__name__, time.perf_counter() - start
+    return info, payload, "", time.perf_counter() - start
 
 
 class RayExecutor:
@@ -117,11 +125,16 @@ class RayExecutor:
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
 
     def map(self, job: BatchJob, items: Sequence[tuple[int, Path]]) -> Iterator[Outcome]:
-        """Process on the driver (no writer to ship): the protocol's plain form, for callers that write."""
-        yield from LocalExecutor().map(job, items)
+        """Process on the actors and send each result back (pickled) for the caller to write."""
+        yield from self._outcomes(job, [Task(index, Path(path), "") for index, path in items], None)
 
     def map_written(self, job: BatchJob, tasks: Sequence[Task], writer: ImageWriter) -> Iterator[Outcome]:
         """Process and write every task on the actors; yield one written (or failed) outcome per task."""
+        yield from self._outcomes(job, tasks, writer)
+
+    def _outcomes(self, job: BatchJob, tasks: Sequence[Task], writer: ImageWriter | None) -> Iterator[Outcome]:
+        from ray import cloudpickle
+
         if not tasks:
             return
         self.start()
@@ -137,6 +150,8 @@ class RayExecutor:
                 task, seconds = by_index[index], float(row["seconds"])
                 if row["error"]:
                     yield Outcome(index, task.path, error=WorkerError(str(row["error"])), seconds=seconds)
+                elif writer is None:
+                    yield Outcome(index, task.path, result=cloudpickle.loads(row["result"]), seconds=seconds)
                 else:
                     yield Outcome(index, task.path, seconds=seconds, written=json.loads(str(row["info"])) or {})
         except (KeyboardInterrupt, GeneratorExit):
@@ -147,7 +162,7 @@ class RayExecutor:
                 if task.index not in seen:
                     yield Outcome(task.index, task.path, error=WorkerError(reason))
 
-    def _dataset(self, job: BatchJob, tasks: Sequence[Task], writer: ImageWriter) -> Any:
+    def _dataset(self, job: BatchJob, tasks: Sequence[Task], writer: ImageWriter | None) -> Any:
         ray = self.ray
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = self.progress
