@@ -8,9 +8,10 @@ with the same settings, hands the rest to an executor (``job.process``), writes 
 through the same failure handling: a bad file or a failed write is recorded with its reason and
 the run goes on; the returned :class:`BatchSummary` says what happened.
 
-Executors only run ``job.process`` (the expensive part) and may yield outcomes in any order; all
-writes happen here, in the calling process. ``LocalExecutor`` runs in-process; another executor
-(e.g. one on Ray, with actors that build the job once) implements the same ``map``.
+Executors run ``job.process`` (the expensive part) and may yield outcomes in any order.
+``LocalExecutor`` runs in-process and the runner writes each result; an executor with
+``map_written(job, tasks, writer)`` (the Ray one, :mod:`imseg.batch_ray`) also writes on its workers
+through the same :class:`ImageWriter`, so every executor produces the same files.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class BatchJob:
     verb: str = "processed"
     #: JSON-able: a done marker counts only for exactly these settings
     settings: dict = {}
+    #: picklable, no arguments, builds this same job (model included) in another process; None: ship the job
+    recipe: Callable[[], BatchJob] | None = None
 
     def process(self, image_path: Path) -> Any:
         """The expensive, write-free part for one image (it may run in another process)."""
@@ -72,6 +75,18 @@ class Outcome:
     result: Any = None
     error: BaseException | None = None
     seconds: float = 0.0
+    #: set when the executor already wrote the outputs and marker: the job's ``describe`` of the result
+    written: dict | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One image to do: its index in the listing, path, output name and the marker it had before this run."""
+
+    index: int
+    path: Path
+    name: str
+    earlier: dict | None = None
 
 
 class Executor(Protocol):
@@ -95,11 +110,17 @@ class LocalExecutor:
             yield Outcome(index, path, result=result, seconds=time.perf_counter() - start)
 
 
-EXECUTORS: dict[str, type] = {"local": LocalExecutor}
+def _ray_executor(**options: Any) -> Executor:
+    from .batch_ray import RayExecutor  # Ray is imported only when asked for
+
+    return RayExecutor(**options)
+
+
+EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": _ray_executor}
 
 
 def get_executor(executor: str | Executor) -> Executor:
-    """An executor by name (``local``) or the instance given."""
+    """An executor by name (``local``, ``ray`` with its defaults) or the instance given."""
     if not isinstance(executor, str):
         return executor
     if executor not in EXECUTORS:
@@ -130,6 +151,7 @@ class BatchSummary:
     masks: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    workers: int = 1
     interrupted: bool = False
     rows: dict[int, tuple[str, str, str, str]] = field(default_factory=dict)
 
@@ -166,6 +188,8 @@ class BatchSummary:
         say(f"{self.done} {self.verb}, {self.skipped} skipped (already done), {self.failed} failed; "
             f"outputs in {self.out_dir}")
         say(f"{self.done} image(s), {self.masks} mask(s) in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s)")
+        if self.workers > 1:
+            say(f"{self.workers} workers: {self.images_per_second / self.workers:.2f} images/s per worker")
         if self.failed:
             say(f"{self.failed} of {self.images} image(s) failed:")
         for failure in self.failures:
@@ -269,6 +293,31 @@ def output_names(images: Sequence[Path], markers: Markers | None = None) -> list
 # ----------------------------------------------------------------------------- the runner
 
 
+def list_sources(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """:func:`imseg.io.list_images` of ``sources``, where a ``.txt`` file is a list of image paths, one a line
+    (blank lines and ``#`` comments skipped; relative paths are relative to the list's folder). On a
+    cluster, every path must be readable by every worker (a shared file system)."""
+    from .errors import InputError
+    from .io import list_images
+
+    items = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
+    expanded: list[str | os.PathLike] = []
+    for item in items:
+        path = Path(item)
+        if path.suffix.lower() != ".txt" or not path.is_file():
+            expanded.append(item)
+            continue
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot read the list of image paths ({exc}).") from None
+        listed = [path.parent / line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not listed:
+            raise InputError(f"{path}: the list of image paths is empty; write one image path a line.")
+        expanded += listed
+    return list_images(expanded)
+
+
 def run_batch(
     sources: str | os.PathLike | Sequence[str | os.PathLike],
     job: BatchJob,
@@ -278,7 +327,8 @@ def run_batch(
     resume: bool = True,
     console: Any = None,
 ) -> BatchSummary:
-    """Run ``job`` over every image of ``sources`` (a file, a directory, a glob, or a list of them).
+    """Run ``job`` over every image of ``sources`` (a file, a directory, a glob, a ``.txt`` list of image
+    paths, or a list of them).
 
     With ``resume`` (the default) each finished image gets a done marker under ``out_dir/done`` and a
     later run with the same ``job.settings`` skips it; without, every image is done and no marker is
@@ -286,17 +336,19 @@ def run_batch(
     (default: stderr). Raises :class:`~imseg.errors.ImsegError` only before any image is touched (no
     images, an unwritable ``out_dir``, an unknown executor); everything later ends up in the summary.
     """
-    from .io import list_images
-
     runner = get_executor(executor)
-    images = list_images(sources)
+    images = list_sources(sources)
     root = prepare_out_dir(out_dir)
     run = _Run(job, root, images, Markers(root) if resume else None, console)
     start = time.perf_counter()
     todo = run.plan()
+    run.summary.workers = int(getattr(runner, "workers", 1))
     try:
         with run.progress(total=len(images), completed=len(images) - len(todo)) as advance:
-            for outcome in runner.map(job, todo):
+            map_written = getattr(runner, "map_written", None)
+            outcomes = (runner.map(job, todo) if map_written is None else
+                        map_written(job, [run.task(index, path) for index, path in todo], run.writer))
+            for outcome in outcomes:
                 run.settle(outcome)
                 advance(outcome.path.name)
     except KeyboardInterrupt:  # what is finished stays finished; the folder outputs still cover it
@@ -304,6 +356,59 @@ def run_batch(
     run.finish()
     run.summary.seconds = time.perf_counter() - start
     return run.summary
+
+
+class ImageWriter:
+    """Writes one image's outputs, replacing its earlier ones, then its done marker (when resuming).
+
+    Plain data (out dir, settings), so it pickles: a worker process calls the same :meth:`write` the
+    runner does. Every file is written atomically and the marker last, so a write that is cut short
+    (a killed worker) leaves the image not done, and doing it again gives the same files.
+    """
+
+    def __init__(self, root: Path, settings: dict, resume: bool = True) -> None:
+        self.root, self.settings, self.resume = Path(root), settings, resume
+
+    def write(self, job: BatchJob, task: Task, result: Any, seconds: float) -> dict:
+        """Write ``result`` for ``task``; return ``job.describe(result)``."""
+        markers = Markers(self.root) if self.resume else None
+        files = self._replace_outputs(job, markers, result, task.name, task.earlier)
+        info = job.describe(result)
+        if markers is not None:  # written last: the image is done
+            markers.write(task.name, {"image": str(task.path), "source": str(Path(task.path).resolve()),
+                                      "stem": task.name, "settings": self.settings, "files": files,
+                                      "seconds": round(seconds, 3), **info})
+        return info
+
+    def _replace_outputs(self, job: BatchJob, markers: Markers | None, result: Any, name: str,
+                         earlier: dict | None) -> list[str]:
+        """Write the new outputs, then remove the earlier ones the new set does not contain."""
+        old = [str(rel) for rel in earlier.get("files", [])] if earlier is not None else []
+        if earlier is not None and markers is not None:
+            # the old record stops counting before its files change; it keeps the list of them
+            markers.write(name, {**earlier, "settings": None})
+        written = [self._relative(job, p) for p in job.write(result, self.root, name)]
+        for rel in sorted(set(old) - set(written)):
+            self._remove(rel)
+        return written
+
+    def _relative(self, job: BatchJob, path: str | os.PathLike) -> str:
+        try:
+            return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            raise ConfigError(f"{job.name} wrote {path} outside the out dir {self.root}.") from None
+
+    def _remove(self, rel: str) -> None:
+        """Delete an earlier output (and folders it leaves empty); never anything outside the out dir."""
+        parts = Path(rel).parts
+        if not parts or Path(rel).is_absolute() or ".." in parts or parts[0] == MARKER_DIR:
+            return
+        target = self.root / rel
+        target.unlink(missing_ok=True)
+        parent = target.parent
+        while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
 
 
 class _Run:
@@ -318,6 +423,7 @@ class _Run:
         self.summary = BatchSummary(job.name, job.verb, root, images=len(images))
         self.console = console or Console(stderr=True, soft_wrap=True, highlight=False)
         self.earlier: dict[int, dict | None] = {}
+        self.writer = ImageWriter(root, self.settings, markers is not None)
 
     def plan(self) -> list[tuple[int, Path]]:
         """The images still to do; the others are counted as skipped."""
@@ -339,6 +445,9 @@ class _Run:
         files = [self.root / rel for rel in record.get("files", [])]
         return all(p.is_file() for p in [*files, *self.job.required(self.root, name)])
 
+    def task(self, index: int, path: Path) -> Task:
+        return Task(index, path, self.names[index], self.earlier.get(index))
+
     def progress(self, total: int, completed: int):
         """A context giving ``advance(name)``; the bar is drawn on the console and removed at the end."""
         import contextlib
@@ -357,18 +466,12 @@ class _Run:
         return running()
 
     def settle(self, outcome: Outcome) -> None:
-        """Write one image's outputs and marker, or record why it failed."""
+        """Write one image's outputs and marker (unless the executor did), or record why it failed."""
         index, path = outcome.index, outcome.path
-        name = self.names[index]
-        error, info = outcome.error, {}
-        if error is None:
+        error, info = outcome.error, outcome.written or {}
+        if error is None and outcome.written is None:
             try:
-                files = self._replace_outputs(outcome.result, name, self.earlier.get(index))
-                info = self.job.describe(outcome.result)
-                if self.markers is not None:  # written last: the image is done
-                    self.markers.write(name, {"image": str(path), "source": str(path.resolve()), "stem": name,
-                                              "settings": self.settings, "files": files,
-                                              "seconds": round(outcome.seconds, 3), **info})
+                info = self.writer.write(self.job, self.task(index, path), outcome.result, outcome.seconds)
             except Exception as exc:  # a failed write is this image's failure, like a corrupt file
                 error = exc
         if error is not None:
@@ -378,35 +481,6 @@ class _Run:
         masks = info.get("masks")
         self.summary.masks += int(masks or 0)
         self.summary.rows[index] = (path.name, "-" if masks is None else str(masks), f"{outcome.seconds:.1f}", "ok")
-
-    def _replace_outputs(self, result: Any, name: str, earlier: dict | None) -> list[str]:
-        """Write the new outputs, then remove the earlier ones the new set does not contain."""
-        old = [str(rel) for rel in earlier.get("files", [])] if earlier is not None else []
-        if earlier is not None and self.markers is not None:
-            # the old record stops counting before its files change; it keeps the list of them
-            self.markers.write(name, {**earlier, "settings": None})
-        written = [self._relative(p) for p in self.job.write(result, self.root, name)]
-        for rel in sorted(set(old) - set(written)):
-            self._remove(rel)
-        return written
-
-    def _relative(self, path: str | os.PathLike) -> str:
-        try:
-            return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            raise ConfigError(f"{self.job.name} wrote {path} outside the out dir {self.root}.") from None
-
-    def _remove(self, rel: str) -> None:
-        """Delete an earlier output (and folders it leaves empty); never anything outside the out dir."""
-        parts = Path(rel).parts
-        if not parts or Path(rel).is_absolute() or ".." in parts or parts[0] == MARKER_DIR:
-            return
-        target = self.root / rel
-        target.unlink(missing_ok=True)
-        parent = target.parent
-        while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
-            parent = parent.parent
 
     def _fail(self, index: int, path: Path, error: BaseException) -> None:
         from rich.text import Text
@@ -428,3 +502,76 @@ class _Run:
             failure = Failure(str(where), error_reason(exc, where), image=False)
             self.summary.failures.append(failure)
             self.console.print(Text.assemble(("failed", "red"), f" {failure.where}: {failure.reason}"), soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------- sharded rows, one COCO JSON
+
+
+def coco_from_rows(rows: Sequence[dict]) -> dict:
+    """One COCO dataset from per-image rows (``image``: its path, ``stem``, and that image's own COCO
+    ``images`` / ``annotations`` / ``categories``), ids numbered in ``stem`` order; an image's
+    ``file_name`` is its bare file name unless two images share it (then its path)."""
+    from collections import Counter
+
+    rows = sorted(rows, key=lambda row: row["stem"])
+    name_count = Counter(Path(row["image"]).name for row in rows)
+    dataset: dict = {"images": [], "annotations": [], "categories": []}
+    cats: dict = {}
+    for image_id, row in enumerate(rows, start=1):
+        name = Path(row["image"]).name
+        for image in row["images"]:
+            dataset["images"].append({**image, "id": image_id,
+                                      "file_name": name if name_count[name] == 1 else row["image"]})
+        for ann in row["annotations"]:
+            dataset["annotations"].append({**ann, "id": len(dataset["annotations"]) + 1, "image_id": image_id})
+        cats.update({c["id"]: c for c in row["categories"]})
+    dataset["categories"] = [cats[k] for k in sorted(cats)] or [{"id": 1, "name": "object"}]
+    return dataset
+
+
+def write_shards(rows: Sequence[dict], directory: Path, shards: int) -> list[Path]:
+    """``rows`` (sorted by ``stem``) as ``shards`` JSON-lines files ``part-NNNNN-of-MMMMM.jsonl``, each written
+    atomically; earlier part files of another count are removed."""
+    from . import io
+
+    rows = sorted(rows, key=lambda row: row["stem"])
+    shards = max(1, min(int(shards), len(rows) or 1))
+    size = -(-len(rows) // shards) if rows else 0
+    paths = []
+    for k in range(shards):
+        lines = "".join(json.dumps(row) + "\n" for row in rows[k * size:(k + 1) * size])
+        paths.append(io.write_bytes(directory / f"part-{k:05d}-of-{shards:05d}.jsonl", lines.encode("utf-8")))
+    for stale in set(directory.glob("part-*.jsonl")) - {Path(p) for p in paths}:
+        stale.unlink(missing_ok=True)
+    return paths
+
+
+def merge_shards(shards: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Merge JSON-lines shards (files, or a folder of ``*.jsonl``) into one COCO JSON at ``out``; an image
+    that appears in several shards is kept once (the last one read). Returns ``out``."""
+    from . import io
+    from .errors import InputError
+
+    sources = [shards] if isinstance(shards, str | os.PathLike) else list(shards)
+    files: list[Path] = []
+    for source in map(Path, sources):
+        files += sorted(source.glob("*.jsonl")) if source.is_dir() else [source]
+    if not files:
+        raise InputError(f"no .jsonl shards in {', '.join(map(str, sources))}; pass the shards/ folder of an "
+                         f"'imseg segment --format jsonl' run or its part files.")
+    rows: dict[str, dict] = {}
+    for path in files:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read shard ({exc.strerror or exc}).") from None
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+                if not all(isinstance(row[key], list) for key in ("images", "annotations", "categories")):
+                    raise TypeError
+                rows[str(Path(row["image"]).resolve())] = {**row, "stem": str(row["stem"])}
+            except (ValueError, KeyError, TypeError):
+                raise InputError(f"{path}:{number}: not an imseg shard row (JSON with image, stem, images, "
+                                 f"annotations, categories).") from None
+    return io.write_bytes(Path(out), json.dumps(coco_from_rows(list(rows.values()))).encode("utf-8"))

@@ -7,8 +7,8 @@ functions load the model. This module is the one place the batch commands call m
 
 from __future__ import annotations
 
+import functools
 import json
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +32,17 @@ class SegmentJob(BatchJob):
     ``coco.json`` listing every image done in the out dir with these settings.
 
     Layout: ``masks/<name>/<name>_NNN.png`` + ``<name>.json`` (png), ``masks/<name>.<ext>`` (other
-    formats), ``overlays/<name>.png``.
+    formats), ``overlays/<name>.png``. Format ``jsonl`` writes no per-image mask files: each image's COCO
+    RLE row is kept in its done marker and ``shards/part-*.jsonl`` (``shards`` files) hold every row;
+    :func:`imseg.batch.merge_shards` turns them into one COCO JSON.
     """
 
     name, verb = "segment", "segmented"
 
     def __init__(self, segmenter: Any, settings: dict, prompts: dict | None = None, pipeline: Any = None,
-                 fmt: str = "png", overlay: bool = False) -> None:
+                 fmt: str = "png", overlay: bool = False, shards: int = 1) -> None:
         self.segmenter, self.prompts, self.pipeline = segmenter, dict(prompts or {}), pipeline
-        self.fmt, self.overlay = fmt, overlay
+        self.fmt, self.overlay, self.shards = fmt, overlay, shards
         self.settings = {**settings, "format": fmt}
 
     def process(self, image_path: Path) -> SegmentResult:
@@ -57,7 +59,11 @@ class SegmentJob(BatchJob):
         from .io import write_image
 
         mask_dir = out_dir / "masks"
-        paths = list(result.masks.save(mask_dir / name if self.fmt == "png" else mask_dir, format=self.fmt, stem=name))
+        if self.fmt == "jsonl":
+            paths: list[Path] = []
+        else:
+            paths = list(result.masks.save(mask_dir / name if self.fmt == "png" else mask_dir, format=self.fmt,
+                                           stem=name))
         if result.overlay is not None:
             paths.append(write_image(self.overlay_path(out_dir, name), result.overlay))
         return paths
@@ -67,41 +73,40 @@ class SegmentJob(BatchJob):
         return out_dir / "overlays" / f"{name}.png"
 
     def describe(self, result: SegmentResult) -> dict:
-        return {"masks": len(result.masks), "format": self.fmt, "height": result.size[0], "width": result.size[1]}
+        info = {"masks": len(result.masks), "format": self.fmt, "height": result.size[0], "width": result.size[1]}
+        if self.fmt == "jsonl":  # the image's row lives in its marker until finish() shards the rows
+            info["row"] = result.masks.to_coco_dataset()
+        return info
 
     def required(self, out_dir: Path, name: str) -> list[Path]:
         return [self.overlay_path(out_dir, name)] if self.overlay else []
 
     def finish(self, out_dir: Path, records: Callable[[], list[dict]]) -> list[Path]:
-        """``coco.json``: every image done in ``out_dir`` with these settings (this run and earlier ones)."""
-        if self.fmt != "coco":
+        """``coco.json`` (format coco) or ``shards/part-*.jsonl`` (format jsonl): every image done in ``out_dir``
+        with these settings (this run and earlier ones)."""
+        if self.fmt not in ("coco", "jsonl"):
             return []
         from . import io
+        from .batch import coco_from_rows, write_shards
         from .masks import Masks
 
         done = records()
-        dataset: dict = {"images": [], "annotations": [], "categories": []}
-        cats: dict = {}
-        name_count = Counter(Path(info["image"]).name for info in done)
-        for image_id, info in enumerate(done, start=1):
-            name = Path(info["image"]).name  # the bare file name unless two images share it
-            part = Masks.load(out_dir / "masks" / f"{info['stem']}.json").to_coco_dataset(
-                file_name=name if name_count[name] == 1 else info["image"], image_id=image_id,
-                start_id=len(dataset["annotations"]) + 1)
-            dataset["images"] += part["images"]
-            dataset["annotations"] += part["annotations"]
-            cats.update({c["id"]: c for c in part["categories"]})
-        dataset["categories"] = [cats[k] for k in sorted(cats)] or [{"id": 1, "name": "object"}]
+        if self.fmt == "jsonl":
+            rows = [{"image": info["image"], "stem": info["stem"], **info["row"]} for info in done if "row" in info]
+            return write_shards(rows, out_dir / "shards", self.shards)
+        rows = [{"image": info["image"], "stem": info["stem"],
+                 **Masks.load(out_dir / "masks" / f"{info['stem']}.json").to_coco_dataset()} for info in done]
         target = out_dir / "coco.json"
         try:
-            return [io.write_bytes(target, json.dumps(dataset).encode("utf-8"))]
+            return [io.write_bytes(target, json.dumps(coco_from_rows(rows)).encode("utf-8"))]
         except OSError as exc:  # name the file, not the temporary one beside it
             raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
 
 
 def build_segment_job(model: str, *, checkpoint: str | None = None, device: str = "auto", backend: str = "torch",
                       half: bool = False, allow_random: bool = False, prompts: dict | None = None,
-                      post: str | None = None, fmt: str = "png", overlay: bool = False) -> SegmentJob:
+                      post: str | None = None, fmt: str = "png", overlay: bool = False,
+                      shards: int = 1) -> SegmentJob:
     """Load ``model`` (a registry name or a run dir) and the ``post`` pipeline into a :class:`SegmentJob`.
     A bad ``post`` spec fails before the model is built."""
     from . import load
@@ -126,7 +131,12 @@ def build_segment_job(model: str, *, checkpoint: str | None = None, device: str 
     # a done marker counts only for the same job: same model, weights, prompts, format and post-processing
     settings = {"model": model, "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
                 "backend": backend, "half": half, "prompts": dict(prompts or {}), "post": post}
-    return SegmentJob(segmenter, settings, prompts=prompts, pipeline=pipeline, fmt=fmt, overlay=overlay)
+    job = SegmentJob(segmenter, settings, prompts=prompts, pipeline=pipeline, fmt=fmt, overlay=overlay,
+                     shards=shards)
+    job.recipe = functools.partial(build_segment_job, model, checkpoint=checkpoint, device=device, backend=backend,
+                                   half=half, allow_random=allow_random, prompts=prompts, post=post, fmt=fmt,
+                                   overlay=overlay, shards=shards)
+    return job
 
 
 @dataclass
@@ -171,7 +181,10 @@ def build_predict_job(run: str, *, checkpoint: str | None = None, device: str = 
                          scales=parse_scales(scales))
     settings = {"run": str(Path(run).resolve()), "checkpoint": checkpoint, "tta": tta, "overlap": overlap,
                 "resize": resize, "scales": scales}
-    return PredictJob(segmenter, settings)
+    job = PredictJob(segmenter, settings)
+    job.recipe = functools.partial(build_predict_job, run, checkpoint=checkpoint, device=device, tta=tta,
+                                   overlap=overlap, resize=resize, scales=scales)
+    return job
 
 
 class ClassicalJob(BatchJob):
@@ -207,4 +220,6 @@ def build_classical_job(method: str, params: dict | None = None, post: str | Non
 
     pipeline = parse_pipeline(post) if post else None
     segmenter = load(method, **dict(params or {}))
-    return ClassicalJob(segmenter, {"method": method, "params": dict(params or {}), "post": post}, pipeline)
+    job = ClassicalJob(segmenter, {"method": method, "params": dict(params or {}), "post": post}, pipeline)
+    job.recipe = functools.partial(build_classical_job, method, params, post)
+    return job

@@ -5,7 +5,19 @@ from __future__ import annotations
 import typer
 
 from ..errors import ImsegError
-from .common import app, fail, out_dir, run_and_exit
+from .common import (
+    ADDRESS,
+    BATCH_SIZE,
+    CPUS_PER_WORKER,
+    ENGINE,
+    GPUS_PER_WORKER,
+    WORKERS,
+    app,
+    fail,
+    make_executor,
+    out_dir,
+    run_and_exit,
+)
 
 
 def parse_params(items: list[str]) -> dict:
@@ -26,12 +38,18 @@ def parse_params(items: list[str]) -> dict:
 
 @app.command("classical")
 def classical_cmd(
-    source: str = typer.Argument(None, help="Image file, directory or glob."),
+    source: str = typer.Argument(None, help="Image file, directory, glob or a .txt list of image paths."),
     method: str = typer.Option("otsu", "--method", "-m", help="Classical method (see --list)."),
     out: str = typer.Option("runs/classical", "--out", help="Output directory: one label-map PNG per image."),
     param: list[str] = typer.Option([], "--param", "-p", help="Method parameter KEY=VALUE (repeatable), e.g. sigma=1."),
     post: str = typer.Option("", "--post", help="Post-processing, e.g. 'remove_small=64,fill_holes=64,crf'."),
     list_methods: bool = typer.Option(False, "--list", help="List the methods with when to use each, then exit."),
+    engine: str = ENGINE,
+    address: str = ADDRESS,
+    workers: int = WORKERS,
+    cpus_per_worker: float = CPUS_PER_WORKER,
+    gpus_per_worker: float = GPUS_PER_WORKER,
+    batch_size: int = BATCH_SIZE,
 ) -> None:
     """Segment images with a classical method (no weights); one label map PNG per image.
 
@@ -47,14 +65,15 @@ def classical_cmd(
         return
     if source is None:
         fail("give an image SOURCE (file, directory or glob), or --list to see the methods.")
-    from ..io import list_images
+    from ..batch import list_sources
     from ..jobs import build_classical_job
 
+    executor = make_executor(engine, address, workers, cpus_per_worker, gpus_per_worker, batch_size)
     params = parse_params(param)
     root = out_dir(out)
     try:
         job = build_classical_job(method, params, post or None)
-        files = list_images(source)
+        files = list_sources(source)
     except ImsegError as exc:
         fail(str(exc))
-    run_and_exit(files, job, root, resume=False)
+    run_and_exit(files, job, root, resume=False, executor=executor)

@@ -5,7 +5,19 @@ from __future__ import annotations
 import typer
 
 from ..errors import ImsegError
-from .common import app, fail, out_dir, run_and_exit
+from .common import (
+    ADDRESS,
+    BATCH_SIZE,
+    CPUS_PER_WORKER,
+    ENGINE,
+    GPUS_PER_WORKER,
+    WORKERS,
+    app,
+    fail,
+    make_executor,
+    out_dir,
+    run_and_exit,
+)
 
 
 @app.command("demo")
@@ -71,7 +83,9 @@ def parse_prompts(points: list[str] | None, labels: list[str] | None, box: str |
 
 @app.command("segment")
 def segment_cmd(
-    src: str = typer.Argument(..., help="An image, a directory of images or a glob pattern (quote it)."),
+    src: str = typer.Argument(
+        ..., help="An image, a directory of images, a glob pattern (quote it) or a .txt list of image paths."
+    ),
     model: str = typer.Option("sam-vit-b", "--model", help="Registry model (sam-vit-b, mobile-sam, otsu, ...) or run dir."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="Checkpoint file; default: the weights cache."),
     points: list[str] = typer.Option(None, "--points", help="Point prompt x,y in pixels (repeat for several)."),
@@ -84,7 +98,10 @@ def segment_cmd(
         None, "--stability-score-thresh", help="Everything mode: min stability score (0.95)."
     ),
     out: str = typer.Option("runs/segment", "--out", help="Output directory (re-running resumes)."),
-    fmt: str = typer.Option("png", "--format", help="Mask format: png, coco, rle, polygons or npz."),
+    fmt: str = typer.Option(
+        "png", "--format", help="Mask format: png, coco, rle, polygons, npz, or jsonl (COCO RLE rows in shards/)."
+    ),
+    shards: int = typer.Option(1, "--shards", help="Format jsonl: number of shards/part-*.jsonl files."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write overlays/<image>.png."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     half: bool = typer.Option(False, "--half", help="float16 weights (CUDA only)."),
@@ -93,6 +110,12 @@ def segment_cmd(
     allow_random_weights: bool = typer.Option(
         False, "--allow-random-weights", help="Build random weights when no checkpoint is found (testing only)."
     ),
+    engine: str = ENGINE,
+    address: str = ADDRESS,
+    workers: int = WORKERS,
+    cpus_per_worker: float = CPUS_PER_WORKER,
+    gpus_per_worker: float = GPUS_PER_WORKER,
+    batch_size: int = BATCH_SIZE,
 ) -> None:
     """Segment images; writes masks/, overlays/, coco.json (format coco) and done/ markers under --out.
 
@@ -100,13 +123,15 @@ def segment_cmd(
     image done again replaces its earlier outputs. Unreadable images and failed writes are reported and
     the run goes on; the exit code is 1 when anything failed, 2 for a bad option.
     """
-    from ..io import list_images
+    from ..batch import list_sources
     from ..jobs import build_segment_job
     from ..masks import SAVE_FORMATS
 
     fmt = fmt.lower()
-    if fmt not in SAVE_FORMATS:
-        fail(f"--format must be one of {', '.join(SAVE_FORMATS)}, got {fmt!r}.")
+    if fmt not in (*SAVE_FORMATS, "jsonl"):
+        fail(f"--format must be one of {', '.join(SAVE_FORMATS)}, jsonl, got {fmt!r}.")
+    if shards < 1:
+        fail(f"--shards must be at least 1, got {shards}.")
     if everything and (points or box):
         fail("--everything cannot be combined with --points/--box; drop one of them.")
     prompts = parse_prompts(points, labels, box)
@@ -118,12 +143,28 @@ def segment_cmd(
     }
     if amg_options and prompts:
         fail("--points-per-side / --pred-iou-thresh / --stability-score-thresh apply to everything mode only.")
+    executor = make_executor(engine, address, workers, cpus_per_worker, gpus_per_worker, batch_size)
     root = out_dir(out)
     try:
-        images = list_images(src)
+        images = list_sources(src)
         job = build_segment_job(model, checkpoint=checkpoint, device=device, backend=backend, half=half,
                                 allow_random=allow_random_weights, prompts=prompts or amg_options, post=post,
-                                fmt=fmt, overlay=overlay)
+                                fmt=fmt, overlay=overlay, shards=shards)
     except ImsegError as exc:
         fail(str(exc))
-    run_and_exit(images, job, root)
+    run_and_exit(images, job, root, executor=executor)
+
+
+@app.command("merge-shards")
+def merge_shards_cmd(
+    shards: list[str] = typer.Argument(..., help="Shard files or a shards/ folder of an 'imseg segment --format jsonl' run."),
+    out: str = typer.Option(..., "--out", help="The COCO JSON file to write."),
+) -> None:
+    """Merge JSON-lines shards (one COCO RLE row per image) into one COCO JSON."""
+    from ..batch import merge_shards
+
+    try:
+        path = merge_shards(shards, out)
+    except ImsegError as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {path}")

@@ -5,7 +5,19 @@ from __future__ import annotations
 import typer
 
 from ..errors import ImsegError
-from .common import app, fail, out_dir, run_and_exit
+from .common import (
+    ADDRESS,
+    BATCH_SIZE,
+    CPUS_PER_WORKER,
+    ENGINE,
+    GPUS_PER_WORKER,
+    WORKERS,
+    app,
+    fail,
+    make_executor,
+    out_dir,
+    run_and_exit,
+)
 
 
 @app.command("train")
@@ -180,7 +192,7 @@ def val_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    source: str = typer.Argument(..., help="Image file, directory or glob."),
+    source: str = typer.Argument(..., help="Image file, directory, glob or a .txt list of image paths."),
     run: str = typer.Option(..., "--run", help="Run directory from imseg train."),
     out: str = typer.Option("runs/predict", "--out", help="Output directory: NAME.png label maps + NAME_overlay.png."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="best, last or a .pt path (default best)."),
@@ -196,19 +208,26 @@ def predict_cmd(
         help="--resize: scale each image's longer side to the run's imgsz, as training validated (the default); "
              "--native: keep native resolution, sliding imgsz tiles (runs trained on native-size crops).",
         show_default=False),
+    engine: str = ENGINE,
+    address: str = ADDRESS,
+    workers: int = WORKERS,
+    cpus_per_worker: float = CPUS_PER_WORKER,
+    gpus_per_worker: float = GPUS_PER_WORKER,
+    batch_size: int = BATCH_SIZE,
 ) -> None:
     """Predict label maps (PNG, pixel = class id) and colour overlays for images.
 
     A bad file is reported and the others go on; the exit code is 1 when any image failed.
     """
-    from ..io import list_images
+    from ..batch import list_sources
     from ..jobs import build_predict_job
 
+    executor = make_executor(engine, address, workers, cpus_per_worker, gpus_per_worker, batch_size)
     root = out_dir(out)
     try:
         job = build_predict_job(run, checkpoint=checkpoint, device=device, tta=tta, overlap=overlap, resize=resize,
                                 scales=scales)
-        paths = list_images(source)
+        paths = list_sources(source)
     except ImsegError as exc:
         fail(str(exc))
-    run_and_exit(paths, job, root, resume=False)
+    run_and_exit(paths, job, root, resume=False, executor=executor)
