@@ -184,3 +184,32 @@ def test_classify_refuses_bad_names(sam, horses):
         seg.labeler.probabilities([horses[0]], ["horse " * 80])
     with pytest.raises(ConfigError, match="labeler"):
         TextSegmenter(sam).segment(horses[0], classify=["horse"])
+
+
+@pytest.mark.slow
+def test_cli_text_prompt_writes_labelled_masks(mobile_sam_checkpoint, data_dir, tmp_path):
+    """``imseg segment --text`` through the real CLI with a saved tiny Grounding DINO; bad phrases fail up front."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from imseg.cli import app
+
+    det = tiny_grounding_dino(box_threshold=0.0, text_threshold=0.0)
+    det.model.save_pretrained(tmp_path / "gdino")
+    det.processor.save_pretrained(tmp_path / "gdino")
+    image = sorted((data_dir / "weizmann-horse" / "images").glob("*.jpg"))[0]
+    base = ["segment", str(image), "--model", "mobile-sam", "--checkpoint", str(mobile_sam_checkpoint),
+            "--device", "cpu", "--format", "coco"]
+    runner = CliRunner()
+    result = runner.invoke(app, [*base, "--text", "horse, rider", "--detector", f"grounding-dino:{tmp_path / 'gdino'}",
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "out" / "coco.json").read_text())
+    assert doc["annotations"], "a zero threshold keeps the detector's boxes"
+    marker = next((tmp_path / "out" / "done").glob("*.json"))
+    assert json.loads(marker.read_text())["settings"]["prompts"] == {"text": "horse. rider"}
+    result = runner.invoke(app, [*base, "--text", "horse..rider", "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "is empty" in result.output and not (tmp_path / "bad" / "done").exists()
+    result = runner.invoke(app, [*base, "--text", "horse", "--points", "5,5", "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "--text finds its own boxes" in result.output

@@ -106,9 +106,12 @@ class SegmentJob(BatchJob):
 def build_segment_job(model: str, *, checkpoint: str | None = None, device: str = "auto", backend: str = "torch",
                       half: bool = False, allow_random: bool = False, prompts: dict | None = None,
                       post: str | None = None, fmt: str = "png", overlay: bool = False,
-                      shards: int = 1) -> SegmentJob:
+                      shards: int = 1, text: str | None = None, detector: str = "grounding-dino-tiny",
+                      classify: str | None = None, clip: str = "clip-vit-b-32") -> SegmentJob:
     """Load ``model`` (a registry name or a run dir) and the ``post`` pipeline into a :class:`SegmentJob`.
-    A bad ``post`` spec fails before the model is built."""
+    A bad ``post`` spec or text prompt fails before the model is built. ``text`` (phrases for an
+    open-vocabulary ``detector``) or ``classify`` (names CLIP gives everything-mode masks) wrap the
+    segmenter in :class:`imseg.text.TextSegmenter`."""
     from . import load
     from .registry import get_spec
 
@@ -127,16 +130,40 @@ def build_segment_job(model: str, *, checkpoint: str | None = None, device: str 
         load_kwargs["dtype"] = torch.float16
     if family == "sam":
         load_kwargs["allow_random"] = allow_random
+    text_prompts = _text_prompts(text, classify)
     segmenter = load(model, checkpoint=checkpoint, **load_kwargs)
+    if text_prompts:
+        from .text import TextSegmenter
+
+        segmenter = TextSegmenter(segmenter, detector=detector if text is not None else None,
+                                  labeler=clip if classify is not None else None, device=device)
+        prompts = {**dict(prompts or {}), **text_prompts}
     # a done marker counts only for the same job: same model, weights, prompts, format and post-processing
     settings = {"model": model, "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
                 "backend": backend, "half": half, "prompts": dict(prompts or {}), "post": post}
+    if text_prompts:
+        settings["text_models"] = {"detector": detector if text is not None else None,
+                                   "clip": clip if classify is not None else None}
     job = SegmentJob(segmenter, settings, prompts=prompts, pipeline=pipeline, fmt=fmt, overlay=overlay,
                      shards=shards)
     job.recipe = functools.partial(build_segment_job, model, checkpoint=checkpoint, device=device, backend=backend,
-                                   half=half, allow_random=allow_random, prompts=prompts, post=post, fmt=fmt,
-                                   overlay=overlay, shards=shards)
+                                   half=half, allow_random=allow_random,
+                                   prompts={k: v for k, v in (prompts or {}).items() if k not in text_prompts},
+                                   post=post, fmt=fmt, overlay=overlay, shards=shards, text=text, detector=detector,
+                                   classify=classify, clip=clip)
     return job
+
+
+def _text_prompts(text: str | None, classify: str | None) -> dict:
+    """``text=`` phrases or ``classify=`` names for :class:`imseg.text.TextSegmenter`, checked before any model
+    is built (empty phrases, repeated names)."""
+    from .text.phrases import parse_phrases
+
+    if text is not None:
+        return {"text": ". ".join(parse_phrases(text.replace(",", ".")))}
+    if classify is not None:
+        return {"classify": parse_phrases(classify.replace(",", "."))}
+    return {}
 
 
 @dataclass

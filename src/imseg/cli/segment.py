@@ -110,6 +110,12 @@ def segment_cmd(
     allow_random_weights: bool = typer.Option(
         False, "--allow-random-weights", help="Build random weights when no checkpoint is found (testing only)."
     ),
+    text: str = typer.Option(None, "--text", help="Text prompt: phrases separated by '.' or ',' (e.g. 'horse. rider')."),
+    detector: str = typer.Option("grounding-dino-tiny", "--detector", help="--text: open-vocabulary detector "
+                                 "(grounding-dino-tiny/base, owlv2-base/large, or grounding-dino:DIR)."),
+    classify: str = typer.Option(None, "--classify", help="Everything mode: name each mask with CLIP from these "
+                                 "comma-separated names (e.g. 'horse,grass,sky')."),
+    clip: str = typer.Option("clip-vit-b-32", "--clip", help="--classify: the CLIP model (clip-vit-b-32, clip-vit-b-16)."),
     engine: str = ENGINE,
     address: str = ADDRESS,
     workers: int = WORKERS,
@@ -135,6 +141,10 @@ def segment_cmd(
     if everything and (points or box):
         fail("--everything cannot be combined with --points/--box; drop one of them.")
     prompts = parse_prompts(points, labels, box)
+    if text is not None and (prompts or everything or classify):
+        fail("--text finds its own boxes: drop --points/--box/--everything/--classify, or drop --text.")
+    if classify is not None and prompts:
+        fail("--classify names everything-mode masks: drop --points/--box, or drop --classify.")
     amg_options = {
         key: value
         for key, value in (("points_per_side", points_per_side), ("pred_iou_thresh", pred_iou_thresh),
@@ -149,7 +159,8 @@ def segment_cmd(
         images = list_sources(src)
         job = build_segment_job(model, checkpoint=checkpoint, device=device, backend=backend, half=half,
                                 allow_random=allow_random_weights, prompts=prompts or amg_options, post=post,
-                                fmt=fmt, overlay=overlay, shards=shards)
+                                fmt=fmt, overlay=overlay, shards=shards,
+                                text=text, detector=detector, classify=classify, clip=clip)
     except ImsegError as exc:
         fail(str(exc))
     run_and_exit(images, job, root, executor=executor)
