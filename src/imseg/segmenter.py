@@ -213,6 +213,8 @@ class Segmenter:
         if size < 0:
             raise ConfigError(f"embedding_cache_size must be >= 0, got {size}.")
         cache: OrderedDict[str, Embedding] = self.__dict__.setdefault("_embeddings", OrderedDict())
+        while len(cache) > size:  # the size may have been lowered since the last call
+            cache.popitem(last=False)
         key = content_key(rgb)
         found = cache.get(key)
         if found is not None:
@@ -220,9 +222,9 @@ class Segmenter:
             return found
         embedding = self.embed(rgb)
         if size > 0:
-            cache[key] = embedding
-            while len(cache) > size:
+            if len(cache) >= size:
                 cache.popitem(last=False)
+            cache[key] = embedding
         return embedding
 
     def clear_embeddings(self) -> None:
