@@ -36,6 +36,7 @@ __all__ = [
     "opening",
     "parse_pipeline",
     "remove_small",
+    "remove_small_regions",
     "smooth_boundaries",
     "split_touching",
     "threshold",
@@ -120,6 +121,29 @@ def remove_small(target: Target, min_area: int = 64) -> Target:
     if min_area <= 1:
         return _apply(target, lambda m: m, "remove_small")
     return _apply(target, lambda m: morphology.remove_small_objects(m, max_size=int(min_area) - 1), "remove_small")
+
+
+def remove_small_regions(mask: np.ndarray, min_area: int, mode: str) -> tuple[np.ndarray, bool]:
+    """Fill holes (``mode="holes"``) or drop islands (``"islands"``) smaller than ``min_area`` px.
+
+    8-connected components (OpenCV). When every island is small, the largest one is kept.
+    Returns the new (H, W) bool mask and whether it changed.
+    """
+    import cv2
+
+    fill_holes = mode == "holes"
+    work = (mask ^ fill_holes).astype(np.uint8)
+    n_labels, regions, stats, _ = cv2.connectedComponentsWithStats(work, connectivity=8)
+    sizes = stats[1:, cv2.CC_STAT_AREA]
+    small = np.flatnonzero(sizes < min_area) + 1
+    if small.size == 0:
+        return mask, False
+    if fill_holes:  # label 0 is the mask itself; add the small background components to it
+        return np.isin(regions, np.concatenate([[0], small])), True
+    keep = np.setdiff1d(np.arange(1, n_labels), small)
+    if keep.size == 0:
+        keep = np.array([int(np.argmax(sizes)) + 1])
+    return np.isin(regions, keep), True
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:

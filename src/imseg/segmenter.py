@@ -26,13 +26,10 @@ import numpy as np
 from .errors import ConfigError, PromptError
 from .io import read_image
 from .masks import Masks
-from .prompts import prompt_array, validate_box, validate_points
+from .prompts import USER_LABELS, prompt_array, validate_box, validate_points
 
 #: class names taken as "background" when they name a dense model's class 0 (lower-cased, stripped)
 BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "__background__", "backdrop"})
-
-#: user-facing point labels: 1 foreground, 0 background
-USER_LABELS = (0, 1)
 
 
 @dataclass(frozen=True)

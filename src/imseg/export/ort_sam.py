@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DependencyError, ExportError, InputError, PromptError, StateError
-from ..io import ResizeLongestSide, longest_side_shape, read_image
+from ..io import read_image
 from ..masks import Masks
 from ..prompts import validate_box, validate_points
+from ..sam.transforms import SAM_LABELS, ResizeLongestSide, longest_side_shape
 from ..segmenter import Candidates, Embedding, Prompts, Segmenter
 from .onnx import DECODER_INPUTS, MANIFEST
 from .sessions import check_session, io_signature, make_session, read_manifest
@@ -224,7 +225,7 @@ class OrtSamPredictor:
         if point_coords is not None:
             if point_labels is None:
                 raise PromptError("point_labels must be given with point_coords (1 = foreground, 0 = background).")
-            pts, labs = validate_points(point_coords, point_labels, self.original_size)
+            pts, labs = validate_points(point_coords, point_labels, self.original_size, SAM_LABELS)
         if box is not None:
             boxes = np.asarray(validate_box(box, self.original_size), np.float32).reshape(1, 4)
         masks, iou, low_res = self.decode_prompts(self.features, self.original_size, pts, labs, boxes, mask_input,

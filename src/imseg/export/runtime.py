@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ConfigError, DependencyError, ExportError
-from ..io import ResizeLongestSide
+from ..sam.transforms import ResizeLongestSide
 from ..segmenter import Segmenter
 from .onnx import MANIFEST
 from .ort_sam import OrtAmgBackend, OrtSamPredictor, OrtSamSegmenter
