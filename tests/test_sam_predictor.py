@@ -402,7 +402,7 @@ def test_wrapped_or_hooked_modules_are_called_in_inference(sample_image):
 
 
 def model_input(model, image):
-    from imseg.sam.model import ResizeLongestSide
+    from imseg.sam.transforms import ResizeLongestSide
 
     resized = ResizeLongestSide(model.image_encoder.img_size).apply_image(image)
     return resized.transpose(2, 0, 1)[None].astype(np.float32)
@@ -413,7 +413,7 @@ def test_outputs_are_ordinary_tensors_and_official_odds_and_ends(predictor, samp
     place and used in autograd; the embedding is contiguous; BGR float arrays are flipped; the generator
     has a predictor; ResizeLongestSide takes the official keywords; a 1x3000 image works."""
     from imseg.sam import SamAutomaticMaskGenerator
-    from imseg.sam.model import ResizeLongestSide
+    from imseg.sam.transforms import ResizeLongestSide
 
     emb = predictor.get_image_embedding()
     assert not emb.is_inference() and emb.is_contiguous() and emb.view(1, -1).shape[1] == 256 * 64 * 64
@@ -447,7 +447,7 @@ def test_both_resize_transforms_give_the_official_answers():
     from segment_anything.utils.transforms import ResizeLongestSide as Official
 
     from imseg.export.runtime import ResizeLongestSide as OrtResize
-    from imseg.sam.model import ResizeLongestSide as TorchResize
+    from imseg.sam.transforms import ResizeLongestSide as TorchResize
 
     rng = np.random.default_rng(0)
     uint8 = rng.integers(0, 256, (37, 90, 3), dtype=np.uint8)

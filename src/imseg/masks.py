@@ -47,14 +47,32 @@ def _as_bool_masks(arr: np.ndarray) -> np.ndarray:
 
 def encode_rle(masks: np.ndarray) -> list[dict]:
     """Encode (N, H, W) bool masks as COCO compressed RLEs (``counts`` as str) via pycocotools."""
-    from pycocotools import mask as mask_utils
-
     if masks.ndim != 3:
         raise InputError(f"encode_rle expects (N, H, W) masks, got shape {masks.shape}")
     if len(masks) == 0:
         return []
-    fortran = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
-    return [_rle_counts_to_str(r) for r in mask_utils.encode(fortran)]
+    return [_rle_counts_to_str(r) for r in coco_rles(np.ascontiguousarray(masks.transpose(0, 2, 1), dtype=np.uint8))]
+
+
+def coco_rles(masks_nwh: np.ndarray) -> list[dict]:
+    """pycocotools RLEs (``counts`` as bytes) of (N, W, H) C-contiguous uint8 masks: that layout is the
+    (H, W, N) Fortran array pycocotools reads, so nothing is copied."""
+    from pycocotools import mask as mask_utils
+
+    if len(masks_nwh) == 0:
+        return []
+    return mask_utils.encode(masks_nwh.transpose(2, 1, 0))
+
+
+def rle_counts(mask: np.ndarray) -> list[int]:
+    """Uncompressed COCO RLE counts of an (H, W) bool mask (column-major runs, zeros first)."""
+    flat = np.asarray(mask, bool).ravel(order="F")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    edges = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(edges).tolist()
+    if flat.size and flat[0]:
+        counts = [0, *counts]
+    return counts
 
 
 def decode_rle(rles: Sequence[dict], size: tuple[int, int] | None = None) -> np.ndarray:

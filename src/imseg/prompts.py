@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 
 from .errors import PromptError
+from .sam.transforms import SAM_LABELS
 
-#: SAM's point labels: 1 foreground, 0 background, -1 padding, 2 and 3 a box's top-left and bottom-right corners
-SAM_LABELS = (-1, 0, 1, 2, 3)
+#: point labels users give to Segmenter.segment: 1 foreground, 0 background
+USER_LABELS = (0, 1)
 
 
 def prompt_array(value: Any, what: str) -> np.ndarray:
@@ -53,7 +54,8 @@ def validate_points(
     """Check point prompts. Returns float32 (N, 2) XY coords and int32 (N,) labels, or (None, None).
 
     ``image_size`` is (H, W); points must lie within [0, W] x [0, H]. Labels: 1 foreground,
-    0 background; by default also SAM's -1 padding and 2/3 box corners (``allowed_labels``).
+    0 background; by default also SAM's -1 padding and 2/3 box corners (the official predictor API's
+    vocabulary, :data:`imseg.sam.transforms.SAM_LABELS`); ``Segmenter.segment`` passes :data:`USER_LABELS`.
     """
     if points is None:
         if labels is not None and len(np.atleast_1d(labels)):

@@ -1,35 +1,39 @@
 """Segment Anything (our implementation; official checkpoints load unchanged).
 
 Drop-in names: ``sam_model_registry``, ``SamPredictor``, ``SamAutomaticMaskGenerator``,
-``build_sam*``. Importing this package imports torch.
+``build_sam*``, ``ResizeLongestSide``. They are imported on first use, so importing a torch-free
+module of this package (``imseg.sam.transforms``) does not import torch.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from .compat import build_sam, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l, build_sam_vit_t, sam_model_registry
-from .model import ResizeLongestSide, Sam
-from .predictor import SamPredictor
+_HOMES = {
+    "ResizeLongestSide": "transforms",
+    "Sam": "model",
+    "SamAutomaticMaskGenerator": "automatic",
+    "SamPredictor": "predictor",
+    "build_sam": "compat",
+    "build_sam_vit_b": "compat",
+    "build_sam_vit_h": "compat",
+    "build_sam_vit_l": "compat",
+    "build_sam_vit_t": "compat",
+    "sam_model_registry": "compat",
+}
 
-__all__ = [
-    "ResizeLongestSide",
-    "Sam",
-    "SamAutomaticMaskGenerator",
-    "SamPredictor",
-    "build_sam",
-    "build_sam_vit_b",
-    "build_sam_vit_h",
-    "build_sam_vit_l",
-    "build_sam_vit_t",
-    "sam_model_registry",
-]
+__all__ = sorted(_HOMES)
 
 
 def __getattr__(name: str) -> Any:
-    # the automatic mask generator lives in its own module (imported on first use)
-    if name == "SamAutomaticMaskGenerator":
-        from .automatic import SamAutomaticMaskGenerator
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'imseg.sam' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
 
-        return SamAutomaticMaskGenerator
-    raise AttributeError(f"module 'imseg.sam' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

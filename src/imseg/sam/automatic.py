@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import product
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..io import longest_side_shape
-from ..masks import Masks
+from ..masks import Masks, coco_rles, rle_counts
+from ..postprocess import remove_small_regions
+from .transforms import longest_side_shape
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -128,50 +129,6 @@ def box_near_crop_edge(boxes: torch.Tensor, crop_box: list[int], image_box: list
     return (near_crop & ~near_image).any(dim=1)
 
 
-def remove_small_regions(mask: np.ndarray, min_area: int, mode: str) -> tuple[np.ndarray, bool]:
-    """Fill holes (``mode="holes"``) or drop islands (``"islands"``) smaller than ``min_area`` px.
-
-    8-connected components (OpenCV). When every island is small, the largest one is kept.
-    Returns the new (H, W) bool mask and whether it changed.
-    """
-    import cv2
-
-    fill_holes = mode == "holes"
-    work = (mask ^ fill_holes).astype(np.uint8)
-    n_labels, regions, stats, _ = cv2.connectedComponentsWithStats(work, connectivity=8)
-    sizes = stats[1:, cv2.CC_STAT_AREA]
-    small = np.flatnonzero(sizes < min_area) + 1
-    if small.size == 0:
-        return mask, False
-    if fill_holes:  # label 0 is the mask itself; add the small background components to it
-        return np.isin(regions, np.concatenate([[0], small])), True
-    keep = np.setdiff1d(np.arange(1, n_labels), small)
-    if keep.size == 0:
-        keep = np.array([int(np.argmax(sizes)) + 1])
-    return np.isin(regions, keep), True
-
-
-def rle_counts(mask: np.ndarray) -> list[int]:
-    """Uncompressed COCO RLE counts of an (H, W) bool mask (column-major runs, zeros first)."""
-    flat = np.asarray(mask, bool).ravel(order="F")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    edges = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(edges).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]
-    return counts
-
-
-def _encode_rles(masks: np.ndarray) -> list[dict]:
-    """pycocotools RLEs (counts as bytes) of (N, W, H) C-contiguous uint8 masks (transposed layout)."""
-    from pycocotools import mask as mask_utils
-
-    if len(masks) == 0:
-        return []
-    return mask_utils.encode(masks.transpose(2, 1, 0))  # (H, W, N) Fortran view, no copy
-
-
-# ----------------------------------------------------------------------------- the fast decoder
 # ----------------------------------------------------------------------------- backends
 class PointBatch(Protocol):
     """Decoder results for B single-point prompts on one crop (multimask outputs 1..3).
@@ -194,7 +151,8 @@ class AmgBackend(Protocol):
     threshold of a mask pixel. ``embed(crop)``: an (h, w, 3) uint8 RGB crop -> (an opaque per-crop
     image state, (h', w') size of the crop resized so that its long side is ``img_size``).
     ``decode(state, coords)``: (B, 2) float64 XY points in that resized frame, one foreground point
-    per prompt -> :class:`PointBatch`.
+    per prompt -> :class:`PointBatch`. Optionally ``state_for(embedding)``: the per-crop state of an
+    :class:`imseg.segmenter.Embedding` of the whole image, so a segmenter's cached embedding is reused.
     """
 
     img_size: int
@@ -234,6 +192,13 @@ class _ModulePointBatch:
         return self._low_res[ids]
 
 
+@dataclass
+class _Features:
+    """Bare image features in the shape of an :class:`imseg.segmenter.Embedding` for ``state_for``."""
+
+    features: Any
+
+
 class TorchBackend:
     """The default backend: a PyTorch SAM model in this process (the fast :class:`PromptBatchDecoder`)."""
 
@@ -251,18 +216,24 @@ class TorchBackend:
         import torch
         from PIL import Image
 
-        from .batch_decoder import PromptBatchDecoder
-        from .common import plain_modules
-
         device, dtype = self._device_dtype()
         nh, nw = longest_side_shape(crop.shape[0], crop.shape[1], self.img_size)
         resized = np.array(Image.fromarray(crop).resize((nw, nh), Image.BILINEAR))
         x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
         x = self.model.preprocess(x)
-        embedding = self.model.image_encoder(x.to(dtype))
+        features = self.model.image_encoder(x.to(dtype))
+        return self.state_for(_Features(features)), (nh, nw)
+
+    def state_for(self, image_embedding: Any) -> PromptBatchDecoder | _ModuleState:
+        """The per-crop state of an :class:`imseg.segmenter.Embedding` computed elsewhere (e.g. by a
+        predictor): its ``features`` (1, C, 64, 64) held by a decoder ready for prompts."""
+        from .batch_decoder import PromptBatchDecoder
+        from .common import plain_modules
+
+        embedding = image_embedding.features.to(self._device_dtype()[1])
         if not plain_modules(self.model.mask_decoder):  # the fast decoder reads weights directly: call modules
-            return _ModuleState(self.model, embedding), (nh, nw)
-        return PromptBatchDecoder(self.model, embedding), (nh, nw)
+            return _ModuleState(self.model, embedding)
+        return PromptBatchDecoder(self.model, embedding)
 
     def decode(self, state: PromptBatchDecoder | _ModuleState, coords: np.ndarray) -> PointBatch:
         import torch
@@ -279,27 +250,47 @@ class TorchBackend:
         return _TorchPointBatch(state, iou, hs, keys)
 
 
-# ----------------------------------------------------------------------------- per-crop results
+# ----------------------------------------------------------------------------- candidate records
 @dataclass
-class _Candidates:
-    """Masks kept so far, in the original image frame."""
+class MaskRecords:
+    """Mask candidates held together (the official ``MaskData``): ``rles`` (n pycocotools RLEs of full-image
+    masks), ``boxes`` (n, 4) XYXY torch long (inclusive max corner), ``iou`` and ``stability`` (n,) torch float,
+    ``points`` (n, 2) numpy XY px, ``crop_boxes`` (n, 4) numpy int64 XYXY px."""
 
-    rles: list = field(default_factory=list)
-    boxes: list = field(default_factory=list)  # torch (n, 4) XYXY chunks
-    iou: list = field(default_factory=list)
-    stability: list = field(default_factory=list)
-    points: list = field(default_factory=list)  # np (n, 2)
-    crop_boxes: list = field(default_factory=list)  # np (n, 4)
+    rles: list
+    boxes: Any
+    iou: Any
+    stability: Any
+    points: np.ndarray
+    crop_boxes: np.ndarray
 
-    def cat(self):
+    @classmethod
+    def empty(cls) -> MaskRecords:
         import torch
 
-        boxes = torch.cat(self.boxes) if self.boxes else torch.zeros((0, 4), dtype=torch.long)
-        iou = torch.cat(self.iou) if self.iou else torch.zeros(0)
-        stab = torch.cat(self.stability) if self.stability else torch.zeros(0)
-        points = np.concatenate(self.points) if self.points else np.zeros((0, 2))
-        crops = np.concatenate(self.crop_boxes) if self.crop_boxes else np.zeros((0, 4), np.int64)
-        return self.rles, boxes, iou, stab, points, crops
+        return cls([], torch.zeros((0, 4), dtype=torch.long), torch.zeros(0), torch.zeros(0), np.zeros((0, 2)),
+                   np.zeros((0, 4), np.int64))
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def filter(self, keep: Any) -> MaskRecords:
+        """The records at ``keep`` (a torch or numpy index array), in that order."""
+        idx = keep.cpu().numpy() if hasattr(keep, "cpu") else np.asarray(keep)
+        return MaskRecords([self.rles[i] for i in idx], self.boxes[keep], self.iou[keep], self.stability[keep],
+                           self.points[idx], self.crop_boxes[idx])
+
+    @classmethod
+    def cat(cls, records: list[MaskRecords]) -> MaskRecords:
+        """All ``records`` one after the other."""
+        import torch
+
+        records = [r for r in records if len(r)]
+        if not records:
+            return cls.empty()
+        return cls([rle for r in records for rle in r.rles], torch.cat([r.boxes for r in records]),
+                   torch.cat([r.iou for r in records]), torch.cat([r.stability for r in records]),
+                   np.concatenate([r.points for r in records]), np.concatenate([r.crop_boxes for r in records]))
 
 
 # ----------------------------------------------------------------------------- the generator
@@ -421,8 +412,9 @@ class SamAutomaticMaskGenerator:
         """
         from pycocotools import mask as mask_utils
 
-        result = self._generate(image)
-        rles, boxes, iou, stab, points, crops = result
+        found = self._generate(image)
+        rles, boxes, iou, stab = found.rles, found.boxes.numpy(), found.iou.numpy(), found.stability.numpy()
+        points, crops = found.points, found.crop_boxes
         records = []
         areas = mask_utils.area(rles) if rles else []
         for i, rle in enumerate(rles):
@@ -446,24 +438,25 @@ class SamAutomaticMaskGenerator:
             )
         return records
 
-    def generate_masks(self, image: Any) -> Masks:
+    def generate_masks(self, image: Any, embedding: Any = None) -> Masks:
         """Everything mode as :class:`~imseg.masks.Masks` (RLE-backed; scores = predicted IoU).
 
         ``image`` is anything :func:`imseg.io.read_image` accepts. Extra fields: ``stability_score``,
         ``point_coords`` (N, 2) XY px, ``crop_box`` (N, 4) XYXY px. Boxes follow the COCO/pycocotools
-        convention (XYWH, w = x_max - x_min + 1).
+        convention (XYWH, w = x_max - x_min + 1). ``embedding`` (an :class:`imseg.segmenter.Embedding` of
+        this image, from the same model) is used for the whole-image crop instead of encoding it again.
         """
         from ..io import read_image
 
         array = read_image(image)
-        rles, _, iou, stab, points, crops = self._generate(array)
+        found = self._generate(array, embedding)
         return Masks(
-            rles=[{"size": list(r["size"]), "counts": r["counts"]} for r in rles],
+            rles=[{"size": list(r["size"]), "counts": r["counts"]} for r in found.rles],
             image_size=array.shape[:2],
-            scores=np.asarray(iou, np.float32),
-            stability_score=np.asarray(stab, np.float32),
-            point_coords=np.asarray(points, np.float32).reshape(-1, 2),
-            crop_box=np.asarray(crops, np.int64).reshape(-1, 4),
+            scores=found.iou.numpy().astype(np.float32),
+            stability_score=found.stability.numpy().astype(np.float32),
+            point_coords=np.asarray(found.points, np.float32).reshape(-1, 2),
+            crop_box=np.asarray(found.crop_boxes, np.int64).reshape(-1, 4),
         )
 
     # ------------------------------------------------------------------ pipeline
@@ -489,62 +482,63 @@ class SamAutomaticMaskGenerator:
             )
         return image
 
-    def _generate(self, image: np.ndarray):
+    def _generate(self, image: np.ndarray, embedding: Any = None):
         import torch
         from torchvision.ops import batched_nms
 
         image = self._check_image(image)
         h, w = image.shape[:2]
         crop_boxes, layers = generate_crop_boxes((h, w), self.crop_n_layers, self.crop_overlap_ratio)
-        kept = _Candidates()
+        kept: list[MaskRecords] = []
         with torch.inference_mode():
             for crop_box, layer in zip(crop_boxes, layers, strict=True):
-                self._process_crop(image, crop_box, layer, kept)
-            rles, boxes, iou, stab, points, crops = kept.cat()
-            if len(crop_boxes) > 1 and len(rles):
-                crop_t = torch.as_tensor(crops, dtype=torch.float)
+                kept.append(self._process_crop(image, crop_box, layer, embedding))
+            records = MaskRecords.cat(kept)
+            if len(crop_boxes) > 1 and len(records):
+                crop_t = torch.as_tensor(records.crop_boxes, dtype=torch.float)
                 area = (crop_t[:, 2] - crop_t[:, 0]) * (crop_t[:, 3] - crop_t[:, 1])
-                keep = batched_nms(boxes.float(), 1 / area, torch.zeros(len(boxes)), self.crop_nms_thresh)
-                rles, boxes, iou, stab, points, crops = _take(keep, rles, boxes, iou, stab, points, crops)
-            if self.min_mask_region_area > 0 and len(rles):
-                rles, boxes, iou, stab, points, crops = self._remove_small_regions(
-                    rles, boxes, iou, stab, points, crops
-                )
-        return rles, boxes.numpy(), iou.numpy(), stab.numpy(), points, crops
+                keep = batched_nms(records.boxes.float(), 1 / area, torch.zeros(len(records)), self.crop_nms_thresh)
+                records = records.filter(keep)
+            if self.min_mask_region_area > 0 and len(records):
+                records = self._remove_small_regions(records)
+        return records
 
-    def _embed(self, crop: np.ndarray) -> tuple[Any, tuple[int, int]]:
-        """The backend's per-crop image state and the crop's resized input size (h', w')."""
+    def _embed(self, crop: np.ndarray, embedding: Any = None) -> tuple[Any, tuple[int, int]]:
+        """The backend's per-crop image state and the crop's resized input size (h', w'); a given whole-image
+        ``embedding`` is reused when the backend can take one (``state_for``)."""
+        state_for = getattr(self.backend, "state_for", None)
+        if embedding is not None and state_for is not None and tuple(embedding.original_size) == crop.shape[:2]:
+            return state_for(embedding), tuple(embedding.input_size)
         return self.backend.embed(crop)
 
-    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int, kept: _Candidates) -> None:
+    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int,
+                      embedding: Any = None) -> MaskRecords:
         import torch
         from torchvision.ops import batched_nms
 
         x0, y0, x1, y1 = crop_box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
         ch, cw = crop.shape[:2]
-        state, input_size = self._embed(crop)
+        whole = crop_box == [0, 0, image.shape[1], image.shape[0]]
+        state, input_size = self._embed(crop, embedding if whole else None)
         points = self.point_grids[layer] * np.array([[cw, ch]], dtype=np.float64)
         scale = np.array([[input_size[1] / cw, input_size[0] / ch]])
-        part = _Candidates()
+        parts: list[MaskRecords] = []
         for start in range(0, len(points), self.points_per_batch):
             batch = points[start : start + self.points_per_batch]
-            self._process_batch(state, batch, batch * scale, input_size, crop_box, image.shape[:2], part)
+            self._process_batch(state, batch, batch * scale, input_size, crop_box, image.shape[:2], parts)
         del state
-        rles, boxes, iou, stab, pts, _ = part.cat()
-        if not len(rles):
-            return
-        keep = batched_nms(boxes.float(), iou, torch.zeros(len(boxes)), self.box_nms_thresh)
-        rles, boxes, iou, stab, pts = _take(keep, rles, boxes, iou, stab, pts)
-        offset = torch.tensor([x0, y0, x0, y0])
-        kept.rles.extend(rles)
-        kept.boxes.append(boxes + offset)
-        kept.iou.append(iou)
-        kept.stability.append(stab)
-        kept.points.append(pts + np.array([[x0, y0]]))
-        kept.crop_boxes.append(np.tile(np.array(crop_box, np.int64), (len(rles), 1)))
+        records = MaskRecords.cat(parts)
+        if not len(records):
+            return records
+        keep = batched_nms(records.boxes.float(), records.iou, torch.zeros(len(records)), self.box_nms_thresh)
+        records = records.filter(keep)
+        records.boxes = records.boxes + torch.tensor([x0, y0, x0, y0])
+        records.points = records.points + np.array([[x0, y0]])
+        return records
 
-    def _process_batch(self, state, points, model_points, input_size, crop_box, image_size, part) -> None:
+    def _process_batch(self, state, points, model_points, input_size, crop_box, image_size,
+                       parts: list[MaskRecords]) -> None:
         import torch
 
         decoded = self.backend.decode(state, model_points)
@@ -560,9 +554,9 @@ class SamAutomaticMaskGenerator:
         cand_iou = iou[prompt_ids][sel]
         prompt_of = prompt_ids[:, None].expand(-1, n_masks)[sel].cpu().numpy()
         del decoded
-        self._postprocess(low, cand_iou, points[prompt_of], input_size, crop_box, image_size, part)
+        self._postprocess(low, cand_iou, points[prompt_of], input_size, crop_box, image_size, parts)
 
-    def _postprocess(self, low, iou, points, input_size, crop_box, image_size, part: _Candidates) -> None:
+    def _postprocess(self, low, iou, points, input_size, crop_box, image_size, parts: list[MaskRecords]) -> None:
         """Upsample low-res logits chunk by chunk; stability filter, threshold, boxes, edge filter, RLE."""
         import torch
         import torch.nn.functional as F
@@ -598,21 +592,17 @@ class SamAutomaticMaskGenerator:
             # full-image masks in (N, W, H) layout so pycocotools gets a Fortran (H, W, N) view
             full = np.zeros((len(masks), img_w, img_h), np.uint8)
             full[:, x0:x1, y0:y1] = masks.transpose(1, 2).cpu().numpy()
-            part.rles.extend(_encode_rles(full))
-            part.boxes.append(boxes.cpu())
-            part.iou.append(iou[idx].cpu())
-            part.stability.append(stab[local].cpu())
-            part.points.append(points[idx.cpu().numpy()])
-            part.crop_boxes.append(np.tile(np.array(crop_box, np.int64), (len(idx), 1)))
+            parts.append(MaskRecords(coco_rles(full), boxes.cpu(), iou[idx].cpu(), stab[local].cpu(),
+                                     points[idx.cpu().numpy()], np.tile(np.array(crop_box, np.int64), (len(idx), 1))))
 
-    def _remove_small_regions(self, rles, boxes, iou, stab, points, crops):
+    def _remove_small_regions(self, records: MaskRecords) -> MaskRecords:
         """Fill small holes and drop small islands; changed masks lose NMS ties to unchanged ones."""
         import torch
         from pycocotools import mask as mask_utils
         from torchvision.ops import batched_nms
 
         new_masks, unchanged = [], []
-        for rle in rles:
+        for rle in records.rles:
             mask = mask_utils.decode(rle).astype(bool)
             mask, changed_holes = remove_small_regions(mask, self.min_mask_region_area, "holes")
             mask, changed_islands = remove_small_regions(mask, self.min_mask_region_area, "islands")
@@ -621,20 +611,12 @@ class SamAutomaticMaskGenerator:
         dense = torch.from_numpy(np.stack(new_masks))
         new_boxes = masks_to_boxes_xyxy(dense)
         scores = torch.tensor(unchanged)
-        keep = batched_nms(new_boxes.float(), scores, torch.zeros(len(rles)), max(self.box_nms_thresh, self.crop_nms_thresh))
-        rles = list(rles)
-        boxes = boxes.clone()
+        keep = batched_nms(new_boxes.float(), scores, torch.zeros(len(records)),
+                           max(self.box_nms_thresh, self.crop_nms_thresh))
+        records = MaskRecords(list(records.rles), records.boxes.clone(), records.iou, records.stability,
+                              records.points, records.crop_boxes)
         for i in keep.tolist():
             if unchanged[i] == 0.0:
-                rles[i] = _encode_rles(np.ascontiguousarray(new_masks[i].T[None]).astype(np.uint8))[0]
-                boxes[i] = new_boxes[i]
-        return _take(keep, rles, boxes, iou, stab, points, crops)
-
-
-def _take(keep, rles, *arrays):
-    """Select ``keep`` indices from a list of RLEs and matching torch/numpy arrays."""
-    idx = keep.cpu().numpy() if hasattr(keep, "cpu") else np.asarray(keep)
-    out = [[rles[i] for i in idx]]
-    for arr in arrays:
-        out.append(arr[keep] if hasattr(arr, "cpu") else arr[idx])
-    return tuple(out)
+                records.rles[i] = coco_rles(np.ascontiguousarray(new_masks[i].T[None]).astype(np.uint8))[0]
+                records.boxes[i] = new_boxes[i]
+        return records.filter(keep)

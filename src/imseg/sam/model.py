@@ -1,4 +1,4 @@
-"""The ``Sam`` wrapper (encoders + decoder, pre/post-processing) and the longest-side resize."""
+"""The ``Sam`` wrapper: encoders + decoder, pre- and post-processing."""
 
 from __future__ import annotations
 
@@ -9,19 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io import ResizeLongestSide as _ResizeLongestSide
-from ..io import longest_side_shape
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
-
-
-class ResizeLongestSide(_ResizeLongestSide):
-    """:class:`imseg.io.ResizeLongestSide` with the official ``apply_image_torch``."""
-
-    def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float -> resized (antialiased bilinear; close to, not equal to, apply_image)."""
-        size = longest_side_shape(image.shape[2], image.shape[3], self.target_length)
-        return F.interpolate(image, size, mode="bilinear", align_corners=False, antialias=True)
 
 
 @lru_cache(maxsize=32)

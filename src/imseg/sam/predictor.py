@@ -20,7 +20,8 @@ from ..io import read_image
 from ..prompts import prompt_array, validate_box, validate_points
 from .batch_decoder import PromptBatchDecoder
 from .common import plain_modules, weights_key
-from .model import ResizeLongestSide, Sam
+from .model import Sam
+from .transforms import SAM_LABELS, ResizeLongestSide
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
            "half": torch.float16, "float32": None, "fp32": None}
@@ -136,6 +137,20 @@ class SamPredictor:
         self.features = features.float().contiguous()
         self.is_image_set = True
 
+    def use_embedding(self, features: torch.Tensor, original_size: tuple[int, int],
+                      input_size: tuple[int, int]) -> None:
+        """Make ``features`` (1, 256, 64, 64) of an ``original_size`` (H, W) image, resized to ``input_size``
+        (h, w), the current image, as after ``set_image`` (nothing is encoded)."""
+        if self.is_image_set and self.features is features:
+            return
+        self.reset_image()
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.orig_h, self.orig_w = self.original_size
+        self.input_h, self.input_w = self.input_size
+        self.features = features
+        self.is_image_set = True
+
     def get_image_embedding(self) -> torch.Tensor:
         """(1, 256, 64, 64) embedding of the current image."""
         self._require_image()
@@ -196,7 +211,7 @@ class SamPredictor:
         self._require_image()
         if point_coords is not None and point_labels is None:
             raise PromptError("point_labels must be given with point_coords (1 = foreground, 0 = background).")
-        coords, labels = validate_points(point_coords, point_labels, self.original_size)
+        coords, labels = validate_points(point_coords, point_labels, self.original_size, SAM_LABELS)
         boxes = validate_box(box, self.original_size)
         if boxes is not None and boxes.ndim == 2:
             if len(boxes) != 1:
@@ -354,7 +369,7 @@ class SamPredictor:
             pl = np.asarray(point_labels)
             if pl.shape != pc.shape[:2]:
                 raise PromptError(f"point_labels must be (B, N) = {pc.shape[:2]}; got {pl.shape}.")
-            _, flat_labels = validate_points(pc.reshape(-1, 2), pl.reshape(-1), self.original_size)
+            _, flat_labels = validate_points(pc.reshape(-1, 2), pl.reshape(-1), self.original_size, SAM_LABELS)
             batch = len(pc)
             coords_t = torch.as_tensor(self.transform.apply_coords(pc, self.original_size), dtype=torch.float,
                                        device=self.device)
