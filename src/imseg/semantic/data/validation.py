@@ -9,21 +9,25 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import DatasetError, describe_files
-from .common import LOSSY_MASK_ADVICE, LOSSY_MASK_SUFFIXES, Sample, _image_size
+from ...errors import DatasetError, ImsegError, describe_files
+from ...io import read_image
+from .check_cache import CheckCache, sample_key
+from .common import LOSSY_MASK_ADVICE, LOSSY_MASK_SUFFIXES, Sample
 from .config import DataConfig, load_data_config
 from .folder import _present_values
 from .masks import read_mask
 
 
 def _check_sample(sample: Sample, num_classes: int, ignore_index: int) -> tuple[str, str, np.ndarray | None]:
-    """('' | problem kind, message, per-class pixel counts)."""
+    """('' | problem kind, message, per-class pixel counts): the image and its labels decoded in full, as
+    training will read them (a header can be intact over a truncated body)."""
     if not sample.image.is_file():
         return "unreadable", f"{sample.image}: image file is missing", None
     try:
-        size = _image_size(sample.image)
-    except DatasetError as exc:
-        return "unreadable", f"{sample.image}: {exc}", None
+        size = read_image(sample.image).shape[:2]
+    except ImsegError as exc:  # e.g. a truncated body: the decoder's reason, without the path said twice
+        detail = str(exc).removeprefix(f"{sample.image}: ")
+        return "unreadable", f"{sample.image}: cannot read image ({detail})", None
     try:
         mask = read_mask(sample, ignore_index)
     except DatasetError as exc:
@@ -40,6 +44,31 @@ def _check_sample(sample: Sample, num_classes: int, ignore_index: int) -> tuple[
     flat = mask.ravel()
     counts = np.bincount(flat[flat != ignore_index].astype(np.int64), minlength=num_classes)[:num_classes]
     return "", "", counts
+
+
+def _check_samples(cfg: DataConfig, samples: list[Sample]) -> list[tuple[str, str, np.ndarray | None]]:
+    """:func:`_check_sample` of each sample, in order: decoded in threads (the decoders release the GIL) with a
+    progress bar, except the pairs the cache has seen clean with the same files and settings."""
+    from tqdm import tqdm
+
+    cache = CheckCache(cfg.path)
+
+    def check(sample: Sample) -> tuple[str, str, np.ndarray | None]:
+        key = sample_key(sample, cfg.num_classes, cfg.ignore_index)
+        counts = cache.get(key)
+        if counts is not None and len(counts) == cfg.num_classes:
+            return "", "", np.asarray(counts, np.int64)
+        kind, message, found = _check_sample(sample, cfg.num_classes, cfg.ignore_index)
+        if not kind and found is not None:
+            cache.put(key, [int(c) for c in found])
+        return kind, message, found
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+        bar = tqdm(pool.map(check, samples), total=len(samples), desc="checking dataset", unit="pair", leave=False,
+                   disable=None)  # None: no bar when stderr is not a terminal
+        results = list(bar)
+    cache.save()
+    return results
 
 
 _PROBLEM_TITLES = {
@@ -67,23 +96,22 @@ def validate_dataset(config: DataConfig | str | os.PathLike | Mapping[str, Any],
         problems.setdefault("empty", []).append("no train split was found or declared")
     class_pixels: dict[str, np.ndarray] = {}
     reported = {message for items in problems.values() for message in items}
+    every = [(split, sample) for split, samples in cfg.splits.items() for sample in samples]
+    results = _check_samples(cfg, [sample for _, sample in every])
     for split, samples in cfg.splits.items():
         if not samples:
             problems.setdefault("empty", []).append(f"split '{split}' has no samples")
             continue
-        totals = np.zeros(cfg.num_classes, np.int64)
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
-            results = pool.map(lambda s: _check_sample(s, cfg.num_classes, cfg.ignore_index), samples)
-            for sample, (kind, message, counts) in zip(samples, results, strict=True):
-                if kind == "values" and sample.mask is not None and sample.mask.suffix.lower() in LOSSY_MASK_SUFFIXES:
-                    continue  # listed as a lossy mask: its stray values are JPEG artefacts
-                if kind:
-                    if message not in reported:  # e.g. a malformed COCO entry already listed by load_data_config
-                        problems.setdefault(kind, []).append(message)
-                        reported.add(message)
-                elif counts is not None:
-                    totals += counts
-        class_pixels[split] = totals
+        class_pixels[split] = np.zeros(cfg.num_classes, np.int64)
+    for (split, sample), (kind, message, counts) in zip(every, results, strict=True):
+        if kind == "values" and sample.mask is not None and sample.mask.suffix.lower() in LOSSY_MASK_SUFFIXES:
+            continue  # listed as a lossy mask: its stray values are JPEG artefacts
+        if kind:
+            if message not in reported:  # e.g. a malformed COCO entry already listed by load_data_config
+                problems.setdefault(kind, []).append(message)
+                reported.add(message)
+        elif counts is not None:
+            class_pixels[split] += counts
     if problems:
         total = sum(len(v) for v in problems.values())
         parts = [f"dataset at {cfg.path} has {total} problem(s):"]
