@@ -97,11 +97,9 @@ def _seed_setting(spec: Mapping[str, Any]) -> int:
     return int(value)
 
 
-def _resolve_splits(
-    root: Path, spec: dict[str, Any], pool: list[Sample] | None, by_dir: Callable[[Path], tuple[list[Sample], list[str]]],
-    defaults: dict[str, list[Sample]] | None = None,
-) -> tuple[dict[str, list[Sample]], list[str], tuple[str, ...]]:
-    """Apply the config's split settings to a pool of samples. Returns (splits, problems, declared)."""
+def _named_splits(root: Path, spec: dict[str, Any], pool: list[Sample] | None,
+                  by_dir: Callable[[Path], tuple[list[Sample], list[str]]]) -> tuple[dict[str, list[Sample]], list[str]]:
+    """The splits the config names with ``train``/``val``/``test`` (a list of stems, a folder or a list file)."""
     splits: dict[str, list[Sample]] = {}
     problems: list[str] = []
     for key in SPLITS:
@@ -130,31 +128,75 @@ def _resolve_splits(
             problems += found
         else:
             raise ConfigError(f"'{key}: {value}': {target} is neither a folder nor a .txt/.json list; check the path.")
+    return splits, problems
+
+
+def _split_setting(root: Path, spec: dict[str, Any], pool: list[Sample] | None) -> tuple[dict[str, list[Sample]], list[str]]:
+    """The ``split`` setting: a file of lists (the splits), or ratios (moved to ``val_ratio``/``test_ratio``)."""
+    splits: dict[str, list[Sample]] = {}
+    problems: list[str] = []
+    split = spec["split"]
+    if isinstance(split, str):
+        lists = _read_list((root / split).resolve())
+        if not isinstance(lists, dict):
+            raise ConfigError(f"split file {split} must map split names to lists, e.g. {{train: [...], val: [...]}}.")
+        assert pool is not None
+        for key in SPLITS:
+            if key in lists:
+                splits[key], found = _select(pool, lists[key], f"{key} ({split})")
+                problems += found
+    elif isinstance(split, (Mapping, list, tuple)):
+        ratios = dict(split) if isinstance(split, Mapping) else dict(zip(SPLITS, split, strict=False))
+        unknown = sorted(str(k) for k in ratios if k not in SPLITS)
+        if unknown:
+            raise ConfigError(f"split ratios: unknown key(s) {unknown}; use train, val and test, e.g. "
+                              f"{{train: 0.8, val: 0.2}}.")
+        for key, value in ratios.items():
+            if not _is_number(value) or not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"split.{key} must be a fraction in [0, 1] (e.g. split: {{train: 0.8, val: 0.2}}); "
+                                  f"got {value!r}.")
+        spec.setdefault("val_ratio", float(ratios.get("val", 0.0)))
+        spec.setdefault("test_ratio", float(ratios.get("test", 0.0)))
+    else:
+        raise ConfigError(f"split must be a file of lists or ratios like {{train: 0.8, val: 0.2}}; got {split!r}.")
+    return splits, problems
+
+
+def _ratio_splits(splits: dict[str, list[Sample]], spec: dict[str, Any], pool: list[Sample] | None) -> None:
+    """Without a declared ``val``: hold out ``val_ratio`` (and ``test_ratio``) of the undeclared images."""
+    val_ratio = _ratio_setting(spec, "val_ratio", 0.2)
+    test_ratio = _ratio_setting(spec, "test_ratio", 0.0) if "test" not in splits else 0.0
+    base = splits.get("train", pool) or []
+    if "train" not in splits:  # the pool minus the declared splits' samples (e.g. a declared test split)
+        taken = {s.image for samples in splits.values() for s in samples}
+        base = [s for s in base if s.image not in taken]
+    seed = _seed_setting(spec)
+    spec.update(val_ratio=val_ratio, seed=seed)
+    if val_ratio > 0 or test_ratio > 0:
+        parts = _ratio_split(base, val_ratio, test_ratio, seed)
+        splits["train"] = parts["train"]
+        if val_ratio > 0:
+            splits["val"] = parts["val"]
+        if test_ratio > 0:
+            spec["test_ratio"] = test_ratio
+            splits["test"] = parts["test"]
+    else:
+        splits.setdefault("train", list(base))
+
+
+def _resolve_splits(
+    root: Path, spec: dict[str, Any], pool: list[Sample] | None, by_dir: Callable[[Path], tuple[list[Sample], list[str]]],
+    defaults: dict[str, list[Sample]] | None = None,
+) -> tuple[dict[str, list[Sample]], list[str], tuple[str, ...]]:
+    """Apply the config's split settings to a pool of samples. Returns (splits, problems, declared).
+
+    Looked for in order: train/val/test settings, ``split``, ``defaults``, a ``split.json``, split subfolders;
+    then a ratio split holds out ``val`` (and ``test``) when no ``val`` was declared.
+    """
+    splits, problems = _named_splits(root, spec, pool, by_dir)
     if not splits and spec.get("split") is not None:
-        split = spec["split"]
-        if isinstance(split, str):
-            lists = _read_list((root / split).resolve())
-            if not isinstance(lists, dict):
-                raise ConfigError(f"split file {split} must map split names to lists, e.g. {{train: [...], val: [...]}}.")
-            assert pool is not None
-            for key in SPLITS:
-                if key in lists:
-                    splits[key], found = _select(pool, lists[key], f"{key} ({split})")
-                    problems += found
-        elif isinstance(split, (Mapping, list, tuple)):
-            ratios = dict(split) if isinstance(split, Mapping) else dict(zip(SPLITS, split, strict=False))
-            unknown = sorted(str(k) for k in ratios if k not in SPLITS)
-            if unknown:
-                raise ConfigError(f"split ratios: unknown key(s) {unknown}; use train, val and test, e.g. "
-                                  f"{{train: 0.8, val: 0.2}}.")
-            for key, value in ratios.items():
-                if not _is_number(value) or not 0.0 <= float(value) <= 1.0:
-                    raise ConfigError(f"split.{key} must be a fraction in [0, 1] (e.g. split: {{train: 0.8, val: 0.2}}); "
-                                      f"got {value!r}.")
-            spec.setdefault("val_ratio", float(ratios.get("val", 0.0)))
-            spec.setdefault("test_ratio", float(ratios.get("test", 0.0)))
-        else:
-            raise ConfigError(f"split must be a file of lists or ratios like {{train: 0.8, val: 0.2}}; got {split!r}.")
+        splits, found = _split_setting(root, spec, pool)
+        problems += found
     if not splits and defaults:
         splits = dict(defaults)
     if not splits and pool is not None and (root / "split.json").is_file():
@@ -174,24 +216,7 @@ def _resolve_splits(
     if not splits and pool is None:
         raise ConfigError(f"{root}: no split found; set train/val (folders or lists) in the dataset config.")
     if "val" not in splits and "val" not in spec:
-        val_ratio = _ratio_setting(spec, "val_ratio", 0.2)
-        test_ratio = _ratio_setting(spec, "test_ratio", 0.0) if "test" not in splits else 0.0
-        base = splits.get("train", pool) or []
-        if "train" not in splits:  # the pool minus the declared splits' samples (e.g. a declared test split)
-            taken = {s.image for samples in splits.values() for s in samples}
-            base = [s for s in base if s.image not in taken]
-        seed = _seed_setting(spec)
-        spec.update(val_ratio=val_ratio, seed=seed)
-        if val_ratio > 0 or test_ratio > 0:
-            parts = _ratio_split(base, val_ratio, test_ratio, seed)
-            splits["train"] = parts["train"]
-            if val_ratio > 0:
-                splits["val"] = parts["val"]
-            if test_ratio > 0:
-                spec["test_ratio"] = test_ratio
-                splits["test"] = parts["test"]
-        else:
-            splits.setdefault("train", list(base))
+        _ratio_splits(splits, spec, pool)
     return splits, problems, tuple(k for k in SPLITS if k in splits)
 
 
