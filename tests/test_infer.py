@@ -10,9 +10,11 @@ from typer.testing import CliRunner
 
 import imseg
 from imseg.errors import CheckpointError, PromptError
+from imseg.semantic.checkpoints import save_checkpoint
 from imseg.semantic.infer import SemanticSegmenter, gaussian_window, load_run, tile_starts
 from imseg.semantic.models import create_model, model_config
-from imseg.semantic.train import DEFAULT_MEAN, DEFAULT_STD, save_checkpoint
+from imseg.semantic.transforms import IMAGENET_MEAN as DEFAULT_MEAN
+from imseg.semantic.transforms import IMAGENET_STD as DEFAULT_STD
 
 NAMES = ["background", "red", "blue"]
 

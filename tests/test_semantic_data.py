@@ -415,3 +415,62 @@ def test_ignore_index_above_255_with_uint8_masks(tmp_path):
     assert mask.shape == (64, 64) and (mask[46:] == 300).all()  # letterbox 40x56 -> 46x64 + ignore padding
     _, mask = sets["train"][0]
     assert set(torch.unique(mask).tolist()) <= {0, 1, 2, 300}
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_truncated_image_with_intact_header_is_refused_before_a_run_directory(tmp_path, monkeypatch, suffix):
+    from imseg.semantic.train import train
+
+    monkeypatch.setenv("IMSEG_HOME", str(tmp_path / "home"))
+    _write_pairs(tmp_path / "ds", 6, values=(0, 1))
+    bad = tmp_path / "ds" / "images" / f"im002{suffix}"
+    (tmp_path / "ds" / "images" / "im002.jpg").unlink()
+    rng = np.random.default_rng(1)  # a larger pair: half its bytes hold the whole header
+    Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(bad)
+    Image.fromarray(rng.integers(0, 2, (96, 128), dtype=np.uint8)).save(tmp_path / "ds" / "masks" / "im002.png")
+    whole = bad.read_bytes()
+    bad.write_bytes(whole[: len(whole) // 2])
+    with Image.open(bad) as img:
+        assert img.size == (128, 96)  # the header still reads
+    config = {"path": str(tmp_path / "ds"), "names": ["bg", "fg"], "val_ratio": 0.34}
+    with pytest.raises(DatasetError, match="unreadable or missing files") as info:
+        validate_dataset(config)
+    assert f"{bad}: cannot read image" in str(info.value) and "truncated" in str(info.value)
+    project = tmp_path / "runs"
+    with pytest.raises(DatasetError, match=str(bad).replace("\\", "\\\\")):
+        train({"data": config, "project": str(project), "model": "unet", "encoder": "resnet18", "imgsz": 32,
+               "epochs": 1, "workers": 0, "progress": False})
+    assert not project.exists()
+
+
+def test_validation_decodes_each_pair_once_until_a_file_changes(tmp_path, monkeypatch):
+    import os
+
+    import imseg.semantic.data.validation as validation
+
+    monkeypatch.setenv("IMSEG_HOME", str(tmp_path / "home"))
+    _write_pairs(tmp_path / "ds", 6, values=(0, 1))
+    decoded: list[str] = []
+    check = validation._check_sample
+
+    def counting(sample, *args):
+        decoded.append(sample.stem)
+        return check(sample, *args)
+
+    monkeypatch.setattr(validation, "_check_sample", counting)
+    config = {"path": str(tmp_path / "ds"), "names": ["bg", "fg"], "val_ratio": 0.34}
+    first = validate_dataset(config)
+    assert sorted(decoded) == [f"im{i:03d}" for i in range(6)]
+    assert list((tmp_path / "home" / "dataset-checks").glob("*.json"))  # the cache lives under IMSEG_HOME
+    decoded.clear()
+    assert validate_dataset(config) == first and decoded == []  # same counts, nothing decoded again
+    mask = tmp_path / "ds" / "masks" / "im004.png"
+    stat = mask.stat()
+    os.utime(mask, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert validate_dataset(config) == first and decoded == ["im004"]
+    decoded.clear()
+    whole = (tmp_path / "ds" / "images" / "im001.jpg").read_bytes()
+    (tmp_path / "ds" / "images" / "im001.jpg").write_bytes(whole[: len(whole) // 2])  # damaged after a clean check
+    with pytest.raises(DatasetError, match="im001.jpg: cannot read image"):
+        validate_dataset(config)
+    assert decoded == ["im001"]

@@ -59,7 +59,7 @@ def image_key(rgb: np.ndarray, img_size: int) -> str:
 def encoder_input(rgb: np.ndarray, img_size: int, sam) -> torch.Tensor:
     """SAM's preprocessing of an RGB uint8 image: (1, 3, img_size, img_size), longest side resized, normalised,
     zero-padded (as ``SamPredictor.set_image``)."""
-    from .sam.model import ResizeLongestSide
+    from .sam.transforms import ResizeLongestSide
 
     resized = np.array(ResizeLongestSide(img_size).apply_image(rgb))
     x = torch.as_tensor(resized).permute(2, 0, 1)[None].float()

@@ -346,7 +346,7 @@ def explain_sam(model: Any, image: Any, *, points: Any = None, labels: Any = Non
     ``Sam`` model (default :func:`default_sam_layer`); points and box are in image pixels.
     """
     from .io import read_image
-    from .sam.model import ResizeLongestSide
+    from .sam.transforms import ResizeLongestSide
 
     sam = _sam_model(model)
     rgb = read_image(image)

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from ..device import resolve_device
-from ..errors import CheckpointError, ConfigError, InputError
+from ..errors import ConfigError, InputError
 from ..io import letterbox_rgb, read_image, resize_rgb
 from ..segmenter import DenseSegmenter
+from .checkpoints import find_checkpoint, load_checkpoint, model_from_checkpoint
 from .metrics import ConfusionMatrix
 from .models import OUTPUT_STRIDE, input_multiple
-from .train import load_checkpoint, model_from_checkpoint
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -255,28 +255,6 @@ class SemanticSegmenter(DenseSegmenter):
 
     def __repr__(self) -> str:
         return f"SemanticSegmenter(name={self.name!r}, classes={self.class_names}, imgsz={self.imgsz}, device={self.device})"
-
-
-def find_checkpoint(path: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
-    """The checkpoint file of a run dir: ``checkpoint`` (path, or "best"/"last"), else weights/best.pt, else last.pt."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if checkpoint is not None:
-        ck = Path(checkpoint)
-        if str(checkpoint) in ("best", "last"):
-            ck = path / "weights" / f"{checkpoint}.pt"
-        elif not ck.is_absolute() and not ck.exists():
-            ck = path / ck
-        if not ck.is_file():
-            raise CheckpointError(f"checkpoint {checkpoint!r} not found (looked at {ck}).")
-        return ck
-    for candidate in (path / "weights" / "best.pt", path / "weights" / "last.pt"):
-        if candidate.is_file():
-            return candidate
-    raise CheckpointError(
-        f"{path}: no weights/best.pt or weights/last.pt. Is this a run directory written by `imseg train`?"
-    )
 
 
 def load_run(
