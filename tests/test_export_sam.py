@@ -170,11 +170,13 @@ def test_load_export_dir_prompt_mode(sam_export, sample_image, official_predicto
 
     model = imseg.load(sam_export)  # manifest present -> ONNX Runtime
     assert isinstance(model, OrtSamSegmenter)
-    masks = model.segment(sample_image, points=[(100, 80)], labels=[1])
+    masks = model.segment(sample_image, points=[(100, 80)], labels=[1], multimask=True)
     ref, scores, _ = official_predictor.predict(np.array([[100, 80]]), np.array([1]), multimask_output=True)
     assert len(masks) == 3 and masks.image_size == (256, 256)
     best = int(np.argmax(scores))
     assert (masks.masks[0] != ref[best]).mean() <= 1e-3
+    one = model.segment(sample_image, points=[(100, 80)], labels=[1])  # without multimask: the best one only
+    assert len(one) == 1 and (one.masks[0] != ref[best]).mean() <= 1e-3
 
 
 def test_raw_input_encoder_matches_pytorch(official_mobile_sam, official_predictor, sample_image, tmp_path):

@@ -21,25 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ModelNotFoundError, WeightsError
+from .segmenter import Segmenter
 
-
-# ----------------------------------------------------------------------------- segmenter protocol
-class Segmenter:
-    """Base class of everything ``imseg.load`` returns.
-
-    ``segment(image)`` runs everything mode; with ``points``/``labels``/``box`` it runs prompt mode
-    (segmenters without prompt support raise :class:`~imseg.errors.PromptError`). Both return
-    :class:`~imseg.masks.Masks`.
-    """
-
-    name: str = "segmenter"
-    supports_prompts: bool = False
-
-    def segment(self, image, *, points=None, labels=None, box=None, **kwargs):  # pragma: no cover
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r})"
+__all__ = ["ModelSpec", "Segmenter", "WeightsSpec", "get_spec", "list_models", "load", "register"]
 
 
 # ----------------------------------------------------------------------------- registry entries

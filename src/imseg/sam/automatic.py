@@ -194,7 +194,8 @@ class AmgBackend(Protocol):
     threshold of a mask pixel. ``embed(crop)``: an (h, w, 3) uint8 RGB crop -> (an opaque per-crop
     image state, (h', w') size of the crop resized so that its long side is ``img_size``).
     ``decode(state, coords)``: (B, 2) float64 XY points in that resized frame, one foreground point
-    per prompt -> :class:`PointBatch`.
+    per prompt -> :class:`PointBatch`. Optionally ``state_for(embedding)``: the per-crop state of an
+    :class:`imseg.segmenter.Embedding` of the whole image, so a segmenter's cached embedding is reused.
     """
 
     img_size: int
@@ -234,6 +235,13 @@ class _ModulePointBatch:
         return self._low_res[ids]
 
 
+@dataclass
+class _Features:
+    """Bare image features in the shape of an :class:`imseg.segmenter.Embedding` for ``state_for``."""
+
+    features: Any
+
+
 class TorchBackend:
     """The default backend: a PyTorch SAM model in this process (the fast :class:`PromptBatchDecoder`)."""
 
@@ -251,18 +259,24 @@ class TorchBackend:
         import torch
         from PIL import Image
 
-        from .batch_decoder import PromptBatchDecoder
-        from .common import plain_modules
-
         device, dtype = self._device_dtype()
         nh, nw = longest_side_shape(crop.shape[0], crop.shape[1], self.img_size)
         resized = np.array(Image.fromarray(crop).resize((nw, nh), Image.BILINEAR))
         x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
         x = self.model.preprocess(x)
-        embedding = self.model.image_encoder(x.to(dtype))
+        features = self.model.image_encoder(x.to(dtype))
+        return self.state_for(_Features(features)), (nh, nw)
+
+    def state_for(self, image_embedding: Any) -> PromptBatchDecoder | _ModuleState:
+        """The per-crop state of an :class:`imseg.segmenter.Embedding` computed elsewhere (e.g. by a
+        predictor): its ``features`` (1, C, 64, 64) held by a decoder ready for prompts."""
+        from .batch_decoder import PromptBatchDecoder
+        from .common import plain_modules
+
+        embedding = image_embedding.features.to(self._device_dtype()[1])
         if not plain_modules(self.model.mask_decoder):  # the fast decoder reads weights directly: call modules
-            return _ModuleState(self.model, embedding), (nh, nw)
-        return PromptBatchDecoder(self.model, embedding), (nh, nw)
+            return _ModuleState(self.model, embedding)
+        return PromptBatchDecoder(self.model, embedding)
 
     def decode(self, state: PromptBatchDecoder | _ModuleState, coords: np.ndarray) -> PointBatch:
         import torch
@@ -446,17 +460,18 @@ class SamAutomaticMaskGenerator:
             )
         return records
 
-    def generate_masks(self, image: Any) -> Masks:
+    def generate_masks(self, image: Any, embedding: Any = None) -> Masks:
         """Everything mode as :class:`~imseg.masks.Masks` (RLE-backed; scores = predicted IoU).
 
         ``image`` is anything :func:`imseg.io.read_image` accepts. Extra fields: ``stability_score``,
         ``point_coords`` (N, 2) XY px, ``crop_box`` (N, 4) XYXY px. Boxes follow the COCO/pycocotools
-        convention (XYWH, w = x_max - x_min + 1).
+        convention (XYWH, w = x_max - x_min + 1). ``embedding`` (an :class:`imseg.segmenter.Embedding` of
+        this image, from the same model) is used for the whole-image crop instead of encoding it again.
         """
         from ..io import read_image
 
         array = read_image(image)
-        rles, _, iou, stab, points, crops = self._generate(array)
+        rles, _, iou, stab, points, crops = self._generate(array, embedding)
         return Masks(
             rles=[{"size": list(r["size"]), "counts": r["counts"]} for r in rles],
             image_size=array.shape[:2],
@@ -489,7 +504,7 @@ class SamAutomaticMaskGenerator:
             )
         return image
 
-    def _generate(self, image: np.ndarray):
+    def _generate(self, image: np.ndarray, embedding: Any = None):
         import torch
         from torchvision.ops import batched_nms
 
@@ -499,7 +514,7 @@ class SamAutomaticMaskGenerator:
         kept = _Candidates()
         with torch.inference_mode():
             for crop_box, layer in zip(crop_boxes, layers, strict=True):
-                self._process_crop(image, crop_box, layer, kept)
+                self._process_crop(image, crop_box, layer, kept, embedding)
             rles, boxes, iou, stab, points, crops = kept.cat()
             if len(crop_boxes) > 1 and len(rles):
                 crop_t = torch.as_tensor(crops, dtype=torch.float)
@@ -512,18 +527,24 @@ class SamAutomaticMaskGenerator:
                 )
         return rles, boxes.numpy(), iou.numpy(), stab.numpy(), points, crops
 
-    def _embed(self, crop: np.ndarray) -> tuple[Any, tuple[int, int]]:
-        """The backend's per-crop image state and the crop's resized input size (h', w')."""
+    def _embed(self, crop: np.ndarray, embedding: Any = None) -> tuple[Any, tuple[int, int]]:
+        """The backend's per-crop image state and the crop's resized input size (h', w'); a given whole-image
+        ``embedding`` is reused when the backend can take one (``state_for``)."""
+        state_for = getattr(self.backend, "state_for", None)
+        if embedding is not None and state_for is not None and tuple(embedding.original_size) == crop.shape[:2]:
+            return state_for(embedding), tuple(embedding.input_size)
         return self.backend.embed(crop)
 
-    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int, kept: _Candidates) -> None:
+    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int, kept: _Candidates,
+                      embedding: Any = None) -> None:
         import torch
         from torchvision.ops import batched_nms
 
         x0, y0, x1, y1 = crop_box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
         ch, cw = crop.shape[:2]
-        state, input_size = self._embed(crop)
+        whole = crop_box == [0, 0, image.shape[1], image.shape[0]]
+        state, input_size = self._embed(crop, embedding if whole else None)
         points = self.point_grids[layer] * np.array([[cw, ch]], dtype=np.float64)
         scale = np.array([[input_size[1] / cw, input_size[0] / ch]])
         part = _Candidates()

@@ -136,6 +136,20 @@ class SamPredictor:
         self.features = features.float().contiguous()
         self.is_image_set = True
 
+    def use_embedding(self, features: torch.Tensor, original_size: tuple[int, int],
+                      input_size: tuple[int, int]) -> None:
+        """Make ``features`` (1, 256, 64, 64) of an ``original_size`` (H, W) image, resized to ``input_size``
+        (h, w), the current image, as after ``set_image`` (nothing is encoded)."""
+        if self.is_image_set and self.features is features:
+            return
+        self.reset_image()
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.orig_h, self.orig_w = self.original_size
+        self.input_h, self.input_w = self.input_size
+        self.features = features
+        self.is_image_set = True
+
     def get_image_embedding(self) -> torch.Tensor:
         """(1, 256, 64, 64) embedding of the current image."""
         self._require_image()

@@ -1,18 +1,22 @@
-"""``SamSegmenter``: the registry's SAM models behind the common ``Segmenter.segment -> Masks`` API."""
+"""``SamSegmenter``: the registry's SAM models on torch, an engine behind the one ``Segmenter.segment``."""
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import os
 import warnings
 from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError, PromptError
+from ..device import resolve_device
+from ..errors import CheckpointError, ConfigError
 from ..io import read_image
 from ..masks import Masks
-from ..registry import ModelSpec, Segmenter, find_weights
+from ..registry import ModelSpec, find_weights
+from ..segmenter import Candidates, Embedding, Prompts, Segmenter
+
+__all__ = ["RANDOM_WEIGHTS_WARNING", "SamSegmenter", "build_sam_segmenter", "resolve_device"]
 
 RANDOM_WEIGHTS_WARNING = (
     "WEIGHTS ARE RANDOM: {name} was built with random weights because no checkpoint was found, so its masks "
@@ -20,116 +24,68 @@ RANDOM_WEIGHTS_WARNING = (
 )
 
 
-_DEVICES = "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-
-
-def resolve_device(device: str | Any = "auto") -> Any:
-    """``"auto"`` -> cuda if available else cpu; otherwise ``torch.device(device)``."""
-    import torch
-
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"{_DEVICES}, got {device!r}.") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' was requested but CUDA is not available; use device='cpu' or 'auto'.")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                          f"use cuda:0..cuda:{torch.cuda.device_count() - 1}.")
-    mps = getattr(torch.backends, "mps", None)
-    if dev.type == "mps" and not (mps is not None and mps.is_available()):
-        raise ConfigError("device='mps' was requested but MPS (Apple GPU) is not available here; "
-                          "use device='cpu' or 'auto'.")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"{_DEVICES}, got {device!r}.")
-    return dev
-
-
 class SamSegmenter(Segmenter):
-    """Segment Anything as a :class:`~imseg.registry.Segmenter`.
-
-    ``segment(image, points=, labels=, box=)`` is prompt mode; ``segment(image)`` is everything mode
-    (delegates to :class:`imseg.sam.automatic.SamAutomaticMaskGenerator`). ``.predictor`` is the
-    underlying :class:`~imseg.sam.predictor.SamPredictor`.
+    """Segment Anything on torch as a :class:`~imseg.segmenter.Segmenter` (the rules of ``segment`` live
+    there). The engine: ``embed`` runs the image encoder through ``.predictor`` (a
+    :class:`~imseg.sam.predictor.SamPredictor`), ``decode`` its prompt encoder and mask decoder, and
+    ``everything`` the :class:`~imseg.sam.automatic.SamAutomaticMaskGenerator`.
     """
 
     supports_prompts = True
 
     def __init__(self, predictor: Any, name: str = "sam", random_weights: bool = False,
-                 checkpoint: str | None = None) -> None:
+                 checkpoint: str | None = None, embedding_cache_size: int = 1) -> None:
         self.predictor = predictor
         self.model = predictor.model
         self.name = name
         self.random_weights = random_weights
         self.checkpoint = checkpoint
-        self._image_key: str | None = None
+        self.embedding_cache_size = int(embedding_cache_size)
 
     @property
     def device(self) -> Any:
         return self.predictor.device
 
+    def worker_copy(self) -> SamSegmenter:
+        """A segmenter on the same model with its own predictor state and embedding cache: one per thread."""
+        clone = copy.copy(self)
+        clone.predictor = copy.copy(self.predictor)
+        clone.predictor.reset_image()
+        clone.clear_embeddings()
+        return clone
+
     def set_image(self, image: Any) -> np.ndarray:
-        """Read ``image`` (path, array, PIL, bytes) as RGB and embed it unless it is already set."""
+        """Read ``image`` (path, array, PIL, bytes) as RGB and make it ``.predictor``'s current image
+        (encoded unless its embedding is cached). Returns the RGB array."""
         rgb = read_image(image)
-        key = hashlib.blake2b(rgb.tobytes(), digest_size=16).hexdigest() + str(rgb.shape)
-        if key != self._image_key or not self.predictor.is_image_set:
-            self.predictor.set_image(rgb)
-            self._image_key = key
+        embedding = self.embedding_for(rgb)
+        self.predictor.use_embedding(embedding.features, embedding.original_size, embedding.input_size)
         return rgb
 
-    def segment(self, image: Any, *, points: Any = None, labels: Any = None, box: Any = None,
-                multimask: bool = False, mask_input: Any = None, **kwargs: Any) -> Masks:
-        """Masks for ``image``.
+    def embed(self, rgb: np.ndarray) -> Embedding:
+        self.predictor.set_image(rgb)
+        return Embedding(self.predictor.features, self.predictor.original_size, self.predictor.input_size)
 
-        Prompt mode (points (N, 2) XY pixels with labels (N,) 1/0 - default all 1 -, and/or box
-        (4,) XYXY or boxes (B, 4)): the best mask, or with ``multimask=True`` the 3 candidates with
-        their predicted IoU as scores. A single ambiguous point uses SAM's 3-way output and keeps the
-        best one; several boxes give one mask per box. Without prompts: everything mode
-        (``kwargs`` go to the automatic mask generator).
-        """
-        if points is None and box is None and mask_input is None:
-            if labels is not None:
-                raise PromptError("labels were given without points; pass points=[(x, y), ...] too.")
-            return self._everything(image, **kwargs)
-        if kwargs:
-            raise ConfigError(f"unexpected options for prompt mode: {sorted(kwargs)}.")
-        rgb = self.set_image(image)
-        size = rgb.shape[:2]
-        boxes = None if box is None else np.asarray(box, dtype=np.float32)
-        if boxes is not None and boxes.ndim == 2 and len(boxes) > 1:
-            if points is not None or mask_input is not None:
-                raise PromptError("several boxes cannot be combined with points or mask_input; give one box, "
-                                  "or call segment once per box.")
-            masks, iou, low = self.predictor.predict_batch(boxes=boxes, multimask_output=multimask)
-            if multimask:
-                best = iou.argmax(axis=1)
-                idx = np.arange(len(iou))
-                masks, iou, low = masks[idx, best], iou[idx, best], low[idx, best]
-            else:
-                masks, iou, low = masks[:, 0], iou[:, 0], low[:, 0]
-            return Masks(masks, scores=iou, image_size=size, prompt_index=np.arange(len(iou)))
-        if points is not None and labels is None:
-            labels = np.ones(len(np.atleast_2d(np.asarray(points, dtype=np.float32))), np.int32)
-        n_points = 0 if points is None else len(np.atleast_2d(np.asarray(points, dtype=np.float32)))
-        ambiguous = n_points == 1 and boxes is None and mask_input is None
-        masks, iou, low = self.predictor.predict(points, labels, boxes, mask_input,
-                                                 multimask_output=multimask or ambiguous)
-        if not multimask and len(iou) > 1:
-            best = int(np.argmax(iou))
-            masks, iou, low = masks[best : best + 1], iou[best : best + 1], low[best : best + 1]
-        order = np.argsort(-iou, kind="stable") if multimask else np.arange(len(iou))
-        return Masks(masks[order], scores=iou[order], image_size=size, low_res_logits=low[order])
+    def decode(self, embedding: Embedding, prompts: Prompts, multimask_output: bool) -> Candidates:
+        self.predictor.use_embedding(embedding.features, embedding.original_size, embedding.input_size)
+        if prompts.n_boxes > 1:
+            out = self.predictor.predict_batch(boxes=prompts.boxes, multimask_output=multimask_output)
+        else:
+            box = None if prompts.boxes is None else prompts.boxes[0]
+            out = tuple(a[None] for a in self.predictor.predict(prompts.points, prompts.labels, box,
+                                                                  prompts.mask_input, multimask_output))
+        masks, iou, low = out
+        return Candidates(np.asarray(masks, bool), np.asarray(iou, np.float32), np.asarray(low, np.float32))
 
-    def _everything(self, image: Any, **kwargs: Any) -> Masks:
+    def everything(self, rgb: np.ndarray, embedding: Embedding | None = None, **options: Any) -> Masks:
         from .automatic import SamAutomaticMaskGenerator
 
-        return SamAutomaticMaskGenerator(self.model, **kwargs).generate_masks(image)
+        return SamAutomaticMaskGenerator(self.model, **options).generate_masks(rgb, embedding=embedding)
 
 
 def build_sam_segmenter(spec: ModelSpec, checkpoint: str | os.PathLike | None = None, device: str = "auto",
-                        dtype: Any = None, allow_random: bool = False, **kwargs: Any) -> SamSegmenter:
+                        dtype: Any = None, allow_random: bool = False, embedding_cache_size: int = 1,
+                        **kwargs: Any) -> SamSegmenter:
     """Registry builder for the SAM family (``imseg.load("sam-vit-b", checkpoint=...)``).
 
     Without ``checkpoint`` the weights cache is used; if that is empty too, ``allow_random=True``
@@ -141,7 +97,7 @@ def build_sam_segmenter(spec: ModelSpec, checkpoint: str | os.PathLike | None = 
 
     if kwargs:
         raise ConfigError(f"unknown options for {spec.name}: {sorted(kwargs)}; known: checkpoint, device, dtype, "
-                          f"allow_random.")
+                          f"allow_random, embedding_cache_size.")
     variant = spec.options.get("variant", "vit_b")
     random_weights = False
     if checkpoint is None:
@@ -161,4 +117,5 @@ def build_sam_segmenter(spec: ModelSpec, checkpoint: str | os.PathLike | None = 
     model = build_sam(variant, checkpoint).to(dev)
     predictor = SamPredictor(model, dtype=dtype)
     return SamSegmenter(predictor, name=spec.name, random_weights=random_weights,
-                        checkpoint=None if checkpoint is None else str(checkpoint))
+                        checkpoint=None if checkpoint is None else str(checkpoint),
+                        embedding_cache_size=embedding_cache_size)

@@ -24,25 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, InputError
 from ..io import letterbox_rgb, read_image, resize_rgb
-from ..masks import Masks
-from ..registry import Segmenter
+from ..segmenter import DenseSegmenter
 from .metrics import ConfusionMatrix
 from .models import OUTPUT_STRIDE, input_multiple
 from .train import load_checkpoint, model_from_checkpoint
-
-BACKGROUND_NAMES = {"background", "bg", "_background_", "__background__", "backdrop"}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda if available else cpu; otherwise ``torch.device(device)`` (checked)."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'.")
-    return dev
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def gaussian_window(size: tuple[int, int], sigma_scale: float = 0.125) -> torch.Tensor:
@@ -99,8 +88,9 @@ def flips_trained_with(train_config: dict | None) -> str:
     return "h" + ("v" if aug["vflip"] > 0 or aug["rotate90"] > 0 else "")
 
 
-class SemanticSegmenter(Segmenter):
-    """A trained semantic model: ``predict_probs`` (C, H, W), ``predict`` (H, W) labels, ``segment`` -> Masks."""
+class SemanticSegmenter(DenseSegmenter):
+    """A trained semantic model: ``predict_probs`` (C, H, W), ``predict`` (H, W) labels, ``segment`` -> Masks
+    (rules: :class:`~imseg.segmenter.DenseSegmenter`)."""
 
     supports_prompts = False
 
@@ -250,25 +240,9 @@ class SemanticSegmenter(Segmenter):
         """(H, W) int64 label map (argmax of :meth:`predict_probs`)."""
         return self.predict_probs(image, **kwargs).argmax(0).astype(np.int64)
 
-    def segment(self, image: Any, *, points=None, labels=None, box=None, include_background: bool | None = None,
-                **kwargs: Any) -> Masks:
-        """One mask per class present in the prediction; ``labels`` = class ids, ``scores`` = mean probability.
-
-        The background class (id 0 when it is named "background"/"bg"/...) is left out unless
-        ``include_background=True``.
-        """
-        if points is not None or labels is not None or box is not None:
-            from ..errors import PromptError
-
-            raise PromptError(f"{self.name}: semantic models take no prompts; call segment(image) without points/box.")
-        probs = self.predict_probs(image, **kwargs)
-        label_map = probs.argmax(0)
-        if include_background is None:
-            include_background = not (self.class_names and self.class_names[0].strip().lower() in BACKGROUND_NAMES)
-        present = [int(c) for c in np.unique(label_map) if include_background or c != 0]
-        masks = np.stack([label_map == c for c in present]) if present else np.zeros((0, *label_map.shape), bool)
-        scores = [float(probs[c][label_map == c].mean()) for c in present]
-        return Masks(masks, scores=scores, labels=present, class_names=self.class_names, image_size=label_map.shape)
+    def probabilities(self, rgb: np.ndarray, **options: Any) -> np.ndarray:
+        """The dense engine: :meth:`predict_probs` (options: ``tta``, ``overlap``, ``scales``)."""
+        return self.predict_probs(rgb, **options)
 
     def evaluate(self, dataset, *, tta: bool | str | None = None, scales: Any = None) -> ConfusionMatrix:
         """Confusion matrix over ``dataset.read_raw(i) -> (rgb uint8, mask)`` pairs at full resolution."""
@@ -335,8 +309,8 @@ def load_run(
     return SemanticSegmenter(
         model,
         payload["class_names"],
-        mean=tuple(payload.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(payload.get("std", (0.229, 0.224, 0.225))),
+        mean=tuple(payload.get("mean", IMAGENET_MEAN)),
+        std=tuple(payload.get("std", IMAGENET_STD)),
         device=device,
         name=run_name,
         **options,

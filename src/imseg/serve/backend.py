@@ -1,13 +1,16 @@
-"""The model side of the server: a small adapter over any SAM-style predictor, and the caches.
+"""The model side of the server: workers over a segmenter's public engine calls, and the caches.
 
 The server talks to a :class:`SamBackend`, never to a model class directly. A backend makes
-*workers*; each worker owns one predictor (the official ``SamPredictor`` API: ``set_image``,
-``predict``, plus its image state ``features`` / ``original_size`` / ``input_size``) and shares the
-model weights with the other workers, so N workers can serve N requests at once.
+*workers*; each worker owns one engine (a promptable :class:`~imseg.segmenter.Segmenter`'s
+``worker_copy()``: its own image state, the model weights or ONNX Runtime sessions shared), so N
+workers can serve N requests at once. Workers use only the engine's public ``embed``, ``decode``
+and ``everything`` calls.
 
-The image embedding of an upload is computed once, snapshotted as an :class:`Embedding` and
-kept in an :class:`EmbeddingCache` (LRU, bounded by entry count and bytes); a segment request
-restores the snapshot into a worker's predictor and runs only the prompt encoder + mask decoder.
+The image embedding of an upload is computed once, kept as an :class:`Embedding` in an
+:class:`EmbeddingCache` (LRU, bounded by entry count and bytes); a segment request decodes its
+prompts on that embedding (prompt encoder + mask decoder only). Prompt mode follows the official
+``SamPredictor.predict``: ``multimask`` gives SAM's three candidates, otherwise its single-mask
+output, best score first.
 """
 
 from __future__ import annotations
@@ -22,19 +25,8 @@ import numpy as np
 
 from ..errors import ConfigError, PromptError
 from ..masks import Masks
-
-#: Predictor attributes that make up "the image is set" state (official SamPredictor names).
-_STATE_ATTRS = (
-    "features",
-    "interm_features",
-    "original_size",
-    "input_size",
-    "orig_h",
-    "orig_w",
-    "input_h",
-    "input_w",
-    "is_image_set",
-)
+from ..segmenter import Candidates, Prompts
+from ..segmenter import Embedding as ImageEmbedding
 
 #: Low-resolution mask logits size used by SAM for ``mask_input`` (H, W).
 LOW_RES_SIZE = (256, 256)
@@ -55,6 +47,10 @@ def _nbytes(value: Any) -> int:
         return int(value.element_size() * value.nelement())
     if isinstance(value, np.ndarray):
         return int(value.nbytes)
+    if isinstance(value, ImageEmbedding):
+        return _nbytes(value.features)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
     if isinstance(value, (list, tuple)):
         return sum(_nbytes(v) for v in value)
     return 0
@@ -62,11 +58,12 @@ def _nbytes(value: Any) -> int:
 
 @dataclass
 class Embedding:
-    """A snapshot of a predictor after ``set_image``, plus the upload it came from.
+    """An upload's image embedding, plus the upload it came from.
 
-    ``state`` holds the predictor attributes (``features`` is a (1, 256, 64, 64) float tensor for
-    SAM); ``source`` is the encoded upload (kept instead of the decoded pixels, which are larger),
-    used again by everything mode; ``height``/``width`` are the original image size in pixels.
+    ``state`` holds ``{"embedding": ImageEmbedding}`` (the engine's
+    :class:`imseg.segmenter.Embedding`; empty for one-shot everything mode); ``source`` is the encoded
+    upload (kept instead of the decoded pixels, which are larger), used again by everything mode;
+    ``height``/``width`` are the original image size in pixels.
     """
 
     state: dict[str, Any]
@@ -80,17 +77,24 @@ class Embedding:
 
 
 class SamWorker:
-    """One predictor (plus an optional everything-mode function) used by one request at a time."""
+    """One engine (``embed``/``decode``/``everything``) used by one request at a time."""
 
-    def __init__(self, predictor: Any, everything: Callable[[np.ndarray], Masks] | None = None) -> None:
-        self.predictor = predictor
-        self._everything = everything
+    def __init__(self, engine: Any, everything_options: dict[str, Any] | None = None,
+                 supports_everything: bool = True) -> None:
+        self.engine = engine
+        self.everything_options = dict(everything_options or {})
+        self.supports_everything = supports_everything
+
+    @property
+    def predictor(self) -> Any:
+        """The engine's predictor (its image state is this worker's own)."""
+        return getattr(self.engine, "predictor", None)
 
     def embed(self, image: np.ndarray, source: bytes) -> Embedding:
-        """Run the image encoder on an RGB uint8 (H, W, 3) image and snapshot the result."""
-        self.predictor.set_image(image)
-        state = {name: getattr(self.predictor, name) for name in _STATE_ATTRS if hasattr(self.predictor, name)}
-        return Embedding(state=state, source=source, height=int(image.shape[0]), width=int(image.shape[1]))
+        """Run the image encoder on an RGB uint8 (H, W, 3) image."""
+        embedding = self.engine.embed(image)
+        return Embedding(state={"embedding": embedding}, source=source, height=int(image.shape[0]),
+                         width=int(image.shape[1]))
 
     def predict(
         self,
@@ -107,31 +111,67 @@ class SamWorker:
             points: (N, 2) float XY pixels; labels: (N,) int 1 = foreground, 0 = background.
             box: (4,) XYXY pixels. mask_input: (1, 256, 256) float low-resolution logits.
         Returns:
-            ``Masks`` with 3 candidates (``multimask``) or 1, ``scores`` = predicted IoU, and the
-            field ``low_res_logits`` (C, 256, 256) float32 to feed back as ``mask_input``.
+            ``Masks`` with 3 candidates (``multimask``) or 1, best score first, ``scores`` = predicted
+            IoU, and the field ``low_res_logits`` (C, 256, 256) float32 to feed back as ``mask_input``.
         """
         if points is None and box is None and mask_input is None:
             raise PromptError("no prompt given: pass points (with labels), a box, or mask_input.")
-        for name, value in embedding.state.items():
-            setattr(self.predictor, name, value)
-        masks, scores, low_res = self.predictor.predict(
-            point_coords=points,
-            point_labels=labels,
-            box=box,
-            mask_input=mask_input,
-            multimask_output=multimask,
-        )
-        return Masks(
-            np.asarray(masks, bool),
-            scores=np.asarray(scores, np.float32),
-            low_res_logits=np.asarray(low_res, np.float32),
-        )
+        boxes = None if box is None else np.asarray(box, np.float32).reshape(1, 4)
+        mask = None if mask_input is None else np.asarray(mask_input, np.float32).reshape(1, *LOW_RES_SIZE)
+        prompts = Prompts(points, labels, boxes, mask)
+        c = self.engine.decode(embedding.state["embedding"], prompts, multimask_output=multimask)
+        order = np.argsort(-c.iou[0], kind="stable")
+        return Masks(c.masks[0][order], scores=c.iou[0][order], low_res_logits=c.low_res_logits[0][order])
 
     def everything(self, image: np.ndarray) -> Masks:
         """Everything mode on an RGB uint8 (H, W, 3) image."""
-        if self._everything is None:
+        if not self.supports_everything:
             raise ConfigError("this model has no everything mode; send point or box prompts instead.")
-        return self._everything(image)
+        return self.engine.everything(image, **self.everything_options)
+
+
+class OfficialSamEngine:
+    """``embed``/``decode``/``everything`` over an official ``segment_anything`` / ``mobile_sam`` model,
+    through its own ``SamPredictor`` and ``SamAutomaticMaskGenerator``."""
+
+    #: predictor attributes that make up "the image is set" (official SamPredictor names)
+    STATE_ATTRS = ("features", "interm_features", "original_size", "input_size", "orig_h", "orig_w",
+                   "input_h", "input_w", "is_image_set")
+
+    def __init__(self, model: Any) -> None:
+        package = type(model).__module__.split(".")[0]
+        if package == "mobile_sam":
+            from mobile_sam import SamAutomaticMaskGenerator, SamPredictor
+        else:
+            from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+        self.package = package
+        self.model = model
+        self.predictor = SamPredictor(model)
+        self._generator_type = SamAutomaticMaskGenerator
+
+    def embed(self, rgb: np.ndarray) -> ImageEmbedding:
+        self.predictor.set_image(rgb)
+        state = {n: getattr(self.predictor, n) for n in self.STATE_ATTRS if hasattr(self.predictor, n)}
+        return ImageEmbedding(state, self.predictor.original_size, self.predictor.input_size)
+
+    def decode(self, embedding: ImageEmbedding, prompts: Prompts, multimask_output: bool) -> Candidates:
+        for name, value in embedding.features.items():
+            setattr(self.predictor, name, value)
+        box = None if prompts.boxes is None else prompts.boxes[0]
+        masks, iou, low = self.predictor.predict(point_coords=prompts.points, point_labels=prompts.labels, box=box,
+                                                 mask_input=prompts.mask_input, multimask_output=multimask_output)
+        return Candidates(np.asarray(masks, bool)[None], np.asarray(iou, np.float32)[None],
+                          np.asarray(low, np.float32)[None])
+
+    def everything(self, rgb: np.ndarray, embedding: Any = None, **options: Any) -> Masks:
+        records = self._generator_type(self.model, **options).generate(rgb)
+        if not records:
+            return Masks(rles=[], image_size=rgb.shape[:2])
+        return Masks(
+            np.stack([r["segmentation"] for r in records]),
+            scores=[r["predicted_iou"] for r in records],
+            stability_score=np.array([r["stability_score"] for r in records], np.float32),
+        )
 
 
 class SamBackend:
@@ -140,25 +180,26 @@ class SamBackend:
     def __init__(
         self,
         name: str,
-        predictor_factory: Callable[[], Any],
-        everything_factory: Callable[[], Callable[[np.ndarray], Masks]] | None = None,
+        engine_factory: Callable[[], Any],
+        everything_options: dict[str, Any] | None = None,
         summary: str = "",
         embedding_bytes: int | None = None,
+        supports_everything: bool = True,
     ) -> None:
         self.name = name
         self.summary = summary
         #: bytes of one image embedding (the cache must hold at least one); None = unknown
         self.embedding_bytes = embedding_bytes
-        self._predictor_factory = predictor_factory
-        self._everything_factory = everything_factory
+        self._engine_factory = engine_factory
+        self._everything_options = dict(everything_options or {})
+        self._supports_everything = supports_everything
 
     @property
     def supports_everything(self) -> bool:
-        return self._everything_factory is not None
+        return self._supports_everything
 
     def make_worker(self) -> SamWorker:
-        everything = self._everything_factory() if self._everything_factory is not None else None
-        return SamWorker(self._predictor_factory(), everything)
+        return SamWorker(self._engine_factory(), self._everything_options, self._supports_everything)
 
     @classmethod
     def from_official(cls, model: Any, name: str = "mobile-sam", **everything_options: Any) -> SamBackend:
@@ -167,80 +208,33 @@ class SamBackend:
         ``everything_options`` go to ``SamAutomaticMaskGenerator`` (``points_per_side``, thresholds).
         """
         package = type(model).__module__.split(".")[0]
-        if package == "mobile_sam":
-            from mobile_sam import SamAutomaticMaskGenerator, SamPredictor
-        else:
-            from segment_anything import SamAutomaticMaskGenerator, SamPredictor
-
-        def everything_factory() -> Callable[[np.ndarray], Masks]:
-            generator = SamAutomaticMaskGenerator(model, **everything_options)
-
-            def run(image: np.ndarray) -> Masks:
-                records = generator.generate(image)
-                if not records:
-                    return Masks(rles=[], image_size=image.shape[:2])
-                return Masks(
-                    np.stack([r["segmentation"] for r in records]),
-                    scores=[r["predicted_iou"] for r in records],
-                    stability_score=np.array([r["stability_score"] for r in records], np.float32),
-                )
-
-            return run
-
-        return cls(name, lambda: SamPredictor(model), everything_factory, summary=f"official {package} model",
+        return cls(name, lambda: OfficialSamEngine(model), everything_options, summary=f"official {package} model",
                    embedding_bytes=estimate_embedding_bytes(model))
 
     @classmethod
     def from_segmenter(cls, segmenter: Any, **everything_options: Any) -> SamBackend:
-        """Wrap an ``imseg.load("mobile-sam" | "sam-vit-b", ...)`` segmenter (needs ``.predictor``),
-        on torch or on ONNX Runtime (``imseg.load(EXPORT_DIR)``)."""
+        """Wrap a promptable segmenter (``imseg.load("mobile-sam" | "sam-vit-b", ...)`` on torch, or an ONNX
+        export ``imseg.load(EXPORT_DIR)``): each worker gets ``segmenter.worker_copy()``."""
+        if not (getattr(segmenter, "supports_prompts", False) and hasattr(segmenter, "worker_copy")
+                and hasattr(segmenter, "embed") and hasattr(segmenter, "decode")):
+            raise ConfigError(
+                f"{type(segmenter).__name__} has no SAM engine (embed/decode); the server needs a SAM model: "
+                f"imseg.load('mobile-sam' | 'sam-vit-b', checkpoint=...), an ONNX export (imseg.load(EXPORT_DIR)) "
+                f"or an official Sam model."
+            )
         predictor = getattr(segmenter, "predictor", None)
-        if predictor is None or not hasattr(predictor, "set_image"):
-            raise ConfigError(
-                f"{type(segmenter).__name__} has no SAM predictor; the server needs a SAM model "
-                f"(--model mobile-sam or sam-vit-b)."
-            )
         model = getattr(predictor, "model", None)
-        if hasattr(predictor, "worker_copy"):  # ONNX Runtime: workers share the sessions, not the image state
-            return cls._from_ort(segmenter, predictor, model, everything_options)
-        if not hasattr(model, "prompt_encoder"):
-            raise ConfigError(
-                f"{type(segmenter).__name__}'s predictor ({type(predictor).__name__}) has no SAM model with a "
-                f"prompt encoder; serve an imseg.load('mobile-sam' | 'sam-vit-b', checkpoint=...) segmenter, an "
-                f"ONNX export (imseg.load(EXPORT_DIR)) or an official Sam model."
-            )
-        predictor_type = type(predictor)
-
-        def everything_factory() -> Callable[[np.ndarray], Masks]:
-            from ..sam.automatic import SamAutomaticMaskGenerator
-
-            generator = SamAutomaticMaskGenerator(model, **everything_options)
-            return generator.generate_masks
-
+        on_ort = hasattr(predictor, "decode_prompts")
+        # a --single-mask export has no multimask outputs, which everything mode needs
+        everything = not getattr(predictor, "single_mask", False)
+        kind = f"{type(predictor).__name__} (ONNX Runtime)" if on_ort else type(predictor).__name__
         return cls(
             getattr(segmenter, "name", "sam"),
-            lambda: predictor_type(model),
-            everything_factory,
-            summary=f"imseg {predictor_type.__name__}",
+            segmenter.worker_copy,
+            everything_options,
+            summary=f"imseg {kind}",
             embedding_bytes=estimate_embedding_bytes(model),
-        )
-
-    @classmethod
-    def _from_ort(cls, segmenter: Any, predictor: Any, model: Any, everything_options: dict[str, Any]) -> SamBackend:
-        """An ``OrtSamSegmenter``: each worker gets ``predictor.worker_copy()`` (shared sessions);
-        everything mode unless the export was made with ``--single-mask``."""
-        everything_factory = None
-        if not getattr(predictor, "single_mask", False) and hasattr(segmenter, "automatic_generator"):
-
-            def everything_factory() -> Callable[[np.ndarray], Masks]:
-                return segmenter.automatic_generator(**everything_options).generate_masks
-
-        return cls(
-            getattr(segmenter, "name", "sam"),
-            predictor.worker_copy,
-            everything_factory,
-            summary=f"imseg {type(predictor).__name__} (ONNX Runtime)",
-            embedding_bytes=estimate_embedding_bytes(model),
+            supports_everything=everything,
         )
 
 
