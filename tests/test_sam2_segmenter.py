@@ -197,6 +197,14 @@ def test_download_without_known_checksum_is_kept_with_a_warning(tmp_path, monkey
         path = download_weights("sam2.1-hiera-t", progress=False)
     assert path == tmp_path / "sam2.1_hiera_tiny.pt" and path.read_bytes() == b"hello"
 
+    from typer.testing import CliRunner
+
+    from imseg.cli import app
+
+    result = CliRunner().invoke(app, ["weights", "download", "sam2-s"])
+    assert result.exit_code == 0, result.output
+    assert "NOT verified" in result.output and (tmp_path / "sam2.1_hiera_small.pt").read_bytes() == b"hello"
+
 
 def test_cli_segment_and_weights_list(checkpoint, data_dir, tmp_path, monkeypatch):
     from typer.testing import CliRunner
