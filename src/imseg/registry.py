@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,11 @@ __all__ = ["ModelSpec", "Segmenter", "WeightsSpec", "get_spec", "list_models", "
 # ----------------------------------------------------------------------------- registry entries
 @dataclass(frozen=True)
 class WeightsSpec:
-    """An official checkpoint: file name, download URL, sha256 and size in bytes."""
+    """An official checkpoint: file name, download URL, sha256 (None where it is not known) and size in bytes."""
 
     filename: str
     url: str
-    sha256: str
+    sha256: str | None
     size: int | None = None
 
 
@@ -105,6 +106,26 @@ for _variant, _name, _aliases, _summary in [
     )
 
 
+def _register_sam2() -> None:
+    """One entry per SAM 2.1 checkpoint of :mod:`imseg.sam2.specs` (stdlib only)."""
+    from .sam2.specs import SPECS
+
+    params = {"t": "39M", "s": "46M", "b+": "81M", "l": "224M"}
+    for spec in SPECS.values():
+        short = spec.name.rsplit("-", 1)[1]
+        register(
+            ModelSpec(
+                name=spec.name,
+                family="sam2",
+                builder="imseg.sam2.segmenter:build_sam2_segmenter",
+                summary=f"SAM 2.1, Hiera-{short.upper()} image encoder ({params[short]} params)",
+                weights=WeightsSpec(spec.filename, spec.url, spec.sha256),
+                options={"variant": spec.variant},
+                aliases=(spec.filename.removesuffix(".pt"), f"sam2-{short}", *(("sam2",) if short == "t" else ())),
+            )
+        )
+
+
 def _register_classical() -> None:
     """One entry per row of the classical method table (:mod:`imseg.classical.table`, stdlib only)."""
     from .classical.table import BUILDER, METHODS
@@ -152,13 +173,14 @@ def build_semantic_architecture(spec: ModelSpec, checkpoint: Any = None, device:
     )
 
 
+_register_sam2()
 _register_classical()
 _register_semantic()
 
 
 def list_models(family: str | None = None) -> list[ModelSpec]:
     """Registry entries (unique by name, in registration order), optionally of one family
-    (``"sam"``, ``"classical"``, ``"semantic"``)."""
+    (``"sam"``, ``"sam2"``, ``"classical"``, ``"semantic"``)."""
     if family is not None and family not in _families():
         raise ConfigError(f"unknown model family {family!r}; the families are {', '.join(_families())}.")
     seen: dict[str, ModelSpec] = {}
@@ -261,7 +283,8 @@ def find_weights(name: str) -> Path | None:
 
 
 def download_weights(name: str, *, force: bool = False, progress: bool = True, timeout: float = 60.0) -> Path:
-    """Download the official weights of ``name`` into the cache and verify their sha256."""
+    """Download the official weights of ``name`` into the cache and verify their sha256; where the registry
+    knows no sha256 the file is kept unverified, with a warning saying so."""
     spec = get_spec(name)
     target = weights_path(spec.name)
     assert spec.weights is not None
@@ -293,7 +316,12 @@ def download_weights(name: str, *, force: bool = False, progress: bool = True, t
                 f"--checkpoint PATH / checkpoint=PATH."
             ) from exc
         digest = sha256_file(tmp)
-        if digest != spec.weights.sha256:
+        if spec.weights.sha256 is None:
+            warnings.warn(
+                f"{spec.weights.filename}: no sha256 is recorded for it, so the download was NOT verified "
+                f"(sha256 of the file: {digest}). Compare it with the publisher's checksum if you have one.",
+                UserWarning, stacklevel=2)
+        elif digest != spec.weights.sha256:
             got = tmp.stat().st_size
             sizes = f" ({got:,} bytes received, {spec.weights.size:,} expected)" if spec.weights.size else ""
             raise WeightsError(

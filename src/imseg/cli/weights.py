@@ -19,9 +19,10 @@ def weights_list() -> None:
     table = Table(title="imseg weights")
     for col in ("model", "file", "sha256", "cached"):
         table.add_column(col)
-    for spec in list_models("sam"):
+    for spec in [*list_models("sam"), *list_models("sam2")]:
         path = weights_path(spec.name)
-        table.add_row(spec.name, spec.weights.filename, spec.weights.sha256[:12] + "…", "yes" if path.is_file() else "no")
+        sha = spec.weights.sha256[:12] + "…" if spec.weights.sha256 else "unknown"
+        table.add_row(spec.name, spec.weights.filename, sha, "yes" if path.is_file() else "no")
     Console().print(table)
 
 
@@ -41,11 +42,17 @@ def weights_download(
     model: str = typer.Argument(..., help="Model name, e.g. sam-vit-b."),
     force: bool = typer.Option(False, help="Download again even if cached."),
 ) -> None:
-    """Download an official checkpoint into the cache and verify its sha256."""
+    """Download an official checkpoint into the cache and verify its sha256 (where one is known)."""
+    import warnings
+
     from ..registry import download_weights
 
     try:
-        path = download_weights(model, force=force)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            path = download_weights(model, force=force)
     except ImsegError as exc:
         fail(str(exc))
+    for warning in caught:
+        typer.echo(f"warning: {warning.message}", err=True)
     typer.echo(str(path))
