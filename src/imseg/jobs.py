@@ -128,7 +128,7 @@ def build_segment_job(model: str, *, checkpoint: str | None = None, device: str 
         if device == "cpu" or not torch.cuda.is_available():
             raise ConfigError("--half needs a CUDA device; drop --half or use --device cuda on a GPU machine.")
         load_kwargs["dtype"] = torch.float16
-    if family == "sam":
+    if family in ("sam", "sam2"):
         load_kwargs["allow_random"] = allow_random
     text_prompts = _text_prompts(text, classify)
     segmenter = load(model, checkpoint=checkpoint, **load_kwargs)
