@@ -11,9 +11,11 @@ import torch
 
 from imseg.errors import ConfigError, InputError
 from imseg.explain import Explanation, explain, explain_sam, explain_semantic, tokens_to_map
+from imseg.semantic.checkpoints import save_checkpoint
 from imseg.semantic.infer import load_run
 from imseg.semantic.models import create_model, model_config
-from imseg.semantic.train import DEFAULT_MEAN, DEFAULT_STD, save_checkpoint
+from imseg.semantic.transforms import IMAGENET_MEAN as DEFAULT_MEAN
+from imseg.semantic.transforms import IMAGENET_STD as DEFAULT_STD
 
 pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM  # noqa: E402
