@@ -163,7 +163,11 @@ def test_predict_cli_writes_label_maps_and_overlays(tmp_path):
     for i in range(2):
         written = np.asarray(Image.open(out / f"img{i}.png"))
         assert np.array_equal(written, seg.predict(src / f"img{i}.png"))
-        assert np.asarray(Image.open(out / f"img{i}_overlay.png")).shape == (*written.shape, 3)
+        overlay = np.asarray(Image.open(out / f"img{i}_overlay.png"))
+        from imseg.masks import Masks
+
+        image = np.asarray(Image.open(src / f"img{i}.png").convert("RGB"))
+        assert np.array_equal(overlay, Masks.from_label_map(written).overlay(image, colour_by="label"))
     native = CliRunner().invoke(app, ["predict", str(src), "--run", str(run), "--out", str(tmp_path / "native"),
                                       "--device", "cpu", "--native"])
     assert native.exit_code == 0, native.output

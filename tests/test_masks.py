@@ -107,6 +107,20 @@ def test_overlay_colours_and_outlines(masks, tmp_path):
         masks.overlay(np.zeros((10, 10, 3), np.uint8))
 
 
+def test_overlay_by_label_gives_each_class_one_colour_in_every_image():
+    image = np.full((20, 30, 3), 100, np.uint8)
+    label_map = np.zeros((20, 30), np.int64)
+    label_map[2:6, 2:6], label_map[10:14, 2:6], label_map[10:14, 20:26] = 2, 5, 2
+    by_label = Masks.from_label_map(label_map).overlay(image, outline=False, colour_by="label")
+    assert (by_label[label_map == 0] == 100).all()
+    assert tuple(by_label[3, 3]) != tuple(by_label[11, 3])  # classes 2 and 5 differ
+    only_two = np.where(label_map == 5, 0, label_map)
+    alone = Masks.from_label_map(only_two).overlay(image, outline=False, colour_by="label")
+    assert tuple(alone[3, 3]) == tuple(by_label[3, 3]) == tuple(by_label[11, 21])  # class 2's colour, everywhere
+    with pytest.raises(InputError, match="colour_by must be"):
+        Masks.from_label_map(label_map).overlay(image, colour_by="class")
+
+
 def test_bad_format_and_missing_file(masks, tmp_path):
     with pytest.raises(InputError, match="unknown mask format"):
         masks.save(tmp_path, format="tiff")

@@ -183,13 +183,13 @@ class PredictJob(BatchJob):
 
     def process(self, image_path: Path) -> LabelResult:
         from .io import read_image
-        from .semantic.train import colorize
+        from .masks import Masks
 
         rgb = read_image(image_path)
         labels = self.segmenter.predict(rgb)
         num_classes = self.segmenter.num_classes
-        colours = colorize(labels, num_classes)
-        blend = np.where((labels > 0)[..., None], (0.5 * rgb + 0.5 * colours), rgb).round().astype(np.uint8)
+        # the one overlay: every writer draws through Masks (classes other than background, by class colour)
+        blend = Masks.from_label_map(labels, background=0).overlay(rgb, colour_by="label")
         return LabelResult(labels.astype(np.uint8 if num_classes <= 256 else np.uint16), blend)
 
     def write(self, result: LabelResult, out_dir: Path, name: str) -> list[Path]:

@@ -432,10 +432,12 @@ class Masks:
                 mask ^= area.astype(bool)
         return mask
 
-    def overlay(self, image: Any, alpha: float = 0.5, outline: bool = True, seed: int = 0) -> np.ndarray:
+    def overlay(self, image: Any, alpha: float = 0.5, outline: bool = True, seed: int = 0,
+                colour_by: str = "mask") -> np.ndarray:
         """RGB uint8 (H, W, 3) picture of the masks over ``image`` (any ``read_image`` source).
 
-        Each mask gets a distinct colour (golden-ratio hues), blended with ``alpha``; larger masks are
+        Each mask gets a distinct colour (golden-ratio hues; ``colour_by="label"`` gives every mask of a
+        class its class's colour, the same in every image), blended with ``alpha``; larger masks are
         drawn first so nested ones stay visible; ``outline`` draws 1-px boundaries in the mask colour.
         """
         import cv2
@@ -450,7 +452,12 @@ class Masks:
                 f"overlay: image is {rgb.shape[1]}x{rgb.shape[0]} but the masks are "
                 f"{self.width}x{self.height}; pass the image the masks were computed on."
             )
-        colours = mask_colours(len(self), seed)
+        if colour_by not in ("mask", "label"):
+            raise InputError(f"colour_by must be 'mask' or 'label', got {colour_by!r}.")
+        if colour_by == "label" and self.labels is not None and len(self):
+            colours = mask_colours(int(self.labels.max()) + 1, seed)[self.labels]
+        else:
+            colours = mask_colours(len(self), seed)
         out = rgb.astype(np.float32)
         order = np.argsort(-self.areas, kind="stable")
         dense = self.masks
