@@ -171,3 +171,10 @@ def test_detector_that_cannot_detect_is_refused_at_startup(segmenter):
 
     with pytest.raises(ConfigError, match="detect"):
         create_app(segmenter, ServeSettings(), detector=object())
+
+
+def test_page_has_a_find_box_that_sends_text(client):
+    page = client.get("/").text
+    assert 'id="find-text"' in page and 'id="find-form"' in page
+    script = client.get("/static/app.js").text
+    assert "JSON.stringify({ text," in script and "m.label" in script
