@@ -178,3 +178,13 @@ def test_page_has_a_find_box_that_sends_text(client):
     assert 'id="find-text"' in page and 'id="find-form"' in page
     script = client.get("/static/app.js").text
     assert "JSON.stringify({ text," in script and "m.label" in script
+
+
+def test_cli_serve_builds_the_named_detector_and_refuses_unknown_names():
+    from typer.testing import CliRunner
+
+    from imseg.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--detector", "no-such-detector"])
+    assert result.exit_code != 0 and "unknown detector 'no-such-detector'" in result.output
+    assert "grounding-dino-tiny" in result.output

@@ -50,12 +50,12 @@ def serve(
             cache_bytes=int(cache_mb * 1024 * 1024), concurrency=concurrency, queue_timeout=queue_timeout,
             request_timeout=request_timeout, api_key=api_key or None, cors_origins=list(cors),
         )
-        segmenter = load(model, checkpoint=checkpoint, device=device)
         text_detector = None
-        if detector:
+        if detector:  # before the SAM model, so a wrong --detector fails at once
             from ..text import build_detector
 
             text_detector = build_detector(detector, device=device)
+        segmenter = load(model, checkpoint=checkpoint, device=device)
         application = create_app(segmenter, settings, detector=text_detector)
     except ImsegError as exc:
         fail(str(exc))
