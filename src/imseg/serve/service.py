@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PromptError
+from ..masks import Masks
 from .backend import Embedding
 from .dependencies import ServeState
 from .encoding import decode_mask_input, encode_masks
@@ -94,7 +95,7 @@ def check_text(state: ServeState, req: SegmentRequest) -> list[str] | None:
     return parse_phrases(req.text)
 
 
-async def text_masks(state: ServeState, embedding: Embedding, phrases: list[str]) -> Any:
+async def text_masks(state: ServeState, embedding: Embedding, phrases: list[str]) -> Masks:
     """Masks for ``phrases``: the detector on the upload's pixels, then all its boxes decoded on the cached
     embedding in one decoder call (no image encoder run), labelled and scored as ``TextSegmenter`` does."""
     from ..text.segmenter import labelled_masks
@@ -103,7 +104,7 @@ async def text_masks(state: ServeState, embedding: Embedding, phrases: list[str]
     # decoded again here: the detector is far slower than the decoding
     rgb = await decode_off_loop(state, embedding.source)
 
-    def work(worker: Any) -> Any:
+    def work(worker: Any) -> Masks:
         boxes, scores, index = state.text.detect(rgb, phrases)
         return labelled_masks(worker.predict_boxes(embedding, boxes), phrases, boxes, scores, index)
 
