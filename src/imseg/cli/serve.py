@@ -26,6 +26,11 @@ def serve(
     queue_timeout: float = typer.Option(30.0, help="Seconds a request waits for the model before 503 + Retry-After."),
     request_timeout: float = typer.Option(120.0, help="Seconds one model call may take before 504."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, mps."),
+    detector: str = typer.Option(
+        None, "--detector",
+        help="Enable text prompts (\"text\": \"horse. rider.\"): grounding-dino-tiny, owlv2-base, or "
+             "grounding-dino:DIR / owlv2:DIR. Needs imseg[text].",
+    ),
 ) -> None:
     """REST API + click-to-segment web page (http://HOST:PORT/); OpenAPI docs at /docs."""
     from ..errors import require
@@ -45,13 +50,19 @@ def serve(
             cache_bytes=int(cache_mb * 1024 * 1024), concurrency=concurrency, queue_timeout=queue_timeout,
             request_timeout=request_timeout, api_key=api_key or None, cors_origins=list(cors),
         )
+        text_detector = None
+        if detector:  # before the SAM model, so a wrong --detector fails at once
+            from ..text import build_detector
+
+            text_detector = build_detector(detector, device=device)
         segmenter = load(model, checkpoint=checkpoint, device=device)
-        application = create_app(segmenter, settings)
+        application = create_app(segmenter, settings, detector=text_detector)
     except ImsegError as exc:
         fail(str(exc))
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         typer.secho(f"warning: serving on {host} without --api-key: anyone who can reach it can use the model.",
                     fg=typer.colors.YELLOW, err=True)
-    typer.echo(f"imseg serve: {model} on http://{host}:{port}/ (API docs: /docs)")
+    found = f", text prompts by {detector}" if detector else ""
+    typer.echo(f"imseg serve: {model}{found} on http://{host}:{port}/ (API docs: /docs)")
     uvicorn.run(application, host=host, port=port, log_level="info", timeout_keep_alive=5,
                 limit_concurrency=max(64, settings.max_queue + 16), server_header=False)

@@ -4,8 +4,9 @@
 with uvicorn. Endpoints (all errors are ``application/problem+json``):
 
 - ``POST /v1/images``: upload (multipart ``file`` or raw bytes) -> image embedding, cached.
-- ``POST /v1/images/{image_id}/segment``: prompts -> masks (RLE, PNG base64 or polygons) + scores; the
-  API key and the body size (``max_json_bytes``) are checked before the JSON body is read.
+- ``POST /v1/images/{image_id}/segment``: prompts (points, box, or ``text`` phrases with a detector) -> masks
+  (RLE, PNG base64 or polygons) + scores; the API key and the body size (``max_json_bytes``) are checked before
+  the JSON body is read.
 - ``POST /v1/segment``: one shot, multipart ``file`` + optional ``prompts`` JSON (else everything).
 - ``GET /healthz``, ``/readyz``, ``/v1/models``, ``/metrics`` (Prometheus text), ``/`` (web page).
 
@@ -59,9 +60,15 @@ def _check_cache_fits(backend: SamBackend, settings: ServeSettings) -> None:
         )
 
 
-def _state(segmenter: Any, settings: ServeSettings) -> ServeState:
+def _state(segmenter: Any, settings: ServeSettings, detector: Any = None) -> ServeState:
     backend = _as_backend(segmenter, settings)
     _check_cache_fits(backend, settings)
+    text = None
+    if detector is not None:
+        from ..text import TextSegmenter
+
+        # the server decodes the boxes itself (SamWorker.predict_boxes); TextSegmenter gives the detection rules
+        text = TextSegmenter(backend, detector)
     pool = WorkerPool(
         [backend.make_worker() for _ in range(settings.concurrency)],
         max_queue=settings.max_queue,
@@ -69,23 +76,26 @@ def _state(segmenter: Any, settings: ServeSettings) -> ServeState:
         run_timeout=settings.request_timeout,
     )
     return ServeState(settings=settings, backend=backend, cache=EmbeddingCache(settings.cache_items, settings.cache_bytes),
-                      pool=pool, metrics=Metrics(), uploads=UploadBudget(settings.upload_memory, settings.queue_timeout))
+                      pool=pool, metrics=Metrics(), uploads=UploadBudget(settings.upload_memory, settings.queue_timeout),
+                      text=text)
 
 
-def create_app(segmenter: Any, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(segmenter: Any, settings: ServeSettings | None = None, detector: Any = None) -> FastAPI:
     """Build the FastAPI app.
 
     Args:
         segmenter: an ``imseg.load("mobile-sam" | "sam-vit-b", ...)`` segmenter (torch, or an ONNX
             export loaded with ``imseg.load(EXPORT_DIR)``), an official ``Sam`` model, or a :class:`SamBackend`.
         settings: limits and options (defaults: :class:`ServeSettings`).
+        detector: a text-prompt detector (anything with ``detect(rgb, phrases)``, e.g.
+            ``imseg.text.build_detector("grounding-dino-tiny")``, or such a name); None = no ``text`` prompts.
 
     Raises:
         ConfigError: the settings cannot work with this model (e.g. a cache smaller than one embedding).
     """
     from .. import __version__
 
-    state = _state(segmenter, settings or ServeSettings())
+    state = _state(segmenter, settings or ServeSettings(), detector)
     app = FastAPI(
         title="imseg",
         version=__version__,

@@ -123,6 +123,16 @@ class SamWorker:
         order = np.argsort(-c.iou[0], kind="stable")
         return Masks(c.masks[0][order], scores=c.iou[0][order], low_res_logits=c.low_res_logits[0][order])
 
+    def predict_boxes(self, embedding: Embedding, boxes: np.ndarray) -> Masks:
+        """One mask per XYXY box (B, 4) on a cached embedding, all boxes in one decoder call, in box order:
+        SAM's single-mask output, ``scores`` = predicted IoU (what ``Segmenter.segment(box=boxes)`` gives)."""
+        size = (embedding.height, embedding.width)
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        if len(boxes) == 0:
+            return Masks(np.zeros((0, *size), bool), image_size=size)
+        c = self.engine.decode(embedding.state["embedding"], Prompts(boxes=boxes), multimask_output=False)
+        return Masks(c.masks[:, 0], scores=c.iou[:, 0], image_size=size)
+
     def everything(self, image: np.ndarray) -> Masks:
         """Everything mode on an RGB uint8 (H, W, 3) image."""
         if not self.supports_everything:
@@ -157,11 +167,24 @@ class OfficialSamEngine:
     def decode(self, embedding: ImageEmbedding, prompts: Prompts, multimask_output: bool) -> Candidates:
         for name, value in embedding.features.items():
             setattr(self.predictor, name, value)
+        if prompts.n_boxes > 1:
+            return self._decode_boxes(prompts.boxes, multimask_output)
         box = None if prompts.boxes is None else prompts.boxes[0]
         masks, iou, low = self.predictor.predict(point_coords=prompts.points, point_labels=prompts.labels, box=box,
                                                  mask_input=prompts.mask_input, multimask_output=multimask_output)
         return Candidates(np.asarray(masks, bool)[None], np.asarray(iou, np.float32)[None],
                           np.asarray(low, np.float32)[None])
+
+    def _decode_boxes(self, boxes: np.ndarray, multimask_output: bool) -> Candidates:
+        """Several boxes in one batch, through the official ``predict_torch``."""
+        import torch
+
+        p = self.predictor
+        coords = p.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float32, device=p.device),
+                                               p.original_size)
+        with torch.inference_mode():
+            masks, iou, low = p.predict_torch(None, None, boxes=coords, multimask_output=multimask_output)
+        return Candidates(masks.cpu().numpy().astype(bool), iou.float().cpu().numpy(), low.float().cpu().numpy())
 
     def everything(self, rgb: np.ndarray, embedding: Any = None, **options: Any) -> Masks:
         records = self._generator_type(self.model, **options).generate(rgb)
@@ -197,6 +220,11 @@ class SamBackend:
     @property
     def supports_everything(self) -> bool:
         return self._supports_everything
+
+    @property
+    def supports_prompts(self) -> bool:
+        """Always: every engine decodes point and box prompts (what text prompts need)."""
+        return True
 
     def make_worker(self) -> SamWorker:
         return SamWorker(self._engine_factory(), self._everything_options, self._supports_everything)

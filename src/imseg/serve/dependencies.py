@@ -7,7 +7,7 @@ import hmac
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
@@ -30,6 +30,8 @@ class ServeState:
     pool: WorkerPool
     metrics: Metrics
     uploads: UploadBudget
+    #: a :class:`~imseg.text.TextSegmenter` over ``backend`` with the server's detector, or None (no --detector)
+    text: Any = None
 
     def key_ok(self, key: str | None) -> bool:
         if self.settings.api_key is None:

@@ -45,6 +45,8 @@ def encode_masks(masks: Masks, formats: list[str], return_logits: bool) -> list[
     polygons = outer_polygons(masks) if "polygons" in formats else None
     stability = masks.fields.get("stability_score")
     logits = masks.fields.get("low_res_logits") if return_logits else None
+    detector = masks.fields.get("detector_score")
+    names = masks.class_names if masks.labels is not None and masks.class_names else None
     out = []
     for i in range(len(masks)):
         out.append(
@@ -53,6 +55,8 @@ def encode_masks(masks: Masks, formats: list[str], return_logits: bool) -> list[
                 area=int(masks.areas[i]),
                 bbox=[float(v) for v in masks.boxes[i]],
                 stability_score=None if stability is None else float(stability[i]),
+                label=None if names is None else str(names[int(masks.labels[i])]),
+                detector_score=None if detector is None else float(detector[i]),
                 rle=RLE(size=[int(v) for v in rles[i]["size"]], counts=rles[i]["counts"]) if rles else None,
                 png=mask_png_b64(masks.masks[i]) if "png" in formats else None,
                 polygons=polygons[i] if polygons is not None else None,

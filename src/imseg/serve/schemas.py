@@ -35,6 +35,11 @@ class SegmentRequest(BaseModel):
         None, max_length=SCHEMA_MAX_POINTS, description="1 = foreground, 0 = background; one per point"
     )
     box: tuple[Coord, Coord, Coord, Coord] | None = Field(None, description="[x0, y0, x1, y1]")
+    text: str | None = Field(
+        None, max_length=2000,
+        description="phrases to find, separated by '.' (\"horse. rider.\"); needs a server started with --detector, "
+                    "takes no points, box or mask_input",
+    )
     mask_input: str | None = Field(
         None,
         max_length=400_000,
@@ -55,6 +60,9 @@ class MaskOut(BaseModel):
     area: int
     bbox: list[float] = Field(description="[x, y, width, height] pixels")
     stability_score: float | None = None
+    label: str | None = Field(None, description="text prompts: the phrase this mask was found for")
+    detector_score: float | None = Field(None, description="text prompts: the detector's box score (score = "
+                                                            "detector_score x SAM's predicted IoU)")
     rle: RLE | None = None
     png: str | None = Field(None, description="base64 PNG, 8-bit gray, 255 = mask")
     polygons: list[list[float]] | None = Field(

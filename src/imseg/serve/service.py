@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PromptError
+from ..masks import Masks
 from .backend import Embedding
 from .dependencies import ServeState
 from .encoding import decode_mask_input, encode_masks
@@ -74,13 +75,52 @@ def prompt_inputs(state: ServeState, req: SegmentRequest, size: tuple[int, int])
     return points, labels, box, mask_input
 
 
+def check_text(state: ServeState, req: SegmentRequest) -> list[str] | None:
+    """The phrases of a ``text`` request (None without ``text``), or a 422 naming what is off."""
+    if req.text is None:
+        return None
+    given = [name for name, value in (("points", req.points), ("labels", req.labels), ("box", req.box),
+                                      ("mask_input", req.mask_input)) if value]
+    if req.mode == "everything":
+        given.insert(0, "mode 'everything'")
+    if given:
+        raise ApiError(422, "text-with-prompts", "Text with other prompts",
+                       f"'text' cannot be combined with {', '.join(given)}; send the phrases alone, or drop 'text'.")
+    if state.text is None:
+        raise ApiError(422, "no-detector", "Text prompts unavailable",
+                       "this server has no text detector; start it with --detector (e.g. imseg serve "
+                       "--detector grounding-dino-tiny) to use 'text', or send points or a box.")
+    from ..text import parse_phrases
+
+    return parse_phrases(req.text)
+
+
+async def text_masks(state: ServeState, embedding: Embedding, phrases: list[str]) -> Masks:
+    """Masks for ``phrases``: the detector on the upload's pixels, then all its boxes decoded on the cached
+    embedding in one decoder call (no image encoder run), labelled and scored as ``TextSegmenter`` does."""
+    from ..text.segmenter import labelled_masks
+
+    # the cache keeps the upload bytes, not the pixels (3 bytes a pixel against a compressed file), so they are
+    # decoded again here: the detector is far slower than the decoding
+    rgb = await decode_off_loop(state, embedding.source)
+
+    def work(worker: Any) -> Masks:
+        boxes, scores, index = state.text.detect(rgb, phrases)
+        return labelled_masks(worker.predict_boxes(embedding, boxes), phrases, boxes, scores, index)
+
+    return await state.pool.run(work)
+
+
 async def run_segment(state: ServeState, image_id: str | None, embedding: Embedding, req: SegmentRequest,
                       t0: float) -> SegmentResponse:
     """Masks for ``req`` on an embedded image, encoded in the requested formats off the event loop."""
     import anyio.to_thread
 
     timing: dict[str, float] = {}
-    if req.mode == "everything":
+    phrases = check_text(state, req)
+    if phrases is not None:
+        masks = await text_masks(state, embedding, phrases)
+    elif req.mode == "everything":
         if req.points or req.box or req.mask_input:
             raise PromptError("mode 'everything' takes no points, box or mask_input; use mode 'prompt'.")
         if not state.backend.supports_everything:

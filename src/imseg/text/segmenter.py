@@ -114,11 +114,7 @@ class TextSegmenter:
         phrases = parse_phrases(text)
         rgb = read_image(image)
         boxes, det_scores, index = self.detect(rgb, phrases)
-        masks = self.masks_for_boxes(rgb, boxes)
-        iou = masks.scores.astype(np.float32)
-        return Masks(masks.masks, scores=det_scores * np.clip(iou, 0.0, 1.0), image_size=rgb.shape[:2],
-                     labels=index + 1, class_names=[UNLABELED, *phrases], detector_score=det_scores,
-                     sam_iou=iou, box_prompt=boxes.reshape(-1, 4))
+        return labelled_masks(self.masks_for_boxes(rgb, boxes), phrases, boxes, det_scores, index)
 
     def masks_for_boxes(self, rgb: np.ndarray, boxes: np.ndarray) -> Masks:
         """One SAM mask per XYXY box, all boxes in one batched decoder call, in the order of ``boxes``."""
@@ -152,6 +148,16 @@ class TextSegmenter:
         fields["label_probability"] = best_p
         return Masks(masks.masks, scores=masks.scores, boxes=masks.boxes, areas=masks.areas, labels=labels,
                      class_names=[UNLABELED, *names], image_size=masks.image_size, **fields)
+
+
+def labelled_masks(masks: Masks, phrases: Sequence[str], boxes: np.ndarray, det_scores: np.ndarray,
+                   index: np.ndarray) -> Masks:
+    """SAM's masks for the detected ``boxes`` (one per box, in order) labelled with their phrases, scored
+    ``detector score * clip(SAM predicted IoU, 0, 1)``."""
+    iou = masks.scores.astype(np.float32)
+    return Masks(masks.masks, scores=det_scores * np.clip(iou, 0.0, 1.0), image_size=masks.image_size,
+                 labels=index + 1, class_names=[UNLABELED, *phrases], detector_score=det_scores,
+                 sam_iou=iou, box_prompt=boxes.reshape(-1, 4))
 
 
 def _checked(result: Any, n_phrases: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ async def upload_image(state: State, upload: Annotated[Upload, Depends(image_upl
 @router.post("/v1/images/{image_id}/segment", response_model=SegmentResponse,
              responses=problem_responses(401, 404, 413, 422, 503, 504))
 async def segment_image(state: State, image_id: str, req: SegmentRequest) -> SegmentResponse:
-    """Segment a previously uploaded image with points / box / mask_input, or everything mode."""
+    """Segment a previously uploaded image with points / box / mask_input, text phrases, or everything mode."""
     t0 = time.perf_counter()
     embedding = state.cache.get(image_id)
     if embedding is None:

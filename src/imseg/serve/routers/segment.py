@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from ..dependencies import PROTECTED, State, Upload, image_and_prompts_upload
 from ..problems import ApiError, invalid_request
 from ..schemas import Problem, SegmentRequest, SegmentResponse, problem_responses, upload_body
-from ..service import embed, run_segment, upload_embedding
+from ..service import check_text, embed, run_segment, upload_embedding
 
 router = APIRouter(tags=["segment"], dependencies=PROTECTED)
 
@@ -47,6 +47,7 @@ async def segment_once(
     except ValidationError as exc:
         return invalid_request([{"loc": ["prompts", *e.get("loc", ())], "msg": str(e.get("msg", ""))}
                                 for e in exc.errors()])
+    check_text(state, req)  # before the encoder runs
     if req.mode == "everything":  # no prompt embedding needed: decode and run everything mode
         return await run_segment(state, None, await upload_embedding(state, upload.data), req, t0)
     image_id, emb, _, _ = await embed(state, upload.data, must_cache=False)

@@ -60,7 +60,7 @@ async function loadFile(file) {
     $("image").getContext("2d").drawImage(bitmap, 0, 0, info.width, info.height);
     $("stage").hidden = false;
     resetPrompts();
-    for (const id of ["clear", "everything"]) $(id).disabled = false;
+    for (const id of ["clear", "everything", "find-text", "find"]) $(id).disabled = false;
     setStatus(`${file.name}: ${info.width}×${info.height}, ready (embedding ${info.cached ? "cached" : Math.round(info.embed_ms) + " ms"}). Click on an object.`);
   } catch (err) {
     if (upload === state.uploadSeq) setStatus(err.message, true);
@@ -202,6 +202,39 @@ $("everything").addEventListener("click", async () => {
   }
 });
 
+// text prompts: every mask of the typed phrases, coloured by phrase
+$("find-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const text = $("find-text").value;
+  if (!state.imageId || !text.trim()) return;
+  const seq = ++state.seq;
+  setStatus(`Finding "${text}"…`);
+  try {
+    const result = await api(`/v1/images/${state.imageId}/segment`, {
+      method: "POST", body: JSON.stringify({ text, formats: ["png", "rle"] }),
+      headers: { "Content-Type": "application/json" },
+    });
+    if (seq !== state.seq) return;
+    Object.assign(state, { points: [], labels: [], box: null, history: [] });
+    drawPrompts();
+    await showResult(result, "text");
+    setStatus(`Found ${result.masks.length} masks for "${text}" in ${Math.round(result.timing_ms.total_ms)} ms.`);
+  } catch (err) {
+    if (seq === state.seq) setStatus(err.message, true);
+  }
+});
+
+// one colour per phrase, in the order phrases first appear among the masks (best first)
+function labelColor(label) {
+  const names = [...new Set(state.masks.map((m) => m.label))];
+  return COLORS[Math.max(0, names.indexOf(label)) % COLORS.length];
+}
+
+function maskColor(m, k) {
+  if (state.mode === "text") return labelColor(m.label);
+  return state.mode === "everything" ? COLORS[k % COLORS.length] : COLORS[0];
+}
+
 function decodePng(b64) {
   return new Promise((resolve, reject) => {
     const img = new Image();
@@ -229,7 +262,7 @@ async function showResult(result, mode) {
 }
 
 function shownMasks() {
-  if (state.mode === "everything") return state.masks;
+  if (state.mode !== "prompt") return state.masks;
   return state.masks.length ? [state.masks[state.selected]] : [];
 }
 
@@ -237,7 +270,7 @@ function paint(canvas, masks, alpha) {
   const ctx = canvas.getContext("2d");
   const image = ctx.createImageData(state.width, state.height);
   masks.forEach((m, k) => {
-    const color = state.mode === "everything" ? COLORS[k % COLORS.length] : COLORS[0];
+    const color = maskColor(m, k);
     const bits = m.bitmap;
     for (let i = 0; i < bits.length; i++) {
       if (!bits[i]) continue;
@@ -254,7 +287,7 @@ function renderMasks() {
   const shown = shownMasks();
   if (state.width) paint(overlay, shown, 140);
   const score = $("score");
-  if (state.mode === "everything") {
+  if (state.mode !== "prompt") {
     score.textContent = `${state.masks.length} masks`;
     score.dataset.score = "";
   } else if (shown.length) {
@@ -280,6 +313,19 @@ function renderMasks() {
       item.addEventListener("click", () => { state.selected = i; renderMasks(); });
       list.append(item);
     });
+  } else if (state.mode === "text") {
+    state.masks.forEach((m, k) => {
+      const item = document.createElement("div");
+      item.className = "candidate";
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = `rgb(${maskColor(m, k).join(",")})`;
+      const label = document.createElement("span");
+      label.textContent = `${m.label} · score ${m.score.toFixed(3)} (box ${m.detector_score.toFixed(3)})`;
+      label.prepend(swatch);
+      item.append(label);
+      list.append(item);
+    });
   }
   for (const id of ["download-png", "download-coco"]) $(id).disabled = shown.length === 0;
 }
@@ -296,7 +342,7 @@ function saveBlob(blob, name) {
 }
 
 $("download-png").addEventListener("click", () => {
-  // single mask: 255 = object; everything: gray level = mask number (1, 2, …), 0 = background
+  // single mask: 255 = object; everything and text: gray level = mask number (1, 2, …), 0 = background
   const shown = shownMasks();
   const c = document.createElement("canvas");
   c.width = state.width; c.height = state.height;
@@ -304,7 +350,7 @@ $("download-png").addEventListener("click", () => {
   const image = ctx.createImageData(state.width, state.height);
   for (let i = 0; i < state.width * state.height; i++) image.data[4 * i + 3] = 255;
   shown.forEach((m, k) => {
-    const value = state.mode === "everything" ? Math.min(k + 1, 255) : 255;
+    const value = state.mode !== "prompt" ? Math.min(k + 1, 255) : 255;
     for (let i = 0; i < m.bitmap.length; i++) {
       if (m.bitmap[i]) image.data[4 * i] = image.data[4 * i + 1] = image.data[4 * i + 2] = value;
     }
@@ -314,13 +360,15 @@ $("download-png").addEventListener("click", () => {
 });
 
 $("download-coco").addEventListener("click", () => {
+  // text mode: one category per phrase; otherwise a single "object" category
+  const names = state.mode === "text" ? [...new Set(state.masks.map((m) => m.label))] : ["object"];
   const annotations = shownMasks().map((m, i) => ({
-    id: i + 1, image_id: 1, category_id: 1, segmentation: m.rle, area: m.area, bbox: m.bbox,
-    score: m.score, iscrowd: 0,
+    id: i + 1, image_id: 1, category_id: state.mode === "text" ? names.indexOf(m.label) + 1 : 1,
+    segmentation: m.rle, area: m.area, bbox: m.bbox, score: m.score, iscrowd: 0,
   }));
   const coco = {
     images: [{ id: 1, file_name: state.fileName, width: state.width, height: state.height }],
-    annotations, categories: [{ id: 1, name: "object" }],
+    annotations, categories: names.map((name, i) => ({ id: i + 1, name })),
   };
   saveBlob(new Blob([JSON.stringify(coco)], { type: "application/json" }), `${state.fileName}_coco.json`);
 });
