@@ -1,9 +1,4 @@
-"""``Masks``: the one result type every segmenter returns and every writer takes.
-
-N binary masks of one image, each with a score, an XYWH box, an area, an optional class label,
-and free-form per-mask fields (e.g. SAM's ``stability_score``). Masks are held either as a dense
-boolean array (N, H, W) or as COCO RLEs (decoded lazily on first access of ``.masks``).
-"""
+"""The ``Masks`` class: N binary masks of one image with per-mask scores, boxes, areas, labels and fields."""
 
 from __future__ import annotations
 
@@ -12,103 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-
-
-def _rle_counts_to_str(rle: dict) -> dict:
-    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
-        raise InputError(f"an RLE is a dict with 'size' [H, W] and 'counts'; got {str(rle)[:80]!r}.")
-    out = dict(rle)
-    if isinstance(out["counts"], list):  # uncompressed (COCO crowd style) -> compressed
-        from pycocotools import mask as mask_utils
-
-        out = dict(mask_utils.frPyObjects(out, int(out["size"][0]), int(out["size"][1])))
-    if isinstance(out.get("counts"), bytes):
-        out["counts"] = out["counts"].decode("ascii")
-    out["size"] = [int(out["size"][0]), int(out["size"][1])]
-    return out
-
-
-def _as_bool_masks(arr: np.ndarray) -> np.ndarray:
-    """Binary masks as bool; anything that is not 0/1 (or 0/255) is refused rather than guessed at."""
-    if arr.dtype == bool:
-        return arr
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise InputError(f"masks must be boolean (or 0/1 numbers); got dtype {arr.dtype}.")
-    off = (arr != 0) & (arr != 1)
-    if off.any() and not (np.issubdtype(arr.dtype, np.integer) and ((arr == 0) | (arr == 255)).all()):
-        raise InputError(
-            f"masks must be binary (bool, 0/1 or 0/255); got values such as {arr[off][0].item()!r}. "
-            f"Threshold probabilities or logits first (e.g. probs > 0.5), or build from a label map with "
-            f"Masks.from_label_map."
-        )
-    return arr != 0
-
-
-def encode_rle(masks: np.ndarray) -> list[dict]:
-    """Encode (N, H, W) bool masks as COCO compressed RLEs (``counts`` as str) via pycocotools."""
-    if masks.ndim != 3:
-        raise InputError(f"encode_rle expects (N, H, W) masks, got shape {masks.shape}")
-    if len(masks) == 0:
-        return []
-    return [_rle_counts_to_str(r) for r in coco_rles(np.ascontiguousarray(masks.transpose(0, 2, 1), dtype=np.uint8))]
-
-
-def coco_rles(masks_nwh: np.ndarray) -> list[dict]:
-    """pycocotools RLEs (``counts`` as bytes) of (N, W, H) C-contiguous uint8 masks: that layout is the
-    (H, W, N) Fortran array pycocotools reads, so nothing is copied."""
-    from pycocotools import mask as mask_utils
-
-    if len(masks_nwh) == 0:
-        return []
-    return mask_utils.encode(masks_nwh.transpose(2, 1, 0))
-
-
-def rle_counts(mask: np.ndarray) -> list[int]:
-    """Uncompressed COCO RLE counts of an (H, W) bool mask (column-major runs, zeros first)."""
-    flat = np.asarray(mask, bool).ravel(order="F")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    edges = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(edges).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]
-    return counts
-
-
-def decode_rle(rles: Sequence[dict], size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode COCO RLEs (compressed or uncompressed) into (N, H, W) bool masks."""
-    from pycocotools import mask as mask_utils
-
-    if len(rles) == 0:
-        if size is None:
-            raise InputError("decode_rle needs size=(H, W) to decode an empty list")
-        return np.zeros((0, *size), bool)
-    fixed = []
-    for r in rles:
-        if isinstance(r.get("counts"), list):  # uncompressed -> compressed
-            h, w = r["size"]
-            r = mask_utils.frPyObjects(r, h, w)
-        else:
-            r = {"size": list(r["size"]), "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"]}
-        fixed.append(r)
-    return np.ascontiguousarray(mask_utils.decode(fixed).transpose(2, 0, 1).astype(bool))
-
-
-def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
-    """Tight XYWH boxes (float32, (N, 4)) of (N, H, W) bool masks; empty masks get [0, 0, 0, 0]."""
-    n = len(masks)
-    boxes = np.zeros((n, 4), np.float32)
-    if n == 0:
-        return boxes
-    rows = masks.any(axis=2)
-    cols = masks.any(axis=1)
-    for i in range(n):
-        ys = np.flatnonzero(rows[i])
-        if ys.size == 0:
-            continue
-        xs = np.flatnonzero(cols[i])
-        boxes[i] = (xs[0], ys[0], xs[-1] - xs[0] + 1, ys[-1] - ys[0] + 1)
-    return boxes
+from ..errors import InputError
+from . import draw, files
+from .rle import _as_bool_masks, _rle_counts_to_str, boxes_from_masks, decode_rle, encode_rle
 
 
 class Masks:
@@ -392,27 +293,7 @@ class Masks:
         ``tolerance`` > 0 simplifies each ring with Douglas-Peucker (max deviation in px). Points are
         pixel corners, so a ring traces the outside of its pixels (COCO polygon convention).
         """
-        import cv2
-
-        out: list[list[dict]] = []
-        for mask in self.masks:
-            rings: list[dict] = []
-            if mask.any():
-                # pad 1 px and upsample 2x so rings run along pixel edges, not pixel centres
-                big = np.kron(np.pad(mask, 1).astype(np.uint8), np.ones((2, 2), np.uint8))
-                contours, hierarchy = cv2.findContours(big, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-                for contour, info in zip(contours, hierarchy[0], strict=True):
-                    if tolerance > 0:
-                        contour = cv2.approxPolyDP(contour, 2 * tolerance, True)
-                    pts = contour.reshape(-1, 2).astype(np.float32)
-                    pts = np.floor((pts + 1) / 2) - 1  # back to original pixel-corner coordinates
-                    keep = np.ones(len(pts), bool)
-                    keep[1:] = np.any(pts[1:] != pts[:-1], axis=1)
-                    pts = pts[keep]
-                    if len(pts) >= 3:
-                        rings.append({"points": pts, "hole": bool(info[3] >= 0)})
-            out.append(rings)
-        return out
+        return draw.mask_polygons(self.masks, tolerance)
 
     @staticmethod
     def polygons_to_mask(rings: Sequence[dict], image_size: tuple[int, int]) -> np.ndarray:
@@ -421,16 +302,7 @@ class Masks:
         Even-odd rule: a pixel is in the mask when an odd number of rings enclose it, so holes are cut
         from their outer ring and islands inside a hole are kept (the ``hole`` flags are informative).
         """
-        from pycocotools import mask as mask_utils
-
-        h, w = image_size
-        mask = np.zeros((h, w), bool)
-        polys = [np.asarray(r["points"], np.float64).ravel().tolist() for r in rings]
-        polys = [p for p in polys if len(p) >= 6]
-        if polys:
-            for area in np.moveaxis(mask_utils.decode(mask_utils.frPyObjects(polys, h, w)), -1, 0):
-                mask ^= area.astype(bool)
-        return mask
+        return draw.polygons_to_mask(rings, image_size)
 
     def overlay(self, image: Any, alpha: float = 0.5, outline: bool = True, seed: int = 0,
                 colour_by: str = "mask") -> np.ndarray:
@@ -440,36 +312,7 @@ class Masks:
         class its class's colour, the same in every image), blended with ``alpha``; larger masks are
         drawn first so nested ones stay visible; ``outline`` draws 1-px boundaries in the mask colour.
         """
-        import cv2
-
-        from .io import read_image
-
-        if not 0.0 <= alpha <= 1.0:
-            raise InputError(f"alpha must be in [0, 1], got {alpha}.")
-        rgb = read_image(image)
-        if rgb.shape[:2] != self.image_size:
-            raise InputError(
-                f"overlay: image is {rgb.shape[1]}x{rgb.shape[0]} but the masks are "
-                f"{self.width}x{self.height}; pass the image the masks were computed on."
-            )
-        if colour_by not in ("mask", "label"):
-            raise InputError(f"colour_by must be 'mask' or 'label', got {colour_by!r}.")
-        if colour_by == "label" and self.labels is not None and len(self):
-            colours = mask_colours(int(self.labels.max()) + 1, seed)[self.labels]
-        else:
-            colours = mask_colours(len(self), seed)
-        out = rgb.astype(np.float32)
-        order = np.argsort(-self.areas, kind="stable")
-        dense = self.masks
-        kernel = np.ones((3, 3), np.uint8)
-        for i in order:
-            m = dense[i]
-            out[m] = (1 - alpha) * out[m] + alpha * colours[i]
-            if outline:
-                m8 = m.astype(np.uint8)
-                edge = (m8 - cv2.erode(m8, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)).astype(bool)
-                out[edge] = colours[i]
-        return np.clip(np.round(out), 0, 255).astype(np.uint8)
+        return draw.draw_overlay(self, image, alpha, outline, seed, colour_by)
 
     def save(self, directory: Any, format: str = "png", stem: str = "masks", image_id: int = 0) -> list[Any]:
         """Write the masks under ``directory`` (created) atomically; returns the paths written.
@@ -479,52 +322,7 @@ class Masks:
         (``{stem}.rle.json``), ``polygons`` (``{stem}.polygons.json``), ``npz`` (``{stem}.npz``).
         Every format loads back with :meth:`Masks.load`.
         """
-        import json
-        from pathlib import Path
-
-        from .io import atomic_path, write_bytes, write_image
-
-        fmt = format.lower()
-        if fmt not in SAVE_FORMATS:
-            raise InputError(f"unknown mask format {format!r}; use one of {', '.join(SAVE_FORMATS)}.")
-        root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        meta = self._meta()
-
-        def dump(path: Path, payload: dict) -> Path:
-            return write_bytes(path, json.dumps(payload).encode("utf-8"))
-
-        if fmt == "npz":
-            path = root / f"{stem}.npz"
-            arrays = {"masks": np.packbits(self.masks, axis=-1), "width": np.int64(self.width),
-                      "scores": self.scores, "boxes": self.boxes, "areas": self.areas}
-            if self.labels is not None:
-                arrays["labels"] = self.labels
-            for key, value in self.fields.items():
-                if value.dtype == object:
-                    raise InputError(f"field {key!r} holds Python objects, which npz cannot store safely; give it a "
-                                     f"numeric or string dtype, or save with format='rle' (JSON).")
-                arrays[f"field_{key}"] = value
-            if self.class_names is not None:
-                arrays["class_names"] = np.asarray(self.class_names, dtype=str)
-            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-            return [path]
-        if fmt == "png":
-            paths = []
-            for i, mask in enumerate(self.masks):
-                paths.append(write_image(root / f"{stem}_{i:03d}.png", mask))
-            meta["files"] = [p.name for p in paths]
-            return [*paths, dump(root / f"{stem}.json", meta)]
-        if fmt == "coco":
-            return [dump(root / f"{stem}.json", self.to_coco_dataset(file_name=f"{stem}", image_id=image_id))]
-        if fmt == "rle":
-            meta["rles"] = self.to_rle()
-            return [dump(root / f"{stem}.rle.json", meta)]
-        meta["polygons"] = [
-            [{"points": r["points"].tolist(), "hole": r["hole"]} for r in rings] for rings in self.to_polygons()
-        ]
-        return [dump(root / f"{stem}.polygons.json", meta)]
+        return files.save_masks(self, directory, format=format, stem=stem, image_id=image_id)
 
     def to_coco_dataset(self, file_name: str = "image", image_id: int = 1, start_id: int = 1) -> dict:
         """A complete COCO dict (``images``, ``annotations``, ``categories``) that ``COCO()`` loads."""
@@ -567,109 +365,5 @@ class Masks:
     def load(cls, path: Any, stem: str | None = None) -> Masks:
         """Read masks written by :meth:`save` (a file, or a directory plus ``stem``), or any COCO JSON
         with RLE/polygon segmentations of one image."""
-        from pathlib import Path
+        return files.load_masks(cls, path, stem)
 
-        p = Path(path)
-        if p.is_dir():
-            if stem is not None:  # exactly the names save() gives, not a pattern
-                names = (f"{stem}.npz", f"{stem}.json", f"{stem}.rle.json", f"{stem}.polygons.json")
-                candidates = [p / name for name in names if (p / name).is_file()]
-            else:
-                candidates = sorted(p.glob("*.npz")) + sorted(p.glob("*.json"))
-            if not candidates:
-                raise InputError(f"{p}: no saved masks{'' if stem is None else f' named {stem!r}'} (.npz or .json) "
-                                 f"found; pass the file written by Masks.save.")
-            p = candidates[0]
-        if not p.is_file():
-            raise InputError(f"{p}: no such file; pass a path written by Masks.save().")
-        try:
-            return cls._load_file(p)
-        except InputError:
-            raise
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            raise InputError(
-                f"{p}: not a masks file this version can read ({type(exc).__name__}: {exc}); pass a file written "
-                f"by Masks.save() or a COCO JSON of one image."
-            ) from exc
-
-    @classmethod
-    def _load_file(cls, p) -> Masks:
-        import json
-
-        if p.suffix.lower() == ".npz":
-            with np.load(p, allow_pickle=False) as data:
-                width = int(data["width"])
-                dense = np.unpackbits(data["masks"], axis=-1, count=width).astype(bool)
-                fields = {k[6:]: data[k] for k in data.files if k.startswith("field_")}
-                return cls(dense, scores=data["scores"], boxes=data["boxes"], areas=data["areas"],
-                           labels=data["labels"] if "labels" in data.files else None,
-                           class_names=data["class_names"].tolist() if "class_names" in data.files else None,
-                           **fields)
-        try:
-            doc = json.loads(p.read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{p}: not a readable JSON file ({exc}).") from exc
-        if not isinstance(doc, dict):
-            raise InputError(f"{p}: holds a JSON {type(doc).__name__}, not masks; pass a file written by Masks.save().")
-        if "annotations" in doc and "images" in doc:
-            return cls._from_coco(doc, p)
-        if doc.get("imseg_masks") != 1:
-            raise InputError(f"{p}: not a file written by Masks.save (no 'imseg_masks' key) nor a COCO JSON.")
-        size = tuple(doc["image_size"])
-        common = dict(scores=doc["scores"], boxes=doc["boxes"], areas=doc["areas"], labels=doc["labels"],
-                      class_names=doc["class_names"], image_size=size,
-                      **{k: np.asarray(v) for k, v in doc["fields"].items()})
-        if "rles" in doc:
-            return cls(rles=doc["rles"], **common)
-        if "polygons" in doc:
-            dense = [cls.polygons_to_mask(rings, size) for rings in doc["polygons"]]
-            return cls(np.stack(dense) if dense else np.zeros((0, *size), bool), **common)
-        if "files" in doc:
-            from .io import read_image
-
-            dense = [read_image(p.parent / f)[..., 0] > 127 for f in doc["files"]]
-            return cls(np.stack(dense) if dense else np.zeros((0, *size), bool), **common)
-        raise InputError(f"{p}: saved masks have no 'rles', 'polygons' or 'files' entry.")
-
-    @classmethod
-    def _from_coco(cls, doc: dict, where: Any) -> Masks:
-        from pycocotools import mask as mask_utils
-
-        images = doc["images"]
-        if len(images) != 1:
-            raise InputError(f"{where}: COCO file has {len(images)} images; Masks.load reads one image's masks.")
-        h, w = int(images[0]["height"]), int(images[0]["width"])
-        anns = doc["annotations"]
-        rles = []
-        for ann in anns:
-            seg = ann["segmentation"]
-            if isinstance(seg, list):  # polygons
-                seg = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-            elif isinstance(seg.get("counts"), list):
-                seg = mask_utils.frPyObjects(seg, h, w)
-            rles.append(seg)
-        cats = {c["id"]: c["name"] for c in doc.get("categories", [])}
-        labels = [a.get("category_id", 1) for a in anns]
-        names = None
-        if cats and all(isinstance(k, int) and k >= 0 for k in cats):
-            names = [cats.get(i, f"class_{i}") for i in range(max(cats) + 1)]
-        skip = {"id", "image_id", "category_id", "segmentation", "area", "bbox", "score", "iscrowd"}
-        extra_keys = [k for k in (anns[0] if anns else {}) if k not in skip and all(k in a for a in anns)]
-        return cls(
-            rles=rles, image_size=(h, w), scores=[a.get("score", 1.0) for a in anns], labels=labels or None,
-            class_names=names, **{k: np.asarray([a[k] for a in anns]) for k in extra_keys},
-        )
-
-
-SAVE_FORMATS = ("png", "coco", "rle", "polygons", "npz")
-
-
-def mask_colours(n: int, seed: int = 0) -> np.ndarray:
-    """(n, 3) float RGB colours in 0..255, well separated (golden-ratio hue steps, bright)."""
-    import colorsys
-
-    start = (seed * 0.1234) % 1.0
-    return np.array(
-        [[255 * c for c in colorsys.hsv_to_rgb((start + i * 0.618033988749895) % 1.0, 0.75, 0.95)] for i in range(n)],
-        np.float32,
-    ).reshape(n, 3)
