@@ -23,12 +23,12 @@ class InstanceSegmenter(Segmenter):
 
     def __init__(self, model, class_names: list[str], *, score_threshold: float = 0.5, mask_threshold: float = 0.5,
                  device: str = "cpu") -> None:
-        import torch
+        from ..device import resolve_device
 
         for what, value in (("score_threshold", score_threshold), ("mask_threshold", mask_threshold)):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{what} must be between 0 and 1; got {value}.")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)  # "auto", "cpu", "cuda:N", checked
         self.model = model.to(self.device).eval()
         self.class_names = list(class_names)
         self.score_threshold, self.mask_threshold = float(score_threshold), float(mask_threshold)
@@ -78,7 +78,7 @@ class InstanceSegmenter(Segmenter):
         return f"InstanceSegmenter(classes={self.class_names}, score_threshold={self.score_threshold})"
 
 
-def load_instance_run(path: str | os.PathLike, *, weights: str = "best", device: str = "cpu",
+def load_instance_run(path: str | os.PathLike, *, weights: str = "best", device: str = "auto",
                       score_threshold: float | None = None, mask_threshold: float = 0.5) -> InstanceSegmenter:
     """An :class:`InstanceSegmenter` from a run directory (``weights/best.pt`` or ``last.pt``) or a checkpoint file."""
     from .model import build_maskrcnn
