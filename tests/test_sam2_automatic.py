@@ -20,7 +20,7 @@ from imseg.errors import ConfigError  # noqa: E402
 from imseg.io import read_image  # noqa: E402
 from imseg.sam2 import SAM2AutomaticMaskGenerator, build_model, build_sam2  # noqa: E402
 
-LOOSE = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.5, stability_score_offset=0.05,
+LOOSE = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.5, stability_score_offset=0.05,
              box_nms_thresh=1.0)
 
 
@@ -49,7 +49,7 @@ def _image(request, kind: str) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["real", "random"])
+@pytest.mark.parametrize("kind", ["real"])  # the random image adds time, not coverage
 def test_generate_matches_official(models, request, kind):
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator as OfficialGenerator
 
