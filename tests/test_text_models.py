@@ -270,3 +270,27 @@ def test_unknown_clip_name_is_a_config_error():
 
     with pytest.raises(ConfigError, match="unknown CLIP checkpoint"):
         ClipLabeler.from_pretrained("clip-vit-z-99", device="cpu")
+
+
+def test_weights_commands_know_the_text_checkpoints(tmp_path):
+    """`imseg weights list/path/download` cover the detector and CLIP checkpoints (Hugging Face cache);
+    offline, the download names the hub id and where to put the files."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+
+    def imseg(*args):
+        return subprocess.run([sys.executable, "-m", "imseg", "weights", *args], env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    listed = imseg("list")
+    assert listed.returncode == 0 and "grounding-dino-tiny" in listed.stdout and "clip-vit-b-32" in listed.stdout
+    assert "IDEA-Research/grounding-dino-tiny" in listed.stdout
+    path = imseg("path", "grounding-dino-tiny")
+    assert path.returncode == 0
+    assert path.stdout.strip() == str(tmp_path / "hf" / "hub" / "models--IDEA-Research--grounding-dino-tiny")
+    down = imseg("download", "clip-vit-b-32")
+    assert down.returncode == 2 and "Traceback" not in down.stderr
+    assert "hf download laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in down.stderr + down.stdout

@@ -213,3 +213,16 @@ def test_cli_text_prompt_writes_labelled_masks(mobile_sam_checkpoint, data_dir, 
     assert result.exit_code == 2 and "is empty" in result.output and not (tmp_path / "bad" / "done").exists()
     result = runner.invoke(app, [*base, "--text", "horse", "--points", "5,5", "--out", str(tmp_path / "bad")])
     assert result.exit_code == 2 and "--text finds its own boxes" in result.output
+
+
+def test_segment_with_names_is_everything_mode_named_by_clip(sam, horses):
+    """`segment(image, labels=["horse", ...])` (names, no points) equals TextSegmenter's classify."""
+    labeler = tiny_clip_labeler(batch_size=2)
+    names = ["horse", "grass", "sky"]
+    options = dict(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    direct = TextSegmenter(sam, labeler=labeler).segment(horses[0], classify=names, **options)
+    named = sam.segment(horses[0], labels=names, labeler=labeler, **options)
+    assert len(named) == len(direct) > 0 and np.array_equal(named.masks, direct.masks)
+    assert named.class_names == ["unlabeled", *names] and named.labels.tolist() == direct.labels.tolist()
+    with pytest.raises(PromptError, match="labels were given without points"):
+        sam.segment(horses[0], labels=[1])  # numbers are still point labels

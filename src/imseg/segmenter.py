@@ -84,6 +84,11 @@ class Candidates:
     low_res_logits: np.ndarray
 
 
+def _are_names(labels: Any) -> bool:
+    """Whether ``labels`` is a list of class names (strings) rather than point labels."""
+    return isinstance(labels, (list, tuple)) and len(labels) > 0 and all(isinstance(x, str) for x in labels)
+
+
 def content_key(rgb: np.ndarray) -> str:
     """A key for an image's content: blake2b of its bytes plus its shape."""
     return hashlib.blake2b(np.ascontiguousarray(rgb).tobytes(), digest_size=16).hexdigest() + str(rgb.shape)
@@ -172,7 +177,13 @@ class Segmenter:
 
         ``options`` go to everything mode (e.g. SAM's ``points_per_side``; dense models'
         ``include_background``, ``tta``, ``scales``); prompt mode takes none.
+
+        ``labels`` given as names without points (``labels=["horse", "grass", "sky"]``) is everything mode
+        with names: CLIP (``labeler=``, default ``"clip-vit-b-32"``; needs ``imseg[text]``) scores each
+        mask's crop against the names, as :class:`imseg.text.TextSegmenter` ``classify`` does.
         """
+        if _are_names(labels) and points is None and box is None and mask_input is None:
+            return self._named_everything(image, list(labels), **options)
         prompts = self.check_prompts(points, labels, box, mask_input)
         if prompts is not None and options:
             raise ConfigError(f"unexpected options for prompt mode: {sorted(options)}.")
@@ -183,6 +194,16 @@ class Segmenter:
         validate_points(prompts.points, prompts.labels, size, allowed_labels=USER_LABELS)
         validate_box(prompts.boxes, size)
         return self._prompt_masks(self.embedding_for(rgb), prompts, multimask)
+
+    def _named_everything(self, image: Any, names: list[str], labeler: Any = "clip-vit-b-32", **options: Any) -> Masks:
+        """Everything mode, each mask named from ``names`` by a CLIP ``labeler`` (a name or a built labeler)."""
+        from .text import TextSegmenter
+
+        cache = self.__dict__.setdefault("_labelers", {})
+        key = labeler if isinstance(labeler, str) else id(labeler)
+        if key not in cache:
+            cache[key] = TextSegmenter(self, labeler=labeler)
+        return cache[key].segment(image, classify=names, **options)
 
     def _segment_whole(self, rgb: np.ndarray, **options: Any) -> Masks:
         """No prompt: everything mode on the (cached) whole-image embedding."""

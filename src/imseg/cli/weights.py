@@ -24,15 +24,32 @@ def weights_list() -> None:
         sha = spec.weights.sha256[:12] + "…" if spec.weights.sha256 else "unknown"
         table.add_row(spec.name, spec.weights.filename, sha, "yes" if path.is_file() else "no")
     Console().print(table)
+    from ..text.weights import all_text_weights, text_weights_path
+
+    text = Table(title="text prompts (Hugging Face cache, HF_HOME; needs imseg[text])")
+    for col in ("model", "hub id", "size", "cached"):
+        text.add_column(col)
+    for item in all_text_weights():
+        cached = text_weights_path(item).is_dir() if _has_hub() else False
+        text.add_row(item.name, item.hub_id, f"~{item.size / 1e6:,.0f} MB", "yes" if cached else "no")
+    Console().print(text)
+
+
+def _has_hub() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("huggingface_hub") is not None
 
 
 @weights_app.command("path")
 def weights_path_cmd(model: str = typer.Argument(..., help="Model name, e.g. sam-vit-b.")) -> None:
     """Print where the model's checkpoint is (or would be) cached."""
     from ..registry import weights_path
+    from ..text.weights import text_weights, text_weights_path
 
     try:
-        typer.echo(str(weights_path(model)))
+        spec = text_weights(model)
+        typer.echo(str(text_weights_path(spec) if spec is not None else weights_path(model)))
     except ImsegError as exc:
         fail(str(exc))
 
@@ -46,11 +63,13 @@ def weights_download(
     import warnings
 
     from ..registry import download_weights
+    from ..text.weights import download_text_weights, text_weights
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            path = download_weights(model, force=force)
+            spec = text_weights(model)
+            path = download_text_weights(spec, force) if spec is not None else download_weights(model, force=force)
     except ImsegError as exc:
         fail(str(exc))
     for warning in caught:
