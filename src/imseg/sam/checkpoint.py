@@ -113,31 +113,37 @@ def _how_to_get(variant: str) -> str:
     return f"`imseg weights download {name}` (or pass --checkpoint PATH / checkpoint=PATH)"
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a checkpoint file's state_dict on CPU with ``weights_only=True``; clear errors otherwise."""
+def load_checkpoint_file(path: str | os.PathLike, how_to_get: str, example: str) -> Any:
+    """The object a checkpoint file holds, loaded on CPU with ``weights_only=True``; a missing, empty or
+    unreadable file is a :class:`CheckpointError` that says how to get the file (``how_to_get``) and quotes
+    PyTorch's message whole. ``example`` names an official file in the directory message."""
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"{p}: checkpoint file not found. Get the official weights with "
-                              f"`imseg weights download sam-vit-b` (or mobile-sam, sam-vit-l, sam-vit-h) "
-                              f"or pass --checkpoint PATH to an existing file.")
+        raise CheckpointError(f"{p}: checkpoint file not found. Get the official weights with {how_to_get}.")
     if p.is_dir():
-        raise CheckpointError(f"{p}: is a directory; pass the checkpoint file (e.g. sam_vit_b_01ec64.pth).")
+        raise CheckpointError(f"{p}: is a directory; pass the checkpoint file (e.g. {example}).")
     if p.stat().st_size == 0:
-        raise CheckpointError(f"{p}: empty file (0 bytes), not a checkpoint. Download it again with "
-                              f"`imseg weights download sam-vit-b`.")
+        raise CheckpointError(f"{p}: empty file (0 bytes), not a checkpoint. Download it again with {how_to_get}.")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, AttributeError, ImportError,
             IndexError, KeyError, TypeError) as exc:
         raise CheckpointError(
             f"{p}: cannot be read as a PyTorch checkpoint; the file is corrupted, truncated or not a checkpoint. "
-            f"Download it again with `imseg weights download NAME`. PyTorch said: {type(exc).__name__}: {exc}"
+            f"Download it again with {how_to_get}. PyTorch said: {type(exc).__name__}: {exc}"
         ) from exc
     except Exception as exc:  # pickle.UnpicklingError and friends from weights_only loading
         raise CheckpointError(
             f"{p}: not a loadable weights-only checkpoint. Use the official file or re-save it as a plain "
             f"state_dict. PyTorch said: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a checkpoint file's state_dict on CPU with ``weights_only=True``; clear errors otherwise."""
+    p = Path(path)
+    obj = load_checkpoint_file(p, "`imseg weights download sam-vit-b` (or mobile-sam, sam-vit-l, sam-vit-h) or "
+                                  "pass --checkpoint PATH to an existing file", "sam_vit_b_01ec64.pth")
     if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in ("model", "state_dict"):  # common wrappers around a state_dict
             if isinstance(obj.get(key), dict):

@@ -24,12 +24,9 @@ RANDOM_WEIGHTS_WARNING = (
 )
 
 
-class SamSegmenter(Segmenter):
-    """Segment Anything on torch as a :class:`~imseg.segmenter.Segmenter` (the rules of ``segment`` live
-    there). The engine: ``embed`` runs the image encoder through ``.predictor`` (a
-    :class:`~imseg.sam.predictor.SamPredictor`), ``decode`` its prompt encoder and mask decoder, and
-    ``everything`` the :class:`~imseg.sam.automatic.SamAutomaticMaskGenerator`.
-    """
+class PredictorSegmenter(Segmenter):
+    """A promptable torch engine that keeps its image state in a ``.predictor`` (SAM's or SAM 2's): the model,
+    its name and weights, and one predictor per worker thread (:meth:`worker_copy`)."""
 
     supports_prompts = True
 
@@ -46,13 +43,24 @@ class SamSegmenter(Segmenter):
     def device(self) -> Any:
         return self.predictor.device
 
-    def worker_copy(self) -> SamSegmenter:
+    def _reset_predictor(self, predictor: Any) -> None:
+        predictor.reset_image()
+
+    def worker_copy(self) -> PredictorSegmenter:
         """A segmenter on the same model with its own predictor state and embedding cache: one per thread."""
         clone = copy.copy(self)
         clone.predictor = copy.copy(self.predictor)
-        clone.predictor.reset_image()
+        self._reset_predictor(clone.predictor)
         clone.clear_embeddings()
         return clone
+
+
+class SamSegmenter(PredictorSegmenter):
+    """Segment Anything on torch as a :class:`~imseg.segmenter.Segmenter` (the rules of ``segment`` live
+    there). The engine: ``embed`` runs the image encoder through ``.predictor`` (a
+    :class:`~imseg.sam.predictor.SamPredictor`), ``decode`` its prompt encoder and mask decoder, and
+    ``everything`` the :class:`~imseg.sam.automatic.SamAutomaticMaskGenerator`.
+    """
 
     def set_image(self, image: Any) -> np.ndarray:
         """Read ``image`` (path, array, PIL, bytes) as RGB and make it ``.predictor``'s current image

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,28 +41,10 @@ def detect_variant(state_dict: dict[str, Any]) -> str:
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a checkpoint file's state_dict on CPU with ``weights_only=True``; clear errors otherwise."""
+    from ..sam.checkpoint import load_checkpoint_file
+
     p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{p}: checkpoint file not found. Get the official SAM 2.1 weights with "
-                              f"{_how_to_get('hiera_t')}.")
-    if p.is_dir():
-        raise CheckpointError(f"{p}: is a directory; pass the checkpoint file (e.g. sam2.1_hiera_tiny.pt).")
-    if p.stat().st_size == 0:
-        raise CheckpointError(f"{p}: empty file (0 bytes), not a checkpoint. Download it again with "
-                              f"{_how_to_get('hiera_t')}.")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, AttributeError, ImportError,
-            IndexError, KeyError, TypeError) as exc:
-        raise CheckpointError(
-            f"{p}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:200]}). The file is "
-            f"corrupted, truncated or not a checkpoint; download it again."
-        ) from exc
-    except Exception as exc:  # pickle.UnpicklingError and friends from weights_only loading
-        raise CheckpointError(
-            f"{p}: not a loadable weights-only checkpoint ({type(exc).__name__}: {str(exc)[:200]}). Use the "
-            f"official file or re-save it as {{'model': state_dict}}."
-        ) from exc
+    obj = load_checkpoint_file(p, _how_to_get("hiera_t"), "sam2.1_hiera_tiny.pt")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):

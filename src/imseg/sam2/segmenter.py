@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from dataclasses import dataclass
@@ -14,8 +13,8 @@ from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError
 from ..masks import Masks
 from ..registry import ModelSpec, find_weights
-from ..sam.segmenter import RANDOM_WEIGHTS_WARNING
-from ..segmenter import Candidates, Embedding, Prompts, Segmenter
+from ..sam.segmenter import RANDOM_WEIGHTS_WARNING, PredictorSegmenter
+from ..segmenter import Candidates, Embedding, Prompts
 from .automatic import LOW_RES, Sam2AmgBackend
 
 __all__ = ["Sam2Embedding", "Sam2Segmenter", "build_sam2_segmenter"]
@@ -40,35 +39,18 @@ class _WholeImageBackend(Sam2AmgBackend):
         return embedding.features["image_embed"], embedding.features["high_res_feats"]
 
 
-class Sam2Segmenter(Segmenter):
+class Sam2Segmenter(PredictorSegmenter):
     """SAM 2.1 on torch as a :class:`~imseg.segmenter.Segmenter` (the rules of ``segment`` live there).
     The engine: ``embed`` runs the image encoder through ``.predictor`` (a
     :class:`~imseg.sam2.predictor.SAM2ImagePredictor`), ``decode`` its prompt encoder and mask decoder on a
     given embedding, and ``everything`` the :class:`~imseg.sam2.automatic.SAM2AutomaticMaskGenerator`.
     """
 
-    supports_prompts = True
+    def __init__(self, predictor: Any, name: str = "sam2.1-hiera-t", **kwargs: Any) -> None:
+        super().__init__(predictor, name, **kwargs)
 
-    def __init__(self, predictor: Any, name: str = "sam2.1-hiera-t", random_weights: bool = False,
-                 checkpoint: str | None = None, embedding_cache_size: int = 1) -> None:
-        self.predictor = predictor
-        self.model = predictor.model
-        self.name = name
-        self.random_weights = random_weights
-        self.checkpoint = checkpoint
-        self.embedding_cache_size = int(embedding_cache_size)
-
-    @property
-    def device(self) -> Any:
-        return self.predictor.device
-
-    def worker_copy(self) -> Sam2Segmenter:
-        """A segmenter on the same model with its own predictor state and embedding cache: one per thread."""
-        clone = copy.copy(self)
-        clone.predictor = copy.copy(self.predictor)
-        clone.predictor.reset_predictor()
-        clone.clear_embeddings()
-        return clone
+    def _reset_predictor(self, predictor: Any) -> None:
+        predictor.reset_predictor()
 
     def embed(self, rgb: np.ndarray) -> Sam2Embedding:
         self.predictor.set_image(rgb)
