@@ -99,6 +99,7 @@ def test_every_candidate_matches_official(tiny_sam, image):
     assert [r["point_coords"] for r in got] == [r["point_coords"] for r in expected]
 
 
+@pytest.mark.slow
 def test_crop_layers_and_small_regions_match_official(tiny_sam, image):
     kwargs = dict(points_per_side=4, crop_n_layers=1, crop_n_points_downscale_factor=2, min_mask_region_area=60,
                   box_nms_thresh=0.95, crop_nms_thresh=0.95, **LOW)
@@ -107,6 +108,7 @@ def test_crop_layers_and_small_regions_match_official(tiny_sam, image):
     assert_same_records(expected, got)
 
 
+@pytest.mark.slow
 def test_output_modes_match_official(tiny_sam, image):
     kwargs = dict(points_per_side=2, box_nms_thresh=1.0, **LOW)
     dense = SamAutomaticMaskGenerator(tiny_sam, **kwargs).generate(image)
@@ -143,6 +145,7 @@ def test_our_mobile_sam_matches_official_mobile_sam(mobile_sam_checkpoint, image
     assert_same_records(expected, generator.generate(image))
 
 
+@pytest.mark.slow
 def test_generate_masks_returns_masks(tiny_sam, image):
     generator = SamAutomaticMaskGenerator(tiny_sam, points_per_side=2, box_nms_thresh=1.0, **LOW)
     records = generator.generate(image)
@@ -155,6 +158,7 @@ def test_generate_masks_returns_masks(tiny_sam, image):
     assert masks.fields["point_coords"].shape == (len(masks), 2)
 
 
+@pytest.mark.slow
 def test_large_image_needs_tiling(tiny_sam):
     big = np.zeros((300, 400, 3), np.uint8)
     generator = SamAutomaticMaskGenerator(tiny_sam, points_per_side=1, max_pixels=100_000)
@@ -188,6 +192,7 @@ def test_crop_boxes_match_official():
         assert generate_crop_boxes(size, layers, 512 / 1500) == official_boxes(size, layers, 512 / 1500)
 
 
+@pytest.mark.slow
 def test_backend_seam_drives_the_whole_pipeline(tiny_sam, image):
     """A backend other than TorchBackend (eager masks, like the ONNX Runtime one) gives the same records,
     and the generator reaches the model only through it: one embedding per crop, point batches of

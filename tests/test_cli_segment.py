@@ -64,6 +64,7 @@ def test_folder_to_coco_with_corrupt_file_and_resume(photo_dir, tmp_path):
     assert not list(out.rglob(".*.tmp*"))
 
 
+@pytest.mark.slow
 def test_mobile_sam_point_prompt(photo_dir, mobile_sam_checkpoint, tmp_path):
     from imseg.masks import Masks
 
@@ -132,6 +133,7 @@ def test_post_pipeline_is_applied(photo_dir, tmp_path):
     assert bad.exit_code == 2 and "nonsense" in bad.output
 
 
+@pytest.mark.slow
 def test_onnxruntime_backend(photo_dir, mobile_sam_checkpoint, tmp_path, monkeypatch):
     """--backend onnxruntime exports the checkpoint once to the cache and gives the torch masks."""
     from imseg.masks import Masks
@@ -149,6 +151,7 @@ def test_onnxruntime_backend(photo_dir, mobile_sam_checkpoint, tmp_path, monkeyp
     assert disagree <= 0.001, f"{disagree:.4%} of pixels differ between torch and ONNX Runtime"
 
 
+@pytest.mark.slow
 def test_sam_everything_on_a_folder(photo_dir, mobile_sam_checkpoint, tmp_path):
     """SAM everything mode over the sample photos: masks, overlays and one COCO file pycocotools loads."""
     from pycocotools import mask as mask_utils

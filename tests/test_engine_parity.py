@@ -161,6 +161,7 @@ def test_check_prompts_needs_no_image(torch_sam, kwargs, match):
     assert torch_sam.check_prompts() is None
 
 
+@pytest.mark.slow
 def test_prompt_after_everything_does_not_encode_again(torch_sam, ort_sam, image, monkeypatch):
     calls = []
     handle = torch_sam.model.image_encoder.register_forward_hook(lambda *_: calls.append("torch"))
@@ -177,6 +178,7 @@ def test_prompt_after_everything_does_not_encode_again(torch_sam, ort_sam, image
         handle.remove()
 
 
+@pytest.mark.slow
 def test_embedding_cache_is_an_lru_of_the_given_size(torch_sam, image):
     calls = []
     handle = torch_sam.model.image_encoder.register_forward_hook(lambda *_: calls.append(1))

@@ -138,6 +138,7 @@ def test_decoder_non_square_and_batched_prompts(ort_predictor, official_predicto
     ort_predictor.set_image(sample_image)
 
 
+@pytest.mark.slow
 def test_automatic_mask_generation_matches_pytorch(sam_export, our_mobile_sam, sample_image):
     """Everything mode: our generator on ONNX Runtime vs our generator on our PyTorch model."""
     import imseg
@@ -179,6 +180,7 @@ def test_load_export_dir_prompt_mode(sam_export, sample_image, official_predicto
     assert len(one) == 1 and (one.masks[0] != ref[best]).mean() <= 1e-3
 
 
+@pytest.mark.slow
 def test_raw_input_encoder_matches_pytorch(official_mobile_sam, official_predictor, sample_image, tmp_path):
     import onnxruntime as ort
 
@@ -198,6 +200,7 @@ def test_raw_input_encoder_matches_pytorch(official_mobile_sam, official_predict
     assert tuple(size) == (1, 1024) and np.isfinite(emb).all()
 
 
+@pytest.mark.slow
 def test_int8_dynamic_size_and_accuracy(sam_export, tmp_path, sample_image):
     from imseg.export.quantize import quantize_sam_export
     from imseg.export.runtime import OrtSamPredictor
@@ -222,6 +225,7 @@ def test_int8_dynamic_size_and_accuracy(sam_export, tmp_path, sample_image):
 
 
 # ============================================================================ extreme aspect ratios
+@pytest.mark.slow
 def test_extreme_aspect_ratio_runs_on_onnx_runtime(ort_predictor, sam_export, tmp_path, sample_image):
     from imseg.errors import InputError
     from imseg.export.runtime import OrtSamPredictor, ResizeLongestSide
@@ -242,6 +246,7 @@ def test_extreme_aspect_ratio_runs_on_onnx_runtime(ort_predictor, sam_export, tm
 
 
 # ============================================================================ single-mask exports
+@pytest.mark.slow
 def test_single_mask_export_box_only_matches_torch_single_mask(sam_export, our_mobile_sam, official_predictor,
                                                                 sample_image, tmp_path):
     from imseg.export.onnx import export_sam_decoder
@@ -342,6 +347,7 @@ def test_mismatched_onnx_files_and_manifests_raise_export_error(sam_export, fore
 
 
 # ============================================================================ serving an ONNX Runtime export
+@pytest.mark.slow
 def test_serve_an_onnx_runtime_export(sam_export, sample_image):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient

@@ -62,6 +62,7 @@ def _eager_labels(segmenter, image):
     return logits.argmax(0).numpy()
 
 
+@pytest.mark.slow
 def test_onnx_matches_pytorch_and_embeds_metadata(onnx_export, torch_segmenter, semantic_run, sample_image):
     import onnx
 
@@ -109,6 +110,7 @@ def test_onnx_dynamic_batch(onnx_export, torch_segmenter):
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.999
 
 
+@pytest.mark.slow
 def test_torchscript_matches_pytorch(semantic_run, torch_segmenter, sample_image, tmp_path):
     import torch
 

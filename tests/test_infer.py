@@ -70,6 +70,7 @@ def test_sliding_window_with_a_real_network_is_seamless_and_tta_averages_flips()
     assert not np.allclose(tta, plain, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_tta_flips_follow_the_flips_the_run_trained_with(tmp_path):
     """``tta=True`` averages the flips a run saw in training: horizontal only for a run trained with hflip
     (an upside-down horse is a view the network never saw), both with vflip or rotate90; a flips string picks."""
@@ -148,6 +149,7 @@ def test_bad_checkpoints_are_refused(tmp_path):
         load_run(tmp_path)
 
 
+@pytest.mark.slow
 def test_predict_cli_writes_label_maps_and_overlays(tmp_path):
     from imseg.cli import app
 
@@ -208,6 +210,7 @@ def test_default_inference_sees_the_training_scale(tmp_path):
     assert load_run(native_run, device="cpu", resize=True).resize
 
 
+@pytest.mark.slow
 def test_multi_scale_tta_averages_the_predictions_at_each_size(tmp_path):
     """``scales`` averages predictions at factors of the letterbox size (rounded to the model's input multiple,
     here 8 for the depth-3 U-Net) or, at native resolution, of the image; each is scaled back first."""

@@ -110,6 +110,7 @@ def _assert_masks_match(official, ours, prompt: dict, ref_logits: np.ndarray) ->
     np.testing.assert_array_equal(our_masks[confident], ref_masks[confident])
 
 
+@pytest.mark.slow
 def test_image_encoder_features_match(models):
     official, ours = models
     x = torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(0))
@@ -123,6 +124,7 @@ def test_image_encoder_features_match(models):
     torch.testing.assert_close(got["vision_features"], ref["vision_features"], rtol=0, atol=TOL)
 
 
+@pytest.mark.slow
 def test_image_embeddings_match(pair):
     official, ours, _ = pair
     torch.testing.assert_close(ours.get_image_embedding(), official.get_image_embedding(), rtol=0, atol=TOL)
@@ -131,6 +133,7 @@ def test_image_embeddings_match(pair):
 
 
 @pytest.mark.parametrize("case", list(_prompts(1, 1)))
+@pytest.mark.slow
 def test_predict_matches_official(pair, case):
     official, ours, image = pair
     prompt = _prompts(*image.shape[:2])[case]
@@ -141,6 +144,7 @@ def test_predict_matches_official(pair, case):
 
 
 @pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.slow
 def test_mask_input_matches_official(pair, multimask):
     official, ours, image = pair
     first = _prompts(*image.shape[:2])["point"]
@@ -244,6 +248,7 @@ def test_small_holes_and_sprinkles_are_flipped():
 
 
 @pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.slow
 def test_frame_decoding_matches_official(models, multimask):
     from imseg.sam2.tracking import decode_frame
 

@@ -87,6 +87,7 @@ def test_load_builds_the_sam2_engine(segmenter, checkpoint):
                                                       "sam2.1-hiera-l"}
 
 
+@pytest.mark.slow
 def test_single_point_is_decoded_multimask_and_best_kept(segmenter, reference, image):
     h, w = image.shape[:2]
     point = [[w * 0.4, h * 0.5]]
@@ -96,6 +97,7 @@ def test_single_point_is_decoded_multimask_and_best_kept(segmenter, reference, i
     _assert_same(result, masks[best:best + 1], iou[best:best + 1], low[best:best + 1])
 
 
+@pytest.mark.slow
 def test_points_box_and_multimask_match_the_predictor(segmenter, reference, image):
     h, w = image.shape[:2]
     points = np.array([[w * 0.4, h * 0.5], [w * 0.7, h * 0.3]])
@@ -135,6 +137,7 @@ def test_low_res_logits_feed_back_as_mask_input(segmenter, reference, image):
     assert not np.allclose(again.fields["low_res_logits"], first.fields["low_res_logits"])
 
 
+@pytest.mark.slow
 def test_image_is_encoded_once_per_image(segmenter, image):
     segmenter.clear_embeddings()
     calls, handle = _encoder_calls(segmenter.model)
@@ -149,6 +152,7 @@ def test_image_is_encoded_once_per_image(segmenter, image):
         handle.remove()
 
 
+@pytest.mark.slow
 def test_everything_reuses_the_embedding_and_matches_the_generator(segmenter, image):
     options = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
     expected = SAM2AutomaticMaskGenerator(segmenter.model, **options).generate_masks(image)
@@ -206,6 +210,7 @@ def test_download_without_known_checksum_is_kept_with_a_warning(tmp_path, monkey
     assert "NOT verified" in result.output and (tmp_path / "sam2.1_hiera_small.pt").read_bytes() == b"hello"
 
 
+@pytest.mark.slow
 def test_cli_segment_and_weights_list(checkpoint, data_dir, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

@@ -35,6 +35,7 @@ def _sparse(model, batch: int, seed: int):
 
 
 @pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.slow
 def test_batch_decoder_equals_mask_decoder(model, multimask):
     torch.manual_seed(0)
     embedding = torch.randn(1, 256, 64, 64)
@@ -56,6 +57,7 @@ def test_batch_decoder_equals_mask_decoder(model, multimask):
     assert empty_low.shape == (0, 3 if multimask else 1, 256, 256) and empty_iou.shape[0] == 0
 
 
+@pytest.mark.slow
 def test_factored_first_upscaling_equals_the_plain_product(model):
     """In fp32 inference the first upscaling product is assembled from the blocks' low-rank updates and LayerNorm
     statistics (``record``); it must give the plain ``keys @ W`` path's logits, and the call must take it."""
@@ -83,6 +85,7 @@ def test_factored_first_upscaling_equals_the_plain_product(model):
     assert float((called - plain).abs().max()) <= 1e-5 * scale
 
 
+@pytest.mark.slow
 def test_predictor_splits_prompts_across_cpu_threads_without_changing_the_answer(model):
     """On CPU, predict_batch decodes the prompts on one single-threaded worker per torch thread, each writing
     its share of the outputs; the result is the plain decoder + postprocessing, and the thread count is restored."""
@@ -129,6 +132,7 @@ def _aten_ops(fn) -> int:
                and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
 
 
+@pytest.mark.slow
 def test_off_cpu_the_predictor_decodes_a_prompt_batch_in_as_few_ops_as_the_official(model):
     """On CUDA a prompt per decoder pass costs ~150 small kernel launches per prompt (64 boxes: ~24k against ~500
     for the official predictor). Off the CPU the decoder takes 64 prompts per pass with every product covering
@@ -174,6 +178,7 @@ def test_batch_decoder_refuses_a_batch_of_embeddings(model):
     [((1024, 1024), (512, 512)), ((683, 1024), (200, 300)), ((640, 1024), (20, 32)), ((1024, 768), (2000, 1500)),
      ((1024, 1024), (1024, 1024))],
 )
+@pytest.mark.slow
 def test_banded_resize_equals_the_dense_map(model, input_size, original):
     torch.manual_seed(0)
     low = torch.randn(2, 3, 256, 256, dtype=torch.float64)

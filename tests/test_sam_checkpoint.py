@@ -85,6 +85,7 @@ def test_pickled_code_is_refused(tmp_path):
     assert len(torch_message) > 200 and torch_message in str(err.value)  # PyTorch's explanation, not cut short
 
 
+@pytest.mark.slow
 def test_checkpoint_saved_from_ddp_loads(mobile_sam_checkpoint, sample_image, tmp_path):
     """Every key prefixed ``module.`` (DistributedDataParallel) or ``module._orig_mod.``: the prefix is removed."""
     state_dict = torch.load(mobile_sam_checkpoint, map_location="cpu", weights_only=True)

@@ -254,6 +254,7 @@ def test_state_dict_layout_matches_official(variant):
     assert got == ref
 
 
+@pytest.mark.slow
 def test_readme_snippet_runs_unchanged(vit_t_pair, mobile_sam_checkpoint, sample_image):
     """The official README usage, only the import line changed, gives the official answer."""
     snippet = """

@@ -77,6 +77,7 @@ def test_predict_shapes_dtypes_and_state(predictor, sample_image):
     assert single.shape == (1, 256, 256) and iou1.shape == (1,)
 
 
+@pytest.mark.slow
 def test_predict_batch_equals_one_call_per_prompt(predictor):
     rng = np.random.default_rng(0)
     coords = rng.uniform(0, 255, size=(5, 2, 2))
@@ -131,6 +132,7 @@ def test_segment_prompt_modes_return_masks(segmenter, sample_image):
         segmenter.segment(sample_image, points=[(999, 5)], labels=[1])
 
 
+@pytest.mark.slow
 def test_bgr_input_matches_rgb(predictor, sample_image):
     ref = predictor.predict(box=np.array([20, 30, 200, 220]))
     predictor.set_image(np.ascontiguousarray(sample_image[..., ::-1]), image_format="BGR")
@@ -170,6 +172,7 @@ def test_unreadable_files_raise_input_error(segmenter, sample_image, tmp_path):
             segmenter.segment(path, points=[(10, 10)], labels=[1])
 
 
+@pytest.mark.slow
 def test_rgba_grayscale_16bit_and_exif_images(segmenter, sample_image, tmp_path):
     from PIL import Image
 
@@ -202,6 +205,7 @@ def test_rgba_grayscale_16bit_and_exif_images(segmenter, sample_image, tmp_path)
     assert gray.image_size == (90, 120)
 
 
+@pytest.mark.slow
 def test_everything_mode_returns_masks(segmenter, sample_image):
     masks = segmenter.segment(sample_image, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     assert isinstance(masks, Masks) and masks.image_size == (256, 256)
@@ -273,6 +277,7 @@ def test_autocast_runs_the_encoder_in_low_precision_and_the_decoder_in_float32(s
     assert masks.shape == (1, *sample_image.shape[:2]) and masks.dtype == bool and iou_m.dtype == np.float32
 
 
+@pytest.mark.slow
 def test_a_model_cast_to_bfloat16_runs_end_to_end(sample_image):
     """``sam.to(torch.bfloat16)`` (what users do for half-precision GPUs; the official predictor and generator
     fail on it with a dtype mismatch): set_image, point/box/mask prompts and the automatic generator run, with
@@ -330,6 +335,7 @@ def _fresh_answer(model, image, **prompt):
     return fresh.predict(**prompt, return_logits=True)
 
 
+@pytest.mark.slow
 def test_changed_weights_are_seen_without_a_new_set_image(mobile_sam_checkpoint, sample_image):
     """Tensors derived from the decoder and prompt encoder (re-associated projections, the dense positional
     encoding) follow the weights: an optimizer step or load_state_dict between predictions is honoured."""
@@ -408,6 +414,7 @@ def model_input(model, image):
     return resized.transpose(2, 0, 1)[None].astype(np.float32)
 
 
+@pytest.mark.slow
 def test_outputs_are_ordinary_tensors_and_official_odds_and_ends(predictor, sample_image, mobile_sam_checkpoint):
     """As the official (no_grad, not inference_mode): embeddings and predict_torch outputs can be edited in
     place and used in autograd; the embedding is contiguous; BGR float arrays are flipped; the generator

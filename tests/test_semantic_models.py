@@ -22,6 +22,7 @@ from imseg.semantic.models import build_from_config, create_model, list_models, 
         ("lraspp_mobilenet_v3_large", "ignored"),
     ],
 )
+@pytest.mark.slow
 def test_models_build_and_return_logits(name, encoder):
     torch.manual_seed(0)
     model = create_model(name, encoder=encoder, num_classes=3).eval()

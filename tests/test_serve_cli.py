@@ -11,6 +11,7 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -20,6 +21,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_imseg_serve_process(mobile_sam_checkpoint, sample_image, tmp_path):
     port = _free_port()
     env = {**os.environ, "IMSEG_HOME": str(tmp_path)}

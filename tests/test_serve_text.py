@@ -108,6 +108,7 @@ def test_text_on_an_uploaded_image_matches_text_segmenter(client, segmenter, det
     assert encoder_calls[0] == 1  # one encoder run for the upload, none for the text requests
 
 
+@pytest.mark.slow
 def test_one_shot_text_matches_text_segmenter(client, image, expected):
     r = client.post("/v1/segment", files={"file": ("a.png", png(image), "image/png")},
                     data={"prompts": json.dumps({"text": TEXT, "formats": ["rle", "polygons"]})})

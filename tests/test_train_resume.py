@@ -117,6 +117,7 @@ def finished_run(data_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "hostile pickle"])
+@pytest.mark.slow
 def test_resume_from_damaged_last_ckpt_is_a_clear_error(finished_run, damage, tmp_path):
     import shutil
 
