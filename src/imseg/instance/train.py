@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError, DatasetError
+from ..semantic.run import increment_run_dir, write_yaml
 from .metrics import instance_metrics
 from .model import BACKBONES, DEFAULT_ANCHORS, build_maskrcnn, model_config
 from .sample import InstanceDataset
@@ -218,24 +219,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 # ----------------------------------------------------------------------------- run directory
-def _run_dir(project: str | os.PathLike, name: str, exist_ok: bool) -> Path:
-    base = Path(project) / name
-    if exist_ok or not base.exists():
-        return base
-    n = 2
-    while (Path(project) / f"{name}{n}").exists():
-        n += 1
-    return Path(project) / f"{name}{n}"
-
-
-def _write_yaml(path: Path, data: dict) -> None:
-    import yaml
-
-    from ..io import write_bytes
-
-    write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -366,12 +349,12 @@ def train_instance(config: Mapping[str, Any]) -> Path:
                         proposals=cfg["proposals"], detections=cfg["detections"], scales=tuple(cfg["scales"]),
                         channels=int(cfg["channels"]))
     resume = _resume_path(cfg["resume"]) if cfg["resume"] else None
-    run_dir = resume.parent.parent if resume else _run_dir(cfg["project"], cfg["name"], cfg["exist_ok"])
+    run_dir = resume.parent.parent if resume else increment_run_dir(cfg["project"], cfg["name"], cfg["exist_ok"])
     (run_dir / "weights").mkdir(parents=True, exist_ok=True)
     train_cfg = _plain(cfg)
     meta = {"task": "instance", "model": arch, "class_names": names, "train": train_cfg,
             "score_threshold": float(cfg["score_threshold"])}
-    _write_yaml(run_dir / "config.yaml", {"task": "instance", "model": "maskrcnn", "class_names": names,
+    write_yaml(run_dir / "config.yaml", {"task": "instance", "model": "maskrcnn", "class_names": names,
                                           "nc": len(names), "train": train_cfg})
     loader = lambda ds, shuffle, flips: torch.utils.data.DataLoader(  # noqa: E731
         InstanceTorchDataset(ds, names, flips=flips, seed=cfg["seed"]), batch_size=int(cfg["batch"]),

@@ -28,7 +28,8 @@ def increment_run_dir(project: str | os.PathLike, name: str, exist_ok: bool = Fa
     return Path(project) / f"{name}{n}"
 
 
-def _write_yaml(path: Path, data: dict) -> None:
+def write_yaml(path: Path, data: dict) -> None:
+    """``data`` as YAML at ``path``, written atomically (a run's config.yaml)."""
     import yaml
 
     from ..io import write_bytes
@@ -78,7 +79,7 @@ def _make_run_callbacks():
             self.run_dir = Path(trainer.strategy.broadcast(str(self.run_dir), src=0))
             if trainer.is_global_zero:
                 (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
-                _write_yaml(self.run_dir / "config.yaml", self.config_yaml)
+                write_yaml(self.run_dir / "config.yaml", self.config_yaml)
             trainer.strategy.barrier("imseg-run-dir")
 
         def on_train_epoch_end(self, trainer, module) -> None:
