@@ -61,6 +61,20 @@ def build_official_sam(variant: str, seed: int = 0):
     return model.eval()
 
 
+def build_official_sam2(variant: str = "t", seed: int = 0):
+    """The official SAM 2.1 model (``sam2`` package, hiera ``t``/``s``/``b+``/``l``), random weights with every
+    constant parameter perturbed, in eval mode (the modules cache tensors at ``.eval()``)."""
+    import torch
+    from sam2.build_sam import build_sam2 as official_build
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = official_build(f"configs/sam2.1/sam2.1_hiera_{variant}.yaml", None, device="cpu")
+    perturb_constant_parameters(model, seed=seed)
+    return model.eval()
+
+
 _CHECKPOINTS: dict[tuple[str, int], Path] = {}
 
 

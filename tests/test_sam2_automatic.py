@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sam2.automatic_mask_generator")
 
-from conftest import perturb_constant_parameters  # noqa: E402
+from conftest import build_official_sam2  # noqa: E402
 from imseg.errors import ConfigError  # noqa: E402
 from imseg.io import read_image  # noqa: E402
 from imseg.sam2 import SAM2AutomaticMaskGenerator, build_model, build_sam2  # noqa: E402
@@ -26,14 +26,7 @@ LOOSE = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.5,
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from sam2.build_sam import build_sam2 as official_build
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        official = official_build("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
-    perturb_constant_parameters(official)
-    official.eval()
+    official = build_official_sam2()
     path = tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt"
     torch.save({"model": official.state_dict()}, path)
     return official, build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", path, device="cpu")

@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sam2.build_sam")
 
-from conftest import perturb_constant_parameters  # noqa: E402
+from conftest import build_official_sam2  # noqa: E402
 from imseg.errors import CheckpointError, ConfigError  # noqa: E402
 from imseg.sam2 import build_model, build_sam2, build_sam2_model  # noqa: E402
 from imseg.sam2.config import variant_of  # noqa: E402
@@ -24,14 +24,7 @@ VARIANTS = ("t", "s", "b+", "l")
 
 
 def official_model(variant: str = "t", seed: int = 0):
-    from sam2.build_sam import build_sam2 as official_build
-
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = official_build(f"configs/sam2.1/sam2.1_hiera_{variant}.yaml", None, device="cpu")
-    perturb_constant_parameters(model, seed=seed)
-    return model.eval()
+    return build_official_sam2(variant, seed)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sam2.build_sam")
 
-from conftest import perturb_constant_parameters  # noqa: E402
+from conftest import build_official_sam2  # noqa: E402
 from imseg.errors import PromptError, StateError  # noqa: E402
 from imseg.io import read_image  # noqa: E402
 from imseg.sam2 import SAM2ImagePredictor, build_sam2  # noqa: E402
@@ -27,14 +27,7 @@ CONFIDENT = 1e-3  # |official logit| above which the binary masks must be equal
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from sam2.build_sam import build_sam2 as official_build
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        official = official_build("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
-    perturb_constant_parameters(official)
-    official.eval()
+    official = build_official_sam2()
     path = tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt"
     torch.save({"model": official.state_dict()}, path)
     return official, build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", path, device="cpu")

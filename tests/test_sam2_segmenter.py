@@ -9,7 +9,6 @@ contract's selection rules, with the image encoded once per image.
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("sam2.build_sam")
 
 import imseg  # noqa: E402
-from conftest import perturb_constant_parameters  # noqa: E402
+from conftest import build_official_sam2  # noqa: E402
 from imseg.errors import CheckpointError, ConfigError  # noqa: E402
 from imseg.io import read_image  # noqa: E402
 from imseg.registry import download_weights, get_spec, list_models  # noqa: E402
@@ -30,13 +29,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from sam2.build_sam import build_sam2 as official_build
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        official = official_build("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
-    perturb_constant_parameters(official)
+    official = build_official_sam2()
     path = tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt"
     torch.save({"model": official.eval().state_dict()}, path)
     return path

@@ -113,6 +113,24 @@ def _how_to_get(variant: str) -> str:
     return f"`imseg weights download {name}` (or pass --checkpoint PATH / checkpoint=PATH)"
 
 
+def key_mismatches(own: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps ``state_dict`` from loading strictly into a model whose state_dict is ``own``: missing and
+    unexpected keys and shape mismatches, each described with examples (empty when it loads)."""
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state_dict[k].shape)} vs "
+                     f"model {tuple(own[k].shape)})")
+    return parts
+
+
 def load_checkpoint_file(path: str | os.PathLike, how_to_get: str, example: str) -> Any:
     """The object a checkpoint file holds, loaded on CPU with ``weights_only=True``; a missing, empty or
     unreadable file is a :class:`CheckpointError` that says how to get the file (``how_to_get``) and quotes
@@ -215,20 +233,8 @@ def load_into(model: Sam, state_dict: dict[str, torch.Tensor], expected: str, wh
             f"{expected} checkpoint (e.g. `imseg weights download {VARIANT_MODEL_NAMES[expected]}`) or choose "
             f"the matching model (--model {VARIANT_MODEL_NAMES.get(detected, detected)})."
         )
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state_dict[k].shape)} vs "
-                         f"model {tuple(own[k].shape)})")
+    parts = key_mismatches(model.state_dict(), state_dict)
+    if parts:
         raise CheckpointError(
             f"{where}: does not match the {expected} architecture (detected: {detected}): " + "; ".join(parts)
             + "." + (_prefix_hint(state_dict) or " Pass the official checkpoint for this model.")

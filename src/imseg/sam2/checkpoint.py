@@ -66,20 +66,10 @@ def load_into(model: Sam2Model, state_dict: dict[str, torch.Tensor], where: str 
             f"{where}: this checkpoint is for SAM 2.1 {detected}, but the model being built is {expected}. Pass "
             f"a {expected} checkpoint ({_how_to_get(expected)}) or build the matching config "
             f"(configs/sam2.1/sam2.1_{detected}.yaml, model {VARIANT_MODEL_NAMES[detected]}).")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state_dict[k].shape)} vs "
-                         f"model {tuple(own[k].shape)})")
+    from ..sam.checkpoint import key_mismatches
+
+    parts = key_mismatches(model.state_dict(), state_dict)
+    if parts:
         raise CheckpointError(f"{where}: does not match the SAM 2.1 {expected} architecture (detected: {detected}): "
                               + "; ".join(parts) + ". Pass the official SAM 2.1 checkpoint for this model.")
     model.load_state_dict(state_dict, strict=True)
