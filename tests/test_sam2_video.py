@@ -216,3 +216,23 @@ def test_non_overlapping_matches_official():
     masks = torch.randn(3, 1, 20, 30, generator=torch.Generator().manual_seed(1)) * 20
     ref = SAM2Base._apply_non_overlapping_constraints(None, masks)
     torch.testing.assert_close(non_overlapping(masks), ref, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_real_config_matches_official(bedroom, tmp_path):
+    """The published configuration (1024 px input): two objects over three frames."""
+    official, ours = build_pair(tmp_path / "sam2.1_hiera_tiny.pt", 1024)
+    results = []
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        patch_official(mp)
+        for predictor in (official, ours):
+            state = predictor.init_state(str(bedroom))
+            predictor.add_new_points_or_box(state, 0, 1, points=[[210, 350]], labels=[1])
+            predictor.add_new_points_or_box(state, 0, 2, box=[300, 0, 500, 400])
+            results.append([(f, masks.clone(), _scores(state, f))
+                            for f, _, masks in predictor.propagate_in_video(state, max_frame_num_to_track=2)])
+    assert [r[0] for r in results[0]] == [r[0] for r in results[1]] == [0, 1, 2]
+    for (f, a, sa), (_, b, sb) in zip(*results, strict=True):
+        assert float((a - b).abs().max()) <= TOL, f"frame {f}"
+        torch.testing.assert_close(sb, sa, rtol=0, atol=TOL)
