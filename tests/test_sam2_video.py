@@ -190,6 +190,8 @@ def test_build_video_predictor_options():
         build_sam2_video_predictor(CONFIG, device="cpu", hydra_overrides_extra=["++model.num_maskmem=3"])
     with pytest.raises(ConfigError, match="not a valid int"):
         build_sam2_video_predictor(CONFIG, device="cpu", hydra_overrides_extra=["++model.image_size=big"])
+    with pytest.raises(ConfigError, match="sam2.1_hiera_tiny.pt"):
+        SAM2VideoPredictor.from_pretrained("facebook/sam2.1-hiera-tiny")
 
 
 def test_fill_holes_matches_official():

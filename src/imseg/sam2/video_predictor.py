@@ -57,6 +57,13 @@ class SAM2VideoPredictor:
         self.memory_temporal_stride_for_eval = memory_temporal_stride_for_eval
         self.max_cond_frames_in_attn = max_cond_frames_in_attn
 
+    @classmethod
+    def from_pretrained(cls, model_id: str, **kwargs: Any) -> SAM2VideoPredictor:
+        """Not available offline; the error names the official checkpoint to download."""
+        from .compat import build_sam2_video_predictor_hf
+
+        return build_sam2_video_predictor_hf(model_id, **kwargs)
+
     def __getattr__(self, name: str) -> Any:  # the official predictor is the model: expose its attributes
         if name == "model":
             raise AttributeError(name)
