@@ -181,7 +181,7 @@ class SAM2VideoPredictor:
         frames = state["frames"]
         if not frames.has_frame(int(frame_idx)):
             raise PromptError(f"{what}: frame {frame_idx} does not exist in {frames.description}, which has "
-                              f"{frames._length_text()}.")
+                              f"{frames.length_text()}.")
         check_window(state, int(frame_idx), self.window, what)
         if what.startswith("add_new"):
             self._features(state, int(frame_idx))  # an unreadable frame fails before the object is registered
