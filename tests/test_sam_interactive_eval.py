@@ -127,3 +127,24 @@ def test_random_mobile_sam_runs_through_the_protocol(mobile_sam_checkpoint, samp
     logits, low_res = predict(embedding, InteractivePrompt(boxes=torch.tensor([[60.0, 40.0, 149.0, 119.0]])))
     direct, _, _ = predictor.predict(box=np.array([60, 40, 149, 119]), multimask_output=False, return_logits=True)
     assert torch.allclose(logits[0], torch.as_tensor(direct[0]), atol=1e-4) and low_res.shape == (1, 1, 256, 256)
+
+
+@pytest.mark.slow  # encodes a 1024 px image with SAM 2.1 tiny
+def test_random_sam2_runs_through_the_protocol(tmp_path, sample_image):
+    from conftest import build_official_sam2
+    from imseg.sam.interactive_eval import predictor_samples, sam2_predict_fn
+    from imseg.sam2 import SAM2ImagePredictor, build_sam2
+
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": build_official_sam2().state_dict()}, path)
+    predictor = SAM2ImagePredictor(build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", path, device="cpu"))
+    gt = torch.zeros(2, 256, 256, dtype=torch.bool)
+    gt[0, 40:120, 60:150] = True
+    gt[1, 150:230, 30:90] = True
+    predict = sam2_predict_fn(predictor)
+    report = evaluate_interactive(predict, predictor_samples(predictor, [(sample_image, gt)]), max_clicks=6)
+    assert report.num_objects == 2 and 0 <= report.box_miou <= 1
+    assert all(1 <= v <= 6 for v in report.noc.values())
+    logits, _ = predict(None, InteractivePrompt(boxes=torch.tensor([[60.0, 40.0, 149.0, 119.0]])))
+    direct, _, _ = predictor.predict(box=np.array([60, 40, 149, 119]), multimask_output=False, return_logits=True)
+    assert torch.allclose(logits[0], torch.as_tensor(direct[0]), atol=1e-4)

@@ -236,3 +236,35 @@ def sam_predict_fn(predictor: Any) -> PredictFn:
         return masks[rows, best], low_res[rows, best][:, None]
 
     return predict
+
+
+def sam2_predict_fn(predictor: Any) -> PredictFn:
+    """Adapt a :class:`~imseg.sam2.SAM2ImagePredictor` to ``predict(embedding, prompt)``.
+
+    The predictor keeps its own image state: yield samples from :func:`predictor_samples`, which sets
+    each image before its objects are scored (the ``embedding`` is then ``None``). Same multimask rule
+    as :func:`sam_predict_fn`.
+    """
+
+    def predict(embedding, prompt: InteractivePrompt):
+        numpy = {
+            name: None if value is None else value.detach().cpu().numpy()
+            for name, value in zip(("point_coords", "point_labels", "box", "mask_input"), prompt._fields(), strict=True)
+        }
+        multimask = numpy["box"] is None and numpy["mask_input"] is None and numpy["point_coords"].shape[1] == 1
+        masks, iou, low_res = predictor.predict(**numpy, multimask_output=multimask, return_logits=True)
+        masks, iou, low_res = (torch.as_tensor(a) for a in (masks, iou, low_res))
+        if masks.dim() == 3:  # one object: the predictor drops the batch axis
+            masks, iou, low_res = masks[None], iou[None], low_res[None]
+        best = iou.argmax(1)
+        rows = torch.arange(masks.shape[0])
+        return masks[rows, best], low_res[rows, best][:, None]
+
+    return predict
+
+
+def predictor_samples(predictor: Any, pairs: Iterable[tuple[Any, Any]]) -> Iterable[tuple[None, Any]]:
+    """(image, ground truth) pairs -> (None, ground truth), setting each image on ``predictor`` first."""
+    for image, gt in pairs:
+        predictor.set_image(image)
+        yield None, gt
