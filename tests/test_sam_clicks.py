@@ -114,6 +114,29 @@ def test_random_clicks_on_an_exact_full_image_mask_fall_back_like_the_official()
     assert clicks.sample_random_points_from_errors(gt, gt, 0)[0].shape == (2, 0, 2)
 
 
+def _exact_distance(region, padding):
+    from scipy import ndimage
+
+    padded = np.pad(region, 1) if padding else region
+    distance = ndimage.distance_transform_edt(padded)
+    return distance[1:-1, 1:-1] if padding else distance
+
+
+def _assert_equal_up_to_exact_ties(gt, pred, padding, ours, theirs):
+    """Equal clicks, except where the official's float32 OpenCV transform picks another pixel of an exact tie
+    (it is not even stable between its own calls there); ours takes the first such pixel in row-major order."""
+    assert torch.equal(ours[1], theirs[1])
+    pred = torch.zeros_like(gt) if pred is None else pred
+    ties = 0
+    for b in (~(ours[0] == theirs[0]).all(-1)[:, 0]).nonzero()[:, 0].tolist():
+        region = (gt[b, 0] & ~pred[b, 0]) if ours[1][b, 0] == 1 else (pred[b, 0] & ~gt[b, 0])
+        distance = _exact_distance(region.numpy(), padding)
+        (ox, oy), (tx, ty) = ours[0][b, 0].long().tolist(), theirs[0][b, 0].long().tolist()
+        assert distance[oy, ox] == distance[ty, tx] and (oy, ox) < (ty, tx)
+        ties += 1
+    assert ties <= 2
+
+
 @pytest.mark.parametrize("padding", [True, False])
 def test_center_clicks_equal_official(padding):
     gen = torch.Generator().manual_seed(2)
@@ -126,8 +149,15 @@ def test_center_clicks_equal_official(padding):
     for p in (pred, None):
         ours = clicks.sample_one_point_from_error_center(gt, p, padding=padding)
         theirs = official.sample_one_point_from_error_center(gt, p, padding=padding)
-        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+        _assert_equal_up_to_exact_ties(gt, p, padding, ours, theirs)
+        again = clicks.sample_one_point_from_error_center(gt, p, padding=padding)
+        assert torch.equal(again[0], ours[0]) and torch.equal(again[1], ours[1])
     assert ours[1].dtype == torch.int32
+    full = torch.ones(1, 1, 6, 7, dtype=torch.bool)  # no pixel outside the error: (0, 0), as the official
+    for p in (True, False):
+        ours = clicks.sample_one_point_from_error_center(full, None, padding=p)
+        theirs = official.sample_one_point_from_error_center(full, None, padding=p)
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
 
 
 def test_center_click_lands_in_the_middle_of_the_larger_error():
@@ -180,3 +210,13 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ConfigError):
         clicks.sample_initial_prompt(gt, 1.5)
     assert np.isfinite(clicks.sample_box_points(gt)[0].numpy()).all()
+
+
+def test_one_pixel_objects_get_a_point_box_and_a_click_on_the_pixel():
+    gt = torch.zeros(1, 1, 9, 9, dtype=torch.bool)
+    gt[0, 0, 4, 6] = True
+    coords, _ = clicks.sample_box_points(gt, generator=torch.Generator().manual_seed(0))
+    assert coords.tolist() == [[[6.0, 4.0], [6.0, 4.0]]]  # zero size: no jitter
+    for method in ("uniform", "center"):
+        points, labels = clicks.get_next_point(gt, None, method, generator=torch.Generator().manual_seed(0))
+        assert points.tolist() == [[[6.0, 4.0]]] and labels.tolist() == [[1]]

@@ -10,7 +10,8 @@
   together with the accumulated clicks (nothing to sample; see :func:`concat_points`).
 
 Shapes: masks are [B, 1, H, W] booleans; points [B, K, 2] as (x, y) pixel coordinates (float);
-labels [B, K] int32. Random samplers take an optional ``torch.Generator`` for reproducible draws.
+labels [B, K] int32. Random samplers take an optional ``torch.Generator`` (on the masks' device) for
+reproducible draws; without one they use torch's global generator, as the official samplers do.
 """
 
 from __future__ import annotations
@@ -138,21 +139,19 @@ def sample_one_point_from_error_center(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One click per mask at the centre of the larger error: the pixel farthest from its region's boundary.
 
-    Euclidean distance transforms of the false-negative and false-positive regions; the click goes to
-    the maximum of the two (positive if it lies in the false negatives, ties go to the false positive,
-    the first pixel in row-major order wins). ``padding`` counts the image border as a boundary.
-    Deterministic (the RITM evaluation protocol). Returns ([B, 1, 2], [B, 1]).
+    Exact Euclidean distance transforms of the false-negative and false-positive regions; the click goes
+    to the maximum of the two (positive if it lies in the false negatives; ties go to the false positive,
+    and among equally distant pixels the first in row-major order wins). ``padding`` counts the image
+    border as a boundary. Deterministic (the RITM evaluation protocol). Returns ([B, 1, 2], [B, 1]).
     """
-    import cv2
-
     pred_masks = _check_masks(gt_masks, pred_masks)
     false_pos, false_neg = (m[:, 0].cpu().numpy() for m in _error_regions(gt_masks, pred_masks))
     width = gt_masks.shape[-1]
     points = torch.zeros(gt_masks.shape[0], 1, 2, dtype=torch.float)
     labels = torch.zeros(gt_masks.shape[0], 1, dtype=torch.int32)
     for b in range(gt_masks.shape[0]):
-        fn_distance = _distance_to_boundary(false_neg[b], padding, cv2).ravel()
-        fp_distance = _distance_to_boundary(false_pos[b], padding, cv2).ravel()
+        fn_distance = _distance_to_boundary(false_neg[b], padding).ravel()
+        fp_distance = _distance_to_boundary(false_pos[b], padding).ravel()
         fn_best, fp_best = int(fn_distance.argmax()), int(fp_distance.argmax())
         positive = bool(fn_distance[fn_best] > fp_distance[fp_best])
         index = fn_best if positive else fp_best
@@ -161,12 +160,20 @@ def sample_one_point_from_error_center(
     return points.to(gt_masks.device), labels.to(gt_masks.device)
 
 
-def _distance_to_boundary(region: np.ndarray, padding: bool, cv2) -> np.ndarray:
-    """L2 distance of each pixel of ``region`` to the nearest pixel outside it (0 outside)."""
-    region = region.astype(np.uint8)
+def _distance_to_boundary(region: np.ndarray, padding: bool) -> np.ndarray:
+    """Exact L2 distance of each pixel of ``region`` to the nearest pixel outside it (0 outside).
+
+    float64 square roots of integer squared distances: equal distances are exactly equal, so ties break
+    the same way on every run (OpenCV's float32 transform differs by an ulp between calls there).
+    A region without any outside pixel (the whole image, no padding) is equally far everywhere.
+    """
+    from scipy import ndimage
+
     if padding:
         region = np.pad(region, 1)
-    distance = cv2.distanceTransform(region, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    if region.all():
+        return np.full(region.shape, np.inf)
+    distance = ndimage.distance_transform_edt(region)
     return distance[1:-1, 1:-1] if padding else distance
 
 
