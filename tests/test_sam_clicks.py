@@ -220,3 +220,20 @@ def test_one_pixel_objects_get_a_point_box_and_a_click_on_the_pixel():
     for method in ("uniform", "center"):
         points, labels = clicks.get_next_point(gt, None, method, generator=torch.Generator().manual_seed(0))
         assert points.tolist() == [[[6.0, 4.0]]] and labels.tolist() == [[1]]
+
+
+def test_correction_clicks_come_from_the_error_or_sometimes_from_the_object():
+    gt, pred = _scene()
+    gts, preds = gt.expand(64, -1, -1, -1), pred.expand(64, -1, -1, -1)
+    false_pos = (pred & ~gt)[0, 0]
+    from_gt = 0
+    for seed in range(100):
+        points, labels = clicks.sample_correction_click(gts, preds, 0.1, generator=torch.Generator().manual_seed(seed))
+        xs, ys = points[..., 0].long(), points[..., 1].long()
+        if bool(labels.all()) and bool(gt[0, 0][ys, xs].all()):  # every click positive inside the object
+            from_gt += 1
+        else:  # from the error: some of 64 clicks land on the false positives, as negatives
+            assert bool((false_pos[ys, xs] == (labels == 0)).all())
+    assert 3 <= from_gt <= 20  # ~10 of 100 batches
+    never = clicks.sample_correction_click(gts, preds, 0.0, generator=torch.Generator().manual_seed(0))
+    assert bool((never[1] == 0).any())

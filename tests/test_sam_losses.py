@@ -82,6 +82,7 @@ CASES = [
     (4, 3, 32, 32, 2, 2, (2,), {"pred_obj_scores": True, "focal_gamma_obj_score": 0.0, "focal_alpha_obj_score": -1}),
     (3, 1, 16, 32, 1, 1, (0, 1, 2), {"pred_obj_scores": True, "focal_gamma_obj_score": 2.0, "focal_alpha_obj_score": 0.25}),
     (3, 3, 16, 16, 2, 1, (1,), {"pred_obj_scores": True, "supervise_all_iou": True, "focal_alpha": 0.5, "focal_gamma": 1}),
+    (4, 3, 24, 24, 3, 1, (0,), losses.OFFICIAL_OPTIONS),
 ]
 
 

@@ -23,6 +23,12 @@ from imseg.errors import ConfigError, InputError
 
 #: Point labels: negative click, positive click, box top-left corner, box bottom-right corner.
 NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = 0, 1, 2, 3
+#: The official SAM 2.1 training recipe on still images: a box first with probability 0.5 (else one
+#: interior click), then 7 correction clicks, each drawn from the whole object instead of the error
+#: with probability 0.1.
+PROB_TO_USE_BOX = 0.5
+NUM_CORRECTION_CLICKS = 7
+PROB_TO_SAMPLE_FROM_GT = 0.1
 
 
 def _check_masks(gt_masks: torch.Tensor, pred_masks: torch.Tensor | None) -> torch.Tensor:
@@ -206,7 +212,7 @@ def concat_points(
 
 def sample_initial_prompt(
     gt_masks: torch.Tensor,
-    prob_to_use_box: float = 0.5,
+    prob_to_use_box: float = PROB_TO_USE_BOX,
     method: str = "uniform",
     *,
     generator: torch.Generator | None = None,
@@ -231,6 +237,23 @@ def sample_initial_prompt(
     else:
         points, labels = get_next_point(gt_masks, None, method, generator=generator)
     return {"point_coords": points, "point_labels": labels}
+
+
+def sample_correction_click(
+    gt_masks: torch.Tensor,
+    pred_masks: torch.Tensor,
+    prob_to_sample_from_gt: float = PROB_TO_SAMPLE_FROM_GT,
+    method: str = "uniform",
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training correction click per object: from the error of ``pred_masks`` ([B, 1, H, W] bool,
+    e.g. ``logits > 0``), or with probability ``prob_to_sample_from_gt`` (one draw per batch) from the
+    object itself, as the official training does. Append it with :func:`concat_points`."""
+    if not 0.0 <= prob_to_sample_from_gt <= 1.0:
+        raise ConfigError(f"prob_to_sample_from_gt must be in [0, 1], got {prob_to_sample_from_gt}")
+    from_gt = prob_to_sample_from_gt > 0 and float(torch.rand((), generator=generator)) < prob_to_sample_from_gt
+    return get_next_point(gt_masks, None if from_gt else pred_masks, method, generator=generator)
 
 
 def split_box_corners(

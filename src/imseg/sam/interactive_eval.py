@@ -88,7 +88,7 @@ def evaluate_interactive(
     if not thresholds or not all(0 < t <= 1 for t in thresholds):
         raise ConfigError(f"IoU thresholds must lie in (0, 1], got {list(thresholds)}")
     box_ious, click_ious = [], []
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: predictors may cache tensors that training reuses later
         for index, (embedding, gt) in enumerate(samples):
             gt = _object_masks(gt, index)
             if gt.shape[0] == 0:

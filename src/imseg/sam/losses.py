@@ -25,8 +25,17 @@ from imseg.errors import ConfigError, InputError
 
 #: Key of the weighted total in the dict returned by :class:`MultiStepMultiMasksAndIous`.
 CORE_LOSS_KEY = "core_loss"
-#: The official SAM 2 weighting (focal : dice : IoU : object score).
+#: The official SAM 2 weighting (focal : dice : IoU : object score). The official SAM 2.1 fine-tuning config
+#: uses it with ``supervise_all_iou=True, iou_use_l1_loss=True, pred_obj_scores=True``, see :data:`OFFICIAL_OPTIONS`.
 OFFICIAL_WEIGHTS = {"loss_mask": 20.0, "loss_dice": 1.0, "loss_iou": 1.0, "loss_class": 1.0}
+#: The other loss options of the official SAM 2.1 fine-tuning config (object-score focal: gamma 0, no alpha).
+OFFICIAL_OPTIONS = {
+    "supervise_all_iou": True,
+    "iou_use_l1_loss": True,
+    "pred_obj_scores": True,
+    "focal_gamma_obj_score": 0.0,
+    "focal_alpha_obj_score": -1.0,
+}
 #: Weights for :class:`MultiStepMultiMasksAndIousBCE` (BCE : dice : IoU : object score).
 BCE_DICE_WEIGHTS = {"loss_mask": 1.0, "loss_dice": 1.0, "loss_iou": 1.0, "loss_class": 1.0}
 
@@ -145,7 +154,8 @@ class MultiStepMultiMasksAndIous(nn.Module):
                 f"weight_dict needs the keys loss_mask, loss_dice, loss_iou (and optionally loss_class); "
                 f"missing {sorted(missing)}, unknown {sorted(unknown)}"
             )
-        self.weight_dict = {"loss_class": 0.0, **weight_dict}
+        self.weight_dict = dict(weight_dict)  # a copy, in the caller's order: the total sums in that order
+        self.weight_dict.setdefault("loss_class", 0.0)
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.supervise_all_iou = supervise_all_iou
