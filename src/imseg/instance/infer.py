@@ -66,7 +66,7 @@ class InstanceSegmenter(Segmenter):
         from .metrics import instance_metrics
 
         if not isinstance(dataset, InstanceDataset):
-            dataset = read_dataset(dataset)
+            dataset = read_dataset(dataset)[1]
         unknown = sorted(set(dataset.categories) - set(self.class_names))
         if unknown:
             raise ConfigError(f"dataset classes {unknown} are not among the model's classes {self.class_names}.")

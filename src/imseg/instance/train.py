@@ -289,7 +289,7 @@ def _read(data: Any, what: str) -> InstanceDataset:
         return data
     if data is None:
         raise ConfigError(f"{what} is missing: pass a dataset path (COCO, YOLO-seg, VOC, labelme, DSB, ...).")
-    return read_dataset(data)
+    return read_dataset(data)[1]
 
 
 def split_dataset(dataset: InstanceDataset, val_fraction: float, seed: int) -> tuple[InstanceDataset, InstanceDataset]:
