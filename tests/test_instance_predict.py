@@ -157,3 +157,45 @@ def test_predict_on_ray_matches_local(run, images, tmp_path):
                 if p.is_file() and p.relative_to(root).parts[0] != MARKER_DIR}
 
     assert files(tmp_path / "ray") == files(tmp_path / "local")  # masks, overlays and coco.json identical
+
+
+@pytest.mark.slow
+def test_sam_refinement_is_sams_own_box_answer(run, dsb_folder, make_sam_checkpoint, tmp_path):
+    """Refined masks equal the official MobileSAM predictor's single-mask answer to each detected box (same random
+    weights), labels and scores stay the detector's; the CLI writes the refined masks."""
+    pytest.importorskip("mobile_sam")
+    from mobile_sam import SamPredictor as OfficialPredictor
+
+    import imseg
+    from conftest import build_official_sam
+    from imseg.instance.refine import SamRefiner
+    from imseg.io import read_image
+
+    checkpoint = make_sam_checkpoint("vit_t")
+    detector = imseg.load(run, device="cpu", score_threshold=0.0)
+    refiner = SamRefiner.build(detector, checkpoint, model="mobile-sam", device="cpu")
+    path = dsb_folder / DSB_IDS[0] / "images" / f"{DSB_IDS[0]}.png"
+    rgb = read_image(path)
+    detections = detector.segment(rgb)
+    refined = refiner.segment(path)
+    assert len(detections) > 1 and len(refined) == len(detections)
+    assert np.array_equal(refined.labels, detections.labels) and refined.class_names == ["nucleus"]
+    np.testing.assert_array_equal(refined.scores, detections.scores)
+    official = OfficialPredictor(build_official_sam("vit_t"))
+    official.set_image(rgb)
+    differ = 0
+    for k, (x, y, w, h) in enumerate(detections.boxes):
+        masks, iou, _ = official.predict(box=np.array([x, y, x + w, y + h]), multimask_output=False)
+        differ += int((masks[0] != refined.masks[k]).sum())
+        assert abs(float(iou[0]) - float(refined.fields["sam_iou"][k])) <= 1e-4
+    assert differ <= 1e-3 * refined.masks.size  # official parity tolerance: near-threshold pixels only
+    assert not np.array_equal(refined.masks, detections.masks)
+
+    out = tmp_path / "refined"
+    result = CliRunner().invoke(app, ["predict", str(path), "--run", str(run), "--out", str(out), "--conf", "0.0",
+                                      "--device", "cpu", "--refine", "sam", "--sam-checkpoint", str(checkpoint)])
+    assert result.exit_code == 0, result.output
+    written = Masks.load(out / "masks" / f"{path.stem}.json")
+    assert np.array_equal(written.masks, refined.masks) and np.array_equal(written.labels, refined.labels)
+    bad = CliRunner().invoke(app, ["predict", str(path), "--run", str(run), "--out", str(out), "--refine", "sam"])
+    assert bad.exit_code == 2 and "needs --sam-checkpoint" in bad.output
