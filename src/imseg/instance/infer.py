@@ -8,30 +8,27 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError, PromptError
-from ..registry import Segmenter
-from .sample import InstanceDataset
+from ..errors import CheckpointError, ConfigError
+from .detections import InstanceEngine, check_thresholds
 
 
-class InstanceSegmenter(Segmenter):
+class InstanceSegmenter(InstanceEngine):
     """Mask R-CNN from a run directory. ``segment(image)`` returns :class:`imseg.Masks` with ``labels``
     (0-based, indexing ``class_names``), ``scores`` and XYWH ``boxes``, detections scoring at least
     ``score_threshold``; a pixel belongs to a mask where its probability exceeds ``mask_threshold``."""
 
     name = "maskrcnn"
-    supports_prompts = False
 
     def __init__(self, model, class_names: list[str], *, score_threshold: float = 0.5, mask_threshold: float = 0.5,
                  device: str = "cpu") -> None:
         from ..device import resolve_device
 
-        for what, value in (("score_threshold", score_threshold), ("mask_threshold", mask_threshold)):
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{what} must be between 0 and 1; got {value}.")
+        check_thresholds(score_threshold, mask_threshold)
         self.device = resolve_device(device)  # "auto", "cpu", "cuda:N", checked
         self.model = model.to(self.device).eval()
         self.class_names = list(class_names)
         self.score_threshold, self.mask_threshold = float(score_threshold), float(mask_threshold)
+        self.max_detections = int(model.roi_heads.detections_per_img)
 
     def detect(self, image: Any, score_threshold: float | None = None):
         """All detections of ``image`` scoring at least ``score_threshold`` (default: the segmenter's)."""
@@ -49,30 +46,6 @@ class InstanceSegmenter(Segmenter):
             output = self.model([tensor])[0]
         masks = detections_to_masks(output, rgb.shape[:2], self.class_names, self.mask_threshold)
         return masks[np.flatnonzero(masks.scores >= threshold)]
-
-    def segment(self, image: Any, *, points=None, labels=None, box=None, **kwargs: Any):
-        if points is not None or labels is not None or box is not None:
-            raise PromptError("Mask R-CNN segments every object it finds and takes no prompts; drop points/labels/box.")
-        if kwargs:
-            raise ConfigError(f"InstanceSegmenter.segment got unknown options {sorted(kwargs)}.")
-        return self.detect(image)
-
-    def evaluate(self, dataset: InstanceDataset | str | os.PathLike, *, max_dets: int = 100) -> dict:
-        """COCO box/mask AP (every detection) and the DSB score / F1@0.5 (detections at ``score_threshold``).
-
-        ``dataset``: an InstanceDataset or a path :func:`imseg.instance.read_dataset` reads; its classes must be
-        among the model's."""
-        from .formats import read_dataset
-        from .metrics import instance_metrics
-
-        if not isinstance(dataset, InstanceDataset):
-            dataset = read_dataset(dataset)[1]
-        unknown = sorted(set(dataset.categories) - set(self.class_names))
-        if unknown:
-            raise ConfigError(f"dataset classes {unknown} are not among the model's classes {self.class_names}.")
-        predictions = [self.detect(s.image_path, score_threshold=0.0) for s in dataset.samples]
-        return instance_metrics(predictions, dataset.samples, self.class_names,
-                                score_threshold=self.score_threshold, max_dets=max_dets)
 
     def __repr__(self) -> str:
         return f"InstanceSegmenter(classes={self.class_names}, score_threshold={self.score_threshold})"

@@ -118,14 +118,10 @@ def collate(batch):
 def detections_to_masks(output: Mapping[str, torch.Tensor], image_size: tuple[int, int], class_names: list[str],
                         mask_threshold: float = 0.5):
     """A torchvision detection dict (one image) as :class:`imseg.Masks` (labels 0-based, XYWH boxes)."""
-    from ..masks import Masks
+    from .detections import arrays_to_masks
 
-    masks = (output["masks"][:, 0] > mask_threshold).cpu().numpy() if len(output["masks"]) else \
-        np.zeros((0, *image_size), bool)
-    boxes = output["boxes"].detach().cpu().numpy().astype(np.float32).reshape(-1, 4)
-    boxes[:, 2:] -= boxes[:, :2]
-    return Masks(masks, scores=output["scores"].detach().cpu().numpy(), boxes=boxes,
-                 labels=output["labels"].cpu().numpy() - 1, class_names=class_names, image_size=image_size)
+    return arrays_to_masks(*(output[k].detach().cpu().numpy() for k in ("boxes", "labels", "scores", "masks")),
+                           image_size, class_names, mask_threshold)
 
 
 def _make_module_class():
