@@ -161,7 +161,7 @@ def _val_instance(run: str, data: str | None, split: str, checkpoint: str | None
         segmenter = load_instance_run(run if weights in ("best", "last") else weights,
                                       weights=weights if weights in ("best", "last") else "best", device=device)
         dataset = evaluation_set(run, data, split)
-        metrics = segmenter.evaluate(dataset, max_dets=int(segmenter.model.roi_heads.detections_per_img))
+        metrics = segmenter.evaluate(dataset)
     except ImsegError as exc:
         fail(str(exc))
     where = "--data" if data is not None else split

@@ -39,7 +39,8 @@ def evaluation_set(run: str | os.PathLike, data: str | None = None, split: str =
     if split not in ("val", "train"):
         raise ConfigError(f"--split must be val or train for an instance run; got {split!r}. To evaluate other "
                           "images pass --data.")
-    train = run_config(run).get("train") or {}
+    config = run_config(run)
+    train = config.get("instance") if isinstance(config.get("instance"), dict) else config.get("train") or {}
     source, val = train.get("data"), train.get("val")
     recorded = lambda v: isinstance(v, str) and not v.startswith("<")  # noqa: E731 - "<in-memory ...>" is not a path
     if split == "val" and recorded(val):

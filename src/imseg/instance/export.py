@@ -51,6 +51,8 @@ def export_instance_run(run: str | os.PathLike, out: str | os.PathLike, *, forma
                           "export without them.")
     check_opset(opset)
     segmenter = load_instance_run(run, device="cpu")
+    if not hasattr(segmenter, "model"):
+        raise ConfigError(f"{run}: only Mask R-CNN instance runs export to ONNX; this is a {segmenter.name} run.")
     model = copy.deepcopy(segmenter.model).cpu().eval()
     model.roi_heads.score_thresh = 0.0
     outdir = prepare_out_dir(out)

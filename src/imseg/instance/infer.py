@@ -52,12 +52,19 @@ class InstanceSegmenter(InstanceEngine):
 
 
 def load_instance_run(path: str | os.PathLike, *, weights: str = "best", device: str = "auto",
-                      score_threshold: float | None = None, mask_threshold: float = 0.5) -> InstanceSegmenter:
-    """An :class:`InstanceSegmenter` from a run directory (``weights/best.pt`` or ``last.pt``) or a checkpoint file."""
+                      score_threshold: float | None = None, mask_threshold: float = 0.5) -> InstanceEngine:
+    """An :class:`InstanceSegmenter` (Mask R-CNN) from a run directory (``weights/best.pt`` or ``last.pt``) or a
+    checkpoint file; a contour-aware U-Net run (:mod:`imseg.instance.unet`) gives its ``UnetInstanceSegmenter``."""
     from .model import build_maskrcnn
     from .train import load_checkpoint
 
     path = Path(path)
+    info = _unet_info(path)
+    if info is not None:
+        from .unet import load_unet_instance
+
+        return load_unet_instance(path, info, weights=weights, device=device, score_threshold=score_threshold,
+                                  mask_threshold=mask_threshold)
     if path.is_dir():
         if weights not in ("best", "last"):
             raise ConfigError(f"weights must be 'best' or 'last'; got {weights!r}.")
@@ -71,6 +78,14 @@ def load_instance_run(path: str | os.PathLike, *, weights: str = "best", device:
     threshold = payload.get("score_threshold", 0.5) if score_threshold is None else score_threshold
     return InstanceSegmenter(model, payload["class_names"], score_threshold=threshold,
                              mask_threshold=mask_threshold, device=device)
+
+
+def _unet_info(path: Path) -> dict | None:
+    """The ``instance`` entry of a contour-aware U-Net run's config.yaml (None for other runs)."""
+    from .evaluate import run_config
+
+    info = run_config(path).get("instance")
+    return info if isinstance(info, dict) and info.get("model") == "unet-watershed" else None
 
 
 def is_instance_run(path: str | os.PathLike) -> bool:
