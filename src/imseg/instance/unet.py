@@ -13,7 +13,7 @@ config.yaml, which :func:`imseg.instance.infer.load_instance_run` reads.
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,10 @@ ARCH = "unet-watershed"
 PIXEL_CLASSES = ["background", "interior", "boundary"]
 
 DEFAULTS: dict[str, Any] = {
-    "data": None, "val": None, "val_fraction": 0.2, "seed": 0, "encoder": "resnet18", "epochs": 100, "imgsz": 320,
-    "batch": 8, "lr": 2e-3, "max_time": None, "workers": 0, "accelerator": "auto", "progress": True,
+    "data": None, "val": None, "val_fraction": 0.2, "seed": 0, "encoder": "resnet18", "epochs": 100, "imgsz": 256,
+    "batch": 4, "lr": 2e-3, "max_time": None, "workers": 0,
+    # half smp's default decoder widths: the decoder's full-resolution stages dominate a U-Net's CPU time
+    "decoder_channels": [128, 64, 32, 16, 16], "accelerator": "auto", "progress": True,
     "min_area": 8, "name": "exp", "project": "runs/train", "exist_ok": False,
     # rims are one pixel wide: scaling stays mild so they survive resampling
     "augment": {"scale": [0.75, 1.33], "vflip": 0.5, "rotate90": 0.5, "color_jitter": 0.2},
@@ -90,15 +92,12 @@ def train_unet_instance(config: dict[str, Any]) -> Path:
                            "Train Mask R-CNN (--model maskrcnn) for several classes.")
     run_dir = increment_run_dir(cfg["project"], cfg["name"], cfg["exist_ok"])
     data = write_pixel_data(train_set, val_set, run_dir / "pixel-data")
-    callbacks = []
-    if cfg["max_time"] is not None:
-        from lightning.pytorch.callbacks import Timer
-
-        callbacks.append(Timer(duration=timedelta(seconds=float(cfg["max_time"])), interval="epoch"))
+    callbacks = [] if cfg["max_time"] is None else [_time_budget(float(cfg["max_time"]))]
     train({"data": data, "model": "unet", "encoder": cfg["encoder"], "epochs": int(cfg["epochs"]),
            "imgsz": int(cfg["imgsz"]), "batch": int(cfg["batch"]), "lr": float(cfg["lr"]), "patience": 0,
            "workers": int(cfg["workers"]), "seed": int(cfg["seed"]), "augment": cfg["augment"], "loss": "ce+dice",
            "accelerator": cfg["accelerator"], "progress": bool(cfg["progress"]), "project": str(run_dir.parent),
+           "model_kwargs": {"decoder_channels": [int(c) for c in cfg["decoder_channels"]]},
            "name": run_dir.name, "exist_ok": True}, callbacks=callbacks)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     plain = _plain(cfg)
@@ -108,6 +107,24 @@ def train_unet_instance(config: dict[str, Any]) -> Path:
         "options": plain}})
     write_yaml(run_dir / "config.yaml", saved)
     return run_dir
+
+
+def _time_budget(seconds: float):
+    """A Lightning callback that ends training before an epoch that would end past ``seconds`` (judged by the
+    mean epoch time so far), so every run ends on a whole, validated epoch within the budget."""
+    import lightning as L
+
+    class TimeBudget(L.Callback):
+        def on_train_start(self, trainer, module) -> None:
+            self.started = time.monotonic()
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            elapsed = time.monotonic() - self.started
+            done = trainer.current_epoch + 1
+            if elapsed + elapsed / done > seconds:
+                trainer.should_stop = True
+
+    return TimeBudget()
 
 
 def split_instances(probs: np.ndarray, class_names: list[str], *, mask_threshold: float = 0.5, min_area: int = 8):
