@@ -82,3 +82,11 @@ def test_train_load_val_predict_on_real_nuclei(data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     coco = json.loads((out / "coco.json").read_text())
     assert len(coco["annotations"]) == len(imseg.load(run, device="cpu").segment(image))
+
+
+def test_cli_unet_watershed_refuses_resume(tmp_path):
+    from imseg.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--task", "instance", "--model", "unet-watershed", "--data",
+                                      str(tmp_path), "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "trains from scratch in one go" in result.output, result.output

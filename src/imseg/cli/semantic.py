@@ -27,7 +27,8 @@ def train_cmd(
     task: str = typer.Option("semantic", "--task", help="semantic (a class per pixel) or instance (Mask R-CNN: a mask "
                              "per object; data in any format `imseg convert` reads)."),
     model: str = typer.Option(None, "--model", help="Architecture: unet, unet++, fpn, deeplabv3+, segformer, ... "
-                              "(default unet); maskrcnn for --task instance."),
+                              "(default unet); --task instance: maskrcnn or unet-watershed (a contour-aware "
+                              "U-Net, lighter on CPUs)."),
     backbone: str = typer.Option("resnet18", "--backbone", help="--task instance: resnet18/34/50 or mobilenet_v3."),
     encoder: str = typer.Option("resnet34", "--encoder", help="smp encoder (resnet18/34/50, efficientnet-b0, ...) or tu-<timm>."),
     weights: str = typer.Option("none", "--weights", help="Encoder weights: none or imagenet (needs a download)."),

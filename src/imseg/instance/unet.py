@@ -183,7 +183,10 @@ def load_unet_instance(run: str | os.PathLike, info: dict, *, weights: str = "be
                        score_threshold: float | None = None, mask_threshold: float = 0.5) -> UnetInstanceSegmenter:
     from ..semantic.infer import load_run
 
-    semantic = load_run(run, checkpoint=weights, device=device)
+    path = Path(run)
+    # a weights file (RUN/weights/x.pt) is that checkpoint of its run
+    semantic = load_run(path.parent.parent, checkpoint=str(path), device=device) if path.is_file() else \
+        load_run(path, checkpoint=weights, device=device)
     return UnetInstanceSegmenter(semantic, info["class_names"],
                                  score_threshold=0.5 if score_threshold is None else score_threshold,
                                  mask_threshold=mask_threshold, min_area=int(info.get("min_area", 8)))
