@@ -65,7 +65,8 @@ def print_tables(title: str, metrics: dict, class_names: list[str]) -> None:
     from rich.table import Table
 
     console = Console()
-    coco = Table(title=f"{title}: COCO AP")
+    console.print(title, soft_wrap=True)  # a run path may be long: one unwrapped line above the tables
+    coco = Table(title="COCO AP")
     for col in ("", "AP", "AP50", "AP75"):
         coco.add_column(col, justify="left" if not col else "right")
     for prefix, label in (("box", "box"), ("mask", "mask")):
