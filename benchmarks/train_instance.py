@@ -1,11 +1,13 @@
-"""Mask R-CNN on DSB 2018 nuclei against the classical Otsu + watershed baseline, on one seeded train/val split.
+"""Instance segmentation on DSB 2018 nuclei against the classical Otsu + watershed baseline, one seeded train/val split.
 
-Trains ``imseg.instance.train_instance`` within a time budget, then reports on the validation images:
-the DSB 2018 score (mean over IoU 0.50:0.05:0.95 of TP/(TP+FP+FN)), F1 at IoU 0.5 and COCO mask AP, for the
-trained model (``best.pt``) and for ``imseg.load("watershed", threshold="otsu")``.
+Trains from scratch within a time budget, then reports on the validation images the DSB 2018 score (mean over
+IoU 0.50:0.05:0.95 of TP/(TP+FP+FN) per image, averaged), F1 at IoU 0.5 and COCO mask AP, for the trained model
+(``best.pt``) and for ``imseg.load("watershed", threshold="otsu")``. ``--arch unet`` (the default) is the
+contour-aware U-Net (:mod:`imseg.instance.unet`), ``--arch maskrcnn`` torchvision's Mask R-CNN. The run directory
+is what ``imseg.load`` / ``imseg val --run`` read; ``benchmark.json`` in it holds the figures, the time and the load.
 
 Usage: .venv/bin/python benchmarks/train_instance.py --data ../shared/data/dsb2018-nuclei --out runs/bench/dsb
-       [--minutes 60] [--epochs 100] [--imgsz 512] [--backbone resnet18] [--val-fraction 0.2] [--seed 0]
+       [--arch unet|maskrcnn] [--minutes 20] [--epochs 100] [--imgsz N] [--batch N] [--val-fraction 0.2] [--seed 0]
        [--limit N] (use only N images: a quick check that the script runs)
 """
 
@@ -13,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +26,11 @@ from imseg.instance.formats import read_dsb
 from imseg.instance.infer import load_instance_run
 from imseg.instance.metrics import instance_metrics
 from imseg.instance.train import split_dataset, train_instance
+from imseg.instance.unet import train_unet_instance
 from imseg.masks import Masks
 
-KEYS = ("dsb_score", "f1_50", "mask_ap", "mask_ap50")
+KEYS = ("dsb_score", "f1_50", "precision_50", "recall_50", "mask_ap", "mask_ap50")
+MAX_DETS = 1000  # dense images hold several hundred nuclei
 
 
 def watershed_scores(val, names: list[str]) -> dict:
@@ -37,18 +44,40 @@ def watershed_scores(val, names: list[str]) -> dict:
         predictions.append(Masks(found.masks, scores=found.areas / max(1, found.areas.max(initial=1)),
                                  labels=np.zeros(len(found), np.int64), class_names=names,
                                  image_size=(sample.height, sample.width)))
-    return instance_metrics(predictions, val.samples, names, max_dets=1000)
+    return instance_metrics(predictions, val.samples, names, max_dets=MAX_DETS)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def train(args, data, limited: bool) -> Path:
+    common = {"val_fraction": args.val_fraction, "seed": args.seed, "epochs": 1 if limited else args.epochs,
+              "max_time": args.minutes * 60, "project": args.out.parent, "name": args.out.name, "exist_ok": True,
+              "accelerator": args.accelerator}
+    if args.arch == "unet":
+        return train_unet_instance({**common, "data": data, "imgsz": args.imgsz or 256, "batch": args.batch or 4})
+    return train_instance({
+        **common, "data": data, "backbone": "resnet18", "imgsz": args.imgsz or 512, "batch": args.batch or 2,
+        "detections": 300, "proposals": 64 if limited else 1000, "channels": 32 if limited else 256,
+    })
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="run directory to create")
-    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--arch", choices=("unet", "maskrcnn"), default="unet")
+    parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--imgsz", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--imgsz", type=int, default=None, help="default 256 (unet) / 512 (maskrcnn)")
+    parser.add_argument("--batch", type=int, default=None, help="default 4 (unet) / 2 (maskrcnn)")
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None)
@@ -59,22 +88,24 @@ def main() -> None:
     if args.limit:
         root = args.data / "train" if (args.data / "train").is_dir() else args.data
         ids = sorted(p.name for p in root.iterdir() if p.is_dir())[: args.limit]
-    data = read_dsb(args.data, ids=ids)
-    train, val = split_dataset(data, args.val_fraction, args.seed)
-    small = args.limit is not None
-    run = train_instance({
-        "data": train, "val": val, "backbone": args.backbone, "epochs": 1 if small else args.epochs,
-        "imgsz": args.imgsz, "batch": args.batch, "seed": args.seed, "max_time": args.minutes * 60,
-        "detections": 300, "proposals": 64 if small else 1000, "channels": 32 if small else 256,
-        "project": args.out.parent, "name": args.out.name, "exist_ok": True, "accelerator": args.accelerator,
-    })
+    dataset = read_dsb(args.data, ids=ids)
+    _, val = split_dataset(dataset, args.val_fraction, args.seed)  # the split training makes from the same seed
+    load_before = os.getloadavg()
+    start = time.monotonic()
+    # the whole set by path, so the run records it and `imseg val --run` re-makes this split
+    run = train(args, dataset if ids else str(args.data), ids is not None)
+    seconds = time.monotonic() - start
     model = load_instance_run(run, device="cuda" if args.accelerator == "gpu" else "cpu")
     results = {
-        "split": {"train": len(train), "val": len(val), "seed": args.seed, "val_fraction": args.val_fraction},
+        "arch": args.arch, "split": {"train": len(dataset) - len(val), "val": len(val), "seed": args.seed,
+                                     "val_fraction": args.val_fraction},
+        "train_seconds": round(seconds, 1), "budget_minutes": args.minutes,
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "load_before": [round(v, 2) for v in load_before],
+                    "load_after": [round(v, 2) for v in os.getloadavg()]},
     }
-    for name, metrics in (("maskrcnn", model.evaluate(val, max_dets=300)),
-                          ("watershed_otsu", watershed_scores(val, list(data.categories)))):
-        results[name] = {k: metrics[k] for k in KEYS}
+    for name, metrics in ((args.arch, model.evaluate(val, max_dets=MAX_DETS)),
+                          ("watershed_otsu", watershed_scores(val, list(dataset.categories)))):
+        results[name] = {k: round(float(metrics[k]), 4) for k in KEYS}
     (run / "benchmark.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 

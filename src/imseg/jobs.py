@@ -214,6 +214,37 @@ def build_predict_job(run: str, *, checkpoint: str | None = None, device: str = 
     return job
 
 
+def build_instance_predict_job(run: str, *, checkpoint: str | None = None, device: str = "auto", fmt: str = "coco",
+                               overlay: bool = True, score_threshold: float | None = None, refine: str | None = None,
+                               sam_checkpoint: str | None = None, sam_model: str = "mobile-sam") -> SegmentJob:
+    """An instance run (Mask R-CNN) as a :class:`SegmentJob`: its masks with labels, class names and scores in
+    ``fmt`` (``coco``: one ``coco.json`` for the folder), overlays; ``refine="sam"`` re-segments each detected box
+    with SAM (``sam_checkpoint``) and keeps its label and score."""
+    from .instance.infer import load_instance_run
+
+    if refine not in (None, "sam"):
+        raise ConfigError(f"--refine must be sam (or left out); got {refine!r}.")
+    if refine is None and sam_checkpoint is not None:
+        raise ConfigError("--sam-checkpoint is only used with --refine sam; add --refine sam or drop it.")
+    weights = checkpoint or "best"
+    source = run if weights in ("best", "last") else weights
+    segmenter = load_instance_run(source, weights=weights if weights in ("best", "last") else "best", device=device,
+                                  score_threshold=score_threshold)
+    if refine == "sam":
+        from .instance.refine import SamRefiner
+
+        segmenter = SamRefiner.build(segmenter, sam_checkpoint, model=sam_model, device=device)
+    settings = {"run": str(Path(run).resolve()), "checkpoint": checkpoint, "score_threshold": score_threshold,
+                "refine": refine, "sam_model": sam_model if refine else None,
+                "sam_checkpoint": None if sam_checkpoint is None else str(Path(sam_checkpoint).resolve())}
+    job = SegmentJob(segmenter, settings, fmt=fmt, overlay=overlay)
+    job.name, job.verb = "predict", "predicted"
+    job.recipe = functools.partial(build_instance_predict_job, run, checkpoint=checkpoint, device=device, fmt=fmt,
+                                   overlay=overlay, score_threshold=score_threshold, refine=refine,
+                                   sam_checkpoint=sam_checkpoint, sam_model=sam_model)
+    return job
+
+
 class ClassicalJob(BatchJob):
     """A classical method's label map per image (``<name>.png``; uint16 above 255 regions)."""
 

@@ -27,7 +27,8 @@ def train_cmd(
     task: str = typer.Option("semantic", "--task", help="semantic (a class per pixel) or instance (Mask R-CNN: a mask "
                              "per object; data in any format `imseg convert` reads)."),
     model: str = typer.Option(None, "--model", help="Architecture: unet, unet++, fpn, deeplabv3+, segformer, ... "
-                              "(default unet); maskrcnn for --task instance."),
+                              "(default unet); --task instance: maskrcnn or unet-watershed (a contour-aware "
+                              "U-Net, lighter on CPUs)."),
     backbone: str = typer.Option("resnet18", "--backbone", help="--task instance: resnet18/34/50 or mobilenet_v3."),
     encoder: str = typer.Option("resnet34", "--encoder", help="smp encoder (resnet18/34/50, efficientnet-b0, ...) or tu-<timm>."),
     weights: str = typer.Option("none", "--weights", help="Encoder weights: none or imagenet (needs a download)."),
@@ -136,8 +137,41 @@ def _per_class_table(title: str, class_names: list[str], metrics: dict) -> None:
     typer.echo(f"pixel accuracy {metrics['pixel_accuracy']:.4f}")
 
 
+def _instance_run(run: str) -> bool:
+    from ..instance.infer import is_instance_run
+
+    return is_instance_run(run)
+
+
+def _refuse_options(ctx: typer.Context, names: tuple[str, ...], instance: bool) -> None:
+    """Fail on options of the other kind of run (given on the command line), rather than ignore them."""
+    flags = {"fmt": "--format"}
+    given = sorted(flags.get(n, f"--{n.replace('_', '-')}") for n in names
+                   if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE")
+    if given:
+        kind = ("semantic", "an instance (Mask R-CNN)") if instance else ("instance", "a semantic")
+        fail(f"{', '.join(given)} apply to {kind[0]} runs only; {ctx.params.get('run')} is {kind[1]} run.")
+
+
+def _val_instance(run: str, data: str | None, split: str, checkpoint: str | None, device: str) -> None:
+    from ..instance.evaluate import evaluation_set, print_tables
+    from ..instance.infer import load_instance_run
+
+    try:
+        weights = checkpoint or "best"
+        segmenter = load_instance_run(run if weights in ("best", "last") else weights,
+                                      weights=weights if weights in ("best", "last") else "best", device=device)
+        dataset = evaluation_set(run, data, split)
+        metrics = segmenter.evaluate(dataset)
+    except ImsegError as exc:
+        fail(str(exc))
+    where = "--data" if data is not None else split
+    print_tables(f"{run} on {where} ({len(dataset)} images)", metrics, segmenter.class_names)
+
+
 @app.command("val")
 def val_cmd(
+    ctx: typer.Context,
     run: str = typer.Option(..., "--run", help="Run directory from imseg train (runs/train/exp)."),
     data: str = typer.Option(None, "--data", help="Dataset YAML/dir; default: the run's own dataset."),
     split: str = typer.Option("val", "--split", help="val or test (or train)."),
@@ -154,10 +188,16 @@ def val_cmd(
              "--native: keep native resolution, sliding imgsz tiles (runs trained on native-size crops).",
         show_default=False),
 ) -> None:
-    """Evaluate a run at full resolution: per-class IoU/Dice table and confusion_matrix.png in the run dir."""
+    """Evaluate a run at full resolution: per-class IoU/Dice table and confusion_matrix.png in the run dir;
+    for an instance run, COCO box/mask AP (AP50, AP75, per class) and the DSB 2018 score with F1 at IoU 0.5."""
     from pathlib import Path
 
     import yaml
+
+    if _instance_run(run):
+        _refuse_options(ctx, ("tta", "scales", "resize"), instance=True)
+        _val_instance(run, data, split, checkpoint, device)
+        return
 
     from ..semantic.data import build_datasets, load_data_config
     from ..semantic.infer import load_run, parse_scales
@@ -192,6 +232,7 @@ def val_cmd(
 
 @app.command("predict")
 def predict_cmd(
+    ctx: typer.Context,
     source: str = typer.Argument(..., help="Image file, directory, glob or a .txt list of image paths."),
     run: str = typer.Option(..., "--run", help="Run directory from imseg train."),
     out: str = typer.Option("runs/predict", "--out", help="Output directory: NAME.png label maps + NAME_overlay.png."),
@@ -208,6 +249,12 @@ def predict_cmd(
         help="--resize: scale each image's longer side to the run's imgsz, as training validated (the default); "
              "--native: keep native resolution, sliding imgsz tiles (runs trained on native-size crops).",
         show_default=False),
+    fmt: str = typer.Option("coco", "--format", help="Instance runs: masks as coco (one coco.json), png, rle, "
+                            "polygons or npz."),
+    conf: float = typer.Option(None, "--conf", help="Instance runs: lowest detection score kept (default: the run's)."),
+    refine: str = typer.Option(None, "--refine", help="Instance runs: sam re-segments each detected box with SAM."),
+    sam_checkpoint: str = typer.Option(None, "--sam-checkpoint", help="--refine sam: SAM weights file."),
+    sam_model: str = typer.Option("mobile-sam", "--sam-model", help="--refine sam: mobile-sam or sam-vit-b."),
     engine: str = ENGINE,
     address: str = ADDRESS,
     workers: int = WORKERS,
@@ -215,19 +262,30 @@ def predict_cmd(
     gpus_per_worker: float = GPUS_PER_WORKER,
     batch_size: int = BATCH_SIZE,
 ) -> None:
-    """Predict label maps (PNG, pixel = class id) and colour overlays for images.
+    """Predict label maps (PNG, pixel = class id) and colour overlays for images; for an instance run, masks with
+    labels, class names and scores (masks/, overlays/, coco.json).
 
     A bad file is reported and the others go on; the exit code is 1 when any image failed.
     """
     from ..batch import list_sources
-    from ..jobs import build_predict_job
+    from ..jobs import build_instance_predict_job, build_predict_job
 
     executor = make_executor(engine, address, workers, cpus_per_worker, gpus_per_worker, batch_size)
     root = out_dir(out)
+    instance = _instance_run(run)
+    if instance:
+        _refuse_options(ctx, ("tta", "scales", "overlap", "resize"), instance=True)
+    else:
+        _refuse_options(ctx, ("fmt", "conf", "refine", "sam_checkpoint", "sam_model"), instance=False)
     try:
-        job = build_predict_job(run, checkpoint=checkpoint, device=device, tta=tta, overlap=overlap, resize=resize,
-                                scales=scales)
+        if instance:
+            job = build_instance_predict_job(run, checkpoint=checkpoint, device=device, fmt=fmt, score_threshold=conf,
+                                             refine=refine, sam_checkpoint=sam_checkpoint, sam_model=sam_model)
+        else:
+            job = build_predict_job(run, checkpoint=checkpoint, device=device, tta=tta, overlap=overlap,
+                                    resize=resize, scales=scales)
         paths = list_sources(source)
     except ImsegError as exc:
         fail(str(exc))
-    run_and_exit(paths, job, root, resume=False, executor=executor)
+    # instance outputs resume like `imseg segment` (coco.json is built from the done markers)
+    run_and_exit(paths, job, root, resume=instance, executor=executor)

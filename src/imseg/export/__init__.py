@@ -168,6 +168,13 @@ def export_semantic_model(model, out, *, class_names, mean, std, format: str = "
 def export_run(run, out, *, format: str = "onnx", int8: bool = False, calibration=None, opset: int = 17,
                simplify: bool = False):
     """Export a training run directory (``runs/train/exp``) to ``out``; returns the manifest path."""
+    from ..instance.infer import is_instance_run
+
+    if is_instance_run(run):
+        from ..instance.export import export_instance_run
+
+        return export_instance_run(run, out, format=format, int8=int8, calibration=calibration, opset=opset,
+                                   simplify=simplify)
     model, names, mean, std, name, inference = _run_model(run)
     return export_semantic_model(model, out, class_names=names, mean=mean, std=std, format=format, name=name,
                                  int8=int8, calibration=calibration, opset=opset, simplify=simplify,

@@ -45,6 +45,10 @@ def load_exported(path: str | os.PathLike, device: str = "auto", providers: list
         if unknown:
             raise ConfigError(f"unexpected options for a semantic export: {unknown} (it takes resize=, imgsz=)")
         return OrtSemanticSegmenter(path, device=device, providers=providers, threads=threads, **kwargs)
+    if family == "instance":
+        from .ort_instance import OrtInstanceSegmenter
+
+        return OrtInstanceSegmenter(path, device=device, providers=providers, threads=threads, **kwargs)
     raise ExportError(f"{path}: unknown model family {family!r} in {MANIFEST}.")
 
 

@@ -90,7 +90,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
 
 
 #: files each model family lists in its manifest
-MANIFEST_FILES = {"sam": ("encoder", "decoder"), "semantic": ("model",)}
+MANIFEST_FILES = {"sam": ("encoder", "decoder"), "semantic": ("model",), "instance": ("model",)}
 
 
 def check_manifest(manifest: Any, file: str | os.PathLike = MANIFEST) -> None:
@@ -106,7 +106,7 @@ def check_manifest(manifest: Any, file: str | os.PathLike = MANIFEST) -> None:
         raise bad(f"the export manifest must be a JSON object, got a JSON {type(manifest).__name__}")
     family = manifest.get("family")
     if family not in MANIFEST_FILES:
-        raise bad(f"unknown model family {family!r} (expected 'sam' or 'semantic')")
+        raise bad(f"unknown model family {family!r} (expected 'sam', 'semantic' or 'instance')")
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise bad("the manifest has no 'files' object naming the .onnx files")
@@ -129,7 +129,7 @@ def check_manifest(manifest: Any, file: str | os.PathLike = MANIFEST) -> None:
             raise bad(f"normalization.{key} must be 3 numbers (R, G, B), got {value!r}")
     if any(v == 0 for v in norm["std"]):
         raise bad(f"normalization.std must not contain 0, got {norm['std']!r}")
-    if family == "semantic":
+    if family in ("semantic", "instance"):
         names = manifest.get("class_names")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise bad(f"class_names must be a non-empty list of strings, got {names!r}")

@@ -8,30 +8,27 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError, PromptError
-from ..registry import Segmenter
-from .sample import InstanceDataset
+from ..errors import CheckpointError, ConfigError
+from .detections import InstanceEngine, check_thresholds
 
 
-class InstanceSegmenter(Segmenter):
+class InstanceSegmenter(InstanceEngine):
     """Mask R-CNN from a run directory. ``segment(image)`` returns :class:`imseg.Masks` with ``labels``
     (0-based, indexing ``class_names``), ``scores`` and XYWH ``boxes``, detections scoring at least
     ``score_threshold``; a pixel belongs to a mask where its probability exceeds ``mask_threshold``."""
 
     name = "maskrcnn"
-    supports_prompts = False
 
     def __init__(self, model, class_names: list[str], *, score_threshold: float = 0.5, mask_threshold: float = 0.5,
                  device: str = "cpu") -> None:
         from ..device import resolve_device
 
-        for what, value in (("score_threshold", score_threshold), ("mask_threshold", mask_threshold)):
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{what} must be between 0 and 1; got {value}.")
+        check_thresholds(score_threshold, mask_threshold)
         self.device = resolve_device(device)  # "auto", "cpu", "cuda:N", checked
         self.model = model.to(self.device).eval()
         self.class_names = list(class_names)
         self.score_threshold, self.mask_threshold = float(score_threshold), float(mask_threshold)
+        self.max_detections = int(model.roi_heads.detections_per_img)
 
     def detect(self, image: Any, score_threshold: float | None = None):
         """All detections of ``image`` scoring at least ``score_threshold`` (default: the segmenter's)."""
@@ -50,41 +47,24 @@ class InstanceSegmenter(Segmenter):
         masks = detections_to_masks(output, rgb.shape[:2], self.class_names, self.mask_threshold)
         return masks[np.flatnonzero(masks.scores >= threshold)]
 
-    def segment(self, image: Any, *, points=None, labels=None, box=None, **kwargs: Any):
-        if points is not None or labels is not None or box is not None:
-            raise PromptError("Mask R-CNN segments every object it finds and takes no prompts; drop points/labels/box.")
-        if kwargs:
-            raise ConfigError(f"InstanceSegmenter.segment got unknown options {sorted(kwargs)}.")
-        return self.detect(image)
-
-    def evaluate(self, dataset: InstanceDataset | str | os.PathLike, *, max_dets: int = 100) -> dict:
-        """COCO box/mask AP (every detection) and the DSB score / F1@0.5 (detections at ``score_threshold``).
-
-        ``dataset``: an InstanceDataset or a path :func:`imseg.instance.read_dataset` reads; its classes must be
-        among the model's."""
-        from .formats import read_dataset
-        from .metrics import instance_metrics
-
-        if not isinstance(dataset, InstanceDataset):
-            dataset = read_dataset(dataset)
-        unknown = sorted(set(dataset.categories) - set(self.class_names))
-        if unknown:
-            raise ConfigError(f"dataset classes {unknown} are not among the model's classes {self.class_names}.")
-        predictions = [self.detect(s.image_path, score_threshold=0.0) for s in dataset.samples]
-        return instance_metrics(predictions, dataset.samples, self.class_names,
-                                score_threshold=self.score_threshold, max_dets=max_dets)
-
     def __repr__(self) -> str:
         return f"InstanceSegmenter(classes={self.class_names}, score_threshold={self.score_threshold})"
 
 
 def load_instance_run(path: str | os.PathLike, *, weights: str = "best", device: str = "auto",
-                      score_threshold: float | None = None, mask_threshold: float = 0.5) -> InstanceSegmenter:
-    """An :class:`InstanceSegmenter` from a run directory (``weights/best.pt`` or ``last.pt``) or a checkpoint file."""
+                      score_threshold: float | None = None, mask_threshold: float = 0.5) -> InstanceEngine:
+    """An :class:`InstanceSegmenter` (Mask R-CNN) from a run directory (``weights/best.pt`` or ``last.pt``) or a
+    checkpoint file; a contour-aware U-Net run (:mod:`imseg.instance.unet`) gives its ``UnetInstanceSegmenter``."""
     from .model import build_maskrcnn
     from .train import load_checkpoint
 
     path = Path(path)
+    info = _unet_info(path)
+    if info is not None:
+        from .unet import load_unet_instance
+
+        return load_unet_instance(path, info, weights=weights, device=device, score_threshold=score_threshold,
+                                  mask_threshold=mask_threshold)
     if path.is_dir():
         if weights not in ("best", "last"):
             raise ConfigError(f"weights must be 'best' or 'last'; got {weights!r}.")
@@ -98,6 +78,14 @@ def load_instance_run(path: str | os.PathLike, *, weights: str = "best", device:
     threshold = payload.get("score_threshold", 0.5) if score_threshold is None else score_threshold
     return InstanceSegmenter(model, payload["class_names"], score_threshold=threshold,
                              mask_threshold=mask_threshold, device=device)
+
+
+def _unet_info(path: Path) -> dict | None:
+    """The ``instance`` entry of a contour-aware U-Net run's config.yaml (None for other runs)."""
+    from .evaluate import run_config
+
+    info = run_config(path).get("instance")
+    return info if isinstance(info, dict) and info.get("model") == "unet-watershed" else None
 
 
 def is_instance_run(path: str | os.PathLike) -> bool:

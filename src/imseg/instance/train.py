@@ -118,14 +118,10 @@ def collate(batch):
 def detections_to_masks(output: Mapping[str, torch.Tensor], image_size: tuple[int, int], class_names: list[str],
                         mask_threshold: float = 0.5):
     """A torchvision detection dict (one image) as :class:`imseg.Masks` (labels 0-based, XYWH boxes)."""
-    from ..masks import Masks
+    from .detections import arrays_to_masks
 
-    masks = (output["masks"][:, 0] > mask_threshold).cpu().numpy() if len(output["masks"]) else \
-        np.zeros((0, *image_size), bool)
-    boxes = output["boxes"].detach().cpu().numpy().astype(np.float32).reshape(-1, 4)
-    boxes[:, 2:] -= boxes[:, :2]
-    return Masks(masks, scores=output["scores"].detach().cpu().numpy(), boxes=boxes,
-                 labels=output["labels"].cpu().numpy() - 1, class_names=class_names, image_size=image_size)
+    return arrays_to_masks(*(output[k].detach().cpu().numpy() for k in ("boxes", "labels", "scores", "masks")),
+                           image_size, class_names, mask_threshold)
 
 
 def _make_module_class():
@@ -289,7 +285,7 @@ def _read(data: Any, what: str) -> InstanceDataset:
         return data
     if data is None:
         raise ConfigError(f"{what} is missing: pass a dataset path (COCO, YOLO-seg, VOC, labelme, DSB, ...).")
-    return read_dataset(data)
+    return read_dataset(data)[1]
 
 
 def split_dataset(dataset: InstanceDataset, val_fraction: float, seed: int) -> tuple[InstanceDataset, InstanceDataset]:
@@ -310,7 +306,7 @@ def _config(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown training option(s) {unknown}; known: {', '.join(DEFAULTS)}.")
     cfg = {**DEFAULTS, **config}
     if cfg["model"] != "maskrcnn":
-        raise ConfigError(f"instance model {cfg['model']!r} is not supported; use model='maskrcnn'.")
+        raise ConfigError(f"instance model {cfg['model']!r} is not supported; use maskrcnn or unet-watershed.")
     if cfg["backbone"] not in BACKBONES:
         raise ConfigError(f"backbone {cfg['backbone']!r} is not supported; choose one of {', '.join(BACKBONES)}.")
     for key in ("epochs", "batch", "imgsz"):
@@ -378,7 +374,18 @@ def train_command(data: str, *, model: str = "maskrcnn", backbone: str = "resnet
                   detections: int = 100, max_time: float | None = None, name: str = "exp",
                   project: str = "runs/train", exist_ok: bool = False, resume: str | None = None,
                   accelerator: str = "auto") -> Path:
-    """Flat, typed options for ``imseg train --task instance`` (``weights``: a backbone state_dict file)."""
+    """Flat, typed options for ``imseg train --task instance`` (``weights``: a backbone state_dict file);
+    ``model="unet-watershed"`` trains the contour-aware U-Net (:mod:`imseg.instance.unet`) instead."""
+    if model == "unet-watershed":
+        from .unet import train_unet_instance
+
+        if resume is not None or weights is not None:
+            raise ConfigError("--resume and backbone --weights apply to Mask R-CNN; the unet-watershed model trains "
+                              "from scratch in one go (pass --epochs).")
+        return train_unet_instance({
+            "data": data, "val": val, "val_fraction": val_fraction, "epochs": epochs, "imgsz": imgsz, "batch": batch,
+            "lr": lr, "workers": workers, "seed": seed, "max_time": max_time, "name": name, "project": project,
+            "exist_ok": exist_ok, "accelerator": accelerator})
     return train_instance({
         "data": data, "model": model, "backbone": backbone, "backbone_weights": weights, "val": val,
         "val_fraction": val_fraction, "epochs": epochs, "imgsz": imgsz, "batch": batch, "lr": lr, "workers": workers,

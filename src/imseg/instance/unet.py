@@ -1,0 +1,192 @@
+"""A lighter instance model for CPUs: a contour-aware U-Net whose instances come from a watershed.
+
+The network is imseg's semantic U-Net (segmentation_models_pytorch, trained by :func:`imseg.semantic.train.train`)
+with three classes per pixel: background, object interior and object boundary (the objects' inner one-pixel
+rim, so touching objects are separated by their rims). An image's instances are the connected components of
+the interior, grown back over the foreground (interior or boundary) by a watershed on the boundary-minus-interior
+probability; each object's score is its mean foreground probability. One dense pass per image and no proposals,
+boxes or per-object heads: the cost of a semantic U-Net, which suits CPUs and dense images of many small objects.
+One object class (the data set's first); the run directory is a semantic run plus an ``instance`` entry in its
+config.yaml, which :func:`imseg.instance.infer.load_instance_run` reads.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DatasetError
+from .detections import InstanceEngine, check_thresholds
+from .sample import InstanceDataset, InstanceSample
+
+ARCH = "unet-watershed"
+PIXEL_CLASSES = ["background", "interior", "boundary"]
+
+DEFAULTS: dict[str, Any] = {
+    "data": None, "val": None, "val_fraction": 0.2, "seed": 0, "encoder": "resnet18", "epochs": 100, "imgsz": 256,
+    "batch": 4, "lr": 2e-3, "max_time": None, "workers": 0,
+    # half smp's default decoder widths: the decoder's full-resolution stages dominate a U-Net's CPU time
+    "decoder_channels": [128, 64, 32, 16, 16], "accelerator": "auto", "progress": True,
+    "min_area": 8, "name": "exp", "project": "runs/train", "exist_ok": False,
+    # rims are one pixel wide: scaling stays mild so they survive resampling
+    "augment": {"scale": [0.75, 1.33], "vflip": 0.5, "rotate90": 0.5, "color_jitter": 0.2},
+}
+
+
+def pixel_labels(sample: InstanceSample) -> np.ndarray:
+    """(H, W) uint8 training target: 0 background, 1 interior, 2 an object's inner rim; 255 (ignored) on crowd."""
+    from skimage.segmentation import find_boundaries
+
+    ids = np.zeros((sample.height, sample.width), np.int32)
+    crowd = np.zeros_like(ids, bool)
+    for k, obj in enumerate(sample.objects, start=1):
+        if obj.iscrowd:
+            crowd |= obj.mask.decode()
+        else:
+            ids[obj.mask.decode()] = k
+    out = (ids > 0).astype(np.uint8)
+    out[find_boundaries(ids, mode="inner") & (ids > 0)] = 2
+    out[crowd & (ids == 0)] = 255
+    return out
+
+
+def write_pixel_data(train: InstanceDataset, val: InstanceDataset, root: Path) -> dict:
+    """Images and pixel targets as a semantic folder data set under ``root``; returns its data config dict."""
+    from ..io import read_image, write_image
+
+    stems: dict[str, list[str]] = {"train": [], "val": []}
+    for split, dataset in (("train", train), ("val", val)):
+        for sample in dataset.samples:
+            stem = f"{split}{len(stems[split]):05d}_{sample.stem}"
+            write_image(root / "images" / f"{stem}.png", read_image(sample.image_path))
+            write_image(root / "masks" / f"{stem}.png", pixel_labels(sample))
+            stems[split].append(stem)
+    return {"path": str(root.resolve()), "train": stems["train"], "val": stems["val"], "names": PIXEL_CLASSES,
+            "ignore_index": 255}
+
+
+def train_unet_instance(config: dict[str, Any]) -> Path:
+    """Train the contour-aware U-Net on an instance data set; returns the run directory. Options: see ``DEFAULTS``
+    (``max_time`` in seconds: no epoch starts after it)."""
+    import yaml
+
+    from ..semantic.run import increment_run_dir, write_yaml
+    from ..semantic.train import train
+    from .train import _plain, _read, split_dataset
+
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for {ARCH}; known: {', '.join(DEFAULTS)}.")
+    cfg = {**DEFAULTS, **config}
+    dataset = _read(cfg["data"], "data")
+    if cfg["val"] is not None:
+        train_set, val_set = dataset, _read(cfg["val"], "val")
+    else:
+        train_set, val_set = split_dataset(dataset, cfg["val_fraction"], cfg["seed"])
+    if len(train_set.categories) != 1:
+        raise DatasetError(f"{ARCH} segments one object class; the data has {train_set.categories}. "
+                           "Train Mask R-CNN (--model maskrcnn) for several classes.")
+    run_dir = increment_run_dir(cfg["project"], cfg["name"], cfg["exist_ok"])
+    data = write_pixel_data(train_set, val_set, run_dir / "pixel-data")
+    callbacks = [] if cfg["max_time"] is None else [_time_budget(float(cfg["max_time"]))]
+    train({"data": data, "model": "unet", "encoder": cfg["encoder"], "epochs": int(cfg["epochs"]),
+           "imgsz": int(cfg["imgsz"]), "batch": int(cfg["batch"]), "lr": float(cfg["lr"]), "patience": 0,
+           "workers": int(cfg["workers"]), "seed": int(cfg["seed"]), "augment": cfg["augment"], "loss": "ce+dice",
+           "accelerator": cfg["accelerator"], "progress": bool(cfg["progress"]), "project": str(run_dir.parent),
+           "model_kwargs": {"decoder_channels": [int(c) for c in cfg["decoder_channels"]]},
+           "name": run_dir.name, "exist_ok": True}, callbacks=callbacks)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    plain = _plain(cfg)
+    saved.update({"task": "instance", "instance": {
+        "model": ARCH, "class_names": list(train_set.categories), "min_area": int(cfg["min_area"]),
+        "data": plain["data"], "val": plain["val"], "val_fraction": cfg["val_fraction"], "seed": cfg["seed"],
+        "options": plain}})
+    write_yaml(run_dir / "config.yaml", saved)
+    return run_dir
+
+
+def _time_budget(seconds: float):
+    """A Lightning callback that ends training before an epoch that would end past ``seconds`` (judged by the
+    mean epoch time so far), so every run ends on a whole, validated epoch within the budget."""
+    import lightning as L
+
+    class TimeBudget(L.Callback):
+        def on_train_start(self, trainer, module) -> None:
+            self.started = time.monotonic()
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            elapsed = time.monotonic() - self.started
+            done = trainer.current_epoch + 1
+            if elapsed + elapsed / done > seconds:
+                trainer.should_stop = True
+
+    return TimeBudget()
+
+
+def split_instances(probs: np.ndarray, class_names: list[str], *, mask_threshold: float = 0.5, min_area: int = 8):
+    """Instances from (3, H, W) background/interior/boundary probabilities as :class:`imseg.Masks` (RLE-backed),
+    best score first."""
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    from ..masks import Masks, encode_rle
+
+    foreground = 1.0 - probs[0]
+    seeds, _ = ndimage.label(probs[1] > mask_threshold)
+    regions = watershed(probs[2] - probs[1], seeds, mask=foreground > mask_threshold)
+    ids = np.arange(1, int(regions.max()) + 1)
+    areas = ndimage.sum_labels(np.ones_like(regions), regions, ids) if len(ids) else np.zeros(0)
+    scores = ndimage.mean(foreground, regions, ids) if len(ids) else np.zeros(0)
+    keep = np.flatnonzero(areas >= min_area)
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    slices = ndimage.find_objects(regions)
+    rles = []
+    for k in keep:  # one object at a time: dense images hold hundreds of objects
+        mask = np.zeros(regions.shape, bool)
+        mask[slices[k]] = regions[slices[k]] == ids[k]
+        rles.append(encode_rle(mask[None])[0])
+    return Masks(rles=rles, scores=np.asarray(scores[keep], np.float32), labels=np.zeros(len(keep), np.int64),
+                 class_names=list(class_names), image_size=tuple(probs.shape[1:]))
+
+
+class UnetInstanceSegmenter(InstanceEngine):
+    """The contour-aware U-Net (a semantic segmenter of background/interior/boundary) plus the watershed split."""
+
+    name = ARCH
+
+    def __init__(self, semantic: Any, class_names: list[str], *, score_threshold: float = 0.5,
+                 mask_threshold: float = 0.5, min_area: int = 8, max_detections: int = 1000) -> None:
+        check_thresholds(score_threshold, mask_threshold)
+        if list(semantic.class_names) != PIXEL_CLASSES:
+            raise ConfigError(f"{ARCH} needs a model of the pixel classes {PIXEL_CLASSES}; got {semantic.class_names}.")
+        self.semantic, self.class_names = semantic, list(class_names)
+        self.score_threshold, self.mask_threshold = float(score_threshold), float(mask_threshold)
+        self.min_area, self.max_detections = int(min_area), int(max_detections)
+
+    def detect(self, image: Any, score_threshold: float | None = None):
+        from ..io import read_image
+
+        threshold = self.score_threshold if score_threshold is None else float(score_threshold)
+        found = split_instances(self.semantic.predict_probs(read_image(image)), self.class_names,
+                                mask_threshold=self.mask_threshold, min_area=self.min_area)
+        return found[np.flatnonzero(found.scores >= threshold)[: self.max_detections]]
+
+    def __repr__(self) -> str:
+        return f"UnetInstanceSegmenter(classes={self.class_names}, min_area={self.min_area})"
+
+
+def load_unet_instance(run: str | os.PathLike, info: dict, *, weights: str = "best", device: str = "auto",
+                       score_threshold: float | None = None, mask_threshold: float = 0.5) -> UnetInstanceSegmenter:
+    from ..semantic.infer import load_run
+
+    path = Path(run)
+    # a weights file (RUN/weights/x.pt) is that checkpoint of its run
+    semantic = load_run(path.parent.parent, checkpoint=str(path), device=device) if path.is_file() else \
+        load_run(path, checkpoint=weights, device=device)
+    return UnetInstanceSegmenter(semantic, info["class_names"],
+                                 score_threshold=0.5 if score_threshold is None else score_threshold,
+                                 mask_threshold=mask_threshold, min_area=int(info.get("min_area", 8)))
