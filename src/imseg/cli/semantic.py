@@ -154,10 +154,23 @@ def val_cmd(
              "--native: keep native resolution, sliding imgsz tiles (runs trained on native-size crops).",
         show_default=False),
 ) -> None:
-    """Evaluate a run at full resolution: per-class IoU/Dice table and confusion_matrix.png in the run dir."""
+    """Evaluate a run at full resolution: per-class IoU/Dice table and confusion_matrix.png in the run dir.
+    Fine-tuning runs: box-prompt mIoU, mIoU after 1/3/5 clicks, NoC@85/90, before and after."""
     from pathlib import Path
 
     import yaml
+
+    from ..finetune.run import is_finetune_run
+
+    if is_finetune_run(run):
+        from ..finetune.evaluate import evaluate_run, print_table
+
+        try:
+            results = evaluate_run(run, split=split, data=data, weights=checkpoint or "best", device=device)
+        except ImsegError as exc:
+            fail(str(exc))
+        print_table(run, split, results)
+        return
 
     from ..semantic.data import build_datasets, load_data_config
     from ..semantic.infer import load_run, parse_scales

@@ -98,18 +98,17 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 def mask_losses(logits: torch.Tensor, target: torch.Tensor, weights: dict[str, float]) -> tuple[torch.Tensor, ...]:
     """(K, C, L, L) logits, (K, 1, L, L) 0/1 target -> per-candidate (K, C) mask term (focal or BCE, weighted),
     dice (weighted) and the candidates' true IoU (no gradient)."""
-    from ..sam.losses import dice_loss, sigmoid_focal_loss  # noqa: F401  (official-signature versions)
+    from ..sam.losses import dice_loss, sigmoid_bce_loss, sigmoid_focal_loss
 
-    t = target.expand_as(logits)
-    k = logits.shape[0]
+    logits = logits.float()
+    t = target.expand_as(logits).float()
+    # the official multimask form: per-candidate pixel mean divided by num_objects; num_objects=1 keeps the
+    # per-object values (round_loss averages over objects)
     if "focal" in weights:
-        # official form: per-candidate mean over pixels, divided by the object count (summed later)
-        mask = sigmoid_focal_loss(logits, t, k, alpha=0.25, gamma=2.0, loss_on_multimask=True) * k
-        mask = mask * weights["focal"]
+        mask = sigmoid_focal_loss(logits, t, 1, alpha=0.25, gamma=2.0, loss_on_multimask=True) * weights["focal"]
     else:
-        mask = F.binary_cross_entropy_with_logits(logits.float(), t.float(), reduction="none").flatten(2).mean(-1)
-        mask = mask * weights["bce"]
-    dice = dice_loss(logits, t, k, loss_on_multimask=True) * k * weights["dice"]
+        mask = sigmoid_bce_loss(logits, t, 1, loss_on_multimask=True) * weights["bce"]
+    dice = dice_loss(logits, t, 1, loss_on_multimask=True) * weights["dice"]
     with torch.no_grad():
         pred, tt = logits.detach() > 0, t > 0.5
         inter = (pred & tt).flatten(2).sum(-1).float()

@@ -156,7 +156,7 @@ def finetune(config: FinetuneConfig | dict | None = None, *, resume: Any = None,
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=1, precision=precision,
         gradient_clip_val=cfg.grad_clip, logger=False, callbacks=callbacks + list(extra_callbacks),
         enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=str(run_dir), enable_checkpointing=True,
+        default_root_dir=str(run_dir), enable_checkpointing=False,
     )
     budget.start = time.monotonic()
     trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["val"], ckpt_path=ckpt_path,
