@@ -63,7 +63,7 @@ class FinetuneDataset(torch.utils.data.Dataset):
         else:
             rgb = read_image(sample.image)
             resized = self.transform.apply_image(rgb)
-            item.update(image=torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float(),
+            item.update(image=torch.from_numpy(np.array(resized)).permute(2, 0, 1).float(),
                         input_size=tuple(resized.shape[:2]), original_size=tuple(rgb.shape[:2]))
         full, small = self._object_masks(i, item["original_size"])
         if full.size and full.shape[1:] != tuple(item["original_size"]):

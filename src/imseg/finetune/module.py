@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .recipe import Recipe, interactive_rounds, sample_box
+from .recipe import Recipe, interactive_rounds
 
 TRAIN_MODES = ("decoder", "decoder+prompt", "lora", "all")
 
@@ -69,7 +69,9 @@ def box_iou_of_image(model: Any, embedding: torch.Tensor, item: dict) -> list[fl
     gt_small, full = item["masks"], item["full_masks"]
     if not len(full):
         return []
-    boxes = sample_box(gt_small, 0.0, 0.0, None).to(embedding.device)
+    from ..sam.clicks import mask_to_box
+
+    boxes = mask_to_box(gt_small[:, None] > 0.5)[:, 0].float().to(embedding.device)
     sparse, dense = model.prompt_encoder(points=None, boxes=boxes, masks=None)
     low, _ = model.mask_decoder(embedding, model.prompt_encoder.get_dense_pe(), sparse, dense, False)
     masks = model.postprocess_masks(low.float(), item["input_size"], item["original_size"])[:, 0] > 0
@@ -89,6 +91,11 @@ def make_module(L: Any):
             self.validated_at = -1  # global step of the last validation
             self.val_ious: list[float] = []
             self.val_metrics: dict[str, float] = {}
+
+        def on_train_epoch_start(self) -> None:
+            # the encoder stays in eval mode: its BatchNorm statistics are not re-estimated from single images
+            self.model.train()
+            self.model.image_encoder.eval()
 
         def embed(self, item: dict) -> torch.Tensor:
             """(1, C, g, g): the cached embedding, else the encoder's (cached when the encoder is frozen)."""

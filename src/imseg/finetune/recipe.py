@@ -22,8 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LOSS_PRESETS", "PROMPT_KINDS", "Recipe", "interactive_rounds", "sample_box", "sample_error_click",
-           "sample_interior_point"]
+__all__ = ["LOSS_PRESETS", "PROMPT_KINDS", "Recipe", "interactive_rounds"]
 
 PROMPT_KINDS = ("box", "point", "mask")
 LOSS_PRESETS = {
@@ -37,58 +36,10 @@ class Recipe:
     prompts: tuple[str, ...] = ("box", "point", "mask")
     clicks: int = 2  # correction rounds after the first prompt
     max_objects: int = 8  # objects per image per step
-    box_noise: float = 0.1  # box jitter: std as a fraction of the box side, at most max_box_noise px
-    max_box_noise: float = 20.0
+    box_noise: float = 0.1  # box jitter: up to this fraction of the box side, at most max_box_noise px
+    max_box_noise: int = 20
     loss: str = "bce+dice"
     loss_size: int = 256  # masks are compared at min(imgsz, loss_size) pixels
-
-
-def sample_box(masks: torch.Tensor, noise: float, max_noise: float, gen: torch.Generator | None) -> torch.Tensor:
-    """(K, S, S) -> (K, 4) xyxy boxes around each mask, each coordinate moved by N(0, noise * side) clipped
-    to ``max_noise`` pixels; ``noise = 0`` gives the tight box."""
-    ys, xs = masks.any(2), masks.any(1)
-    idx = torch.arange(masks.shape[-1], device=masks.device, dtype=torch.float32)
-    big = float(masks.shape[-1])
-    x0 = torch.where(xs, idx, big).amin(1)
-    x1 = torch.where(xs, idx, -1.0).amax(1)
-    y0 = torch.where(ys, idx, big).amin(1)
-    y1 = torch.where(ys, idx, -1.0).amax(1)
-    box = torch.stack([x0, y0, x1, y1], 1)
-    if noise > 0:
-        side = torch.stack([x1 - x0, y1 - y0, x1 - x0, y1 - y0], 1)
-        std = (side * noise).clamp(max=max_noise)
-        jitter = torch.randn(box.shape, generator=gen) * std
-        box = box + jitter.clamp(-max_noise, max_noise)
-    return box.clamp(0, masks.shape[-1] - 1)
-
-
-def _uniform_pixel(region: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    """(K, H, W) bool -> (K, 2) xy of one uniformly drawn True pixel each (row 0,0 where a region is empty)."""
-    flat = region.flatten(1).float()
-    weights = flat + (flat.sum(1, keepdim=True) == 0).float() * 1e-12
-    pick = torch.multinomial(weights, 1, generator=gen)[:, 0]
-    w = region.shape[-1]
-    return torch.stack([pick % w, pick // w], 1).float()
-
-
-def sample_interior_point(masks: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    """(K, S, S) -> (K, 1, 2) one positive point drawn uniformly inside each mask."""
-    return _uniform_pixel(masks > 0.5, gen)[:, None]
-
-
-def sample_error_click(pred: torch.Tensor, gt: torch.Tensor, gen: torch.Generator | None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(K, H, W) bool prediction and truth -> ((K, 1, 2) xy, (K, 1) labels): a pixel drawn uniformly from
-    the error region, labelled 1 where the object was missed (false negative), 0 where it was over-taken.
-    An object without error gets a positive click inside it."""
-    gt = gt > 0.5
-    error = pred ^ gt
-    none = ~error.flatten(1).any(1)
-    region = torch.where(none[:, None, None], gt, error)
-    xy = _uniform_pixel(region, gen)
-    x, y = xy[:, 0].long(), xy[:, 1].long()
-    label = gt[torch.arange(len(gt)), y, x].float()
-    return xy[:, None], label[:, None]
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -136,11 +87,18 @@ def interactive_rounds(model: Any, embedding: torch.Tensor, gt: torch.Tensor, re
     target = _resize(gt[:, None], size).gt(0.5).float()
     kinds = [k for k in recipe.prompts if k != "mask"] or ["box"]
     kind = kinds[int(torch.randint(len(kinds), (1,), generator=gen))]
-    boxes = sample_box(gt, recipe.box_noise, recipe.max_box_noise, gen) if kind == "box" else None
+    from ..sam.clicks import sample_box_points, sample_random_points_from_errors
+
+    masks = gt[:, None] > 0.5
+    boxes = None
     coords = torch.zeros(len(gt), 0, 2)
     labels = torch.zeros(len(gt), 0)
-    if kind == "point":
-        coords, labels = sample_interior_point(gt, gen), torch.ones(len(gt), 1)
+    if kind == "box":
+        corners, _ = sample_box_points(masks.cpu(), recipe.box_noise, recipe.max_box_noise, generator=gen)
+        boxes = corners.reshape(len(gt), 4).to(embedding.device)
+    else:  # one positive click uniform inside the object (no prediction yet)
+        coords, point_labels = sample_random_points_from_errors(masks.cpu(), None, 1, generator=gen)
+        labels = point_labels.float()
     mask_input = None
     total, stats = 0.0, {}
     dense_pe = model.prompt_encoder.get_dense_pe()
@@ -161,9 +119,9 @@ def interactive_rounds(model: Any, embedding: torch.Tensor, gt: torch.Tensor, re
             stats["iou_round0" if step == 0 else "iou_last"] = float((inter / union).mean())
         if step == recipe.clicks:
             break
-        xy, lab = sample_error_click(chosen.cpu(), target[:, 0].cpu(), gen)
+        xy, lab = sample_random_points_from_errors(target.cpu() > 0.5, chosen[:, None].cpu(), 1, generator=gen)
         coords = torch.cat([coords, (xy + 0.5) * scale - 0.5], 1)
-        labels = torch.cat([labels, lab], 1)
+        labels = torch.cat([labels, lab.float()], 1)
         if "mask" in recipe.prompts:
             mask_input = low_res.detach()[rows, best][:, None]
     return total, stats
