@@ -100,7 +100,7 @@ def build_callbacks(L: Any, cfg: Any, run_dir: Path, start: str, data: Any, prec
             epoch = int(trainer.current_epoch)
             now = self._counts(module)
             row = {"epoch": epoch, "train_loss": loss, "train_iou": iou, "val_box_miou": metrics.get("box_miou"),
-                   "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
+                   "lr": max(float(g["lr"]) for g in trainer.optimizers[0].param_groups),
                    "epoch_s": round(time.monotonic() - self.epoch_start, 2),
                    "encoder_calls": now[0] - self.counts[0], "cache_hits": now[1] - self.counts[1],
                    "cache_misses": now[2] - self.counts[2]}
