@@ -44,15 +44,16 @@ class FtSample:
     ignore_index: int = 255
     min_area: int = 4
 
-    def masks(self) -> np.ndarray:
-        """(K, H, W) bool: the object masks with at least ``min_area`` pixels (K may be 0)."""
+    def masks(self, keep_small: bool = False) -> np.ndarray:
+        """(K, H, W) bool: the object masks with at least ``min_area`` pixels (all with ``keep_small``; K may
+        be 0)."""
         if self.label is not None:
             from ..semantic.data.masks import read_mask
 
             found = _label_objects(read_mask(self.label, self.ignore_index), self.mode, self.ignore_index)
         else:
             found = [obj.decode().astype(bool) for obj in self.objects]
-        kept = [m for m in found if int(m.sum()) >= self.min_area]
+        kept = [m for m in found if keep_small or int(m.sum()) >= self.min_area]
         if not kept:
             return np.zeros((0, 0, 0), bool)
         return np.stack(kept)
@@ -152,7 +153,11 @@ def _from_instances(data: Any, fmt: str, min_area: int, val_fraction: float, see
 def _check_objects(result: FinetuneData, min_area: int) -> None:
     """Count objects per split (decoding every mask once); refuse a train/val split without any object."""
     for split, samples in result.splits.items():
-        counts = [len(s.masks()) for s in samples]
+        every = [s.masks(keep_small=True) for s in samples]
+        counts = [int((m.reshape(len(m), -1).sum(1) >= min_area).sum()) if len(m) else 0 for m in every]
+        small = sum(len(m) for m in every) - sum(counts)
+        if small:
+            result.notes.append(f"{split}: {small} object(s) under {min_area} px left out (too small to prompt)")
         empty = sum(c == 0 for c in counts)
         if empty:
             result.notes.append(f"{split}: {empty} of {len(samples)} image(s) have no object of >= {min_area} px "
