@@ -119,3 +119,44 @@ def test_time_budget_stops_saves_and_validates(run, horse):
     rows = _rows(result.run_dir)
     assert len(rows) == 1 and rows[0]["val_box_miou"] != ""
     assert result.last.is_file() and result.best.is_file() and (result.run_dir / "weights" / "last.ckpt").is_file()
+
+
+def test_lora_run_saves_merged_official_weights(run, horse):
+    tmp, _ = run
+    from mobile_sam import sam_model_registry
+
+    result = finetune(**_options(tmp, horse, name="lora", epochs=1, train="lora", lora_rank=4))
+    state = torch.load(result.last, weights_only=True)
+    assert not any("lora" in key for key in state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sam_model_registry["vit_t"](checkpoint=str(result.last))  # strict load into the official model
+
+
+def test_val_reports_before_and_after(run):
+    _, result = run
+    from imseg.finetune.evaluate import evaluate_run
+
+    scores = evaluate_run(result.run_dir, split="val")
+    assert set(scores) == {"start", "fine-tuned"}
+    for row in scores.values():
+        assert {"box_mIoU", "mIoU@1", "mIoU@3", "mIoU@5", "NoC@85", "NoC@90"} <= set(row)
+        assert 1 <= row["NoC@90"] <= 20 and row["objects"] == 2
+    assert scores["start"] != scores["fine-tuned"]
+
+
+def test_export_and_cli_val_of_a_run(run, tmp_path):
+    _, result = run
+    import json
+
+    from typer.testing import CliRunner
+
+    from imseg.cli import app
+    from imseg.export import export_model
+
+    manifest = export_model(run=str(result.run_dir), out=tmp_path / "export")
+    info = json.loads(manifest.read_text())
+    assert info["img_size"] == IMGSZ and all((manifest.parent / f).is_file() for f in info["files"].values())
+    out = CliRunner().invoke(app, ["val", "--run", str(result.run_dir)])
+    assert out.exit_code == 0, out.output
+    assert "fine-tuned" in out.output and "start" in out.output and "NoC@90" in out.output

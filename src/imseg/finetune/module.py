@@ -23,14 +23,15 @@ def set_trainable(model: torch.nn.Module, train: str, lora_rank: int = 8) -> boo
     ``lora`` adds rank-``lora_rank`` adapters to the encoder's attention projections (only they train there)."""
     if train not in TRAIN_MODES:
         raise ConfigError(f"--train must be one of {', '.join(TRAIN_MODES)}; got {train!r}.")
-    model.requires_grad_(train == "all")
-    model.mask_decoder.requires_grad_(True)
-    if train != "decoder":
-        model.prompt_encoder.requires_grad_(True)
     if train == "lora":
         from ..sam.lora import apply_lora
 
-        apply_lora(model.image_encoder, rank=lora_rank)
+        apply_lora(model, rank=lora_rank)  # freezes everything but the adapters
+    else:
+        model.requires_grad_(train == "all")
+    model.mask_decoder.requires_grad_(True)
+    if train != "decoder":
+        model.prompt_encoder.requires_grad_(True)
     return train in ("decoder", "decoder+prompt")
 
 

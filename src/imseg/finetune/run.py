@@ -20,8 +20,8 @@ from ..errors import CheckpointError, ConfigError, ModelNotFoundError
 CSV_FIELDS = ("epoch", "train_loss", "train_iou", "val_box_miou", "lr", "epoch_s", "encoder_calls", "cache_hits",
               "cache_misses")
 
-__all__ = ["CSV_FIELDS", "build_start_model", "is_finetune_run", "load_finetune_run", "official_state_dict",
-           "read_run_config", "save_official"]
+__all__ = ["CSV_FIELDS", "build_start_model", "export_finetune_run", "is_finetune_run", "load_finetune_run",
+           "official_state_dict", "read_run_config", "save_official"]
 
 
 def build_start_model(model: str, checkpoint: str | os.PathLike | None, imgsz: int, *, allow_random: bool = False,
@@ -58,14 +58,10 @@ def build_start_model(model: str, checkpoint: str | os.PathLike | None, imgsz: i
 
 def official_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights as the official code names them; LoRA adapters merged into plain weights."""
-    import copy
+    from ..sam.lora import has_lora, merge_lora
 
-    if any("lora" in name for name, _ in model.named_parameters()):
-        from ..sam.lora import merge_lora
-
-        model = copy.deepcopy(model)
-        merge_lora(model)
-    return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    state = merge_lora(model) if has_lora(model) else model.state_dict()
+    return {k: v.detach().to("cpu").clone() for k, v in state.items()}
 
 
 def save_official(path: Path, model: torch.nn.Module) -> Path:
@@ -153,3 +149,19 @@ def load_finetune_run(path: str | os.PathLike, *, weights: str = "best", device:
     if kwargs:
         raise ConfigError(f"unknown options for a fine-tuning run: {sorted(kwargs)}; known: weights, device, dtype.")
     return SamSegmenter(predictor, name=f"{cfg['model']} fine-tuned ({run.name})", checkpoint=str(file))
+
+
+def export_finetune_run(run: str | os.PathLike, out: str | os.PathLike, *, weights: str = "best", int8: bool = False,
+                        calibration: Any = None, **options: Any) -> Path:
+    """``imseg export --run RUN`` for a fine-tuning run: SAM's encoder.onnx + decoder.onnx of its weights at
+    the run's input size; returns the manifest path."""
+    from ..export.onnx import export_sam
+
+    cfg = read_run_config(run)
+    model = load_finetune_run(run, weights=weights, device="cpu").model
+    manifest = export_sam(model, out, model_name=f"{cfg['model']} fine-tuned", variant=cfg["variant"], **options)
+    if int8 or calibration is not None:
+        from ..export.quantize import quantize_sam_export
+
+        quantize_sam_export(manifest.parent, calibration=calibration)
+    return manifest
