@@ -104,18 +104,19 @@ def test_official_loaders_read_the_result_and_imseg_loads_the_run(run):
     assert len(masks) >= 1 and masks.masks.shape[-2:] == (48, 80)
 
 
-def test_resume_continues_the_run(run, horse):
-    tmp, _ = run
+def test_resume_continues_the_run(tmp_path, horse):
+    tmp = tmp_path
     first = finetune(**_options(tmp, horse, name="resumed", epochs=1))
     again = finetune(resume=first.run_dir, epochs=2)
     assert again.run_dir == first.run_dir
     assert [int(r["epoch"]) for r in _rows(first.run_dir)] == [0, 1]
 
 
-def test_time_budget_stops_saves_and_validates(run, horse):
-    tmp, _ = run
-    result = finetune(**_options(tmp, horse, name="timed", epochs=50, time=1e-4))
-    assert result.stopped_by_time
+def test_time_budget_stops_saves_and_validates(tmp_path, horse):
+    tmp = tmp_path
+    # one image a step: the budget is over after the first step, in the middle of the first epoch
+    result = finetune(**_options(tmp, horse, name="timed", epochs=50, time=1e-4, batch=1))
+    assert result.stopped_by_time and result.steps == 1
     rows = _rows(result.run_dir)
     assert len(rows) == 1 and rows[0]["val_box_miou"] != ""
     assert result.last.is_file() and result.best.is_file() and (result.run_dir / "weights" / "last.ckpt").is_file()

@@ -150,4 +150,4 @@ def finish(trainer: Any, module: Any, artifacts: Any, budget: Any, val_loader: A
     weights = run_dir / "weights"
     return FinetuneResult(run_dir=run_dir, best=weights / "best.pt", last=weights / "last.pt",
                           metrics=dict(artifacts.best_metrics), epochs_run=int(trainer.current_epoch),
-                          stopped_by_time=budget.hit)
+                          steps=int(trainer.global_step), stopped_by_time=budget.hit)

@@ -82,6 +82,7 @@ class FinetuneResult:
     last: Path
     metrics: dict[str, float] = field(default_factory=dict)
     epochs_run: int = 0
+    steps: int = 0  # optimizer steps taken (over all runs of a resumed run)
     stopped_by_time: bool = False
 
 
