@@ -240,7 +240,12 @@ def load(
             raise ModelNotFoundError(f"{path}: no such run or export directory.")
         if backend == "onnxruntime" or (path / "imseg_export.json").exists():
             return _call_builder("imseg.export.runtime:load_exported", path, device=device, **kwargs)
+        from .finetune.run import is_finetune_run
         from .instance.infer import is_instance_run
+
+        if is_finetune_run(path):
+            return _call_builder("imseg.finetune.run:load_finetune_run", path, weights=str(checkpoint or "best"),
+                                 device=device, **kwargs)
 
         if is_instance_run(path):
             return _call_builder("imseg.instance.infer:load_instance_run", path, device=device, **kwargs)

@@ -143,14 +143,25 @@ def _instance_run(run: str) -> bool:
     return is_instance_run(run)
 
 
-def _refuse_options(ctx: typer.Context, names: tuple[str, ...], instance: bool) -> None:
-    """Fail on options of the other kind of run (given on the command line), rather than ignore them."""
+def _refuse_options(ctx: typer.Context, names: tuple[str, ...], instance: bool, kind: str | None = None) -> None:
+    """Fail on options of the other kind of run (given on the command line), rather than ignore them.
+    ``instance``: the run is not semantic (``kind`` names it when it is not an instance run)."""
     flags = {"fmt": "--format"}
     given = sorted(flags.get(n, f"--{n.replace('_', '-')}") for n in names
                    if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE")
     if given:
-        kind = ("semantic", "an instance (Mask R-CNN)") if instance else ("instance", "a semantic")
-        fail(f"{', '.join(given)} apply to {kind[0]} runs only; {ctx.params.get('run')} is {kind[1]} run.")
+        kinds = ("semantic", kind or "an instance (Mask R-CNN)") if instance else ("instance", "a semantic")
+        fail(f"{', '.join(given)} apply to {kinds[0]} runs only; {ctx.params.get('run')} is {kinds[1]} run.")
+
+
+def _val_finetune(run: str, data: str | None, split: str, checkpoint: str | None, device: str) -> None:
+    from ..finetune.evaluate import evaluate_run, print_table
+
+    try:
+        results = evaluate_run(run, split=split, data=data, weights=checkpoint or "best", device=device)
+    except ImsegError as exc:
+        fail(str(exc))
+    print_table(run, split, results)
 
 
 def _val_instance(run: str, data: str | None, split: str, checkpoint: str | None, device: str) -> None:
@@ -189,11 +200,18 @@ def val_cmd(
         show_default=False),
 ) -> None:
     """Evaluate a run at full resolution: per-class IoU/Dice table and confusion_matrix.png in the run dir;
-    for an instance run, COCO box/mask AP (AP50, AP75, per class) and the DSB 2018 score with F1 at IoU 0.5."""
+    for an instance run, COCO box/mask AP (AP50, AP75, per class) and the DSB 2018 score with F1 at IoU 0.5;
+    for a fine-tuning run, box-prompt mIoU, mIoU after 1/3/5 clicks and NoC@85/90, before and after."""
     from pathlib import Path
 
     import yaml
 
+    from ..finetune.run import is_finetune_run
+
+    if is_finetune_run(run):
+        _refuse_options(ctx, ("tta", "scales", "resize"), instance=True, kind="a fine-tuning (SAM)")
+        _val_finetune(run, data, split, checkpoint, device)
+        return
     if _instance_run(run):
         _refuse_options(ctx, ("tta", "scales", "resize"), instance=True)
         _val_instance(run, data, split, checkpoint, device)

@@ -79,6 +79,11 @@ def export_model(
         check_opset(opset)
     check_out_dir(out)  # nothing is created until the model and checkpoint have been checked
     if run is not None:
+        from ..finetune.run import export_finetune_run, is_finetune_run
+
+        if is_finetune_run(run):  # a fine-tuned SAM: encoder.onnx + decoder.onnx at the run's input size
+            return export_finetune_run(run, out, int8=int8, calibration=calibration, raw_input=raw_input,
+                                       single_mask=single_mask, opset=opset, simplify_graph=simplify)
         if raw_input or single_mask:
             raise ConfigError("--raw-input and --single-mask apply to SAM exports (--model), not to training runs.")
         return export_run(run, out, format=format, int8=int8, calibration=calibration, opset=opset, simplify=simplify)

@@ -16,6 +16,7 @@ _HOMES = {
     "SamAutomaticMaskGenerator": "automatic",
     "SamPredictor": "predictor",
     "build_sam": "compat",
+    "finetune": "..finetune.train",
     "build_sam_vit_b": "compat",
     "build_sam_vit_h": "compat",
     "build_sam_vit_l": "compat",
@@ -30,7 +31,8 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'imseg.sam' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    target = f"imseg.{home[2:]}" if home.startswith("..") else f"{__name__}.{home}"
+    value = getattr(importlib.import_module(target), name)
     globals()[name] = value
     return value
 

@@ -1,0 +1,153 @@
+"""The pieces of the fine-tuning loop around the LightningModule: loaders (with the embedding cache), the
+callbacks that write the run directory and keep the wall-clock budget, and the final validation and plots."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import describe, load_finetune_data
+from .dataset import FinetuneDataset, collate
+from .run import append_metrics, plot_metrics, save_official
+
+__all__ = ["build_callbacks", "build_loaders", "finish"]
+
+
+def build_loaders(cfg: Any, model: torch.nn.Module, frozen: bool, precision: str):
+    """{"train", "val"} DataLoaders, the data, and the embedding cache (None unless the encoder is frozen)."""
+    from .cache import EmbeddingCache, default_cache_root, model_key
+
+    data = load_finetune_data(cfg.data, objects=cfg.objects, min_area=cfg.min_area, val_fraction=cfg.val_fraction,
+                              seed=cfg.seed)
+    cache = None
+    if frozen and cfg.cache:
+        root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_root()
+        cache = EmbeddingCache(root, model_key(model, cfg.imgsz) + ("-bf16" if "bf16" in precision else ""))
+    train = FinetuneDataset(data.splits["train"], cfg.imgsz, cache, flip=True, seed=cfg.seed)
+    val = FinetuneDataset(data.splits["val"], cfg.imgsz, cache, full_masks=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = torch.utils.data.DataLoader
+    loaders = {
+        "train": loader(train, batch_size=cfg.batch, shuffle=True, collate_fn=collate, num_workers=cfg.workers,
+                        generator=gen),
+        "val": loader(val, batch_size=cfg.batch, shuffle=False, collate_fn=collate, num_workers=cfg.workers),
+    }
+    return loaders, data, cache
+
+
+class TimeBudget:
+    """Stops training once ``minutes`` of wall-clock time have passed (checked after every step)."""
+
+    def __init__(self, minutes: float | None) -> None:
+        self.limit = None if minutes is None else minutes * 60.0
+        self.start = time.monotonic()
+        self.hit = False
+
+    def over(self) -> bool:
+        return self.limit is not None and time.monotonic() - self.start >= self.limit
+
+
+def build_callbacks(L: Any, cfg: Any, run_dir: Path, start: str, data: Any, precision: str):
+    from dataclasses import asdict
+
+    from ..semantic.run import _plain, write_yaml
+
+    budget = TimeBudget(cfg.time)
+    config_yaml = {"task": "finetune", "model": cfg.model, "variant": None, "imgsz": cfg.imgsz, "start": start,
+                   "precision": precision, "data": data.spec, "notes": list(data.notes), "train": _plain(asdict(cfg))}
+
+    class RunArtifacts(L.Callback):
+        """metrics.csv, weights/best.pt + last.pt (official layout) and weights/last.ckpt after every epoch."""
+
+        def __init__(self) -> None:
+            self.run_dir, self.best, self.best_epoch = run_dir, -1.0, -1
+            self.best_metrics: dict[str, float] = {}
+            self.epoch_start = time.monotonic()
+            self.counts = (0, 0, 0)
+            self.final_recorded = False
+
+        def state_dict(self) -> dict:
+            return {"best": self.best, "best_epoch": self.best_epoch, "best_metrics": self.best_metrics}
+
+        def load_state_dict(self, state: dict) -> None:
+            self.best, self.best_epoch, self.best_metrics = state["best"], state["best_epoch"], state["best_metrics"]
+
+        def setup(self, trainer, module, stage: str) -> None:
+            (run_dir / "weights").mkdir(parents=True, exist_ok=True)
+            config_yaml["variant"] = module.model.variant
+            write_yaml(run_dir / "config.yaml", config_yaml)
+            print(f"fine-tuning {cfg.model} ({start}, train {cfg.train}, {precision}) on {describe(data)}")
+
+        def _counts(self, module) -> tuple[int, int, int]:
+            cache = module.cache
+            return (module.encoder_calls, cache.hits if cache else 0, cache.misses if cache else 0)
+
+        def on_train_epoch_start(self, trainer, module) -> None:
+            self.epoch_start = time.monotonic()
+            self.counts = self._counts(module)
+            trainer.train_dataloader.dataset.epoch = int(trainer.current_epoch)
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            if budget.over():
+                budget.hit = True
+                trainer.should_stop = True
+
+        def record(self, trainer, module, metrics: dict, loss: float, iou: float) -> None:
+            epoch = int(trainer.current_epoch)
+            now = self._counts(module)
+            row = {"epoch": epoch, "train_loss": loss, "train_iou": iou, "val_box_miou": metrics.get("box_miou"),
+                   "lr": max(float(g["lr"]) for g in trainer.optimizers[0].param_groups),
+                   "epoch_s": round(time.monotonic() - self.epoch_start, 2),
+                   "encoder_calls": now[0] - self.counts[0], "cache_hits": now[1] - self.counts[1],
+                   "cache_misses": now[2] - self.counts[2]}
+            append_metrics(run_dir / "metrics.csv", row)
+            save_official(run_dir / "weights" / "last.pt", module.model)
+            score = metrics.get("box_miou", float("nan"))
+            if not np.isnan(score) and score > self.best:
+                self.best, self.best_epoch, self.best_metrics = score, epoch, dict(metrics, epoch=epoch)
+                save_official(run_dir / "weights" / "best.pt", module.model)
+            trainer.save_checkpoint(run_dir / "weights" / "last.ckpt", weights_only=False)
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            if budget.hit and module.validated_at != trainer.global_step:
+                return  # stopped inside the epoch without validating: finish() validates this state, then records it
+            self.final_recorded = budget.hit
+            logged = trainer.callback_metrics
+            self.record(trainer, module, dict(module.val_metrics), float(logged.get("train/loss", float("nan"))),
+                        float(logged.get("train/iou", float("nan"))))
+
+    artifacts = RunArtifacts()
+    return [artifacts], artifacts, budget
+
+
+def _validate(module: Any, loader: Any) -> dict[str, float]:
+    module.eval()
+    module.on_validation_epoch_start()
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            module.validation_step(batch, i)
+    ious = module.val_ious
+    module.val_metrics = {"box_miou": float(np.mean(ious)) if ious else float("nan"), "objects": len(ious)}
+    return module.val_metrics
+
+
+def finish(trainer: Any, module: Any, artifacts: Any, budget: Any, val_loader: Any):
+    """After fit: a run stopped by the time budget is validated and saved as at a normal end; plots."""
+    from .train import FinetuneResult
+
+    run_dir = artifacts.run_dir
+    if budget.hit and not artifacts.final_recorded:
+        metrics = _validate(module, val_loader)
+        logged = trainer.callback_metrics
+        artifacts.record(trainer, module, metrics, float(logged.get("train/loss", float("nan"))),
+                         float(logged.get("train/iou", float("nan"))))
+    if (run_dir / "metrics.csv").is_file():
+        plot_metrics(run_dir / "metrics.csv", run_dir / "results.png")
+    weights = run_dir / "weights"
+    return FinetuneResult(run_dir=run_dir, best=weights / "best.pt", last=weights / "last.pt",
+                          metrics=dict(artifacts.best_metrics), epochs_run=int(trainer.current_epoch),
+                          steps=int(trainer.global_step), stopped_by_time=budget.hit)

@@ -1,0 +1,167 @@
+"""The LightningModule of SAM fine-tuning: which weights train, the optimizer (AdamW, warm-up + cosine,
+layer-wise decay of the encoder's learning rate), the train step (:mod:`.recipe`) and box-prompt validation."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .recipe import Recipe, interactive_rounds
+
+TRAIN_MODES = ("decoder", "decoder+prompt", "lora", "all")
+
+__all__ = ["TRAIN_MODES", "box_iou_of_image", "make_module", "set_trainable"]
+
+
+def set_trainable(model: torch.nn.Module, train: str, lora_rank: int = 8) -> bool:
+    """Freeze what ``train`` leaves alone; True when the image encoder is frozen (its outputs can be cached).
+    ``lora`` adds rank-``lora_rank`` adapters to the encoder's attention projections (only they train there)."""
+    if train not in TRAIN_MODES:
+        raise ConfigError(f"--train must be one of {', '.join(TRAIN_MODES)}; got {train!r}.")
+    if train == "lora":
+        from ..sam.lora import apply_lora
+
+        apply_lora(model, rank=lora_rank)  # freezes everything but the adapters
+    else:
+        model.requires_grad_(train == "all")
+    model.mask_decoder.requires_grad_(True)
+    if train != "decoder":
+        model.prompt_encoder.requires_grad_(True)
+    return train in ("decoder", "decoder+prompt")
+
+
+def _encoder_depth(name: str) -> tuple[int, int] | None:
+    """(layer index, layer count) position of an image-encoder parameter for layer-wise decay."""
+    m = re.match(r"image_encoder\.(?:blocks|layers)\.(\d+)\.", name)
+    return (int(m.group(1)) + 1, 0) if m else None
+
+
+def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW groups: decoder and prompt encoder at ``lr``; encoder layer i of n at ``lr * layer_decay**(n + 1 - i)``
+    (the patch embedding deepest in decay, the neck at ``lr``); no weight decay on biases and norms."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    depths = [d[0] for n, _ in named if (d := _encoder_depth(n))]
+    n_layers = max(depths, default=0)
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in named:
+        scale = 1.0
+        if name.startswith("image_encoder."):
+            d = _encoder_depth(name)
+            layer = d[0] if d else (0 if ("patch_embed" in name or "pos_embed" in name) else n_layers + 1)
+            scale = layer_decay ** (n_layers + 1 - layer)
+        decay = 0.0 if param.ndim <= 1 or name.endswith(".bias") else weight_decay
+        groups.setdefault((scale, decay), []).append(param)
+    return [{"params": ps, "lr": lr * s, "weight_decay": wd, "lr_scale": s} for (s, wd), ps in groups.items()]
+
+
+def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    union = np.logical_or(pred, gt).sum()
+    return float(np.logical_and(pred, gt).sum() / union) if union else 1.0
+
+
+@torch.no_grad()
+def box_iou_of_image(model: Any, embedding: torch.Tensor, item: dict) -> list[float]:
+    """IoU of each object's mask from its tight box (one output), at the original image size."""
+    gt_small, full = item["masks"], item["full_masks"]
+    if not len(full):
+        return []
+    from ..sam.clicks import mask_to_box
+
+    boxes = mask_to_box(gt_small[:, None] > 0.5)[:, 0].float().to(embedding.device)
+    sparse, dense = model.prompt_encoder(points=None, boxes=boxes, masks=None)
+    low, _ = model.mask_decoder(embedding, model.prompt_encoder.get_dense_pe(), sparse, dense, False)
+    masks = model.postprocess_masks(low.float(), item["input_size"], item["original_size"])[:, 0] > 0
+    return [_iou(m, g) for m, g in zip(masks.cpu().numpy(), full, strict=True)]
+
+
+def make_module(L: Any):
+    """The LightningModule class (built lazily: Lightning is imported only when training)."""
+
+    class FinetuneModule(L.LightningModule):
+        def __init__(self, model: torch.nn.Module, cfg: dict, cache: Any = None, frozen: bool = True) -> None:
+            super().__init__()
+            self.model, self.cfg, self.cache, self.frozen = model, cfg, cache, frozen
+            self.recipe = Recipe(prompts=tuple(cfg["prompts"]), clicks=cfg["clicks"], max_objects=cfg["max_objects"],
+                                 loss=cfg["loss"])
+            self.encoder_calls = 0
+            self.validated_at = -1  # global step of the last validation
+            self.val_ious: list[float] = []
+            self.val_metrics: dict[str, float] = {}
+
+        def on_train_epoch_start(self) -> None:
+            # the encoder stays in eval mode: its BatchNorm statistics are not re-estimated from single images
+            self.model.train()
+            self.model.image_encoder.eval()
+
+        def embed(self, item: dict) -> torch.Tensor:
+            """(1, C, g, g): the cached embedding, else the encoder's (cached when the encoder is frozen)."""
+            if "embedding" in item:
+                return item["embedding"][None].to(self.device)
+            self.encoder_calls += 1
+            x = self.model.preprocess(item["image"][None].to(self.device))
+            if not self.frozen:
+                return self.model.image_encoder(x)
+            with torch.no_grad():
+                emb = self.model.image_encoder(x)
+            if self.cache is not None:
+                self.cache.put(item["key"], emb[0], item["input_size"], item["original_size"])
+            return emb
+
+        def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
+            gen = torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + int(self.global_step))
+            losses, stats = [], []
+            for item in batch:
+                gt = item["masks"]
+                if not len(gt):
+                    continue  # an image without objects gives no prompt
+                if len(gt) > self.recipe.max_objects:
+                    gt = gt[torch.randperm(len(gt), generator=gen)[: self.recipe.max_objects]]
+                loss, stat = interactive_rounds(self.model, self.embed(item), gt.to(self.device), self.recipe, gen)
+                losses.append(loss)
+                stats.append(stat)
+            if not losses:  # every image of this batch is empty: a zero loss that still touches the weights
+                return sum(p.sum() * 0.0 for p in self.model.mask_decoder.parameters())
+            loss = torch.stack(losses).mean()
+            self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(losses))
+            self.log("train/iou", float(np.mean([s["iou_round0"] for s in stats])), on_step=False, on_epoch=True,
+                     batch_size=len(losses))
+            return loss
+
+        def on_validation_epoch_start(self) -> None:
+            self.val_ious = []
+
+        def validation_step(self, batch: list[dict], batch_idx: int) -> None:
+            for item in batch:
+                if len(item["full_masks"]):
+                    embedding = self.embed(item).float()
+                    with torch.autocast(self.device.type, enabled=False):
+                        self.val_ious += box_iou_of_image(self.model, embedding, item)
+
+        def on_validation_epoch_end(self) -> None:
+            miou = float(np.mean(self.val_ious)) if self.val_ious else float("nan")
+            self.val_metrics = {"box_miou": miou, "objects": len(self.val_ious)}
+            self.validated_at = int(self.global_step)
+            self.log("val/box_miou", miou, prog_bar=True)
+
+        def configure_optimizers(self):
+            cfg = self.cfg
+            groups = param_groups(self.model, cfg["lr"], cfg["weight_decay"], cfg["layer_decay"])
+            opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.999))
+            total = max(int(self.trainer.estimated_stepping_batches), 1)
+            per_epoch = max(total // max(int(self.trainer.max_epochs or 1), 1), 1)
+            warmup = int(round(cfg["warmup"] * per_epoch))
+
+            def factor(step: int) -> float:
+                if warmup and step < warmup:
+                    return (step + 1) / warmup
+                progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+                return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+            return [opt], [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}]
+
+    return FinetuneModule

@@ -1,0 +1,165 @@
+"""``finetune(...)``: fit SAM to a data set with Lightning and write a run directory (see :mod:`.run`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from .module import TRAIN_MODES
+from .recipe import LOSS_PRESETS, PROMPT_KINDS
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
+
+
+@dataclass
+class FinetuneConfig:
+    """Every option of ``imseg finetune`` (CLI flags have the same names)."""
+
+    data: Any = None
+    model: str = "mobile-sam"
+    checkpoint: str | None = None
+    random_init: bool = False  # start from random weights when no checkpoint is given or cached
+    epochs: int = 10
+    imgsz: int = 1024
+    train: str = "decoder+prompt"
+    lora_rank: int = 8
+    prompts: tuple[str, ...] = ("box", "point", "mask")
+    clicks: int = 2  # correction-click rounds after the first prompt
+    max_objects: int = 8
+    objects: str = "ids"  # ids | components | whole (mask folders)
+    min_area: int = 4
+    batch: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    layer_decay: float = 0.8
+    warmup: float = 1.0  # epochs of linear warm-up
+    grad_clip: float = 1.0
+    loss: str = "bce+dice"
+    precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | 32
+    cache: bool = True  # cache frozen-encoder embeddings on disk
+    cache_dir: str | None = None
+    time: float | None = None  # wall-clock budget in minutes
+    seed: int = 0
+    workers: int = 0
+    project: str = "runs/finetune"
+    name: str = "exp"
+    exist_ok: bool = False
+    progress: bool = True
+    accelerator: str = "auto"
+    val_fraction: float = 0.2
+
+    def validate(self) -> None:
+        prompts = tuple(p.strip() for p in (self.prompts.split(",") if isinstance(self.prompts, str) else self.prompts))
+        self.prompts = prompts
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.train in TRAIN_MODES, f"train must be one of {', '.join(TRAIN_MODES)}, got {self.train!r}"),
+            (bool(prompts) and set(prompts) <= set(PROMPT_KINDS) and set(prompts) != {"mask"},
+             f"prompts must be a comma list of {', '.join(PROMPT_KINDS)} with box or point; got {','.join(prompts)!r}"),
+            (self.clicks >= 0, f"clicks must be >= 0, got {self.clicks}"),
+            (self.batch >= 1 and self.max_objects >= 1, "batch and max_objects must be >= 1"),
+            (self.lr > 0 and self.weight_decay >= 0 and 0 < self.layer_decay <= 1,
+             "lr must be > 0, weight_decay >= 0 and layer_decay in (0, 1]"),
+            (self.loss in LOSS_PRESETS, f"loss must be one of {', '.join(LOSS_PRESETS)}, got {self.loss!r}"),
+            (self.precision in ("auto", "bf16", "32"), f"precision must be auto, bf16 or 32, got {self.precision!r}"),
+            (self.time is None or self.time > 0, f"time must be > 0 minutes, got {self.time}"),
+            (self.lora_rank >= 1, f"lora_rank must be >= 1, got {self.lora_rank}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    best: Path
+    last: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    epochs_run: int = 0
+    steps: int = 0  # optimizer steps taken (over all runs of a resumed run)
+    stopped_by_time: bool = False
+
+
+def _bf16_available() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _precision(cfg: FinetuneConfig) -> str:
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and _bf16_available()):
+        return "bf16-mixed"
+    return "32-true"
+
+
+def _resumed(resume: Any, overrides: dict) -> tuple[FinetuneConfig, Path, Path]:
+    from ..semantic.checkpoints import read_resume_checkpoint
+    from .run import read_run_config
+
+    run_dir = Path(resume)
+    run_dir = run_dir.parent.parent if run_dir.is_file() else run_dir
+    saved = read_run_config(run_dir)
+    ckpt = run_dir / "weights" / "last.ckpt"
+    if not ckpt.is_file():
+        raise ConfigError(f"{run_dir}: no weights/last.ckpt to resume from.")
+    read_resume_checkpoint(ckpt)
+    options = {k: v for k, v in saved["train"].items() if k in {f.name for f in fields(FinetuneConfig)}}
+    options.update(overrides, exist_ok=True)
+    return FinetuneConfig(**options), run_dir, ckpt
+
+
+def finetune(config: FinetuneConfig | dict | None = None, *, resume: Any = None, **overrides: Any) -> FinetuneResult:
+    """Fine-tune SAM (see :class:`FinetuneConfig`); ``resume``: a run directory to continue (``epochs`` may be
+    raised, ``time`` given anew). Returns where the run went and its best validation metrics."""
+    from ..semantic.module import _lightning
+    from ..semantic.run import increment_run_dir
+    from .loop import build_callbacks, build_loaders, finish
+
+    known = {f.name for f in fields(FinetuneConfig)}
+    unknown = set(overrides) - known - {"callbacks"}
+    if isinstance(config, dict):
+        unknown |= set(config) - known
+    if unknown:
+        raise ConfigError(f"unknown finetune option(s) {sorted(unknown)}; known: {sorted(known)}")
+    extra_callbacks = overrides.pop("callbacks", [])
+    ckpt_path = None
+    if resume is not None:
+        cfg, run_dir, ckpt_path = _resumed(resume, overrides)
+    else:
+        cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig(**dict(config or {}))
+        cfg = FinetuneConfig(**{**asdict(cfg), **overrides})
+    cfg.validate()
+    L = _lightning()
+    from .module import make_module, set_trainable
+    from .run import build_start_model
+
+    model, start = build_start_model(cfg.model, cfg.checkpoint, cfg.imgsz, allow_random=cfg.random_init,
+                                     seed=cfg.seed)
+    frozen = set_trainable(model, cfg.train, cfg.lora_rank)
+    precision = _precision(cfg)
+    loaders, data, cache = build_loaders(cfg, model, frozen, precision)
+    if resume is None:
+        run_dir = increment_run_dir(cfg.project, cfg.name, cfg.exist_ok)
+    L.seed_everything(cfg.seed, verbose=False)
+    module = make_module(L)(model, asdict(cfg), cache, frozen)
+    callbacks, artifacts, budget = build_callbacks(L, cfg, run_dir, start, data, precision)
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=1, precision=precision,
+        gradient_clip_val=cfg.grad_clip, logger=False, callbacks=callbacks + list(extra_callbacks),
+        enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=str(run_dir), enable_checkpointing=False,
+    )
+    budget.start = time.monotonic()
+    trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["val"], ckpt_path=ckpt_path,
+                weights_only=True)
+    return finish(trainer, module, artifacts, budget, loaders["val"])
