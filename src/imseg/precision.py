@@ -160,3 +160,16 @@ def apply_to_semantic(segmenter: Any, precision: str | None) -> Any:
         run_in_bf16(segmenter.model)
     segmenter.precision = chosen
     return segmenter
+
+
+def logit_mask_iou(reference: Any, logits: Any, margin: float = 0.0) -> float:
+    """IoU of the masks ``logits > 0`` and ``reference > 0`` over the pixels where ``|reference| > margin``
+    (with random weights many logits sit near zero, where any rounding flips a pixel; ``margin`` keeps
+    the comparison to the pixels the reference is confident about). 1.0 when both masks are empty."""
+    import numpy as np
+
+    ref, got = np.asarray(reference, np.float32), np.asarray(logits, np.float32)
+    keep = np.abs(ref) > margin
+    a, b = (ref > 0) & keep, (got > 0) & keep
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)

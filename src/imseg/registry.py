@@ -255,6 +255,8 @@ def load(
         from .instance.infer import is_instance_run
 
         if is_instance_run(path):
+            if kwargs.pop("precision", None) not in (None, "auto", "fp32"):
+                raise ConfigError(f"{path}: instance runs run in fp32 on torch; export them for other precisions.")
             return _call_builder("imseg.instance.infer:load_instance_run", path, device=device, **kwargs)
         chosen = kwargs.pop("precision", None)
         segmenter = _call_builder("imseg.semantic.infer:load_run", path, checkpoint=checkpoint, device=device,
