@@ -58,13 +58,18 @@ def cpu_flags() -> frozenset[str]:
 @functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The CPU model name (``/proc/cpuinfo``), or ``platform.processor()`` where that is unavailable."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if not line.strip():
+                    break  # the first processor's block is enough
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    if "model name" in fields:  # VMs often say only "Intel Xeon Processor": family/model name the generation
+        return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
     import platform
 
     return platform.processor() or platform.machine()
