@@ -171,3 +171,24 @@ def test_semantic_bf16_drift():
     assert np.abs(p_ref - p_low).max() < 0.05
     confident = np.sort(p_ref, 0)[-1] - np.sort(p_ref, 0)[-2] > 0.05
     assert (p_ref.argmax(0) == p_low.argmax(0))[confident].mean() >= 0.99
+
+
+def test_cli_precision_options(tmp_path, sample_image):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from imseg.cli import app
+
+    runner = CliRunner()
+    image = tmp_path / "a.png"
+    Image.fromarray(sample_image).save(image)
+    bad = runner.invoke(app, ["segment", str(image), "--model", "otsu", "--precision", "fp8", "--out", str(tmp_path / "o")])
+    assert bad.exit_code == 2 and "precision must be one of" in bad.output
+    classical = runner.invoke(app, ["segment", str(image), "--model", "otsu", "--precision", "bf16",
+                                    "--out", str(tmp_path / "o")])
+    assert classical.exit_code == 2 and "classical" in classical.output
+    ok = runner.invoke(app, ["segment", str(image), "--model", "otsu", "--precision", "auto", "--out", str(tmp_path / "o")])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "o" / "masks").is_dir()
+    export = runner.invoke(app, ["export", "--model", "mobile-sam", "--precision", "bf16", "--out", str(tmp_path / "e")])
+    assert export.exit_code == 2 and "load-time choice" in export.output
