@@ -120,6 +120,16 @@ def torch_dtype(precision: str) -> Any:
     return torch.bfloat16 if check_precision(precision) == "bf16" else torch.float32
 
 
+def to_bf16(module: Any) -> Any:
+    """Cast ``module``'s weights to bfloat16 in place, its convolution weights channels-last: oneDNN's
+    bfloat16 convolutions then read and write channels-last activations directly instead of reordering
+    every NCHW tensor in and out (a third of TinyViT's bf16 encode time went to those reorders). Returns
+    ``module``."""
+    import torch
+
+    return module.to(torch.bfloat16).to(memory_format=torch.channels_last)
+
+
 def _to_float(value: Any) -> Any:
     """Every floating tensor in ``value`` (tensors, lists, tuples, dicts) as float32."""
     import torch
@@ -134,18 +144,18 @@ def _to_float(value: Any) -> Any:
 
 
 def run_in_bf16(module: Any) -> Any:
-    """Cast ``module``'s weights to bfloat16 in place; hooks make it take float32 inputs (cast to bfloat16)
-    and hand back float32 outputs, so callers see the same interface. Returns ``module``."""
+    """Cast ``module``'s weights to bfloat16 in place (:func:`to_bf16`); hooks make it take float32 inputs
+    (cast to bfloat16) and hand back float32 outputs, so callers see the same interface. Returns ``module``."""
     import torch
 
-    module.to(torch.bfloat16)
+    to_bf16(module)
 
-    def to_bf16(_module, args, kwargs):
+    def bf16_inputs(_module, args, kwargs):
         cast = tuple(a.to(torch.bfloat16) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                      for a in args)
         return cast, kwargs
 
-    module.register_forward_pre_hook(to_bf16, with_kwargs=True)
+    module.register_forward_pre_hook(bf16_inputs, with_kwargs=True)
     module.register_forward_hook(lambda _module, _args, output: _to_float(output))
     return module
 

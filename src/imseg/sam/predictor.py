@@ -18,6 +18,7 @@ import torch
 
 from ..errors import ConfigError, InputError, PromptError, StateError
 from ..io import read_image
+from ..precision import to_bf16
 from ..prompts import prompt_array, validate_box, validate_points
 from .batch_decoder import PromptBatchDecoder
 from .common import plain_modules, weights_key
@@ -120,7 +121,7 @@ class SamPredictor:
         key = weights_key(encoder)
         if self._low_encoder is None or self._low_encoder[0] != key:
             self._low_encoder = None  # drop the old copy before making the new one
-            self._low_encoder = (key, copy.deepcopy(encoder).to(self.encoder_dtype).eval())
+            self._low_encoder = (key, to_bf16(copy.deepcopy(encoder)).eval())
         return self._low_encoder[1]
 
     def _require_image(self) -> None:

@@ -127,9 +127,9 @@ def build_sam_segmenter(spec: ModelSpec, checkpoint: str | os.PathLike | None = 
     chosen = resolve_precision(precision, dev)
     model = build_sam(variant, checkpoint).to(dev)
     if chosen == "bf16":  # in place (no float32 copy kept): the predictor feeds the encoder its own dtype
-        import torch
+        from ..precision import to_bf16
 
-        model.image_encoder.to(torch.bfloat16)
+        to_bf16(model.image_encoder)
     predictor = SamPredictor(model, dtype=dtype)
     segmenter = SamSegmenter(predictor, name=spec.name, random_weights=random_weights,
                              checkpoint=None if checkpoint is None else str(checkpoint),
