@@ -106,7 +106,8 @@ def build_sam2_segmenter(spec: ModelSpec, checkpoint: str | os.PathLike | None =
         raise ConfigError(f"unknown options for {spec.name}: {sorted(kwargs)}; known: checkpoint, device, "
                           f"allow_random, embedding_cache_size, precision.")
     if dtype is not None:
-        raise ConfigError(f"{spec.name} runs in float32 only; drop dtype (--half) for SAM 2.1 models.")
+        raise ConfigError(f"{spec.name} takes no dtype (--half); drop it, or pass precision='bf16' (--precision bf16) "
+                          f"for a bfloat16 image encoder on CPU.")
     random_weights = False
     if checkpoint is None:
         cached = find_weights(spec.name)
