@@ -142,10 +142,14 @@ def test_bgr_input_matches_rgb(predictor, sample_image):
 
 
 def test_dtype_on_cpu_stays_exact_fp32(mobile_sam_checkpoint):
+    """float16 on CPU is ignored (exact fp32); bfloat16 runs a bf16 encoder copy, never autocast (see
+    tests/test_precision.py for its drift)."""
     model = sam_model_registry["vit_t"](checkpoint=mobile_sam_checkpoint)
     with pytest.warns(UserWarning, match="exact float32"):
-        pred = SamPredictor(model, dtype="bfloat16")
-    assert pred.autocast_dtype is None
+        pred = SamPredictor(model, dtype="float16")
+    assert pred.autocast_dtype is None and pred.encoder_dtype is None
+    pred = SamPredictor(model, dtype="bfloat16")
+    assert pred.autocast_dtype is None and pred.encoder_dtype == torch.bfloat16
     with pytest.raises(ConfigError):
         SamPredictor(model, dtype="int8")
 

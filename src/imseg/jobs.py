@@ -107,7 +107,8 @@ def build_segment_job(model: str, *, checkpoint: str | None = None, device: str 
                       half: bool = False, allow_random: bool = False, prompts: dict | None = None,
                       post: str | None = None, fmt: str = "png", overlay: bool = False,
                       shards: int = 1, text: str | None = None, detector: str = "grounding-dino-tiny",
-                      classify: str | None = None, clip: str = "clip-vit-b-32") -> SegmentJob:
+                      classify: str | None = None, clip: str = "clip-vit-b-32",
+                      precision: str | None = None) -> SegmentJob:
     """Load ``model`` (a registry name or a run dir) and the ``post`` pipeline into a :class:`SegmentJob`.
     A bad ``post`` spec or text prompt fails before the model is built. ``text`` (phrases for an
     open-vocabulary ``detector``) or ``classify`` (names CLIP gives everything-mode masks) wrap the
@@ -130,6 +131,8 @@ def build_segment_job(model: str, *, checkpoint: str | None = None, device: str 
         load_kwargs["dtype"] = torch.float16
     if family in ("sam", "sam2"):
         load_kwargs["allow_random"] = allow_random
+    if precision is not None:
+        load_kwargs["precision"] = precision
     text_prompts = _text_prompts(text, classify)
     segmenter = load(model, checkpoint=checkpoint, **load_kwargs)
     if text_prompts:
@@ -141,6 +144,8 @@ def build_segment_job(model: str, *, checkpoint: str | None = None, device: str 
     # a done marker counts only for the same job: same model, weights, prompts, format and post-processing
     settings = {"model": model, "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
                 "backend": backend, "half": half, "prompts": dict(prompts or {}), "post": post}
+    if precision not in (None, "fp32"):  # fp32 runs keep the markers they had before precision existed
+        settings["precision"] = precision
     if text_prompts:
         settings["text_models"] = {"detector": detector if text is not None else None,
                                    "clip": clip if classify is not None else None}
@@ -150,7 +155,7 @@ def build_segment_job(model: str, *, checkpoint: str | None = None, device: str 
                                    half=half, allow_random=allow_random,
                                    prompts={k: v for k, v in (prompts or {}).items() if k not in text_prompts},
                                    post=post, fmt=fmt, overlay=overlay, shards=shards, text=text, detector=detector,
-                                   classify=classify, clip=clip)
+                                   classify=classify, clip=clip, precision=precision)
     return job
 
 

@@ -24,6 +24,9 @@ from typing import Any
 from .errors import ConfigError, ModelNotFoundError, WeightsError
 from .segmenter import Segmenter
 
+#: Engines ``load`` can run a model on.
+BACKENDS = ("torch", "onnxruntime", "openvino")
+
 __all__ = ["ModelSpec", "Segmenter", "WeightsSpec", "get_spec", "list_models", "load", "register"]
 
 
@@ -223,6 +226,7 @@ def load(
     *,
     device: str = "auto",
     backend: str = "torch",
+    precision: str | None = None,
     **kwargs: Any,
 ) -> Segmenter:
     """Build a segmenter.
@@ -230,14 +234,22 @@ def load(
     ``name`` is a registry name (``"sam-vit-b"``, ``"mobile-sam"``, ``"otsu"``, see
     ``imseg.registry.list_models()``), a training run directory (``runs/train/exp``) or one of its
     weights files (``runs/train/exp/weights/last.pt``), or a directory of exported ONNX models
-    (with ``backend="onnxruntime"``).
+    (with ``backend="onnxruntime"`` or ``backend="openvino"``). ``precision`` (``auto``/``fp32``/``bf16``/
+    ``int8``; default fp32) is the encoder's or semantic network's precision: the rule of ``auto`` is in
+    :mod:`imseg.precision`.
     """
-    if backend not in ("torch", "onnxruntime"):
-        raise ConfigError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision is not None:
+        from .precision import check_precision
+
+        kwargs["precision"] = check_precision(precision)
     path = Path(name)
     if isinstance(name, os.PathLike) or path.exists():  # a run/export directory or a run's best.pt/last.pt
         if not path.exists():
             raise ModelNotFoundError(f"{path}: no such run or export directory.")
+        if backend == "openvino":
+            return _call_builder("imseg.export.openvino:load_openvino", path, device=device, **kwargs)
         if backend == "onnxruntime" or (path / "imseg_export.json").exists():
             return _call_builder("imseg.export.runtime:load_exported", path, device=device, **kwargs)
         from .finetune.run import is_finetune_run
@@ -248,13 +260,22 @@ def load(
                                  device=device, **kwargs)
 
         if is_instance_run(path):
+            if kwargs.pop("precision", None) not in (None, "auto", "fp32"):
+                raise ConfigError(f"{path}: instance runs run in fp32 on torch; export them for other precisions.")
             return _call_builder("imseg.instance.infer:load_instance_run", path, device=device, **kwargs)
-        return _call_builder("imseg.semantic.infer:load_run", path, checkpoint=checkpoint, device=device, **kwargs)
+        chosen = kwargs.pop("precision", None)
+        segmenter = _call_builder("imseg.semantic.infer:load_run", path, checkpoint=checkpoint, device=device,
+                                  **kwargs)
+        return _call_builder("imseg.precision:apply_to_semantic", segmenter, chosen)
     spec = get_spec(str(name))
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "openvino"):
+        kwargs["backend"] = backend
         return _call_builder(
             "imseg.export.runtime:load_registry_model", spec, checkpoint=checkpoint, device=device, **kwargs
         )
+    if spec.family == "classical" and kwargs.get("precision") is not None:
+        if kwargs.pop("precision") not in ("auto", "fp32"):
+            raise ConfigError(f"{spec.name} is a classical method with no network: drop precision (or use fp32).")
     return _call_builder(spec.builder, spec, checkpoint=checkpoint, device=device, **kwargs)
 
 

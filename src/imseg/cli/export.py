@@ -16,6 +16,8 @@ def export_cmd(
     format: str = typer.Option("onnx", "--format", "-f", help="onnx | torchscript (torchscript: runs only)."),
     out: str = typer.Option(None, "--out", "-o", help="Output directory (default: RUN/export or runs/export/MODEL)."),
     int8: bool = typer.Option(False, "--int8", help="Also quantize to int8 (dynamic) and report size/accuracy change."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or int8 (same as --int8); bf16 is chosen when "
+                                  "loading (imseg.load(DIR, backend='openvino', precision='bf16'))."),
     calibration: str = typer.Option(None, "--calibration", help="Image folder for static int8 quantization."),
     raw_input: bool = typer.Option(False, "--raw-input", help="SAM encoder takes a uint8 HxWx3 image (preprocessing in graph)."),
     single_mask: bool = typer.Option(False, "--single-mask", help="SAM decoder returns only the best mask (official option)."),
@@ -28,6 +30,10 @@ def export_cmd(
 
     from ..export import export_model
 
+    if precision.lower() not in ("fp32", "int8"):
+        fail(f"--precision for export is fp32 or int8, got {precision!r}; bf16 is a load-time choice "
+             f"(--backend openvino --precision bf16 on imseg segment/serve).")
+    int8 = int8 or precision.lower() == "int8"
     if out is None:
         out = str(Path(run) / "export") if run else str(Path("runs") / "export" / (model or "model"))
     try:

@@ -105,7 +105,10 @@ def segment_cmd(
     overlay: bool = typer.Option(False, "--overlay", help="Also write overlays/<image>.png."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     half: bool = typer.Option(False, "--half", help="float16 weights (CUDA only)."),
-    backend: str = typer.Option("torch", "--backend", help="torch or onnxruntime (SAM: exported once to the cache)."),
+    backend: str = typer.Option("torch", "--backend", help="torch, onnxruntime or openvino (SAM: exported once to "
+                                "the cache; an export dir as --model runs its ONNX files)."),
+    precision: str = typer.Option(None, "--precision", help="Encoder precision: fp32 (exact; the default), bf16, "
+                                  "int8 (onnxruntime/openvino) or auto (bf16 on CPUs with AMX/AVX512-BF16, else fp32)."),
     post: str = typer.Option(None, "--post", help="Post-processing, e.g. 'remove_small=64,fill_holes=64,crf'."),
     allow_random_weights: bool = typer.Option(
         False, "--allow-random-weights", help="Build random weights when no checkpoint is found (testing only)."
@@ -160,7 +163,8 @@ def segment_cmd(
         job = build_segment_job(model, checkpoint=checkpoint, device=device, backend=backend, half=half,
                                 allow_random=allow_random_weights, prompts=prompts or amg_options, post=post,
                                 fmt=fmt, overlay=overlay, shards=shards,
-                                text=text, detector=detector, classify=classify, clip=clip)
+                                text=text, detector=detector, classify=classify, clip=clip,
+                                precision=precision)
     except ImsegError as exc:
         fail(str(exc))
     run_and_exit(images, job, root, executor=executor)

@@ -26,6 +26,10 @@ def serve(
     queue_timeout: float = typer.Option(30.0, help="Seconds a request waits for the model before 503 + Retry-After."),
     request_timeout: float = typer.Option(120.0, help="Seconds one model call may take before 504."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, mps."),
+    backend: str = typer.Option("torch", "--backend", help="torch, onnxruntime or openvino (the model is exported "
+                                "to ONNX once, into the cache)."),
+    precision: str = typer.Option(None, "--precision", help="Encoder precision: fp32 (exact; the default), bf16, int8 "
+                                  "(onnxruntime/openvino) or auto (bf16 on CPUs with AMX/AVX512-BF16, else fp32)."),
     detector: str = typer.Option(
         None, "--detector",
         help="Enable text prompts (\"text\": \"horse. rider.\"): grounding-dino-tiny, owlv2-base, or "
@@ -55,7 +59,7 @@ def serve(
             from ..text import build_detector
 
             text_detector = build_detector(detector, device=device)
-        segmenter = load(model, checkpoint=checkpoint, device=device)
+        segmenter = load(model, checkpoint=checkpoint, device=device, backend=backend, precision=precision)
         application = create_app(segmenter, settings, detector=text_detector)
     except ImsegError as exc:
         fail(str(exc))

@@ -61,9 +61,9 @@ class OrtSamPredictor:
         self.min_resized_side = int(self.manifest.get("min_resized_side", 0))
         #: single-mask decoders before this field chose by point count only: a box alone needs a padding point
         self.single_mask_box = bool(self.manifest.get("single_mask_box", False))
-        self.encoder = make_session(export_dir / files["encoder"], device=device, providers=providers, threads=threads)
+        self.encoder = self.open_session(export_dir / files["encoder"], "encoder", device, providers, threads)
         self._check_encoder(export_dir / files["encoder"])
-        self.decoder = make_session(export_dir / files["decoder"], device=device, providers=providers, threads=threads)
+        self.decoder = self.open_session(export_dir / files["decoder"], "decoder", device, providers, threads)
         self._check_decoder(export_dir / files["decoder"])
         norm = self.manifest["normalization"]
         self.pixel_mean = np.asarray(norm["mean"], np.float32)
@@ -72,6 +72,11 @@ class OrtSamPredictor:
         self.model = _ModelInfo(float(self.manifest.get("mask_threshold", 0.0)), self.img_size)
         self.device = "cpu"  # tensors handed to/returned from predict_torch live on the CPU
         self.reset_image()
+
+    def open_session(self, path: Path, role: str, device: str, providers: list[str] | None, threads: int | None):
+        """The inference session of one graph (``role``: "encoder" or "decoder"); engines on other runtimes
+        override this and hand back an object with the ONNX Runtime session interface."""
+        return make_session(path, device=device, providers=providers, threads=threads)
 
     def _check_encoder(self, path: Path) -> None:
         image = io_signature(self.encoder)[0].get("image")
@@ -346,8 +351,10 @@ class OrtSamSegmenter(Segmenter):
     supports_prompts = True
 
     def __init__(self, export_dir: str | os.PathLike, *, device: str = "auto", providers: list[str] | None = None,
-                 threads: int | None = None, embedding_cache_size: int = 1, **amg_options: Any) -> None:
-        self.predictor = OrtSamPredictor(export_dir, device=device, providers=providers, threads=threads)
+                 threads: int | None = None, embedding_cache_size: int = 1, files: dict[str, str] | None = None,
+                 predictor: OrtSamPredictor | None = None, **amg_options: Any) -> None:
+        self.predictor = predictor or OrtSamPredictor(export_dir, device=device, providers=providers, threads=threads,
+                                                      files=files)
         self.name = str(self.predictor.manifest.get("model", "sam"))
         self.amg_options = amg_options
         self.embedding_cache_size = int(embedding_cache_size)

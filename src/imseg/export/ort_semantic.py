@@ -53,8 +53,7 @@ class OrtSemanticSegmenter(DenseSegmenter):
         if self.manifest.get("family") != "semantic":
             raise ExportError(f"{export_dir}: not a semantic export (family={self.manifest.get('family')!r}).")
         files = files or self.manifest["files"]
-        self.session = make_session(export_dir / files["model"], device=device, providers=providers,
-                                    threads=threads)
+        self.session = self.open_session(export_dir / files["model"], device, providers, threads)
         self.name = str(self.manifest.get("model", "semantic"))
         self.class_names = list(self.manifest["class_names"])
         self._check_session(export_dir / files["model"])
@@ -67,6 +66,11 @@ class OrtSemanticSegmenter(DenseSegmenter):
         if self.resize and self.imgsz is None:
             raise ConfigError(f"{export_dir}: resize needs the training imgsz, which this export does not record; "
                               f"pass imgsz=... or resize=False.")
+
+    def open_session(self, path: Path, device: str, providers: list[str] | None, threads: int | None):
+        """The inference session of the model; engines on other runtimes override this and hand back an
+        object with the ONNX Runtime session interface."""
+        return make_session(path, device=device, providers=providers, threads=threads)
 
     def _check_session(self, path: Path) -> None:
         outputs = io_signature(self.session)[1]

@@ -239,7 +239,8 @@ def quantize_sam_export(export_dir: str | os.PathLike, calibration: str | os.Pat
     int8_files = {"encoder": enc_q.name, "decoder": dec_q.name}
     int8 = OrtSamPredictor(export_dir, device="cpu", files=int8_files)
     report = {"mode": mode, **_size_report({"encoder": (enc, enc_q), "decoder": (dec, dec_q)}),
-              "accuracy": sam_mask_agreement(fp32, int8, _sample_images(calibration, 4))}
+              "accuracy": sam_mask_agreement(fp32, int8, _sample_images(calibration, 4)),
+              "kernels": {"encoder": _kernel_summary(enc_q), "decoder": _kernel_summary(dec_q)}}
     return _update_manifest(export_dir, int8_files, report)
 
 
@@ -265,5 +266,50 @@ def quantize_semantic_export(export_dir: str | os.PathLike, calibration: str | o
     int8 = OrtSemanticSegmenter(export_dir, device="cpu", files={"model": dst.name})
     agree = [float((fp32.predict_labels(img) == int8.predict_labels(img)).mean()) for img in _sample_images(calibration, 4)]
     report = {"mode": mode, **_size_report({"model": (src, dst)}),
-              "accuracy": {"pixel_agreement_mean": float(np.mean(agree)), "pixel_agreement_min": float(np.min(agree))}}
+              "accuracy": {"pixel_agreement_mean": float(np.mean(agree)), "pixel_agreement_min": float(np.min(agree))},
+              "kernels": {"model": _kernel_summary(dst)}}
     return _update_manifest(export_dir, {"model": dst.name}, report)
+
+
+#: ONNX Runtime ops that multiply in integers (quantized weights and activations).
+INTEGER_PRODUCT_OPS = ("MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "DynamicQuantizeMatMul",
+                       "MatMulIntegerToFloat", "QGemm", "MatMulNBits")
+_FLOAT_PRODUCT_OPS = ("MatMul", "Gemm", "Conv", "FusedMatMul", "FusedGemm", "FusedConv", "NhwcFusedConv")
+
+
+def optimized_graph_ops(path: str | os.PathLike) -> dict:
+    """What ONNX Runtime's CPU provider really runs for the model at ``path``: the op-type counts of its
+    optimized graph, how many products run in integers, and the float products that multiply by a
+    constant weight (a quantized weight dequantized and folded back to float32 would show up there).
+
+    Returns ``{"op_types": {op: count}, "integer_products": n, "float_weight_products": [node names]}``."""
+    import tempfile
+
+    import onnx
+
+    from .sessions import onnxruntime
+
+    ort = onnxruntime()
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    constants = {init.name for init in graph.initializer}
+    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    counts: dict[str, int] = {}
+    folded = []
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        if node.op_type in _FLOAT_PRODUCT_OPS and len(node.input) > 1 and node.input[1] in constants:
+            folded.append(node.name or node.output[0])
+    return {"op_types": dict(sorted(counts.items())),
+            "integer_products": sum(counts.get(op, 0) for op in INTEGER_PRODUCT_OPS),
+            "float_weight_products": folded}
+
+
+def _kernel_summary(path: Path) -> dict:
+    """How many products of ``path`` ONNX Runtime runs in integers / in float on constant weights."""
+    ops = optimized_graph_ops(path)
+    return {"integer_products": ops["integer_products"], "float_weight_products": len(ops["float_weight_products"])}

@@ -29,8 +29,12 @@ __all__ = [
 
 
 def load_exported(path: str | os.PathLike, device: str = "auto", providers: list[str] | None = None,
-                  threads: int | None = None, checkpoint: Any = None, **kwargs: Any) -> Segmenter:
-    """Load an export directory (with ``imseg_export.json``) as an ONNX Runtime segmenter."""
+                  threads: int | None = None, checkpoint: Any = None, precision: str | None = None,
+                  **kwargs: Any) -> Segmenter:
+    """Load an export directory (with ``imseg_export.json``) as an ONNX Runtime segmenter.
+
+    ``precision``: None/``auto`` runs the files the manifest names (int8 after ``--int8``), ``fp32`` the
+    float32 files, ``int8`` the quantized ones (export with ``--int8`` or ``--calibration`` first)."""
     onnxruntime()
     manifest = read_manifest(path)
     family = manifest.get("family")
@@ -38,18 +42,38 @@ def load_exported(path: str | os.PathLike, device: str = "auto", providers: list
         raise ExportError(
             f"{path}: export format {manifest.get('format')!r} cannot run on ONNX Runtime; export with --format onnx."
         )
+    files = precision_files(manifest, path, precision)
     if family == "sam":
-        return OrtSamSegmenter(path, device=device, providers=providers, threads=threads, **kwargs)
+        return OrtSamSegmenter(path, device=device, providers=providers, threads=threads, files=files, **kwargs)
     if family == "semantic":
         unknown = sorted(set(kwargs) - {"resize", "imgsz"})
         if unknown:
             raise ConfigError(f"unexpected options for a semantic export: {unknown} (it takes resize=, imgsz=)")
-        return OrtSemanticSegmenter(path, device=device, providers=providers, threads=threads, **kwargs)
+        return OrtSemanticSegmenter(path, device=device, providers=providers, threads=threads, files=files, **kwargs)
     if family == "instance":
         from .ort_instance import OrtInstanceSegmenter
 
         return OrtInstanceSegmenter(path, device=device, providers=providers, threads=threads, **kwargs)
     raise ExportError(f"{path}: unknown model family {family!r} in {MANIFEST}.")
+
+
+def precision_files(manifest: dict, path: str | os.PathLike, precision: str | None) -> dict[str, str]:
+    """The manifest's files for ``precision`` on ONNX Runtime (see :func:`load_exported`)."""
+    from ..precision import check_precision
+
+    name = check_precision(precision) if precision is not None else "auto"
+    quantized = "quantization" in manifest
+    if name == "auto":
+        return dict(manifest["files"])
+    if name == "fp32":
+        return dict(manifest.get("files_fp32", manifest["files"]))
+    if name == "int8":
+        if not quantized:
+            raise ConfigError(f"{path}: this export has no int8 models; export with --int8 (or --calibration DIR), "
+                              f"or run `imseg.export.quantize` on it, or use precision='fp32'.")
+        return dict(manifest["files"])
+    raise ConfigError(f"ONNX Runtime runs these models in fp32 or int8, not {name}; use backend='openvino' or "
+                      f"backend='torch' for bf16.")
 
 
 def export_cache_dir(spec_name: str, checkpoint: str | os.PathLike) -> Path:
@@ -63,12 +87,14 @@ def export_cache_dir(spec_name: str, checkpoint: str | os.PathLike) -> Path:
 
 
 def load_registry_model(spec, checkpoint: str | os.PathLike | None = None, device: str = "auto",
-                        providers: list[str] | None = None, threads: int | None = None, **kwargs: Any) -> Segmenter:
-    """A registry model on ONNX Runtime: export ``checkpoint`` to the cache once, then load it."""
-    onnxruntime()
+                        providers: list[str] | None = None, threads: int | None = None, backend: str = "onnxruntime",
+                        **kwargs: Any) -> Segmenter:
+    """A registry model on ONNX Runtime (or OpenVINO): export ``checkpoint`` to the cache once, then load it."""
+    if backend != "openvino":
+        onnxruntime()
     if spec.family != "sam":
         raise ConfigError(
-            f"model {spec.name!r} ({spec.family}) has no ONNX Runtime backend; use backend='torch'. "
+            f"model {spec.name!r} ({spec.family}) has no {backend} backend; use backend='torch'. "
             f"Semantic runs: `imseg export --run RUN --format onnx`, then imseg.load(EXPORT_DIR)."
         )
     if checkpoint is None:
@@ -95,4 +121,8 @@ def load_registry_model(spec, checkpoint: str | os.PathLike | None = None, devic
                 f"{exc}\nExport it explicitly with `imseg export --model {spec.name} --checkpoint {checkpoint} --out DIR`, "
                 f"then imseg.load(DIR, backend='onnxruntime')."
             ) from exc
+    if backend == "openvino":
+        from .openvino import load_openvino
+
+        return load_openvino(target, device=device, threads=threads, **kwargs)
     return load_exported(target, device=device, providers=providers, threads=threads, **kwargs)

@@ -146,7 +146,8 @@ class TorchBackend:
         resized = np.array(Image.fromarray(crop).resize((nw, nh), Image.BILINEAR))
         x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
         x = self.model.preprocess(x)
-        features = self.model.image_encoder(x.to(dtype))
+        encoder_dtype = next(self.model.image_encoder.parameters()).dtype  # bfloat16 under precision="bf16"
+        features = self.model.image_encoder(x.to(encoder_dtype)).to(dtype)
         return self.state_for(_Features(features)), (nh, nw)
 
     def state_for(self, image_embedding: Any) -> PromptBatchDecoder | _ModuleState:

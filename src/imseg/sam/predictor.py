@@ -8,6 +8,7 @@ with :mod:`imseg.errors` exceptions instead of asserts.
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from ..errors import ConfigError, InputError, PromptError, StateError
 from ..io import read_image
+from ..precision import to_bf16
 from ..prompts import prompt_array, validate_box, validate_points
 from .batch_decoder import PromptBatchDecoder
 from .common import plain_modules, weights_key
@@ -27,8 +29,7 @@ _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.
            "half": torch.float16, "float32": None, "fp32": None}
 
 
-def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``device``: None means exact fp32. Low precision only on CUDA."""
+def _check_dtype(dtype: Any) -> torch.dtype | None:
     if dtype is None:
         return None
     if isinstance(dtype, str):
@@ -39,10 +40,27 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype | None:
         return None
     if dtype not in (torch.bfloat16, torch.float16):
         raise ConfigError(f"dtype must be bfloat16, float16 or float32, got {dtype}.")
+    return dtype
+
+
+def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``device``: None means exact fp32. Autocast only on CUDA (on CPU, bfloat16 runs
+    the encoder with bfloat16 weights instead: :func:`encoder_dtype`)."""
+    dtype = _check_dtype(dtype)
+    if dtype is None:
+        return None
     if device.type != "cuda":
-        warnings.warn(f"dtype={dtype} ignored on {device.type}: SAM runs in exact float32 there.", stacklevel=3)
+        if not (device.type == "cpu" and dtype == torch.bfloat16):
+            warnings.warn(f"dtype={dtype} ignored on {device.type}: SAM runs in exact float32 there.", stacklevel=3)
         return None
     return dtype
+
+
+def encoder_dtype(dtype: Any, device: torch.device) -> torch.dtype | None:
+    """bfloat16 when ``dtype`` asks for it on CPU: the image encoder then runs on a bfloat16 copy of its
+    weights in its fast eager path (autocast would cast every weight per call and disable that path)."""
+    dtype = _check_dtype(dtype)
+    return dtype if device.type == "cpu" and dtype == torch.bfloat16 else None
 
 
 class SamPredictor:
@@ -50,8 +68,9 @@ class SamPredictor:
 
     Args:
         sam_model: a :class:`~imseg.sam.model.Sam`.
-        dtype: ``None`` (fp32) or ``"bfloat16"``/``"float16"``: the image encoder under autocast on CUDA
-            (prompts are encoded and masks decoded in float32 from the float32 embedding; they cost little).
+        dtype: ``None`` (fp32) or ``"bfloat16"``/``"float16"``: the image encoder under autocast on CUDA; on
+            CPU ``"bfloat16"`` runs the encoder on a bfloat16 copy of its weights (float16 is ignored there).
+            Prompts are encoded and masks decoded in float32 from the float32 embedding; they cost little.
         decoder_batch: prompts per decoder call in :meth:`predict_batch` with ``mask_input`` (bounds memory;
             sparse-only prompts are decoded by :class:`~imseg.sam.batch_decoder.PromptBatchDecoder`, one at a
             time on CPU, 64 at a time on other devices).
@@ -61,6 +80,8 @@ class SamPredictor:
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.autocast_dtype = resolve_dtype(dtype, torch.device(sam_model.device))
+        self.encoder_dtype = encoder_dtype(dtype, torch.device(sam_model.device))
+        self._low_encoder: tuple[tuple, torch.nn.Module] | None = None  # (weights key, bfloat16 copy)
         self.decoder_batch = int(decoder_batch)
         self._dense_pe: tuple[tuple, torch.Tensor] | None = None  # (weights key, dense positional encoding)
         self._decoder: tuple[tuple, PromptBatchDecoder] | None = None  # ((features, weights key), decoder)
@@ -90,6 +111,18 @@ class SamPredictor:
         model cast with ``.to(dtype)`` (the embedding is handed out as float32 either way and cast back for
         the decoder)."""
         return next((module or self.model.mask_decoder).parameters()).dtype
+
+    def _image_encoder(self) -> torch.nn.Module:
+        """The model's image encoder, or (``encoder_dtype``) its bfloat16 copy, made again when the model's
+        encoder weights change; the caller's model is never cast."""
+        encoder = self.model.image_encoder
+        if self.encoder_dtype is None or self._weights_dtype(encoder) == self.encoder_dtype:
+            return encoder
+        key = weights_key(encoder)
+        if self._low_encoder is None or self._low_encoder[0] != key:
+            self._low_encoder = None  # drop the old copy before making the new one
+            self._low_encoder = (key, to_bf16(copy.deepcopy(encoder)).eval())
+        return self._low_encoder[1]
 
     def _require_image(self) -> None:
         if not self.is_image_set:
@@ -131,9 +164,10 @@ class SamPredictor:
         self.orig_h, self.orig_w = self.original_size
         self.input_h, self.input_w = self.input_size
         x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
-        x = x.to(self._weights_dtype(self.model.image_encoder))
+        encoder = self._image_encoder()
+        x = x.to(self._weights_dtype(encoder))
         with self._autocast():
-            features = self.model.image_encoder(x)
+            features = encoder(x)
         self.features = features.float().contiguous()
         self.is_image_set = True
 

@@ -93,19 +93,21 @@ class SamSegmenter(PredictorSegmenter):
 
 def build_sam_segmenter(spec: ModelSpec, checkpoint: str | os.PathLike | None = None, device: str = "auto",
                         dtype: Any = None, allow_random: bool = False, embedding_cache_size: int = 1,
-                        **kwargs: Any) -> SamSegmenter:
+                        precision: str | None = None, **kwargs: Any) -> SamSegmenter:
     """Registry builder for the SAM family (``imseg.load("sam-vit-b", checkpoint=...)``).
 
     Without ``checkpoint`` the weights cache is used; if that is empty too, ``allow_random=True``
     builds random weights (with a loud warning), otherwise :class:`CheckpointError` says how to get
-    the weights.
+    the weights. ``precision`` (``auto``/``fp32``/``bf16``, see :mod:`imseg.precision`) sets the image
+    encoder's precision on CPU; the prompt encoder and mask decoder stay float32.
     """
+    from ..precision import resolve_precision
     from .checkpoint import build_sam
     from .predictor import SamPredictor
 
     if kwargs:
         raise ConfigError(f"unknown options for {spec.name}: {sorted(kwargs)}; known: checkpoint, device, dtype, "
-                          f"allow_random, embedding_cache_size.")
+                          f"allow_random, embedding_cache_size, precision.")
     variant = spec.options.get("variant", "vit_b")
     random_weights = False
     if checkpoint is None:
@@ -122,8 +124,15 @@ def build_sam_segmenter(spec: ModelSpec, checkpoint: str | os.PathLike | None = 
                 f"`imseg weights download {spec.name}` or pass --checkpoint PATH (checkpoint=PATH in Python)."
             )
     dev = resolve_device(device)
+    chosen = resolve_precision(precision, dev)
     model = build_sam(variant, checkpoint).to(dev)
+    if chosen == "bf16":  # in place (no float32 copy kept): the predictor feeds the encoder its own dtype
+        from ..precision import to_bf16
+
+        to_bf16(model.image_encoder)
     predictor = SamPredictor(model, dtype=dtype)
-    return SamSegmenter(predictor, name=spec.name, random_weights=random_weights,
-                        checkpoint=None if checkpoint is None else str(checkpoint),
-                        embedding_cache_size=embedding_cache_size)
+    segmenter = SamSegmenter(predictor, name=spec.name, random_weights=random_weights,
+                             checkpoint=None if checkpoint is None else str(checkpoint),
+                             embedding_cache_size=embedding_cache_size)
+    segmenter.precision = chosen
+    return segmenter

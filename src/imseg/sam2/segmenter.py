@@ -90,21 +90,24 @@ class Sam2Segmenter(PredictorSegmenter):
 
 def build_sam2_segmenter(spec: ModelSpec, checkpoint: str | os.PathLike | None = None, device: str = "auto",
                          allow_random: bool = False, embedding_cache_size: int = 1, dtype: Any = None,
-                         **kwargs: Any) -> Sam2Segmenter:
+                         precision: str | None = None, **kwargs: Any) -> Sam2Segmenter:
     """Registry builder for the SAM 2.1 family (``imseg.load("sam2.1-hiera-t", checkpoint=...)``).
 
     Without ``checkpoint`` the weights cache is used; if that is empty too, ``allow_random=True``
     builds random weights (with a loud warning), otherwise :class:`CheckpointError` says how to get
-    the weights.
+    the weights. ``precision="bf16"`` (or ``auto`` on a CPU with native bfloat16, see
+    :mod:`imseg.precision`) runs the Hiera image encoder in bfloat16; everything after it stays float32.
     """
+    from ..precision import resolve_precision, run_in_bf16
     from .checkpoint import build_sam2_model
     from .predictor import SAM2ImagePredictor
 
     if kwargs:
         raise ConfigError(f"unknown options for {spec.name}: {sorted(kwargs)}; known: checkpoint, device, "
-                          f"allow_random, embedding_cache_size.")
+                          f"allow_random, embedding_cache_size, precision.")
     if dtype is not None:
-        raise ConfigError(f"{spec.name} runs in float32 only; drop dtype (--half) for SAM 2.1 models.")
+        raise ConfigError(f"{spec.name} takes no dtype (--half); drop it, or pass precision='bf16' (--precision bf16) "
+                          f"for a bfloat16 image encoder on CPU.")
     random_weights = False
     if checkpoint is None:
         cached = find_weights(spec.name)
@@ -118,7 +121,13 @@ def build_sam2_segmenter(spec: ModelSpec, checkpoint: str | os.PathLike | None =
                 f"no checkpoint for {spec.name}: none was passed and none is in the weights cache. Get it with "
                 f"`imseg weights download {spec.name}` or pass --checkpoint PATH (checkpoint=PATH in Python)."
             )
-    model = build_sam2_model(spec.options["variant"], checkpoint, device=resolve_device(device))
-    return Sam2Segmenter(SAM2ImagePredictor(model), name=spec.name, random_weights=random_weights,
-                         checkpoint=None if checkpoint is None else str(checkpoint),
-                         embedding_cache_size=embedding_cache_size)
+    dev = resolve_device(device)
+    chosen = resolve_precision(precision, dev)
+    model = build_sam2_model(spec.options["variant"], checkpoint, device=dev)
+    if chosen == "bf16":
+        run_in_bf16(model.image_encoder)
+    segmenter = Sam2Segmenter(SAM2ImagePredictor(model), name=spec.name, random_weights=random_weights,
+                              checkpoint=None if checkpoint is None else str(checkpoint),
+                              embedding_cache_size=embedding_cache_size)
+    segmenter.precision = chosen
+    return segmenter
