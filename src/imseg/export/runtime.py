@@ -40,6 +40,10 @@ def load_exported(path: str | os.PathLike, device: str = "auto", providers: list
         )
     if family == "sam":
         return OrtSamSegmenter(path, device=device, providers=providers, threads=threads, **kwargs)
+    if family == "sam2":
+        from .ort_sam2 import OrtSam2Segmenter
+
+        return OrtSam2Segmenter(path, device=device, providers=providers, threads=threads, **kwargs)
     if family == "semantic":
         unknown = sorted(set(kwargs) - {"resize", "imgsz"})
         if unknown:
@@ -62,7 +66,7 @@ def load_registry_model(spec, checkpoint: str | os.PathLike | None = None, devic
                         providers: list[str] | None = None, threads: int | None = None, **kwargs: Any) -> Segmenter:
     """A registry model on ONNX Runtime: export ``checkpoint`` to the cache once, then load it."""
     onnxruntime()
-    if spec.family != "sam":
+    if spec.family not in ("sam", "sam2"):
         raise ConfigError(
             f"model {spec.name!r} ({spec.family}) has no ONNX Runtime backend; use backend='torch'. "
             f"Semantic runs: `imseg export --run RUN --format onnx`, then imseg.load(EXPORT_DIR)."
