@@ -212,3 +212,14 @@ def test_wrong_family_manifest(export_dir, tmp_path):
     (copy / "imseg_export.json").write_text(json.dumps(manifest))
     with pytest.raises(ExportError, match="SAM 2 prompt decoder"):
         OrtSam2Predictor(copy, device="cpu")
+
+
+def test_serve_sam2_export(export_dir, ort_segmenter, image, tmp_path, monkeypatch):
+    """`imseg serve --model EXPORT_DIR` serves the ONNX Runtime engine with the same answers as segment()."""
+    pytest.importorskip("fastapi")
+    from test_serve_sam2 import check_served_like_segmenter, serve_app
+
+    application, result = serve_app(str(export_dir), tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert application.state.backend.embedding_bytes == 16 * 256 * 64 * 64
+    check_served_like_segmenter(application, ort_segmenter, image)
