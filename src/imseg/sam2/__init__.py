@@ -1,7 +1,7 @@
 """SAM 2.1 (our implementation; the official checkpoints load unchanged).
 
-Drop-in names: ``build_sam2`` (official config names), ``SAM2ImagePredictor``,
-``SAM2AutomaticMaskGenerator``. Model pieces: Hiera
+Drop-in names: ``build_sam2`` and ``build_sam2_video_predictor`` (official config names),
+``SAM2ImagePredictor``, ``SAM2AutomaticMaskGenerator``, ``SAM2VideoPredictor``. Model pieces: Hiera
 image encoder with FPN neck, prompt encoder, mask decoder (high-resolution skips, object scores),
 memory attention (RoPE), memory encoder, object pointers.
 
@@ -23,6 +23,8 @@ _WHERE = {
     "get_config": "config",
     "build_sam2": "compat",
     "build_sam2_hf": "compat",
+    "build_sam2_video_predictor": "compat",
+    "SAM2VideoPredictor": "video_predictor",
     "build_model": "checkpoint",
     "build_sam2_model": "checkpoint",
     "load_into": "checkpoint",

@@ -32,6 +32,62 @@ def build_sam2(config_file: str, ckpt_path: str | os.PathLike | None = None, dev
     return model.train() if mode == "train" else model
 
 
+#: hydra overrides ``++model.KEY=VALUE`` that build_sam2_video_predictor understands: model config fields and
+#: video predictor options
+MODEL_OVERRIDES = {"image_size": int}
+PREDICTOR_OVERRIDES = {"fill_hole_area": float, "non_overlap_masks": bool, "clear_non_cond_mem_around_input": bool,
+                       "add_all_frames_to_correct_as_cond": bool, "binarize_mask_from_pts_for_mem_enc": bool,
+                       "memory_temporal_stride_for_eval": int, "max_cond_frames_in_attn": int}
+
+
+def _parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["++model.image_size=512", ...]`` -> {"image_size": 512, ...}; anything else is refused by name."""
+    known = {**MODEL_OVERRIDES, **PREDICTOR_OVERRIDES}
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = str(item).lstrip("+").partition("=")
+        name = key[len("model."):] if key.startswith("model.") else None
+        if not sep or name not in known:
+            raise ConfigError(f"unsupported hydra override {item!r}; imseg understands "
+                              f"{sorted(f'++model.{k}=...' for k in known)}.")
+        kind = known[name]
+        try:
+            if kind is bool:
+                if raw.lower() not in ("true", "false"):
+                    raise ValueError(raw)
+                out[name] = raw.lower() == "true"
+            else:
+                out[name] = kind(raw)
+        except ValueError:
+            raise ConfigError(f"hydra override {item!r}: {raw!r} is not a valid {kind.__name__}.") from None
+    return out
+
+
+def build_sam2_video_predictor(config_file: str, ckpt_path: str | os.PathLike | None = None,
+                               device: str | torch.device = "cuda", mode: str = "eval",
+                               hydra_overrides_extra: list[str] | None = None, apply_postprocessing: bool = True,
+                               vos_optimized: bool = False, **kwargs: Any) -> Any:
+    """The SAM 2.1 video predictor (:class:`~imseg.sam2.video_predictor.SAM2VideoPredictor`) for an official config
+    name, with the official checkpoint ``ckpt_path`` if given. ``apply_postprocessing`` (as the official): stability
+    -based single-mask choice, thresholded masks in the memories of prompted frames, holes up to 8 low-res pixels
+    filled. ``hydra_overrides_extra``: ``++model.image_size=N`` and the predictor options (see PREDICTOR_OVERRIDES)."""
+    from .video_predictor import SAM2VideoPredictor
+
+    if mode not in ("eval", "train"):
+        raise ConfigError(f"mode must be 'eval' or 'train', got {mode!r}.")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} is not available on this machine (no CUDA); pass device='cpu'.")
+    options = _parse_overrides(list(hydra_overrides_extra or []))
+    if apply_postprocessing:  # applied after the user's overrides, as the official build does
+        options.update(binarize_mask_from_pts_for_mem_enc=True, fill_hole_area=8)
+    model_opts = {k: options.pop(k) for k in list(options) if k in MODEL_OVERRIDES}
+    model = build_sam2_model(variant_of(config_file), ckpt_path, device=device,
+                             apply_postprocessing=apply_postprocessing, **model_opts)
+    if mode == "train":
+        model.train()
+    return SAM2VideoPredictor(model, **options)
+
+
 def build_sam2_hf(model_id: str, **kwargs: Any) -> Sam2Model:
     """Not available offline: name the official file to download instead."""
     short = {"facebook/sam2.1-hiera-tiny": "t", "facebook/sam2.1-hiera-small": "s",

@@ -1,11 +1,13 @@
-"""Per-frame steps of SAM 2 video tracking on a :class:`Sam2Model`: prompt decoding with object scores
-and object pointers, and encoding a frame's prediction into a memory. (The video predictor that keeps
-the per-object memory bank over frames builds on these.)"""
+"""Per-frame steps of SAM 2 video tracking on a :class:`Sam2Model`: memory attention of a frame to the memory
+bank, prompt decoding with object scores and object pointers, mask prompts taken as outputs, encoding a frame's
+prediction into a memory, and the mask post-processing (hole filling, non-overlap). The video predictor keeps the
+per-object memory bank over frames and calls these."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -81,3 +83,85 @@ def encode_memory(model: Sam2Model, pix_feat: torch.Tensor, high_res_masks: torc
     absent = 1 - (object_score_logits > 0).float()
     features = features + absent[..., None, None] * model.no_obj_embed_spatial[..., None, None]
     return features, out["vision_pos_enc"]
+
+
+@dataclass
+class Memory:
+    """One spatial memory of an object: features (B, 64, h, w) (stored in bfloat16), their position encoding
+    (B, 64, h, w) and ``t_pos``: 0 for conditioning frames, else 1 (oldest) .. num_maskmem - 1 (latest)."""
+
+    t_pos: int
+    features: torch.Tensor
+    pos: torch.Tensor
+
+
+def condition_on_memory(model: Sam2Model, vision_feat: torch.Tensor, vision_pos: torch.Tensor,
+                        memories: list[Memory] | None, pointers: list[tuple[int, torch.Tensor]],
+                        max_obj_ptrs: int) -> torch.Tensor:
+    """Memory attention of the current frame's top-level features (B, C, H, W) (position encoding alike) to
+    the spatial ``memories`` and the object ``pointers`` ((signed frame offset, (B, C)) pairs). ``memories`` None:
+    an initial conditioning frame, which gets the no-memory embedding instead. Returns (B, C, H, W)."""
+    b, c, h, w = vision_feat.shape
+    curr = vision_feat.flatten(2).permute(2, 0, 1)
+    if memories is None:
+        return (curr + model.no_mem_embed).permute(1, 2, 0).view(b, c, h, w)
+    tokens, pos_tokens = [], []
+    for mem in memories:  # memories are kept in bfloat16; attention runs in float32
+        tokens.append(mem.features.float().flatten(2).permute(2, 0, 1))
+        tpos = model.maskmem_tpos_enc[model.num_maskmem - mem.t_pos - 1]
+        pos_tokens.append(mem.pos.flatten(2).permute(2, 0, 1) + tpos)
+    num_ptr_tokens = 0
+    if pointers:
+        offsets = torch.tensor([p for p, _ in pointers], device=vision_feat.device)
+        ptrs = torch.stack([ptr for _, ptr in pointers], dim=0)  # (P, B, C)
+        ptr_pos = model.object_pointer_pos(offsets, max_obj_ptrs).unsqueeze(1).expand(-1, b, model.mem_dim)
+        split = c // model.mem_dim  # each pointer becomes C / mem_dim memory tokens
+        ptrs = ptrs.reshape(-1, b, split, model.mem_dim).permute(0, 2, 1, 3).flatten(0, 1)
+        tokens.append(ptrs)
+        pos_tokens.append(ptr_pos.repeat_interleave(split, dim=0))
+        num_ptr_tokens = ptrs.shape[0]
+    out = model.memory_attention(curr, torch.cat(tokens, dim=0), vision_pos.flatten(2).permute(2, 0, 1),
+                                 torch.cat(pos_tokens, dim=0), num_obj_ptr_tokens=num_ptr_tokens)
+    return out.permute(1, 2, 0).view(b, c, h, w)
+
+
+def mask_as_output(model: Sam2Model, pix_feat: torch.Tensor, high_res_features: list[torch.Tensor],
+                   mask_inputs: torch.Tensor) -> FrameOutput:
+    """A mask prompt (B, 1, S, S) in the model frame taken as the output itself (logits ±10); the decoder only
+    gives the object pointer. The object counts as present when the mask has any pixel."""
+    high_res = mask_inputs.float() * 20.0 - 10.0
+    low_res = F.interpolate(high_res, size=(high_res.shape[-2] // 4, high_res.shape[-1] // 4), mode="bilinear",
+                            align_corners=False, antialias=True)
+    ious = mask_inputs.new_ones(mask_inputs.shape[0], 1).float()
+    decoded = decode_frame(model, pix_feat, mask_inputs=model.mask_downsample(mask_inputs.float()),
+                           high_res_features=high_res_features)
+    appearing = torch.any(mask_inputs.flatten(1).float() > 0.0, dim=1)[..., None].float()
+    scores = 20.0 * appearing - 10.0
+    obj_ptr = appearing * decoded.obj_ptr + (1 - appearing) * model.no_obj_ptr
+    return FrameOutput(low_res, high_res, ious, low_res, high_res, obj_ptr, scores)
+
+
+def non_overlapping(masks: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) logits of N objects: where another object scores higher, clamp to at most -10."""
+    if masks.shape[0] == 1:
+        return masks
+    best = torch.argmax(masks, dim=0, keepdim=True)
+    keep = best == torch.arange(masks.shape[0], device=masks.device)[:, None, None, None]
+    return torch.where(keep, masks, torch.clamp(masks, max=-10.0))
+
+
+def fill_holes(masks: torch.Tensor, max_area: float) -> torch.Tensor:
+    """(N, 1, h, w) logits: background regions (logit <= 0, 8-connected) of at most ``max_area`` pixels become
+    foreground with logit 0.1 (the official CUDA post-processing, done with scipy on the CPU)."""
+    from scipy import ndimage
+
+    flat = masks.detach().reshape(-1, *masks.shape[-2:]).cpu().numpy()
+    holes = np.zeros(flat.shape, bool)
+    for i, logits in enumerate(flat):
+        labels, n = ndimage.label(logits <= 0, structure=np.ones((3, 3)))
+        if n:
+            areas = np.bincount(labels.ravel())
+            holes[i] = (labels > 0) & (areas[labels] <= max_area)
+    if not holes.any():
+        return masks
+    return torch.where(torch.as_tensor(holes, device=masks.device).reshape(masks.shape), 0.1, masks)
