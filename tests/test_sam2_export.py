@@ -22,6 +22,8 @@ from imseg.cli import app  # noqa: E402
 from imseg.errors import CheckpointError, ConfigError, ExportError  # noqa: E402
 from imseg.io import read_image  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here needs the exported model (about a minute to export)
+
 SCORE_TOL = 1e-3
 LOGIT_TOL = 1e-3  # relative to the largest |logit|
 

@@ -90,6 +90,7 @@ def image(data_dir):
     return read_image(path)
 
 
+@pytest.mark.slow
 def test_serve_sam2_torch(checkpoint, image, tmp_path, monkeypatch):
     application, result = serve_app("sam2.1-hiera-t", tmp_path, monkeypatch, "--checkpoint", str(checkpoint))
     assert result.exit_code == 0, result.output
@@ -98,6 +99,7 @@ def test_serve_sam2_torch(checkpoint, image, tmp_path, monkeypatch):
     check_served_like_segmenter(application, segmenter, image)
 
 
+@pytest.mark.slow
 def test_serve_sam2_cache_must_hold_the_high_res_features(checkpoint, tmp_path, monkeypatch):
     """A SAM 2.1 embedding is 16 MiB with its high-resolution features: a smaller cache is refused at startup."""
     _, result = serve_app("sam2.1-hiera-t", tmp_path, monkeypatch, "--checkpoint", str(checkpoint),

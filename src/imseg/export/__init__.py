@@ -1,6 +1,7 @@
 """Export (ONNX, TorchScript, int8) and the ONNX Runtime backend.
 
-``imseg.export.onnx``: SAM encoder/decoder and semantic models to ONNX; ``imseg.export.torchscript``:
+``imseg.export.onnx``: SAM encoder/decoder and semantic models to ONNX; ``imseg.export.onnx_sam2``: SAM 2.1
+encoder, prompt decoder and memory attention to ONNX; ``imseg.export.torchscript``:
 semantic models to TorchScript; ``imseg.export.quantize``: int8 through onnxruntime.quantization;
 ``imseg.export.runtime``: ``load_exported`` / ``load_registry_model`` (ONNX Runtime segmenters).
 Nothing heavy is imported here.

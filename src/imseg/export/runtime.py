@@ -1,9 +1,10 @@
 """ONNX Runtime backend: run exported models with the same ``segment()`` API and ``Masks`` output.
 
-``load_exported(dir)`` reads ``imseg_export.json`` and returns :class:`OrtSamSegmenter` or
-:class:`OrtSemanticSegmenter`; ``load_registry_model(spec, checkpoint=...)`` exports a registry
-model into the cache once and loads that. Sessions and manifests: :mod:`imseg.export.sessions`;
-the SAM engine: :mod:`imseg.export.ort_sam`; the semantic engine: :mod:`imseg.export.ort_semantic`.
+``load_exported(dir)`` reads ``imseg_export.json`` and returns :class:`OrtSamSegmenter`,
+:class:`~imseg.export.ort_sam2.OrtSam2Segmenter` or :class:`OrtSemanticSegmenter`;
+``load_registry_model(spec, checkpoint=...)`` exports a registry model into the cache once and loads that.
+Sessions and manifests: :mod:`imseg.export.sessions`; the SAM engine: :mod:`imseg.export.ort_sam`;
+the semantic engine: :mod:`imseg.export.ort_semantic`.
 """
 
 from __future__ import annotations
