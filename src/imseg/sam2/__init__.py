@@ -24,6 +24,7 @@ _WHERE = {
     "build_sam2": "compat",
     "build_sam2_hf": "compat",
     "build_sam2_video_predictor": "compat",
+    "build_sam2_video_predictor_hf": "compat",
     "SAM2VideoPredictor": "video_predictor",
     "build_model": "checkpoint",
     "build_sam2_model": "checkpoint",

@@ -95,3 +95,8 @@ def build_sam2_hf(model_id: str, **kwargs: Any) -> Sam2Model:
     hint = f" Download {SPECS[f'sam2.1-hiera-{short}'].url} and call build_sam2(" \
            f"{SPECS[f'sam2.1-hiera-{short}'].config_file!r}, PATH)." if short else ""
     raise ConfigError(f"imseg.sam2 does not download from the Hugging Face hub ({model_id!r}).{hint}")
+
+
+def build_sam2_video_predictor_hf(model_id: str, **kwargs: Any) -> Any:
+    """Not available offline: name the official file to download instead (as :func:`build_sam2_hf`)."""
+    return build_sam2_hf(model_id, **kwargs)

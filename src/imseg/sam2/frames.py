@@ -69,10 +69,10 @@ class FrameSource:
         if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
             raise InputError(f"frame_idx must be an integer frame index, got {index!r}.")
         if not self.has_frame(int(index)):
-            raise InputError(f"frame {index} does not exist in {self.description}: it has {self._length_text()}; "
+            raise InputError(f"frame {index} does not exist in {self.description}: it has {self.length_text()}; "
                              f"frame indices start at 0.")
 
-    def _length_text(self) -> str:
+    def length_text(self) -> str:
         return f"{self.num_frames} frames (0..{self.num_frames - 1})" if self.num_frames else "no frames"
 
     def _read(self, index: int) -> np.ndarray:
@@ -198,7 +198,7 @@ class IteratorFrames(FrameSource):
             self._pull()
         return self.num_frames is None or index < self.num_frames
 
-    def _length_text(self) -> str:
+    def length_text(self) -> str:
         return f"ended after {self.num_frames} frames" if self.num_frames is not None else "not ended"
 
     def _pull(self) -> None:

@@ -57,6 +57,13 @@ class SAM2VideoPredictor:
         self.memory_temporal_stride_for_eval = memory_temporal_stride_for_eval
         self.max_cond_frames_in_attn = max_cond_frames_in_attn
 
+    @classmethod
+    def from_pretrained(cls, model_id: str, **kwargs: Any) -> SAM2VideoPredictor:
+        """Not available offline; the error names the official checkpoint to download."""
+        from .compat import build_sam2_video_predictor_hf
+
+        return build_sam2_video_predictor_hf(model_id, **kwargs)
+
     def __getattr__(self, name: str) -> Any:  # the official predictor is the model: expose its attributes
         if name == "model":
             raise AttributeError(name)
@@ -174,8 +181,10 @@ class SAM2VideoPredictor:
         frames = state["frames"]
         if not frames.has_frame(int(frame_idx)):
             raise PromptError(f"{what}: frame {frame_idx} does not exist in {frames.description}, which has "
-                              f"{frames._length_text()}.")
+                              f"{frames.length_text()}.")
         check_window(state, int(frame_idx), self.window, what)
+        if what.startswith("add_new"):
+            self._features(state, int(frame_idx))  # an unreadable frame fails before the object is registered
         return int(frame_idx)
 
     def _prompt_frame(self, state: dict, frame_idx: int, obj_idx: int, point_inputs: dict | None,
@@ -282,15 +291,16 @@ class SAM2VideoPredictor:
     def propagate_in_video(self, inference_state: dict, start_frame_idx: int | None = None,
                            max_frame_num_to_track: int | None = None, reverse: bool = False,
                            ) -> Iterator[tuple[int, list, torch.Tensor]]:
-        """Track every object over the video from ``start_frame_idx`` (default: the first prompted frame),
-        forward or in ``reverse``; yields (frame_idx, obj_ids, mask logits (num_objects, 1, H, W))."""
+        """Track every object over the video from ``start_frame_idx`` (default: the first prompted frame; for a
+        streaming state the first frame still in its memory window), forward or in ``reverse``; yields (frame_idx,
+        obj_ids, mask logits (num_objects, 1, H, W)). Objects prompted on the frame just yielded are tracked from
+        the next frame on (the official predictor needs a new propagate call for them)."""
         state = check_state(inference_state)
         self.propagate_in_video_preflight(state)
         if reverse and state["streaming"]:
             raise StateError("a streaming state tracks forward only; use init_state(video, streaming=False) on a "
                              "folder or video file to propagate in reverse.")
         start = self._start_frame(state, start_frame_idx)
-        obj_ids = state["obj_ids"]
         frames = state["frames"]
         if reverse:
             end = max(start - (state["num_frames"] if max_frame_num_to_track is None else max_frame_num_to_track), 0)
@@ -299,10 +309,14 @@ class SAM2VideoPredictor:
             last = None if max_frame_num_to_track is None else start + max_frame_num_to_track
             order = _forward(start, last, frames.has_frame)
         for frame_idx in order:
+            if any(t[COND] or t[NON_COND] for t in state["temp_output_dict_per_obj"].values()):
+                self.propagate_in_video_preflight(state)  # prompts added while iterating (a live stream)
+            obj_ids = state["obj_ids"]
             masks = [self._track(state, obj_idx, frame_idx, reverse) for obj_idx in range(len(obj_ids))]
             if state["streaming"]:
                 evict(state, frame_idx, self.window)
             yield frame_idx, obj_ids, self._video_res(state, torch.cat(masks, dim=0))
+        state["num_frames"] = frames.num_frames  # a stream's length is known once it ended
 
     def _track(self, state: dict, obj_idx: int, frame_idx: int, reverse: bool) -> torch.Tensor:
         outputs = state["output_dict_per_obj"][obj_idx]

@@ -134,6 +134,8 @@ def select_memories(outputs: dict, frame_idx: int, reverse: bool, num_frames: in
         picked.append((t_pos, out))
     memories = [Memory(t_pos, out["maskmem_features"], out["maskmem_pos_enc"][-1])
                 for t_pos, out in picked if out is not None]
+    # pointer offsets are normalised by the reach min(video length, 16) - 1; a stream of unknown length
+    # counts as a long video
     max_ptrs = MAX_OBJ_PTRS if num_frames is None else min(num_frames, MAX_OBJ_PTRS)
     sign = -1 if reverse else 1
     pointers = [((frame_idx - t) * sign, out["obj_ptr"]) for t, out in selected.items()
@@ -156,6 +158,7 @@ def window_size(num_maskmem: int, stride: int) -> int:
 def evict(state: dict, frame_idx: int, window: int) -> None:
     """Streaming: drop non-conditioning outputs and tracking marks of frames more than ``window`` frames before
     ``frame_idx`` (they can no longer be attended to), and let the frame source drop older frames."""
+    state["frames"].release_before(frame_idx)
     limit = frame_idx - window
     if limit <= 0:
         return
@@ -166,7 +169,6 @@ def evict(state: dict, frame_idx: int, window: int) -> None:
         for t in [t for t in tracked if t < limit and t not in outputs[COND]]:
             del tracked[t]
     state["evicted_before"] = max(limit, state["evicted_before"] or 0)
-    state["frames"].release_before(frame_idx)
 
 
 def check_window(state: dict, frame_idx: int, window: int, what: str) -> None:
