@@ -246,7 +246,7 @@ def add_prompts(predictor: Any, state: dict, prompts: list[TrackPrompt]) -> None
     for i, p in enumerate(prompts):
         if not frames.has_frame(p.frame):
             raise PromptError(f"prompt {i + 1} (object {p.obj_id}) is on frame {p.frame}, which does not exist in "
-                              f"{frames.description}: it has {frames._length_text()}.")
+                              f"{frames.description}: it has {frames.length_text()}.")
         xy = [*(p.points or ()), *((p.box[:2], p.box[2:]) if p.box else ())]
         outside = [c for c in xy if not (0 <= c[0] <= state["video_width"] and 0 <= c[1] <= state["video_height"])]
         if outside:
