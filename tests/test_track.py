@@ -162,9 +162,13 @@ def test_track_unreadable_frame_keeps_finished_frames(checkpoint, frames, tmp_pa
 
 
 def test_parse_prompts():
-    prompts = parse_prompts([3], ["1,2;3,4", "-"], ["1,0", "1"], ["-", "0,0,5,5"], ["7", "8"])
+    prompts = parse_prompts([3], ["1,2;3,4", "-"], ["1,0", "-"], ["-", "0,0,5,5"], ["7", "8"])
     assert [(p.frame, p.obj_id, p.points, p.labels, p.box) for p in prompts] == [
         (3, 7, ((1.0, 2.0), (3.0, 4.0)), (1, 0), None), (3, 8, None, None, (0.0, 0.0, 5.0, 5.0))]
+    shared = parse_prompts([0, 4], ["1,2", "-"], ["0"], ["-", "0,0,5,5"], [])
+    assert [(p.frame, p.obj_id, p.labels) for p in shared] == [(0, 1, (0,)), (4, 2, None)]
+    with pytest.raises(PromptError, match="without --points"):
+        parse_prompts([], ["1,2", "-"], ["1", "1"], ["-", "0,0,5,5"], [])
     with pytest.raises(PromptError, match="--box is given 1 times for 2 prompts"):
         parse_prompts([], ["1,2", "3,4"], [], ["0,0,5,5"], [])
     with pytest.raises(PromptError, match="2 points need 2 labels"):

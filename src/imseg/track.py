@@ -80,9 +80,9 @@ def parse_prompts(frames: list[int], points: list[str], labels: list[str], boxes
         if obj_id < 0 or frame < 0:
             raise PromptError(f"prompt {i + 1}: --obj-id and --frame must be >= 0 (got {obj_id}, {frame}).")
         pts = None if p is None else tuple(tuple(_numbers(xy, "--points", 2)) for xy in p.split(";"))
-        if lab is not None and pts is None:
+        if lab is not None and pts is None and not (len(labels) == 1 and n > 1):  # a shared --labels is for points
             raise PromptError(f"prompt {i + 1}: --labels {lab!r} without --points; labels belong to points.")
-        labs = tuple(int(v) for v in _numbers(lab, "--labels")) if lab is not None else None
+        labs = tuple(int(v) for v in _numbers(lab, "--labels")) if lab is not None and pts is not None else None
         if pts is not None:
             labs = labs or (1,) * len(pts)
             if len(labs) != len(pts) or not set(labs) <= {0, 1}:
