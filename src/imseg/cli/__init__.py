@@ -15,7 +15,7 @@ from .common import app, fail
 
 # isort: off
 # the commands appear in --help in the order their modules register them
-from . import weights, segment, semantic, finetune, classical, convert, explain, export, serve  # noqa: E402, F401
+from . import weights, segment, track, semantic, finetune, classical, convert, explain, export, serve  # noqa: E402, F401
 # isort: on
 
 __all__ = ["app", "fail", "main"]

@@ -10,7 +10,7 @@ from .common import app, fail
 
 @app.command("export")
 def export_cmd(
-    model: str = typer.Option(None, "--model", "-m", help="SAM model to export: sam-vit-b, sam-vit-l, sam-vit-h, mobile-sam."),
+    model: str = typer.Option(None, "--model", "-m", help="sam-vit-b/l/h, mobile-sam, sam2.1-hiera-t/s/b+/l."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="SAM checkpoint (.pth/.pt); default: the cached weights."),
     run: str = typer.Option(None, "--run", help="Training run directory to export (runs/train/exp)."),
     format: str = typer.Option("onnx", "--format", "-f", help="onnx | torchscript (torchscript: runs only)."),
@@ -23,6 +23,8 @@ def export_cmd(
     single_mask: bool = typer.Option(False, "--single-mask", help="SAM decoder returns only the best mask (official option)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (>= 17)."),
     simplify: bool = typer.Option(False, "--simplify", help="Run onnxsim when installed."),
+    memory_attention: bool = typer.Option(False, "--memory-attention",
+                                          help="SAM 2.1: also export the video memory attention (real RoPE)."),
 ) -> None:
     """Export SAM (encoder.onnx + decoder.onnx) or a training run (ONNX / TorchScript), optionally int8."""
     import json
@@ -39,7 +41,7 @@ def export_cmd(
     try:
         manifest = export_model(model, run=run, checkpoint=checkpoint, out=out, format=format, int8=int8,
                                 calibration=calibration, raw_input=raw_input, single_mask=single_mask, opset=opset,
-                                simplify=simplify)
+                                simplify=simplify, memory_attention=memory_attention)
     except ImsegError as exc:
         fail(str(exc))
     info = json.loads(Path(manifest).read_text())

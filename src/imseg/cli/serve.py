@@ -10,7 +10,7 @@ from .common import app, fail
 
 @app.command("serve")
 def serve(
-    model: str = typer.Option("mobile-sam", "--model", "-m", help="SAM model: mobile-sam, sam-vit-b, sam-vit-l, sam-vit-h."),
+    model: str = typer.Option("mobile-sam", "--model", "-m", help="SAM model name or export dir."),
     checkpoint: str = typer.Option(None, "--checkpoint", "-c", help="Checkpoint path (default: the weights cache)."),
     host: str = typer.Option("127.0.0.1", help="Bind address. Loopback by default; use --api-key when exposing it."),
     port: int = typer.Option(8000, help="TCP port."),
@@ -47,8 +47,14 @@ def serve(
     from ..serve.app import ServeSettings, create_app
 
     try:
-        if get_spec(model).family != "sam":
-            fail(f"--model {model!r} is not a Segment Anything model; the server needs mobile-sam or sam-vit-b/l/h.")
+        from pathlib import Path
+
+        from ..export.onnx import MANIFEST
+
+        is_export = (Path(model) / MANIFEST).is_file()  # an `imseg export` directory (ONNX Runtime)
+        if not is_export and get_spec(model).family not in ("sam", "sam2"):
+            fail(f"--model {model!r} is not a Segment Anything model; the server needs mobile-sam, sam-vit-b/l/h, "
+                 f"sam2.1-hiera-t/s/b+/l or an `imseg export` directory of one.")
         settings = ServeSettings(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, cache_items=cache_items,
             cache_bytes=int(cache_mb * 1024 * 1024), concurrency=concurrency, queue_timeout=queue_timeout,

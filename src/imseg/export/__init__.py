@@ -1,6 +1,7 @@
 """Export (ONNX, TorchScript, int8) and the ONNX Runtime backend.
 
-``imseg.export.onnx``: SAM encoder/decoder and semantic models to ONNX; ``imseg.export.torchscript``:
+``imseg.export.onnx``: SAM encoder/decoder and semantic models to ONNX; ``imseg.export.onnx_sam2``: SAM 2.1
+encoder, prompt decoder and memory attention to ONNX; ``imseg.export.torchscript``:
 semantic models to TorchScript; ``imseg.export.quantize``: int8 through onnxruntime.quantization;
 ``imseg.export.runtime``: ``load_exported`` / ``load_registry_model`` (ONNX Runtime segmenters).
 Nothing heavy is imported here.
@@ -35,8 +36,33 @@ def build_sam(variant: str, checkpoint=None):
     return sam_model_registry[variant](checkpoint=checkpoint).eval()
 
 
+def export_sam2_checkpoint(spec, checkpoint, out, *, memory_attention: bool = False, opset: int = 17,
+                           simplify_graph: bool = False):
+    """Export registry SAM 2.1 model ``spec`` with its official ``checkpoint`` to ``out``; returns the manifest."""
+    from ..errors import DependencyError
+
+    try:
+        from ..sam2.checkpoint import build_sam2_model
+    except ImportError as exc:
+        raise DependencyError(f"exporting SAM 2.1 needs imseg.sam2 (torch), which is not importable here ({exc}).") from exc
+    from .onnx_sam2 import export_sam2
+
+    variant = spec.options["variant"]
+    model = build_sam2_model(variant, checkpoint)
+    return export_sam2(model, out, model_name=spec.name, variant=variant, memory_attention=memory_attention,
+                       opset=opset, simplify_graph=simplify_graph)
+
+
 def export_sam_checkpoint(spec, checkpoint, out, *, int8: bool = False, calibration=None, **options):
     """Export registry SAM model ``spec`` with ``checkpoint`` to ``out``; returns the manifest path."""
+    if spec.family == "sam2":
+        if int8 or calibration is not None or options.pop("raw_input", False) or options.pop("single_mask", False):
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{spec.name}: --int8, --calibration, --raw-input and --single-mask apply to SAM 1 "
+                              f"exports; export SAM 2.1 without them.")
+        return export_sam2_checkpoint(spec, checkpoint, out, **options)
+    options.pop("memory_attention", None)
     from .onnx import export_sam
 
     variant = spec.options["variant"]
@@ -62,9 +88,12 @@ def export_model(
     single_mask: bool = False,
     opset: int = 17,
     simplify: bool = False,
+    memory_attention: bool = False,
 ):
-    """``imseg export`` in Python: a registry SAM model (``model`` + ``checkpoint``) or a training run
-    (``run``) to ``out`` as ONNX (or TorchScript for runs). Returns the manifest path."""
+    """``imseg export`` in Python: a registry SAM or SAM 2.1 model (``model`` + ``checkpoint``) or a training
+    run (``run``) to ``out`` as ONNX (or TorchScript for runs). Returns the manifest path.
+
+    ``memory_attention`` (SAM 2.1 only) also exports the video memory attention (real-valued RoPE)."""
     from pathlib import Path
 
     from ..errors import ConfigError, ExportError
@@ -88,10 +117,12 @@ def export_model(
             raise ConfigError("--raw-input and --single-mask apply to SAM exports (--model), not to training runs.")
         return export_run(run, out, format=format, int8=int8, calibration=calibration, opset=opset, simplify=simplify)
     spec = get_spec(model)
-    if spec.family != "sam":
+    if memory_attention and spec.family != "sam2":
+        raise ConfigError(f"--memory-attention applies to SAM 2.1 models (sam2.1-hiera-*), not {spec.name}.")
+    if spec.family not in ("sam", "sam2"):
         raise ExportError(f"model {spec.name!r} ({spec.family}) has nothing to export; export SAM models or training runs.")
     if format != "onnx":
-        raise ConfigError("SAM models export to ONNX only (--format onnx).")
+        raise ConfigError("SAM and SAM 2.1 models export to ONNX only (--format onnx).")
     if checkpoint is None:
         from ..registry import find_weights
 
@@ -105,7 +136,8 @@ def export_model(
 
         raise CheckpointError(f"checkpoint {checkpoint} not found; pass the path of the .pth/.pt file.")
     return export_sam_checkpoint(spec, checkpoint, out, int8=int8, calibration=calibration, raw_input=raw_input,
-                                 single_mask=single_mask, opset=opset, simplify_graph=simplify)
+                                 single_mask=single_mask, opset=opset, simplify_graph=simplify,
+                                 memory_attention=memory_attention)
 
 
 def _run_model(run):

@@ -1,9 +1,10 @@
 """ONNX Runtime backend: run exported models with the same ``segment()`` API and ``Masks`` output.
 
-``load_exported(dir)`` reads ``imseg_export.json`` and returns :class:`OrtSamSegmenter` or
-:class:`OrtSemanticSegmenter`; ``load_registry_model(spec, checkpoint=...)`` exports a registry
-model into the cache once and loads that. Sessions and manifests: :mod:`imseg.export.sessions`;
-the SAM engine: :mod:`imseg.export.ort_sam`; the semantic engine: :mod:`imseg.export.ort_semantic`.
+``load_exported(dir)`` reads ``imseg_export.json`` and returns :class:`OrtSamSegmenter`,
+:class:`~imseg.export.ort_sam2.OrtSam2Segmenter` or :class:`OrtSemanticSegmenter`;
+``load_registry_model(spec, checkpoint=...)`` exports a registry model into the cache once and loads that.
+Sessions and manifests: :mod:`imseg.export.sessions`; the SAM engine: :mod:`imseg.export.ort_sam`;
+the semantic engine: :mod:`imseg.export.ort_semantic`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def load_exported(path: str | os.PathLike, device: str = "auto", providers: list
     files = precision_files(manifest, path, precision)
     if family == "sam":
         return OrtSamSegmenter(path, device=device, providers=providers, threads=threads, files=files, **kwargs)
+    if family == "sam2":
+        from .ort_sam2 import OrtSam2Segmenter
+
+        return OrtSam2Segmenter(path, device=device, providers=providers, threads=threads, **kwargs)
     if family == "semantic":
         unknown = sorted(set(kwargs) - {"resize", "imgsz"})
         if unknown:
@@ -92,7 +97,7 @@ def load_registry_model(spec, checkpoint: str | os.PathLike | None = None, devic
     """A registry model on ONNX Runtime (or OpenVINO): export ``checkpoint`` to the cache once, then load it."""
     if backend != "openvino":
         onnxruntime()
-    if spec.family != "sam":
+    if spec.family not in ("sam", "sam2"):
         raise ConfigError(
             f"model {spec.name!r} ({spec.family}) has no {backend} backend; use backend='torch'. "
             f"Semantic runs: `imseg export --run RUN --format onnx`, then imseg.load(EXPORT_DIR)."

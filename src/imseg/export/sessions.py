@@ -90,7 +90,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
 
 
 #: files each model family lists in its manifest
-MANIFEST_FILES = {"sam": ("encoder", "decoder"), "semantic": ("model",), "instance": ("model",)}
+MANIFEST_FILES = {"sam": ("encoder", "decoder"), "sam2": ("encoder", "decoder"), "semantic": ("model",),
+                  "instance": ("model",)}
 
 
 def check_manifest(manifest: Any, file: str | os.PathLike = MANIFEST) -> None:
@@ -106,7 +107,7 @@ def check_manifest(manifest: Any, file: str | os.PathLike = MANIFEST) -> None:
         raise bad(f"the export manifest must be a JSON object, got a JSON {type(manifest).__name__}")
     family = manifest.get("family")
     if family not in MANIFEST_FILES:
-        raise bad(f"unknown model family {family!r} (expected 'sam', 'semantic' or 'instance')")
+        raise bad(f"unknown model family {family!r} (expected 'sam', 'sam2', 'semantic' or 'instance')")
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise bad("the manifest has no 'files' object naming the .onnx files")

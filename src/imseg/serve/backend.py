@@ -33,8 +33,11 @@ LOW_RES_SIZE = (256, 256)
 
 
 def estimate_embedding_bytes(model: Any) -> int | None:
-    """Bytes of one image embedding (float32, ``embed_dim`` x (img_size/16)^2) of a SAM-style model,
-    or None when the model does not say its sizes."""
+    """Bytes of one image embedding (float32, ``embed_dim`` x (img_size/16)^2) of a SAM-style model (SAM 2:
+    with its stride-4 and stride-8 feature maps), or None when the model does not say its sizes."""
+    grid = getattr(model, "sam_image_embedding_size", None)
+    if grid is not None and hasattr(model, "hidden_dim"):  # SAM 2: embedding plus the two high-res feature maps
+        return 16 * int(model.hidden_dim) * int(grid) ** 2
     img_size = getattr(getattr(model, "image_encoder", None), "img_size", None)
     if img_size is None:
         return None
@@ -241,8 +244,8 @@ class SamBackend:
 
     @classmethod
     def from_segmenter(cls, segmenter: Any, **everything_options: Any) -> SamBackend:
-        """Wrap a promptable segmenter (``imseg.load("mobile-sam" | "sam-vit-b", ...)`` on torch, or an ONNX
-        export ``imseg.load(EXPORT_DIR)``): each worker gets ``segmenter.worker_copy()``."""
+        """Wrap a promptable segmenter (``imseg.load("mobile-sam" | "sam-vit-b" | "sam2.1-hiera-t", ...)`` on
+        torch, or an ONNX export ``imseg.load(EXPORT_DIR)``): each worker gets ``segmenter.worker_copy()``."""
         if not (getattr(segmenter, "supports_prompts", False) and hasattr(segmenter, "worker_copy")
                 and hasattr(segmenter, "embed") and hasattr(segmenter, "decode")):
             raise ConfigError(
@@ -261,7 +264,7 @@ class SamBackend:
             segmenter.worker_copy,
             everything_options,
             summary=f"imseg {kind}",
-            embedding_bytes=estimate_embedding_bytes(model),
+            embedding_bytes=getattr(segmenter, "embedding_bytes", None) or estimate_embedding_bytes(model),
             supports_everything=everything,
         )
 
