@@ -136,8 +136,10 @@ def make_logger_callback(spec: str | Sequence[str] | None, artifacts, val_datase
             self.loggers: RunLoggers | None = None
 
         def on_train_start(self, trainer, module) -> None:
-            if trainer.is_global_zero:  # after a resume's restore: global_step is the one training goes on from
-                self.loggers = make_loggers(names, artifacts.run_dir, purge_step=int(trainer.global_step))
+            if trainer.is_global_zero:  # after a resume's restore: steps up to global_step were finished and saved;
+                # later ones (an interrupted run's last steps) are hidden, as they are trained again
+                step = int(trainer.global_step)
+                self.loggers = make_loggers(names, artifacts.run_dir, purge_step=step + 1 if step else None)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
             if self.loggers is None or not self.loggers.active:
