@@ -71,6 +71,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--distill-temperature", type=float, default=1.0)
     parser.add_argument("--teacher-run", help="use this trained run as the teacher instead of training one")
     parser.add_argument("--limit", type=int, help="keep the first N training images (quick trials)")
+    parser.add_argument("--speed-imgsz", type=int, help="input size of the speed comparison (default --imgsz)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--project", default="runs/bench_distill")
     parser.add_argument("--out", default="runs/bench_distill/results.json")
@@ -108,7 +109,7 @@ def forward_ms(teacher_dir: Path, student_dir: Path, imgsz: int, repeats: int = 
 
     models = {k: model_from_checkpoint(load_checkpoint(find_checkpoint(d))) for k, d in
               (("teacher", teacher_dir), ("student", student_dir))}
-    out = {}
+    out = {"speed_imgsz": imgsz}
     for batch in (1, 4):
         x = torch.randn(batch, 3, imgsz, imgsz)
         times = {k: [] for k in models}
@@ -184,7 +185,7 @@ def main(argv: list[str]) -> list:
                "student_epochs": args.epochs, "distill": {k: v for k, v in distill.items() if k != "teacher"},
                "test_images": len(native["test"]), "cpu": cpu_model(), "threads": args.threads,
                **{f"test_iou_{k}": spread(v) for k, v in scores.items() if v},
-               **forward_ms(teacher_dir, student_dir, args.imgsz)}
+               **forward_ms(teacher_dir, student_dir, args.speed_imgsz or args.imgsz)}
     if scores["student"] and scores["distilled"]:
         summary["gain_mean"] = round(statistics.mean(scores["distilled"]) - statistics.mean(scores["student"]), 4)
     emit(summary, results, out)
