@@ -58,6 +58,15 @@ def train_cmd(
     resume: str = typer.Option(None, "--resume", help="Run directory (or weights/last.ckpt) to continue."),
     init: str = typer.Option(None, "--init", help="Start from these weights (a run directory or its best.pt/last.pt): "
                              "fine-tune, e.g. at a larger --imgsz; --model/--encoder must be the checkpoint's."),
+    teacher: str = typer.Option(None, "--teacher", help="Distil from this trained semantic run (directory or best.pt): "
+                                "its predictions on each augmented batch are added to the loss (a frozen teacher)."),
+    distill: str = typer.Option("kd", "--distill", help="With --teacher: kd (pixel-wise KL of the class "
+                                "distributions) or cwd (channel-wise: KL of each class map's spatial distribution)."),
+    distill_weight: float = typer.Option(1.0, "--distill-weight", help="Weight of the distillation loss."),
+    distill_temperature: float = typer.Option(1.0, "--distill-temperature", help="Softmax temperature T of the "
+                                              "distillation loss (scaled by T^2); cwd is often used with 4."),
+    logger: str = typer.Option("csv", "--logger", help="csv (metrics.csv, always written) and/or tensorboard "
+                               "(RUN/tensorboard events: losses, metrics, lr, validation overlays), e.g. csv,tensorboard."),
 ) -> None:
     """Train a semantic segmentation model; writes runs/train/NAME[N]/ (weights, metrics.csv, plots)."""
     import yaml
@@ -86,7 +95,8 @@ def train_cmd(
             scheduler=scheduler, warmup=warmup,
             amp=amp, patience=patience, workers=workers, seed=seed, name=name, project=project, loss=loss, augment=aug,
             cache=cache, devices=int(devices) if devices.isdigit() else devices, nodes=nodes, accelerator=accelerator,
-            ema=ema, save_period=save_period, init=init,
+            ema=ema, save_period=save_period, init=init, teacher=teacher, distill=distill,
+            distill_weight=distill_weight, distill_temperature=distill_temperature, logger=logger,
         )
         if resume:
             result = train(resume=resume, **({"epochs": epochs} if epochs is not None else {}))

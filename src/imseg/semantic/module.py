@@ -10,9 +10,11 @@ import numpy as np
 import torch
 
 from ..errors import require
+from .distill import build_distiller
 from .losses import build_loss
 from .metrics import ConfusionMatrix, metrics_from_confusion
 from .models import create_model
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _fused_or_foreach(kind, params: list, **kwargs: Any) -> torch.optim.Optimizer:
@@ -99,6 +101,8 @@ def _make_module_class():
                 self.model.load_state_dict(init_state)
             self.ema = WeightEMA(self.model, cfg["ema"]) if cfg.get("ema") else None
             self.criterion = build_loss(cfg["loss"], num_classes, ignore_index, cfg.get("class_weights"))
+            # a frozen teacher outside the module's parameters and state (see semantic.distill); None without one
+            self.distiller = build_distiller(cfg, class_names, IMAGENET_MEAN, IMAGENET_STD)
             self.val_cm = ConfusionMatrix(num_classes, ignore_index)
             self.val_metrics: dict[str, Any] = {}
             self.val_matrix: torch.Tensor | None = None
@@ -113,7 +117,13 @@ def _make_module_class():
 
         def training_step(self, batch, batch_idx: int) -> torch.Tensor:
             images, masks = batch
-            loss = self.criterion(self(images), masks)
+            logits = self(images)
+            loss = self.criterion(logits, masks)
+            if self.distiller is not None:  # the teacher sees this same augmented batch
+                distill = self.distiller(images, logits)
+                self.log("train/distill", distill, on_step=False, on_epoch=True, sync_dist=True,
+                         batch_size=images.shape[0])
+                loss = loss + distill
             self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
             self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
             return loss

@@ -36,6 +36,8 @@ from .checkpoints import (
     read_resume_checkpoint,
     save_checkpoint,
 )
+from .distill import check_distill_options
+from .loggers import make_logger_callback, parse_logger_spec
 from .models import OUTPUT_STRIDE, input_multiple, model_config
 from .module import WeightEMA, _has_unused_parameters, _lightning, _make_module_class
 from .plots import colorize, plot_confusion_matrix, plot_results, plot_val_samples
@@ -84,6 +86,11 @@ class TrainConfig:
     save_period: int = 1  # write the resumable weights/last.ckpt every N epochs (and at the last one)
     init: str | None = None  # start from these weights (a run directory or its best.pt/last.pt): fine-tuning,
     #                          e.g. at a larger imgsz; the model options must be the checkpoint's
+    teacher: str | None = None  # distil from this trained run (directory or best.pt), see semantic.distill
+    distill: str = "kd"  # kd (pixel-wise) | cwd (channel-wise)
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
+    logger: str = "csv"  # csv | tensorboard | csv,tensorboard (see semantic.loggers)
 
     def validate(self) -> None:
         multiple = input_multiple(self.model, self.model_kwargs)
@@ -113,6 +120,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        check_distill_options(self.teacher, self.distill, self.distill_weight, self.distill_temperature)
+        parse_logger_spec(self.logger)
 
 
 def _devices_ok(devices: Any) -> bool:
@@ -414,6 +423,8 @@ def train(
         cfg = TrainConfig(**{**asdict(cfg), **overrides})
         run_dir = None
     cfg.validate()
+    if cfg.teacher:  # recorded absolute: a resumed run finds its teacher from any working directory
+        cfg.teacher = str(Path(cfg.teacher).resolve())
     datasets, names, ignore, info = _training_data(cfg, datasets, class_names, ignore_index)
 
     model_meta = model_config(cfg.model, cfg.encoder, len(names), **cfg.model_kwargs)
@@ -436,6 +447,7 @@ def train(
                    "mean": meta["mean"], "std": meta["std"]}
     callbacks = _callbacks(cfg, run_dir, meta, config_yaml, callbacks)
     artifacts = callbacks[0]
+    callbacks.insert(1, make_logger_callback(cfg.logger, artifacts, datasets["val"], meta, cfg.val_samples))
     trainer = _trainer(cfg, module, callbacks, run_dir, on_gpu)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:  # weights_only: last.ckpt is data; read_resume_checkpoint has checked it loads that way
