@@ -116,3 +116,27 @@ def test_schedule_fills_the_budget_within_ten_percent(minutes):
     assert 0.9 * budget <= plan["planned_s"] <= budget * (1 - SAFETY / 2)
     share = 0.1 * (plan["stage1"]["seconds"] + plan["stage2"]["seconds"])  # within one epoch of stage two
     assert abs(plan["stage2"]["seconds"] - share) <= plan["stage2"]["epoch_s"] + 0.1 * share
+
+
+def _planned(minutes: float, step_s: float):
+    import time
+
+    from imseg.semantic.plan.probe import ProbeResult
+    from imseg.semantic.plan.runner import Plan, _schedule
+
+    plan = Plan(minutes=minutes, fingerprint=fp(), choices=plan_rules(fp(), CPU), started=time.monotonic(),
+                probe=ProbeResult(step_s=step_s, val_image_s=step_s / 20, steps_per_epoch=25, val_images=60))
+    _schedule(plan, {})
+    return plan
+
+
+def test_epochs_fill_the_budget_and_a_short_first_stage_gets_no_second():
+    fast = _planned(14, step_s=0.2)  # ~6 s an epoch
+    assert fast.second_stage is not None and fast.choices["epochs"].value == fast.schedule["stage1"]["epochs"] >= 100
+    assert fast.choices["warmup"].value == 1.0 and fast.schedule["tta_images"] == 60
+    slow = _planned(14, step_s=4.0)  # ~110 s an epoch: a handful of epochs
+    assert slow.second_stage is None and "no second stage" in slow.choices["second_stage"].reason
+    assert "stage2" not in slow.schedule and slow.choices["epochs"].value < 20
+    assert slow.choices["warmup"].value < 1.0  # a tenth of a very short run
+    assert 16 <= slow.schedule["tta_images"] < 60  # the test-time choice keeps to its share of the budget
+    assert slow.schedule["planned_s"] <= 14 * 60

@@ -15,10 +15,21 @@ STAGE_OVERHEAD_S = 8.0
 SAFETY = 0.04
 #: test-time candidates are scored at full resolution: resizing back and tiling cost more than the forward pass
 TTA_MARGIN = 1.6
+#: the test-time choice may take this share of the budget; beyond it, it is made on fewer validation images
+TTA_SHARE = 0.08
+#: ... but on no fewer than these
+TTA_MIN_IMAGES = 16
+
+
+def tta_images(budget_s: float, val_image_s: float, val_images: int, candidate_cost: float, size_ratio: float,
+               native: bool) -> int:
+    """Validation images the test-time choice is made on: all, unless they would take over ``TTA_SHARE`` of the budget."""
+    per_image = tta_seconds(val_image_s, 1, candidate_cost, size_ratio, native) - 3.0
+    return min(val_images, max(TTA_MIN_IMAGES, int(TTA_SHARE * budget_s / max(per_image, 1e-9))))
 
 
 def tta_seconds(val_image_s: float, val_images: int, candidate_cost: float, size_ratio: float, native: bool) -> float:
-    """Seconds the test-time choice will take: every candidate on every validation image."""
+    """Seconds the test-time choice will take: every candidate on ``val_images`` validation images."""
     tiles = 2.25 if native else 1.0  # overlapping tiles cover a native image ~2.25 times
     return val_images * val_image_s * candidate_cost * size_ratio ** 2 * tiles * TTA_MARGIN + 3.0
 

@@ -28,6 +28,8 @@ RARE_CLASS = 0.02
 FEW_STEPS = 10
 #: share of the training time given to a second stage at a larger size (FixRes)
 SECOND_STAGE_SHARE = 0.1
+#: a second stage only refines a first one that trained at least this many epochs
+SECOND_STAGE_MIN_EPOCHS = 20
 
 
 @dataclass

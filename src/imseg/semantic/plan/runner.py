@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .budget import schedule, tta_seconds, warmup_epochs
+from .budget import schedule, tta_images, tta_seconds, warmup_epochs
 from .fingerprint import Fingerprint, fingerprint
 from .probe import ProbeResult, probe
-from .rules import Choice, Machine, plan_rules
+from .rules import SECOND_STAGE_MIN_EPOCHS, Choice, Machine, plan_rules
 from .tta import choose_tta, cost, store_inference
 
 #: TrainConfig options the plan sets unless they are given
@@ -143,12 +143,22 @@ def _fastest_threads(cfg, sets: dict, num_classes: int, ignore_index: int | None
 def _schedule(plan: Plan, given: dict[str, Any]) -> None:
     """Epochs (unless given) and warm-up from the probe and the budget."""
     p, second = plan.probe, plan.second_stage
-    ratio = second["imgsz"] / plan.choices["imgsz"].value if second else 1.0
     native = plan.mode == "native"
-    flips = "hv" if plan.choices["augment"].value.get("vflip") or plan.choices["augment"].value.get("rotate90") else "h"
-    tta_s = tta_seconds(p.val_image_s, p.val_images, cost(not native, flips), ratio, native)
-    plan.schedule = schedule(plan.minutes * 60, time.monotonic() - plan.started, p.epoch_s, tta_s, second, ratio)
-    epochs = plan.schedule["stage1"]["epochs"]
+    augment = plan.choices["augment"].value
+    flips = "hv" if isinstance(augment, dict) and (augment.get("vflip") or augment.get("rotate90")) else "h"
+    for _ in range(2):  # again without the second stage if stage one would be too short for it
+        ratio = second["imgsz"] / plan.choices["imgsz"].value if second else 1.0
+        args = (p.val_image_s, p.val_images, cost(not native, flips), ratio, native)
+        images = tta_images(plan.minutes * 60, *args)
+        tta_s = tta_seconds(args[0], images, *args[2:])
+        plan.schedule = schedule(plan.minutes * 60, time.monotonic() - plan.started, p.epoch_s, tta_s, second, ratio)
+        plan.schedule["tta_images"] = images
+        epochs = plan.schedule["stage1"]["epochs"]
+        if not second or epochs >= SECOND_STAGE_MIN_EPOCHS:
+            break
+        second = None
+        plan.choices["second_stage"] = Choice(None, f"no second stage: stage one fits only {epochs} epochs here "
+                                                    f"(< {SECOND_STAGE_MIN_EPOCHS}); all the time goes to it")
     if "epochs" not in given:
         plan.choices["epochs"] = Choice(epochs, f"{p.epoch_s:.1f} s an epoch measured here: {epochs} epochs fill "
                                                 f"stage one's share of {plan.minutes:g} min, so the schedule anneals")
@@ -187,7 +197,8 @@ def train_planned(plan: Plan, built: dict, callbacks: list | None = None, echo: 
     if second:
         result = _second_stage(plan, built, result, run_dir, timings, left() - tta_min, callbacks, inference, echo)
     tta_start = time.monotonic()
-    choice = choose_tta(result.run_dir, built["native"]["val"], resize=inference["resize"])
+    choice = choose_tta(result.run_dir, built["native"]["val"], resize=inference["resize"],
+                        images=plan.schedule.get("tta_images"))
     store_inference(result.run_dir, {**inference, "tta": choice["tta"], "scales": choice["scales"]})
     timings["tta_s"] = time.monotonic() - tta_start
     timings["total_s"] = time.monotonic() - plan.started

@@ -36,8 +36,9 @@ def _view_probs(segmenter, rgb: np.ndarray, scales: set[float]) -> dict[tuple[st
     return out
 
 
-def choose_tta(run_dir: str | Path, val_dataset, resize: bool) -> dict[str, Any]:
-    """Score every candidate on ``val_dataset`` (full resolution) with the run's best.pt; the best mean IoU wins.
+def choose_tta(run_dir: str | Path, val_dataset, resize: bool, images: int | None = None) -> dict[str, Any]:
+    """Score every candidate on ``val_dataset`` (full resolution; ``images`` evenly spaced ones, default all) with
+    the run's best.pt; the best mean IoU wins.
 
     Returns ``{"tta": bool, "scales": [...], "val_miou": {candidate: score}, "reason": ...}``. A candidate's
     prediction is the mean of its views' probabilities, as :class:`~imseg.semantic.infer.SemanticSegmenter` averages.
@@ -51,7 +52,9 @@ def choose_tta(run_dir: str | Path, val_dataset, resize: bool) -> dict[str, Any]
     options = candidates(resize)
     matrices = {c: ConfusionMatrix(segmenter.num_classes, segmenter.ignore_index) for c in options}
     scales = {s for _, group in options for s in group}
-    for i in range(len(val_dataset)):
+    indices = sorted({int(i) for i in np.linspace(0, len(val_dataset) - 1, min(images or len(val_dataset),
+                                                                                 len(val_dataset)))})
+    for i in indices:
         rgb, mask = val_dataset.read_raw(i)
         views = _view_probs(segmenter, rgb, scales)
         truth = torch.from_numpy(np.asarray(mask, dtype=np.int64))
@@ -67,7 +70,7 @@ def choose_tta(run_dir: str | Path, val_dataset, resize: bool) -> dict[str, Any]
         "val_miou": {f"flip {'on' if k[0] else 'off'}, scales {','.join(map(str, k[1]))}": round(v, 4)
                      for k, v in scores.items()},
         "reason": f"highest validation mIoU {scores[best]:.4f} of {len(scores)} candidates (without test-time "
-                  f"augmentation {plain:.4f}), on {len(val_dataset)} validation images at full resolution",
+                  f"augmentation {plain:.4f}), on {len(indices)} of {len(val_dataset)} validation images at full resolution",
     }
 
 
