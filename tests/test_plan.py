@@ -109,8 +109,12 @@ def test_planned_run_follows_its_plan_within_the_budget(planned_horses):
         assert set(choice) == {"value", "reason"} and choice["reason"], key
     for key in ("model", "encoder", "batch", "loss", "augment", "model_kwargs", "class_weights"):
         assert options[key] == plan["choices"][key]["value"], key
-    schedule = plan["schedule"]
-    assert 0.9 * 120 <= schedule["planned_s"] <= 1.1 * 120  # the plan fills the budget and stays inside it
+    schedule, budget = plan["schedule"], 120.0
+    shortest = schedule["planning_s"] + schedule["epoch_s"] + schedule["tta_s"] + 8.0  # one epoch, nothing less
+    if shortest <= 0.85 * budget:  # the plan fills the budget and stays inside it
+        assert 0.9 * budget <= schedule["planned_s"] <= 1.1 * budget
+    else:  # a machine so busy that planning took the budget: the least there is, one epoch, one stage
+        assert schedule["stage1"]["epochs"] == 1 and "stage2" not in schedule
     second = plan["choices"]["second_stage"]["value"]
     stage1 = run / "stage1" if second else run
     with open(stage1 / "metrics.csv") as fh:  # every planned epoch ran: the schedule annealed
