@@ -64,11 +64,11 @@ def train_cmd(
 ) -> None:
     """Train a semantic segmentation model; writes runs/train/NAME[N]/ (weights, metrics.csv, plots).
 
-    `imseg train --data DATA --time MINUTES` plans --model, --encoder, --imgsz, --epochs, --batch, --lr, --optimizer,
-    --scheduler, --warmup, --patience, --loss, --augment, --cache, --workers, --ema and --save-period (plus encoder
-    depth, decoder widths, class weights, a second stage at a larger size and test-time augmentation) from the
-    data and a timing probe; every one of them given explicitly wins. The plan and its reasons are printed first
-    and recorded in the run's config.yaml.
+    `imseg train --data DATA --time MINUTES` plans --model, --encoder, --imgsz, --epochs, --batch, --lr, \
+--optimizer, --scheduler, --warmup, --patience, --loss, --augment, --cache, --workers, --ema and --save-period \
+(plus encoder depth, decoder widths, class weights, a second stage at a larger size and test-time augmentation) \
+from the data and a timing probe; every one of them given explicitly wins. The plan and its reasons are printed \
+first and recorded in the run's config.yaml.
     """
     import yaml
 
