@@ -37,6 +37,7 @@ def test_large_objects_letterbox_to_the_smallest_size_that_keeps_the_masks():
     assert v["model_kwargs"] == {"encoder_depth": 4, "decoder_channels": [128, 64, 32, 16]}  # 96 / 16 = 6 px
     assert v["loss"] == "ce+lovasz" and v["batch"] == 8 and v["lr"] == pytest.approx(2.8e-3, abs=1e-4)
     assert v["augment"]["vflip"] == 0 and v["augment"]["hflip"] == 0.5  # photos stay upright
+    assert v["augment"]["color_jitter"] == 0.2
     assert v["second_stage"] == {"imgsz": 128, "share": 0.1, "lr_factor": 0.1}
     assert v["ema"] == 0.0 and v["class_weights"] is None and v["encoder"] == "resnet18"
 
@@ -62,6 +63,7 @@ def test_thin_structures_train_on_native_crops_with_orientation_free_augmentatio
     assert v["loss"] == "ce" and v["batch"] == 4 and v["lr"] == pytest.approx(2e-3)
     assert v["augment"]["vflip"] == 0.5 and v["augment"]["rotate90"] == 0.5 and v["augment"]["elastic"] > 0
     assert v["augment"]["scale"] == [1.6, 2.4]  # 0.8-1.2x native, relative to the 256 letterbox of 512 px images
+    assert v["augment"]["color_jitter"] == {"brightness": 0.2, "contrast": 0.2}  # grayscale: no saturation or hue
     assert v["ema"] == 0.995  # 25 images / batch 4: 6 steps an epoch
     assert v["second_stage"] is None and v["model_kwargs"]["encoder_depth"] == 5
 

@@ -136,6 +136,14 @@ def choose_optimisation(fp: Fingerprint, mode: str, imgsz: int) -> dict[str, Cho
 
 
 def choose_augment(fp: Fingerprint, mode: str, imgsz: int) -> Choice:
+    choice = _geometry_augment(fp, mode, imgsz)
+    if fp.grayscale:  # saturation and hue mean nothing without colour
+        choice.value["color_jitter"] = {"brightness": 0.2, "contrast": 0.2}
+        choice.reason += "; grayscale images: brightness and contrast jitter only"
+    return choice
+
+
+def _geometry_augment(fp: Fingerprint, mode: str, imgsz: int) -> Choice:
     if mode == "native":
         native = max(fp.median_size) / imgsz  # ScaleJitter is relative to the letterbox of the crop size
         aug = {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "rotate": 0,
