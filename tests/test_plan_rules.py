@@ -120,14 +120,16 @@ def test_schedule_fills_the_budget_within_ten_percent(minutes):
     assert abs(plan["stage2"]["seconds"] - share) <= plan["stage2"]["epoch_s"] + 0.1 * share
 
 
-def _planned(minutes: float, step_s: float):
+def _planned(minutes: float, step_s: float, **fingerprint):
     import time
 
     from imseg.semantic.plan.probe import ProbeResult
     from imseg.semantic.plan.runner import Plan, _schedule
 
-    plan = Plan(minutes=minutes, fingerprint=fp(), choices=plan_rules(fp(), CPU), started=time.monotonic(),
-                probe=ProbeResult(step_s=step_s, val_image_s=step_s / 20, steps_per_epoch=25, val_images=60))
+    case = fp(**fingerprint)
+    steps = max(1, case.num_train // plan_rules(case, CPU)["batch"].value)
+    plan = Plan(minutes=minutes, fingerprint=case, choices=plan_rules(case, CPU), started=time.monotonic(),
+                probe=ProbeResult(step_s=step_s, val_image_s=step_s / 20, steps_per_epoch=steps, val_images=60))
     _schedule(plan, {})
     return plan
 
@@ -142,3 +144,10 @@ def test_epochs_fill_the_budget_and_a_short_first_stage_gets_no_second():
     assert slow.choices["warmup"].value < 1.0  # a tenth of a very short run
     assert 16 <= slow.schedule["tta_images"] < 60  # the test-time choice keeps to its share of the budget
     assert slow.schedule["planned_s"] <= 14 * 60
+
+
+def test_a_weight_average_needs_a_run_longer_than_its_horizon():
+    few = {"num_train": 24}  # 3 steps an epoch: the rules average the weights
+    assert _planned(14, step_s=0.2, **few).choices["ema"].value == 0.995
+    short = _planned(2, step_s=4.0, **few).choices["ema"]
+    assert short.value == 0.0 and "horizon" in short.reason

@@ -162,6 +162,11 @@ def _schedule(plan: Plan, given: dict[str, Any]) -> None:
     if "epochs" not in given:
         plan.choices["epochs"] = Choice(epochs, f"{p.epoch_s:.1f} s an epoch measured here: {epochs} epochs fill "
                                                 f"stage one's share of {plan.minutes:g} min, so the schedule anneals")
+    ema = plan.choices["ema"].value
+    steps = plan.choices["epochs"].value * p.steps_per_epoch
+    if ema and "ema" not in given and steps < 1 / (1 - ema):
+        plan.choices["ema"] = Choice(0.0, f"no weight average: its horizon ({1 / (1 - ema):.0f} steps) is longer than "
+                                          f"the {steps} steps that fit the budget")
     if "warmup" not in given:
         plan.choices["warmup"] = Choice(warmup_epochs(plan.choices["epochs"].value),
                                         "linear warm-up: one epoch (a tenth of very short runs)")
