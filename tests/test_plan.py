@@ -146,3 +146,13 @@ def test_test_time_choice_is_stored_and_used_by_load(planned_horses):
     assert np.array_equal(expected, model.predict(str(image), tta=choice["tta"], scales=choice["scales"]))
     masks = model.segment(str(image))
     assert masks is not None
+
+
+def test_roundtrip_of_a_huge_mask_is_measured_on_a_full_resolution_window():
+    from imseg.semantic.plan.fingerprint import roundtrip_ious
+
+    mask = np.zeros((3000, 4000), np.int64)
+    mask[1000:2000, 1500:2500] = 1
+    mask[1400:1404, :] = 2  # a 4 px line across a 4000 px image
+    small, medium, large = roundtrip_ious(mask, 3, 255, [256, 1024, 2048])
+    assert small < medium < 0.9 < large  # the line vanishes below half resolution

@@ -83,6 +83,9 @@ def roundtrip_ious(mask: np.ndarray, num_classes: int, ignore_index: int | None,
     import torch
     import torch.nn.functional as F
 
+    longer = max(mask.shape)
+    top, left = max(0, (mask.shape[0] - 1024) // 2), max(0, (mask.shape[1] - 1024) // 2)
+    mask = mask[top : top + 1024, left : left + 1024]  # a central window at full resolution bounds the memory
     h, w = mask.shape
     valid = torch.from_numpy(mask != ignore_index if ignore_index is not None else np.ones_like(mask, dtype=bool))
     target = torch.from_numpy(mask).long().where(valid, 0)
@@ -90,7 +93,7 @@ def roundtrip_ious(mask: np.ndarray, num_classes: int, ignore_index: int | None,
     present = [c for c in range(num_classes) if bool(((target == c) & valid).any())]
     out = []
     for size in sizes:
-        scale = size / max(h, w)
+        scale = size / longer  # the whole image's letterbox scale
         small = (max(1, round(h * scale)), max(1, round(w * scale)))
         down = F.interpolate(onehot, size=small, mode="area")
         back = F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False)[0].argmax(0)
