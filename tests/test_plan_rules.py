@@ -151,3 +151,15 @@ def test_a_weight_average_needs_a_run_longer_than_its_horizon():
     assert _planned(14, step_s=0.2, **few).choices["ema"].value == 0.995
     short = _planned(2, step_s=4.0, **few).choices["ema"]
     assert short.value == 0.0 and "horizon" in short.reason
+
+
+def test_a_replanned_schedule_keeps_the_steps_taken_and_still_ends_annealed():
+    from imseg.semantic.plan.replan import _stretched
+
+    def factor(step):
+        return 1.0 - step / 100
+
+    longer, shorter = _stretched(factor, 50, 100, 150), _stretched(factor, 50, 100, 75)
+    assert [longer(s) for s in (0, 25, 50)] == [factor(s) for s in (0, 25, 50)]
+    assert longer(100) == factor(75) and longer(150) == factor(100) == 0.0
+    assert shorter(75) == factor(100) and shorter(60) == factor(70)
