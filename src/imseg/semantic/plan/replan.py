@@ -16,16 +16,19 @@ def make_replan_callback(end_time: float):
 
     class Replan(L.Callback):
         def __init__(self) -> None:
-            self.last = None
+            self.first: tuple[int, float] | None = None  # (epochs done, time) when the first epoch ended
             self.changes: list[tuple[int, int]] = []  # (after epoch, new max_epochs)
 
         def on_train_epoch_end(self, trainer, module) -> None:
             now, done = time.monotonic(), int(trainer.current_epoch) + 1
-            previous, self.last = self.last, now
-            if previous is None or trainer.should_stop:  # the first epoch also fills caches: not a measure
+            if self.first is None:  # the first epoch also fills caches: not a measure
+                self.first = (done, now)
                 return
+            if trainer.should_stop:
+                return
+            epoch_s = (now - self.first[1]) / (done - self.first[0])  # the mean so far: steadier than the last one
             epochs = int(trainer.max_epochs)
-            wanted = max(done + 1, done + math.floor((end_time - now) / (now - previous)))
+            wanted = max(done + 1, done + math.floor((end_time - now) / epoch_s))
             if wanted == epochs or abs(wanted - epochs) < max(1, 0.1 * (epochs - done)) or done >= epochs:
                 return
             steps = int(trainer.num_training_batches)
