@@ -204,13 +204,13 @@ class PredictJob(BatchJob):
                 write_image(out_dir / f"{name}_overlay.png", result.overlay)]
 
 
-def build_predict_job(run: str, *, checkpoint: str | None = None, device: str = "auto", tta: bool = False,
-                      overlap: float = 0.25, resize: bool | None = None, scales: str = "1") -> PredictJob:
-    """Load a training run for :class:`PredictJob`."""
+def build_predict_job(run: str, *, checkpoint: str | None = None, device: str = "auto", tta: bool | None = None,
+                      overlap: float = 0.25, resize: bool | None = None, scales: str | None = None) -> PredictJob:
+    """Load a training run for :class:`PredictJob` (``tta``/``scales``/``resize`` None: the run's own defaults)."""
     from .semantic.infer import load_run, parse_scales
 
     segmenter = load_run(run, checkpoint=checkpoint, device=device, tta=tta, overlap=overlap, resize=resize,
-                         scales=parse_scales(scales))
+                         scales=None if scales is None else parse_scales(scales))
     settings = {"run": str(Path(run).resolve()), "checkpoint": checkpoint, "tta": tta, "overlap": overlap,
                 "resize": resize, "scales": scales}
     job = PredictJob(segmenter, settings)

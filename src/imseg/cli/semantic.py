@@ -67,8 +67,19 @@ def train_cmd(
                                               "distillation loss (scaled by T^2); cwd is often used with 4."),
     logger: str = typer.Option("csv", "--logger", help="csv (metrics.csv, always written) and/or tensorboard "
                                "(RUN/tensorboard events: losses, metrics, lr, validation overlays), e.g. csv,tensorboard."),
+    time: float = typer.Option(None, "--time", help="Time budget in minutes: plan the options not given from the "
+                               "dataset and this machine, train within the budget (a wall-clock stop that saves and "
+                               "validates the last state), choose test-time augmentation on val."),
+    plan: bool = typer.Option(False, "--plan", help="With --time: print the plan and stop."),
 ) -> None:
-    """Train a semantic segmentation model; writes runs/train/NAME[N]/ (weights, metrics.csv, plots)."""
+    """Train a semantic segmentation model; writes runs/train/NAME[N]/ (weights, metrics.csv, plots).
+
+    `imseg train --data DATA --time MINUTES` plans --model, --encoder, --imgsz, --epochs, --batch, --lr, \
+--optimizer, --scheduler, --warmup, --patience, --loss, --augment, --cache, --workers, --ema and --save-period \
+(plus encoder depth, decoder widths, class weights, a second stage at a larger size and test-time augmentation) \
+from the data and a timing probe; every one of them given explicitly wins. The plan and its reasons are printed \
+first and recorded in the run's config.yaml.
+    """
     import yaml
 
     if task not in ("semantic", "instance"):
@@ -77,13 +88,18 @@ def train_cmd(
         _train_instance(ctx, data, model or "maskrcnn", backbone, epochs, imgsz, batch, lr, workers, seed, name,
                         project, resume, accelerator)
         return
+    if plan and time is None:
+        fail("--plan prints the plan for a time budget: give --time MINUTES too.")
+    if time is not None and not resume:
+        _train_planned(ctx, data, time, plan)
+        return
     model = model or "unet"
     from ..semantic.train import train
 
     if resume:
         sources = {name: getattr(ctx.get_parameter_source(name), "name", "") for name in ctx.params}
         given = sorted(f"--{name.replace('_', '-')}" for name, source in sources.items()
-                       if name not in ("resume", "epochs") and source == "COMMANDLINE")
+                       if name not in ("resume", "epochs", "time") and source == "COMMANDLINE")
         if given:
             fail(f"--resume continues {resume} with the settings in its config.yaml; {', '.join(given)} would be "
                  f"ignored. Drop them (only --epochs may be raised), or start a new run with --init {resume}.")
@@ -99,13 +115,47 @@ def train_cmd(
             distill_weight=distill_weight, distill_temperature=distill_temperature, logger=logger,
         )
         if resume:
-            result = train(resume=resume, **({"epochs": epochs} if epochs is not None else {}))
+            result = train(resume=resume, **({"epochs": epochs} if epochs is not None else {}),
+                           **({"time": time} if time is not None else {}))
         else:
             result = train(options)
     except ImsegError as exc:
         fail(str(exc))
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
     typer.echo(f"best: {metrics}\nresults saved to {result.run_dir}")
+
+
+#: train_cmd parameters the planner chooses unless given (the rest pass through unchanged)
+_PLANNED = ("model", "encoder", "imgsz", "epochs", "batch", "lr", "optimizer", "scheduler", "warmup", "patience",
+            "loss", "augment", "cache", "workers", "ema", "save_period")
+_PASSED = ("weights", "seed", "name", "project", "amp", "devices", "nodes", "accelerator", "init", "teacher", "distill",
+           "distill_weight", "distill_temperature", "logger")
+
+
+def _train_planned(ctx: typer.Context, data: str | None, minutes: float, plan_only: bool) -> None:
+    """``imseg train --time``: the plan for the options not given, printed, then trained (unless ``--plan``)."""
+    import yaml
+
+    from ..semantic.plan.runner import plan_and_train
+
+    if data is None:
+        fail("--time plans from the dataset: give --data DATA (dataset YAML or directory).")
+    if minutes <= 0:
+        fail(f"--time is a budget in minutes > 0, got {minutes}.")
+    params = ctx.params
+    given = {k: params[k] for k in _PLANNED if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    if isinstance(given.get("augment"), str) and given["augment"] not in ("default", "none"):
+        given["augment"] = yaml.safe_load(given["augment"])
+    fixed = {k: params[k] for k in _PASSED}
+    fixed["weights"] = None if str(fixed["weights"]).lower() == "none" else fixed["weights"]
+    fixed["devices"] = int(fixed["devices"]) if str(fixed["devices"]).isdigit() else fixed["devices"]
+    try:
+        _, result = plan_and_train(data, minutes, given, fixed, plan_only=plan_only, echo=typer.echo)
+    except ImsegError as exc:
+        fail(str(exc))
+    if result is not None:
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
+        typer.echo(f"best: {metrics}\nresults saved to {result.run_dir}")
 
 
 _INSTANCE_OPTIONS = ("data", "task", "model", "backbone", "epochs", "imgsz", "batch", "lr", "workers", "seed", "name",
@@ -198,11 +248,14 @@ def val_cmd(
     split: str = typer.Option("val", "--split", help="val or test (or train)."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="best, last or a .pt path (default best)."),
     device: str = typer.Option("auto", "--device"),
-    tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation (the flips the run trained with)."),
+    tta: bool = typer.Option(
+        None, "--tta/--no-tta", show_default=False,
+        help="Flip test-time augmentation (the flips the run trained with); default: the run's own choice (a run "
+             "trained with --time chose it on its validation split), else off."),
     scales: str = typer.Option(
-        "1", "--scales",
+        None, "--scales", show_default=False,
         help="Multi-scale test-time augmentation: comma-separated factors of the inference size, e.g. 1,1.2,1.4 "
-             "(predictions at each size, scaled back and averaged; choose them on a validation split)."),
+             "(predictions at each size, scaled back and averaged); default: the run's own choice, else 1."),
     resize: bool = typer.Option(
         None, "--resize/--native",
         help="--resize: scale each image's longer side to the run's imgsz, as training validated (the default); "
@@ -233,7 +286,7 @@ def val_cmd(
 
     try:
         segmenter = load_run(run, checkpoint=checkpoint, device=device, tta=tta, resize=resize,
-                             scales=parse_scales(scales))
+                             scales=None if scales is None else parse_scales(scales))
         source = data
         if source is None:
             cfg_file = Path(run) / "config.yaml"
@@ -266,11 +319,14 @@ def predict_cmd(
     out: str = typer.Option("runs/predict", "--out", help="Output directory: NAME.png label maps + NAME_overlay.png."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="best, last or a .pt path (default best)."),
     device: str = typer.Option("auto", "--device"),
-    tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation (the flips the run trained with)."),
+    tta: bool = typer.Option(
+        None, "--tta/--no-tta", show_default=False,
+        help="Flip test-time augmentation (the flips the run trained with); default: the run's own choice (a run "
+             "trained with --time chose it on its validation split), else off."),
     scales: str = typer.Option(
-        "1", "--scales",
+        None, "--scales", show_default=False,
         help="Multi-scale test-time augmentation: comma-separated factors of the inference size, e.g. 1,1.2,1.4 "
-             "(predictions at each size, scaled back and averaged; choose them on a validation split)."),
+             "(predictions at each size, scaled back and averaged); default: the run's own choice, else 1."),
     overlap: float = typer.Option(0.25, "--overlap", help="Tile overlap for images larger than imgsz."),
     resize: bool = typer.Option(
         None, "--resize/--native",

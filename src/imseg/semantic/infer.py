@@ -265,9 +265,10 @@ def load_run(
 ) -> SemanticSegmenter:
     """Load a training run directory (or a best.pt/last.pt file) as a :class:`SemanticSegmenter`.
 
-    ``kwargs`` go to the segmenter (``overlap``, ``tta``, ``scales``, ``batch``, ``imgsz``, ``resize``); ``resize=None``
-    (or absent) takes the run's recorded default (``inference.resize`` in the checkpoint, else True: letterbox
-    to the training ``imgsz`` as validation did). ``tta=True`` averages the flips the run trained with
+    ``kwargs`` go to the segmenter (``overlap``, ``tta``, ``scales``, ``batch``, ``imgsz``, ``resize``); ``resize``,
+    ``tta`` and ``scales`` None (or absent) take the run's recorded defaults (``inference`` in the checkpoint: the
+    test-time augmentation a planned run chose on its validation split; else resize True, letterbox to the
+    training ``imgsz`` as validation did, no flips, scale 1). ``tta=True`` averages the flips the run trained with
     (horizontal, plus vertical when it trained with vertical flips or 90-degree rotations).
     """
     ckpt_path = find_checkpoint(path, checkpoint)
@@ -276,9 +277,10 @@ def load_run(
     inference = payload.get("inference") or {}
     options = {"imgsz": payload.get("imgsz", 512), "ignore_index": payload.get("ignore_index"),
                "resize": bool(inference.get("resize", True)),
+               "tta": inference.get("tta", False), "scales": tuple(inference.get("scales", (1.0,))),
                "tta_flips": flips_trained_with(payload.get("train")),
                "input_multiple": input_multiple(payload["model"].get("name", ""), payload["model"].get("kwargs"))}
-    kwargs = {k: v for k, v in kwargs.items() if not (k == "resize" and v is None)}
+    kwargs = {k: v for k, v in kwargs.items() if not (k in ("resize", "tta", "scales") and v is None)}
     options.update(kwargs)
     multiple = options["input_multiple"]
     if "imgsz" in kwargs and (int(kwargs["imgsz"]) % multiple or int(kwargs["imgsz"]) < multiple):

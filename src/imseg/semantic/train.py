@@ -91,6 +91,7 @@ class TrainConfig:
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
     logger: str = "csv"  # csv | tensorboard | csv,tensorboard (see semantic.loggers)
+    time: float | None = None  # wall-clock limit in minutes: training stops there, validates and saves that state
 
     def validate(self) -> None:
         multiple = input_multiple(self.model, self.model_kwargs)
@@ -112,6 +113,7 @@ class TrainConfig:
             (self.nodes >= 1, f"nodes must be >= 1, got {self.nodes}"),
             (0.0 <= self.ema < 1.0, f"ema must be in [0, 1) (a decay such as 0.995; 0 = off), got {self.ema}"),
             (self.save_period >= 1, f"save_period must be >= 1 epoch, got {self.save_period}"),
+            (self.time is None or self.time > 0, f"time must be > 0 minutes (or None: no limit), got {self.time}"),
             (self.accelerator in ("auto", "cpu", "gpu", "cuda"),
              f"accelerator must be auto, cpu or gpu, got {self.accelerator!r}"),
             (_devices_ok(self.devices),
@@ -343,8 +345,11 @@ def _trainer(cfg: TrainConfig, module, callbacks: list, run_dir: Path, on_gpu: b
     if distributed:
         unused = _has_unused_parameters(module.model, cfg.imgsz)
         strategy = "ddp_find_unused_parameters_true" if unused else "ddp"
+    from datetime import timedelta
+
     return L.Trainer(
         max_epochs=cfg.epochs,
+        max_time=timedelta(minutes=cfg.time) if cfg.time else None,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.nodes,
@@ -393,6 +398,8 @@ def train(
     class_names: list[str] | None = None,
     ignore_index: int | None = 255,
     callbacks: list | None = None,
+    record: Mapping[str, Any] | None = None,
+    inference: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train a model and write a run directory; returns paths and the best validation metrics.
@@ -404,6 +411,8 @@ def train(
         datasets: in-memory ``{"train": ds, "val": ds}`` instead of ``config.data`` (items are
             ``(image (3, H, W) float32, mask (H, W) int64)``); then give ``class_names``/``ignore_index``.
         callbacks: extra Lightning callbacks.
+        record: extra top-level entries for config.yaml (e.g. the ``plan`` that chose the options).
+        inference: the checkpoints' inference defaults (default ``{"resize": True}``: letterbox to imgsz).
         **overrides: field values that replace those of ``config``.
     """
     L = _lightning()
@@ -438,13 +447,14 @@ def train(
     meta = {
         "model": model_meta, "class_names": names, "num_classes": len(names), "ignore_index": ignore,
         "imgsz": cfg.imgsz, "mean": info["mean"], "std": info["std"],
-        "inference": {"resize": True},  # predict as validation ran: letterbox to imgsz (see semantic.infer)
+        # predict as validation ran: letterbox to imgsz unless told otherwise (see semantic.infer)
+        "inference": dict(inference) if inference else {"resize": True},
         "train": _plain(asdict(cfg)),
     }
     on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
     train_loader, val_loader = _loaders(cfg, datasets, on_gpu, first_epoch)
     config_yaml = {"train": meta["train"], "data": info["data"], "class_names": names, "ignore_index": ignore,
-                   "mean": meta["mean"], "std": meta["std"]}
+                   "mean": meta["mean"], "std": meta["std"], **_plain(dict(record or {}))}
     callbacks = _callbacks(cfg, run_dir, meta, config_yaml, callbacks)
     artifacts = callbacks[0]
     callbacks.insert(1, make_logger_callback(cfg.logger, artifacts, datasets["val"], meta, cfg.val_samples))

@@ -1,0 +1,270 @@
+"""The plan of a run (what, why, when) and the run that carries it out within its time budget."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .budget import STAGE_OVERHEAD_S, schedule, tta_images, tta_seconds, warmup_epochs
+from .fingerprint import Fingerprint, fingerprint
+from .probe import ProbeResult, probe
+from .replan import make_replan_callback
+from .rules import SECOND_STAGE_MIN_EPOCHS, Choice, Machine, plan_rules
+from .tta import choose_tta, cost, store_inference
+
+#: TrainConfig options the plan sets unless they are given
+PLANNED_OPTIONS = ("model", "encoder", "imgsz", "epochs", "batch", "lr", "optimizer", "weight_decay", "scheduler",
+                   "warmup", "patience", "loss", "augment", "class_weights", "model_kwargs", "ema", "workers", "cache",
+                   "save_period")
+
+
+@dataclass
+class Plan:
+    """A planned run: the fingerprint, every choice with its reason, the probe and the time split."""
+
+    minutes: float
+    fingerprint: Fingerprint
+    choices: dict[str, Choice]
+    probe: ProbeResult | None = None
+    schedule: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)  # options outside the plan (name, project, seed, ...)
+    started: float = 0.0  # time.monotonic() when planning began: the budget's start
+
+    @property
+    def mode(self) -> str:
+        return self.choices["mode"].value
+
+    @property
+    def second_stage(self) -> dict[str, Any] | None:
+        return self.choices["second_stage"].value
+
+    def options(self) -> dict[str, Any]:
+        """TrainConfig options of stage one."""
+        out = {k: self.choices[k].value for k in PLANNED_OPTIONS if k in self.choices}
+        return {**out, **self.fixed, "time": self.minutes}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"minutes": self.minutes, "fingerprint": self.fingerprint.to_dict(),
+                "choices": {k: {"value": c.value, "reason": c.reason} for k, c in self.choices.items()},
+                "probe": self.probe.to_dict() if self.probe else None, "schedule": self.schedule}
+
+    def format(self) -> str:
+        fp = self.fingerprint
+        lines = [f"plan for {self.minutes:g} min",
+                 f"  data: {fp.num_train} train / {fp.num_val} val images, {fp.num_classes} classes "
+                 f"{fp.class_names}, median {fp.median_size[1]}x{fp.median_size[0]} px (sides {fp.min_side}-"
+                 f"{fp.max_side}), {'grayscale' if fp.grayscale else 'colour'}",
+                 f"  class shares {[round(f, 3) for f in fp.class_fraction]}, thinnest class {fp.thinnest:.1f} px wide, "
+                 f"small objects {fp.object_extent:.3f} of the image side",
+                 "  mask IoU kept at size: " + ", ".join(f"{k}: {v:.3f}" for k, v in fp.roundtrip.items())]
+        for key, choice in self.choices.items():
+            lines.append(f"  {key} = {choice.value!r}\n      {choice.reason}")
+        if self.probe:
+            p = self.probe
+            lines.append(f"  probe: {p.step_s:.3f} s a step x {p.steps_per_epoch} steps + {p.val_images} validation "
+                         f"images x {p.val_image_s * 1000:.1f} ms = {p.epoch_s:.1f} s an epoch")
+        if self.schedule:
+            s = self.schedule
+            stages = f"stage 1: {s['stage1']['epochs']} epochs (~{s['stage1']['seconds']:.0f} s)"
+            if "stage2" in s:
+                stages += f", stage 2: {s['stage2']['epochs']} epochs (~{s['stage2']['seconds']:.0f} s)"
+            lines.append(f"  schedule: planning {s['planning_s']:.0f} s, {stages}, test-time choice ~{s['tta_s']:.0f} "
+                         f"s; {s['planned_s']:.0f} of {s['budget_s']:.0f} s")
+        return "\n".join(lines)
+
+
+def _datasets(config, plan_choices: dict[str, Choice], fp: Fingerprint, imgsz: int, seed: int,
+              native: dict) -> dict:
+    """Train/val datasets at ``imgsz``; native-crop runs validate on whole native images where they batch."""
+    from ..data import build_datasets
+
+    sets = build_datasets(config, imgsz=imgsz, augment=plan_choices["augment"].value, seed=seed,
+                          cache=bool(plan_choices["cache"].value), validate=False)
+    multiple = 2 ** (plan_choices["model_kwargs"].value or {}).get("encoder_depth", 5)
+    if plan_choices["mode"].value == "native" and fp.same_size and all(v % multiple == 0 for v in fp.median_size):
+        sets["val"] = native["val"]
+    return sets
+
+
+def make_plan(data: Any, minutes: float, given: dict[str, Any] | None = None, fixed: dict[str, Any] | None = None,
+              run_probe: bool = True) -> tuple[Plan, dict]:
+    """The plan for training on ``data`` in ``minutes``, and the datasets it built (``{"native": ..., "train": ...}``).
+
+    ``given``: options set explicitly (they win); ``fixed``: options outside the plan (seed, name, project, ...).
+    """
+    from ..data import build_datasets, load_data_config
+    from ..train import TrainConfig
+
+    started = time.monotonic()
+    fixed = dict(fixed or {})
+    config = load_data_config(data)
+    native = build_datasets(config, imgsz=None, augment="none", seed=None, cache=True)
+    for split in ("train", "val"):
+        if split not in native or len(native[split]) == 0:
+            from ...errors import DatasetError
+
+            raise DatasetError(f"the {split!r} split is missing or empty; a planned run needs train and val images "
+                               "(the test-time choice is made on val).")
+    fp = fingerprint(native, list(config.names), config.ignore_index)
+    machine = Machine.here(fixed.get("accelerator", "auto"))
+    choices = plan_rules(fp, machine, given)
+    plan = Plan(minutes=minutes, fingerprint=fp, choices=choices, started=started,
+                fixed={**fixed, "data": config.to_dict()})
+    seed = int(fixed.get("seed", 0))
+    sets = _datasets(config, choices, fp, choices["imgsz"].value, seed, native)
+    if run_probe:
+        cfg = TrainConfig(**{**plan.options(), "epochs": 1})
+        cfg.validate()
+        plan.probe, threads, measured = _fastest_threads(cfg, sets, fp.num_classes, config.ignore_index)
+        plan.choices["threads"] = Choice(threads, "the fastest step measured with " + ", ".join(
+            f"{n} thread{'s' * (n > 1)} ({t:.3f} s)" for n, t in measured.items())
+            + " (a CPU shared with other work can run fewer threads faster)")
+        _schedule(plan, given or {})
+    return plan, {"config": config, "native": native, "stage1": sets}
+
+
+def _fastest_threads(cfg, sets: dict, num_classes: int, ignore_index: int | None):
+    """The probe at each candidate torch thread count; the fastest count stays set for the run."""
+    import torch
+
+    default = torch.get_num_threads()
+    results = {}
+    for threads in sorted({1, max(1, default // 2), default}):
+        torch.set_num_threads(threads)
+        fastest = min((r.step_s for r in results.values()), default=float("inf"))
+        results[threads] = probe(cfg, sets, num_classes, ignore_index, steps=3, give_up_s=1.2 * fastest)
+    best = min(results, key=lambda n: results[n].step_s)
+    torch.set_num_threads(best)
+    return results[best], best, {n: r.step_s for n, r in results.items()}
+
+
+def _schedule(plan: Plan, given: dict[str, Any]) -> None:
+    """Epochs (unless given) and warm-up from the probe and the budget."""
+    p, second = plan.probe, plan.second_stage
+    native = plan.mode == "native"
+    augment = plan.choices["augment"].value
+    flips = "hv" if isinstance(augment, dict) and (augment.get("vflip") or augment.get("rotate90")) else "h"
+    for _ in range(2):  # again without the second stage if stage one would be too short for it
+        ratio = second["imgsz"] / plan.choices["imgsz"].value if second else 1.0
+        args = (p.val_image_s, p.val_images, cost(not native, flips), ratio, native)
+        images = tta_images(plan.minutes * 60, *args)
+        tta_s = tta_seconds(args[0], images, *args[2:])
+        plan.schedule = schedule(plan.minutes * 60, time.monotonic() - plan.started, p.epoch_s, tta_s, second, ratio)
+        plan.schedule["tta_images"] = images
+        epochs = plan.schedule["stage1"]["epochs"]
+        if not second or epochs >= SECOND_STAGE_MIN_EPOCHS:
+            break
+        second = None
+        plan.choices["second_stage"] = Choice(None, f"no second stage: stage one fits only {epochs} epochs here "
+                                                    f"(< {SECOND_STAGE_MIN_EPOCHS}); all the time goes to it")
+    if "epochs" not in given:
+        plan.choices["epochs"] = Choice(epochs, f"{p.epoch_s:.1f} s an epoch measured here: {epochs} epochs fill "
+                                                f"stage one's share of {plan.minutes:g} min, so the schedule anneals")
+    ema = plan.choices["ema"].value
+    steps = plan.choices["epochs"].value * p.steps_per_epoch
+    if ema and "ema" not in given and steps < 1 / (1 - ema):
+        plan.choices["ema"] = Choice(0.0, f"no weight average: its horizon ({1 / (1 - ema):.0f} steps) is longer than "
+                                          f"the {steps} steps that fit the budget")
+    if "warmup" not in given:
+        plan.choices["warmup"] = Choice(warmup_epochs(plan.choices["epochs"].value),
+                                        "linear warm-up: one epoch (a tenth of very short runs)")
+
+
+def train_planned(plan: Plan, built: dict, callbacks: list | None = None, echo: Callable[[str], None] = print):
+    """Train ``plan`` (stage one, then its second stage), choose test-time augmentation on val, record it all.
+
+    Returns the final stage's :class:`~imseg.semantic.train.TrainResult`.
+    """
+    from ..run import increment_run_dir
+    from ..train import train
+
+    fixed = plan.fixed
+    run_dir = increment_run_dir(fixed.get("project", "runs/train"), fixed.get("name", "exp"),
+                                bool(fixed.get("exist_ok", False)))
+    deadline = plan.started + plan.minutes * 60
+    config, names = built["config"], list(built["config"].names)
+    inference = {"resize": plan.mode == "resize"}
+    second = plan.second_stage
+    options = plan.options()
+    timings: dict[str, float] = {}
+    stage_start = time.monotonic()
+    left = lambda: (deadline - time.monotonic()) / 60  # noqa: E731
+    tta_min = plan.schedule.get("tta_s", 0.0) / 60
+    where = {"project": str(run_dir), "name": "stage1"} if second else {"project": str(run_dir.parent),
+                                                                      "name": run_dir.name}
+    stage1_time = left() - tta_min - (plan.schedule["stage2"]["seconds"] / 60 if second else 0)
+    replan = make_replan_callback(time.monotonic() + stage1_time * 60 - STAGE_OVERHEAD_S)
+    result = train({**options, **where, "exist_ok": True, "time": max(stage1_time, 0.1)},
+                   datasets=built["stage1"], class_names=names, ignore_index=config.ignore_index,
+                   callbacks=[*(callbacks or []), replan], record={"plan": plan.to_dict()}, inference=inference)
+    plan.schedule["stage1"]["replanned"] = [{"after_epoch": a, "epochs": e} for a, e in replan.changes]
+    timings["stage1_s"] = time.monotonic() - stage_start
+    if second:
+        result = _second_stage(plan, built, result, run_dir, timings, left() - tta_min, callbacks, inference, echo)
+    tta_start = time.monotonic()
+    choice = choose_tta(result.run_dir, built["native"]["val"], resize=inference["resize"],
+                        images=plan.schedule.get("tta_images"))
+    store_inference(result.run_dir, {**inference, "tta": choice["tta"], "scales": choice["scales"]})
+    timings["tta_s"] = time.monotonic() - tta_start
+    timings["total_s"] = time.monotonic() - plan.started
+    _record(result.run_dir, choice, timings, plan)
+    echo(f"test-time augmentation: flips {'on' if choice['tta'] else 'off'}, scales {choice['scales']} "
+         f"({choice['reason']})")
+    echo(f"{timings['total_s']:.0f} s of the {plan.minutes * 60:.0f} s budget")
+    return result
+
+
+def _second_stage(plan: Plan, built: dict, first, run_dir: Path, timings: dict, minutes_left: float, callbacks,
+                  inference: dict, echo: Callable[[str], None]):
+    """Fine-tune stage one's last weights at the larger size for the time that is left."""
+    import math
+
+    from ..train import train
+
+    second = plan.second_stage
+    config = built["config"]
+    start = time.monotonic()
+    with open(Path(first.run_dir) / "metrics.csv") as fh:
+        epochs_done = max(sum(1 for _ in fh) - 1, 1)
+    epoch1_s = timings["stage1_s"] / epochs_done  # measured, under this run's real load
+    epoch2_s = epoch1_s * (second["imgsz"] / plan.choices["imgsz"].value) ** 2
+    epochs = max(1, math.floor(minutes_left * 60 / epoch2_s) - 1)
+    plan.schedule["stage2"]["epochs_run_planned"] = epochs
+    echo(f"stage 2: {epochs} epochs at {second['imgsz']} px from {first.run_dir / 'weights' / 'last.pt'}")
+    sets = _datasets(config, plan.choices, plan.fingerprint, second["imgsz"], int(plan.fixed.get("seed", 0)),
+                     built["native"])
+    options = {**plan.options(), "imgsz": second["imgsz"], "epochs": epochs, "warmup": 0.0,
+               "lr": plan.choices["lr"].value * second["lr_factor"], "init": str(first.run_dir / "weights" / "last.pt"),
+               "project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True, "time": max(minutes_left, 0.1)}
+    result = train(options, datasets=sets, class_names=list(config.names), ignore_index=config.ignore_index,
+                   callbacks=callbacks, record={"plan": plan.to_dict(), "stage1": str(first.run_dir)},
+                   inference=inference)
+    timings["stage2_s"] = time.monotonic() - start
+    return result
+
+
+def _record(run_dir: Path, choice: dict, timings: dict, plan: Plan) -> None:
+    """config.yaml gains the test-time choice and the seconds each part took."""
+    import yaml
+
+    from ..run import write_yaml
+
+    path = Path(run_dir) / "config.yaml"
+    saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    saved["plan"] = {**saved.get("plan", {}), "schedule": plan.schedule}
+    saved["plan"]["tta"] = choice
+    saved["plan"]["timings"] = {k: round(v, 1) for k, v in timings.items()}
+    write_yaml(path, saved)
+
+
+def plan_and_train(data: Any, minutes: float, given: dict[str, Any], fixed: dict[str, Any], plan_only: bool = False,
+                   echo: Callable[[str], None] = print):
+    """``imseg train --time``: plan, print the plan, and (unless ``plan_only``) train it."""
+    plan, built = make_plan(data, minutes, given, fixed)
+    echo(plan.format())
+    if plan_only:
+        return plan, None
+    return plan, train_planned(plan, built, echo=echo)
