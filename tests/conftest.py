@@ -20,6 +20,18 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("IMSEG_DATA", REPO.parent / "shared" / "data")).expanduser()
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist, one compute thread per worker: ``-n 2`` on two cores with torch's default of a thread
+    per core would run four busy threads on two cores, and OpenMP's spinning threads slow each other down many
+    times over. Subprocesses started by tests (the CLI) inherit the same setting."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real data sets: ``$IMSEG_DATA``, default ``shared/data`` beside the checkout; tests that use it skip
