@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -34,6 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from _data import data_dir
+
+from imseg.precision import cpu_model
 
 HORSES = data_dir() / "weizmann-horse"
 COMMON = dict(
@@ -48,16 +49,6 @@ STUDENT = dict(encoder="mobilenet_v2", model_kwargs={"encoder_depth": 4, "decode
 
 def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
