@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from imseg.instance.metrics import instance_metrics
 from imseg.instance.train import split_dataset, train_instance
 from imseg.instance.unet import train_unet_instance
 from imseg.masks import Masks
+from imseg.precision import cpu_model
 
 KEYS = ("dsb_score", "f1_50", "precision_50", "recall_50", "mask_ap", "mask_ap50")
 MAX_DETS = 1000  # dense images hold several hundred nuclei
@@ -45,16 +45,6 @@ def watershed_scores(val, names: list[str]) -> dict:
                                  labels=np.zeros(len(found), np.int64), class_names=names,
                                  image_size=(sample.height, sample.width)))
     return instance_metrics(predictions, val.samples, names, max_dets=MAX_DETS)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def train(args, data, limited: bool) -> Path:
