@@ -1,8 +1,13 @@
 """Batch throughput: the local executor against the Ray executor, same images, same machine, one run.
 
-Prints images/s for each, the Ray overhead ratio (local images/s per worker-CPU over Ray images/s
-per worker), the CPU model, and a paper scaling estimate for 10 and 100 machines from the measured
-per-image cost and the bytes each image sends through the object store.
+Prints images/s for each and two overhead ratios, the CPU model, and a paper scaling estimate for 10 and 100
+machines from the measured per-image cost and the bytes each image sends through the object store:
+
+  * end to end: local images/s over Ray images/s, both given the same CPUs (the local process runs
+    ``workers x cpus-per-worker`` torch threads, Ray that many single-process workers), Ray's actor start-up
+    included;
+  * steady state: the same with Ray's rate taken as ``workers / c`` (``c`` below), what a long run converges to
+    once the one-off start-up is spread over many images.
 
 Scaling estimate (the model the numbers below fill in):
   * per-image cost ``c`` = seconds per image of one Ray worker (model work + read + write), measured;
@@ -61,7 +66,11 @@ def main() -> None:
     parser.add_argument("--points-per-side", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cpus-per-worker", type=float, default=1)
+    parser.add_argument("--local-threads", type=int, default=None,
+                        help="torch threads of the local run (default: the CPUs Ray gets, workers x cpus-per-worker)")
     args = parser.parse_args()
+    cpus = max(args.workers * int(max(args.cpus_per_worker, 1)), 1)
+    local_threads = args.local_threads or cpus
 
     import ray
     import torch
@@ -78,10 +87,10 @@ def main() -> None:
         for photo in photos:
             shutil.copy(photo, folder / photo.name)
         job = build_job(args)
-        torch.set_num_threads(max(int(args.cpus_per_worker), 1))  # one local process = one worker's share
+        torch.set_num_threads(local_threads)  # the local executor gets the CPUs the Ray workers get
         local_s, local = timed_run(folder, job, Path(tmp) / "local", "local")
         start = time.perf_counter()
-        ray.init(num_cpus=max(args.workers * int(max(args.cpus_per_worker, 1)), 1), include_dashboard=False,
+        ray.init(num_cpus=cpus, include_dashboard=False,
                  log_to_driver=False)
         init_s = time.perf_counter() - start
         executor = RayExecutor(workers=args.workers, cpus_per_worker=args.cpus_per_worker)
@@ -98,11 +107,14 @@ def main() -> None:
     startup = max(ray_s - n * cost / args.workers, 0.0)  # actor start-up and scheduling, paid once per run
     print(f"CPU: {cpu_model()} ({args.workers} workers x {args.cpus_per_worker:g} CPU)")
     print(f"model {args.model}, {n} images")
-    print(f"local: {local_s:.2f} s, {local_rate:.2f} images/s (1 process, {max(int(args.cpus_per_worker), 1)} threads)")
+    steady = args.workers / cost if costs else 0.0
+    print(f"local: {local_s:.2f} s, {local_rate:.2f} images/s (1 process, {local_threads} threads)")
     print(f"ray:   {ray_s:.2f} s, {ray_rate:.2f} images/s, {per_worker:.2f} per worker "
-          f"(ray.init {init_s:.1f} s not included)")
-    print(f"overhead ratio (local images/s / ray images/s per worker): {local_rate / per_worker:.2f}x"
-          if per_worker else "overhead ratio: n/a")
+          f"(ray.init {init_s:.1f} s not included); steady state {steady:.2f} images/s")
+    print(f"overhead ratio, end to end (local images/s / ray images/s): {local_rate / ray_rate:.2f}x"
+          if ray_rate else "overhead ratio: n/a")
+    print(f"overhead ratio, steady state (local images/s / ray workers / per-image cost): {local_rate / steady:.2f}x"
+          if steady else "steady-state ratio: n/a")
     print(f"per-image cost in a worker: {cost:.3f} s; start-up and scheduling: {startup:.1f} s per run")
     print(f"object store: job recipe {recipe_bytes} B once per actor; ~300 B of rows per image; "
           f"outputs {out_bytes / 1024:.1f} KiB per image on the shared file system")
