@@ -11,7 +11,7 @@ from typing import Any
 from .budget import STAGE_OVERHEAD_S, schedule, tta_images, tta_seconds, warmup_epochs
 from .fingerprint import Fingerprint, fingerprint
 from .probe import ProbeResult, probe
-from .replan import make_replan_callback
+from .replan import make_replan_callback, now
 from .rules import SECOND_STAGE_MIN_EPOCHS, Choice, Machine, plan_rules
 from .tta import choose_tta, cost, store_inference
 
@@ -196,11 +196,12 @@ def train_planned(plan: Plan, built: dict, callbacks: list | None = None, echo: 
     where = {"project": str(run_dir), "name": "stage1"} if second else {"project": str(run_dir.parent),
                                                                       "name": run_dir.name}
     stage1_time = left() - tta_min - (plan.schedule["stage2"]["seconds"] / 60 if second else 0)
-    replan = make_replan_callback(time.monotonic() + stage1_time * 60 - STAGE_OVERHEAD_S)
+    replan = make_replan_callback(now() + stage1_time * 60 - STAGE_OVERHEAD_S)
     result = train({**options, **where, "exist_ok": True, "time": max(stage1_time, 0.1)},
                    datasets=built["stage1"], class_names=names, ignore_index=config.ignore_index,
                    callbacks=[*(callbacks or []), replan], record={"plan": plan.to_dict()}, inference=inference)
-    plan.schedule["stage1"]["replanned"] = [{"after_epoch": a, "epochs": e} for a, e in replan.changes]
+    plan.schedule["stage1"]["replanned"] = [{"after_epoch": c["after_epoch"], "epochs": c["to"]}
+                                            for c in replan.changes]
     timings["stage1_s"] = time.monotonic() - stage_start
     if second:
         result = _second_stage(plan, built, result, run_dir, timings, left() - tta_min, callbacks, inference, echo)
