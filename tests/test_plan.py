@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,13 @@ def test_planned_run_follows_its_plan_within_the_budget(planned_horses):
     for key in ("model", "encoder", "batch", "loss", "augment", "model_kwargs", "class_weights"):
         assert options[key] == plan["choices"][key]["value"], key
     schedule, budget = plan["schedule"], 120.0
+    used = plan["time_used"]  # the time the run took against its budget, printed and recorded
+    assert used == {"seconds": plan["timings"]["total_s"], "budget_s": budget,
+                    "share": pytest.approx(plan["timings"]["total_s"] / budget, abs=1e-3)}
+    printed = re.search(r"time used: (\d+) s of the 120 s budget", output)
+    assert printed and abs(int(printed.group(1)) - used["seconds"]) <= 1
+    assert sum(plan["timings"][k] for k in ("planning_s", "stage1_s", "stage2_s", "tta_s")
+               if k in plan["timings"]) <= used["seconds"] + 0.5
     shortest = schedule["planning_s"] + schedule["epoch_s"] + schedule["tta_s"] + 8.0  # one epoch, nothing less
     if shortest <= 0.85 * budget:  # the plan fills the budget and stays inside it
         assert 0.9 * budget <= schedule["planned_s"] <= 1.1 * budget
@@ -159,3 +167,10 @@ def test_roundtrip_of_a_huge_mask_is_measured_on_a_full_resolution_window():
     mask[1400:1404, :] = 2  # a 4 px line across a 4000 px image
     small, medium, large = roundtrip_ious(mask, 3, 255, [256, 1024, 2048])
     assert small < medium < 0.9 < large  # the line vanishes below half resolution
+
+
+def test_time_report_shows_the_time_used_against_the_budget():
+    from imseg.semantic.plan.runner import time_report
+
+    line = time_report({"planning_s": 20.3, "stage1_s": 600.0, "tta_s": 29.6, "total_s": 652.4}, 840.0)
+    assert line == "time used: 652 s of the 840 s budget (77.7%; planning 20 s, stage 1 600 s, test-time choice 30 s)"

@@ -170,8 +170,18 @@ def _run_model(run):
 
     mean = tuple(float(v) for v in np.asarray(mean, dtype=float).reshape(-1))
     std = tuple(float(v) for v in np.asarray(std, dtype=float).reshape(-1))
+    return model.cpu().eval(), list(names), mean, std, run.name, _run_inference(segmenter)
+
+
+def _run_inference(segmenter) -> dict:
+    """The manifest's ``inference``: how the run's segmenter sees an image (letterbox size or native), and the
+    test-time augmentation the run stored (flips, scales), so the exported engines predict as the run does."""
     inference = {"imgsz": int(segmenter.imgsz), "resize": bool(segmenter.resize)}
-    return model.cpu().eval(), list(names), mean, std, run.name, inference
+    if segmenter.tta or tuple(segmenter.scales) != (1.0,):
+        inference.update(tta=segmenter.tta, tta_flips=segmenter.tta_flips, scales=[float(s) for s in segmenter.scales])
+    if segmenter.input_multiple != 32 or "scales" in inference:  # the letterbox side of a scale is a multiple of it
+        inference["input_multiple"] = int(segmenter.input_multiple)
+    return inference
 
 
 def export_semantic_model(model, out, *, class_names, mean, std, format: str = "onnx", name: str = "semantic",
@@ -179,8 +189,9 @@ def export_semantic_model(model, out, *, class_names, mean, std, format: str = "
                           inference: dict | None = None):
     """Export a semantic torch model ((N,3,H,W) normalised -> (N,C,H,W) logits); returns the manifest path.
 
-    ``inference`` (``{"imgsz": int, "resize": bool}``, from the run) goes into the manifest so the ONNX
-    Runtime segmenter sees images as the run's own segmenter does."""
+    ``inference`` (``{"imgsz": int, "resize": bool}``, plus the run's stored ``tta``, ``tta_flips``, ``scales`` and
+    the model's ``input_multiple``) goes into the manifest so the ONNX Runtime segmenter sees images as the run's
+    own segmenter does."""
     extra = {"inference": dict(inference)} if inference else None
     from ..errors import ConfigError
 

@@ -130,12 +130,13 @@ class OpenVinoSemanticSegmenter(OrtSemanticSegmenter):
 
     def __init__(self, export_dir: str | os.PathLike, *, device: str = "auto", threads: int | None = None,
                  precision: str | None = None, calibration: str | os.PathLike | None = None,
-                 resize: bool | None = None, imgsz: int | None = None) -> None:
+                 resize: bool | None = None, imgsz: int | None = None, tta: bool | str | None = None,
+                 scales: Any = None) -> None:
         _check_device(device)
         self.precision = _ov_precision(precision)
         self._calibration = calibration
         manifest = read_manifest(export_dir)
-        super().__init__(export_dir, device="cpu", threads=threads, resize=resize, imgsz=imgsz,
+        super().__init__(export_dir, device="cpu", threads=threads, resize=resize, imgsz=imgsz, tta=tta, scales=scales,
                          files=dict(manifest.get("files_fp32", manifest["files"])))
 
     def open_session(self, path: Path, device: str, providers: list[str] | None, threads: int | None):
@@ -158,9 +159,10 @@ def load_openvino(path: str | os.PathLike, device: str = "auto", threads: int | 
         return OpenVinoSamSegmenter(path, device=device, threads=threads, precision=precision,
                                     calibration=calibration, **kwargs)
     if family == "semantic":
-        unknown = sorted(set(kwargs) - {"resize", "imgsz"})
+        unknown = sorted(set(kwargs) - {"resize", "imgsz", "tta", "scales"})
         if unknown:
-            raise ConfigError(f"unexpected options for a semantic export: {unknown} (it takes resize=, imgsz=)")
+            raise ConfigError(f"unexpected options for a semantic export: {unknown} (it takes resize=, imgsz=, "
+                              f"tta=, scales=)")
         return OpenVinoSemanticSegmenter(path, device=device, threads=threads, precision=precision,
                                          calibration=calibration, **kwargs)
     raise ExportError(f"{path}: unknown model family {family!r}; OpenVINO runs SAM and semantic exports.")

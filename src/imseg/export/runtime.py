@@ -51,9 +51,10 @@ def load_exported(path: str | os.PathLike, device: str = "auto", providers: list
 
         return OrtSam2Segmenter(path, device=device, providers=providers, threads=threads, **kwargs)
     if family == "semantic":
-        unknown = sorted(set(kwargs) - {"resize", "imgsz"})
+        unknown = sorted(set(kwargs) - {"resize", "imgsz", "tta", "scales"})
         if unknown:
-            raise ConfigError(f"unexpected options for a semantic export: {unknown} (it takes resize=, imgsz=)")
+            raise ConfigError(f"unexpected options for a semantic export: {unknown} (it takes resize=, imgsz=, "
+                              f"tta=, scales=)")
         return OrtSemanticSegmenter(path, device=device, providers=providers, threads=threads, files=files, **kwargs)
     if family == "instance":
         from .ort_instance import OrtInstanceSegmenter

@@ -31,6 +31,8 @@ from ..segmenter import DenseSegmenter
 from .checkpoints import find_checkpoint, load_checkpoint, model_from_checkpoint
 from .metrics import ConfusionMatrix
 from .models import OUTPUT_STRIDE, input_multiple
+from .testtime import check_flips as _check_flips
+from .testtime import flip_views, letterbox_side, parse_scales
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -52,26 +54,6 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     if starts[-1] != length - tile:
         starts.append(length - tile)
     return starts
-
-
-def _check_flips(flips: str, what: str) -> str:
-    if not isinstance(flips, str) or not flips or set(flips) - {"h", "v"}:
-        raise ConfigError(f"{what} must be True/False or flips to average: 'h' (horizontal), 'v' (vertical) or 'hv'; "
-                          f"got {flips!r}")
-    return flips
-
-
-def parse_scales(scales: Any) -> tuple[float, ...]:
-    """Test-time scale factors from a number, a sequence of numbers or a comma-separated string ("1,1.2,1.4")."""
-    items = scales.split(",") if isinstance(scales, str) else scales if isinstance(scales, list | tuple) else [scales]
-    try:
-        values = tuple(float(v) for v in items)
-    except (TypeError, ValueError):
-        values = ()
-    if not values or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ConfigError("scales must be one or more positive factors of the inference size (comma-separated "
-                          f"numbers such as 1,1.2,1.4, or a sequence of them); got {scales!r}")
-    return values
 
 
 def flips_trained_with(train_config: dict | None) -> str:
@@ -138,10 +120,8 @@ class SemanticSegmenter(DenseSegmenter):
         return (tensor - self.mean) / self.std
 
     def _views(self, tta: bool | str) -> list[tuple[bool, bool]]:
-        """(flip width, flip height) views averaged: the image itself plus each flip of ``tta``
-        (True = ``tta_flips``; a string of "h"/"v" picks the flips)."""
-        flips = _check_flips(tta, "tta") if isinstance(tta, str) else (self.tta_flips if tta else "")
-        return [(False, False)] + [(True, False)] * ("h" in flips) + [(False, True)] * ("v" in flips)
+        """(flip width, flip height) views averaged (see :func:`~imseg.semantic.testtime.flip_views`)."""
+        return flip_views(tta, self.tta_flips)
 
     @torch.no_grad()
     def _probs_batch(self, batch: torch.Tensor, tta: bool | str) -> torch.Tensor:
@@ -199,8 +179,7 @@ class SemanticSegmenter(DenseSegmenter):
     def letterbox_size(self, scale: float = 1.0) -> int:
         """The letterbox side for a test-time ``scale`` (``resize=True``): ``imgsz * scale`` rounded to the
         nearest multiple the model needs (``imgsz`` itself at scale 1)."""
-        step = self.input_multiple
-        return self.imgsz if scale == 1.0 else max(step, round(self.imgsz * scale / step) * step)
+        return letterbox_side(self.imgsz, scale, self.input_multiple)
 
     def _predict_native(self, rgb: np.ndarray, tta: bool | str, overlap: float) -> np.ndarray:
         """Native resolution: one padded pass up to ``imgsz``, gaussian-blended ``imgsz`` tiles beyond."""

@@ -290,16 +290,22 @@ def _resumed_config(resume: str | os.PathLike, overrides: Mapping[str, Any]) -> 
     return cfg, run_dir, ckpt_path
 
 
-def _resumed_epoch(ckpt_path: Path) -> int:
-    """The epoch a resumed run trains first: the one Lightning will pass to ``set_epoch`` after restoring."""
+def _resumed_epoch(ckpt_path: Path, epochs_given: bool = False) -> tuple[int, list]:
+    """The epoch a resumed run trains first (the one Lightning will pass to ``set_epoch`` after restoring), and
+    the callbacks its state needs: a planned run's refits of its epochs and schedule (:mod:`.plan.replan`),
+    which an explicit ``epochs`` (``epochs_given``) overrides."""
     state = read_resume_checkpoint(ckpt_path)
     try:
-        return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+        epoch = int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
     except (KeyError, TypeError, ValueError):
         raise CheckpointError(
             f"{ckpt_path}: holds no epoch progress, so it cannot be resumed exactly; start a new run, or fine-tune "
             f"from the run's weights with `imseg train --init {ckpt_path.parent.parent}`."
         ) from None
+    from .plan.replan import STATE_KEY, make_replan_callback
+
+    planned = isinstance(state.get("callbacks"), Mapping) and STATE_KEY in state["callbacks"]
+    return epoch, [make_replan_callback(None, refit=not epochs_given)] if planned else []
 
 
 def _training_data(cfg: TrainConfig, datasets: Mapping[str, Any] | None, class_names: list[str] | None,
@@ -426,7 +432,9 @@ def train(
     ckpt_path, first_epoch = None, 0
     if resume is not None:
         cfg, run_dir, ckpt_path = _resumed_config(resume, overrides)
-        first_epoch = _resumed_epoch(ckpt_path)  # also refuses a damaged last.ckpt before anything runs
+        # also refuses a damaged last.ckpt before anything runs
+        first_epoch, restored = _resumed_epoch(ckpt_path, "epochs" in overrides)
+        callbacks = [*(callbacks or []), *restored]
     else:
         cfg = config if isinstance(config, TrainConfig) else TrainConfig(**dict(config or {}))
         cfg = TrainConfig(**{**asdict(cfg), **overrides})

@@ -11,7 +11,7 @@ from typing import Any
 from .budget import STAGE_OVERHEAD_S, schedule, tta_images, tta_seconds, warmup_epochs
 from .fingerprint import Fingerprint, fingerprint
 from .probe import ProbeResult, probe
-from .replan import make_replan_callback
+from .replan import make_replan_callback, now
 from .rules import SECOND_STAGE_MIN_EPOCHS, Choice, Machine, plan_rules
 from .tta import choose_tta, cost, store_inference
 
@@ -189,18 +189,19 @@ def train_planned(plan: Plan, built: dict, callbacks: list | None = None, echo: 
     inference = {"resize": plan.mode == "resize"}
     second = plan.second_stage
     options = plan.options()
-    timings: dict[str, float] = {}
     stage_start = time.monotonic()
+    timings: dict[str, float] = {"planning_s": stage_start - plan.started}
     left = lambda: (deadline - time.monotonic()) / 60  # noqa: E731
     tta_min = plan.schedule.get("tta_s", 0.0) / 60
     where = {"project": str(run_dir), "name": "stage1"} if second else {"project": str(run_dir.parent),
                                                                       "name": run_dir.name}
     stage1_time = left() - tta_min - (plan.schedule["stage2"]["seconds"] / 60 if second else 0)
-    replan = make_replan_callback(time.monotonic() + stage1_time * 60 - STAGE_OVERHEAD_S)
+    replan = make_replan_callback(now() + stage1_time * 60 - STAGE_OVERHEAD_S)
     result = train({**options, **where, "exist_ok": True, "time": max(stage1_time, 0.1)},
                    datasets=built["stage1"], class_names=names, ignore_index=config.ignore_index,
                    callbacks=[*(callbacks or []), replan], record={"plan": plan.to_dict()}, inference=inference)
-    plan.schedule["stage1"]["replanned"] = [{"after_epoch": a, "epochs": e} for a, e in replan.changes]
+    plan.schedule["stage1"]["replanned"] = [{"after_epoch": c["after_epoch"], "epochs": c["to"]}
+                                            for c in replan.changes]
     timings["stage1_s"] = time.monotonic() - stage_start
     if second:
         result = _second_stage(plan, built, result, run_dir, timings, left() - tta_min, callbacks, inference, echo)
@@ -213,8 +214,16 @@ def train_planned(plan: Plan, built: dict, callbacks: list | None = None, echo: 
     _record(result.run_dir, choice, timings, plan)
     echo(f"test-time augmentation: flips {'on' if choice['tta'] else 'off'}, scales {choice['scales']} "
          f"({choice['reason']})")
-    echo(f"{timings['total_s']:.0f} s of the {plan.minutes * 60:.0f} s budget")
+    echo(time_report(timings, plan.minutes * 60))
     return result
+
+
+def time_report(timings: dict[str, float], budget_s: float) -> str:
+    """One line: the seconds the run used of its budget, and where they went."""
+    names = {"planning_s": "planning", "stage1_s": "stage 1", "stage2_s": "stage 2", "tta_s": "test-time choice"}
+    parts = ", ".join(f"{names[key]} {value:.0f} s" for key, value in timings.items() if key in names)
+    return (f"time used: {timings['total_s']:.0f} s of the {budget_s:.0f} s budget "
+            f"({100 * timings['total_s'] / budget_s:.1f}%; {parts})")
 
 
 def _second_stage(plan: Plan, built: dict, first, run_dir: Path, timings: dict, minutes_left: float, callbacks,
@@ -257,6 +266,9 @@ def _record(run_dir: Path, choice: dict, timings: dict, plan: Plan) -> None:
     saved["plan"] = {**saved.get("plan", {}), "schedule": plan.schedule}
     saved["plan"]["tta"] = choice
     saved["plan"]["timings"] = {k: round(v, 1) for k, v in timings.items()}
+    budget_s = plan.minutes * 60  # the time used against the budget, as RESULTS.md reports it
+    saved["plan"]["time_used"] = {"seconds": round(timings["total_s"], 1), "budget_s": round(budget_s, 1),
+                                  "share": round(timings["total_s"] / budget_s, 4)}
     write_yaml(path, saved)
 
 
