@@ -38,6 +38,9 @@ def finetune_cmd(
     project: str = typer.Option("runs/finetune", "--project"),
     name: str = typer.Option("exp", "--name"),
     resume: str = typer.Option(None, "--resume", help="Run directory to continue (--epochs / --time may be given)."),
+    logger: str = typer.Option("csv", "--logger", help="csv (metrics.csv, always written) and/or tensorboard "
+                               "(RUN/tensorboard events: step loss, lr, validation box mIoU, box-prompt overlays), "
+                               "e.g. csv,tensorboard."),
 ) -> None:
     """Fine-tune SAM; writes runs/finetune/NAME[N]/ (official-layout weights, metrics.csv, results.png)."""
     from ..finetune.train import finetune
@@ -59,6 +62,7 @@ def finetune_cmd(
                 epochs=10 if epochs is None else epochs, imgsz=imgsz, train=train, lora_rank=lora_rank,
                 prompts=prompts, clicks=clicks, objects=objects, batch=batch, lr=lr, loss=loss, precision=precision,
                 time=time_budget, cache=cache, cache_dir=cache_dir, seed=seed, project=project, name=name,
+                logger=logger,
             )
     except ImsegError as exc:
         fail(str(exc))
