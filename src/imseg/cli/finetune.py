@@ -41,11 +41,26 @@ def finetune_cmd(
     logger: str = typer.Option("csv", "--logger", help="csv (metrics.csv, always written) and/or tensorboard "
                                "(RUN/tensorboard events: step loss, lr, validation box mIoU, box-prompt overlays), "
                                "e.g. csv,tensorboard."),
+    plan: bool = typer.Option(False, "--plan", help="With --time and no --epochs: print the plan and stop."),
 ) -> None:
-    """Fine-tune SAM; writes runs/finetune/NAME[N]/ (official-layout weights, metrics.csv, results.png)."""
+    """Fine-tune SAM; writes runs/finetune/NAME[N]/ (official-layout weights, metrics.csv, results.png).
+
+    `imseg finetune --data DATA --time MINUTES` without --epochs plans --epochs, --imgsz, --batch and the warm-up \
+for the budget from the data and a timing probe on this machine (the first epoch of a frozen encoder also encodes \
+every image once); --imgsz and --batch given explicitly win. The plan and its reasons are printed first and \
+recorded in the run's config.yaml.
+    """
     from ..finetune.train import finetune
 
+    planned = time_budget is not None and epochs is None and not resume
+    if plan and not planned:
+        fail("--plan prints the plan of a time budget: give --time MINUTES, and neither --epochs nor --resume.")
     try:
+        if planned:
+            if data is None:
+                fail("--time plans from the data set: give --data DATA.")
+            _finetune_planned(ctx, plan)
+            return
         if resume:
             given = sorted(f"--{key.replace('_', '-')}" for key in ctx.params
                            if key not in ("resume", "epochs", "time_budget")
@@ -69,3 +84,24 @@ def finetune_cmd(
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float))
     stop = " (stopped at the --time budget)" if result.stopped_by_time else ""
     typer.echo(f"best: {metrics}{stop}\nresults saved to {result.run_dir}")
+
+
+#: finetune_cmd parameters the planner chooses unless given on the command line
+_PLANNED = ("imgsz", "batch")
+#: finetune_cmd parameters passed to the run as they are
+_PASSED = ("data", "model", "checkpoint", "random_init", "train", "lora_rank", "prompts", "clicks", "objects", "lr",
+           "loss", "precision", "cache", "cache_dir", "seed", "project", "name", "logger")
+
+
+def _finetune_planned(ctx: typer.Context, plan_only: bool) -> None:
+    from ..finetune.planned import plan_and_finetune
+
+    params = ctx.params
+    options = {k: params[k] for k in _PASSED}
+    options.update({k: params[k] for k in _PLANNED
+                    if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"})
+    _, result = plan_and_finetune(params["time_budget"], plan_only=plan_only, echo=typer.echo, **options)
+    if result is not None:
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float))
+        stop = " (stopped at the --time budget)" if result.stopped_by_time else ""
+        typer.echo(f"best: {metrics}{stop}\nresults saved to {result.run_dir}")

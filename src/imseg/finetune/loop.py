@@ -18,12 +18,14 @@ from .run import append_metrics, plot_metrics, save_official
 __all__ = ["build_callbacks", "build_loaders", "finish"]
 
 
-def build_loaders(cfg: Any, model: torch.nn.Module, frozen: bool, precision: str):
-    """{"train", "val"} DataLoaders, the data, and the embedding cache (None unless the encoder is frozen)."""
+def build_loaders(cfg: Any, model: torch.nn.Module, frozen: bool, precision: str, data: Any = None):
+    """{"train", "val"} DataLoaders, the data (read from ``cfg.data`` unless given), and the embedding cache
+    (None unless the encoder is frozen)."""
     from .cache import EmbeddingCache, default_cache_root, model_key
 
-    data = load_finetune_data(cfg.data, objects=cfg.objects, min_area=cfg.min_area, val_fraction=cfg.val_fraction,
-                              seed=cfg.seed)
+    if data is None:
+        data = load_finetune_data(cfg.data, objects=cfg.objects, min_area=cfg.min_area,
+                                  val_fraction=cfg.val_fraction, seed=cfg.seed)
     cache = None
     if frozen and cfg.cache:
         root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_root()

@@ -131,12 +131,13 @@ def finetune(config: FinetuneConfig | dict | None = None, *, resume: Any = None,
     from .loop import build_callbacks, build_loaders, finish
 
     known = {f.name for f in fields(FinetuneConfig)}
-    unknown = set(overrides) - known - {"callbacks"}
+    unknown = set(overrides) - known - {"callbacks", "record"}
     if isinstance(config, dict):
         unknown |= set(config) - known
     if unknown:
         raise ConfigError(f"unknown finetune option(s) {sorted(unknown)}; known: {sorted(known)}")
     extra_callbacks = overrides.pop("callbacks", [])
+    record = overrides.pop("record", None)  # extra config.yaml entries (a plan)
     ckpt_path = None
     if resume is not None:
         cfg, run_dir, ckpt_path = _resumed(resume, overrides)
@@ -157,7 +158,8 @@ def finetune(config: FinetuneConfig | dict | None = None, *, resume: Any = None,
         run_dir = increment_run_dir(cfg.project, cfg.name, cfg.exist_ok)
     L.seed_everything(cfg.seed, verbose=False)
     module = make_module(L)(model, asdict(cfg), cache, frozen)
-    callbacks, artifacts, budget = build_callbacks(L, cfg, run_dir, start, data, precision, loaders["val"].dataset)
+    callbacks, artifacts, budget = build_callbacks(L, cfg, run_dir, start, data, precision, loaders["val"].dataset,
+                                                   record)
     trainer = L.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=1, precision=precision,
         gradient_clip_val=cfg.grad_clip, logger=False, callbacks=callbacks + list(extra_callbacks),
