@@ -1,5 +1,5 @@
 """The fine-tuning time planner: its decisions pinned on synthetic facts and timings (no real time is asserted),
-a plan that fits its budget, and `imseg finetune --time --plan` on a few real horse photos."""
+a plan that fits its budget, and `imseg finetune --time --plan` and a planned run on a few real horse photos."""
 
 from __future__ import annotations
 
@@ -154,3 +154,21 @@ def test_cli_plan_prints_the_plan_and_stops(horse_yaml, tmp_path):
     assert not (tmp_path / "runs").exists()  # planned, not trained
     refused = CliRunner().invoke(app, [*common, "--plan", "--epochs", "2"])
     assert refused.exit_code == 2 and "--plan prints the plan of a time budget" in refused.output
+
+
+def test_a_planned_run_records_every_choice_and_its_reason(horse_yaml, tmp_path):
+    from imseg.finetune.planned import plan_and_finetune
+
+    plan, result = plan_and_finetune(1.0, echo=lambda line: None, data=str(horse_yaml), random_init=True,
+                                     precision="32", imgsz=64, clicks=1, cache_dir=str(tmp_path / "cache"),
+                                     project=str(tmp_path / "runs"), progress=False)
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    choices = saved["plan"]["choices"]
+    assert set(choices) == {"imgsz", "batch", "epochs", "warmup"} and all(c["reason"] for c in choices.values())
+    assert choices["imgsz"] == {"value": 64, "reason": "given"}
+    for key in ("imgsz", "batch", "epochs", "warmup"):  # the run trained what the plan chose
+        assert saved["train"][key] == choices[key]["value"] == plan.choices[key].value, key
+    assert saved["plan"]["timing"]["size"] == 64 and saved["plan"]["reference_timing"] is None
+    assert saved["plan"]["facts"]["train_images"] == 4 and saved["plan"]["facts"]["reuse"] is True
+    assert "total_s" in saved["plan"] and isinstance(saved["plan"]["replanned"], list)
+    assert (result.run_dir / "weights" / "best.pt").is_file() and (result.run_dir / "metrics.csv").is_file()

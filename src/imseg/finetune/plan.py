@@ -137,9 +137,13 @@ def plan_rules(facts: Facts, budget_s: float, elapsed_s: float, setup_s: float, 
 
 def epoch_choices(plan: dict[str, Any], facts: Facts, given: dict[str, Any]) -> dict[str, Choice]:
     """Epochs and warm-up from a :func:`schedule` of the chosen size."""
-    first = (f"the first epoch ~{plan['first_epoch_s']:.0f} s (it encodes {facts.to_encode} images once, "
-             f"~{plan['encode_s']:.0f} s), later epochs ~{plan['epoch_s']:.1f} s from cached embeddings"
-             if facts.reuse else f"~{plan['epoch_s']:.1f} s an epoch (the encoder runs every step)")
+    if not facts.reuse:
+        first = f"~{plan['epoch_s']:.1f} s an epoch (the encoder runs every step)"
+    elif facts.to_encode:
+        first = (f"the first epoch ~{plan['first_epoch_s']:.0f} s (it encodes {facts.to_encode} images once, "
+                 f"~{plan['encode_s']:.0f} s), later epochs ~{plan['epoch_s']:.1f} s from cached embeddings")
+    else:
+        first = f"every embedding is cached already: ~{plan['epoch_s']:.1f} s an epoch"
     if "epochs" in given:
         epochs = Choice(given["epochs"], f"given ({plan['epochs_that_fit']} would fit: {first})")
     else:

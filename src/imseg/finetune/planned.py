@@ -21,6 +21,8 @@ __all__ = ["REFERENCE_SIZE", "make_finetune_plan", "plan_and_finetune"]
 REFERENCE_SIZE = 256
 #: steps timed at the reference size (after a warm-up step)
 REFERENCE_STEPS = 2
+#: a probe's steps stop early once they have taken this share of the budget
+PROBE_SHARE = 0.03
 
 
 def _native_side(data: Any, sample: int = 64) -> int:
@@ -71,14 +73,14 @@ def make_finetune_plan(minutes: float, options: dict[str, Any]) -> tuple[Finetun
     if "imgsz" not in given and facts.fixed_size is None:
         with tempfile.TemporaryDirectory() as tmp:  # embeddings at the reference size: no use to the run
             ref = probe(FinetuneConfig(**{**asdict(base), "imgsz": REFERENCE_SIZE, "batch": batch, "cache_dir": tmp}),
-                        data, steps=REFERENCE_STEPS)
+                        data, steps=REFERENCE_STEPS, max_s=PROBE_SHARE * budget_s)
         reference = ref.timing
         facts.reuse, facts.pretrained = ref.reuse, ref.start != "random initialisation"
     probe_s = time.monotonic() - started - load_s  # the probe at the chosen size costs about as much again
     choices = plan_rules(facts, budget_s, time.monotonic() - started + probe_s, load_s + STAGE_OVERHEAD_S,
                          reference, given)
     cfg = FinetuneConfig(**{**asdict(base), "imgsz": choices["imgsz"].value, "batch": choices["batch"].value})
-    measured = probe(cfg, data)
+    measured = probe(cfg, data, max_s=PROBE_SHARE * budget_s)
     facts.reuse, facts.pretrained = measured.reuse, measured.start != "random initialisation"
     facts.to_encode = measured.to_encode
     setup_s = load_s + measured.build_s + STAGE_OVERHEAD_S

@@ -83,8 +83,9 @@ def _encode_times(module: Any, dataset: Any, indices: list[int], store: bool) ->
     return times
 
 
-def probe(cfg: Any, data: Any, steps: int = PROBE_STEPS) -> ProbeOutcome:
-    """Time ``cfg`` (a FinetuneConfig at its imgsz and batch) on ``data`` (read FinetuneData)."""
+def probe(cfg: Any, data: Any, steps: int = PROBE_STEPS, max_s: float = float("inf")) -> ProbeOutcome:
+    """Time ``cfg`` (a FinetuneConfig at its imgsz and batch) on ``data`` (read FinetuneData); the steps stop
+    early (after two) once they have taken ``max_s`` seconds: slow steps need no more precision."""
     from ..semantic.module import _lightning
     from .loop import build_loaders
     from .module import make_module, set_trainable
@@ -114,7 +115,7 @@ def probe(cfg: Any, data: Any, steps: int = PROBE_STEPS) -> ProbeOutcome:
             encode = _encode_times(module, train, probe_indices, True) + _encode_times(module, val, val_indices, True)
         if len(encode) < 2:  # everything was cached already: time the encoder without storing
             encode += _encode_times(module, train, probe_indices[:3], False)
-        step_s = _step_seconds(module, train, batches, cfg.lr)
+        step_s = _step_seconds(module, train, batches, cfg.lr, max_s)
         val_image_s = _val_seconds(module, val, val_indices)
     timing = Timing(size=cfg.imgsz, encode_s=_median(encode), step_s=step_s, val_image_s=val_image_s,
                     write_s=_write_s(model), batch=cfg.batch)
@@ -122,7 +123,7 @@ def probe(cfg: Any, data: Any, steps: int = PROBE_STEPS) -> ProbeOutcome:
     return ProbeOutcome(timing, start, reuse, to_encode, build_s)
 
 
-def _step_seconds(module: Any, dataset: Any, batches: list[list[int]], lr: float) -> float:
+def _step_seconds(module: Any, dataset: Any, batches: list[list[int]], lr: float, max_s: float) -> float:
     """Median seconds of a training step (items read, forward, backward, AdamW) after one warm-up step."""
     params = [p for p in module.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
@@ -136,6 +137,8 @@ def _step_seconds(module: Any, dataset: Any, batches: list[list[int]], lr: float
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         times.append(time.perf_counter() - start)
+        if len(times) >= 2 and sum(times) > max_s:
+            break
     return _median(times)
 
 

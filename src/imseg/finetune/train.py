@@ -125,7 +125,8 @@ def _resumed(resume: Any, overrides: dict) -> tuple[FinetuneConfig, Path, Path]:
 
 def finetune(config: FinetuneConfig | dict | None = None, *, resume: Any = None, **overrides: Any) -> FinetuneResult:
     """Fine-tune SAM (see :class:`FinetuneConfig`); ``resume``: a run directory to continue (``epochs`` may be
-    raised, ``time`` given anew). Returns where the run went and its best validation metrics."""
+    raised, ``time`` given anew). Besides the options, ``callbacks`` (extra Lightning callbacks) and ``record``
+    (extra config.yaml entries). Returns where the run went and its best validation metrics."""
     from ..semantic.module import _lightning
     from ..semantic.run import increment_run_dir
     from .loop import build_callbacks, build_loaders, finish
