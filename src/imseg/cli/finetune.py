@@ -31,7 +31,8 @@ def finetune_cmd(
     lr: float = typer.Option(1e-4, "--lr"),
     loss: str = typer.Option("bce+dice", "--loss", help="bce+dice or official (focal x20 + dice + IoU)."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 where supported), bf16 or 32."),
-    time_budget: float = typer.Option(None, "--time", help="Stop after this many minutes (saved and validated)."),
+    time_budget: float = typer.Option(None, "--time", help="Wall-clock budget in minutes: stop then (saved and "
+                                     "validated); without --epochs, plan the run for it (see above)."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Cache frozen-encoder embeddings on disk."),
     cache_dir: str = typer.Option(None, "--cache-dir", help="Embedding cache (default $IMSEG_HOME/embeddings)."),
     seed: int = typer.Option(0, "--seed"),
