@@ -31,18 +31,37 @@ def finetune_cmd(
     lr: float = typer.Option(1e-4, "--lr"),
     loss: str = typer.Option("bce+dice", "--loss", help="bce+dice or official (focal x20 + dice + IoU)."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 where supported), bf16 or 32."),
-    time_budget: float = typer.Option(None, "--time", help="Stop after this many minutes (saved and validated)."),
+    time_budget: float = typer.Option(None, "--time", help="Wall-clock budget in minutes: stop then (saved and "
+                                     "validated); without --epochs, plan the run for it (see above)."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Cache frozen-encoder embeddings on disk."),
     cache_dir: str = typer.Option(None, "--cache-dir", help="Embedding cache (default $IMSEG_HOME/embeddings)."),
     seed: int = typer.Option(0, "--seed"),
     project: str = typer.Option("runs/finetune", "--project"),
     name: str = typer.Option("exp", "--name"),
     resume: str = typer.Option(None, "--resume", help="Run directory to continue (--epochs / --time may be given)."),
+    logger: str = typer.Option("csv", "--logger", help="csv (metrics.csv, always written) and/or tensorboard "
+                               "(RUN/tensorboard events: step loss, lr, validation box mIoU, box-prompt overlays), "
+                               "e.g. csv,tensorboard."),
+    plan: bool = typer.Option(False, "--plan", help="With --time and no --epochs: print the plan and stop."),
 ) -> None:
-    """Fine-tune SAM; writes runs/finetune/NAME[N]/ (official-layout weights, metrics.csv, results.png)."""
+    """Fine-tune SAM; writes runs/finetune/NAME[N]/ (official-layout weights, metrics.csv, results.png).
+
+    `imseg finetune --data DATA --time MINUTES` without --epochs plans --epochs, --imgsz, --batch and the warm-up \
+for the budget from the data and a timing probe on this machine (the first epoch of a frozen encoder also encodes \
+every image once); --imgsz and --batch given explicitly win. The plan and its reasons are printed first and \
+recorded in the run's config.yaml.
+    """
     from ..finetune.train import finetune
 
+    planned = time_budget is not None and epochs is None and not resume
+    if plan and not planned:
+        fail("--plan prints the plan of a time budget: give --time MINUTES, and neither --epochs nor --resume.")
     try:
+        if planned:
+            if data is None:
+                fail("--time plans from the data set: give --data DATA.")
+            _finetune_planned(ctx, plan)
+            return
         if resume:
             given = sorted(f"--{key.replace('_', '-')}" for key in ctx.params
                            if key not in ("resume", "epochs", "time_budget")
@@ -59,9 +78,31 @@ def finetune_cmd(
                 epochs=10 if epochs is None else epochs, imgsz=imgsz, train=train, lora_rank=lora_rank,
                 prompts=prompts, clicks=clicks, objects=objects, batch=batch, lr=lr, loss=loss, precision=precision,
                 time=time_budget, cache=cache, cache_dir=cache_dir, seed=seed, project=project, name=name,
+                logger=logger,
             )
     except ImsegError as exc:
         fail(str(exc))
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float))
     stop = " (stopped at the --time budget)" if result.stopped_by_time else ""
     typer.echo(f"best: {metrics}{stop}\nresults saved to {result.run_dir}")
+
+
+#: finetune_cmd parameters the planner chooses unless given on the command line
+_PLANNED = ("imgsz", "batch")
+#: finetune_cmd parameters passed to the run as they are
+_PASSED = ("data", "model", "checkpoint", "random_init", "train", "lora_rank", "prompts", "clicks", "objects", "lr",
+           "loss", "precision", "cache", "cache_dir", "seed", "project", "name", "logger")
+
+
+def _finetune_planned(ctx: typer.Context, plan_only: bool) -> None:
+    from ..finetune.planned import plan_and_finetune
+
+    params = ctx.params
+    options = {k: params[k] for k in _PASSED}
+    options.update({k: params[k] for k in _PLANNED
+                    if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"})
+    _, result = plan_and_finetune(params["time_budget"], plan_only=plan_only, echo=typer.echo, **options)
+    if result is not None:
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float))
+        stop = " (stopped at the --time budget)" if result.stopped_by_time else ""
+        typer.echo(f"best: {metrics}{stop}\nresults saved to {result.run_dir}")

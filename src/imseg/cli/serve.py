@@ -10,7 +10,7 @@ from .common import app, fail
 
 @app.command("serve")
 def serve(
-    model: str = typer.Option("mobile-sam", "--model", "-m", help="SAM model name or export dir."),
+    model: str = typer.Option("mobile-sam", "--model", "-m", help="SAM model name, export dir or imseg finetune run."),
     checkpoint: str = typer.Option(None, "--checkpoint", "-c", help="Checkpoint path (default: the weights cache)."),
     host: str = typer.Option("127.0.0.1", help="Bind address. Loopback by default; use --api-key when exposing it."),
     port: int = typer.Option(8000, help="TCP port."),
@@ -50,11 +50,13 @@ def serve(
         from pathlib import Path
 
         from ..export.onnx import MANIFEST
+        from ..finetune.run import is_finetune_run
 
         is_export = (Path(model) / MANIFEST).is_file()  # an `imseg export` directory (ONNX Runtime)
-        if not is_export and get_spec(model).family not in ("sam", "sam2"):
+        is_run = is_finetune_run(Path(model))  # an `imseg finetune` run directory (its best.pt)
+        if not is_export and not is_run and get_spec(model).family not in ("sam", "sam2"):
             fail(f"--model {model!r} is not a Segment Anything model; the server needs mobile-sam, sam-vit-b/l/h, "
-                 f"sam2.1-hiera-t/s/b+/l or an `imseg export` directory of one.")
+                 f"sam2.1-hiera-t/s/b+/l, an `imseg export` directory of one or an `imseg finetune` run.")
         settings = ServeSettings(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, cache_items=cache_items,
             cache_bytes=int(cache_mb * 1024 * 1024), concurrency=concurrency, queue_timeout=queue_timeout,

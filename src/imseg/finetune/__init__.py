@@ -3,8 +3,9 @@ are in the official checkpoint layout (see :mod:`imseg.finetune.run`).
 
 Modules: ``data`` (any instance-style data set -> checked samples), ``cache`` (frozen-encoder embeddings on
 disk), ``dataset`` (torch side), ``recipe`` (prompts, correction clicks, losses), ``module`` (LightningModule,
-optimizer), ``loop`` (callbacks, time budget), ``train`` (``finetune``), ``run`` (run directory, loading),
-``evaluate`` (box / click metrics of a run against its starting checkpoint).
+optimizer), ``loop`` (callbacks, time budget), ``loggers`` (TensorBoard), ``train`` (``finetune``), ``run`` (run
+directory, loading), ``evaluate`` (box / click metrics of a run against its starting checkpoint), ``plan`` (the
+rules of a run planned for a time budget), ``probe`` (its timings), ``planned`` (``--time`` without ``--epochs``).
 """
 
 from __future__ import annotations

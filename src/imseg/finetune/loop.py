@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..semantic.loggers import parse_logger_spec
 from .data import describe, load_finetune_data
 from .dataset import FinetuneDataset, collate
 from .run import append_metrics, plot_metrics, save_official
@@ -17,12 +18,14 @@ from .run import append_metrics, plot_metrics, save_official
 __all__ = ["build_callbacks", "build_loaders", "finish"]
 
 
-def build_loaders(cfg: Any, model: torch.nn.Module, frozen: bool, precision: str):
-    """{"train", "val"} DataLoaders, the data, and the embedding cache (None unless the encoder is frozen)."""
+def build_loaders(cfg: Any, model: torch.nn.Module, frozen: bool, precision: str, data: Any = None):
+    """{"train", "val"} DataLoaders, the data (read from ``cfg.data`` unless given), and the embedding cache
+    (None unless the encoder is frozen)."""
     from .cache import EmbeddingCache, default_cache_root, model_key
 
-    data = load_finetune_data(cfg.data, objects=cfg.objects, min_area=cfg.min_area, val_fraction=cfg.val_fraction,
-                              seed=cfg.seed)
+    if data is None:
+        data = load_finetune_data(cfg.data, objects=cfg.objects, min_area=cfg.min_area,
+                                  val_fraction=cfg.val_fraction, seed=cfg.seed)
     cache = None
     if frozen and cfg.cache:
         root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_root()
@@ -51,14 +54,17 @@ class TimeBudget:
         return self.limit is not None and time.monotonic() - self.start >= self.limit
 
 
-def build_callbacks(L: Any, cfg: Any, run_dir: Path, start: str, data: Any, precision: str):
+def build_callbacks(L: Any, cfg: Any, run_dir: Path, start: str, data: Any, precision: str, val_dataset: Any = None,
+                    record: dict | None = None):
+    """[callbacks], the RunArtifacts callback and the TimeBudget; ``record``: extra config.yaml entries (a plan)."""
     from dataclasses import asdict
 
     from ..semantic.run import _plain, write_yaml
 
     budget = TimeBudget(cfg.time)
     config_yaml = {"task": "finetune", "model": cfg.model, "variant": None, "imgsz": cfg.imgsz, "start": start,
-                   "precision": precision, "data": data.spec, "notes": list(data.notes), "train": _plain(asdict(cfg))}
+                   "precision": precision, "data": data.spec, "notes": list(data.notes), "train": _plain(asdict(cfg)),
+                   **(record or {})}
 
     class RunArtifacts(L.Callback):
         """metrics.csv, weights/best.pt + last.pt (official layout) and weights/last.ckpt after every epoch."""
@@ -69,6 +75,7 @@ def build_callbacks(L: Any, cfg: Any, run_dir: Path, start: str, data: Any, prec
             self.epoch_start = time.monotonic()
             self.counts = (0, 0, 0)
             self.final_recorded = False
+            self.listeners: list[Any] = []  # log_epoch(trainer, module, row) after each row; close() at the end
 
         def state_dict(self) -> dict:
             return {"best": self.best, "best_epoch": self.best_epoch, "best_metrics": self.best_metrics}
@@ -105,6 +112,8 @@ def build_callbacks(L: Any, cfg: Any, run_dir: Path, start: str, data: Any, prec
                    "encoder_calls": now[0] - self.counts[0], "cache_hits": now[1] - self.counts[1],
                    "cache_misses": now[2] - self.counts[2]}
             append_metrics(run_dir / "metrics.csv", row)
+            for listener in self.listeners:
+                listener.log_epoch(trainer, module, row)
             save_official(run_dir / "weights" / "last.pt", module.model)
             score = metrics.get("box_miou", float("nan"))
             if not np.isnan(score) and score > self.best:
@@ -121,7 +130,14 @@ def build_callbacks(L: Any, cfg: Any, run_dir: Path, start: str, data: Any, prec
                         float(logged.get("train/iou", float("nan"))))
 
     artifacts = RunArtifacts()
-    return [artifacts], artifacts, budget
+    callbacks: list[Any] = [artifacts]
+    if "tensorboard" in parse_logger_spec(cfg.logger):
+        from .loggers import make_finetune_logger_callback
+
+        tensorboard = make_finetune_logger_callback(cfg.logger, artifacts, val_dataset, cfg.val_samples)
+        artifacts.listeners.append(tensorboard)
+        callbacks.append(tensorboard)
+    return callbacks, artifacts, budget
 
 
 def _validate(module: Any, loader: Any) -> dict[str, float]:
@@ -145,6 +161,8 @@ def finish(trainer: Any, module: Any, artifacts: Any, budget: Any, val_loader: A
         logged = trainer.callback_metrics
         artifacts.record(trainer, module, metrics, float(logged.get("train/loss", float("nan"))),
                          float(logged.get("train/iou", float("nan"))))
+    for listener in artifacts.listeners:
+        listener.close()
     if (run_dir / "metrics.csv").is_file():
         plot_metrics(run_dir / "metrics.csv", run_dir / "results.png")
     weights = run_dir / "weights"

@@ -15,7 +15,7 @@ from .recipe import Recipe, interactive_rounds
 
 TRAIN_MODES = ("decoder", "decoder+prompt", "lora", "all")
 
-__all__ = ["TRAIN_MODES", "box_iou_of_image", "make_module", "set_trainable"]
+__all__ = ["TRAIN_MODES", "box_iou_of_image", "box_prompt_masks", "make_module", "set_trainable"]
 
 
 def set_trainable(model: torch.nn.Module, train: str, lora_rank: int = 8) -> bool:
@@ -65,18 +65,25 @@ def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def box_iou_of_image(model: Any, embedding: torch.Tensor, item: dict) -> list[float]:
-    """IoU of each object's mask from its tight box (one output), at the original image size."""
-    gt_small, full = item["masks"], item["full_masks"]
-    if not len(full):
-        return []
+def box_prompt_masks(model: Any, embedding: torch.Tensor, item: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Each object's mask predicted from its tight box (one output): ((K, H, W) bool at the original image size,
+    (K, 4) boxes x0, y0, x1, y1 at the input geometry)."""
     from ..sam.clicks import mask_to_box
 
-    boxes = mask_to_box(gt_small[:, None] > 0.5)[:, 0].float().to(embedding.device)
+    boxes = mask_to_box(item["masks"][:, None] > 0.5)[:, 0].float().to(embedding.device)
     sparse, dense = model.prompt_encoder(points=None, boxes=boxes, masks=None)
     low, _ = model.mask_decoder(embedding, model.prompt_encoder.get_dense_pe(), sparse, dense, False)
     masks = model.postprocess_masks(low.float(), item["input_size"], item["original_size"])[:, 0] > 0
-    return [_iou(m, g) for m, g in zip(masks.cpu().numpy(), full, strict=True)]
+    return masks.cpu().numpy(), boxes.cpu().numpy()
+
+
+def box_iou_of_image(model: Any, embedding: torch.Tensor, item: dict) -> list[float]:
+    """IoU of each object's mask from its tight box (one output), at the original image size."""
+    full = item["full_masks"]
+    if not len(full):
+        return []
+    masks, _ = box_prompt_masks(model, embedding, item)
+    return [_iou(m, g) for m, g in zip(masks, full, strict=True)]
 
 
 def make_module(L: Any):

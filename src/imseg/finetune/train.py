@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..semantic.loggers import parse_logger_spec
 from .module import TRAIN_MODES
 from .recipe import LOSS_PRESETS, PROMPT_KINDS
 
@@ -52,6 +53,8 @@ class FinetuneConfig:
     progress: bool = True
     accelerator: str = "auto"
     val_fraction: float = 0.2
+    logger: str = "csv"  # csv | tensorboard | csv,tensorboard (metrics.csv is always written)
+    val_samples: int = 4  # validation overlays logged to TensorBoard after each epoch
 
     def validate(self) -> None:
         prompts = tuple(p.strip() for p in (self.prompts.split(",") if isinstance(self.prompts, str) else self.prompts))
@@ -69,10 +72,12 @@ class FinetuneConfig:
             (self.precision in ("auto", "bf16", "32"), f"precision must be auto, bf16 or 32, got {self.precision!r}"),
             (self.time is None or self.time > 0, f"time must be > 0 minutes, got {self.time}"),
             (self.lora_rank >= 1, f"lora_rank must be >= 1, got {self.lora_rank}"),
+            (self.val_samples >= 0, f"val_samples must be >= 0, got {self.val_samples}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        parse_logger_spec(self.logger)
 
 
 @dataclass
@@ -120,18 +125,20 @@ def _resumed(resume: Any, overrides: dict) -> tuple[FinetuneConfig, Path, Path]:
 
 def finetune(config: FinetuneConfig | dict | None = None, *, resume: Any = None, **overrides: Any) -> FinetuneResult:
     """Fine-tune SAM (see :class:`FinetuneConfig`); ``resume``: a run directory to continue (``epochs`` may be
-    raised, ``time`` given anew). Returns where the run went and its best validation metrics."""
+    raised, ``time`` given anew). Besides the options, ``callbacks`` (extra Lightning callbacks) and ``record``
+    (extra config.yaml entries). Returns where the run went and its best validation metrics."""
     from ..semantic.module import _lightning
     from ..semantic.run import increment_run_dir
     from .loop import build_callbacks, build_loaders, finish
 
     known = {f.name for f in fields(FinetuneConfig)}
-    unknown = set(overrides) - known - {"callbacks"}
+    unknown = set(overrides) - known - {"callbacks", "record"}
     if isinstance(config, dict):
         unknown |= set(config) - known
     if unknown:
         raise ConfigError(f"unknown finetune option(s) {sorted(unknown)}; known: {sorted(known)}")
     extra_callbacks = overrides.pop("callbacks", [])
+    record = overrides.pop("record", None)  # extra config.yaml entries (a plan)
     ckpt_path = None
     if resume is not None:
         cfg, run_dir, ckpt_path = _resumed(resume, overrides)
@@ -152,7 +159,8 @@ def finetune(config: FinetuneConfig | dict | None = None, *, resume: Any = None,
         run_dir = increment_run_dir(cfg.project, cfg.name, cfg.exist_ok)
     L.seed_everything(cfg.seed, verbose=False)
     module = make_module(L)(model, asdict(cfg), cache, frozen)
-    callbacks, artifacts, budget = build_callbacks(L, cfg, run_dir, start, data, precision)
+    callbacks, artifacts, budget = build_callbacks(L, cfg, run_dir, start, data, precision, loaders["val"].dataset,
+                                                   record)
     trainer = L.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=1, precision=precision,
         gradient_clip_val=cfg.grad_clip, logger=False, callbacks=callbacks + list(extra_callbacks),
