@@ -160,7 +160,7 @@ def _train_planned(ctx: typer.Context, data: str | None, minutes: float, plan_on
 
 
 _INSTANCE_OPTIONS = ("data", "task", "model", "backbone", "epochs", "imgsz", "batch", "lr", "workers", "seed", "name",
-                     "project", "resume", "accelerator", "time", "plan", "encoder")
+                     "project", "resume", "accelerator", "time", "plan")
 
 
 def _train_instance(ctx: typer.Context, data, model, backbone, epochs, imgsz, batch, lr, workers, seed, name, project,
@@ -169,13 +169,12 @@ def _train_instance(ctx: typer.Context, data, model, backbone, epochs, imgsz, ba
     from ..instance.train import train_command
 
     given = {key for key in ctx.params if getattr(ctx.get_parameter_source(key), "name", "") == "COMMANDLINE"}
-    unused = sorted(f"--{key.replace('_', '-')}" for key in given - set(_INSTANCE_OPTIONS))
-    if "encoder" in given and minutes is None:
-        unused.append("--encoder (planned runs only: --time)")
+    allowed = {*_INSTANCE_OPTIONS, *(("encoder",) if minutes is not None else ())}  # the planned U-Net's encoder
+    unused = sorted(f"--{key.replace('_', '-')}" for key in given - allowed)
     if unused:
         fail(f"{', '.join(unused)} apply to semantic training only; --task instance takes --data, --model, --backbone, "
              f"--epochs, --imgsz, --batch, --lr, --workers, --seed, --name, --project, --resume, --accelerator, "
-             f"--time and --plan.")
+             f"--time and --plan (and --encoder with --time).")
     if data is None and resume is None:
         fail("--task instance needs --data DATA (COCO JSON, labelme, YOLO-seg, VOC, label images or DSB folders).")
     if plan_only and minutes is None:
