@@ -170,7 +170,7 @@ def choose_post(fp: InstanceFingerprint, model: str) -> dict[str, Choice]:
     if model == "maskrcnn":
         detections = max(100, 50 * math.ceil(1.25 * fp.objects_max / 50))
         return {"detections": Choice(detections, f"up to {fp.objects_max} objects an image: keep {detections} "
-                                                 "detections (a quarter more)"),
+                                                 "detections (a quarter more, at least 100)"),
                 "proposals": Choice(max(1000, 4 * detections), "RPN proposals: 4 per kept detection, at least 1000")}
     area = int(min(64, max(4, round(0.25 * fp.small_area))))
     return {"min_area": Choice(area, f"fragments under a quarter of the small objects' area ({fp.small_area:.0f} px) "

@@ -124,12 +124,13 @@ def probe_maskrcnn(choices: dict[str, Choice], train: InstanceDataset, val: Inst
     step_s = float(np.median(times[1:] or times))  # the first step allocates
     model.eval()
     seen = InstanceTorchDataset(_subset(val, 3), names)
+    timed = list(range(1, len(seen))) or [0]  # after a warm-up pass on the first image
     with torch.no_grad():
         model([seen[0][0]])
         start = time.perf_counter()
-        for i in range(1, len(seen)):
+        for i in timed:
             model([seen[i][0]])
-    val_image_s = (time.perf_counter() - start) / max(1, len(seen) - 1)
+    val_image_s = (time.perf_counter() - start) / len(timed)
     return ProbeResult(step_s=step_s, val_image_s=val_image_s, steps_per_epoch=math.ceil(len(train) / batch),
                        val_images=len(val))
 
