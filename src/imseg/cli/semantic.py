@@ -78,15 +78,16 @@ def train_cmd(
 --optimizer, --scheduler, --warmup, --patience, --loss, --augment, --cache, --workers, --ema and --save-period \
 (plus encoder depth, decoder widths, class weights, a second stage at a larger size and test-time augmentation) \
 from the data and a timing probe; every one of them given explicitly wins. The plan and its reasons are printed \
-first and recorded in the run's config.yaml.
+first and recorded in the run's config.yaml. With --task instance, --time plans --model, --encoder or --backbone, \
+--imgsz, --batch, --lr and --epochs from the objects' sizes, counts and contacts.
     """
     import yaml
 
     if task not in ("semantic", "instance"):
         fail(f"--task must be semantic or instance, got {task!r}.")
     if task == "instance":
-        _train_instance(ctx, data, model or "maskrcnn", backbone, epochs, imgsz, batch, lr, workers, seed, name,
-                        project, resume, accelerator)
+        _train_instance(ctx, data, model, backbone, epochs, imgsz, batch, lr, workers, seed, name, project, resume,
+                        accelerator, time, plan)
         return
     if plan and time is None:
         fail("--plan prints the plan for a time budget: give --time MINUTES too.")
@@ -159,21 +160,29 @@ def _train_planned(ctx: typer.Context, data: str | None, minutes: float, plan_on
 
 
 _INSTANCE_OPTIONS = ("data", "task", "model", "backbone", "epochs", "imgsz", "batch", "lr", "workers", "seed", "name",
-                     "project", "resume", "accelerator")
+                     "project", "resume", "accelerator", "time", "plan")
 
 
 def _train_instance(ctx: typer.Context, data, model, backbone, epochs, imgsz, batch, lr, workers, seed, name, project,
-                    resume, accelerator) -> None:
-    """``imseg train --task instance``: Mask R-CNN on an instance data set."""
+                    resume, accelerator, minutes=None, plan_only=False) -> None:
+    """``imseg train --task instance``: Mask R-CNN or the contour-aware U-Net on an instance data set."""
     from ..instance.train import train_command
 
-    unused = sorted(f"--{key.replace('_', '-')}" for key in ctx.params if key not in _INSTANCE_OPTIONS
-                    and getattr(ctx.get_parameter_source(key), "name", "") == "COMMANDLINE")
+    given = {key for key in ctx.params if getattr(ctx.get_parameter_source(key), "name", "") == "COMMANDLINE"}
+    allowed = {*_INSTANCE_OPTIONS, *(("encoder",) if minutes is not None else ())}  # the planned U-Net's encoder
+    unused = sorted(f"--{key.replace('_', '-')}" for key in given - allowed)
     if unused:
         fail(f"{', '.join(unused)} apply to semantic training only; --task instance takes --data, --model, --backbone, "
-             f"--epochs, --imgsz, --batch, --lr, --workers, --seed, --name, --project, --resume and --accelerator.")
+             f"--epochs, --imgsz, --batch, --lr, --workers, --seed, --name, --project, --resume, --accelerator, "
+             f"--time and --plan (and --encoder with --time).")
     if data is None and resume is None:
         fail("--task instance needs --data DATA (COCO JSON, labelme, YOLO-seg, VOC, label images or DSB folders).")
+    if plan_only and minutes is None:
+        fail("--plan prints the plan for a time budget: give --time MINUTES too.")
+    if minutes is not None:
+        _train_instance_planned(ctx, data, minutes, plan_only, given, resume)
+        return
+    model = model or "maskrcnn"
     try:
         run_dir = train_command(data, model=model, backbone=backbone, epochs=50 if epochs is None else epochs,
                                 imgsz=imgsz, batch=batch, lr=lr, workers=workers, seed=seed, name=name, project=project,
@@ -181,6 +190,27 @@ def _train_instance(ctx: typer.Context, data, model, backbone, epochs, imgsz, ba
     except ImsegError as exc:
         fail(str(exc))
     typer.echo(f"results saved to {run_dir}")
+
+
+def _train_instance_planned(ctx: typer.Context, data, minutes: float, plan_only: bool, given: set[str],
+                            resume) -> None:
+    """``imseg train --task instance --time``: plan the options not given, print the plan, train it."""
+    from ..instance.planner import plan_and_train_instance
+
+    if resume is not None:
+        fail("--resume continues a run with its own settings; drop --time.")
+    if minutes <= 0:
+        fail(f"--time is a budget in minutes > 0, got {minutes}.")
+    params = ctx.params
+    wanted = {k: params[k] for k in ("model", "encoder", "backbone", "epochs", "imgsz", "batch", "lr") if k in given}
+    # loader workers compete with the step for a small CPU's cores: the models' own default (0) unless given
+    fixed = {k: params[k] for k in ("workers", "seed", "name", "project", "accelerator") if k != "workers" or k in given}
+    try:
+        run_dir = plan_and_train_instance(data, minutes, wanted, fixed, plan_only=plan_only, echo=typer.echo)
+    except ImsegError as exc:
+        fail(str(exc))
+    if run_dir is not None:
+        typer.echo(f"results saved to {run_dir}")
 
 
 def _per_class_table(title: str, class_names: list[str], metrics: dict) -> None:

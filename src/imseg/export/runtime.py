@@ -57,9 +57,9 @@ def load_exported(path: str | os.PathLike, device: str = "auto", providers: list
                               f"tta=, scales=)")
         return OrtSemanticSegmenter(path, device=device, providers=providers, threads=threads, files=files, **kwargs)
     if family == "instance":
-        from .ort_instance import OrtInstanceSegmenter
+        from .ort_instance import load_instance_export
 
-        return OrtInstanceSegmenter(path, device=device, providers=providers, threads=threads, **kwargs)
+        return load_instance_export(path, device=device, providers=providers, threads=threads, files=files, **kwargs)
     raise ExportError(f"{path}: unknown model family {family!r} in {MANIFEST}.")
 
 

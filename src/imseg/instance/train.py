@@ -323,8 +323,9 @@ def _resume_path(resume: Any) -> Path:
     return path
 
 
-def train_instance(config: Mapping[str, Any]) -> Path:
-    """Train Mask R-CNN as ``config`` says (keys of :data:`DEFAULTS`) and return the run directory."""
+def train_instance(config: Mapping[str, Any], callbacks: list | None = None) -> Path:
+    """Train Mask R-CNN as ``config`` says (keys of :data:`DEFAULTS`) and return the run directory;
+    ``callbacks``: more Lightning callbacks."""
     import lightning as L
 
     cfg = _config(config)
@@ -359,7 +360,7 @@ def train_instance(config: Mapping[str, Any]) -> Path:
     last = L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "weights", save_last=True, save_top_k=0)
     trainer = L.Trainer(
         max_epochs=int(cfg["epochs"]), accelerator=cfg["accelerator"], devices=cfg["devices"],
-        callbacks=[_make_artifacts_callback()(run_dir, meta, cfg["max_time"]), last],
+        callbacks=[_make_artifacts_callback()(run_dir, meta, cfg["max_time"]), last, *(callbacks or [])],
         logger=False, num_sanity_val_steps=0, gradient_clip_val=10.0, deterministic=False,
         enable_progress_bar=bool(cfg["progress"]), enable_model_summary=False, default_root_dir=run_dir,
     )

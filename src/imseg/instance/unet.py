@@ -69,9 +69,9 @@ def write_pixel_data(train: InstanceDataset, val: InstanceDataset, root: Path) -
             "ignore_index": 255}
 
 
-def train_unet_instance(config: dict[str, Any]) -> Path:
+def train_unet_instance(config: dict[str, Any], callbacks: list | None = None) -> Path:
     """Train the contour-aware U-Net on an instance data set; returns the run directory. Options: see ``DEFAULTS``
-    (``max_time`` in seconds: no epoch starts after it)."""
+    (``max_time`` in seconds: no epoch starts after it); ``callbacks``: more Lightning callbacks."""
     import yaml
 
     from ..semantic.run import increment_run_dir, write_yaml
@@ -92,7 +92,7 @@ def train_unet_instance(config: dict[str, Any]) -> Path:
                            "Train Mask R-CNN (--model maskrcnn) for several classes.")
     run_dir = increment_run_dir(cfg["project"], cfg["name"], cfg["exist_ok"])
     data = write_pixel_data(train_set, val_set, run_dir / "pixel-data")
-    callbacks = [] if cfg["max_time"] is None else [_time_budget(float(cfg["max_time"]))]
+    callbacks = [*(callbacks or []), *([] if cfg["max_time"] is None else [_time_budget(float(cfg["max_time"]))])]
     train({"data": data, "model": "unet", "encoder": cfg["encoder"], "epochs": int(cfg["epochs"]),
            "imgsz": int(cfg["imgsz"]), "batch": int(cfg["batch"]), "lr": float(cfg["lr"]), "patience": 0,
            "workers": int(cfg["workers"]), "seed": int(cfg["seed"]), "augment": cfg["augment"], "loss": "ce+dice",

@@ -1,0 +1,195 @@
+"""The planning rules of instance training for a time budget (``imseg train --task instance --time MINUTES``).
+
+Each rule is a function of the data's fingerprint (image sizes, object sizes and counts, touching objects) and the
+machine, never of a data set's name, and says why in one sentence; the reasons are printed with the plan and
+stored in the run's ``config.yaml``. Epochs are not chosen here: the timing probe and the budget split of the
+semantic planner (:mod:`imseg.semantic.plan`) turn the measured seconds per epoch into them
+(:mod:`imseg.instance.planner`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..semantic.plan.fingerprint import CANDIDATE_SIZES
+from ..semantic.plan.rules import Choice, Machine
+from .sample import InstanceDataset
+
+#: the small objects (10th percentile of sqrt(area)) keep this many pixels across at the input size: a one-pixel
+#: rim on each side (the U-Net's boundary class) and an interior between them
+MIN_OBJECT_PX = 6
+#: ... and this many where objects touch: their rims are all that separates them, so they must survive scaling
+MIN_TOUCHING_PX = 8
+#: Mask R-CNN's smallest anchor is 16 px: smaller objects match no anchor well
+MIN_MASKRCNN_PX = 16
+#: share of objects touching another from which the data counts as touching
+TOUCHING = 0.1
+#: the largest input a CPU step affords (a GPU's is the largest candidate size)
+CPU_MAX_SIZE = 512
+#: objects per image (median) from which images are dense scenes (cells, grains) with no up or down
+DENSE = 10
+
+
+@dataclass
+class InstanceFingerprint:
+    """Measured properties of an instance training set (sizes in the images' own pixels)."""
+
+    num_train: int
+    num_val: int
+    class_names: list[str]
+    median_size: tuple[int, int]  # (height, width)
+    max_side: int
+    grayscale: bool  # every sampled image has R == G == B
+    objects_median: float  # objects per image
+    objects_max: int
+    small_extent: float  # 10th percentile over objects of sqrt(area) / the image's longer side
+    small_px: float  # 10th percentile of sqrt(area) in pixels
+    small_area: float  # 10th percentile of the area in pixels
+    touching: float  # share of objects that touch another object
+    sampled: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: round(v, 4) if isinstance(v, float) else list(v) if isinstance(v, tuple) else v
+                for k, v in asdict(self).items()}
+
+
+def touching_objects(ids: np.ndarray) -> set[int]:
+    """Ids of an (H, W) instance id map (0 = none) whose pixels are 4-adjacent to another object's."""
+    found: set[int] = set()
+    for a, b in ((ids[1:], ids[:-1]), (ids[:, 1:], ids[:, :-1])):
+        meet = (a > 0) & (b > 0) & (a != b)
+        found.update(np.unique(a[meet]).tolist())
+        found.update(np.unique(b[meet]).tolist())
+    return found
+
+
+def instance_fingerprint(train: InstanceDataset, num_val: int, sample: int = 32) -> InstanceFingerprint:
+    """Fingerprint of ``train`` from ``sample`` evenly spaced images (object counts from every image)."""
+    from ..io import read_image
+
+    counts = [sum(not o.iscrowd for o in s.objects) for s in train.samples]
+    picks = sorted({int(i) for i in np.linspace(0, len(train) - 1, min(len(train), sample))})
+    sizes, extents, roots, areas, touching, total, gray = [], [], [], [], 0, 0, True
+    for i in picks:
+        s = train.samples[i]
+        sizes.append((s.height, s.width))
+        rgb = read_image(s.image_path)
+        gray = gray and bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+        ids = np.zeros((s.height, s.width), np.int32)
+        for k, obj in enumerate((o for o in s.objects if not o.iscrowd), start=1):
+            mask = obj.mask.decode()
+            ids[mask] = k
+            area = int(mask.sum())
+            if area:
+                areas.append(area)
+                roots.append(math.sqrt(area))
+                extents.append(math.sqrt(area) / max(s.height, s.width))
+                total += 1
+        touching += len(touching_objects(ids))
+    pct = lambda v: float(np.percentile(v, 10)) if v else 0.0  # noqa: E731
+    return InstanceFingerprint(
+        num_train=len(train), num_val=num_val, class_names=list(train.categories),
+        median_size=(int(np.median([h for h, _ in sizes])), int(np.median([w for _, w in sizes]))),
+        max_side=int(max(max(s) for s in sizes)), grayscale=gray, objects_median=float(np.median(counts)),
+        objects_max=int(max(counts)), small_extent=pct(extents), small_px=pct(roots), small_area=pct(areas),
+        touching=touching / max(total, 1), sampled=len(picks))
+
+
+def choose_model(fp: InstanceFingerprint) -> Choice:
+    if len(fp.class_names) > 1:
+        return Choice("maskrcnn", f"{len(fp.class_names)} classes: Mask R-CNN classifies each object")
+    return Choice("unet-watershed", "one class: the contour-aware U-Net (one dense pass, no proposals) splits "
+                                    "touching objects at their rims; the cheapest on a CPU")
+
+
+def choose_network(model: str, machine: Machine) -> dict[str, Choice]:
+    """Mask R-CNN's ``backbone`` or the U-Net's ``encoder``."""
+    name = "resnet34" if machine.gpu else "resnet18"
+    reason = "resnet34 on a GPU" if machine.gpu else "resnet18: on a CPU budget more epochs beat a larger network"
+    return {"backbone" if model == "maskrcnn" else "encoder": Choice(name, reason)}
+
+
+def choose_size(fp: InstanceFingerprint, model: str, machine: Machine) -> Choice:
+    """The smallest letterbox size at which the small objects keep the pixels the model needs."""
+    if model == "maskrcnn":
+        need, why = MIN_MASKRCNN_PX, f"Mask R-CNN's smallest anchor ({MIN_MASKRCNN_PX} px)"
+    elif fp.touching >= TOUCHING:
+        need, why = MIN_TOUCHING_PX, (f"{fp.touching:.0%} of the objects touch: the rims between them need "
+                                      f"{MIN_TOUCHING_PX} px objects")
+    else:
+        need, why = MIN_OBJECT_PX, f"a rim each side and an interior need {MIN_OBJECT_PX} px objects"
+    wanted = need / max(fp.small_extent, 1e-6)
+    native = 32 * math.ceil(max(fp.median_size) / 32)  # no upsampling past the typical image
+    cap = min(native, CANDIDATE_SIZES[-1] if machine.gpu else CPU_MAX_SIZE)
+    size = next((s for s in CANDIDATE_SIZES if s >= wanted), CANDIDATE_SIZES[-1])
+    if size <= cap:
+        return Choice(size, f"small objects are {fp.small_extent:.3f} of the image side: at {size} px they stay "
+                            f">= {need} px across ({why})")
+    limit = (f"the typical image ({max(fp.median_size)} px)" if cap == native else
+             f"the largest input a CPU step affords ({CPU_MAX_SIZE} px)")
+    return Choice(cap, f"{cap} px, {limit}: small objects come out {fp.small_extent * cap:.1f} px across "
+                       f"({why}; {size} px would be needed)")
+
+
+def choose_optimisation(fp: InstanceFingerprint, model: str, imgsz: int) -> dict[str, Choice]:
+    if model == "maskrcnn":
+        batch = max(1, min(4 if imgsz <= 320 else 2, fp.num_train // 2))
+        lr = round(3e-4 * math.sqrt(batch / 2), 6)
+        return {"batch": Choice(batch, f"{batch} images of {imgsz} px a step (Mask R-CNN's heads cost per object)"),
+                "lr": Choice(lr, "AdamW 3e-4 at batch 2, x sqrt(batch / 2) (square-root scaling)")}
+    batch = max(2, min(8 if imgsz <= 160 else 4 if imgsz <= 320 else 2, fp.num_train // 2))
+    reason = f"{batch} images of {imgsz} px a step (larger inputs, smaller batches)"
+    if fp.num_train // 2 < 4:
+        reason += f"; {fp.num_train} training images: at least 2 steps an epoch"
+    return {"batch": Choice(batch, reason),
+            "lr": Choice(round(1e-3 * math.sqrt(batch), 6), f"AdamW 1e-3 x sqrt(batch {batch}) (square-root scaling)")}
+
+
+def choose_augment(fp: InstanceFingerprint) -> Choice:
+    """The U-Net's augmentation: mild scaling (one-pixel rims must survive resampling), flips by scene type."""
+    aug: dict[str, Any] = {"scale": [0.75, 1.33], "hflip": 0.5, "color_jitter": 0.2}
+    if fp.objects_median >= DENSE:
+        aug.update(vflip=0.5, rotate90=0.5)
+        reason = (f"{fp.objects_median:g} objects an image: dense scenes with no up or down, flips both ways and "
+                  "90-degree turns")
+    else:
+        aug.update(vflip=0.0, rotate90=0.0)
+        reason = f"{fp.objects_median:g} objects an image: scenes keep their upright view, horizontal flips only"
+    reason += "; zoom 0.75-1.33 only (one-pixel rims must survive resampling)"
+    if fp.grayscale:  # saturation and hue mean nothing without colour
+        aug["color_jitter"] = {"brightness": 0.2, "contrast": 0.2}
+        reason += "; grayscale: brightness and contrast jitter only"
+    return Choice(aug, reason)
+
+
+def choose_post(fp: InstanceFingerprint, model: str) -> dict[str, Choice]:
+    if model == "maskrcnn":
+        detections = max(100, 50 * math.ceil(1.25 * fp.objects_max / 50))
+        return {"detections": Choice(detections, f"up to {fp.objects_max} objects an image: keep {detections} "
+                                                 "detections (a quarter more, at least 100)"),
+                "proposals": Choice(max(1000, 4 * detections), "RPN proposals: 4 per kept detection, at least 1000")}
+    area = int(min(64, max(4, round(0.25 * fp.small_area))))
+    return {"min_area": Choice(area, f"fragments under a quarter of the small objects' area ({fp.small_area:.0f} px) "
+                                     "are noise")}
+
+
+def plan_rules(fp: InstanceFingerprint, machine: Machine, given: dict[str, Any] | None = None) -> dict[str, Choice]:
+    """Every planned option -> its value and reason; ``given`` options (set explicitly) win and later rules see
+    them (a given ``--model`` picks that model's rules, a given ``--imgsz`` its batch)."""
+    given = dict(given or {})
+    choices = {"model": Choice(given["model"], "given") if "model" in given else choose_model(fp)}
+    model = choices["model"].value
+    choices.update(choose_network(model, machine))
+    choices["imgsz"] = Choice(given["imgsz"], "given") if "imgsz" in given else choose_size(fp, model, machine)
+    choices.update(choose_optimisation(fp, model, choices["imgsz"].value))
+    if model != "maskrcnn":
+        choices["augment"] = choose_augment(fp)
+    choices.update(choose_post(fp, model))
+    for key in given:
+        if key not in ("model", "imgsz"):
+            choices[key] = Choice(given[key], "given")
+    return choices
