@@ -120,7 +120,7 @@ def plan_and_finetune(minutes: float, *, plan_only: bool = False, echo: Callable
     return plan, result
 
 
-def _record(run_dir, plan: FinetunePlan, changes: list[tuple[int, int]], total_s: float) -> None:
+def _record(run_dir, plan: FinetunePlan, changes: list[dict[str, int]], total_s: float) -> None:
     """config.yaml gains the re-planned epochs and the seconds the whole run took."""
     import yaml
 
@@ -129,6 +129,6 @@ def _record(run_dir, plan: FinetunePlan, changes: list[tuple[int, int]], total_s
     path = run_dir / "config.yaml"
     saved = yaml.safe_load(path.read_text(encoding="utf-8"))
     saved.setdefault("plan", plan.to_dict())
-    saved["plan"]["replanned"] = [{"after_epoch": a, "epochs": e} for a, e in changes]
+    saved["plan"]["replanned"] = [{"after_epoch": c["after_epoch"], "epochs": c["to"]} for c in changes]
     saved["plan"]["total_s"] = round(total_s, 1)
     write_yaml(path, saved)

@@ -189,7 +189,7 @@ def train_instance_plan(plan: InstancePlan, data: str, fixed: dict[str, Any]) ->
         run_dir = train_unet_instance(options, callbacks=callbacks)
     path = Path(run_dir) / "config.yaml"
     saved = yaml.safe_load(path.read_text()) or {}
-    plan.schedule["replanned"] = [{"after_epoch": a, "epochs": e} for a, e in replan.changes]
+    plan.schedule["replanned"] = [{"after_epoch": c["after_epoch"], "epochs": c["to"]} for c in replan.changes]
     saved["plan"] = plan.to_dict()
     write_yaml(path, saved)
     return Path(run_dir)
