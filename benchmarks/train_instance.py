@@ -3,12 +3,14 @@
 Trains from scratch within a time budget, then reports on the validation images the DSB 2018 score (mean over
 IoU 0.50:0.05:0.95 of TP/(TP+FP+FN) per image, averaged), F1 at IoU 0.5 and COCO mask AP, for the trained model
 (``best.pt``) and for ``imseg.load("watershed", threshold="otsu")``. ``--arch unet`` (the default) is the
-contour-aware U-Net (:mod:`imseg.instance.unet`), ``--arch maskrcnn`` torchvision's Mask R-CNN. The run directory
+contour-aware U-Net (:mod:`imseg.instance.unet`), ``--arch maskrcnn`` torchvision's Mask R-CNN; ``--planned`` is
+``imseg train --task instance --data DATA --time MINUTES`` (every option planned from the data and a timing probe,
+:mod:`imseg.instance.plan`) on the same split. The run directory
 is what ``imseg.load`` / ``imseg val --run`` read; ``benchmark.json`` in it holds the figures, the time and the load.
 
 Usage: .venv/bin/python benchmarks/train_instance.py --data ../shared/data/dsb2018-nuclei --out runs/bench/dsb
        [--arch unet|maskrcnn] [--minutes 20] [--epochs 100] [--imgsz N] [--batch N] [--val-fraction 0.2] [--seed 0]
-       [--limit N] (use only N images: a quick check that the script runs)
+       [--planned] [--limit N] (use only N images: a quick check that the script runs)
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ def watershed_scores(val, names: list[str]) -> dict:
 
 
 def train(args, data, limited: bool) -> Path:
+    if args.planned:
+        from imseg.instance.planner import plan_and_train_instance
+
+        return plan_and_train_instance(data, args.minutes, {}, {
+            "val_fraction": args.val_fraction, "seed": args.seed, "project": str(args.out.parent),
+            "name": args.out.name, "exist_ok": True, "accelerator": args.accelerator})
     common = {"val_fraction": args.val_fraction, "seed": args.seed, "epochs": 1 if limited else args.epochs,
               "max_time": args.minutes * 60, "project": args.out.parent, "name": args.out.name, "exist_ok": True,
               "accelerator": args.accelerator}
@@ -72,6 +80,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--planned", action="store_true", help="plan every option from the data (--time)")
     args = parser.parse_args()
 
     ids = None
@@ -86,14 +95,15 @@ def main() -> None:
     run = train(args, dataset if ids else str(args.data), ids is not None)
     seconds = time.monotonic() - start
     model = load_instance_run(run, device="cuda" if args.accelerator == "gpu" else "cpu")
+    label = "planned" if args.planned else args.arch
     results = {
-        "arch": args.arch, "split": {"train": len(dataset) - len(val), "val": len(val), "seed": args.seed,
+        "arch": label, "split": {"train": len(dataset) - len(val), "val": len(val), "seed": args.seed,
                                      "val_fraction": args.val_fraction},
         "train_seconds": round(seconds, 1), "budget_minutes": args.minutes,
         "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "load_before": [round(v, 2) for v in load_before],
                     "load_after": [round(v, 2) for v in os.getloadavg()]},
     }
-    for name, metrics in ((args.arch, model.evaluate(val, max_dets=MAX_DETS)),
+    for name, metrics in ((label, model.evaluate(val, max_dets=MAX_DETS)),
                           ("watershed_otsu", watershed_scores(val, list(dataset.categories)))):
         results[name] = {k: round(float(metrics[k]), 4) for k in KEYS}
     (run / "benchmark.json").write_text(json.dumps(results, indent=2))
