@@ -27,8 +27,11 @@ def build_loaders(cfg: Any, model: torch.nn.Module, frozen: bool, precision: str
     if frozen and cfg.cache:
         root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_root()
         cache = EmbeddingCache(root, model_key(model, cfg.imgsz) + ("-bf16" if "bf16" in precision else ""))
-    train = FinetuneDataset(data.splits["train"], cfg.imgsz, cache, flip=True, seed=cfg.seed)
-    val = FinetuneDataset(data.splits["val"], cfg.imgsz, cache, full_masks=True)
+    from .sam2_recipe import Sam2FinetuneDataset, is_sam2
+
+    dataset = Sam2FinetuneDataset if is_sam2(model) else FinetuneDataset
+    train = dataset(data.splits["train"], cfg.imgsz, cache, flip=True, seed=cfg.seed)
+    val = dataset(data.splits["val"], cfg.imgsz, cache, full_masks=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader
     loaders = {

@@ -23,6 +23,12 @@ def set_trainable(model: torch.nn.Module, train: str, lora_rank: int = 8) -> boo
     ``lora`` adds rank-``lora_rank`` adapters to the encoder's attention projections (only they train there)."""
     if train not in TRAIN_MODES:
         raise ConfigError(f"--train must be one of {', '.join(TRAIN_MODES)}; got {train!r}.")
+    from .sam2_recipe import is_sam2
+
+    if is_sam2(model):
+        from .sam2_run import set_trainable_sam2
+
+        return set_trainable_sam2(model, train, lora_rank)
     if train == "lora":
         from ..sam.lora import apply_lora
 
@@ -37,7 +43,7 @@ def set_trainable(model: torch.nn.Module, train: str, lora_rank: int = 8) -> boo
 
 def _encoder_depth(name: str) -> tuple[int, int] | None:
     """(layer index, layer count) position of an image-encoder parameter for layer-wise decay."""
-    m = re.match(r"image_encoder\.(?:blocks|layers)\.(\d+)\.", name)
+    m = re.match(r"image_encoder\.(?:trunk\.)?(?:blocks|layers)\.(\d+)\.", name)
     return (int(m.group(1)) + 1, 0) if m else None
 
 
@@ -85,7 +91,10 @@ def make_module(L: Any):
     class FinetuneModule(L.LightningModule):
         def __init__(self, model: torch.nn.Module, cfg: dict, cache: Any = None, frozen: bool = True) -> None:
             super().__init__()
+            from .sam2_recipe import is_sam2
+
             self.model, self.cfg, self.cache, self.frozen = model, cfg, cache, frozen
+            self.sam2 = is_sam2(model)
             self.recipe = Recipe(prompts=tuple(cfg["prompts"]), clicks=cfg["clicks"], max_objects=cfg["max_objects"],
                                  loss=cfg["loss"])
             self.encoder_calls = 0
@@ -99,7 +108,12 @@ def make_module(L: Any):
             self.model.image_encoder.eval()
 
         def embed(self, item: dict) -> torch.Tensor:
-            """(1, C, g, g): the cached embedding, else the encoder's (cached when the encoder is frozen)."""
+            """(1, C, g, g): the cached embedding, else the encoder's (cached when the encoder is frozen); SAM 2: the
+            dict of :func:`~imseg.finetune.sam2_recipe.sam2_embed`."""
+            if self.sam2:
+                from .sam2_recipe import sam2_embed
+
+                return sam2_embed(self, item)
             if "embedding" in item:
                 return item["embedding"][None].to(self.device)
             self.encoder_calls += 1
@@ -121,11 +135,15 @@ def make_module(L: Any):
                     continue  # an image without objects gives no prompt
                 if len(gt) > self.recipe.max_objects:
                     gt = gt[torch.randperm(len(gt), generator=gen)[: self.recipe.max_objects]]
-                loss, stat = interactive_rounds(self.model, self.embed(item), gt.to(self.device), self.recipe, gen)
+                rounds = interactive_rounds
+                if self.sam2:
+                    from .sam2_recipe import sam2_rounds as rounds
+                loss, stat = rounds(self.model, self.embed(item), gt.to(self.device), self.recipe, gen)
                 losses.append(loss)
                 stats.append(stat)
             if not losses:  # every image of this batch is empty: a zero loss that still touches the weights
-                return sum(p.sum() * 0.0 for p in self.model.mask_decoder.parameters())
+                decoder = self.model.sam_mask_decoder if self.sam2 else self.model.mask_decoder
+                return sum(p.sum() * 0.0 for p in decoder.parameters())
             loss = torch.stack(losses).mean()
             self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(losses))
             self.log("train/iou", float(np.mean([s["iou_round0"] for s in stats])), on_step=False, on_epoch=True,
@@ -138,6 +156,12 @@ def make_module(L: Any):
         def validation_step(self, batch: list[dict], batch_idx: int) -> None:
             for item in batch:
                 if len(item["full_masks"]):
+                    if self.sam2:
+                        from .sam2_recipe import sam2_box_ious
+
+                        with torch.autocast(self.device.type, enabled=False):
+                            self.val_ious += sam2_box_ious(self.model, self.embed(item), item)
+                        continue
                     embedding = self.embed(item).float()
                     with torch.autocast(self.device.type, enabled=False):
                         self.val_ious += box_iou_of_image(self.model, embedding, item)
