@@ -53,7 +53,11 @@ def build_start_model(model: str, checkpoint: str | os.PathLike | None, imgsz: i
     if checkpoint is None:
         checkpoint = find_weights(spec.name)
     if checkpoint is not None:
-        load_into(net, read_state_dict(checkpoint), variant, where=str(checkpoint))
+        from .sam2_run import refuse_sam2_checkpoint
+
+        state = read_state_dict(checkpoint)
+        refuse_sam2_checkpoint(state, spec.name, checkpoint)
+        load_into(net, state, variant, where=str(checkpoint))
         return net, f"checkpoint {checkpoint}"
     if not allow_random:
         raise CheckpointError(f"no checkpoint for {spec.name}: pass --checkpoint PATH (or `imseg weights download "

@@ -16,8 +16,8 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 
-__all__ = ["build_sam2_start", "evaluate_sam2_model", "export_sam2_run", "load_sam2_run", "set_trainable_sam2",
-           "sam2_checkpoint"]
+__all__ = ["build_sam2_start", "evaluate_sam2_model", "export_sam2_run", "load_sam2_run", "refuse_sam2_checkpoint",
+           "sam2_checkpoint", "set_trainable_sam2"]
 
 #: modules of the video memory: image fine-tuning gives them no gradient, so they never train
 VIDEO_ONLY = ("memory_attention", "memory_encoder", "mask_downsample", "maskmem_tpos_enc", "no_mem_pos_enc",
@@ -50,6 +50,18 @@ def build_sam2_start(spec: Any, checkpoint: str | os.PathLike | None, imgsz: int
                               f"{spec.options['variant']} .pt, or `imseg weights download {spec.name}`), or "
                               f"--random-init to start from random weights.")
     return net, "random initialisation"
+
+
+def refuse_sam2_checkpoint(state: dict[str, Any], model: str, where: Any) -> None:
+    """A SAM 2.1 state_dict given for a SAM model: a :class:`CheckpointError` naming the ``--model`` it fits."""
+    from ..sam2.checkpoint import detect_variant
+    from ..sam2.specs import VARIANT_MODEL_NAMES
+
+    variant = detect_variant(state)
+    if variant in VARIANT_MODEL_NAMES:
+        short = VARIANT_MODEL_NAMES[variant].rsplit("-", 1)[1]
+        raise CheckpointError(f"{where}: this is a SAM 2.1 {variant} checkpoint, but --model is {model}; pass "
+                              f"--model sam2.1-{short} to fine-tune it, or a {model} checkpoint.")
 
 
 def set_trainable_sam2(model: torch.nn.Module, train: str, lora_rank: int = 8) -> bool:
