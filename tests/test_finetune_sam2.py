@@ -5,6 +5,7 @@ loads the saved weights and decodes as ours, the loss falls, the frozen encoder 
 from __future__ import annotations
 
 import csv
+import json
 import warnings
 
 import numpy as np
@@ -41,6 +42,7 @@ def squares(tmp_path_factory):
         mask[y:y + side, x:x + side] = 1
         write_image(root / "images" / f"{stem}.png", image)
         write_image(root / "masks" / f"{stem}.png", mask)
+    (root / "split.json").write_text(json.dumps({"train": stems[:4], "val": stems[4:]}))
     return {"path": str(root), "train": stems[:4], "val": stems[4:]}
 
 
@@ -136,7 +138,7 @@ def test_official_sam2_loads_the_run_and_decodes_as_imseg(run):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
 
 
-def test_imseg_load_segments_and_val_reports_before_and_after(run):
+def test_imseg_load_segments_and_val_reports_before_and_after(run, tmp_path):
     _, result = run
     from typer.testing import CliRunner
 
@@ -151,12 +153,26 @@ def test_imseg_load_segments_and_val_reports_before_and_after(run):
     out = CliRunner().invoke(app, ["val", "--run", str(result.run_dir)])
     assert out.exit_code == 0, out.output
     assert "fine-tuned" in out.output and "start" in out.output and "NoC@90" in out.output
+    from imseg.errors import ConfigError
+    from imseg.export import export_model
+
+    with pytest.raises(ConfigError, match="1024 px only"):
+        export_model(run=str(result.run_dir), out=tmp_path / "export")
 
 
-def test_train_all_moves_the_encoder(squares, start_checkpoint, tmp_path):
-    result = finetune(**_options(tmp_path, squares, start_checkpoint, name="all", epochs=1, train="all"))
+def test_cli_train_all_moves_the_encoder(squares, start_checkpoint, tmp_path):
+    from typer.testing import CliRunner
+
+    from imseg.cli import app
+
+    args = ["finetune", "--data", squares["path"], "--model", "sam2.1-t", "--checkpoint", str(start_checkpoint),
+            "--train", "all", "--epochs", "1", "--imgsz", str(IMGSZ), "--batch", "2", "--clicks", "1", "--lr", "1e-3",
+            "--precision", "32", "--cache-dir", str(tmp_path / "cache"), "--project", str(tmp_path / "runs"),
+            "--name", "all"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
     start = _encoder_side(torch.load(start_checkpoint, weights_only=True)["model"])
-    tuned = torch.load(result.last, weights_only=True)["model"]
+    tuned = torch.load(tmp_path / "runs" / "all" / "weights" / "last.pt", weights_only=True)["model"]
     trunk = [k for k in start if k.startswith("image_encoder.trunk.blocks.")]
     assert trunk and all(not torch.equal(tuned[k], start[k]) for k in trunk if k.endswith("qkv.weight"))
     assert not (tmp_path / "cache").exists()  # nothing is cached while the encoder trains
@@ -193,3 +209,46 @@ def test_bad_starts_are_clear_errors(make_sam_checkpoint, start_checkpoint):
         build_start_model("sam2.1-s", start_checkpoint, IMGSZ)
     with pytest.raises(ConfigError, match="multiple of 32"):
         build_start_model("sam2.1-t", None, 80, allow_random=True)
+
+
+def test_official_loss_is_the_sam2_training_config_loss(monkeypatch):
+    """The rounds' loss with ``loss="official"`` equals the loss of the official SAM 2.1 training config
+    (instantiated from the sam2 package's yaml) on the same multistep outputs."""
+    import importlib.resources
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from imseg.finetune import sam2_recipe
+    from imseg.finetune.recipe import Recipe
+    from imseg.sam2.checkpoint import build_model
+
+    yaml = importlib.resources.files("sam2") / "configs/sam2.1_training/sam2.1_hiera_b+_MOSE_finetune.yaml"
+    official = instantiate(OmegaConf.load(str(yaml)).trainer.loss.all)
+    seen = []
+    ours = sam2_recipe.sam2_loss
+
+    def recording(name):
+        loss = ours(name)
+
+        def call(outs, targets):
+            seen.append((outs, targets))
+            return loss(outs, targets)
+
+        return call
+
+    monkeypatch.setattr(sam2_recipe, "sam2_loss", recording)
+    torch.manual_seed(0)
+    model = build_model("hiera_t", image_size=IMGSZ).train()
+    with torch.no_grad():
+        embed, high_res = model.image_features(torch.randn(1, 3, IMGSZ, IMGSZ))
+    gt = torch.zeros(2, IMGSZ, IMGSZ)
+    gt[0, 5:30, 8:40] = 1
+    gt[1, 40:60, 20:50] = 1
+    recipe = Recipe(prompts=("point", "mask"), clicks=2, loss="official")
+    total, _ = sam2_recipe.sam2_rounds(model, {"image_embed": embed, "high_res_feats": high_res}, gt, recipe,
+                                       torch.Generator().manual_seed(0))
+    (outs, targets), = seen
+    assert [m.shape[1] for m in outs[0]["multistep_pred_multimasks_high_res"]] == [3, 1, 1]
+    expected = official(outs, targets)["core_loss"]
+    assert total.requires_grad and torch.allclose(total, expected, atol=1e-6, rtol=0)

@@ -42,16 +42,15 @@ def model_key(model: Any, imgsz: int) -> str:
     """Variant + input size + the weights that make the cached features (every tensor's bytes, in key order):
     the image encoder's; for SAM 2 also the decoder's high-resolution projections and the no-memory embedding,
     under a ``sam2`` family tag and prefix."""
-    from .sam2_recipe import encoder_side_state, is_sam2
+    from .families import family_of
 
-    sam2 = is_sam2(model)
-    tag = f"sam2|{model.variant}|{imgsz}" if sam2 else f"{getattr(model, 'variant', 'custom')}|{imgsz}"
+    family = family_of(model)
+    tag = family.cache_tag.replace("-", "|") + f"{getattr(model, 'variant', 'custom')}|{imgsz}"
     digest = hashlib.sha256(tag.encode())
-    state = encoder_side_state(model) if sam2 else model.image_encoder.state_dict()
-    for name, tensor in state.items():
+    for name, tensor in family.cached_weights(model).items():
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return ("sam2-" if sam2 else "") + digest.hexdigest()[:24]
+    return family.cache_tag + digest.hexdigest()[:24]
 
 
 class EmbeddingCache:
