@@ -124,7 +124,8 @@ def _register_sam2() -> None:
                 summary=f"SAM 2.1, Hiera-{short.upper()} image encoder ({params[short]} params)",
                 weights=WeightsSpec(spec.filename, spec.url, spec.sha256),
                 options={"variant": spec.variant},
-                aliases=(spec.filename.removesuffix(".pt"), f"sam2-{short}", *(("sam2",) if short == "t" else ())),
+                aliases=(spec.filename.removesuffix(".pt"), f"sam2-{short}", f"sam2.1-{short}",
+                         *(("sam2",) if short == "t" else ())),
             )
         )
 

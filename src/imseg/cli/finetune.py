@@ -13,12 +13,14 @@ def finetune_cmd(
     ctx: typer.Context,
     data: str = typer.Option(None, "--data", help="COCO/labelme/YOLO-seg/VOC/DSB data set, a folder of images + "
                              "masks, or a dataset YAML as for imseg train."),
-    model: str = typer.Option("mobile-sam", "--model", help="sam-vit-b, sam-vit-l, sam-vit-h or mobile-sam."),
+    model: str = typer.Option("mobile-sam", "--model", help="sam-vit-b, sam-vit-l, sam-vit-h, mobile-sam, "
+                              "or SAM 2.1: sam2.1-t, sam2.1-s, sam2.1-b+, sam2.1-l."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="Starting weights (default: the weights cache)."),
     random_init: bool = typer.Option(False, "--random-init", help="Start from random weights when no checkpoint "
                                      "is given or cached."),
     epochs: int = typer.Option(None, "--epochs", help="Epochs (default 10; with --resume: the run's own)."),
-    imgsz: int = typer.Option(1024, "--imgsz", help="Input size (mobile-sam: any multiple of 16; ViT: 1024)."),
+    imgsz: int = typer.Option(1024, "--imgsz", help="Input size (mobile-sam: any multiple of 16; ViT: 1024; "
+                             "SAM 2.1: any multiple of 32)."),
     train: str = typer.Option("decoder+prompt", "--train", help="decoder, decoder+prompt (frozen encoder, "
                               "cached embeddings), lora (adapters on the encoder) or all."),
     lora_rank: int = typer.Option(8, "--lora-rank"),
@@ -44,7 +46,7 @@ def finetune_cmd(
                                "e.g. csv,tensorboard."),
     plan: bool = typer.Option(False, "--plan", help="With --time and no --epochs: print the plan and stop."),
 ) -> None:
-    """Fine-tune SAM; writes runs/finetune/NAME[N]/ (official-layout weights, metrics.csv, results.png).
+    """Fine-tune SAM or SAM 2.1; writes runs/finetune/NAME[N]/ (official-layout weights, metrics.csv, results.png).
 
     `imseg finetune --data DATA --time MINUTES` without --epochs plans --epochs, --imgsz, --batch and the warm-up \
 for the budget from the data and a timing probe on this machine (the first epoch of a frozen encoder also encodes \

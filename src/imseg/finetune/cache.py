@@ -3,7 +3,9 @@
 Key: the image file's content (sha256), the model (variant, input size and a hash of the image encoder's
 weights, so a checkpoint or a random initialisation each get their own entries). Layout:
 ``ROOT/<model key>/<ab>/<image key>.pt`` holding ``{"embedding": (C, g, g) float32, "input_size": (h, w),
-"original_size": (H, W)}``. Writes go to a temporary file renamed into place, so an interrupted run leaves
+"original_size": (H, W)}`` (SAM 2 entries also hold ``"high_res_feats"``, the decoder's two projected
+high-resolution levels; their model key starts with ``sam2-`` and also covers the weights that make them, so a SAM
+entry is never read for SAM 2). Writes go to a temporary file renamed into place, so an interrupted run leaves
 whole entries or none; an unreadable entry is recomputed and rewritten. Entries are never deleted here.
 """
 
@@ -37,12 +39,18 @@ def file_key(path: str | os.PathLike) -> str:
 
 
 def model_key(model: Any, imgsz: int) -> str:
-    """Variant + input size + the image encoder's weights (every tensor's bytes, in key order)."""
-    digest = hashlib.sha256(f"{getattr(model, 'variant', 'custom')}|{imgsz}".encode())
-    for name, tensor in model.image_encoder.state_dict().items():
+    """Variant + input size + the weights that make the cached features (every tensor's bytes, in key order):
+    the image encoder's; for SAM 2 also the decoder's high-resolution projections and the no-memory embedding,
+    under a ``sam2`` family tag and prefix."""
+    from .families import family_of
+
+    family = family_of(model)
+    tag = family.cache_tag.replace("-", "|") + f"{getattr(model, 'variant', 'custom')}|{imgsz}"
+    digest = hashlib.sha256(tag.encode())
+    for name, tensor in family.cached_weights(model).items():
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:24]
+    return family.cache_tag + digest.hexdigest()[:24]
 
 
 class EmbeddingCache:
@@ -50,6 +58,7 @@ class EmbeddingCache:
 
     def __init__(self, root: str | os.PathLike, key: str) -> None:
         self.dir = Path(root) / key
+        self.fields = ("embedding", "high_res_feats") if key.startswith("sam2-") else ("embedding",)
         self.hits = 0
         self.misses = 0
 
@@ -65,6 +74,9 @@ class EmbeddingCache:
             entry = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(entry, dict) or not isinstance(entry.get("embedding"), torch.Tensor):
                 raise ValueError("not an embedding entry")
+            if "high_res_feats" in self.fields and not (isinstance(entry.get("high_res_feats"), list)
+                                                        and len(entry["high_res_feats"]) == 2):
+                raise ValueError("no high-resolution features")
         except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed, never trusted
             warnings.warn(f"{path}: unreadable cached embedding ({exc}); it will be recomputed.", stacklevel=2)
             self.misses += 1
@@ -73,12 +85,16 @@ class EmbeddingCache:
         return entry
 
     def put(self, image_key: str, embedding: torch.Tensor, input_size: tuple[int, int],
-            original_size: tuple[int, int]) -> None:
+            original_size: tuple[int, int], high_res_feats: list[torch.Tensor] | None = None) -> None:
         from ..io import atomic_path
 
-        entry = {"embedding": embedding.detach().to("cpu", torch.float32).contiguous(),
-                 "input_size": tuple(int(v) for v in input_size),
+        def plain(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to("cpu", torch.float32).contiguous()
+
+        entry = {"embedding": plain(embedding), "input_size": tuple(int(v) for v in input_size),
                  "original_size": tuple(int(v) for v in original_size)}
+        if high_res_feats is not None:
+            entry["high_res_feats"] = [plain(t) for t in high_res_feats]
         with atomic_path(self.path(image_key)) as tmp:
             torch.save(entry, tmp)
 

@@ -41,10 +41,18 @@ class FinetuneDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def input_shape(self, original: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the resized image inside the ``imgsz`` square (SAM: longest side, the rest padded)."""
+        return self.transform.get_preprocess_shape(original[0], original[1], self.imgsz)
+
+    def image_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        """(3, h, w) float 0..255, resized as SAM's ``preprocess`` expects it."""
+        return torch.from_numpy(np.array(self.transform.apply_image(rgb))).permute(2, 0, 1).float()
+
     def _object_masks(self, i: int, original: tuple[int, int]) -> tuple[np.ndarray, torch.Tensor]:
         if i not in self._masks:
             full = self.samples[i].masks()
-            h, w = self.transform.get_preprocess_shape(original[0], original[1], self.imgsz)
+            h, w = self.input_shape(original)
             small = resize_masks(full, (h, w), self.imgsz) if len(full) else torch.zeros(0, self.imgsz, self.imgsz)
             self._masks[i] = (full if self.full_masks else np.zeros((0, 0, 0), bool), small)
         return self._masks[i]
@@ -58,13 +66,12 @@ class FinetuneDataset(torch.utils.data.Dataset):
         entry = self.cache.get(key) if self.cache is not None else None
         item: dict[str, Any] = {"index": i, "key": key}
         if entry is not None:
-            item.update(embedding=entry["embedding"], input_size=entry["input_size"],
-                        original_size=entry["original_size"])
+            item.update({k: entry[k] for k in ("embedding", "high_res_feats", "input_size", "original_size")
+                         if k in entry})
         else:
             rgb = read_image(sample.image)
-            resized = self.transform.apply_image(rgb)
-            item.update(image=torch.from_numpy(np.array(resized)).permute(2, 0, 1).float(),
-                        input_size=tuple(resized.shape[:2]), original_size=tuple(rgb.shape[:2]))
+            image = self.image_tensor(rgb)
+            item.update(image=image, input_size=tuple(image.shape[1:]), original_size=tuple(rgb.shape[:2]))
         full, small = self._object_masks(i, item["original_size"])
         if full.size and full.shape[1:] != tuple(item["original_size"]):
             from ..errors import DatasetError

@@ -17,6 +17,12 @@ __all__ = ["evaluate_model", "evaluate_run"]
 
 def evaluate_model(model: torch.nn.Module, samples: list, *, max_clicks: int = 20) -> dict[str, float]:
     """Interactive scores of ``model`` on :class:`~imseg.finetune.data.FtSample` s (each image encoded once)."""
+    from .sam2_recipe import is_sam2
+
+    if is_sam2(model):
+        from .sam2_run import evaluate_sam2_model
+
+        return evaluate_sam2_model(model, samples, max_clicks=max_clicks)
     from ..io import read_image
     from ..sam.interactive_eval import evaluate_interactive, sam_embedding, sam_predict_fn
     from ..sam.predictor import SamPredictor

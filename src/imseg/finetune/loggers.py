@@ -53,7 +53,6 @@ def box_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, boxes: n
 def _overlays(module: Any, dataset: Any, count: int) -> list[np.ndarray]:
     """Box-prompt overlays of the first ``count`` validation images with objects."""
     from ..io import read_image
-    from .module import box_prompt_masks
 
     panels = []
     was_training = module.training
@@ -66,10 +65,8 @@ def _overlays(module: Any, dataset: Any, count: int) -> list[np.ndarray]:
             if not len(item["full_masks"]):
                 continue
             with torch.no_grad(), torch.autocast(module.device.type, enabled=False):
-                masks, boxes = box_prompt_masks(module.model, module.embed(item).float(), item)
-            scale = max(item["original_size"]) / dataset.imgsz  # input geometry -> image pixels
-            panels.append(box_overlay(read_image(dataset.samples[index].image), item["full_masks"], masks,
-                                      boxes * scale))
+                masks, boxes = module.family.box_masks(module.model, module.embed(item), item)
+            panels.append(box_overlay(read_image(dataset.samples[index].image), item["full_masks"], masks, boxes))
     finally:
         module.train(was_training)
     return panels

@@ -12,7 +12,7 @@ import torch
 
 from ..semantic.loggers import parse_logger_spec
 from .data import describe, load_finetune_data
-from .dataset import FinetuneDataset, collate
+from .dataset import collate
 from .run import append_metrics, plot_metrics, save_official
 
 __all__ = ["build_callbacks", "build_loaders", "finish"]
@@ -30,8 +30,11 @@ def build_loaders(cfg: Any, model: torch.nn.Module, frozen: bool, precision: str
     if frozen and cfg.cache:
         root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_root()
         cache = EmbeddingCache(root, model_key(model, cfg.imgsz) + ("-bf16" if "bf16" in precision else ""))
-    train = FinetuneDataset(data.splits["train"], cfg.imgsz, cache, flip=True, seed=cfg.seed)
-    val = FinetuneDataset(data.splits["val"], cfg.imgsz, cache, full_masks=True)
+    from .families import family_of
+
+    dataset = family_of(model).dataset
+    train = dataset(data.splits["train"], cfg.imgsz, cache, flip=True, seed=cfg.seed)
+    val = dataset(data.splits["val"], cfg.imgsz, cache, full_masks=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader
     loaders = {

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .recipe import Recipe, interactive_rounds
+from .recipe import Recipe
 
 TRAIN_MODES = ("decoder", "decoder+prompt", "lora", "all")
 
-__all__ = ["TRAIN_MODES", "box_iou_of_image", "box_prompt_masks", "make_module", "set_trainable"]
+__all__ = ["TRAIN_MODES", "box_iou_of_image", "box_prompt_masks", "make_module", "sam_box_ious", "sam_box_masks",
+           "sam_embed", "set_trainable"]
 
 
 def set_trainable(model: torch.nn.Module, train: str, lora_rank: int = 8) -> bool:
@@ -23,6 +24,13 @@ def set_trainable(model: torch.nn.Module, train: str, lora_rank: int = 8) -> boo
     ``lora`` adds rank-``lora_rank`` adapters to the encoder's attention projections (only they train there)."""
     if train not in TRAIN_MODES:
         raise ConfigError(f"--train must be one of {', '.join(TRAIN_MODES)}; got {train!r}.")
+    from .families import family_of
+
+    return family_of(model).set_trainable(model, train, lora_rank)
+
+
+def set_trainable_sam(model: torch.nn.Module, train: str, lora_rank: int = 8) -> bool:
+    """:func:`set_trainable` for SAM and MobileSAM."""
     if train == "lora":
         from ..sam.lora import apply_lora
 
@@ -37,7 +45,7 @@ def set_trainable(model: torch.nn.Module, train: str, lora_rank: int = 8) -> boo
 
 def _encoder_depth(name: str) -> tuple[int, int] | None:
     """(layer index, layer count) position of an image-encoder parameter for layer-wise decay."""
-    m = re.match(r"image_encoder\.(?:blocks|layers)\.(\d+)\.", name)
+    m = re.match(r"image_encoder\.(?:trunk\.)?(?:blocks|layers)\.(\d+)\.", name)
     return (int(m.group(1)) + 1, 0) if m else None
 
 
@@ -86,13 +94,42 @@ def box_iou_of_image(model: Any, embedding: torch.Tensor, item: dict) -> list[fl
     return [_iou(m, g) for m, g in zip(masks, full, strict=True)]
 
 
+def sam_box_masks(model: Any, embedding: torch.Tensor, item: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Box-prompt masks at the original size and their boxes in image pixels (for overlays)."""
+    masks, boxes = box_prompt_masks(model, embedding.float(), item)
+    return masks, boxes * (max(item["original_size"]) / max(item["input_size"]))
+
+
+def sam_box_ious(model: Any, embedding: torch.Tensor, item: dict) -> list[float]:
+    return box_iou_of_image(model, embedding.float(), item)
+
+
+def sam_embed(module: Any, item: dict) -> torch.Tensor:
+    """(1, C, g, g): the cached embedding, else the encoder's (cached when the encoder is frozen)."""
+    if "embedding" in item:
+        return item["embedding"][None].to(module.device)
+    module.encoder_calls += 1
+    model = module.model
+    x = model.preprocess(item["image"][None].to(module.device))
+    if not module.frozen:
+        return model.image_encoder(x)
+    with torch.no_grad():
+        emb = model.image_encoder(x)
+    if module.cache is not None:
+        module.cache.put(item["key"], emb[0], item["input_size"], item["original_size"])
+    return emb
+
+
 def make_module(L: Any):
     """The LightningModule class (built lazily: Lightning is imported only when training)."""
 
     class FinetuneModule(L.LightningModule):
         def __init__(self, model: torch.nn.Module, cfg: dict, cache: Any = None, frozen: bool = True) -> None:
             super().__init__()
+            from .families import family_of
+
             self.model, self.cfg, self.cache, self.frozen = model, cfg, cache, frozen
+            self.family = family_of(model)
             self.recipe = Recipe(prompts=tuple(cfg["prompts"]), clicks=cfg["clicks"], max_objects=cfg["max_objects"],
                                  loss=cfg["loss"])
             self.encoder_calls = 0
@@ -105,19 +142,9 @@ def make_module(L: Any):
             self.model.train()
             self.model.image_encoder.eval()
 
-        def embed(self, item: dict) -> torch.Tensor:
-            """(1, C, g, g): the cached embedding, else the encoder's (cached when the encoder is frozen)."""
-            if "embedding" in item:
-                return item["embedding"][None].to(self.device)
-            self.encoder_calls += 1
-            x = self.model.preprocess(item["image"][None].to(self.device))
-            if not self.frozen:
-                return self.model.image_encoder(x)
-            with torch.no_grad():
-                emb = self.model.image_encoder(x)
-            if self.cache is not None:
-                self.cache.put(item["key"], emb[0], item["input_size"], item["original_size"])
-            return emb
+        def embed(self, item: dict) -> Any:
+            """The decoder's image features of ``item`` (SAM: the (1, C, g, g) embedding), cached ones if any."""
+            return self.family.embed(self, item)
 
         def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
             gen = torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + int(self.global_step))
@@ -128,11 +155,12 @@ def make_module(L: Any):
                     continue  # an image without objects gives no prompt
                 if len(gt) > self.recipe.max_objects:
                     gt = gt[torch.randperm(len(gt), generator=gen)[: self.recipe.max_objects]]
-                loss, stat = interactive_rounds(self.model, self.embed(item), gt.to(self.device), self.recipe, gen)
+                loss, stat = self.family.rounds(self.model, self.embed(item), gt.to(self.device), self.recipe, gen)
                 losses.append(loss)
                 stats.append(stat)
             if not losses:  # every image of this batch is empty: a zero loss that still touches the weights
-                return sum(p.sum() * 0.0 for p in self.model.mask_decoder.parameters())
+                decoder = getattr(self.model, self.family.decoder)
+                return sum(p.sum() * 0.0 for p in decoder.parameters())
             loss = torch.stack(losses).mean()
             self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(losses))
             self.log("train/iou", float(np.mean([s["iou_round0"] for s in stats])), on_step=False, on_epoch=True,
@@ -145,9 +173,9 @@ def make_module(L: Any):
         def validation_step(self, batch: list[dict], batch_idx: int) -> None:
             for item in batch:
                 if len(item["full_masks"]):
-                    embedding = self.embed(item).float()
+                    features = self.embed(item)
                     with torch.autocast(self.device.type, enabled=False):
-                        self.val_ious += box_iou_of_image(self.model, embedding, item)
+                        self.val_ious += self.family.box_ious(self.model, features, item)
 
         def on_validation_epoch_end(self) -> None:
             miou = float(np.mean(self.val_ious)) if self.val_ious else float("nan")

@@ -3,7 +3,8 @@
 ``runs/finetune/NAME/``: ``config.yaml`` (``task: finetune``, model, imgsz, every option), ``metrics.csv``
 (one row per epoch), ``results.png``, ``weights/best.pt`` and ``weights/last.pt`` in the official checkpoint
 layout (a plain state_dict: ``sam_model_registry[variant](checkpoint=...)`` of segment_anything / mobile_sam
-loads it; LoRA adapters are merged first), ``weights/last.ckpt`` (Lightning, for resume).
+loads it; SAM 2.1: ``{"model": state_dict}``, which ``sam2.build_sam.build_sam2`` loads; LoRA adapters are
+merged first), ``weights/last.ckpt`` (Lightning, for resume).
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ def build_start_model(model: str, checkpoint: str | os.PathLike | None, imgsz: i
     from ..sam.checkpoint import build_model, get_config, load_into, read_state_dict
 
     spec = get_spec(model)
+    if spec.family == "sam2":
+        from .sam2_run import build_sam2_start
+
+        return build_sam2_start(spec, checkpoint, imgsz, allow_random=allow_random, seed=seed)
     if spec.family != "sam":
-        raise ConfigError(f"{spec.name}: fine-tuning supports the SAM family (sam-vit-b/l/h, mobile-sam); "
-                          f"{spec.family} models are not supported by imseg finetune.")
+        raise ConfigError(f"{spec.name}: fine-tuning supports SAM (sam-vit-b/l/h, mobile-sam) and SAM 2.1 "
+                          f"(sam2.1-t/s/b+/l); {spec.family} models are not supported by imseg finetune.")
     variant = spec.options["variant"]
     base = get_config(variant)
     if imgsz % base.patch_size or imgsz < 4 * base.patch_size:
@@ -48,7 +53,11 @@ def build_start_model(model: str, checkpoint: str | os.PathLike | None, imgsz: i
     if checkpoint is None:
         checkpoint = find_weights(spec.name)
     if checkpoint is not None:
-        load_into(net, read_state_dict(checkpoint), variant, where=str(checkpoint))
+        from .sam2_run import refuse_sam2_checkpoint
+
+        state = read_state_dict(checkpoint)
+        refuse_sam2_checkpoint(state, spec.name, checkpoint)
+        load_into(net, state, variant, where=str(checkpoint))
         return net, f"checkpoint {checkpoint}"
     if not allow_random:
         raise CheckpointError(f"no checkpoint for {spec.name}: pass --checkpoint PATH (or `imseg weights download "
@@ -66,9 +75,12 @@ def official_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_official(path: Path, model: torch.nn.Module) -> Path:
     from ..io import atomic_path
+    from .sam2_recipe import is_sam2
+    from .sam2_run import sam2_checkpoint
 
+    state = official_state_dict(model)
     with atomic_path(path) as tmp:
-        torch.save(official_state_dict(model), tmp)
+        torch.save(sam2_checkpoint(state) if is_sam2(model) else state, tmp)
     return path
 
 
@@ -129,8 +141,15 @@ def is_finetune_run(path: str | os.PathLike) -> bool:
         return False
 
 
+def _is_sam2_run(cfg: dict) -> bool:
+    from ..registry import get_spec
+
+    return get_spec(cfg["model"]).family == "sam2"
+
+
 def load_finetune_run(path: str | os.PathLike, *, weights: str = "best", device: str = "auto", **kwargs: Any):
-    """A :class:`~imseg.sam.segmenter.SamSegmenter` of a fine-tuning run (``weights``: best, last or a path)."""
+    """A :class:`~imseg.sam.segmenter.SamSegmenter` of a fine-tuning run (``weights``: best, last or a path);
+    a :class:`~imseg.sam2.segmenter.Sam2Segmenter` for a SAM 2.1 run."""
     from ..device import resolve_device
     from ..sam.checkpoint import build_model, get_config, load_into, read_state_dict
     from ..sam.predictor import SamPredictor
@@ -143,6 +162,10 @@ def load_finetune_run(path: str | os.PathLike, *, weights: str = "best", device:
     if not file.is_file():
         raise ModelNotFoundError(f"{file}: no such weights file in the run (best.pt / last.pt are written after "
                                  f"the first epoch).")
+    if _is_sam2_run(cfg):
+        from .sam2_run import load_sam2_run
+
+        return load_sam2_run(cfg, run, file, device=device, **kwargs)
     model = build_model(get_config(cfg["variant"], img_size=int(cfg["imgsz"])))
     load_into(model, read_state_dict(file), cfg["variant"], where=str(file))
     predictor = SamPredictor(model.to(resolve_device(device)), dtype=kwargs.pop("dtype", None))
@@ -159,6 +182,10 @@ def export_finetune_run(run: str | os.PathLike, out: str | os.PathLike, *, weigh
 
     cfg = read_run_config(run)
     model = load_finetune_run(run, weights=weights, device="cpu").model
+    if _is_sam2_run(cfg):
+        from .sam2_run import export_sam2_run
+
+        return export_sam2_run(cfg, model, out, int8=int8, calibration=calibration, **options)
     manifest = export_sam(model, out, model_name=f"{cfg['model']} fine-tuned", variant=cfg["variant"], **options)
     if int8 or calibration is not None:
         from ..export.quantize import quantize_sam_export
