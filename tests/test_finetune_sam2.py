@@ -67,7 +67,7 @@ def _options(tmp, data, checkpoint, **extra):
 @pytest.fixture(scope="module")
 def run(squares, start_checkpoint, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ft_sam2")
-    return tmp, finetune(**_options(tmp, squares, start_checkpoint, name="decoder"))
+    return tmp, finetune(**_options(tmp, squares, start_checkpoint, name="decoder", logger="csv,tensorboard"))
 
 
 def _encoder_side(state):
@@ -89,6 +89,18 @@ def test_loss_falls_and_later_epochs_read_the_cache(run):
     entry = torch.load(entries[0], weights_only=True)
     assert entry["embedding"].shape == (256, 4, 4)
     assert [tuple(t.shape) for t in entry["high_res_feats"]] == [(32, 16, 16), (64, 8, 8)]
+
+
+def test_tensorboard_holds_the_validation_scores_and_box_overlays(run):
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    _, result = run
+    events = EventAccumulator(str(result.run_dir / "tensorboard"), size_guidance={IMAGES: 0}).Reload()
+    scores = [e.value for e in events.Scalars("val/box_miou")]
+    assert len(scores) == 3
+    assert scores[-1] == pytest.approx(float(_rows(result.run_dir)[-1]["val_box_miou"]), abs=1e-6)
+    overlays = [tag for tag in events.Tags()["images"] if tag.startswith("val/overlay")]
+    assert overlays and len(events.Images(overlays[0])) == 3
 
 
 def test_frozen_encoder_is_bitwise_unchanged_and_the_decoder_trained(run, start_checkpoint):
