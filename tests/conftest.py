@@ -125,6 +125,10 @@ def build_official_sam2(variant: str = "t", seed: int = 0):
 
 
 _CHECKPOINTS: dict[tuple[str, int], Path] = {}
+_SAM2_CHECKPOINTS: dict[tuple[str, int], Path] = {}
+#: the official SAM 2.1 file name of each hiera size
+SAM2_FILES = {"t": "sam2.1_hiera_tiny.pt", "s": "sam2.1_hiera_small.pt", "b+": "sam2.1_hiera_base_plus.pt",
+              "l": "sam2.1_hiera_large.pt"}
 
 
 @pytest.fixture(scope="session")
@@ -141,6 +145,24 @@ def make_sam_checkpoint(tmp_path_factory):
             torch.save(model.state_dict(), path)
             _CHECKPOINTS[key] = path
         return _CHECKPOINTS[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_sam2_checkpoint(tmp_path_factory):
+    """Factory: ``make_sam2_checkpoint(variant="t", seed=0) -> Path``: :func:`build_official_sam2`'s model saved as
+    the official files are (``{"model": state_dict}`` under the official file name), built once per session.
+    ``build_official_sam2(variant, seed)`` builds the same weights again where a test needs the official model."""
+    import torch
+
+    def make(variant: str = "t", seed: int = 0) -> Path:
+        key = (variant, seed)
+        if key not in _SAM2_CHECKPOINTS:
+            path = tmp_path_factory.mktemp(f"sam2_{variant}_{seed}") / SAM2_FILES[variant]
+            torch.save({"model": build_official_sam2(variant, seed).state_dict()}, path)
+            _SAM2_CHECKPOINTS[key] = path
+        return _SAM2_CHECKPOINTS[key]
 
     return make
 
