@@ -1,4 +1,5 @@
-"""Shared fixtures: real-data location (``IMSEG_DATA``), random-weight official SAM checkpoints.
+"""Shared fixtures: real-data location (``IMSEG_DATA``), tiny Weizmann-horse training sets, random-weight official
+SAM and SAM 2.1 checkpoints.
 
 Checkpoints are built with the *official* packages (segment-anything, mobile_sam) from a fixed
 seed, every constant parameter (zeros such as pos_embed/rel_pos/biases, ones such as LayerNorm
@@ -8,6 +9,7 @@ official layout. imseg must load these files unchanged.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -39,6 +41,41 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.skip(f"real data not found at {DATA}")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def make_horse_subset(data_dir):
+    """Factory: ``make_horse_subset(out, n_train=6, n_val=2, size=64) -> out``, a folder-pairs dataset (``images/``,
+    ``masks/``, ``split.json``) of the first ``n_train``/``n_val`` Weizmann horses of each split, resized to
+    ``size`` x ``size`` pixels (cheap to decode and to train on)."""
+    from PIL import Image
+
+    src = data_dir / "weizmann-horse"
+
+    def make(out: Path, n_train: int = 6, n_val: int = 2, size: int = 64) -> Path:
+        split = json.loads((src / "split.json").read_text())
+        for sub in ("images", "masks"):
+            (out / sub).mkdir(parents=True)
+        chosen = {"train": sorted(split["train"])[:n_train], "val": sorted(split["val"])[:n_val]}
+        for stems in chosen.values():
+            for stem in stems:
+                with Image.open(src / "images" / f"{stem}.jpg") as img:
+                    img.convert("RGB").resize((size, size), Image.BILINEAR).save(out / "images" / f"{stem}.png")
+                with Image.open(src / "masks" / f"{stem}.png") as mask:
+                    mask.resize((size, size), Image.NEAREST).save(out / "masks" / f"{stem}.png")
+        (out / "split.json").write_text(json.dumps(chosen))
+        return out
+
+    return make
+
+
+def tiny_horse_options(data: Path, project: Path, name: str, **overrides) -> dict:
+    """``imseg.semantic.train.train`` options for a seconds-long run on a :func:`make_horse_subset` set: a U-Net
+    on a 3-stage resnet18 at 32 px, batch 3, one epoch, no early stop; ``overrides`` replace or add options."""
+    options = dict(data={"path": str(data), "names": ["background", "horse"]}, model="unet", encoder="resnet18",
+                   model_kwargs={"encoder_depth": 3, "decoder_channels": [32, 16, 8]}, imgsz=32, batch=3, epochs=1,
+                   workers=0, patience=0, progress=False, val_samples=2, project=str(project), name=name)
+    return {**options, **overrides}
 
 
 def perturb_constant_parameters(model, seed: int = 0, scale: float = 0.02) -> int:
@@ -88,6 +125,10 @@ def build_official_sam2(variant: str = "t", seed: int = 0):
 
 
 _CHECKPOINTS: dict[tuple[str, int], Path] = {}
+_SAM2_CHECKPOINTS: dict[tuple[str, int], Path] = {}
+#: the official SAM 2.1 file name of each hiera size
+SAM2_FILES = {"t": "sam2.1_hiera_tiny.pt", "s": "sam2.1_hiera_small.pt", "b+": "sam2.1_hiera_base_plus.pt",
+              "l": "sam2.1_hiera_large.pt"}
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +145,24 @@ def make_sam_checkpoint(tmp_path_factory):
             torch.save(model.state_dict(), path)
             _CHECKPOINTS[key] = path
         return _CHECKPOINTS[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_sam2_checkpoint(tmp_path_factory):
+    """Factory: ``make_sam2_checkpoint(variant="t", seed=0) -> Path``: :func:`build_official_sam2`'s model saved as
+    the official files are (``{"model": state_dict}`` under the official file name), built once per session.
+    ``build_official_sam2(variant, seed)`` builds the same weights again where a test needs the official model."""
+    import torch
+
+    def make(variant: str = "t", seed: int = 0) -> Path:
+        key = (variant, seed)
+        if key not in _SAM2_CHECKPOINTS:
+            path = tmp_path_factory.mktemp(f"sam2_{variant}_{seed}") / SAM2_FILES[variant]
+            torch.save({"model": build_official_sam2(variant, seed).state_dict()}, path)
+            _SAM2_CHECKPOINTS[key] = path
+        return _SAM2_CHECKPOINTS[key]
 
     return make
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import tiny_horse_options
 from imseg.errors import ConfigError
 from imseg.semantic.loggers import make_loggers, overlay_panel, parse_logger_spec
 
@@ -61,31 +61,12 @@ def test_overlay_panel_keeps_the_photo_on_background():
     assert (panel[1:3, 6:8] != 100).any() and (panel[0, 5:10] == 100).all()
 
 
-def _horse_subset(data_dir: Path, out: Path, n_train: int = 6, n_val: int = 2, size: int = 48) -> Path:
-    src = data_dir / "weizmann-horse"
-    split = json.loads((src / "split.json").read_text())
-    for sub in ("images", "masks"):
-        (out / sub).mkdir(parents=True)
-    chosen = {"train": sorted(split["train"])[:n_train], "val": sorted(split["val"])[:n_val]}
-    for stems in chosen.values():
-        for stem in stems:
-            with Image.open(src / "images" / f"{stem}.jpg") as img:
-                img.convert("RGB").resize((size, size), Image.BILINEAR).save(out / "images" / f"{stem}.png")
-            with Image.open(src / "masks" / f"{stem}.png") as mask:
-                mask.resize((size, size), Image.NEAREST).save(out / "masks" / f"{stem}.png")
-    (out / "split.json").write_text(json.dumps(chosen))
-    return out
-
-
 @pytest.mark.slow
-def test_train_logs_scalars_and_overlays_to_tensorboard_and_resumes(data_dir, tmp_path):
+def test_train_logs_scalars_and_overlays_to_tensorboard_and_resumes(make_horse_subset, tmp_path):
     from imseg.semantic.train import train
 
-    data = _horse_subset(data_dir, tmp_path / "horses")
-    options = dict(data={"path": str(data), "names": ["background", "horse"]}, model="unet", encoder="resnet18",
-                   model_kwargs={"encoder_depth": 3, "decoder_channels": [32, 16, 8]}, imgsz=32, batch=3, epochs=1,
-                   workers=0, patience=0, progress=False, val_samples=2, project=str(tmp_path / "runs"), name="tb",
-                   logger="csv,tensorboard")
+    data = make_horse_subset(tmp_path / "horses", size=48)
+    options = tiny_horse_options(data, tmp_path / "runs", "tb", logger="csv,tensorboard")
     run = train(options).run_dir
     train(resume=run, epochs=2)  # the resumed epoch appends to the same event stream
     events = _events(run)

@@ -23,20 +23,14 @@ from imseg.sam2.config import variant_of  # noqa: E402
 VARIANTS = ("t", "s", "b+", "l")
 
 
-def official_model(variant: str = "t", seed: int = 0):
-    return build_official_sam2(variant, seed)
-
-
 @pytest.fixture(scope="module")
 def official_tiny():
-    return official_model("t")
+    return build_official_sam2("t")
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(official_tiny, tmp_path_factory):
-    path = tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt"
-    torch.save({"model": official_tiny.state_dict()}, path)
-    return path
+def tiny_checkpoint(make_sam2_checkpoint):
+    return make_sam2_checkpoint("t")  # the weights of ``official_tiny``: one seed, one builder
 
 
 def test_official_checkpoint_loads_strictly(official_tiny, tiny_checkpoint):
@@ -94,6 +88,7 @@ def test_missing_empty_directory_and_truncated_files(tmp_path, tiny_checkpoint):
 
 def test_other_size_checkpoint_names_both_variants(tmp_path):
     small = tmp_path / "sam2.1_hiera_small.pt"
+    # only the key shapes of another size matter here: imseg's own random hiera_s, cheaper than the official
     torch.save({"model": build_model("hiera_s").state_dict()}, small)
     with pytest.raises(CheckpointError, match="for SAM 2.1 hiera_s, but the model being built is hiera_t"):
         build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", small, device="cpu")

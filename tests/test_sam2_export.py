@@ -34,10 +34,8 @@ def official():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(official, tmp_path_factory):
-    path = tmp_path_factory.mktemp("sam2ckpt") / "sam2.1_hiera_tiny.pt"
-    torch.save({"model": official.state_dict()}, path)
-    return path
+def checkpoint(make_sam2_checkpoint):
+    return make_sam2_checkpoint("t")  # the weights of ``official``: one seed, one builder
 
 
 @pytest.fixture(scope="module")

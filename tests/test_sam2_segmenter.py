@@ -17,7 +17,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("sam2.build_sam")
 
 import imseg  # noqa: E402
-from conftest import build_official_sam2  # noqa: E402
 from imseg.errors import CheckpointError, ConfigError  # noqa: E402
 from imseg.io import read_image  # noqa: E402
 from imseg.registry import download_weights, get_spec, list_models  # noqa: E402
@@ -28,11 +27,8 @@ TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    official = build_official_sam2()
-    path = tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt"
-    torch.save({"model": official.eval().state_dict()}, path)
-    return path
+def checkpoint(make_sam2_checkpoint):
+    return make_sam2_checkpoint("t")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ frozen teacher, and `imseg train --teacher` end to end (resume included) on real
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import tiny_horse_options
 from imseg.errors import ConfigError
 from imseg.semantic.distill import Distiller, Teacher, cwd_loss, kd_loss, load_teacher
 from imseg.semantic.models import create_model
@@ -124,36 +123,16 @@ def test_teacher_of_another_size_sees_its_scale_and_answers_at_the_students():
 
 
 # ----------------------------------------------------------------------------- real data, end to end
-def _horse_subset(data_dir: Path, out: Path, n_train: int = 6, n_val: int = 2, size: int = 64) -> Path:
-    """A folder-pairs dataset of the first Weizmann horses, downsized to ``size`` pixels (cheap to decode)."""
-    src = data_dir / "weizmann-horse"
-    split = json.loads((src / "split.json").read_text())
-    for sub in ("images", "masks"):
-        (out / sub).mkdir(parents=True)
-    chosen = {"train": sorted(split["train"])[:n_train], "val": sorted(split["val"])[:n_val]}
-    for stems in chosen.values():
-        for stem in stems:
-            with Image.open(src / "images" / f"{stem}.jpg") as img:
-                img.convert("RGB").resize((size, size), Image.BILINEAR).save(out / "images" / f"{stem}.png")
-            with Image.open(src / "masks" / f"{stem}.png") as mask:
-                mask.resize((size, size), Image.NEAREST).save(out / "masks" / f"{stem}.png")
-    (out / "split.json").write_text(json.dumps(chosen))
-    return out
-
-
 def _options(data: Path, project: Path, name: str, **extra) -> dict:
-    options = dict(data={"path": str(data), "names": ["background", "horse"]}, model="unet", encoder="resnet18",
-                   model_kwargs={"encoder_depth": 3, "decoder_channels": [32, 16, 8]}, imgsz=32, batch=3, epochs=2,
-                   workers=0, patience=0, progress=False, val_samples=2, seed=5, project=str(project), name=name)
-    return {**options, **extra}
+    return tiny_horse_options(data, project, name, **{"epochs": 2, "seed": 5, **extra})
 
 
 @pytest.fixture(scope="module")
-def teacher_run(data_dir, tmp_path_factory):
+def teacher_run(make_horse_subset, tmp_path_factory):
     from imseg.semantic.train import train
 
     root = tmp_path_factory.mktemp("distill")
-    data = _horse_subset(data_dir, root / "horses")
+    data = make_horse_subset(root / "horses")
     result = train(_options(data, root / "runs", "teacher", imgsz=64, model_kwargs={}, epochs=1))
     return root, data, result.run_dir
 

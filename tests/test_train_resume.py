@@ -4,7 +4,6 @@ clear error (no traceback) for a damaged last.ckpt."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -15,27 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 IMSEG = [sys.executable, "-c", "from imseg.cli import main; main()"]  # the `imseg` command of this checkout
-
-
-def _horse_subset(data_dir: Path, out: Path, n_train: int = 8, n_val: int = 4, size: int = 64) -> Path:
-    """A folder-pairs dataset of the first Weizmann horses, downsized to ``size`` pixels (cheap to decode)."""
-    src = data_dir / "weizmann-horse"
-    split = json.loads((src / "split.json").read_text())
-    for sub in ("images", "masks"):
-        (out / sub).mkdir(parents=True)
-    chosen = {"train": sorted(split["train"])[:n_train], "val": sorted(split["val"])[:n_val]}
-    for stems in chosen.values():
-        for stem in stems:
-            with Image.open(src / "images" / f"{stem}.jpg") as img:
-                img.convert("RGB").resize((size, size), Image.BILINEAR).save(out / "images" / f"{stem}.png")
-            with Image.open(src / "masks" / f"{stem}.png") as mask:
-                mask.resize((size, size), Image.NEAREST).save(out / "masks" / f"{stem}.png")
-    (out / "split.json").write_text(json.dumps(chosen))
-    return out
 
 
 def _train_cmd(data: Path, project: Path, name: str, epochs: int) -> list[str]:
@@ -68,8 +49,8 @@ def _complete_checkpoint(path: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_with_loader_workers_is_exact(data_dir, tmp_path):
-    data = _horse_subset(data_dir, tmp_path / "horses")
+def test_resume_after_sigkill_with_loader_workers_is_exact(make_horse_subset, tmp_path):
+    data = make_horse_subset(tmp_path / "horses", n_train=8, n_val=4)
     runs = tmp_path / "runs"
     straight = _run(_train_cmd(data, runs, "straight", 2))
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -106,9 +87,9 @@ class _Hostile:
 
 
 @pytest.fixture(scope="module")
-def finished_run(data_dir, tmp_path_factory):
+def finished_run(make_horse_subset, tmp_path_factory):
     root = tmp_path_factory.mktemp("damaged")
-    data = _horse_subset(data_dir, root / "horses", n_train=4, n_val=2, size=32)
+    data = make_horse_subset(root / "horses", n_train=4, n_val=2, size=32)
     cmd = _train_cmd(data, root / "runs", "r", 1)
     cmd[cmd.index("64")] = "32"
     done = _run(cmd)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import typer
 
 from ..errors import ImsegError
@@ -227,10 +231,15 @@ def _per_class_table(title: str, class_names: list[str], metrics: dict) -> None:
     typer.echo(f"pixel accuracy {metrics['pixel_accuracy']:.4f}")
 
 
-def _instance_run(run: str) -> bool:
+def _run_kind(run: str) -> str:
+    """finetune, instance or semantic: the task a run's config.yaml records (anything else is left to the
+    semantic loader, which says what it cannot read)."""
+    from ..finetune.run import is_finetune_run
     from ..instance.infer import is_instance_run
 
-    return is_instance_run(run)
+    if is_finetune_run(run):
+        return "finetune"
+    return "instance" if is_instance_run(run) else "semantic"
 
 
 def _refuse_options(ctx: typer.Context, names: tuple[str, ...], instance: bool, kind: str | None = None) -> None:
@@ -244,7 +253,15 @@ def _refuse_options(ctx: typer.Context, names: tuple[str, ...], instance: bool, 
         fail(f"{', '.join(given)} apply to {kinds[0]} runs only; {ctx.params.get('run')} is {kinds[1]} run.")
 
 
-def _val_finetune(run: str, data: str | None, split: str, checkpoint: str | None, device: str) -> None:
+#: val/predict options of one kind of run, refused for the others
+_SEMANTIC_VAL = ("tta", "scales", "resize")
+_SEMANTIC_PREDICT = ("tta", "scales", "overlap", "resize")
+_INSTANCE_PREDICT = ("fmt", "conf", "refine", "sam_checkpoint", "sam_model")
+
+
+def _val_finetune(ctx: typer.Context, run: str, data: str | None, split: str, checkpoint: str | None, device: str,
+                  **_semantic) -> None:
+    _refuse_options(ctx, _SEMANTIC_VAL, instance=True, kind="a fine-tuning (SAM)")
     from ..finetune.evaluate import evaluate_run, print_table
 
     try:
@@ -254,7 +271,9 @@ def _val_finetune(run: str, data: str | None, split: str, checkpoint: str | None
     print_table(run, split, results)
 
 
-def _val_instance(run: str, data: str | None, split: str, checkpoint: str | None, device: str) -> None:
+def _val_instance(ctx: typer.Context, run: str, data: str | None, split: str, checkpoint: str | None, device: str,
+                  **_semantic) -> None:
+    _refuse_options(ctx, _SEMANTIC_VAL, instance=True)
     from ..instance.evaluate import evaluation_set, print_tables
     from ..instance.infer import load_instance_run
 
@@ -270,45 +289,11 @@ def _val_instance(run: str, data: str | None, split: str, checkpoint: str | None
     print_tables(f"{run} on {where} ({len(dataset)} images)", metrics, segmenter.class_names)
 
 
-@app.command("val")
-def val_cmd(
-    ctx: typer.Context,
-    run: str = typer.Option(..., "--run", help="Run directory from imseg train (runs/train/exp)."),
-    data: str = typer.Option(None, "--data", help="Dataset YAML/dir; default: the run's own dataset."),
-    split: str = typer.Option("val", "--split", help="val or test (or train)."),
-    checkpoint: str = typer.Option(None, "--checkpoint", help="best, last or a .pt path (default best)."),
-    device: str = typer.Option("auto", "--device"),
-    tta: bool = typer.Option(
-        None, "--tta/--no-tta", show_default=False,
-        help="Flip test-time augmentation (the flips the run trained with); default: the run's own choice (a run "
-             "trained with --time chose it on its validation split), else off."),
-    scales: str = typer.Option(
-        None, "--scales", show_default=False,
-        help="Multi-scale test-time augmentation: comma-separated factors of the inference size, e.g. 1,1.2,1.4 "
-             "(predictions at each size, scaled back and averaged); default: the run's own choice, else 1."),
-    resize: bool = typer.Option(
-        None, "--resize/--native",
-        help="--resize: scale each image's longer side to the run's imgsz, as training validated (the default); "
-             "--native: keep native resolution, sliding imgsz tiles (runs trained on native-size crops).",
-        show_default=False),
-) -> None:
-    """Evaluate a run at full resolution: per-class IoU/Dice table and confusion_matrix.png in the run dir;
-    for an instance run, COCO box/mask AP (AP50, AP75, per class) and the DSB 2018 score with F1 at IoU 0.5;
-    for a fine-tuning run, box-prompt mIoU, mIoU after 1/3/5 clicks and NoC@85/90, before and after."""
+def _val_semantic(ctx: typer.Context, run: str, data: str | None, split: str, checkpoint: str | None, device: str,
+                  tta: bool | None, scales: str | None, resize: bool | None) -> None:
     from pathlib import Path
 
     import yaml
-
-    from ..finetune.run import is_finetune_run
-
-    if is_finetune_run(run):
-        _refuse_options(ctx, ("tta", "scales", "resize"), instance=True, kind="a fine-tuning (SAM)")
-        _val_finetune(run, data, split, checkpoint, device)
-        return
-    if _instance_run(run):
-        _refuse_options(ctx, ("tta", "scales", "resize"), instance=True)
-        _val_instance(run, data, split, checkpoint, device)
-        return
 
     from ..semantic.data import build_datasets, load_data_config
     from ..semantic.infer import load_run, parse_scales
@@ -339,6 +324,73 @@ def val_cmd(
     out = plot_confusion_matrix(cm.matrix.cpu().numpy(), segmenter.class_names, Path(run) / f"confusion_matrix_{split}.png",
                                 title=f"{split} split")
     typer.echo(f"confusion matrix: {out}")
+
+
+def _predict_instance(ctx: typer.Context, run: str, checkpoint: str | None, device: str, fmt: str,
+                      conf: float | None, refine: str | None, sam_checkpoint: str | None, sam_model: str, **_semantic):
+    """The batch job of an instance run (its options checked first)."""
+    _refuse_options(ctx, _SEMANTIC_PREDICT, instance=True)
+    from ..jobs import build_instance_predict_job
+
+    return build_instance_predict_job(run, checkpoint=checkpoint, device=device, fmt=fmt, score_threshold=conf,
+                                      refine=refine, sam_checkpoint=sam_checkpoint, sam_model=sam_model)
+
+
+def _predict_semantic(ctx: typer.Context, run: str, checkpoint: str | None, device: str, tta: bool | None,
+                      scales: str | None, overlap: float, resize: bool | None, **_instance):
+    """The batch job of a semantic run (its options checked first)."""
+    _refuse_options(ctx, _INSTANCE_PREDICT, instance=False)
+    from ..jobs import build_predict_job
+
+    return build_predict_job(run, checkpoint=checkpoint, device=device, tta=tta, overlap=overlap, resize=resize,
+                             scales=scales)
+
+
+@dataclass(frozen=True)
+class _Handlers:
+    """What `imseg val` and `imseg predict` do with one kind of run."""
+
+    val: Callable[..., None]  #: checks the options, evaluates, prints
+    predict: Callable[..., Any]  #: checks the options, returns the batch job
+    resume_outputs: bool = False  #: predict's outputs resume from done markers, as `imseg segment`'s do
+
+
+_HANDLERS = {
+    "semantic": _Handlers(_val_semantic, _predict_semantic),
+    # instance outputs resume like `imseg segment` (coco.json is built from the done markers)
+    "instance": _Handlers(_val_instance, _predict_instance, resume_outputs=True),
+    # no predict of its own: the semantic loader answers for a fine-tuning run
+    "finetune": _Handlers(_val_finetune, _predict_semantic),
+}
+
+
+@app.command("val")
+def val_cmd(
+    ctx: typer.Context,
+    run: str = typer.Option(..., "--run", help="Run directory from imseg train (runs/train/exp)."),
+    data: str = typer.Option(None, "--data", help="Dataset YAML/dir; default: the run's own dataset."),
+    split: str = typer.Option("val", "--split", help="val or test (or train)."),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="best, last or a .pt path (default best)."),
+    device: str = typer.Option("auto", "--device"),
+    tta: bool = typer.Option(
+        None, "--tta/--no-tta", show_default=False,
+        help="Flip test-time augmentation (the flips the run trained with); default: the run's own choice (a run "
+             "trained with --time chose it on its validation split), else off."),
+    scales: str = typer.Option(
+        None, "--scales", show_default=False,
+        help="Multi-scale test-time augmentation: comma-separated factors of the inference size, e.g. 1,1.2,1.4 "
+             "(predictions at each size, scaled back and averaged); default: the run's own choice, else 1."),
+    resize: bool = typer.Option(
+        None, "--resize/--native",
+        help="--resize: scale each image's longer side to the run's imgsz, as training validated (the default); "
+             "--native: keep native resolution, sliding imgsz tiles (runs trained on native-size crops).",
+        show_default=False),
+) -> None:
+    """Evaluate a run at full resolution: per-class IoU/Dice table and confusion_matrix.png in the run dir;
+    for an instance run, COCO box/mask AP (AP50, AP75, per class) and the DSB 2018 score with F1 at IoU 0.5;
+    for a fine-tuning run, box-prompt mIoU, mIoU after 1/3/5 clicks and NoC@85/90, before and after."""
+    _HANDLERS[_run_kind(run)].val(ctx, run=run, data=data, split=split, checkpoint=checkpoint, device=device,
+                                  tta=tta, scales=scales, resize=resize)
 
 
 @app.command("predict")
@@ -382,24 +434,15 @@ def predict_cmd(
     A bad file is reported and the others go on; the exit code is 1 when any image failed.
     """
     from ..batch import list_sources
-    from ..jobs import build_instance_predict_job, build_predict_job
 
     executor = make_executor(engine, address, workers, cpus_per_worker, gpus_per_worker, batch_size)
     root = out_dir(out)
-    instance = _instance_run(run)
-    if instance:
-        _refuse_options(ctx, ("tta", "scales", "overlap", "resize"), instance=True)
-    else:
-        _refuse_options(ctx, ("fmt", "conf", "refine", "sam_checkpoint", "sam_model"), instance=False)
+    handlers = _HANDLERS[_run_kind(run)]
     try:
-        if instance:
-            job = build_instance_predict_job(run, checkpoint=checkpoint, device=device, fmt=fmt, score_threshold=conf,
-                                             refine=refine, sam_checkpoint=sam_checkpoint, sam_model=sam_model)
-        else:
-            job = build_predict_job(run, checkpoint=checkpoint, device=device, tta=tta, overlap=overlap,
-                                    resize=resize, scales=scales)
+        job = handlers.predict(ctx, run=run, checkpoint=checkpoint, device=device, tta=tta, scales=scales,
+                               overlap=overlap, resize=resize, fmt=fmt, conf=conf, refine=refine,
+                               sam_checkpoint=sam_checkpoint, sam_model=sam_model)
         paths = list_sources(source)
     except ImsegError as exc:
         fail(str(exc))
-    # instance outputs resume like `imseg segment` (coco.json is built from the done markers)
-    run_and_exit(paths, job, root, resume=instance, executor=executor)
+    run_and_exit(paths, job, root, resume=handlers.resume_outputs, executor=executor)

@@ -21,6 +21,7 @@ from ..prompts import validate_box, validate_points
 from ..sam.transforms import SAM_LABELS, ResizeLongestSide, longest_side_shape
 from ..segmenter import Candidates, Embedding, Prompts, Segmenter
 from .onnx import DECODER_INPUTS, MANIFEST
+from .prompt_feeds import box_corners, decode_single_points, decoder_prompt_feeds, join_prompts, padding_point
 from .sessions import check_session, io_signature, make_session, read_manifest
 
 
@@ -182,16 +183,8 @@ class OrtSamPredictor:
                     labels: np.ndarray, mask_input: np.ndarray | None = None, outputs: list[str] | None = None):
         """One decoder run on ``features`` (1, 256, 64, 64) of an image of ``original_size`` (H, W):
         coords (B, N, 2) in the resized frame, labels (B, N) -> the ``outputs`` (default all three)."""
-        low = self.img_size // 4
-        feeds = {
-            "image_embeddings": features,
-            "point_coords": np.ascontiguousarray(coords, np.float32),
-            "point_labels": np.ascontiguousarray(labels, np.float32),
-            "mask_input": np.zeros((1, 1, low, low), np.float32) if mask_input is None
-            else np.ascontiguousarray(mask_input, np.float32).reshape(-1, 1, low, low),
-            "has_mask_input": np.array([0.0 if mask_input is None else 1.0], np.float32),
-            "orig_im_size": np.array(original_size, np.float32),
-        }
+        feeds = {"image_embeddings": features,
+                 **decoder_prompt_feeds(coords, labels, mask_input, original_size, self.img_size // 4)}
         return self.decoder.run(outputs, feeds)
 
     def _prompt_arrays(self, coords, labels, boxes):
@@ -202,18 +195,15 @@ class OrtSamPredictor:
         token), so a box alone (2 corners) would get a multimask candidate: there it gets a padding
         point too, which selects the single-mask answer (close to, not bit-equal with, torch's)."""
         batch = coords.shape[0] if coords is not None else boxes.shape[0]
-        parts_c, parts_l = [], []
+        parts = []
         if coords is not None:
-            parts_c.append(coords)
-            parts_l.append(labels)
+            parts.append((coords, labels))
         if boxes is not None:
-            parts_c.append(boxes.reshape(batch, 2, 2))
-            parts_l.append(np.tile(np.array([[2.0, 3.0]], np.float32), (batch, 1)))
+            parts.append(box_corners(boxes, batch))
         box_only = boxes is not None and (coords is None or coords.shape[1] == 0)
         if boxes is None or (box_only and self.single_mask and not self.single_mask_box):
-            parts_c.append(np.zeros((batch, 1, 2), np.float32))
-            parts_l.append(-np.ones((batch, 1), np.float32))
-        return np.concatenate(parts_c, axis=1), np.concatenate(parts_l, axis=1)
+            parts.append(padding_point(batch))
+        return join_prompts(parts)
 
     def _select(self, masks, iou, low_res, multimask_output: bool):
         if self.single_mask:
@@ -332,16 +322,8 @@ class OrtAmgBackend:
 
     def decode(self, state: tuple[np.ndarray, tuple[int, int]], coords: np.ndarray) -> _OrtPointBatch:
         features, crop_size = state
-        b = len(coords)
-        points = np.zeros((b, 2, 2), np.float32)
-        points[:, 0] = coords
-        labels = np.tile(np.array([[1.0, -1.0]], np.float32), (b, 1))
-        runs = [
-            self.predictor.run_decoder(features, crop_size, points[i : i + self.max_batch],
-                                       labels[i : i + self.max_batch], outputs=["iou_predictions", "low_res_masks"])
-            for i in range(0, b, self.max_batch)
-        ]
-        return _OrtPointBatch(np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs]))
+        return _OrtPointBatch(*decode_single_points(self.predictor.run_decoder, features, crop_size, coords,
+                                                    self.max_batch))
 
 
 class OrtSamSegmenter(Segmenter):

@@ -23,6 +23,7 @@ from ..masks import Masks
 from ..segmenter import Candidates, Embedding, Prompts, Segmenter
 from .onnx import MANIFEST
 from .onnx_sam2 import SAM2_DECODER_INPUTS, SAM2_ENCODER_OUTPUTS
+from .prompt_feeds import box_corners, decode_single_points, decoder_prompt_feeds, join_prompts, padding_point
 from .sessions import check_session, io_signature, make_session, read_manifest
 
 #: side of the decoder's low-res mask logits
@@ -150,17 +151,15 @@ class OrtSam2Predictor:
         then the padding point (label -1) the predictor's prompt encoder appends; none without any."""
         scale = np.array([self.image_size / hw[1], self.image_size / hw[0]], np.float32)
         batch = 1 if boxes is None else len(boxes)
-        coords, labs = [], []
+        parts = []
         if boxes is not None:
-            coords.append(boxes.reshape(batch, 2, 2) * scale)
-            labs.append(np.tile(np.array([[2.0, 3.0]], np.float32), (batch, 1)))
+            corners, corner_labels = box_corners(boxes, batch)
+            parts.append((corners * scale, corner_labels))
         if points is not None:
-            coords.append(np.broadcast_to(points[None] * scale, (batch, *points.shape)))
-            labs.append(np.broadcast_to(np.asarray(labels, np.float32)[None], (batch, len(labels))))
-        if coords:
-            coords.append(np.zeros((batch, 1, 2), np.float32))
-            labs.append(-np.ones((batch, 1), np.float32))
-            return np.concatenate(coords, axis=1).astype(np.float32), np.concatenate(labs, axis=1).astype(np.float32)
+            parts.append((np.broadcast_to(points[None] * scale, (batch, *points.shape)),
+                          np.broadcast_to(np.asarray(labels, np.float32)[None], (batch, len(labels)))))
+        if parts:
+            return join_prompts([*parts, padding_point(batch)])
         return np.zeros((1, 0, 2), np.float32), np.zeros((1, 0), np.float32)
 
     def run_decoder(self, features: dict[str, Any], orig_hw: tuple[int, int], coords: np.ndarray, labels: np.ndarray,
@@ -168,15 +167,8 @@ class OrtSam2Predictor:
         """One decoder run: coords (B, N, 2) model-frame pixels, labels (B, N) -> the ``outputs`` (default all:
         masks (B, 4, H, W), iou (B, 4), low-res (B, 4, 256, 256), object-score logits (B, 1))."""
         feat_s0, feat_s1 = features["high_res_feats"]
-        feeds = {
-            "image_embed": features["image_embed"], "high_res_feats_0": feat_s0, "high_res_feats_1": feat_s1,
-            "point_coords": np.ascontiguousarray(coords, np.float32),
-            "point_labels": np.ascontiguousarray(labels, np.float32),
-            "mask_input": np.zeros((1, 1, LOW_RES, LOW_RES), np.float32) if mask_input is None
-            else np.ascontiguousarray(mask_input, np.float32).reshape(-1, 1, LOW_RES, LOW_RES),
-            "has_mask_input": np.array([0.0 if mask_input is None else 1.0], np.float32),
-            "orig_im_size": np.array(orig_hw, np.float32),
-        }
+        feeds = {"image_embed": features["image_embed"], "high_res_feats_0": feat_s0, "high_res_feats_1": feat_s1,
+                 **decoder_prompt_feeds(coords, labels, mask_input, orig_hw, LOW_RES)}
         return self.decoder.run(outputs, feeds)
 
     def select(self, masks: np.ndarray, iou: np.ndarray, low: np.ndarray, multimask_output: bool):
@@ -245,15 +237,9 @@ class OrtSam2AmgBackend:
         import torch
 
         scale = self.predictor.image_size / LOW_RES
-        points = (np.asarray(coords, np.float32) * scale)[:, None]
-        pad = np.zeros((len(points), 1, 2), np.float32)
-        points = np.concatenate([points, pad], axis=1)
-        labels = np.tile(np.array([[1.0, -1.0]], np.float32), (len(points), 1))
-        runs = [self.predictor.run_decoder(state, (LOW_RES, LOW_RES), points[i:i + self.max_batch],
-                                           labels[i:i + self.max_batch], outputs=["iou_predictions", "low_res_masks"])
-                for i in range(0, len(points), self.max_batch)]
-        iou = torch.from_numpy(np.concatenate([r[0] for r in runs])[:, 1:].copy())
-        low = torch.from_numpy(np.concatenate([r[1] for r in runs])[:, 1:].copy())
+        iou, low = decode_single_points(self.predictor.run_decoder, state, (LOW_RES, LOW_RES),
+                                        np.asarray(coords, np.float32) * scale, self.max_batch)
+        iou, low = torch.from_numpy(iou[:, 1:].copy()), torch.from_numpy(low[:, 1:].copy())
         if self.min_region_area > 0:
             from ..sam2.transforms import postprocess_masks
 
