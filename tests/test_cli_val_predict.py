@@ -53,3 +53,11 @@ def test_runs_without_weights_are_reported_by_their_own_loader(tmp_path):
         assert result.exit_code == 2 and "no weights/best.pt or weights/last.pt" in result.output, result.output
         result = CliRunner().invoke(app, [*verb, "--run", str(instance)], terminal_width=300)
         assert result.exit_code == 2 and "An instance run directory has weights/best.pt" in result.output, result.output
+
+
+def test_val_of_a_finetune_run_without_its_options_names_the_file(tmp_path):
+    run = _run(tmp_path / "f", "finetune")
+    result = CliRunner().invoke(app, ["val", "--run", str(run)], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    assert f"{run / 'config.yaml'}: the fine-tuning options are incomplete (no train: data," in result.output
+    assert "Traceback" not in result.output

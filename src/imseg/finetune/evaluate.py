@@ -47,7 +47,13 @@ def evaluate_run(run: str | os.PathLike, *, split: str = "val", data: Any = None
     from .run import build_start_model, load_finetune_run, read_run_config
 
     cfg = read_run_config(run)
-    options = cfg["train"]
+    options = cfg.get("train") if isinstance(cfg, dict) else None
+    needed = ("data", "objects", "min_area", "val_fraction", "seed", "model", "checkpoint", "imgsz", "random_init")
+    missing = [key for key in needed if not isinstance(options, dict) or key not in options]
+    if missing:
+        raise ConfigError(f"{Path(run) / 'config.yaml'}: the fine-tuning options are incomplete (no train: "
+                          f"{', '.join(missing)}); this file is written by imseg finetune: re-run it, or restore the "
+                          "run's config.yaml.")
     found = load_finetune_data(data if data is not None else options["data"], objects=options["objects"],
                                min_area=options["min_area"], val_fraction=options["val_fraction"], seed=options["seed"])
     if split not in found.splits:
