@@ -211,7 +211,8 @@ def test_build_datasets_and_seeded_loader(tmp_path):
     first = [train[i] for i in range(len(train))]
     again = [train[i] for i in range(len(train))]
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(first, again, strict=True))
-    loader = torch.utils.data.DataLoader(train, batch_size=3, num_workers=2)
+    # spawned workers: a forked child would inherit whatever native threads earlier tests in this process left
+    loader = torch.utils.data.DataLoader(train, batch_size=3, num_workers=2, multiprocessing_context="spawn")
     batches = list(loader)
     assert torch.equal(batches[0][0], torch.stack([first[i][0] for i in range(3)]))  # same with workers
     train.set_epoch(1)

@@ -239,7 +239,9 @@ def test_specs_table_is_light_and_complete():
     code = ("import sys; import imseg.text.specs as s; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; "
             "print(sorted(s.DETECTOR_WEIGHTS), sorted(s.CLIP_WEIGHTS))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    # close_fds=False lets subprocess use posix_spawn: no fork of this test process and its native threads
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         close_fds=False).stdout
     assert "grounding-dino-tiny" in out and "owlv2-base" in out and "clip-vit-b-32" in out
 
 
