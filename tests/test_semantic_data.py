@@ -199,6 +199,22 @@ def test_yaml_split_files_ratio_and_binary(tmp_path):
         load_data_config({"path": str(tmp_path / "ds"), "nmes": ["a", "b"]})
 
 
+def _batches_with_workers(root: Path, out: Path) -> list:
+    """The same training set through a DataLoader with two workers, in a fresh interpreter: worker processes are
+    made from a clean process, not from a test process that earlier tests left native threads and handlers in."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from imseg.semantic.data import build_datasets\n"
+        "sets = build_datasets({'path': sys.argv[1], 'names': ['a', 'b', 'c'], 'val_ratio': 0.25}, imgsz=32,\n"
+        "                      augment={'rotate': 10, 'scale': [0.5, 1.5]}, seed=5)\n"
+        "torch.save(list(torch.utils.data.DataLoader(sets['train'], batch_size=3, num_workers=2)), sys.argv[2])\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(root), str(out)], check=True, close_fds=False, timeout=300)
+    return torch.load(out, weights_only=True)
+
+
 def test_build_datasets_and_seeded_loader(tmp_path):
     _write_pairs(tmp_path, 8, size=(40, 60), values=(0, 1, 2, 255))
     sets = build_datasets({"path": str(tmp_path), "names": ["a", "b", "c"], "val_ratio": 0.25}, imgsz=32,
@@ -211,9 +227,7 @@ def test_build_datasets_and_seeded_loader(tmp_path):
     first = [train[i] for i in range(len(train))]
     again = [train[i] for i in range(len(train))]
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(first, again, strict=True))
-    # spawned workers: a forked child would inherit whatever native threads earlier tests in this process left
-    loader = torch.utils.data.DataLoader(train, batch_size=3, num_workers=2, multiprocessing_context="spawn")
-    batches = list(loader)
+    batches = _batches_with_workers(tmp_path, tmp_path / "batches.pt")
     assert torch.equal(batches[0][0], torch.stack([first[i][0] for i in range(3)]))  # same with workers
     train.set_epoch(1)
     assert not torch.equal(train[0][0], first[0][0])
