@@ -73,7 +73,8 @@ def train_cmd(
                                "(RUN/tensorboard events: losses, metrics, lr, validation overlays), e.g. csv,tensorboard."),
     time: float = typer.Option(None, "--time", help="Time budget in minutes: plan the options not given from the "
                                "dataset and this machine, train within the budget (a wall-clock stop that saves and "
-                               "validates the last state), choose test-time augmentation on val."),
+                               "validates the last state), choose test-time augmentation on val. With --resume of a planned run: "
+                               "a new budget for the whole run, the time it used so far included."),
     plan: bool = typer.Option(False, "--plan", help="With --time: print the plan and stop."),
 ) -> None:
     """Train a semantic segmentation model; writes runs/train/NAME[N]/ (weights, metrics.csv, plots).
@@ -108,6 +109,11 @@ first and recorded in the run's config.yaml. With --task instance, --time plans 
         if given:
             fail(f"--resume continues {resume} with the settings in its config.yaml; {', '.join(given)} would be "
                  f"ignored. Drop them (only --epochs may be raised), or start a new run with --init {resume}.")
+        from ..semantic.plan.resume import planned_run
+
+        if planned_run(resume) is not None:
+            _resume_planned(resume, time, epochs)
+            return
     try:
         aug = augment if augment in ("default", "none") else yaml.safe_load(augment)
         options = dict(
@@ -124,6 +130,19 @@ first and recorded in the run's config.yaml. With --task instance, --time plans 
                            **({"time": time} if time is not None else {}))
         else:
             result = train(options)
+    except ImsegError as exc:
+        fail(str(exc))
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
+    typer.echo(f"best: {metrics}\nresults saved to {result.run_dir}")
+
+
+def _resume_planned(resume: str, minutes: float | None, epochs: int | None) -> None:
+    """``imseg train --resume RUN`` of a planned run: the rest of its plan, within its budget (``--time`` replaces
+    the budget; the time the run used so far counts against it)."""
+    from ..semantic.plan.resume import resume_planned
+
+    try:
+        _, result = resume_planned(resume, minutes, echo=typer.echo, **({"epochs": epochs} if epochs is not None else {}))
     except ImsegError as exc:
         fail(str(exc))
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())

@@ -64,12 +64,12 @@ def make_replan_callback(end_time: float | None, refit: bool = True):
                 self.first = (int(state["first_done"]), base - float(state["timed_s"]))
             if state.get("left_s") is not None:
                 self.end_time = base + float(state["left_s"])
-            if not self.refit or not self.changes or int(trainer.max_epochs) != self.changes[0]["from"]:
+            if not self.refit or (self.changes and int(trainer.max_epochs) != self.changes[0]["from"]):
                 self.refit = False  # epochs given on resume: they win, and the schedule is theirs
                 return
-            for change in self.changes:
+            for change in self.changes:  # none: the stage goes on refitting, as it would have
                 _stretch_schedules(trainer, change)
-            trainer.fit_loop.max_epochs = self.changes[-1]["to"]
+                trainer.fit_loop.max_epochs = change["to"]
 
         def on_train_epoch_end(self, trainer, module) -> None:
             t, done = now(), int(trainer.current_epoch) + 1

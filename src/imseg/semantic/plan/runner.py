@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import replan
 from .budget import STAGE_OVERHEAD_S, schedule, tta_images, tta_seconds, warmup_epochs
 from .fingerprint import Fingerprint, fingerprint
 from .probe import ProbeResult, probe
-from .replan import make_replan_callback, now
+from .replan import make_replan_callback
 from .rules import SECOND_STAGE_MIN_EPOCHS, Choice, Machine, plan_rules
 from .tta import choose_tta, cost, store_inference
 
@@ -31,7 +31,8 @@ class Plan:
     probe: ProbeResult | None = None
     schedule: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)  # options outside the plan (name, project, seed, ...)
-    started: float = 0.0  # time.monotonic() when planning began: the budget's start
+    started: float = 0.0  # replan.now() when planning began: the budget's start
+    timings: dict[str, float] = field(default_factory=dict)  # seconds of each part done so far
 
     @property
     def mode(self) -> str:
@@ -49,7 +50,8 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {"minutes": self.minutes, "fingerprint": self.fingerprint.to_dict(),
                 "choices": {k: {"value": c.value, "reason": c.reason} for k, c in self.choices.items()},
-                "probe": self.probe.to_dict() if self.probe else None, "schedule": self.schedule}
+                "probe": self.probe.to_dict() if self.probe else None, "schedule": self.schedule,
+                **({"timings": {k: round(v, 1) for k, v in self.timings.items()}} if self.timings else {})}
 
     def format(self) -> str:
         fp = self.fingerprint
@@ -98,7 +100,7 @@ def make_plan(data: Any, minutes: float, given: dict[str, Any] | None = None, fi
     from ..data import build_datasets, load_data_config
     from ..train import TrainConfig
 
-    started = time.monotonic()
+    started = replan.now()
     fixed = dict(fixed or {})
     config = load_data_config(data)
     native = build_datasets(config, imgsz=None, augment="none", seed=None, cache=True)
@@ -152,7 +154,7 @@ def _schedule(plan: Plan, given: dict[str, Any]) -> None:
         args = (p.val_image_s, p.val_images, cost(not native, flips), ratio, native)
         images = tta_images(plan.minutes * 60, *args)
         tta_s = tta_seconds(args[0], images, *args[2:])
-        plan.schedule = schedule(plan.minutes * 60, time.monotonic() - plan.started, p.epoch_s, tta_s, second, ratio)
+        plan.schedule = schedule(plan.minutes * 60, replan.now() - plan.started, p.epoch_s, tta_s, second, ratio)
         plan.schedule["tta_images"] = images
         epochs = plan.schedule["stage1"]["epochs"]
         if not second or epochs >= SECOND_STAGE_MIN_EPOCHS:
@@ -179,42 +181,78 @@ def train_planned(plan: Plan, built: dict, callbacks: list | None = None, echo: 
     Returns the final stage's :class:`~imseg.semantic.train.TrainResult`.
     """
     from ..run import increment_run_dir
-    from ..train import train
 
     fixed = plan.fixed
     run_dir = increment_run_dir(fixed.get("project", "runs/train"), fixed.get("name", "exp"),
                                 bool(fixed.get("exist_ok", False)))
-    deadline = plan.started + plan.minutes * 60
-    config, names = built["config"], list(built["config"].names)
+    plan.timings = {"planning_s": replan.now() - plan.started}
+    return carry_out(plan, built, run_dir, callbacks=callbacks, echo=echo)
+
+
+def carry_out(plan: Plan, built: dict, run_dir: Path, callbacks: list | None = None,
+              echo: Callable[[str], None] = print, resume: dict[str, Path] | None = None,
+              overrides: dict[str, Any] | None = None):
+    """The parts of ``plan`` not yet done in ``run_dir``: stage one, the second stage, the test-time choice.
+
+    A stage is done when ``plan.timings`` holds its seconds (``stage1_s``, ``stage2_s``); ``resume`` maps an
+    interrupted stage (``"stage1"``, ``"stage2"``) to the last.ckpt it continues from, with ``overrides`` (e.g. a
+    larger ``epochs``); any other stage not done starts afresh. Each finished stage is noted in its config.yaml,
+    so a run interrupted later resumes after it. Returns the final stage's TrainResult.
+    """
+    resume, overrides = dict(resume or {}), dict(overrides or {})
     inference = {"resize": plan.mode == "resize"}
     second = plan.second_stage
-    options = plan.options()
-    stage_start = time.monotonic()
-    timings: dict[str, float] = {"planning_s": stage_start - plan.started}
-    left = lambda: (deadline - time.monotonic()) / 60  # noqa: E731
-    tta_min = plan.schedule.get("tta_s", 0.0) / 60
-    where = {"project": str(run_dir), "name": "stage1"} if second else {"project": str(run_dir.parent),
-                                                                      "name": run_dir.name}
-    stage1_time = left() - tta_min - (plan.schedule["stage2"]["seconds"] / 60 if second else 0)
-    replan = make_replan_callback(now() + stage1_time * 60 - STAGE_OVERHEAD_S)
-    result = train({**options, **where, "exist_ok": True, "time": max(stage1_time, 0.1)},
-                   datasets=built["stage1"], class_names=names, ignore_index=config.ignore_index,
-                   callbacks=[*(callbacks or []), replan], record={"plan": plan.to_dict()}, inference=inference)
-    plan.schedule["stage1"]["replanned"] = [{"after_epoch": c["after_epoch"], "epochs": c["to"]}
-                                            for c in replan.changes]
-    timings["stage1_s"] = time.monotonic() - stage_start
-    if second:
-        result = _second_stage(plan, built, result, run_dir, timings, left() - tta_min, callbacks, inference, echo)
-    tta_start = time.monotonic()
+    stage1_dir = run_dir / "stage1" if second else run_dir
+    result = None
+    if "stage1_s" not in plan.timings:
+        result = _stage_one(plan, built, stage1_dir, callbacks, inference, resume.get("stage1"), overrides)
+        _note_progress(stage1_dir, plan)
+    if second and "stage2_s" not in plan.timings:
+        result = _second_stage(plan, built, stage1_dir, run_dir, callbacks, inference, echo, resume.get("stage2"),
+                               overrides)
+        _note_progress(run_dir, plan)
+    result = result or finished_result(run_dir)
+    tta_start = replan.now()
     choice = choose_tta(result.run_dir, built["native"]["val"], resize=inference["resize"],
                         images=plan.schedule.get("tta_images"))
     store_inference(result.run_dir, {**inference, "tta": choice["tta"], "scales": choice["scales"]})
-    timings["tta_s"] = time.monotonic() - tta_start
-    timings["total_s"] = time.monotonic() - plan.started
-    _record(result.run_dir, choice, timings, plan)
+    plan.timings["tta_s"] = replan.now() - tta_start
+    plan.timings["total_s"] = replan.now() - plan.started
+    _record(result.run_dir, choice, plan.timings, plan)
     echo(f"test-time augmentation: flips {'on' if choice['tta'] else 'off'}, scales {choice['scales']} "
          f"({choice['reason']})")
-    echo(time_report(timings, plan.minutes * 60))
+    echo(time_report(plan.timings, plan.minutes * 60))
+    return result
+
+
+def _minutes_left(plan: Plan) -> float:
+    """Minutes of the budget left, less the test-time choice's planned share."""
+    return (plan.started + plan.minutes * 60 - replan.now() - plan.schedule.get("tta_s", 0.0)) / 60
+
+
+def _stage_one(plan: Plan, built: dict, stage_dir: Path, callbacks, inference: dict, ckpt: Path | None,
+               overrides: dict):
+    """Stage one in ``stage_dir``: continued from ``ckpt`` (its refitted epochs and schedule are in it) or started
+    with the time the plan leaves it, refitted after every epoch."""
+    from ..train import train
+
+    config = built["config"]
+    start, before = replan.now(), stage_seconds(ckpt) if ckpt else 0.0
+    data = {"datasets": built["stage1"], "class_names": list(config.names), "ignore_index": config.ignore_index,
+            "record": {"plan": plan.to_dict()}, "inference": inference}
+    if ckpt is not None:
+        result = train(resume=ckpt, callbacks=list(callbacks or []), **data, **overrides)
+        changes = refits(ckpt)
+    else:
+        second = plan.second_stage
+        stage1_time = _minutes_left(plan) - (plan.schedule["stage2"]["seconds"] / 60 if second else 0)
+        refit = make_replan_callback(replan.now() + stage1_time * 60 - STAGE_OVERHEAD_S)
+        where = {"project": str(stage_dir.parent), "name": stage_dir.name, "exist_ok": True}
+        result = train({**plan.options(), **where, "time": max(stage1_time, 0.1)},
+                       callbacks=[*(callbacks or []), refit], **data)
+        changes = refit.changes
+    plan.schedule["stage1"]["replanned"] = [{"after_epoch": c["after_epoch"], "epochs": c["to"]} for c in changes]
+    plan.timings["stage1_s"] = before + replan.now() - start
     return result
 
 
@@ -226,33 +264,91 @@ def time_report(timings: dict[str, float], budget_s: float) -> str:
             f"({100 * timings['total_s'] / budget_s:.1f}%; {parts})")
 
 
-def _second_stage(plan: Plan, built: dict, first, run_dir: Path, timings: dict, minutes_left: float, callbacks,
-                  inference: dict, echo: Callable[[str], None]):
-    """Fine-tune stage one's last weights at the larger size for the time that is left."""
-    import math
-
+def _second_stage(plan: Plan, built: dict, stage1_dir: Path, run_dir: Path, callbacks, inference: dict,
+                  echo: Callable[[str], None], ckpt: Path | None = None, overrides: dict | None = None):
+    """Fine-tune stage one's last weights at the larger size for the time that is left (or continue that from
+    ``ckpt``)."""
     from ..train import train
 
     second = plan.second_stage
     config = built["config"]
-    start = time.monotonic()
-    with open(Path(first.run_dir) / "metrics.csv") as fh:
+    start, before = replan.now(), stage_seconds(ckpt) if ckpt else 0.0
+    sets = _datasets(config, plan.choices, plan.fingerprint, second["imgsz"], int(plan.fixed.get("seed", 0)),
+                     built["native"])
+    options = None if ckpt is not None else _second_stage_options(plan, stage1_dir, run_dir, echo)
+    data = {"datasets": sets, "class_names": list(config.names), "ignore_index": config.ignore_index,
+            "record": {"plan": plan.to_dict(), "stage1": str(stage1_dir)}, "inference": inference}
+    if ckpt is not None:
+        echo(f"stage 2: continued from {ckpt}")
+        result = train(resume=ckpt, callbacks=list(callbacks or []), **data, **(overrides or {}))
+    else:
+        result = train(options, callbacks=callbacks, **data)
+    plan.timings["stage2_s"] = before + replan.now() - start
+    return result
+
+
+def _second_stage_options(plan: Plan, stage1_dir: Path, run_dir: Path, echo: Callable[[str], None]) -> dict:
+    """Stage two's TrainConfig options: its epochs fill the minutes left at stage one's measured pace."""
+    import math
+
+    second = plan.second_stage
+    minutes_left = _minutes_left(plan)
+    with open(stage1_dir / "metrics.csv") as fh:
         epochs_done = max(sum(1 for _ in fh) - 1, 1)
-    epoch1_s = timings["stage1_s"] / epochs_done  # measured, under this run's real load
+    epoch1_s = plan.timings["stage1_s"] / epochs_done  # measured, under this run's real load
     epoch2_s = epoch1_s * (second["imgsz"] / plan.choices["imgsz"].value) ** 2
     epochs = max(1, math.floor(minutes_left * 60 / epoch2_s) - 1)
     plan.schedule["stage2"]["epochs_run_planned"] = epochs
-    echo(f"stage 2: {epochs} epochs at {second['imgsz']} px from {first.run_dir / 'weights' / 'last.pt'}")
-    sets = _datasets(config, plan.choices, plan.fingerprint, second["imgsz"], int(plan.fixed.get("seed", 0)),
-                     built["native"])
-    options = {**plan.options(), "imgsz": second["imgsz"], "epochs": epochs, "warmup": 0.0,
-               "lr": plan.choices["lr"].value * second["lr_factor"], "init": str(first.run_dir / "weights" / "last.pt"),
-               "project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True, "time": max(minutes_left, 0.1)}
-    result = train(options, datasets=sets, class_names=list(config.names), ignore_index=config.ignore_index,
-                   callbacks=callbacks, record={"plan": plan.to_dict(), "stage1": str(first.run_dir)},
-                   inference=inference)
-    timings["stage2_s"] = time.monotonic() - start
-    return result
+    init = stage1_dir / "weights" / "last.pt"
+    echo(f"stage 2: {epochs} epochs at {second['imgsz']} px from {init}")
+    return {**plan.options(), "imgsz": second["imgsz"], "epochs": epochs, "warmup": 0.0,
+            "lr": plan.choices["lr"].value * second["lr_factor"], "init": str(init),
+            "project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True, "time": max(minutes_left, 0.1)}
+
+
+def stage_seconds(ckpt: Path) -> float:
+    """Training seconds a stage had run when ``ckpt`` (its last.ckpt) was written (Lightning's Timer)."""
+    from ..checkpoints import read_resume_checkpoint
+
+    timer = (read_resume_checkpoint(ckpt).get("callbacks") or {}).get("Timer") or {}
+    return float((timer.get("time_elapsed") or {}).get("train", 0.0))
+
+
+def refits(ckpt: Path) -> list[dict]:
+    """The refits of a stage's epochs recorded in its last.ckpt."""
+    from ..checkpoints import read_resume_checkpoint
+
+    state = (read_resume_checkpoint(ckpt).get("callbacks") or {}).get(replan.STATE_KEY) or {}
+    return list(state.get("changes") or [])
+
+
+def finished_result(run_dir: Path):
+    """The TrainResult of a stage that finished before this process (its best.pt and metrics.csv)."""
+    import csv
+
+    from ..checkpoints import load_checkpoint
+    from ..train import TrainResult
+
+    weights = Path(run_dir) / "weights"
+    best = load_checkpoint(weights / "best.pt")
+    with open(Path(run_dir) / "metrics.csv", newline="") as fh:
+        epochs = len(list(csv.DictReader(fh)))
+    return TrainResult(run_dir=Path(run_dir), best=weights / "best.pt", last=weights / "last.pt",
+                       metrics=dict(best.get("metrics") or {}), confusion_matrix=None, epochs_run=epochs)
+
+
+def _note_progress(run_dir: Path, plan: Plan) -> None:
+    """A finished stage: its config.yaml's plan gains the schedule as run and the seconds so far (a resumed run
+    skips the stages noted here)."""
+    import yaml
+
+    from ..run import write_yaml
+
+    path = Path(run_dir) / "config.yaml"
+    saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    saved["plan"] = {**saved.get("plan", {}), "schedule": plan.schedule,
+                     "timings": {k: round(v, 1) for k, v in plan.timings.items()}}
+    write_yaml(path, saved)
 
 
 def _record(run_dir: Path, choice: dict, timings: dict, plan: Plan) -> None:
@@ -263,8 +359,7 @@ def _record(run_dir: Path, choice: dict, timings: dict, plan: Plan) -> None:
 
     path = Path(run_dir) / "config.yaml"
     saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    saved["plan"] = {**saved.get("plan", {}), "schedule": plan.schedule}
-    saved["plan"]["tta"] = choice
+    saved["plan"] = {**saved.get("plan", {}), **plan.to_dict(), "tta": choice}
     saved["plan"]["timings"] = {k: round(v, 1) for k, v in timings.items()}
     budget_s = plan.minutes * 60  # the time used against the budget, as RESULTS.md reports it
     saved["plan"]["time_used"] = {"seconds": round(timings["total_s"], 1), "budget_s": round(budget_s, 1),
