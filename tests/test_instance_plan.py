@@ -14,6 +14,7 @@ from imseg.instance.plan import (
     CPU_MAX_SIZE,
     MIN_OBJECT_PX,
     MIN_TOUCHING_PX,
+    NATIVE_CROP,
     InstanceFingerprint,
     instance_fingerprint,
     plan_rules,
@@ -53,12 +54,42 @@ def test_tiny_objects_raise_the_input_size_until_they_keep_their_pixels():
 
 
 def test_huge_images_are_capped_by_what_a_step_affords_and_small_images_are_not_upsampled():
-    huge = plan_rules(_fp(median_size=(3000, 4000), max_side=4000, small_extent=0.004), CPU)
-    assert huge["imgsz"].value == CPU_MAX_SIZE and "CPU" in huge["imgsz"].reason
+    huge = plan_rules(_fp(median_size=(3000, 4000), max_side=4000, small_extent=0.004), CPU, {"model": "maskrcnn"})
+    assert huge["imgsz"].value == CPU_MAX_SIZE and "CPU" in huge["imgsz"].reason and "native" not in huge
     assert huge["batch"].value == 2  # large inputs, small batches
     assert _values(plan_rules(_fp(median_size=(3000, 4000), small_extent=0.004), GPU))["imgsz"] == 1024
     small = plan_rules(_fp(median_size=(90, 120), max_side=120, small_extent=0.01), CPU)
     assert small["imgsz"].value == 128 and "typical image" in small["imgsz"].reason
+
+
+def test_mixed_sizes_with_tiny_touching_objects_train_on_native_crops():
+    # nuclei-like: typical images of 256-320 px, some over 1000 px, small objects 8 px across that touch; every
+    # affordable letterbox shrinks the large images' nuclei below the rims' pixels
+    mixed = _fp(median_size=(256, 320), max_side=1388, small_extent=0.008, small_px=8.0, touching=0.3)
+    cpu = plan_rules(mixed, CPU)
+    assert cpu["native"].value is True and "native-resolution crops" in cpu["native"].reason
+    assert "2.6 px" in cpu["native"].reason and "1388 px" in cpu["native"].reason
+    assert cpu["imgsz"].value == NATIVE_CROP and "CPU step" in cpu["imgsz"].reason
+    assert cpu["batch"].value == 4 and cpu["model"].value == "unet-watershed"
+    # crops are never larger than the typical image
+    narrow = _values(plan_rules(replace(mixed, median_size=(200, 640)), CPU))
+    assert narrow["native"] is True and narrow["imgsz"] == 192
+    assert _values(plan_rules(replace(mixed, median_size=(1024, 1024), small_extent=0.004), GPU))["imgsz"] == 2 * NATIVE_CROP
+    # a given size is the crop's
+    given = _values(plan_rules(mixed, CPU, {"imgsz": 128}))
+    assert given["native"] is True and given["imgsz"] == 128
+    # Mask R-CNN keeps its letterbox
+    assert "native" not in plan_rules(mixed, CPU, {"model": "maskrcnn"})
+
+
+def test_small_images_with_big_objects_keep_the_letterbox():
+    plain = plan_rules(_fp(), CPU)
+    assert plain["native"].value is False and plain["imgsz"].value == 160 and "letterbox" in plain["native"].reason
+    # tiny objects, but no image larger than the letterbox: it does not shrink them
+    small = plan_rules(_fp(median_size=(90, 120), max_side=120, small_extent=0.01), CPU)
+    assert small["native"].value is False and "no image is larger" in small["native"].reason
+    # large images whose objects survive the letterbox
+    assert not plan_rules(_fp(median_size=(1024, 1024), max_side=1400, small_extent=0.02), CPU)["native"].value
 
 
 def test_many_objects_per_image():

@@ -30,6 +30,8 @@ MIN_MASKRCNN_PX = 16
 TOUCHING = 0.1
 #: the largest input a CPU step affords (a GPU's is the largest candidate size)
 CPU_MAX_SIZE = 512
+#: native-resolution crops of a CPU step (twice this on a GPU)
+NATIVE_CROP = 256
 #: objects per image (median) from which images are dense scenes (cells, grains) with no up or down
 DENSE = 10
 
@@ -113,18 +115,52 @@ def choose_network(model: str, machine: Machine) -> dict[str, Choice]:
     return {"backbone" if model == "maskrcnn" else "encoder": Choice(name, reason)}
 
 
+def _need(fp: InstanceFingerprint, model: str) -> tuple[int, str]:
+    """Pixels the small objects must keep across at the input size, and why."""
+    if model == "maskrcnn":
+        return MIN_MASKRCNN_PX, f"Mask R-CNN's smallest anchor ({MIN_MASKRCNN_PX} px)"
+    if fp.touching >= TOUCHING:
+        return MIN_TOUCHING_PX, (f"{fp.touching:.0%} of the objects touch: the rims between them need "
+                                 f"{MIN_TOUCHING_PX} px objects")
+    return MIN_OBJECT_PX, f"a rim each side and an interior need {MIN_OBJECT_PX} px objects"
+
+
+def _letterbox_cap(fp: InstanceFingerprint, machine: Machine) -> tuple[int, int]:
+    """(the largest affordable letterbox size, the typical image's size rounded up to 32)."""
+    native = 32 * math.ceil(max(fp.median_size) / 32)  # no upsampling past the typical image
+    return min(native, CANDIDATE_SIZES[-1] if machine.gpu else CPU_MAX_SIZE), native
+
+
+def choose_native(fp: InstanceFingerprint, machine: Machine) -> Choice:
+    """The U-Net's input: whole images letterboxed (False), or native-resolution crops and sliding-tile prediction
+    (True) where every affordable letterbox would shrink the small objects below the pixels they need."""
+    need, why = _need(fp, "unet-watershed")
+    cap, _ = _letterbox_cap(fp, machine)
+    shrunk = fp.small_extent * cap
+    if shrunk >= need or fp.max_side <= cap:
+        return Choice(False, "whole images, letterboxed: " + (
+            f"at {cap} px or less the small objects keep >= {need} px" if shrunk >= need else
+            f"no image is larger than {cap} px, so the letterbox does not shrink them"))
+    return Choice(True, f"letterboxed to {cap} px the small objects come out {shrunk:.1f} px across ({why}) while "
+                        f"images run up to {fp.max_side} px: train on native-resolution crops (small objects "
+                        f"{fp.small_px:.1f} px across), validate on centre crops, predict with sliding tiles")
+
+
+def choose_crop(fp: InstanceFingerprint, machine: Machine) -> Choice:
+    """The side of the native-resolution crops: what a step affords, within the typical image."""
+    step = 2 * NATIVE_CROP if machine.gpu else NATIVE_CROP
+    typical = max(64, 32 * (min(fp.median_size) // 32))
+    crop = min(step, typical)
+    limit = (f"the typical image's shorter side ({min(fp.median_size)} px)" if crop < step else
+             f"what a {'GPU' if machine.gpu else 'CPU'} step affords")
+    return Choice(crop, f"native crops of {crop} px: {limit}")
+
+
 def choose_size(fp: InstanceFingerprint, model: str, machine: Machine) -> Choice:
     """The smallest letterbox size at which the small objects keep the pixels the model needs."""
-    if model == "maskrcnn":
-        need, why = MIN_MASKRCNN_PX, f"Mask R-CNN's smallest anchor ({MIN_MASKRCNN_PX} px)"
-    elif fp.touching >= TOUCHING:
-        need, why = MIN_TOUCHING_PX, (f"{fp.touching:.0%} of the objects touch: the rims between them need "
-                                      f"{MIN_TOUCHING_PX} px objects")
-    else:
-        need, why = MIN_OBJECT_PX, f"a rim each side and an interior need {MIN_OBJECT_PX} px objects"
+    need, why = _need(fp, model)
     wanted = need / max(fp.small_extent, 1e-6)
-    native = 32 * math.ceil(max(fp.median_size) / 32)  # no upsampling past the typical image
-    cap = min(native, CANDIDATE_SIZES[-1] if machine.gpu else CPU_MAX_SIZE)
+    cap, native = _letterbox_cap(fp, machine)
     size = next((s for s in CANDIDATE_SIZES if s >= wanted), CANDIDATE_SIZES[-1])
     if size <= cap:
         return Choice(size, f"small objects are {fp.small_extent:.3f} of the image side: at {size} px they stay "
@@ -184,12 +220,17 @@ def plan_rules(fp: InstanceFingerprint, machine: Machine, given: dict[str, Any] 
     choices = {"model": Choice(given["model"], "given") if "model" in given else choose_model(fp)}
     model = choices["model"].value
     choices.update(choose_network(model, machine))
-    choices["imgsz"] = Choice(given["imgsz"], "given") if "imgsz" in given else choose_size(fp, model, machine)
+    native = False
+    if model != "maskrcnn":
+        choices["native"] = Choice(given["native"], "given") if "native" in given else choose_native(fp, machine)
+        native = bool(choices["native"].value)
+    choices["imgsz"] = (Choice(given["imgsz"], "given") if "imgsz" in given else
+                        choose_crop(fp, machine) if native else choose_size(fp, model, machine))
     choices.update(choose_optimisation(fp, model, choices["imgsz"].value))
     if model != "maskrcnn":
         choices["augment"] = choose_augment(fp)
     choices.update(choose_post(fp, model))
     for key in given:
-        if key not in ("model", "imgsz"):
+        if key not in ("model", "imgsz", "native"):
             choices[key] = Choice(given[key], "given")
     return choices

@@ -25,7 +25,7 @@ from .plan import InstanceFingerprint, instance_fingerprint, plan_rules
 from .sample import InstanceDataset
 
 #: options the plan sets unless given, per model
-PLANNED = {"unet-watershed": ("encoder", "imgsz", "batch", "lr", "augment", "min_area", "epochs"),
+PLANNED = {"unet-watershed": ("encoder", "native", "imgsz", "batch", "lr", "augment", "min_area", "epochs"),
            "maskrcnn": ("backbone", "imgsz", "batch", "lr", "detections", "proposals", "epochs")}
 
 
@@ -83,16 +83,20 @@ def probe_unet(choices: dict[str, Choice], train: InstanceDataset, val: Instance
     from ..semantic.data import build_datasets
     from ..semantic.plan.probe import probe
     from ..semantic.train import TrainConfig
-    from .unet import DEFAULTS, write_pixel_data
+    from .unet import DEFAULTS, native_augment, pixel_datasets, write_pixel_data
 
     batch, imgsz, augment = (choices[k].value for k in ("batch", "imgsz", "augment"))
+    native = bool(choices["native"].value) if "native" in choices else False
+    augment = native_augment(augment) if native else augment
     with tempfile.TemporaryDirectory(prefix="imseg-probe-") as tmp:
         data = write_pixel_data(_subset(train, (PROBE_STEPS + 2) * batch), _subset(val, 3 * batch), Path(tmp))
         cfg = TrainConfig(data=data, model="unet", encoder=choices["encoder"].value, imgsz=imgsz, batch=batch,
                           lr=choices["lr"].value, loss="ce+dice", augment=augment, seed=seed, epochs=1,
                           model_kwargs={"decoder_channels": list(DEFAULTS["decoder_channels"])})
         cfg.validate()
-        sets = build_datasets(data, imgsz=imgsz, augment=augment, seed=seed, validate=False)
+        # the pipeline training will run: native crops and centre-crop validation, or letterboxed whole images
+        sets = pixel_datasets(data, imgsz, augment, seed, validate=False) if native else \
+            build_datasets(data, imgsz=imgsz, augment=augment, seed=seed, validate=False)
         result = probe(cfg, sets, 3, 255)
     return replace(result, steps_per_epoch=max(1, len(train) // batch), val_images=len(val))
 

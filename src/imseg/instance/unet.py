@@ -8,6 +8,11 @@ probability; each object's score is its mean foreground probability. One dense p
 boxes or per-object heads: the cost of a semantic U-Net, which suits CPUs and dense images of many small objects.
 One object class (the data set's first); the run directory is a semantic run plus an ``instance`` entry in its
 config.yaml, which :func:`imseg.instance.infer.load_instance_run` reads.
+
+``native=True`` trains on random ``imgsz`` crops at each image's own resolution (augment ``native``, see
+:mod:`imseg.semantic.transforms`) instead of whole images letterboxed to ``imgsz``, validates on centre crops at
+that resolution, and predicts at native resolution with sliding tiles: for mixed image sizes with small objects,
+which a letterbox would shrink below the pixels their rims need.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "batch": 4, "lr": 2e-3, "max_time": None, "workers": 0,
     # half smp's default decoder widths: the decoder's full-resolution stages dominate a U-Net's CPU time
     "decoder_channels": [128, 64, 32, 16, 16], "accelerator": "auto", "progress": True,
-    "min_area": 8, "name": "exp", "project": "runs/train", "exist_ok": False,
+    "min_area": 8, "name": "exp", "project": "runs/train", "exist_ok": False, "native": False,
     # rims are one pixel wide: scaling stays mild so they survive resampling
     "augment": {"scale": [0.75, 1.33], "vflip": 0.5, "rotate90": 0.5, "color_jitter": 0.2},
 }
@@ -93,12 +98,16 @@ def train_unet_instance(config: dict[str, Any], callbacks: list | None = None) -
     run_dir = increment_run_dir(cfg["project"], cfg["name"], cfg["exist_ok"])
     data = write_pixel_data(train_set, val_set, run_dir / "pixel-data")
     callbacks = [*(callbacks or []), *([] if cfg["max_time"] is None else [_time_budget(float(cfg["max_time"]))])]
+    native = bool(cfg["native"])
+    augment = native_augment(cfg["augment"]) if native else cfg["augment"]
+    sets = pixel_datasets(data, int(cfg["imgsz"]), augment, int(cfg["seed"])) if native else None
     train({"data": data, "model": "unet", "encoder": cfg["encoder"], "epochs": int(cfg["epochs"]),
            "imgsz": int(cfg["imgsz"]), "batch": int(cfg["batch"]), "lr": float(cfg["lr"]), "patience": 0,
-           "workers": int(cfg["workers"]), "seed": int(cfg["seed"]), "augment": cfg["augment"], "loss": "ce+dice",
+           "workers": int(cfg["workers"]), "seed": int(cfg["seed"]), "augment": augment, "loss": "ce+dice",
            "accelerator": cfg["accelerator"], "progress": bool(cfg["progress"]), "project": str(run_dir.parent),
            "model_kwargs": {"decoder_channels": [int(c) for c in cfg["decoder_channels"]]},
-           "name": run_dir.name, "exist_ok": True}, callbacks=callbacks)
+           "name": run_dir.name, "exist_ok": True}, callbacks=callbacks, datasets=sets,
+          class_names=PIXEL_CLASSES if native else None, inference={"resize": not native})
     saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     plain = _plain(cfg)
     saved.update({"task": "instance", "instance": {
@@ -107,6 +116,29 @@ def train_unet_instance(config: dict[str, Any], callbacks: list | None = None) -
         "options": plain}})
     write_yaml(run_dir / "config.yaml", saved)
     return run_dir
+
+
+def native_augment(augment: Any) -> dict[str, Any]:
+    """``augment`` (a dict, "default" or "none") with native-resolution crops switched on."""
+    from ..semantic.transforms import DEFAULT_AUGMENT, NO_AUGMENT
+
+    if isinstance(augment, dict):
+        return {**augment, "native": True}
+    base = NO_AUGMENT if augment in (None, False, "none") else DEFAULT_AUGMENT
+    return {**base, "scale": [1.0, 1.0], "native": True}
+
+
+def pixel_datasets(data: dict, imgsz: int, augment: dict[str, Any], seed: int, validate: bool = True) -> dict:
+    """The semantic datasets of a native-crop run: random native crops to train on (``augment`` has ``native``)
+    and the deterministic centre crop of each validation image at native resolution. Validation must see the scale
+    training sees, or the best checkpoint is chosen at the wrong one; whole images would match too, but mixed
+    sizes do not batch."""
+    from ..semantic.data import build_datasets
+    from ..semantic.transforms import build_transforms
+
+    sets = build_datasets(data, imgsz=imgsz, augment=augment, seed=seed, validate=validate)
+    sets["val"].transform = build_transforms(imgsz, {"native": True}, train=False, ignore_index=data["ignore_index"])
+    return sets
 
 
 def _time_budget(seconds: float):

@@ -19,6 +19,10 @@ Augmentation keys (``augment`` dict; missing keys take :data:`DEFAULT_AUGMENT`):
 ``vflip``        probability of a vertical flip
 ``scale``        ``[lo, hi]`` random scale relative to the letterbox size, then a random
                  ``imgsz`` crop (padded with ignore); ``None``/``[1, 1]`` = plain letterbox
+``native``       True: no letterbox; each image is scaled relative to its own size by a
+                 factor from ``scale`` (default ``[1, 1]``: native pixels), then a random
+                 ``imgsz`` crop is taken (padded with ignore where the image is smaller).
+                 Validation (``train=False``) takes the centre ``imgsz`` crop instead
 ``rotate90``     probability of a random multiple-of-90 degree rotation
 ``rotate``       maximum rotation in degrees (uniform in ``[-rotate, rotate]``)
 ``elastic``      probability of an elastic warp (``elastic_alpha`` scale, ``elastic_sigma`` px)
@@ -28,7 +32,7 @@ Augmentation keys (``augment`` dict; missing keys take :data:`DEFAULT_AUGMENT`):
 ``blur``         probability of a Gaussian blur (kernel 5, sigma 0.1-2.0 px)
 =============== ===========================================================================
 
-Validation/test pipelines only letterbox to ``imgsz`` (resize the longer side, keep the aspect
+Validation/test pipelines (``native`` aside) only letterbox to ``imgsz`` (resize the longer side, keep the aspect
 ratio, pad bottom/right with ignore) and normalise; ``imgsz=None`` keeps the native size.
 """
 
@@ -63,11 +67,12 @@ DEFAULT_AUGMENT: dict[str, Any] = {
     "color_jitter": 0.2,
     "clahe": 0.0,
     "blur": 0.0,
+    "native": False,
 }
 #: ``augment="none"``: geometry and colour left alone (train pipeline = letterbox only).
 NO_AUGMENT: dict[str, Any] = {
     "hflip": 0.0, "vflip": 0.0, "scale": None, "rotate90": 0.0, "rotate": 0.0, "elastic": 0.0,
-    "elastic_alpha": 50.0, "elastic_sigma": 5.0, "color_jitter": 0.0, "clahe": 0.0, "blur": 0.0,
+    "elastic_alpha": 50.0, "elastic_sigma": 5.0, "color_jitter": 0.0, "clahe": 0.0, "blur": 0.0, "native": False,
 }
 _PROBABILITY_KEYS = ("hflip", "vflip", "rotate90", "elastic", "clahe", "blur")
 
@@ -101,7 +106,11 @@ def parse_augment(augment: str | Mapping[str, Any] | None) -> dict[str, Any]:
             f"unknown augmentation key(s) {unknown}; valid keys: {', '.join(DEFAULT_AUGMENT)}."
         )
     out = dict(DEFAULT_AUGMENT)
+    if augment.get("native") and "scale" not in augment:
+        out["scale"] = [1.0, 1.0]  # native crops keep each image's own pixel size unless told to zoom
     out.update(augment)
+    if not isinstance(out["native"], bool):
+        raise ConfigError(f"augment 'native' is true or false; got {out['native']!r}.")
     for key in _PROBABILITY_KEYS:
         value = out[key]
         if value is None:
@@ -193,6 +202,47 @@ class Letterbox(v2.Transform):
                 fill, inpt = self.ignore_index, mask_holding(inpt, self.ignore_index)
             inpt = TF.pad(inpt, [0, 0, pad_right, pad_bottom], fill=fill)
         return inpt
+
+
+class RandomResizeBy(v2.Transform):
+    """Resize image and mask by a factor drawn uniformly from ``scale`` = (lo, hi), relative to the input's own
+    size (images bilinear with antialiasing, masks nearest): zoom jitter that keeps mixed-size images at their
+    native pixel scale on average, unlike ``v2.ScaleJitter``, whose factor is relative to a fixed target size."""
+
+    def __init__(self, scale: Sequence[float]) -> None:
+        super().__init__()
+        self.scale = (float(scale[0]), float(scale[1]))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        factor = float(torch.empty(()).uniform_(*self.scale))
+        return {"size": (max(1, round(height * factor)), max(1, round(width * factor)))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if tuple(inpt.shape[-2:]) == params["size"]:
+            return inpt
+        return TF.resize(inpt, list(params["size"]), antialias=True)
+
+
+class CenterCropPad(v2.Transform):
+    """The centre ``imgsz`` crop at native resolution; sides shorter than ``imgsz`` are padded bottom/right (image
+    0, mask ``ignore_index``) so every output has the same size and batches."""
+
+    def __init__(self, imgsz: int | Sequence[int], ignore_index: int = 255) -> None:
+        super().__init__()
+        size = _size2(imgsz)
+        assert size is not None
+        self.size, self.ignore_index = size, int(ignore_index)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        height, width = inpt.shape[-2:]
+        pad_bottom, pad_right = max(0, self.size[0] - height), max(0, self.size[1] - width)
+        if pad_bottom or pad_right:
+            fill = 0
+            if isinstance(inpt, tv_tensors.Mask):
+                fill, inpt = self.ignore_index, mask_holding(inpt, self.ignore_index)
+            inpt = TF.pad(inpt, [0, 0, pad_right, pad_bottom], fill=fill)
+        return TF.center_crop(inpt, list(self.size))
 
 
 class RandomRot90(v2.Transform):
@@ -332,19 +382,23 @@ def build_pipeline(
     size = _size2(imgsz)
     fill = {tv_tensors.Image: 0, tv_tensors.Mask: int(ignore_index)}
     steps: list[v2.Transform] = []
+    aug = parse_augment(augment)
+    zoom = aug["scale"] is not None and aug["scale"] != [1.0, 1.0]
     if not train:
         if size is not None:
-            steps.append(Letterbox(size, ignore_index))
+            steps.append(CenterCropPad(size, ignore_index) if aug["native"] else Letterbox(size, ignore_index))
         return v2.Compose(steps) if steps else None
-    aug = parse_augment(augment)
     if size is not None:
-        if aug["scale"] is not None and aug["scale"] != [1.0, 1.0]:
+        if aug["native"]:
+            if zoom:
+                steps.append(RandomResizeBy(aug["scale"]))
+        elif zoom:
             steps.append(v2.ScaleJitter(size, tuple(aug["scale"]), antialias=True))
         else:
             steps.append(Letterbox(size, ignore_index))
     if aug["rotate90"] > 0:
         steps.append(RandomRot90(aug["rotate90"]))
-    if size is not None and aug["scale"] is not None and aug["scale"] != [1.0, 1.0]:
+    if size is not None and (zoom or aug["native"]):
         steps.append(v2.RandomCrop(size, pad_if_needed=True, fill=fill))
     if aug["hflip"] > 0:
         steps.append(v2.RandomHorizontalFlip(aug["hflip"]))
@@ -378,7 +432,8 @@ def build_transforms(
     Args:
         imgsz: output size (int or (H, W)); None keeps each image's size (no resize, no crop).
         augment: ``"default"``, ``"none"`` or a dict of the keys in :data:`DEFAULT_AUGMENT`.
-        train: random augmentation when True; otherwise letterbox only (``augment`` ignored).
+        train: random augmentation when True; otherwise letterbox only (``augment`` ignored but for ``native``:
+            the centre ``imgsz`` crop at native resolution).
         ignore_index: mask value given to padded / rotated-in pixels.
         normalize: subtract ImageNet mean and divide by std.
     """
