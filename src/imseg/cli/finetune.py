@@ -45,6 +45,10 @@ def finetune_cmd(
                                "(RUN/tensorboard events: step loss, lr, validation box mIoU, box-prompt overlays), "
                                "e.g. csv,tensorboard."),
     plan: bool = typer.Option(False, "--plan", help="With --time and no --epochs: print the plan and stop."),
+    devices: str = typer.Option("1", "--devices", help="Devices per node (an int, -1 or auto for all, or ids such "
+                                "as 0,1); several train with DDP."),
+    nodes: int = typer.Option(1, "--nodes"),
+    accelerator: str = typer.Option("auto", "--accelerator", help="auto, cpu or gpu."),
 ) -> None:
     """Fine-tune SAM or SAM 2.1; writes runs/finetune/NAME[N]/ (official-layout weights, metrics.csv, results.png).
 
@@ -54,6 +58,7 @@ every image once); --imgsz and --batch given explicitly win. The plan and its re
 recorded in the run's config.yaml.
     """
     from ..finetune.train import finetune
+    from ..semantic.ddp import parse_devices
 
     planned = time_budget is not None and epochs is None and not resume
     if plan and not planned:
@@ -80,7 +85,7 @@ recorded in the run's config.yaml.
                 epochs=10 if epochs is None else epochs, imgsz=imgsz, train=train, lora_rank=lora_rank,
                 prompts=prompts, clicks=clicks, objects=objects, batch=batch, lr=lr, loss=loss, precision=precision,
                 time=time_budget, cache=cache, cache_dir=cache_dir, seed=seed, project=project, name=name,
-                logger=logger,
+                logger=logger, devices=parse_devices(devices), nodes=nodes, accelerator=accelerator,
             )
     except ImsegError as exc:
         fail(str(exc))
@@ -93,14 +98,18 @@ recorded in the run's config.yaml.
 _PLANNED = ("imgsz", "batch")
 #: finetune_cmd parameters passed to the run as they are
 _PASSED = ("data", "model", "checkpoint", "random_init", "train", "lora_rank", "prompts", "clicks", "objects", "lr",
-           "loss", "precision", "cache", "cache_dir", "seed", "project", "name", "logger")
+           "loss", "precision", "cache", "cache_dir", "seed", "project", "name", "logger", "devices", "nodes",
+           "accelerator")
 
 
 def _finetune_planned(ctx: typer.Context, plan_only: bool) -> None:
     from ..finetune.planned import plan_and_finetune
 
     params = ctx.params
+    from ..semantic.ddp import parse_devices
+
     options = {k: params[k] for k in _PASSED}
+    options["devices"] = parse_devices(options["devices"])
     options.update({k: params[k] for k in _PLANNED
                     if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"})
     _, result = plan_and_finetune(params["time_budget"], plan_only=plan_only, echo=typer.echo, **options)

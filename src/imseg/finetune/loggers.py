@@ -87,6 +87,8 @@ def make_finetune_logger_callback(spec: str | Sequence[str] | None, artifacts: A
             self.loggers = None
 
         def on_train_start(self, trainer, module) -> None:
+            if not trainer.is_global_zero:
+                return  # rank 0 logs (the others' loggers stay None: inactive)
             # a resume restored global_step: later steps of an interrupted run are trained again, so hidden
             step = int(trainer.global_step)
             self.loggers = make_loggers(names, artifacts.run_dir, purge_step=step + 1 if step else None)

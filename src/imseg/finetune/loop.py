@@ -46,7 +46,8 @@ def build_loaders(cfg: Any, model: torch.nn.Module, frozen: bool, precision: str
 
 
 class TimeBudget:
-    """Stops training once ``minutes`` of wall-clock time have passed (checked after every step)."""
+    """Stops training once ``minutes`` of wall-clock time have passed (checked after every step; under DDP rank 0's
+    clock decides for every rank, so all stop after the same step)."""
 
     def __init__(self, minutes: float | None) -> None:
         self.limit = None if minutes is None else minutes * 60.0
@@ -55,6 +56,10 @@ class TimeBudget:
 
     def over(self) -> bool:
         return self.limit is not None and time.monotonic() - self.start >= self.limit
+
+    def reached(self, trainer: Any) -> bool:
+        """Rank 0's :meth:`over`, broadcast (a collective: every rank calls it after every step)."""
+        return self.limit is not None and bool(trainer.strategy.broadcast(self.over(), src=0))
 
 
 def build_callbacks(L: Any, cfg: Any, run_dir: Path, start: str, data: Any, precision: str, val_dataset: Any = None,
@@ -70,7 +75,8 @@ def build_callbacks(L: Any, cfg: Any, run_dir: Path, start: str, data: Any, prec
                    **(record or {})}
 
     class RunArtifacts(L.Callback):
-        """metrics.csv, weights/best.pt + last.pt (official layout) and weights/last.ckpt after every epoch."""
+        """metrics.csv, weights/best.pt + last.pt (official layout) and weights/last.ckpt after every epoch; under DDP
+        rank 0 writes them, in the run directory rank 0 chose."""
 
         def __init__(self) -> None:
             self.run_dir, self.best, self.best_epoch = run_dir, -1.0, -1
@@ -87,14 +93,26 @@ def build_callbacks(L: Any, cfg: Any, run_dir: Path, start: str, data: Any, prec
             self.best, self.best_epoch, self.best_metrics = state["best"], state["best_epoch"], state["best_metrics"]
 
         def setup(self, trainer, module, stage: str) -> None:
-            (run_dir / "weights").mkdir(parents=True, exist_ok=True)
-            config_yaml["variant"] = module.model.variant
-            write_yaml(run_dir / "config.yaml", config_yaml)
-            print(f"fine-tuning {cfg.model} ({start}, train {cfg.train}, {precision}) on {describe(data)}")
+            # every rank computed a candidate run directory before the others started; rank 0's is the run's
+            self.run_dir = Path(trainer.strategy.broadcast(str(self.run_dir), src=0))
+            if trainer.is_global_zero:
+                (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
+                config_yaml["variant"] = module.model.variant
+                write_yaml(self.run_dir / "config.yaml", config_yaml)
+                print(f"fine-tuning {cfg.model} ({start}, train {cfg.train}, {precision}, {trainer.world_size} "
+                      f"process{'es' if trainer.world_size > 1 else ''}) on {describe(data)}")
+            trainer.strategy.barrier("imseg-finetune-run-dir")
 
         def _counts(self, module) -> tuple[int, int, int]:
             cache = module.cache
             return (module.encoder_calls, cache.hits if cache else 0, cache.misses if cache else 0)
+
+        def _epoch_counts(self, trainer, module) -> list[int]:
+            """This epoch's encoder calls, cache hits and misses, summed over the ranks (a collective)."""
+            now = self._counts(module)
+            counts = torch.tensor([a - b for a, b in zip(now, self.counts, strict=True)], dtype=torch.float64,
+                                  device=trainer.strategy.root_device)
+            return [int(v) for v in trainer.strategy.reduce(counts, reduce_op="sum").tolist()]
 
         def on_train_epoch_start(self, trainer, module) -> None:
             self.epoch_start = time.monotonic()
@@ -102,27 +120,30 @@ def build_callbacks(L: Any, cfg: Any, run_dir: Path, start: str, data: Any, prec
             trainer.train_dataloader.dataset.epoch = int(trainer.current_epoch)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-            if budget.over():
+            if budget.reached(trainer):
                 budget.hit = True
                 trainer.should_stop = True
 
         def record(self, trainer, module, metrics: dict, loss: float, iou: float) -> None:
+            """On every rank (it reduces the counts and saves last.ckpt, both collectives); rank 0 writes."""
             epoch = int(trainer.current_epoch)
-            now = self._counts(module)
+            calls, hits, misses = self._epoch_counts(trainer, module)
             row = {"epoch": epoch, "train_loss": loss, "train_iou": iou, "val_box_miou": metrics.get("box_miou"),
                    "lr": max(float(g["lr"]) for g in trainer.optimizers[0].param_groups),
                    "epoch_s": round(time.monotonic() - self.epoch_start, 2),
-                   "encoder_calls": now[0] - self.counts[0], "cache_hits": now[1] - self.counts[1],
-                   "cache_misses": now[2] - self.counts[2]}
-            append_metrics(run_dir / "metrics.csv", row)
-            for listener in self.listeners:
-                listener.log_epoch(trainer, module, row)
-            save_official(run_dir / "weights" / "last.pt", module.model)
+                   "encoder_calls": calls, "cache_hits": hits, "cache_misses": misses}
             score = metrics.get("box_miou", float("nan"))
-            if not np.isnan(score) and score > self.best:
+            improved = not np.isnan(score) and score > self.best
+            if improved:  # on every rank: the callback state in last.ckpt is the same whichever rank resumes
                 self.best, self.best_epoch, self.best_metrics = score, epoch, dict(metrics, epoch=epoch)
-                save_official(run_dir / "weights" / "best.pt", module.model)
-            trainer.save_checkpoint(run_dir / "weights" / "last.ckpt", weights_only=False)
+            if trainer.is_global_zero:
+                append_metrics(self.run_dir / "metrics.csv", row)
+                for listener in self.listeners:
+                    listener.log_epoch(trainer, module, row)
+                save_official(self.run_dir / "weights" / "last.pt", module.model)
+                if improved:
+                    save_official(self.run_dir / "weights" / "best.pt", module.model)
+            trainer.save_checkpoint(self.run_dir / "weights" / "last.ckpt", weights_only=False)
 
         def on_train_epoch_end(self, trainer, module) -> None:
             if budget.hit and module.validated_at != trainer.global_step:
@@ -155,7 +176,11 @@ def _validate(module: Any, loader: Any) -> dict[str, float]:
 
 
 def finish(trainer: Any, module: Any, artifacts: Any, budget: Any, val_loader: Any):
-    """After fit: a run stopped by the time budget is validated and saved as at a normal end; plots."""
+    """After fit: a run stopped by the time budget is validated and saved as at a normal end; plots.
+
+    Under DDP every rank gets here after the same step: each validates the whole validation set (``val_loader`` is
+    not sharded; the weights are the same on every rank, so are the metrics) and records (collectives); rank 0
+    writes."""
     from .train import FinetuneResult
 
     run_dir = artifacts.run_dir
@@ -166,7 +191,7 @@ def finish(trainer: Any, module: Any, artifacts: Any, budget: Any, val_loader: A
                          float(logged.get("train/iou", float("nan"))))
     for listener in artifacts.listeners:
         listener.close()
-    if (run_dir / "metrics.csv").is_file():
+    if trainer.is_global_zero and (run_dir / "metrics.csv").is_file():
         plot_metrics(run_dir / "metrics.csv", run_dir / "results.png")
     weights = run_dir / "weights"
     return FinetuneResult(run_dir=run_dir, best=weights / "best.pt", last=weights / "last.pt",

@@ -120,6 +120,20 @@ def sam_embed(module: Any, item: dict) -> torch.Tensor:
     return emb
 
 
+def _gathered_iou_sum(module: Any) -> tuple[float, int]:
+    """(sum of IoUs, object count) over the whole validation set under DDP: each rank validated a shard, and the
+    distributed sampler repeats images to even the shards out, so per-image results are gathered by index and an
+    image seen by several ranks counts once (the weights are the same on every rank, so are its IoUs)."""
+    n = len(module.trainer.val_dataloaders.dataset)
+    local = torch.zeros(3, n, dtype=torch.float64, device=module.device)  # IoU sum, objects, seen
+    for index, ious in module.val_images.items():
+        local[:, index] = torch.tensor([float(np.sum(ious)), len(ious), 1.0], dtype=torch.float64)
+    every = module.all_gather(local)  # (world, 3, n)
+    seen = every[:, 2].sum(0).clamp(min=1.0)
+    total, objects = (every[:, :2].sum(0) / seen).sum(1).tolist()
+    return float(total), int(round(objects))
+
+
 def make_module(L: Any):
     """The LightningModule class (built lazily: Lightning is imported only when training)."""
 
@@ -135,6 +149,7 @@ def make_module(L: Any):
             self.encoder_calls = 0
             self.validated_at = -1  # global step of the last validation
             self.val_ious: list[float] = []
+            self.val_images: dict[int, list[float]] = {}
             self.val_metrics: dict[str, float] = {}
 
         def on_train_epoch_start(self) -> None:
@@ -162,26 +177,33 @@ def make_module(L: Any):
                 decoder = getattr(self.model, self.family.decoder)
                 return sum(p.sum() * 0.0 for p in decoder.parameters())
             loss = torch.stack(losses).mean()
-            self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(losses))
+            # sync_dist: the epoch values are means over every rank's steps
+            self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(losses),
+                     sync_dist=True)
             self.log("train/iou", float(np.mean([s["iou_round0"] for s in stats])), on_step=False, on_epoch=True,
-                     batch_size=len(losses))
+                     batch_size=len(losses), sync_dist=True)
             return loss
 
         def on_validation_epoch_start(self) -> None:
             self.val_ious = []
+            self.val_images: dict[int, list[float]] = {}  # validation-set index -> its objects' IoUs
 
         def validation_step(self, batch: list[dict], batch_idx: int) -> None:
             for item in batch:
                 if len(item["full_masks"]):
                     features = self.embed(item)
                     with torch.autocast(self.device.type, enabled=False):
-                        self.val_ious += self.family.box_ious(self.model, features, item)
+                        ious = self.family.box_ious(self.model, features, item)
+                    self.val_ious += ious
+                    self.val_images[int(item["index"])] = ious
 
         def on_validation_epoch_end(self) -> None:
-            miou = float(np.mean(self.val_ious)) if self.val_ious else float("nan")
-            self.val_metrics = {"box_miou": miou, "objects": len(self.val_ious)}
+            total, objects = _gathered_iou_sum(self) if self.trainer.world_size > 1 else (
+                float(np.sum(self.val_ious)), len(self.val_ious))
+            miou = total / objects if objects else float("nan")
+            self.val_metrics = {"box_miou": miou, "objects": objects}
             self.validated_at = int(self.global_step)
-            self.log("val/box_miou", miou, prog_bar=True)
+            self.log("val/box_miou", miou, prog_bar=True, sync_dist=True)  # the same on every rank
 
         def configure_optimizers(self):
             cfg = self.cfg

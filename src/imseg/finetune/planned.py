@@ -91,6 +91,20 @@ def make_finetune_plan(minutes: float, options: dict[str, Any]) -> tuple[Finetun
     return plan, data
 
 
+def _refuse_several_processes(options: dict[str, Any]) -> None:
+    """The plan times steps in this one process on one device and sizes the run by them; it does not model how
+    several devices or nodes divide the work (and their gradient exchange), so it plans for one process only."""
+    from ..semantic.ddp import is_distributed
+    from .train import FinetuneConfig
+
+    cfg = FinetuneConfig(**{k: v for k, v in options.items() if k in ("devices", "nodes", "accelerator")})
+    cfg.validate()
+    if is_distributed(cfg.devices, cfg.nodes, cfg.accelerator):
+        raise ConfigError(f"--time without --epochs plans the run from timings on one device, so it cannot plan for "
+                          f"devices={cfg.devices!r}, nodes={cfg.nodes}: give --epochs (with --time as a wall-clock "
+                          f"limit, which stops every process together), or plan with --devices 1 --nodes 1.")
+
+
 def plan_and_finetune(minutes: float, *, plan_only: bool = False, echo: Callable[[str], None] = print,
                       **options: Any):
     """Plan (and unless ``plan_only``, run) ``finetune(**options)`` for a budget of ``minutes``: imgsz, batch,
@@ -104,6 +118,7 @@ def plan_and_finetune(minutes: float, *, plan_only: bool = False, echo: Callable
         raise ConfigError(f"unknown finetune option(s) {sorted(unknown)}; known: {sorted(known)}")
     if not minutes or minutes <= 0:
         raise ConfigError(f"time must be a budget in minutes > 0, got {minutes}.")
+    _refuse_several_processes(options)
     plan, _ = make_finetune_plan(minutes, options)
     echo(plan.format())
     if plan_only:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..semantic.ddp import DEVICES_ACCEPTED, devices_ok
 from ..semantic.loggers import parse_logger_spec
 from .module import TRAIN_MODES
 from .recipe import LOSS_PRESETS, PROMPT_KINDS
@@ -51,7 +52,9 @@ class FinetuneConfig:
     name: str = "exp"
     exist_ok: bool = False
     progress: bool = True
-    accelerator: str = "auto"
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: Any = 1  # per node: a count, -1 / 'auto' (all), or ids such as '0,1'
+    nodes: int = 1
     val_fraction: float = 0.2
     logger: str = "csv"  # csv | tensorboard | csv,tensorboard (metrics.csv is always written)
     val_samples: int = 4  # validation overlays logged to TensorBoard after each epoch
@@ -73,6 +76,11 @@ class FinetuneConfig:
             (self.time is None or self.time > 0, f"time must be > 0 minutes, got {self.time}"),
             (self.lora_rank >= 1, f"lora_rank must be >= 1, got {self.lora_rank}"),
             (self.val_samples >= 0, f"val_samples must be >= 0, got {self.val_samples}"),
+            (self.accelerator in ("auto", "cpu", "gpu", "cuda"),
+             f"accelerator must be auto, cpu or gpu, got {self.accelerator!r}"),
+            (devices_ok(self.devices), f"devices must be {DEVICES_ACCEPTED}; got {self.devices!r}"),
+            (isinstance(self.nodes, int) and not isinstance(self.nodes, bool) and self.nodes >= 1,
+             f"nodes must be a whole number >= 1, got {self.nodes!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -123,6 +131,34 @@ def _resumed(resume: Any, overrides: dict) -> tuple[FinetuneConfig, Path, Path]:
     return FinetuneConfig(**options), run_dir, ckpt
 
 
+def _leaves_parameters_unused(model: torch.nn.Module) -> bool:
+    """Whether a step may give some trained parameter no gradient: the prompt encoder's embedding of each prompt
+    kind (points, box corners, the previous mask) is only used by the prompts a step draws, so anything trained
+    besides the mask decoder (all of whose weights every step uses) makes DDP look for unused parameters."""
+    from .families import family_of
+
+    decoder = family_of(model).decoder + "."
+    return any(p.requires_grad and not name.startswith(decoder) for name, p in model.named_parameters())
+
+
+def _trainer(L: Any, cfg: FinetuneConfig, model: torch.nn.Module, callbacks: list, run_dir: Path, precision: str):
+    """The Lightning Trainer: ``devices`` per node on ``nodes`` nodes (DDP once there are several processes)."""
+    from ..semantic.ddp import ddp_strategy
+
+    strategy = ddp_strategy(cfg.devices, cfg.nodes, lambda: _leaves_parameters_unused(model), cfg.accelerator)
+    try:
+        return L.Trainer(
+            max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.nodes,
+            strategy=strategy, precision=precision, gradient_clip_val=cfg.grad_clip, logger=False,
+            callbacks=callbacks, enable_progress_bar=cfg.progress, enable_model_summary=False,
+            num_sanity_val_steps=0, default_root_dir=str(run_dir), enable_checkpointing=False,
+        )
+    except (L.utilities.exceptions.MisconfigurationException, TypeError, ValueError) as exc:
+        # Lightning checks the devices against the machine here (e.g. -1 on a CPU, more GPUs than there are)
+        raise ConfigError(f"devices={cfg.devices!r}, nodes={cfg.nodes}, accelerator={cfg.accelerator!r} cannot run "
+                          f"on this machine: {exc}") from None
+
+
 def finetune(config: FinetuneConfig | dict | None = None, *, resume: Any = None, **overrides: Any) -> FinetuneResult:
     """Fine-tune SAM (see :class:`FinetuneConfig`); ``resume``: a run directory to continue (``epochs`` may be
     raised, ``time`` given anew). Besides the options, ``callbacks`` (extra Lightning callbacks) and ``record``
@@ -161,12 +197,7 @@ def finetune(config: FinetuneConfig | dict | None = None, *, resume: Any = None,
     module = make_module(L)(model, asdict(cfg), cache, frozen)
     callbacks, artifacts, budget = build_callbacks(L, cfg, run_dir, start, data, precision, loaders["val"].dataset,
                                                    record)
-    trainer = L.Trainer(
-        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=1, precision=precision,
-        gradient_clip_val=cfg.grad_clip, logger=False, callbacks=callbacks + list(extra_callbacks),
-        enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=str(run_dir), enable_checkpointing=False,
-    )
+    trainer = _trainer(L, cfg, model, callbacks + list(extra_callbacks), run_dir, precision)
     budget.start = time.monotonic()
     trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["val"], ckpt_path=ckpt_path,
                 weights_only=True)

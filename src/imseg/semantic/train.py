@@ -36,6 +36,7 @@ from .checkpoints import (
     read_resume_checkpoint,
     save_checkpoint,
 )
+from .ddp import DEVICES_ACCEPTED, ddp_strategy, devices_ok
 from .distill import check_distill_options
 from .loggers import make_logger_callback, parse_logger_spec
 from .models import OUTPUT_STRIDE, input_multiple, model_config
@@ -116,27 +117,13 @@ class TrainConfig:
             (self.time is None or self.time > 0, f"time must be > 0 minutes (or None: no limit), got {self.time}"),
             (self.accelerator in ("auto", "cpu", "gpu", "cuda"),
              f"accelerator must be auto, cpu or gpu, got {self.accelerator!r}"),
-            (_devices_ok(self.devices),
-             f"devices must be a count >= 1, -1 or 'auto' (all), or device ids such as '0,1'; got {self.devices!r}"),
+            (devices_ok(self.devices), f"devices must be {DEVICES_ACCEPTED}; got {self.devices!r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         check_distill_options(self.teacher, self.distill, self.distill_weight, self.distill_temperature)
         parse_logger_spec(self.logger)
-
-
-def _devices_ok(devices: Any) -> bool:
-    if isinstance(devices, bool):
-        return False
-    if isinstance(devices, int):
-        return devices >= 1 or devices == -1
-    if isinstance(devices, str):
-        text = devices.strip()
-        return text == "auto" or text == "-1" or all(part.strip().isdigit() for part in text.split(","))
-    if isinstance(devices, list | tuple):
-        return bool(devices) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
-    return False
 
 
 @dataclass
@@ -346,11 +333,8 @@ def _loaders(cfg: TrainConfig, datasets: Mapping[str, Any], on_gpu: bool, first_
 
 def _trainer(cfg: TrainConfig, module, callbacks: list, run_dir: Path, on_gpu: bool):
     L = _lightning()
-    distributed = (cfg.devices not in (1, "1", None) and str(cfg.devices) != "auto") or cfg.nodes > 1
-    strategy = "auto"
-    if distributed:
-        unused = _has_unused_parameters(module.model, cfg.imgsz)
-        strategy = "ddp_find_unused_parameters_true" if unused else "ddp"
+    strategy = ddp_strategy(cfg.devices, cfg.nodes, lambda: _has_unused_parameters(module.model, cfg.imgsz),
+                            cfg.accelerator)
     from datetime import timedelta
 
     return L.Trainer(
