@@ -191,3 +191,37 @@ def test_manifest_size_that_disagrees_with_the_graphs(export_dir, tmp_path):
         (copy / "imseg_export.json").write_text(json.dumps(manifest))
         with pytest.raises(ExportError, match=match):
             OrtSam2Predictor(copy, device="cpu")
+
+
+def test_everything_parity(ort_segmenter, torch_segmenter, image):
+    """Automatic mode in the 64 x 64 low-res frame on both engines: the same masks and scores."""
+    options = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    ours = ort_segmenter.segment(image, **options)
+    ref = torch_segmenter.segment(image, **options)
+    assert len(ref) > 0 and len(ours) == len(ref)
+    for a, b in zip(ours.masks, ref.masks, strict=True):
+        assert _iou(a, b) >= 0.99
+    np.testing.assert_allclose(ours.scores, ref.scores, atol=SCORE_TOL)
+
+
+def test_memory_attention_on_the_smaller_grid(model, tmp_path):
+    """The exported memory attention (real RoPE tables of the 16 x 16 grid) against ours (complex RoPE)."""
+    import onnxruntime as ort
+
+    from imseg.export.onnx_sam2 import export_sam2_memory_attention
+
+    path = export_sam2_memory_attention(model, tmp_path / "memory_attention.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    tokens = (SIZE // 16) ** 2
+    g = torch.Generator().manual_seed(0)
+    curr, curr_pos = torch.randn(tokens, 1, 256, generator=g), torch.randn(tokens, 1, 256, generator=g)
+    memory, memory_pos = torch.randn(2 * tokens, 1, 64, generator=g), torch.randn(2 * tokens, 1, 64, generator=g)
+    ptrs, ptrs_pos = torch.randn(4, 1, 64, generator=g), torch.randn(4, 1, 64, generator=g)
+    with torch.no_grad():
+        ref = model.memory_attention(curr=curr, memory=torch.cat([memory, ptrs]), curr_pos=curr_pos,
+                                     memory_pos=torch.cat([memory_pos, ptrs_pos]), num_obj_ptr_tokens=4).numpy()
+    feeds = {"curr": curr, "curr_pos": curr_pos, "memory": memory, "memory_pos": memory_pos, "obj_ptrs": ptrs,
+             "obj_ptrs_pos": ptrs_pos}
+    (ours,) = session.run(None, {k: v.numpy() for k, v in feeds.items()})
+    assert ours.shape == ref.shape == (tokens, 1, 256)
+    assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
