@@ -150,7 +150,7 @@ def test_official_sam2_loads_the_run_and_decodes_as_imseg(run):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
 
 
-def test_imseg_load_segments_and_val_reports_before_and_after(run, tmp_path):
+def test_imseg_load_segments_and_val_reports_before_and_after(run):
     _, result = run
     from typer.testing import CliRunner
 
@@ -165,11 +165,31 @@ def test_imseg_load_segments_and_val_reports_before_and_after(run, tmp_path):
     out = CliRunner().invoke(app, ["val", "--run", str(result.run_dir)])
     assert out.exit_code == 0, out.output
     assert "fine-tuned" in out.output and "start" in out.output and "NoC@90" in out.output
-    from imseg.errors import ConfigError
-    from imseg.export import export_model
 
-    with pytest.raises(ConfigError, match="1024 px only"):
-        export_model(run=str(result.run_dir), out=tmp_path / "export")
+
+def test_export_at_the_run_size_segments_like_the_run(run, squares, tmp_path):
+    """A run at 64 px exports at 64 px (16 x 16 low-res masks) and its ONNX Runtime engine answers as the run."""
+    _, result = run
+    import imseg
+    from imseg.export import export_model
+    from imseg.export.ort_sam2 import OrtSam2Segmenter
+    from imseg.io import read_image
+
+    manifest = export_model(run=str(result.run_dir), out=tmp_path / "export")
+    info = json.loads(manifest.read_text())
+    assert info["family"] == "sam2" and info["img_size"] == IMGSZ and info["low_res_size"] == IMGSZ // 4
+    exported, tuned = imseg.load(manifest.parent, device="cpu"), imseg.load(result.run_dir, device="cpu")
+    assert isinstance(exported, OrtSam2Segmenter)
+    image = read_image(f"{squares['path']}/images/{squares['val'][0]}.png")
+    for prompt in ({"box": (8, 8, 40, 40)}, {"points": [(20, 20), (50, 50)], "labels": [1, 0], "multimask": True}):
+        ours, ref = exported.segment(image, **prompt), tuned.segment(image, **prompt)
+        assert len(ours) == len(ref) >= 1
+        for a, b in zip(ours.masks, ref.masks, strict=True):
+            assert np.logical_xor(a, b).sum() <= 0.01 * max(1, np.logical_or(a, b).sum())
+        np.testing.assert_allclose(ours.scores, ref.scores, atol=1e-3)
+        lo, lr = ours.fields["low_res_logits"], ref.fields["low_res_logits"]
+        assert lo.shape[-2:] == (IMGSZ // 4, IMGSZ // 4)
+        assert np.abs(lo - lr).max() <= 1e-3 * max(1.0, np.abs(lr).max())
 
 
 def test_cli_train_all_moves_the_encoder(squares, start_checkpoint, tmp_path):

@@ -1,20 +1,21 @@
 """ONNX export of SAM 2.1: the image encoder, the prompt decoder and (optionally) the memory attention.
 
-Interfaces (float32 unless said otherwise)::
+Interfaces (float32 unless said otherwise), for a model of input size S (``img_size`` in the manifest; any
+multiple of 32, 1024 for the official checkpoints) and g = S/16::
 
-    encoder.onnx   image (1, 3, 1024, 1024) squashed to the square, (x/255 - mean) / std
-                   -> image_embed (1, 256, 64, 64) (no-memory embedding added, as for a single image),
-                      high_res_feats_0 (1, 32, 256, 256), high_res_feats_1 (1, 64, 128, 128)
+    encoder.onnx   image (1, 3, S, S) squashed to the square, (x/255 - mean) / std
+                   -> image_embed (1, 256, g, g) (no-memory embedding added, as for a single image),
+                      high_res_feats_0 (1, 32, 4g, 4g), high_res_feats_1 (1, 64, 2g, 2g)
     decoder.onnx   image_embed, high_res_feats_0, high_res_feats_1 (as above),
-                   point_coords (B, N, 2) model-frame pixels (x/W*1024, y/H*1024), point_labels (B, N)
-                   (1 fg, 0 bg, 2/3 box corners, -1 padding), mask_input (1|B, 1, 256, 256),
+                   point_coords (B, N, 2) model-frame pixels (x/W*S, y/H*S), point_labels (B, N)
+                   (1 fg, 0 bg, 2/3 box corners, -1 padding), mask_input (1|B, 1, S/4, S/4),
                    has_mask_input (1,), orig_im_size (2,) (H, W)
-                   -> masks (B, 4, H, W) logits, iou_predictions (B, 4), low_res_masks (B, 4, 256, 256),
+                   -> masks (B, 4, H, W) logits, iou_predictions (B, 4), low_res_masks (B, 4, S/4, S/4),
                       object_score_logits (B, 1)
     memory_attention.onnx (with ``memory_attention=True``)
-                   curr (4096, B, 256), curr_pos (4096, B, 256), memory (M, B, 64), memory_pos (M, B, 64)
-                   with M = 4096 per remembered frame, obj_ptrs (P, B, 64), obj_ptrs_pos (P, B, 64)
-                   -> pix_feat_with_mem (4096, B, 256)
+                   curr (g*g, B, 256), curr_pos (g*g, B, 256), memory (M, B, 64), memory_pos (M, B, 64)
+                   with M = g*g per remembered frame, obj_ptrs (P, B, 64), obj_ptrs_pos (P, B, 64)
+                   -> pix_feat_with_mem (g*g, B, 256)
 
 The decoder returns all four mask tokens (single-mask token first); the engine chooses among them
 (multimask, or the single mask with SAM 2's stability fallback) so the choice stays one rule on host.
@@ -28,6 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import ExportError
 from .onnx import (
     DEFAULT_OPSET,
     _torch_onnx_export,
@@ -46,6 +48,25 @@ SAM2_DECODER_INPUTS = ("image_embed", "high_res_feats_0", "high_res_feats_1", "p
                        "mask_input", "has_mask_input", "orig_im_size")
 SAM2_DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks", "object_score_logits")
 MEMORY_ATTENTION_INPUTS = ("curr", "curr_pos", "memory", "memory_pos", "obj_ptrs", "obj_ptrs_pos")
+#: Hiera's coarsest stage has stride 32 and the FPN neck adds it, upsampled 2x, to the stride-16 level, so the
+#: input side must divide by 32 (other sizes fail inside the encoder)
+SAM2_SIZE_MULTIPLE = 32
+
+
+def check_sam2_image_size(size: int, where: object) -> int:
+    """``size`` if a SAM 2.1 model can run at it (a positive multiple of 32), else an :class:`ExportError`."""
+    size = int(size)
+    if size < SAM2_SIZE_MULTIPLE or size % SAM2_SIZE_MULTIPLE:
+        nearest = max(SAM2_SIZE_MULTIPLE, round(size / SAM2_SIZE_MULTIPLE) * SAM2_SIZE_MULTIPLE)
+        raise ExportError(f"{where}: SAM 2.1 runs at input sizes that are multiples of {SAM2_SIZE_MULTIPLE} (the Hiera "
+                          f"encoder's coarsest stage has stride {SAM2_SIZE_MULTIPLE}); got {size} px. Use a model "
+                          f"built or fine-tuned at e.g. {nearest} px.")
+    return size
+
+
+def low_res_size(image_size: int) -> int:
+    """Side of the decoder's low-res mask logits and mask prompts: a quarter of the input side."""
+    return int(image_size) // 4
 
 
 def _modules():
@@ -126,6 +147,8 @@ def _memory_attention_module(model):
     import torch
     from torch import nn
 
+    tokens = (int(model.image_size) // 16) ** 2  # the RoPE tables cover the model's own token grid
+
     class MemoryAttentionOnnx(nn.Module):
         """The memory attention stack with real-valued RoPE; spatial memories and object pointers come apart
         so the number of rotated keys follows the input shapes."""
@@ -135,7 +158,7 @@ def _memory_attention_module(model):
             self.stack = memory_attention
             first = memory_attention.layers[0]
             for name, attn in (("self", first.self_attn), ("cross", first.cross_attn_image)):
-                attn._rotations_for(attn._rotations.shape[0], torch.device("cpu"))
+                attn._rotations_for(tokens, torch.device("cpu"))
                 cos, sin = rope_tables(attn)
                 self.register_buffer(f"{name}_cos", cos, persistent=False)
                 self.register_buffer(f"{name}_sin", sin, persistent=False)
@@ -180,11 +203,11 @@ def export_sam2_decoder(model, path: str | os.PathLike, *, opset: int = DEFAULT_
     _, decoder_cls = _modules()
     size = int(model.image_size)
     d = int(model.hidden_dim)
-    grid = size // 16
+    grid, low = size // 16, low_res_size(size)
     args = (
         torch.randn(1, d, grid, grid), torch.randn(1, d // 8, 4 * grid, 4 * grid), torch.randn(1, d // 4, 2 * grid, 2 * grid),
         torch.randint(0, size, (1, 5, 2)).to(torch.float32), torch.randint(-1, 4, (1, 5)).to(torch.float32),
-        torch.randn(1, 1, 4 * grid, 4 * grid), torch.tensor([1.0]), torch.tensor([700.0, 1000.0]),
+        torch.randn(1, 1, low, low), torch.tensor([1.0]), torch.tensor([700.0, 1000.0]),
     )
     path = Path(path)
     _torch_onnx_export(
@@ -224,13 +247,13 @@ def export_sam2(model, out_dir: str | os.PathLike, *, model_name: str = "sam2.1-
     """Export a :class:`~imseg.sam2.model.Sam2Model` to ``out_dir`` (``encoder.onnx``, ``decoder.onnx``,
     optionally ``memory_attention.onnx``, and ``imseg_export.json``); returns the manifest path."""
     check_opset(opset)
+    size = check_sam2_image_size(model.image_size, f"{model_name} ({variant or model.variant})")
     out = prepare_out_dir(out_dir)
     model = model.eval()
     files = {"encoder": export_sam2_encoder(model, out / "encoder.onnx", opset=opset),
              "decoder": export_sam2_decoder(model, out / "decoder.onnx", opset=opset)}
     if memory_attention:
         files["memory_attention"] = export_sam2_memory_attention(model, out / "memory_attention.onnx", opset=opset)
-    size = int(model.image_size)
     meta = {"imseg_model": model_name, "imseg_variant": variant, "pixel_mean": list(SAM2_MEAN),
             "pixel_std": list(SAM2_STD), "img_size": size}
     for path in files.values():
@@ -248,6 +271,7 @@ def export_sam2(model, out_dir: str | os.PathLike, *, model_name: str = "sam2.1-
         "files": {role: path.name for role, path in files.items()},
         "opset": opset,
         "img_size": size,
+        "low_res_size": low_res_size(size),
         "mask_threshold": 0.0,
         "dynamic_multimask_via_stability": bool(decoder.dynamic_multimask_via_stability),
         "stability_delta": float(decoder.dynamic_multimask_stability_delta),

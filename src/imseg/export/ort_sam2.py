@@ -22,18 +22,15 @@ from ..io import read_image
 from ..masks import Masks
 from ..segmenter import Candidates, Embedding, Prompts, Segmenter
 from .onnx import MANIFEST
-from .onnx_sam2 import SAM2_DECODER_INPUTS, SAM2_ENCODER_OUTPUTS
+from .onnx_sam2 import SAM2_DECODER_INPUTS, SAM2_ENCODER_OUTPUTS, check_sam2_image_size, low_res_size
 from .prompt_feeds import box_corners, decode_single_points, decoder_prompt_feeds, join_prompts, padding_point
 from .sessions import check_session, io_signature, make_session, read_manifest
-
-#: side of the decoder's low-res mask logits
-LOW_RES = 256
 
 
 @dataclass
 class OrtSam2Embedding(Embedding):
-    """``features``: ``{"image_embed": (1, 256, 64, 64), "high_res_feats": [(1, 32, 256, 256),
-    (1, 64, 128, 128)]}`` float32 arrays; ``input_size`` is the model square every image is squashed to."""
+    """``features``: ``{"image_embed": (1, 256, g, g), "high_res_feats": [(1, 32, 4g, 4g), (1, 64, 2g, 2g)]}``
+    float32 arrays, g = input side / 16; ``input_size`` is the model square every image is squashed to."""
 
     @property
     def nbytes(self) -> int:
@@ -64,8 +61,9 @@ class OrtSam2Predictor:
     """SAM 2.1 prompt decoding on ONNX Runtime sessions of an ``imseg export`` directory (family ``sam2``).
 
     ``set_image(image)`` embeds an RGB image; ``predict`` takes points (N, 2) XY image pixels with labels
-    (N,), a box XYXY (4,) or boxes (B, 4), and/or low-res logits (1, 256, 256), and returns masks (M, H, W),
-    IoU predictions (M,) and low-res logits (M, 256, 256) as ``SAM2ImagePredictor.predict`` does.
+    (N,), a box XYXY (4,) or boxes (B, 4), and/or low-res logits (1, L, L), and returns masks (M, H, W),
+    IoU predictions (M,) and low-res logits (M, L, L) as ``SAM2ImagePredictor.predict`` does; L = ``low_res``,
+    a quarter of the export's input size ``image_size`` (``img_size`` in its manifest: 256 at 1024 px).
     """
 
     def __init__(self, export_dir: str | os.PathLike, *, device: str = "auto", providers: list[str] | None = None,
@@ -75,7 +73,8 @@ class OrtSam2Predictor:
         if self.manifest.get("family") != "sam2":
             raise ExportError(f"{export_dir}: not a SAM 2 export (family={self.manifest.get('family')!r}).")
         files = self.manifest["files"]
-        self.image_size = int(self.manifest.get("img_size", 1024))
+        self.image_size = check_sam2_image_size(self.manifest.get("img_size", 1024), export_dir / MANIFEST)
+        self.low_res = low_res_size(self.image_size)
         self.mask_threshold = float(self.manifest.get("mask_threshold", 0.0))
         self.dynamic_stability = bool(self.manifest.get("dynamic_multimask_via_stability", True))
         self.stability_delta = float(self.manifest.get("stability_delta", 0.05))
@@ -92,11 +91,20 @@ class OrtSam2Predictor:
                       {n: ("tensor(float)", r) for n, r in ranks.items()},
                       {"masks": ("tensor(float)", 4), "iou_predictions": ("tensor(float)", 2),
                        "low_res_masks": ("tensor(float)", 4), "object_score_logits": ("tensor(float)", 2)})
-        image = io_signature(self.encoder)[0]["image"][1]
-        if all(isinstance(d, int) for d in image) and image[2:] != [self.image_size, self.image_size]:
-            raise ExportError(f"{export_dir / files['encoder']}: the encoder takes {image}, but {MANIFEST} says "
-                              f"img_size={self.image_size}; fix img_size there or export again.")
+        self._check_sizes(export_dir)
         self.reset_predictor()
+
+    def _check_sizes(self, export_dir: Path) -> None:
+        """The sessions' static image and mask-prompt sides agree with the manifest's ``img_size``."""
+        files = self.manifest["files"]
+        checks = ((self.encoder, "encoder", "image", self.image_size),
+                  (self.decoder, "decoder", "mask_input", self.low_res))
+        for session, role, name, side in checks:
+            shape = io_signature(session)[0][name][1]
+            if all(isinstance(d, int) for d in shape[2:]) and shape[2:] != [side, side]:
+                raise ExportError(f"{export_dir / files[role]}: the {role}'s {name} is {shape}, but {MANIFEST} says "
+                                  f"img_size={self.image_size} ({name} side {side}); fix img_size there or export "
+                                  f"again.")
 
     def worker_copy(self) -> OrtSam2Predictor:
         """A predictor sharing these sessions (thread-safe) with its own image state."""
@@ -165,10 +173,10 @@ class OrtSam2Predictor:
     def run_decoder(self, features: dict[str, Any], orig_hw: tuple[int, int], coords: np.ndarray, labels: np.ndarray,
                     mask_input: np.ndarray | None = None, outputs: list[str] | None = None) -> list[np.ndarray]:
         """One decoder run: coords (B, N, 2) model-frame pixels, labels (B, N) -> the ``outputs`` (default all:
-        masks (B, 4, H, W), iou (B, 4), low-res (B, 4, 256, 256), object-score logits (B, 1))."""
+        masks (B, 4, H, W), iou (B, 4), low-res (B, 4, L, L), object-score logits (B, 1))."""
         feat_s0, feat_s1 = features["high_res_feats"]
         feeds = {"image_embed": features["image_embed"], "high_res_feats_0": feat_s0, "high_res_feats_1": feat_s1,
-                 **decoder_prompt_feeds(coords, labels, mask_input, orig_hw, LOW_RES)}
+                 **decoder_prompt_feeds(coords, labels, mask_input, orig_hw, self.low_res)}
         return self.decoder.run(outputs, feeds)
 
     def select(self, masks: np.ndarray, iou: np.ndarray, low: np.ndarray, multimask_output: bool):
@@ -186,7 +194,7 @@ class OrtSam2Predictor:
     def decode_prompts(self, features: dict[str, Any], orig_hw: tuple[int, int], points: np.ndarray | None,
                        labels: np.ndarray | None, boxes: np.ndarray | None, mask_input: Any,
                        multimask_output: bool, return_logits: bool = False):
-        """Prompts in image pixels -> masks (B, M, H, W), IoU (B, M), low-res logits (B, M, 256, 256) clamped to
+        """Prompts in image pixels -> masks (B, M, H, W), IoU (B, M), low-res logits (B, M, L, L) clamped to
         ±32; B = number of boxes (or 1), M = 3 with ``multimask_output`` else 1."""
         if points is None and boxes is None and mask_input is None:
             raise PromptError("predict needs at least one prompt: points, a box or a mask_input.")
@@ -194,9 +202,11 @@ class OrtSam2Predictor:
             raise PromptError(f"{len(boxes)} boxes cannot be combined with points or mask_input; give one box.")
         if mask_input is not None:
             mask_input = np.asarray(mask_input, np.float32)
-            if mask_input.shape not in ((1, LOW_RES, LOW_RES), (1, 1, LOW_RES, LOW_RES)):
-                raise PromptError(f"mask_input must have shape (1, {LOW_RES}, {LOW_RES}) (low-res logits, e.g. a "
-                                  f"previous low-res output); got {mask_input.shape}.")
+            side = self.low_res
+            if mask_input.shape not in ((1, side, side), (1, 1, side, side)):
+                raise PromptError(f"mask_input must have shape (1, {side}, {side}) (low-res logits of this "
+                                  f"{self.image_size} px export, e.g. a previous low-res output); got "
+                                  f"{mask_input.shape}.")
         coords, labs = self._prompt_arrays(orig_hw, points, labels, boxes)
         masks, iou, low, _ = self.run_decoder(features, orig_hw, coords, labs, mask_input)
         masks, iou, low = self.select(masks, iou, low, multimask_output)
@@ -206,7 +216,7 @@ class OrtSam2Predictor:
 
 
 class _OrtSam2PointBatch:
-    """Decoder outputs of a batch of single-point prompts: IoU (B, 3) and low-res logits (B, 3, 256, 256)."""
+    """Decoder outputs of a batch of single-point prompts: IoU (B, 3) and low-res logits (B, 3, L, L)."""
 
     def __init__(self, iou: Any, low_res: Any) -> None:
         self.iou, self._low = iou, low_res
@@ -217,18 +227,17 @@ class _OrtSam2PointBatch:
 
 class OrtSam2AmgBackend:
     """:class:`imseg.sam.automatic.AmgBackend` on the sessions of an :class:`OrtSam2Predictor`, laid out as
-    :class:`imseg.sam2.automatic.Sam2AmgBackend` (points and sizes in the 256x256 low-res frame)."""
-
-    img_size = LOW_RES
+    :class:`imseg.sam2.automatic.Sam2AmgBackend` (points and sizes in the L x L low-res frame)."""
 
     def __init__(self, predictor: OrtSam2Predictor, min_region_area: float = 0.0, max_batch: int = 16) -> None:
         self.predictor = predictor
+        self.img_size = predictor.low_res
         self.mask_threshold = predictor.mask_threshold
         self.min_region_area = float(min_region_area)
         self.max_batch = int(max_batch)
 
     def embed(self, crop: np.ndarray) -> tuple[Any, tuple[int, int]]:
-        return self.predictor.embed(crop), (LOW_RES, LOW_RES)
+        return self.predictor.embed(crop), (self.img_size, self.img_size)
 
     def state_for(self, embedding: Embedding) -> Any:
         return embedding.features
@@ -236,14 +245,15 @@ class OrtSam2AmgBackend:
     def decode(self, state: Any, coords: np.ndarray) -> _OrtSam2PointBatch:
         import torch
 
-        scale = self.predictor.image_size / LOW_RES
-        iou, low = decode_single_points(self.predictor.run_decoder, state, (LOW_RES, LOW_RES),
+        side = self.img_size
+        scale = self.predictor.image_size / side
+        iou, low = decode_single_points(self.predictor.run_decoder, state, (side, side),
                                         np.asarray(coords, np.float32) * scale, self.max_batch)
         iou, low = torch.from_numpy(iou[:, 1:].copy()), torch.from_numpy(low[:, 1:].copy())
         if self.min_region_area > 0:
             from ..sam2.transforms import postprocess_masks
 
-            low = postprocess_masks(low, (LOW_RES, LOW_RES), self.mask_threshold, self.min_region_area,
+            low = postprocess_masks(low, (side, side), self.mask_threshold, self.min_region_area,
                                     self.min_region_area)
         return _OrtSam2PointBatch(iou, low)
 
@@ -302,5 +312,6 @@ class OrtSam2Segmenter(Segmenter):
         backend.mask_threshold = float(options.pop("mask_threshold", backend.mask_threshold))
         generator = SamAutomaticMaskGenerator(backend, **options)
         if embedding is not None:  # the generator reads the input size in the backend's low-res frame
-            embedding = OrtSam2Embedding(embedding.features, embedding.original_size, (LOW_RES, LOW_RES))
+            side = self.predictor.low_res
+            embedding = OrtSam2Embedding(embedding.features, embedding.original_size, (side, side))
         return generator.generate_masks(rgb, embedding=embedding)

@@ -135,14 +135,11 @@ def evaluate_sam2_model(model: torch.nn.Module, samples: list, *, max_clicks: in
 
 def export_sam2_run(cfg: dict, model: torch.nn.Module, out: str | os.PathLike, *, int8: bool = False,
                     calibration: Any = None, **options: Any) -> Path:
-    """SAM 2.1's encoder.onnx + decoder.onnx of a run's weights at its input size; returns the manifest path."""
+    """SAM 2.1's encoder.onnx + decoder.onnx of a run's weights at its input size (recorded as ``img_size`` in
+    the manifest, which the ONNX Runtime engine reads); returns the manifest path."""
     from ..export.onnx_sam2 import export_sam2
 
     if int8 or calibration is not None or options.pop("raw_input", False) or options.pop("single_mask", False):
         raise ConfigError(f"{cfg['model']}: --int8, --calibration, --raw-input and --single-mask apply to SAM 1 "
                           f"exports; export a SAM 2.1 run without them.")
-    if int(cfg["imgsz"]) != 1024:
-        # the ONNX Runtime SAM 2.1 engine feeds 256 x 256 low-res mask prompts, i.e. a 1024 px model
-        raise ConfigError(f"{cfg['model']} run at --imgsz {cfg['imgsz']}: SAM 2.1 ONNX exports run at 1024 px only; "
-                          f"fine-tune at --imgsz 1024 to export, or serve the run itself (imseg.load(RUN)).")
     return export_sam2(model, out, model_name=f"{cfg['model']} fine-tuned", variant=cfg["variant"], **options)

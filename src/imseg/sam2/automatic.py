@@ -18,12 +18,9 @@ from ..sam.automatic import SamAutomaticMaskGenerator
 from .model import Sam2Model
 from .transforms import postprocess_masks, preprocess
 
-#: side of the decoder's low-res mask logits
-LOW_RES = 256
-
 
 class _Sam2PointBatch:
-    """Decoder outputs for a batch of single-point prompts: IoU (B, M) and low-res logits (B, M, 256, 256)."""
+    """Decoder outputs for a batch of single-point prompts: IoU (B, M) and low-res logits (B, M, L, L)."""
 
     def __init__(self, low_res: torch.Tensor, iou: torch.Tensor) -> None:
         self._low_res, self.iou = low_res, iou.float()
@@ -38,15 +35,15 @@ class Sam2AmgBackend:
     SAM 2 resizes low-res logits straight to the crop size (one bilinear step), whereas SAM resizes them
     to the padded model input first. The generator resizes logits to ``img_size`` and crops them to the
     input size before resizing to the crop; reporting ``img_size`` and the input size as the low-res side
-    (256) makes that first resize an exact identity, so the shared pipeline does the SAM 2 resize.
-    Points therefore arrive in that 256x256 frame and are scaled to the 1024x1024 model frame here.
+    (L = a quarter of the model's input side: 256 at 1024 px) makes that first resize an exact identity, so the
+    shared pipeline does the SAM 2 resize. Points therefore arrive in that L x L frame and are scaled to the
+    model frame here.
     """
-
-    img_size = LOW_RES
 
     def __init__(self, model: Sam2Model, mask_threshold: float = 0.0, multimask_output: bool = True,
                  min_region_area: float = 0.0) -> None:
         self.model = model
+        self.img_size = int(model.image_size) // 4
         self.mask_threshold = float(mask_threshold)
         self.multimask_output = bool(multimask_output)
         self.min_region_area = float(min_region_area)
@@ -54,12 +51,12 @@ class Sam2AmgBackend:
     def embed(self, crop: np.ndarray) -> tuple[Any, tuple[int, int]]:
         """(h, w, 3) uint8 crop -> (image embedding, high-res features), and the low-res frame size."""
         x = preprocess(crop, self.model.image_size, self.model.device)[None]
-        return self.model.image_features(x), (LOW_RES, LOW_RES)
+        return self.model.image_features(x), (self.img_size, self.img_size)
 
     def decode(self, state: Any, coords: np.ndarray) -> _Sam2PointBatch:
-        """(B, 2) XY points in the 256x256 frame -> one foreground point prompt each."""
+        """(B, 2) XY points in the low-res frame -> one foreground point prompt each."""
         embed, high_res = state
-        scale = self.model.image_size / LOW_RES
+        scale = self.model.image_size / self.img_size
         points = torch.as_tensor(np.asarray(coords) * scale, dtype=torch.float, device=embed.device)[:, None]
         labels = torch.ones(points.shape[:2], dtype=torch.int, device=embed.device)
         sparse, dense = self.model.sam_prompt_encoder(points=(points, labels), boxes=None, masks=None)
@@ -68,7 +65,7 @@ class Sam2AmgBackend:
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
             multimask_output=self.multimask_output, repeat_image=True, high_res_features=high_res)
         if self.min_region_area > 0:  # same size in and out: only the hole/sprinkle cleanup applies
-            low_res = postprocess_masks(low_res, (LOW_RES, LOW_RES), self.mask_threshold,
+            low_res = postprocess_masks(low_res, (self.img_size, self.img_size), self.mask_threshold,
                                         self.min_region_area, self.min_region_area)
         return _Sam2PointBatch(low_res.float(), iou)
 

@@ -15,7 +15,7 @@ from ..masks import Masks
 from ..registry import ModelSpec, find_weights
 from ..sam.segmenter import RANDOM_WEIGHTS_WARNING, PredictorSegmenter
 from ..segmenter import Candidates, Embedding, Prompts
-from .automatic import LOW_RES, Sam2AmgBackend
+from .automatic import Sam2AmgBackend
 
 __all__ = ["Sam2Embedding", "Sam2Segmenter", "build_sam2_segmenter"]
 
@@ -84,7 +84,8 @@ class Sam2Segmenter(PredictorSegmenter):
         generator.backend = _WholeImageBackend(old.model, old.mask_threshold, old.multimask_output,
                                                old.min_region_area)
         # the generator reads the crop's input size in the backend's low-res frame (see Sam2AmgBackend)
-        whole = Sam2Embedding(embedding.features, embedding.original_size, (LOW_RES, LOW_RES))
+        side = generator.backend.img_size
+        whole = Sam2Embedding(embedding.features, embedding.original_size, (side, side))
         return generator.generate_masks(rgb, embedding=whole)
 
 
