@@ -180,3 +180,34 @@ def sample_image() -> np.ndarray:
 
     img = data.astronaut()
     return (transform.resize(img, (256, 256), anti_aliasing=True) * 255).round().astype(np.uint8)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks (1 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def assert_close_logits(ours: np.ndarray, ref: np.ndarray, tol: float = 1e-3) -> None:
+    """Same shape, and within ``tol`` of the largest reference |logit| (at least 1)."""
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() <= tol * max(1.0, np.abs(ref).max())
+
+
+def assert_same_sam2_masks(ours, ref, score_tol: float = 1e-3, logit_tol: float = 1e-3) -> None:
+    """Two SAM 2.1 ``Masks`` agree: masks (IoU >= 0.99), scores and low-res logits."""
+    assert len(ours) == len(ref)
+    for a, b in zip(ours.masks, ref.masks, strict=True):
+        assert mask_iou(a, b) >= 0.99
+    np.testing.assert_allclose(ours.scores, ref.scores, atol=score_tol)
+    assert_close_logits(ours.fields["low_res_logits"], ref.fields["low_res_logits"], logit_tol)
+
+
+def assert_same_sam2_features(ours: dict, ref: dict) -> None:
+    """SAM 2.1 image features (embedding and high-resolution levels) within 1e-4 of the reference's scale."""
+    pairs = [(ours["image_embed"], ref["image_embed"])] + list(zip(ours["high_res_feats"], ref["high_res_feats"],
+                                                                  strict=True))
+    for a, b in pairs:
+        b = b.numpy()
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()

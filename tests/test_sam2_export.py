@@ -17,7 +17,7 @@ pytest.importorskip("sam2.build_sam")
 from typer.testing import CliRunner  # noqa: E402
 
 import imseg  # noqa: E402
-from conftest import build_official_sam2  # noqa: E402
+from conftest import assert_same_sam2_features, assert_same_sam2_masks, build_official_sam2, mask_iou  # noqa: E402
 from imseg.cli import app  # noqa: E402
 from imseg.errors import CheckpointError, ConfigError, ExportError  # noqa: E402
 from imseg.io import read_image  # noqa: E402
@@ -67,18 +67,8 @@ def ort_segmenter(export_dir):
     return imseg.load(export_dir, device="cpu")
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 def _assert_same(ours, ref) -> None:
-    assert len(ours) == len(ref)
-    for a, b in zip(ours.masks, ref.masks, strict=True):
-        assert _iou(a, b) >= 0.99
-    np.testing.assert_allclose(ours.scores, ref.scores, atol=SCORE_TOL)
-    lo, lr = ours.fields["low_res_logits"], ref.fields["low_res_logits"]
-    assert np.abs(lo - lr).max() <= LOGIT_TOL * max(1.0, np.abs(lr).max())
+    assert_same_sam2_masks(ours, ref, SCORE_TOL, LOGIT_TOL)
 
 
 def test_export_files_manifest_and_checker(export_dir):
@@ -98,12 +88,7 @@ def test_export_files_manifest_and_checker(export_dir):
 def test_encoder_parity(ort_segmenter, torch_segmenter, image):
     ours = ort_segmenter.embed(image).features
     ref = torch_segmenter.embed(image).features
-    pairs = [(ours["image_embed"], ref["image_embed"])] + list(zip(ours["high_res_feats"], ref["high_res_feats"],
-                                                                  strict=True))
-    for a, b in pairs:
-        b = b.numpy()
-        assert a.shape == b.shape
-        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+    assert_same_sam2_features(ours, ref)
 
 
 PROMPTS = [
@@ -143,7 +128,7 @@ def test_single_mask_stability_choice_matches(ort_segmenter, torch_segmenter, im
         ours = ort_segmenter.decode(emb_o, prompts, multimask_output=False)
         ref = torch_segmenter.decode(emb_t, prompts, multimask_output=False)
         np.testing.assert_allclose(ours.iou, ref.iou, atol=SCORE_TOL)
-        assert _iou(ours.masks[0, 0], ref.masks[0, 0]) >= 0.99
+        assert mask_iou(ours.masks[0, 0], ref.masks[0, 0]) >= 0.99
 
 
 def test_everything_parity(ort_segmenter, torch_segmenter, image):
@@ -153,7 +138,7 @@ def test_everything_parity(ort_segmenter, torch_segmenter, image):
     ref = torch_segmenter.segment(small, **options)
     assert len(ref) > 0 and len(ours) == len(ref)
     for a, b in zip(ours.masks, ref.masks, strict=True):
-        assert _iou(a, b) >= 0.99
+        assert mask_iou(a, b) >= 0.99
     np.testing.assert_allclose(ours.scores, ref.scores, atol=SCORE_TOL)
 
 

@@ -15,6 +15,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("sam2.build_sam")
 
 import imseg  # noqa: E402
+from conftest import assert_close_logits, assert_same_sam2_features, assert_same_sam2_masks, mask_iou  # noqa: E402
 from imseg.errors import ExportError, PromptError  # noqa: E402
 
 SIZE = 256  # a 16 x 16 embedding grid, 64 x 64 low-res masks
@@ -69,16 +70,6 @@ def embeddings(ort_segmenter, torch_segmenter, image):
     return ort_segmenter.embed(image), torch_segmenter.embed(image)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
-def _close_logits(ours: np.ndarray, ref: np.ndarray) -> None:
-    assert ours.shape == ref.shape
-    assert np.abs(ours - ref).max() <= LOGIT_TOL * max(1.0, np.abs(ref).max())
-
-
 def test_manifest_records_the_size(export_dir, ort_segmenter):
     manifest = json.loads((export_dir / "imseg_export.json").read_text())
     assert manifest["img_size"] == SIZE and manifest["low_res_size"] == LOW
@@ -89,13 +80,9 @@ def test_manifest_records_the_size(export_dir, ort_segmenter):
 
 def test_encoder_parity(embeddings):
     ours, ref = (e.features for e in embeddings)
-    pairs = [(ours["image_embed"], ref["image_embed"])] + list(zip(ours["high_res_feats"], ref["high_res_feats"],
-                                                                  strict=True))
-    assert [a.shape[-1] for a, _ in pairs] == [SIZE // 16, LOW, SIZE // 8]
-    for a, b in pairs:
-        b = b.numpy()
-        assert a.shape == b.shape
-        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+    sides = [ours["image_embed"].shape[-1]] + [f.shape[-1] for f in ours["high_res_feats"]]
+    assert sides == [SIZE // 16, LOW, SIZE // 8]
+    assert_same_sam2_features(ours, ref)
 
 
 PROMPTS = [
@@ -108,12 +95,8 @@ PROMPTS = [
 
 
 def _assert_same(ours, ref) -> None:
-    assert len(ours) == len(ref)
-    for a, b in zip(ours.masks, ref.masks, strict=True):
-        assert _iou(a, b) >= 0.99
-    np.testing.assert_allclose(ours.scores, ref.scores, atol=SCORE_TOL)
     assert ours.fields["low_res_logits"].shape[-2:] == (LOW, LOW)
-    _close_logits(ours.fields["low_res_logits"], ref.fields["low_res_logits"])
+    assert_same_sam2_masks(ours, ref, SCORE_TOL, LOGIT_TOL)
 
 
 @pytest.mark.parametrize("prompt", PROMPTS, ids=[str(i) for i in range(len(PROMPTS))])
@@ -155,7 +138,7 @@ def test_decoder_outputs_with_object_scores(ort_segmenter, torch_segmenter, mode
                                                    list(feats["high_res_feats"]))
     ref_low, ref_iou, _, ref_obj = (t.numpy() for t in ref)
     assert low.shape == (1, 4, LOW, LOW) and obj.shape == (1, 1)
-    _close_logits(low, ref_low)
+    assert_close_logits(low, ref_low, LOGIT_TOL)
     np.testing.assert_allclose(iou, ref_iou, atol=SCORE_TOL)
     np.testing.assert_allclose(obj, ref_obj, atol=SCORE_TOL * max(1.0, float(np.abs(ref_obj).max())))
 
@@ -200,7 +183,7 @@ def test_everything_parity(ort_segmenter, torch_segmenter, image):
     ref = torch_segmenter.segment(image, **options)
     assert len(ref) > 0 and len(ours) == len(ref)
     for a, b in zip(ours.masks, ref.masks, strict=True):
-        assert _iou(a, b) >= 0.99
+        assert mask_iou(a, b) >= 0.99
     np.testing.assert_allclose(ours.scores, ref.scores, atol=SCORE_TOL)
 
 
