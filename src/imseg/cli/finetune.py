@@ -104,10 +104,9 @@ _PASSED = ("data", "model", "checkpoint", "random_init", "train", "lora_rank", "
 
 def _finetune_planned(ctx: typer.Context, plan_only: bool) -> None:
     from ..finetune.planned import plan_and_finetune
-
-    params = ctx.params
     from ..semantic.ddp import parse_devices
 
+    params = ctx.params
     options = {k: params[k] for k in _PASSED}
     options["devices"] = parse_devices(options["devices"])
     options.update({k: params[k] for k in _PLANNED

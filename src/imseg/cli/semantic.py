@@ -100,6 +100,7 @@ first and recorded in the run's config.yaml. With --task instance, --time plans 
         _train_planned(ctx, data, time, plan)
         return
     model = model or "unet"
+    from ..semantic.ddp import parse_devices
     from ..semantic.train import train
 
     if resume:
@@ -121,7 +122,7 @@ first and recorded in the run's config.yaml. With --task instance, --time plans 
             epochs=50 if epochs is None else epochs, imgsz=imgsz, batch=batch, lr=lr, optimizer=optimizer,
             scheduler=scheduler, warmup=warmup,
             amp=amp, patience=patience, workers=workers, seed=seed, name=name, project=project, loss=loss, augment=aug,
-            cache=cache, devices=int(devices) if devices.isdigit() else devices, nodes=nodes, accelerator=accelerator,
+            cache=cache, devices=parse_devices(devices), nodes=nodes, accelerator=accelerator,
             ema=ema, save_period=save_period, init=init, teacher=teacher, distill=distill,
             distill_weight=distill_weight, distill_temperature=distill_temperature, logger=logger,
         )
@@ -160,6 +161,7 @@ def _train_planned(ctx: typer.Context, data: str | None, minutes: float, plan_on
     """``imseg train --time``: the plan for the options not given, printed, then trained (unless ``--plan``)."""
     import yaml
 
+    from ..semantic.ddp import parse_devices
     from ..semantic.plan.runner import plan_and_train
 
     if data is None:
@@ -172,7 +174,7 @@ def _train_planned(ctx: typer.Context, data: str | None, minutes: float, plan_on
         given["augment"] = yaml.safe_load(given["augment"])
     fixed = {k: params[k] for k in _PASSED}
     fixed["weights"] = None if str(fixed["weights"]).lower() == "none" else fixed["weights"]
-    fixed["devices"] = int(fixed["devices"]) if str(fixed["devices"]).isdigit() else fixed["devices"]
+    fixed["devices"] = parse_devices(str(fixed["devices"]))
     try:
         _, result = plan_and_train(data, minutes, given, fixed, plan_only=plan_only, echo=typer.echo)
     except ImsegError as exc:
