@@ -307,6 +307,20 @@ def test_classical_gray_reader_keeps_the_byte_cap(tmp_path, monkeypatch, rgb):
         read_gray(path)
 
 
+def test_reading_a_small_file_does_not_allocate_the_byte_cap(tmp_path, rgb):
+    """The 1 GiB default cap bounds a read; it is not allocated for every image (read(n) allocates n bytes)."""
+    import tracemalloc
+
+    path = write_image(tmp_path / "a.png", rgb)
+    tracemalloc.start()
+    try:
+        assert read_image(path).shape == (20, 32, 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, peak
+
+
 def test_byte_cap_holds_when_the_size_is_not_known_in_advance(tmp_path, monkeypatch, rgb):
     """A file whose stat size is 0 (as /proc files report) is still read no further than the cap."""
     import imseg.io as imseg_io

@@ -94,7 +94,11 @@ def read_file_bytes(path: str | os.PathLike, max_bytes: int | None = None) -> by
         # for a writer, and the fstat below refuses it
         with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
             _require_regular(os.fstat(fh.fileno()), where)
-            data = fh.read(limit + 1)
+            # read(n) allocates n bytes up front: ask for the stat size (+1 to see growth), not the whole cap
+            want = min(limit, info.st_size) + 1
+            data = fh.read(want)
+            if len(data) == want and want <= limit:  # the file grew after stat: read on, up to the cap
+                data += fh.read(limit + 1 - len(data))
     except OSError as exc:
         raise InputError(f"{where[:200]}: could not read the file ({exc.strerror or exc}).") from exc
     if len(data) > limit:  # the file grew after stat, or its size is not known in advance
