@@ -13,8 +13,12 @@ The official predictor stores memories in bfloat16 and relies on CUDA autocast; 
 inputs are upcast to float32 here, and its hole filling (a CUDA extension) uses scikit-image's connected
 components, so both engines do the same work.
 
+Engines: ``official``, ``imseg`` (exact float32) and ``imseg-bf16`` (``precision="bf16"``: image encoder and
+memory attention in bfloat16, which is what ``precision="auto"`` picks on a CPU with native bfloat16). The masks of
+object 1 on every frame are compared between engines (mean and minimum IoU).
+
     .venv/bin/python benchmarks/sam2_video.py --frames 3 --variants t           # smoke check
-    .venv/bin/python benchmarks/sam2_video.py --frames 200 --threads 16          # the recorded run
+    .venv/bin/python benchmarks/sam2_video.py --frames 200 --variants t --engines official,imseg-bf16
 """
 
 from __future__ import annotations
@@ -86,15 +90,22 @@ def patch_official_for_cpu() -> None:
     official_misc.get_connected_components = connected_components
 
 
+ENGINES = ("official", "imseg", "imseg-bf16")
+
+
 def build_predictor(engine: str, variant: str, checkpoint: str):
+    """``imseg`` is exact float32; ``imseg-bf16`` runs the image encoder and memory attention in bfloat16."""
+    options = {}
     if engine == "official":
         patch_official_for_cpu()
         from sam2.build_sam import build_sam2_video_predictor
     else:
         from imseg.sam2 import build_sam2_video_predictor
+
+        options["precision"] = "bf16" if engine == "imseg-bf16" else "fp32"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return build_sam2_video_predictor(CONFIGS[variant], checkpoint, device="cpu")
+        return build_sam2_video_predictor(CONFIGS[variant], checkpoint, device="cpu", **options)
 
 
 def time_encoder(predictor, repeats: int) -> float:
@@ -133,15 +144,17 @@ def worker(args: argparse.Namespace) -> None:
                                         points=np.array([[width * 0.5, height * 0.5]], np.float32),
                                         labels=np.array([1], np.int32))
         prompt_seconds = time.perf_counter() - start
-        times, last = [], time.perf_counter()
+        times, packed, last = [], [], time.perf_counter()
         for _frame_idx, _obj_ids, masks in predictor.propagate_in_video(state):
-            masks.sum().item()
+            packed.append(np.packbits((masks[0, 0] > 0).numpy()))  # ~65 kB a frame, the same for every engine
             now = time.perf_counter()
             times.append(now - last)
             last = now
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     heap_peak = tracemalloc.get_traced_memory()[1]
     tracked = times[1:] or times  # the first yield is the prompted frame, already computed
+    if args.masks_out:
+        np.save(args.masks_out, np.stack(packed))
     print(json.dumps({"engine": args.worker, "frames": len(times), "sec_per_frame": float(np.median(tracked)),
                       "sec_per_frame_mean": float(np.mean(tracked)), "encoder_sec": encoder,
                       "init_state_sec": init_seconds, "prompt_sec": prompt_seconds,
@@ -182,7 +195,8 @@ def frame_folder(source: Path, frames: int, folder: Path) -> Path:
 
 def run_engine(engine: str, variant: str, checkpoint: Path, video: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", engine, "--variant", variant, "--checkpoint", str(checkpoint),
-           "--video", str(video), "--threads", str(args.threads), "--repeats", str(args.repeats)]
+           "--video", str(video), "--threads", str(args.threads), "--repeats", str(args.repeats),
+           "--masks-out", str(checkpoint.parent / f"masks_{variant}_{engine}.npy")]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -190,17 +204,43 @@ def run_engine(engine: str, variant: str, checkpoint: Path, video: Path, args: a
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report(variant: str, results: dict[str, dict]) -> None:
-    off, ours = results["official"], results["imseg"]
-    print(f"\nSAM 2.1 hiera-{variant}, {ours['frames']} frames")
-    print(f"{'':28s}{'official':>12s}{'imseg':>12s}{'ratio':>10s}")
-    for key, label in (("sec_per_frame", "s / tracked frame (median)"), ("sec_per_frame_mean", "s / frame (mean)"),
-                       ("encoder_sec", "image encoder, s"), ("peak_rss_mib", "peak RSS, MiB"),
-                       ("rss_after_load_mib", "RSS after load, MiB"), ("python_heap_peak_mib", "Python heap peak, MiB"),
-                       ("init_state_sec", "init_state, s")):
-        a, b = off[key], ours[key]
-        ratio = f"{a / b:10.2f}" if b else f"{'-':>10s}"
-        print(f"{label:28s}{a:12.3f}{b:12.3f}{ratio}")
+ROWS = (("sec_per_frame", "s / tracked frame (median)"), ("sec_per_frame_mean", "s / frame (mean)"),
+        ("encoder_sec", "image encoder, s"), ("peak_rss_mib", "peak RSS, MiB"),
+        ("rss_after_load_mib", "RSS after load, MiB"), ("python_heap_peak_mib", "Python heap peak, MiB"),
+        ("init_state_sec", "init_state, s"))
+
+
+def mask_agreement(a: Path, b: Path) -> tuple[float, float]:
+    """Mean and minimum per-frame IoU of two engines' masks (object 1; frames where both are empty count 1)."""
+    import numpy as np
+
+    x, y = np.unpackbits(np.load(a), axis=1).astype(bool), np.unpackbits(np.load(b), axis=1).astype(bool)
+    union = (x | y).sum(1)
+    iou = np.where(union == 0, 1.0, (x & y).sum(1) / np.maximum(union, 1))
+    return float(iou.mean()), float(iou.min())
+
+
+def report(variant: str, results: dict[str, dict], folder: Path) -> None:
+    """Each engine's figures and, for every imseg engine, the ratio official / imseg and the masks' agreement."""
+    engines = list(results)
+    first = results[engines[-1]]
+    print(f"\nSAM 2.1 hiera-{variant}, {first['frames']} frames")
+    ours = [e for e in engines if e != "official"]
+    header = "".join(f"{e:>12s}" for e in engines)
+    ratios = "".join(f"{'/ ' + e:>14s}" for e in ours) if "official" in results else ""
+    print(f"{'':28s}{header}{ratios}")
+    for key, label in ROWS:
+        values = "".join(f"{results[e][key]:12.3f}" for e in engines)
+        line = f"{label:28s}{values}"
+        if "official" in results:
+            line += "".join(f"{results['official'][key] / results[e][key]:14.2f}" if results[e][key] else f"{'-':>14s}"
+                            for e in ours)
+        print(line)
+    masks = {e: folder / f"masks_{variant}_{e}.npy" for e in engines}
+    for a, b in (("official", "imseg"), ("imseg", "imseg-bf16"), ("official", "imseg-bf16")):
+        if a in results and b in results:
+            mean, low = mask_agreement(masks[a], masks[b])
+            print(f"mask IoU {a} vs {b}: mean {mean:.4f}, min {low:.4f} over {first['frames']} frames")
 
 
 def main() -> None:
@@ -210,7 +250,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=3, help="image encoder runs (the best is kept)")
     parser.add_argument("--video", type=Path, default=None, help="JPEG frame folder (default: video-bedroom)")
-    parser.add_argument("--worker", choices=["official", "imseg"], help=argparse.SUPPRESS)
+    parser.add_argument("--engines", default="official,imseg,imseg-bf16",
+                        help=f"comma-separated, from {', '.join(ENGINES)} (official first: the ratios are to it)")
+    parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
+    parser.add_argument("--masks-out", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,13 +265,17 @@ def main() -> None:
     print(f"CPU: {name}; {os.cpu_count()} logical CPUs; ISA: {' '.join(flags) or 'unknown'}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, threads {args.threads}; "
           f"load average {os.getloadavg()[0]:.2f}")
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown or not engines:
+        raise SystemExit(f"--engines: unknown {unknown or 'empty list'}; choose from {', '.join(ENGINES)}.")
     source = args.video or data_dir() / "video-bedroom"
     with tempfile.TemporaryDirectory() as tmp:
         video = frame_folder(source, args.frames, Path(tmp))
         for variant in args.variants:
             checkpoint = make_checkpoint(variant, Path(tmp))
-            results = {engine: run_engine(engine, variant, checkpoint, video, args) for engine in ("official", "imseg")}
-            report(variant, results)
+            results = {engine: run_engine(engine, variant, checkpoint, video, args) for engine in engines}
+            report(variant, results, Path(tmp))
             print(json.dumps({"variant": variant, **results}))
 
 

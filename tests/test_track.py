@@ -145,6 +145,22 @@ def test_track_errors_are_clear(checkpoint, frames, tmp_path):
     assert not any(p.exists() for p in (tmp_path / "a", tmp_path / "b", tmp_path / "c"))
 
 
+def test_track_in_bf16_keeps_the_masks_and_its_own_output(checkpoint, frames, reference, tmp_path):
+    """--precision bf16 tracks with a bfloat16 encoder and memory attention: the same masks as float32 up to the
+    pixels random weights leave near zero; a float32 re-run into its --out is another run, refused by name."""
+    out = tmp_path / "bf16"
+    result = track(frames, "--checkpoint", checkpoint, *TWO_OBJECTS, "--out", out, "--max-frames", 2,
+                   "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    assert "[bf16]" in result.output
+    for frame_idx in (0, 1):
+        for obj_id, mask in reference[frame_idx].items():
+            got = read_png(out / "masks" / f"{frame_idx:05d}_obj{obj_id}.png")
+            assert (got & mask).sum() / max((got | mask).sum(), 1) >= 0.95, (frame_idx, obj_id)
+    again = track(frames, "--checkpoint", checkpoint, *TWO_OBJECTS, "--out", out, "--precision", "fp32")
+    assert again.exit_code == 1 and "precision" in again.output
+
+
 @pytest.mark.slow
 def test_track_unreadable_frame_keeps_finished_frames(checkpoint, frames, tmp_path):
     folder = tmp_path / "broken"

@@ -97,8 +97,10 @@ def parse_prompts(frames: list[int], points: list[str], labels: list[str], boxes
     return out
 
 
-def build_video_predictor(model: str, checkpoint: str | os.PathLike | None, device: str = "cpu"):
-    """The SAM 2.1 video predictor of registry model ``model`` with its official checkpoint."""
+def build_video_predictor(model: str, checkpoint: str | os.PathLike | None, device: str = "cpu",
+                          precision: str | None = None):
+    """The SAM 2.1 video predictor of registry model ``model`` with its official checkpoint, its image encoder and
+    memory attention in ``precision`` (fp32 by default; see :func:`imseg.sam2.build_sam2_video_predictor`)."""
     from .device import resolve_device
     from .registry import find_weights, get_spec
 
@@ -115,7 +117,8 @@ def build_video_predictor(model: str, checkpoint: str | os.PathLike | None, devi
     from .sam2.compat import build_sam2_video_predictor
     from .sam2.specs import SPECS
 
-    predictor = build_sam2_video_predictor(SPECS[spec.name].config_file, checkpoint, device=resolve_device(device))
+    predictor = build_sam2_video_predictor(SPECS[spec.name].config_file, checkpoint, device=resolve_device(device),
+                                           precision=precision)
     return spec.name, Path(checkpoint).resolve(), predictor
 
 
@@ -138,6 +141,7 @@ class TrackOutput:
                 old = json.loads(path.read_text())
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{path} is unreadable ({exc}); remove it (and the frames) or use a new --out.") from None
+            old.setdefault("precision", "fp32")  # manifests written before the option tracked in fp32
             differs = [k for k in self.identity if old.get(k) != self.identity[k]]
             if differs:
                 raise ConfigError(f"{self.root} holds masks of another tracking run (it differs in: "
@@ -230,9 +234,9 @@ def write_overlay_video(output: TrackOutput, frames: Any, path: Path, fps: float
 
 
 def identity_of(video: Any, model: str, checkpoint: Path, prompts: list[TrackPrompt], fmt: str,
-                reverse: bool) -> dict[str, Any]:
+                reverse: bool, precision: str = "fp32") -> dict[str, Any]:
     return {"video": str(Path(video).resolve()), "model": model, "checkpoint": str(checkpoint), "format": fmt,
-            "reverse": bool(reverse), "prompts": [asdict(p) for p in prompts]}
+            "reverse": bool(reverse), "prompts": [asdict(p) for p in prompts], "precision": precision}
 
 
 def _normalised(identity: dict[str, Any]) -> dict[str, Any]:
@@ -265,7 +269,7 @@ def add_prompts(predictor: Any, state: dict, prompts: list[TrackPrompt]) -> None
 
 def run_track(video: Any, model: str, checkpoint: Any, prompts: list[TrackPrompt], out: Path, fmt: str = "png",
               overlay: bool = False, reverse: bool = False, max_frames: int | None = None, device: str = "cpu",
-              fps: float | None = None, progress: Any = None) -> dict[str, Any]:
+              fps: float | None = None, progress: Any = None, precision: str | None = None) -> dict[str, Any]:
     """Track ``prompts`` over ``video`` and write the frames not written yet under ``out``; returns a summary."""
     if not prompts:
         raise PromptError("no prompts: give --points and/or --box for at least one object.")
@@ -273,8 +277,9 @@ def run_track(video: Any, model: str, checkpoint: Any, prompts: list[TrackPrompt
         raise ConfigError(f"--max-frames must be >= 1, got {max_frames}.")
     if fps is not None and fps <= 0:
         raise ConfigError(f"--fps must be > 0, got {fps}.")
-    name, ckpt, predictor = build_video_predictor(model, checkpoint, device)
-    output = TrackOutput(out, fmt, _normalised(identity_of(video, name, ckpt, prompts, fmt, reverse)))
+    name, ckpt, predictor = build_video_predictor(model, checkpoint, device, precision)
+    identity = identity_of(video, name, ckpt, prompts, fmt, reverse, predictor.precision)
+    output = TrackOutput(out, fmt, _normalised(identity))
     state = predictor.init_state(video, streaming=False if reverse else None)
     add_prompts(predictor, state, prompts)
     kept = output.open()
@@ -294,7 +299,8 @@ def run_track(video: Any, model: str, checkpoint: Any, prompts: list[TrackPrompt
             written += 1
             if progress is not None:
                 progress(frame_idx)
-    summary: dict[str, Any] = {"kept": kept, "written": written, "frames": len(done), "out": str(out)}
+    summary: dict[str, Any] = {"kept": kept, "written": written, "frames": len(done), "out": str(out),
+                               "precision": predictor.precision}
     result = output.finish()
     if result is not None:
         summary["annotations"] = str(result)

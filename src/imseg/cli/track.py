@@ -25,6 +25,8 @@ def track_cmd(
     max_frames: int = typer.Option(None, "--max-frames", help="Track at most this many frames per direction."),
     fps: float = typer.Option(None, "--fps", help="Overlay video frame rate (default 24)."),
     device: str = typer.Option("cpu", help="auto, cpu, cuda, mps."),
+    precision: str = typer.Option(None, "--precision", help="fp32 (exact; the default), bf16, or auto (bf16 where "
+                                  "the CPU has native bf16): the image encoder and memory attention's precision."),
 ) -> None:
     """Track objects through a video with SAM 2.1: prompts on any frame, masks for every frame.
 
@@ -39,12 +41,13 @@ def track_cmd(
     try:
         prompts = parse_prompts(frame, points, labels, box, obj_id)
         summary = run_track(video, model, checkpoint, prompts, root, format, overlay=overlay, reverse=reverse,
-                            max_frames=max_frames, device=device, fps=fps)
+                            max_frames=max_frames, device=device, fps=fps, precision=precision)
     except ImsegError as exc:
         done = len(list((root / "frames").glob("*.json"))) if (root / "frames").is_dir() else 0
         kept = f" ({done} finished frames are kept in {root}; re-run to continue)" if done else ""
         fail(f"{exc}{kept}", code=1)
-    typer.echo(f"tracked {summary['frames']} frames ({summary['written']} written, {summary['kept']} kept) -> {root}")
+    typer.echo(f"tracked {summary['frames']} frames ({summary['written']} written, {summary['kept']} kept) -> {root}"
+               f" [{summary['precision']}]")
     for key in ("annotations", "overlay"):
         if key in summary:
             typer.echo(f"{key}: {summary[key]}")

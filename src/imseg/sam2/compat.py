@@ -66,15 +66,27 @@ def _parse_overrides(overrides: list[str]) -> dict[str, Any]:
 def build_sam2_video_predictor(config_file: str, ckpt_path: str | os.PathLike | None = None,
                                device: str | torch.device = "cuda", mode: str = "eval",
                                hydra_overrides_extra: list[str] | None = None, apply_postprocessing: bool = True,
-                               vos_optimized: bool = False, **kwargs: Any) -> Any:
+                               vos_optimized: bool = False, precision: str | None = None, **kwargs: Any) -> Any:
     """The SAM 2.1 video predictor (:class:`~imseg.sam2.video_predictor.SAM2VideoPredictor`) for an official config
     name, with the official checkpoint ``ckpt_path`` if given. ``apply_postprocessing`` (as the official): stability
     -based single-mask choice, thresholded masks in the memories of prompted frames, holes up to 8 low-res pixels
-    filled. ``hydra_overrides_extra``: ``++model.image_size=N`` and the predictor options (see PREDICTOR_OVERRIDES)."""
+    filled. ``hydra_overrides_extra``: ``++model.image_size=N`` and the predictor options (see PREDICTOR_OVERRIDES).
+
+    ``precision`` (an imseg option; default fp32, the official's arithmetic): ``bf16``, or ``auto`` on a CPU with
+    native bfloat16 (:mod:`imseg.precision`), runs the two heavy parts of every frame, the Hiera image encoder
+    and the memory attention, in bfloat16 (the official runs them under bfloat16 autocast on a GPU); the
+    decoder, memory encoder and mask post-processing stay float32."""
+    from ..precision import resolve_precision
     from .video_predictor import SAM2VideoPredictor
 
     if mode not in ("eval", "train"):
         raise ConfigError(f"mode must be 'eval' or 'train', got {mode!r}.")
+    chosen = resolve_precision(precision, device)
+    if chosen == "int8":
+        raise ConfigError("precision='int8' is not available for SAM 2.1 video tracking; use fp32, bf16 or auto.")
+    if chosen == "bf16" and mode == "train":
+        raise ConfigError("precision='bf16' is an inference option; build with mode='eval', or precision='fp32' "
+                          "to train.")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} is not available on this machine (no CUDA); pass device='cpu'.")
     options = _parse_overrides(list(hydra_overrides_extra or []))
@@ -85,7 +97,20 @@ def build_sam2_video_predictor(config_file: str, ckpt_path: str | os.PathLike | 
                              apply_postprocessing=apply_postprocessing, **model_opts)
     if mode == "train":
         model.train()
-    return SAM2VideoPredictor(model, **options)
+    if chosen == "bf16":
+        _frame_work_in_bf16(model)
+    predictor = SAM2VideoPredictor(model, **options)
+    predictor.precision = chosen
+    return predictor
+
+
+def _frame_work_in_bf16(model: Sam2Model) -> None:
+    """Hiera encoder and memory attention with bfloat16 weights; they take and return float32, so the rest of the
+    tracker is unchanged."""
+    from ..precision import run_in_bf16
+
+    run_in_bf16(model.image_encoder)
+    run_in_bf16(model.memory_attention)
 
 
 def build_sam2_hf(model_id: str, **kwargs: Any) -> Sam2Model:

@@ -56,6 +56,7 @@ class SAM2VideoPredictor:
         self.binarize_mask_from_pts_for_mem_enc = binarize_mask_from_pts_for_mem_enc
         self.memory_temporal_stride_for_eval = memory_temporal_stride_for_eval
         self.max_cond_frames_in_attn = max_cond_frames_in_attn
+        self.precision = "fp32"  # build_sam2_video_predictor(precision=...) sets the bfloat16 variant
 
     @classmethod
     def from_pretrained(cls, model_id: str, **kwargs: Any) -> SAM2VideoPredictor:
