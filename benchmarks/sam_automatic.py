@@ -11,6 +11,10 @@ decode + post-process speed-up can be reported apart from the encoder, which bot
 Random weights predict IoUs far below the official default threshold (0.88), so with defaults no
 candidate survives the first filter - which flatters us (we skip upscaling the rejected ones). Use
 ``--survive`` for thresholds under which candidates survive to full-resolution post-processing.
+
+``--precisions fp32,bf16`` runs imseg once per encoder precision (bf16: the image encoder in bfloat16, as
+``precision="bf16"``/``"auto"`` on a CPU with native bfloat16; the decoder and post-processing stay float32) and
+prints each one's ratio to the official fp32 and how many of its masks match the fp32 run's (IoU >= 0.9).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def _image(size: int) -> np.ndarray:
     return (img * 255).round().astype(np.uint8)
 
 
-def _run(which: str, ckpt: str, args, queue) -> None:
+def _run(which: str, ckpt: str, args, queue, precision: str = "fp32") -> None:
     import torch
 
     torch.set_num_threads(args.threads)
@@ -58,6 +62,10 @@ def _run(which: str, ckpt: str, args, queue) -> None:
         from imseg.sam.automatic import SamAutomaticMaskGenerator
 
         model = sam_model_registry[args.variant](checkpoint=ckpt).eval()
+        if precision == "bf16":
+            from imseg.precision import to_bf16
+
+            to_bf16(model.image_encoder)
         generator = SamAutomaticMaskGenerator(model, **kwargs)
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -68,7 +76,11 @@ def _run(which: str, ckpt: str, args, queue) -> None:
     records = generator.generate(image)
     t_gen = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((which, t_enc, t_gen, len(records), peak / 1024, base / 1024))
+    boxes = [r["bbox"] for r in records]
+    masks = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, *image.shape[:2]), bool)
+    np.save(Path(args.tmp) / f"masks_{which}_{precision}.npy", np.packbits(masks, axis=-1))
+    queue.put((which if which == "official" else f"imseg-{precision}", t_enc, t_gen, len(boxes), peak / 1024,
+               base / 1024))
 
 
 def main() -> None:
@@ -79,6 +91,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--survive", action="store_true", help="thresholds under which random-weight masks survive")
     parser.add_argument("--only", choices=["official", "imseg"], help="run one side only")
+    parser.add_argument("--precisions", default="fp32", help="imseg encoder precisions to run: fp32, bf16 or both")
     args = parser.parse_args()
 
     import torch
@@ -90,24 +103,49 @@ def main() -> None:
         ckpt = str(Path(tmp) / f"sam_{args.variant}.pth")
         torch.save(build_official_sam(args.variant).state_dict(), ckpt)
         ctx = mp.get_context("spawn")  # fork after torch ran can deadlock OpenMP
+        args.tmp = tmp
+        runs = [("official", "fp32")] + [("imseg", p.strip()) for p in args.precisions.split(",") if p.strip()]
         results = {}
-        for which in ("official", "imseg"):
+        for which, precision in runs:
             if args.only and which != args.only:
                 continue
             queue = ctx.Queue()
-            proc = ctx.Process(target=_run, args=(which, ckpt, args, queue))
+            proc = ctx.Process(target=_run, args=(which, ckpt, args, queue, precision))
             proc.start()
-            results[which] = queue.get()
+            got = queue.get()
+            results[got[0]] = got
             proc.join()
+        agreement = {name: _agreement(Path(tmp), name) for name in results if name != "imseg-fp32"}
     print(f"{args.variant}, {args.size}x{args.size}, {args.points_per_side}x{args.points_per_side} points, "
           f"{args.threads} threads, thresholds: {'survive' if args.survive else 'official defaults'}")
     for which, t_enc, t_gen, n, peak, base in results.values():
-        print(f"  {which:9s} encoder {t_enc:7.1f} s | generate (end to end) {t_gen:7.1f} s | "
-              f"decode+post ~{t_gen - t_enc:7.1f} s | masks {n:4d} | peak RSS {peak:7.0f} MiB (start {base:.0f})")
-    if len(results) == 2:
-        o, m = results["official"], results["imseg"]
-        print(f"  speed-up end to end: {o[2] / m[2]:.2f}x ; decode+post-process: "
-              f"{(o[2] - o[1]) / max(m[2] - m[1], 1e-9):.2f}x")
+        match = agreement.get(which)
+        print(f"  {which:10s} encoder {t_enc:7.1f} s | generate (end to end) {t_gen:7.1f} s | "
+              f"decode+post ~{t_gen - t_enc:7.1f} s | masks {n:4d} | peak RSS {peak:7.0f} MiB (start {base:.0f})"
+              + (f" | {match}" if match else ""))
+    if "official" in results:
+        o = results["official"]
+        for name, m in results.items():
+            if name != "official":
+                print(f"  {name}: speed-up end to end {o[2] / m[2]:.2f}x ; decode+post-process "
+                      f"{(o[2] - o[1]) / max(m[2] - m[1], 1e-9):.2f}x")
+
+
+def _agreement(folder: Path, name: str) -> str | None:
+    """How many of ``name``'s masks have a mask of imseg fp32 at IoU >= 0.9 (None without an fp32 run)."""
+    ref_path = folder / "masks_imseg_fp32.npy"
+    which, _, precision = name.partition("-")
+    path = folder / f"masks_{which}_{precision or 'fp32'}.npy"
+    if not ref_path.exists() or not path.exists():
+        return None
+    ref = np.unpackbits(np.load(ref_path), axis=-1).reshape(len(np.load(ref_path)), -1).astype(bool)
+    got = np.unpackbits(np.load(path), axis=-1).reshape(len(np.load(path)), -1).astype(bool)
+    if not len(got) or not len(ref):
+        return f"{len(got)} masks vs {len(ref)} in imseg fp32"
+    inter = got.astype(np.float32) @ ref.T.astype(np.float32)
+    union = got.sum(1)[:, None] + ref.sum(1)[None, :] - inter
+    best = (inter / np.maximum(union, 1)).max(1)
+    return f"{int((best >= 0.9).sum())} of {len(got)} masks match imseg fp32 (IoU >= 0.9)"
 
 
 if __name__ == "__main__":
