@@ -147,3 +147,24 @@ def test_letterbox_runs_keep_resizing(tmp_path):
     aug = native_augment(DEFAULTS["augment"])
     assert aug["native"] is True and aug["scale"] == DEFAULTS["augment"]["scale"] and "native" not in DEFAULTS["augment"]
     assert native_augment("none")["scale"] == [1.0, 1.0] and native_augment("none")["hflip"] == 0.0
+
+
+def test_semantic_datasets_of_a_native_augment_validate_on_native_centre_crops(tmp_path):
+    """``build_datasets`` with a ``native`` training augment gives validation and test the native-mode eval
+    transform (the centre crop at native resolution), not a letterbox of the whole image."""
+    from imseg.io import write_image
+    from imseg.semantic.data import build_datasets
+
+    splits = {"train": ["a", "b"], "val": ["c"], "test": ["d"]}
+    for stem in sum(splits.values(), []):
+        rgb, mask = _coded(200, 130)
+        write_image(tmp_path / "images" / f"{stem}.png", rgb)
+        write_image(tmp_path / "masks" / f"{stem}.png", mask)
+    data = {"path": str(tmp_path), **splits, "names": ["c0", "c1", "c2", "c3", "c4"], "ignore_index": 255}
+    sets = build_datasets(data, imgsz=64, augment={**STILL, "native": True}, seed=0)
+    rows, cols = np.mgrid[68:132, 33:97]  # the centre 64 x 64 of 200 x 130, one source pixel a pixel
+    for split in ("val", "test"):
+        _, mask = sets[split][0]
+        np.testing.assert_array_equal(mask.numpy(), (rows + 2 * cols) % 5)
+    _, letterboxed = build_datasets(data, imgsz=64, augment={**STILL}, seed=0)["val"][0]
+    assert (letterboxed.numpy() == 255).any()  # without native, validation still letterboxes the whole image

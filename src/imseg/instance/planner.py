@@ -83,7 +83,7 @@ def probe_unet(choices: dict[str, Choice], train: InstanceDataset, val: Instance
     from ..semantic.data import build_datasets
     from ..semantic.plan.probe import probe
     from ..semantic.train import TrainConfig
-    from .unet import DEFAULTS, native_augment, pixel_datasets, write_pixel_data
+    from .unet import DEFAULTS, native_augment, write_pixel_data
 
     batch, imgsz, augment = (choices[k].value for k in ("batch", "imgsz", "augment"))
     native = bool(choices["native"].value) if "native" in choices else False
@@ -95,8 +95,7 @@ def probe_unet(choices: dict[str, Choice], train: InstanceDataset, val: Instance
                           model_kwargs={"decoder_channels": list(DEFAULTS["decoder_channels"])})
         cfg.validate()
         # the pipeline training will run: native crops and centre-crop validation, or letterboxed whole images
-        sets = pixel_datasets(data, imgsz, augment, seed, validate=False) if native else \
-            build_datasets(data, imgsz=imgsz, augment=augment, seed=seed, validate=False)
+        sets = build_datasets(data, imgsz=imgsz, augment=augment, seed=seed, validate=False)
         result = probe(cfg, sets, 3, 255)
     return replace(result, steps_per_epoch=max(1, len(train) // batch), val_images=len(val))
 

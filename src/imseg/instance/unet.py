@@ -79,6 +79,7 @@ def train_unet_instance(config: dict[str, Any], callbacks: list | None = None) -
     (``max_time`` in seconds: no epoch starts after it); ``callbacks``: more Lightning callbacks."""
     import yaml
 
+    from ..semantic.data import build_datasets
     from ..semantic.run import increment_run_dir, write_yaml
     from ..semantic.train import train
     from .train import _plain, _read, split_dataset
@@ -100,7 +101,7 @@ def train_unet_instance(config: dict[str, Any], callbacks: list | None = None) -
     callbacks = [*(callbacks or []), *([] if cfg["max_time"] is None else [_time_budget(float(cfg["max_time"]))])]
     native = bool(cfg["native"])
     augment = native_augment(cfg["augment"]) if native else cfg["augment"]
-    sets = pixel_datasets(data, int(cfg["imgsz"]), augment, int(cfg["seed"])) if native else None
+    sets = build_datasets(data, imgsz=int(cfg["imgsz"]), augment=augment, seed=int(cfg["seed"])) if native else None
     train({"data": data, "model": "unet", "encoder": cfg["encoder"], "epochs": int(cfg["epochs"]),
            "imgsz": int(cfg["imgsz"]), "batch": int(cfg["batch"]), "lr": float(cfg["lr"]), "patience": 0,
            "workers": int(cfg["workers"]), "seed": int(cfg["seed"]), "augment": augment, "loss": "ce+dice",
@@ -126,19 +127,6 @@ def native_augment(augment: Any) -> dict[str, Any]:
         return {**augment, "native": True}
     base = NO_AUGMENT if augment in (None, False, "none") else DEFAULT_AUGMENT
     return {**base, "scale": [1.0, 1.0], "native": True}
-
-
-def pixel_datasets(data: dict, imgsz: int, augment: dict[str, Any], seed: int, validate: bool = True) -> dict:
-    """The semantic datasets of a native-crop run: random native crops to train on (``augment`` has ``native``)
-    and the deterministic centre crop of each validation image at native resolution. Validation must see the scale
-    training sees, or the best checkpoint is chosen at the wrong one; whole images would match too, but mixed
-    sizes do not batch."""
-    from ..semantic.data import build_datasets
-    from ..semantic.transforms import build_transforms
-
-    sets = build_datasets(data, imgsz=imgsz, augment=augment, seed=seed, validate=validate)
-    sets["val"].transform = build_transforms(imgsz, {"native": True}, train=False, ignore_index=data["ignore_index"])
-    return sets
 
 
 def _time_budget(seconds: float):

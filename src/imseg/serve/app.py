@@ -108,7 +108,9 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None, detector: 
     install_error_handlers(app)
 
     # middleware added later runs first: CORS, then metrics (so the guard's 401/413/499 are counted), then the guard
-    app.add_middleware(JsonBodyGuard, limit=state.settings.max_json_bytes, key_ok=state.key_ok)
+    low_res = state.backend.low_res_size
+    app.add_middleware(JsonBodyGuard, limit=state.settings.json_body_limit(low_res), key_ok=state.key_ok,
+                       low_res_size=low_res)
     app.add_middleware(ObserveMiddleware, metrics=state.metrics)
     if state.settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

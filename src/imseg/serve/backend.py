@@ -28,8 +28,37 @@ from ..masks import Masks
 from ..segmenter import Candidates, Prompts
 from ..segmenter import Embedding as ImageEmbedding
 
-#: Low-resolution mask logits size used by SAM for ``mask_input`` (H, W).
-LOW_RES_SIZE = (256, 256)
+
+def low_res_size_of(engine: Any) -> tuple[int, int] | None:
+    """(h, w) of the low-resolution mask logits an engine takes as ``mask_input`` and returns as
+    ``low_res_logits``: a quarter of its model's input side (256 x 256 for SAM and SAM 2.1 at 1024 px, 64 x 64
+    for a SAM 2.1 fine-tuned or exported at 256 px). None when the engine does not say.
+
+    Read from what each engine has: its own ``low_res_size``; a SAM 2 ONNX export's ``low_res`` (from its
+    manifest); a torch model's prompt encoder (``mask_input_size``: SAM, SAM 2.1 at any image size, fine-tuned
+    runs); a SAM ONNX / OpenVINO export's ``img_size`` (from its manifest).
+    """
+    declared = getattr(engine, "low_res_size", None)
+    if declared is not None:
+        return _pair(declared)
+    predictor = getattr(engine, "predictor", None)
+    low = getattr(predictor, "low_res", None)
+    if isinstance(low, (int, np.integer)):
+        return _pair(int(low))
+    for model in (getattr(engine, "model", None), getattr(predictor, "model", None)):
+        for name in ("sam_prompt_encoder", "prompt_encoder"):
+            size = getattr(getattr(model, name, None), "mask_input_size", None)
+            if size is not None:
+                return _pair(size)
+    img_size = getattr(predictor, "img_size", None)
+    if isinstance(img_size, (int, np.integer)):
+        return _pair(int(img_size) // 4)
+    return None
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int) else size
+    return int(h), int(w)
 
 
 def estimate_embedding_bytes(model: Any) -> int | None:
@@ -83,10 +112,12 @@ class SamWorker:
     """One engine (``embed``/``decode``/``everything``) used by one request at a time."""
 
     def __init__(self, engine: Any, everything_options: dict[str, Any] | None = None,
-                 supports_everything: bool = True) -> None:
+                 supports_everything: bool = True, low_res_size: tuple[int, int] | None = None) -> None:
         self.engine = engine
         self.everything_options = dict(everything_options or {})
         self.supports_everything = supports_everything
+        #: (h, w) of ``mask_input`` and ``low_res_logits`` (the engine's own when not given)
+        self.low_res_size = low_res_size or low_res_size_of(engine)
 
     @property
     def predictor(self) -> Any:
@@ -112,19 +143,29 @@ class SamWorker:
 
         Args:
             points: (N, 2) float XY pixels; labels: (N,) int 1 = foreground, 0 = background.
-            box: (4,) XYXY pixels. mask_input: (1, 256, 256) float low-resolution logits.
+            box: (4,) XYXY pixels. mask_input: (1, h, w) float low-resolution logits, (h, w) =
+            ``low_res_size`` (256 x 256 for SAM at 1024 px).
         Returns:
             ``Masks`` with 3 candidates (``multimask``) or 1, best score first, ``scores`` = predicted
-            IoU, and the field ``low_res_logits`` (C, 256, 256) float32 to feed back as ``mask_input``.
+            IoU, and the field ``low_res_logits`` (C, h, w) float32 to feed back as ``mask_input``.
         """
         if points is None and box is None and mask_input is None:
             raise PromptError("no prompt given: pass points (with labels), a box, or mask_input.")
         boxes = None if box is None else np.asarray(box, np.float32).reshape(1, 4)
-        mask = None if mask_input is None else np.asarray(mask_input, np.float32).reshape(1, *LOW_RES_SIZE)
+        mask = None if mask_input is None else self._mask_input(mask_input)
         prompts = Prompts(points, labels, boxes, mask)
         c = self.engine.decode(embedding.state["embedding"], prompts, multimask_output=multimask)
         order = np.argsort(-c.iou[0], kind="stable")
         return Masks(c.masks[0][order], scores=c.iou[0][order], low_res_logits=c.low_res_logits[0][order])
+
+    def _mask_input(self, mask_input: np.ndarray) -> np.ndarray:
+        """``mask_input`` as (1, h, w) float32, or a :class:`PromptError` when it is not this model's size."""
+        mask = np.asarray(mask_input, np.float32)
+        h, w = self.low_res_size or mask.shape[-2:]
+        if mask.size != h * w:
+            raise PromptError(f"mask_input has shape {tuple(mask.shape)}; this model takes {h}x{w} low-res logits "
+                              f"(a previous low_res_logits of the same model).")
+        return mask.reshape(1, h, w)
 
     def predict_boxes(self, embedding: Embedding, boxes: np.ndarray) -> Masks:
         """One mask per XYXY box (B, 4) on a cached embedding, all boxes in one decoder call, in box order:
@@ -211,6 +252,7 @@ class SamBackend:
         summary: str = "",
         embedding_bytes: int | None = None,
         supports_everything: bool = True,
+        low_res_size: tuple[int, int] | None = None,
     ) -> None:
         self.name = name
         self.summary = summary
@@ -219,6 +261,18 @@ class SamBackend:
         self._engine_factory = engine_factory
         self._everything_options = dict(everything_options or {})
         self._supports_everything = supports_everything
+        #: (h, w) of the model's low-res logits: ``mask_input`` and ``low_res_logits`` have this size
+        self.low_res_size = _pair(low_res_size) if low_res_size is not None else self._engine_low_res_size()
+
+    def _engine_low_res_size(self) -> tuple[int, int]:
+        size = low_res_size_of(self._engine_factory())
+        if size is None:
+            raise ConfigError(
+                f"cannot tell the low-res mask size of model {self.name!r} (its engine has no low_res_size, prompt "
+                f"encoder or img_size); pass SamBackend(..., low_res_size=(h, w)): a quarter of the model's input "
+                f"side, (256, 256) for SAM at 1024 px."
+            )
+        return size
 
     @property
     def supports_everything(self) -> bool:
@@ -230,7 +284,8 @@ class SamBackend:
         return True
 
     def make_worker(self) -> SamWorker:
-        return SamWorker(self._engine_factory(), self._everything_options, self._supports_everything)
+        return SamWorker(self._engine_factory(), self._everything_options, self._supports_everything,
+                         self.low_res_size)
 
     @classmethod
     def from_official(cls, model: Any, name: str = "mobile-sam", **everything_options: Any) -> SamBackend:
@@ -266,6 +321,7 @@ class SamBackend:
             summary=f"imseg {kind}",
             embedding_bytes=getattr(segmenter, "embedding_bytes", None) or estimate_embedding_bytes(model),
             supports_everything=everything,
+            low_res_size=low_res_size_of(segmenter),
         )
 
 

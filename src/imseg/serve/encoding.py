@@ -13,7 +13,6 @@ import numpy as np
 
 from ..errors import PromptError
 from ..masks import Masks
-from .backend import LOW_RES_SIZE
 from .schemas import RLE, MaskOut
 
 #: Largest |value| accepted in a mask_input. SAM's own low-res logits stay within a few hundred
@@ -67,17 +66,24 @@ def encode_masks(masks: Masks, formats: list[str], return_logits: bool) -> list[
     return out
 
 
-def decode_mask_input(text: str) -> np.ndarray:
-    """base64 float32 256x256 logits -> (1, 256, 256) float32."""
-    h, w = LOW_RES_SIZE
+def _looks_like(n_bytes: int) -> str:
+    """What ``n_bytes`` of float32 would be as a square map (" (a 256x256 map)"), or ""."""
+    side = int(round((n_bytes / 4) ** 0.5))
+    return f" (a {side}x{side} map)" if side and side * side * 4 == n_bytes else ""
+
+
+def decode_mask_input(text: str, size: tuple[int, int]) -> np.ndarray:
+    """base64 float32 (h, w) logits -> (1, h, w) float32; ``size`` = (h, w), the model's low-res size."""
+    h, w = size
     try:
         raw = base64.b64decode(text, validate=True)
     except ValueError as exc:
         raise PromptError(f"mask_input is not valid base64 ({exc}).") from exc
     if len(raw) != h * w * 4:
         raise PromptError(
-            f"mask_input must be {h}x{w} float32 logits ({h * w * 4} bytes once base64-decoded), got {len(raw)} bytes; "
-            f"pass a low_res_logits value from a previous response (return_logits=true)."
+            f"mask_input must be {h}x{w} float32 logits for this model ({h * w * 4} bytes once base64-decoded), got "
+            f"{len(raw)} bytes{_looks_like(len(raw))}; pass a low_res_logits value from a previous response of this "
+            f"model (return_logits=true); GET /v1/models gives its low_res_size."
         )
     arr = np.frombuffer(raw, "<f4").reshape(1, h, w).astype(np.float32)
     if not np.isfinite(arr).all():

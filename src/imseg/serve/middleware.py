@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from .metrics import ROUTE_LABEL
 from .problems import as_problem, client_gone, problem, unauthorized
+from .settings import mask_input_chars
 
 SEGMENT_ROUTE = "/v1/images/{image_id}/segment"
 _SEGMENT_PATH = re.compile(r"/v1/images/[^/]+/segment/?$")
@@ -24,13 +25,17 @@ class JsonBodyGuard:
     A client that disconnects mid-body gets a 499 problem (logged in one line), which nobody reads.
     """
 
-    def __init__(self, app: Any, *, limit: int, key_ok: Callable[[str | None], bool]) -> None:
+    def __init__(self, app: Any, *, limit: int, key_ok: Callable[[str | None], bool],
+                 low_res_size: tuple[int, int]) -> None:
         self.app, self.limit, self.key_ok = app, int(limit), key_ok
+        self.low_res_size = low_res_size
 
     def _too_large(self, size: str) -> JSONResponse:
+        h, w = self.low_res_size
         return problem(413, "body-too-large", "Request body too large",
                        f"the JSON body {size} this server's limit of {self.limit:,} bytes; send fewer points "
-                       f"or one mask_input (a 256x256 float32 mask_input is ~350 kB as base64).")
+                       f"or one mask_input (this model's {h}x{w} float32 mask_input is "
+                       f"{mask_input_chars(self.low_res_size) / 1000:,.0f} kB as base64).")
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST" or not _SEGMENT_PATH.search(scope.get("path", "")):

@@ -42,12 +42,13 @@ class SegmentRequest(BaseModel):
     )
     mask_input: str | None = Field(
         None,
-        max_length=400_000,
-        description="base64 of little-endian float32 256x256 low-res logits (a previous low_res_logits)",
+        description="base64 of little-endian float32 low-res logits of the model's low_res_size (GET /v1/models; "
+                    "256x256 for SAM at 1024 px): a previous low_res_logits",
     )
     multimask: bool = Field(True, description="3 candidate masks (True) or 1 (False)")
     formats: list[MaskFormat] = Field(default_factory=lambda: ["rle"], min_length=1, max_length=3)
-    return_logits: bool = Field(False, description="include each mask's low_res_logits (base64 float32 256x256)")
+    return_logits: bool = Field(False, description="include each mask's low_res_logits (base64 float32, the model's "
+                                                   "low_res_size)")
 
 
 class RLE(BaseModel):
@@ -68,7 +69,8 @@ class MaskOut(BaseModel):
     polygons: list[list[float]] | None = Field(
         None, description="outer contours as [x0, y0, x1, y1, ...] (pixel corners, as imseg.Masks.to_polygons)"
     )
-    low_res_logits: str | None = None
+    low_res_logits: str | None = Field(None, description="base64 little-endian float32 logits, row-major, of the "
+                                                          "response's low_res_size; send back as mask_input")
 
 
 class SegmentResponse(BaseModel):
@@ -79,6 +81,8 @@ class SegmentResponse(BaseModel):
     masks: list[MaskOut] = Field(description="sorted by score, best first")
     best: int | None = Field(description="index of the best mask (0) or null when there are none")
     timing_ms: dict[str, float]
+    low_res_size: list[int] | None = Field(None, description="[height, width] of each mask's low_res_logits "
+                                                              "(when returned)")
 
 
 class Health(BaseModel):
@@ -99,6 +103,8 @@ class ModelInfo(BaseModel):
     loaded: bool
     prompts: bool
     everything: bool
+    low_res_size: list[int] = Field(description="[height, width] of the low-res logits this model takes as "
+                                                "mask_input and returns as low_res_logits")
 
 
 class ModelList(BaseModel):

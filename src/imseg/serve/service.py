@@ -71,7 +71,7 @@ def prompt_inputs(state: ServeState, req: SegmentRequest, size: tuple[int, int])
         )
     points, labels = validate_points(req.points or None, req.labels or None, size)
     box = validate_box(req.box, size)
-    mask_input = decode_mask_input(req.mask_input) if req.mask_input else None
+    mask_input = decode_mask_input(req.mask_input, state.backend.low_res_size) if req.mask_input else None
     return points, labels, box, mask_input
 
 
@@ -133,7 +133,9 @@ async def run_segment(state: ServeState, image_id: str | None, embedding: Embedd
     timing["model_ms"] = (time.perf_counter() - t0) * 1000
     out = await anyio.to_thread.run_sync(encode_masks, masks, list(dict.fromkeys(req.formats)), req.return_logits)
     timing["total_ms"] = (time.perf_counter() - t0) * 1000
+    logits = any(m.low_res_logits is not None for m in out)
     return SegmentResponse(
         image_id=image_id, width=embedding.width, height=embedding.height, mode=req.mode,
         masks=out, best=0 if out else None, timing_ms=timing,
+        low_res_size=list(state.backend.low_res_size) if logits else None,
     )

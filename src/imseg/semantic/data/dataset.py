@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import DatasetError
 from ...io import read_image
-from ..transforms import build_transforms
+from ..transforms import build_transforms, parse_augment
 from .common import Sample
 from .config import DataConfig, load_data_config
 from .masks import read_mask
@@ -112,6 +112,14 @@ def _default_transform():
     return build_transforms(None, "none", train=False)
 
 
+def eval_augment(augment: str | Mapping[str, Any] | None) -> str | dict[str, bool]:
+    """The augmentation of the validation and test splits of a run trained with ``augment``: none (a letterbox),
+    or, when training crops at native resolution (``native``), the native-mode eval transform (the centre crop):
+    validation must see the pixel scale training sees, or the best checkpoint is chosen at the wrong one; whole
+    images would match too, but mixed sizes do not batch."""
+    return {"native": True} if parse_augment(augment)["native"] else "none"
+
+
 def build_datasets(
     config: DataConfig | str | os.PathLike | Mapping[str, Any],
     imgsz: int | Sequence[int] | None = 512,
@@ -123,16 +131,18 @@ def build_datasets(
     """Validate the dataset and build one :class:`SegmentationDataset` per declared split.
 
     ``train`` gets ``augment`` (see :mod:`imseg.semantic.transforms`) with per-sample seeds from
-    ``seed`` (call ``set_epoch``; None = global RNG); ``val``/``test`` only letterbox to ``imgsz``
-    (None = native size).
+    ``seed`` (call ``set_epoch``; None = global RNG); ``val``/``test`` get :func:`eval_augment`: they only
+    letterbox to ``imgsz`` (None = native size), or take the centre ``imgsz`` crop at native resolution when
+    ``augment`` trains on native-resolution crops.
     """
     cfg = load_data_config(config)
     if validate:
         validate_dataset(cfg)
+    evaluate = eval_augment(augment)
     out: dict[str, SegmentationDataset] = {}
     for split, samples in cfg.splits.items():
         train = split == "train"
-        transform = build_transforms(imgsz, augment if train else "none", train=train, ignore_index=cfg.ignore_index)
+        transform = build_transforms(imgsz, augment if train else evaluate, train=train, ignore_index=cfg.ignore_index)
         out[split] = SegmentationDataset(
             samples, transform, ignore_index=cfg.ignore_index, num_classes=cfg.num_classes,
             seed=seed if train else None, cache=cache,

@@ -15,4 +15,5 @@ async def models(state: State) -> ModelList:
     """The loaded model."""
     backend = state.backend
     return ModelList(models=[ModelInfo(name=backend.name, summary=backend.summary, loaded=True, prompts=True,
-                                       everything=backend.supports_everything)])
+                                       everything=backend.supports_everything,
+                                       low_res_size=list(backend.low_res_size))])
