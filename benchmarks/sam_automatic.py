@@ -138,10 +138,11 @@ def _agreement(folder: Path, name: str) -> str | None:
     path = folder / f"masks_{which}_{precision or 'fp32'}.npy"
     if not ref_path.exists() or not path.exists():
         return None
-    ref = np.unpackbits(np.load(ref_path), axis=-1).reshape(len(np.load(ref_path)), -1).astype(bool)
-    got = np.unpackbits(np.load(path), axis=-1).reshape(len(np.load(path)), -1).astype(bool)
+    ref, got = np.load(ref_path), np.load(path)
     if not len(got) or not len(ref):
         return f"{len(got)} masks vs {len(ref)} in imseg fp32"
+    ref = np.unpackbits(ref, axis=-1).reshape(len(ref), -1).astype(bool)
+    got = np.unpackbits(got, axis=-1).reshape(len(got), -1).astype(bool)
     inter = got.astype(np.float32) @ ref.T.astype(np.float32)
     union = got.sum(1)[:, None] + ref.sum(1)[None, :] - inter
     best = (inter / np.maximum(union, 1)).max(1)
