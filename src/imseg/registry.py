@@ -24,8 +24,8 @@ from typing import Any
 from .errors import ConfigError, ModelNotFoundError, WeightsError
 from .segmenter import Segmenter
 
-#: Engines ``load`` can run a model on.
-BACKENDS = ("torch", "onnxruntime", "openvino")
+#: Engines ``load`` can run a model on; ``auto`` measures them once on this CPU (:mod:`imseg.engines_auto`).
+BACKENDS = ("torch", "onnxruntime", "openvino", "auto")
 
 __all__ = ["ModelSpec", "Segmenter", "WeightsSpec", "get_spec", "list_models", "load", "register"]
 
@@ -237,10 +237,14 @@ def load(
     weights files (``runs/train/exp/weights/last.pt``), or a directory of exported ONNX models
     (with ``backend="onnxruntime"`` or ``backend="openvino"``). ``precision`` (``auto``/``fp32``/``bf16``/
     ``int8``; default fp32) is the encoder's or semantic network's precision: the rule of ``auto`` is in
-    :mod:`imseg.precision`.
+    :mod:`imseg.precision`. ``backend="auto"`` (SAM models) runs the engine and precision measured fastest on
+    this CPU within a mask drift limit: the rule is in :mod:`imseg.engines_auto`.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        return _call_builder("imseg.engines_auto:load_auto", name, checkpoint, device=device, precision=precision,
+                             **kwargs)
     if precision is not None:
         from .precision import check_precision
 

@@ -1,0 +1,190 @@
+"""``backend="auto"``: the candidates of the rule, the pick (fastest within the drift limit), the cache of the
+decision (written once, reused, re-measured when its key changes, survives a corrupt file), a real measured
+load whose masks match torch fp32, and the CLI's one-line report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import imseg
+from conftest import mask_iou
+from imseg import engines_auto
+from imseg.engines_auto import MIN_IOU, EngineChoice, Row, candidates, pick
+from imseg.errors import ConfigError
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty imseg cache, no forced re-measurement."""
+    monkeypatch.setenv("IMSEG_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(engines_auto.REMEASURE_ENV, raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def fake_measure(monkeypatch):
+    """Replaces the measurement by given rows; ``calls`` counts the measurements."""
+
+    class Fake:
+        calls = 0
+        rows = [Row("torch", "fp32", 1.0, 1.0)]
+
+        def __call__(self, spec, checkpoint, pairs, options):
+            self.calls += 1
+            return [Row(r.engine, r.precision, r.seconds, r.iou, r.error) for r in self.rows]
+
+    fake = Fake()
+    monkeypatch.setattr(engines_auto, "measure_all", fake)
+    return fake
+
+
+@pytest.fixture
+def checkpoint(mobile_sam_checkpoint, tmp_path):
+    """A private copy of the random MobileSAM checkpoint (tests change its mtime)."""
+    path = tmp_path / "mobile_sam.pt"
+    shutil.copy(mobile_sam_checkpoint, path)
+    return path
+
+
+def test_pick_is_the_fastest_passing_candidate_never_a_faster_drifting_one():
+    rows = [Row("torch", "fp32", 1.0, 1.0), Row("torch", "bf16", 0.4, MIN_IOU - 0.01),
+            Row("openvino", "bf16", None, None, "ExportError: no"), Row("onnxruntime", "fp32", 0.8, 0.999),
+            Row("openvino", "fp32", 0.9, MIN_IOU)]
+    assert not rows[1].passed and not rows[2].passed and rows[4].passed
+    assert pick(rows).label == "onnxruntime fp32"
+    assert pick(rows, [("torch", "fp32"), ("openvino", "fp32")]).label == "openvino fp32"
+    assert pick(rows, [("torch", "bf16")]) is None
+
+
+def test_candidates_follow_native_bf16_imports_and_the_precision_asked(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("IMSEG_NATIVE_BF16", "1")
+    assert candidates() == [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
+                            ("openvino", "bf16")]
+    assert candidates("bf16") == [("torch", "bf16"), ("openvino", "bf16")]
+    assert candidates(exported=False) == [("torch", "fp32"), ("torch", "bf16")]
+    monkeypatch.setenv("IMSEG_NATIVE_BF16", "0")
+    assert candidates() == [("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")]
+    assert candidates("fp32", exported=False) == [("torch", "fp32")]
+
+
+def test_load_uses_the_pick_and_caches_it(home, fake_measure, checkpoint):
+    fake_measure.rows = [Row("torch", "fp32", 1.0, 1.0), Row("torch", "bf16", 0.5, 0.995),
+                         Row("openvino", "bf16", 0.3, 0.9)]  # fastest, but beyond the drift limit
+    seg = imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu")
+    assert (seg.engine_choice.engine, seg.engine_choice.precision, seg.precision) == ("torch", "bf16", "bf16")
+    assert type(seg).__name__ == "SamSegmenter" and not seg.engine_choice.cached and fake_measure.calls == 1
+    stored = json.loads((home / engines_auto.CACHE_FILE).read_text())
+    (entry,) = stored["entries"].values()
+    assert entry["key"]["model"] == "mobile-sam" and str(checkpoint.resolve()) in entry["key"]["checkpoint"]
+    assert entry["choice"]["engine"] == "torch" and len(entry["choice"]["rows"]) == 3
+    again = imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu")
+    assert fake_measure.calls == 1 and again.engine_choice.cached and again.precision == "bf16"
+    assert again.engine_choice.rows == seg.engine_choice.rows
+    line = engines_auto.choice_line(again)
+    assert line.startswith("auto: torch bf16, 0.50 s per image vs torch fp32 1.00 s; mask IoU 0.995") and "cached" in line
+
+
+def test_a_changed_key_measures_again(home, fake_measure, checkpoint, monkeypatch):
+    import torch
+
+    imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu")
+    assert fake_measure.calls == 1
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu")
+        assert fake_measure.calls == 2
+    finally:
+        torch.set_num_threads(threads)
+    stat = checkpoint.stat()
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu")
+    assert fake_measure.calls == 3
+    imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu", precision="fp32")  # another restriction
+    assert fake_measure.calls == 4
+    imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu")  # every key above is stored side by side
+    assert fake_measure.calls == 4
+    monkeypatch.setenv(engines_auto.REMEASURE_ENV, "1")
+    imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu")
+    assert fake_measure.calls == 5
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"entries": []}', "\udcff"])
+def test_a_corrupt_cache_file_is_ignored_and_rewritten(home, fake_measure, checkpoint, content):
+    home.mkdir(parents=True)
+    (home / engines_auto.CACHE_FILE).write_bytes(content.encode("utf-8", "surrogateescape"))
+    with pytest.warns(UserWarning, match="unreadable engine-choice cache"):
+        seg = imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu")
+    assert fake_measure.calls == 1 and seg.engine_choice.engine == "torch"
+    assert len(json.loads((home / engines_auto.CACHE_FILE).read_text())["entries"]) == 1
+    imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu")
+    assert fake_measure.calls == 1
+
+
+def test_unsupported_models_and_precisions_are_clear_errors(home, fake_measure, checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match="SAM 2.1.*backend='torch' or backend='onnxruntime'"):
+        imseg.load("sam2.1-hiera-t", backend="auto", device="cpu")
+    with pytest.raises(ConfigError, match="otsu is a classical model: use backend='torch'"):
+        imseg.load("otsu", backend="auto", device="cpu")
+    with pytest.raises(ConfigError, match="training run or export directory"):
+        imseg.load(tmp_path, backend="auto", device="cpu")
+    with pytest.raises(ConfigError, match="does not pick int8"):
+        imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu", precision="int8")
+    fake_measure.rows = [Row("torch", "fp32", 1.0, 1.0), Row("torch", "bf16", 0.5, 0.9)]
+    with pytest.raises(ConfigError, match="no bf16 engine for mobile-sam stays within mask IoU >= 0.99"):
+        imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu", precision="bf16")
+    assert fake_measure.calls == 1  # the errors before it measured nothing
+
+
+def test_measured_load_masks_match_torch_fp32(home, checkpoint, monkeypatch):
+    """A real measurement of the torch candidates (no export: the ONNX engines are left out here; the slow
+    test below measures them all)."""
+    monkeypatch.setattr(engines_auto, "_imports", lambda module: False)
+    monkeypatch.setattr(engines_auto, "TIMED_CALLS", 1)
+    seg = imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu")
+    _check_measured(seg, checkpoint, n_rows=len(candidates(exported=False)))
+
+
+@pytest.mark.slow
+def test_measured_load_over_every_engine(home, checkpoint):
+    seg = imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu")
+    _check_measured(seg, checkpoint, n_rows=len(candidates()))
+
+
+def _check_measured(seg, checkpoint, n_rows):
+    """The choice is the fastest passing measured row, and ``segment()`` gives torch fp32's masks on the probe:
+    for each probe point, each of fp32's three candidates is found among the engine's (the order follows the
+    predicted IoU, which near-ties of random weights may swap) with mean IoU >= MIN_IOU."""
+    choice: EngineChoice = seg.engine_choice
+    assert len(choice.rows) == n_rows and all(r.error is None and r.seconds > 0 for r in choice.rows)
+    assert choice.row("torch", "fp32").passed and pick(choice.rows).label == f"{choice.engine} {choice.precision}"
+    reference = imseg.load("mobile-sam", checkpoint=checkpoint, device="cpu", precision="fp32")
+    rgb, points = engines_auto.probe()
+    ious = []
+    for point in points:
+        got, ref = (s.segment(rgb, points=point, labels=[1], multimask=True).masks for s in (seg, reference))
+        assert got.shape == ref.shape == (3, *rgb.shape[:2])
+        ious += [max(mask_iou(a, b) for b in got) for a in ref]
+    assert np.mean(ious) >= MIN_IOU
+
+
+def test_cli_segment_prints_the_choice(home, fake_measure, checkpoint, tmp_path, sample_image):
+    from imseg.cli import app
+    from imseg.io import write_image
+
+    write_image(tmp_path / "in.png", sample_image)
+    out = tmp_path / "out"
+    args = ["segment", tmp_path / "in.png", "--model", "mobile-sam", "--checkpoint", checkpoint, "--backend", "auto",
+            "--device", "cpu", "--points", "100,80", "--out", out]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "auto: torch fp32, 1.00 s per image; mask IoU 1.000 (fastest with mask IoU >= 0.99" in result.output
+    assert fake_measure.calls == 1 and list((out / "masks").iterdir())
