@@ -188,3 +188,26 @@ def test_cli_segment_prints_the_choice(home, fake_measure, checkpoint, tmp_path,
     assert result.exit_code == 0, result.output
     assert "auto: torch fp32, 1.00 s per image; mask IoU 1.000 (fastest with mask IoU >= 0.99" in result.output
     assert fake_measure.calls == 1 and list((out / "masks").iterdir())
+
+
+def test_segment_resumes_only_what_the_same_engine_did(home, fake_measure, checkpoint, tmp_path, sample_image,
+                                                         monkeypatch):
+    """`--backend auto` resumes images done by the engine it picks now; after a re-measurement that picks
+    another engine, the image is segmented again rather than kept from the other engine."""
+    from imseg.cli import app
+    from imseg.io import write_image
+
+    write_image(tmp_path / "in.png", sample_image)
+    out = tmp_path / "out"
+    args = [str(a) for a in ["segment", tmp_path / "in.png", "--model", "mobile-sam", "--checkpoint", checkpoint,
+                             "--backend", "auto", "--device", "cpu", "--points", "100,80", "--out", out]]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    first = {p.name: p.stat().st_mtime_ns for p in (out / "masks").iterdir()}
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and {p.name: p.stat().st_mtime_ns for p in (out / "masks").iterdir()} == first
+    fake_measure.rows = [Row("torch", "fp32", 1.0, 1.0), Row("torch", "bf16", 0.5, 1.0)]
+    monkeypatch.setenv(engines_auto.REMEASURE_ENV, "1")
+    other = CliRunner().invoke(app, args)
+    assert other.exit_code == 0, other.output
+    assert "auto: torch bf16" in other.output
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "masks").iterdir()} != first

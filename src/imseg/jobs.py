@@ -135,6 +135,7 @@ def build_segment_job(model: str, *, checkpoint: str | None = None, device: str 
         load_kwargs["precision"] = precision
     text_prompts = _text_prompts(text, classify)
     segmenter = load(model, checkpoint=checkpoint, **load_kwargs)
+    choice = getattr(segmenter, "engine_choice", None)  # backend="auto": the engine it picked on this machine
     if text_prompts:
         from .text import TextSegmenter
 
@@ -146,6 +147,8 @@ def build_segment_job(model: str, *, checkpoint: str | None = None, device: str 
                 "backend": backend, "half": half, "prompts": dict(prompts or {}), "post": post}
     if precision not in (None, "fp32"):  # fp32 runs keep the markers they had before precision existed
         settings["precision"] = precision
+    if choice is not None:  # images done by another engine than today's pick are done again
+        settings["engine"] = f"{choice.engine} {choice.precision}"
     if text_prompts:
         settings["text_models"] = {"detector": detector if text is not None else None,
                                    "clip": clip if classify is not None else None}
