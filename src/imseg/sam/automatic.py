@@ -36,6 +36,7 @@ from .amg_utils import (
     box_near_crop_edge,
     build_layer_point_grids,
     generate_crop_boxes,
+    mask_resampler,
     masks_to_boxes_xyxy,
     stability_score,
 )
@@ -442,21 +443,20 @@ class SamAutomaticMaskGenerator:
     def _postprocess(self, low, iou, points, input_size, crop_box, image_size, parts: list[MaskRecords]) -> None:
         """Upsample low-res logits chunk by chunk; stability filter, threshold, boxes, edge filter, RLE."""
         import torch
-        import torch.nn.functional as F
 
         x0, y0, x1, y1 = crop_box
         ch, cw = y1 - y0, x1 - x0
         img_h, img_w = image_size
         size = int(self.backend.img_size)
         threshold = float(self.backend.mask_threshold)
-        per_mask = 4 * (ch * cw + size * size)
+        # both interpolations (to the model's input, then to the crop) as one product per axis: the same values
+        # to float32 rounding, without the model-sized intermediate of every mask
+        rows = mask_resampler(low.shape[-2], size, input_size[0], ch).to(low.device)
+        cols_t = mask_resampler(low.shape[-1], size, input_size[1], cw).to(low.device).T.contiguous()
+        per_mask = 4 * (ch * cw + ch * low.shape[-1])
         chunk = max(1, min(len(low), CHUNK_BYTES // per_mask))
         for start in range(0, len(low), chunk):
-            part_low = low[start : start + chunk, None]
-            up = F.interpolate(part_low, (size, size), mode="bilinear", align_corners=False)
-            up = up[..., : input_size[0], : input_size[1]]
-            logits = F.interpolate(up, (ch, cw), mode="bilinear", align_corners=False)[:, 0]
-            del up
+            logits = torch.matmul(torch.matmul(rows, low[start : start + chunk]), cols_t)
             stab = stability_score(logits, threshold, self.stability_score_offset)
             keep = stab >= self.stability_score_thresh
             if self.stability_score_thresh <= 0:
