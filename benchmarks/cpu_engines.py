@@ -151,15 +151,15 @@ def bench_sam(variant: str, args, tmp: Path) -> None:
         del predictor
 
 
-def semantic_engines(model, export: Path, wanted: set[str], calibration):
+def semantic_engines(model, export: Path, wanted: set[str], calibration, size: int):
     from imseg.export.openvino import OpenVinoSemanticSegmenter
     from imseg.export.quantize import quantize_dynamic_int8
     from imseg.export.runtime import OrtSemanticSegmenter
     from imseg.precision import apply_to_semantic
     from imseg.semantic.infer import SemanticSegmenter
 
-    def torch_segmenter(m):  # imgsz is unused without resize: the image runs at its own size
-        return SemanticSegmenter(m, ["a", "b", "c"], imgsz=64, mean=(0.5,) * 3, std=(0.25,) * 3, device="cpu",
+    def torch_segmenter(m):  # without resize, an image up to imgsz runs whole at its own size (no tiles)
+        return SemanticSegmenter(m, ["a", "b", "c"], imgsz=size, mean=(0.5,) * 3, std=(0.25,) * 3, device="cpu",
                                  resize=False)
 
     if "torch-fp32" in wanted:
@@ -192,7 +192,7 @@ def bench_semantic(args, tmp: Path) -> None:
     print(f"\nsemantic U-Net (ResNet-34), {args.semantic_size}x{args.semantic_size}: plain torch fp32 {base:.3f} s")
     export = tmp / "unet-onnx"
     export_semantic_model(model, export, class_names=["a", "b", "c"], mean=(0.5,) * 3, std=(0.25,) * 3)
-    for engine, seg in semantic_engines(model, export, set(args.engines), args.calibration):
+    for engine, seg in semantic_engines(model, export, set(args.engines), args.calibration, args.semantic_size):
         with torch.inference_mode():
             seconds = best_of(lambda s=seg: s.predict_probs(image), args.repeats)
             labels = seg.predict_probs(image).argmax(0)
