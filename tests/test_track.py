@@ -153,7 +153,7 @@ def test_track_in_bf16_keeps_the_masks_and_its_own_output(checkpoint, frames, re
                    "--precision", "bf16")
     assert result.exit_code == 0, result.output
     assert "[bf16]" in result.output
-    for frame_idx in (0, 1):
+    for frame_idx in (0, 1):  # object 2 is prompted on frame 1, so two frames hold both objects
         for obj_id, mask in reference[frame_idx].items():
             got = read_png(out / "masks" / f"{frame_idx:05d}_obj{obj_id}.png")
             assert (got & mask).sum() / max((got | mask).sum(), 1) >= 0.95, (frame_idx, obj_id)
