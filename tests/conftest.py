@@ -110,6 +110,17 @@ def build_official_sam(variant: str, seed: int = 0):
     return model.eval()
 
 
+def shapes_image(height: int, width: int) -> np.ndarray:
+    """An RGB uint8 test image: a gradient with a red disc and a green rectangle, placed relative to its size
+    (not square unless asked, so a squash or crop shows)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([x / width * 200, y / height * 150, 80 + 40 * np.sin(x / 17) * np.cos(y / 23)], axis=-1)
+    cx, cy, r = round(0.3 * width), round(4 * height / 9), round(2 * height / 9)
+    rgb[(x - cx) ** 2 + (y - cy) ** 2 < r**2] = (230, 40, 40)
+    rgb[height // 6 : 2 * height // 3, round(0.6 * width) : round(0.8667 * width)] = (30, 200, 90)
+    return rgb.clip(0, 255).astype(np.uint8)
+
+
 def build_official_sam2(variant: str = "t", seed: int = 0):
     """The official SAM 2.1 model (``sam2`` package, hiera ``t``/``s``/``b+``/``l``), random weights with every
     constant parameter perturbed, in eval mode (the modules cache tensors at ``.eval()``)."""

@@ -15,7 +15,13 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("sam2.build_sam")
 
 import imseg  # noqa: E402
-from conftest import assert_close_logits, assert_same_sam2_features, assert_same_sam2_masks, mask_iou  # noqa: E402
+from conftest import (  # noqa: E402
+    assert_close_logits,
+    assert_same_sam2_features,
+    assert_same_sam2_masks,
+    mask_iou,
+    shapes_image,
+)
 from imseg.errors import ExportError, PromptError  # noqa: E402
 
 SIZE = 256  # a 16 x 16 embedding grid, 64 x 64 low-res masks
@@ -57,11 +63,7 @@ def ort_segmenter(export_dir):
 @pytest.fixture(scope="module")
 def image():
     """A 180 x 300 RGB image with a few smooth shapes on a gradient (not square, so the squash matters)."""
-    y, x = np.mgrid[0:180, 0:300].astype(np.float32)
-    rgb = np.stack([x / 300 * 200, y / 180 * 150, 80 + 40 * np.sin(x / 17) * np.cos(y / 23)], axis=-1)
-    rgb[(x - 90) ** 2 + (y - 80) ** 2 < 40 ** 2] = (230, 40, 40)
-    rgb[30:120, 180:260] = (30, 200, 90)
-    return rgb.clip(0, 255).astype(np.uint8)
+    return shapes_image(180, 300)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import perturb_constant_parameters  # noqa: E402
+from conftest import perturb_constant_parameters, shapes_image  # noqa: E402
 from imseg.serve.app import ServeSettings, create_app  # noqa: E402
 
 SIZE = 256  # SAM 2.1 input side: a 16 x 16 embedding grid
@@ -36,11 +36,7 @@ def predictor():
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
     """A 120 x 160 RGB image with a disc and a rectangle on a gradient."""
-    y, x = np.mgrid[0:120, 0:160].astype(np.float32)
-    rgb = np.stack([x / 160 * 200, y / 120 * 150, 80 + 40 * np.sin(x / 11) * np.cos(y / 13)], axis=-1)
-    rgb[(x - 50) ** 2 + (y - 60) ** 2 < 25 ** 2] = (230, 40, 40)
-    rgb[20:80, 100:150] = (30, 200, 90)
-    return rgb.clip(0, 255).astype(np.uint8)
+    return shapes_image(120, 160)
 
 
 @pytest.fixture(scope="module")
