@@ -261,7 +261,8 @@ class SamBackend:
         self._engine_factory = engine_factory
         self._everything_options = dict(everything_options or {})
         self._supports_everything = supports_everything
-        #: (h, w) of the model's low-res logits: ``mask_input`` and ``low_res_logits`` have this size
+        #: (h, w) of the model's low-res logits: ``mask_input`` and ``low_res_logits`` have this size; when not
+        #: given, one engine is built to read it (a model load for factories that load one)
         self.low_res_size = _pair(low_res_size) if low_res_size is not None else self._engine_low_res_size()
 
     def _engine_low_res_size(self) -> tuple[int, int]:
@@ -295,7 +296,8 @@ class SamBackend:
         """
         package = type(model).__module__.split(".")[0]
         return cls(name, lambda: OfficialSamEngine(model), everything_options, summary=f"official {package} model",
-                   embedding_bytes=estimate_embedding_bytes(model))
+                   embedding_bytes=estimate_embedding_bytes(model),
+                   low_res_size=_pair(tuple(model.prompt_encoder.mask_input_size)))
 
     @classmethod
     def from_segmenter(cls, segmenter: Any, **everything_options: Any) -> SamBackend:
