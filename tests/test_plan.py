@@ -174,3 +174,31 @@ def test_time_report_shows_the_time_used_against_the_budget():
 
     line = time_report({"planning_s": 20.3, "stage1_s": 600.0, "tta_s": 29.6, "total_s": 652.4}, 840.0)
     assert line == "time used: 652 s of the 840 s budget (77.7%; planning 20 s, stage 1 600 s, test-time choice 30 s)"
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_probe_times_the_planned_precision(tmp_path, amp):
+    """The probe runs the steps as the planned epochs will: bf16 autocast when ``amp`` (Lightning's bf16-mixed)."""
+    from imseg.semantic.data import build_datasets, load_data_config
+    from imseg.semantic.plan.probe import probe
+    from imseg.semantic.train import TrainConfig
+
+    config = load_data_config(_folder_dataset(tmp_path))
+    datasets = build_datasets(config, imgsz=64, augment="none")
+    cfg = TrainConfig(data=str(tmp_path / "data.yaml"), imgsz=64, batch=2, amp=amp,
+                      model_kwargs={"encoder_depth": 3, "decoder_channels": [32, 16, 8]})
+    seen = []
+    original = torch.nn.Conv2d.forward
+
+    def spy(self, x):
+        out = original(self, x)
+        seen.append(out.dtype)
+        return out
+
+    torch.nn.Conv2d.forward = spy
+    try:
+        result = probe(cfg, datasets, num_classes=3, ignore_index=config.ignore_index, steps=2)
+    finally:
+        torch.nn.Conv2d.forward = original
+    assert result.step_s > 0 and np.isfinite(result.val_image_s) and result.steps_per_epoch == 3
+    assert set(seen) == ({torch.bfloat16} if amp else {torch.float32})

@@ -163,3 +163,17 @@ def test_a_replanned_schedule_keeps_the_steps_taken_and_still_ends_annealed():
     assert [longer(s) for s in (0, 25, 50)] == [factor(s) for s in (0, 25, 50)]
     assert longer(100) == factor(75) and longer(150) == factor(100) == 0.0
     assert shorter(75) == factor(100) and shorter(60) == factor(70)
+
+
+def test_mixed_precision_only_where_the_hardware_multiplies_half_precision():
+    assert values(plan_rules(fp(), CPU))["amp"] is False  # emulated bf16 would be slower than fp32
+    assert values(plan_rules(fp(), Machine(cpus=2, gpu=False, bf16=True)))["amp"] is True
+    assert values(plan_rules(fp(), Machine(cpus=8, gpu=True)))["amp"] is True
+    assert values(plan_rules(fp(), Machine(cpus=2, gpu=False, bf16=True), {"amp": False}))["amp"] is False
+
+
+def test_machine_here_reads_native_bf16(monkeypatch):
+    monkeypatch.setenv("IMSEG_NATIVE_BF16", "1")
+    assert Machine.here("cpu").bf16 is True
+    monkeypatch.setenv("IMSEG_NATIVE_BF16", "0")
+    assert Machine.here("cpu").bf16 is False

@@ -43,7 +43,9 @@ def train_cmd(
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, adam or sgd."),
     scheduler: str = typer.Option("cosine", "--scheduler", help="cosine, poly, plateau or none."),
     warmup: float = typer.Option(1.0, "--warmup", help="Linear warm-up in epochs."),
-    amp: bool = typer.Option(False, "--amp", help="Mixed precision (fp16 on GPU, bf16 on CPU)."),
+    amp: bool = typer.Option(False, "--amp/--no-amp", help="Mixed precision (fp16 on GPU, bf16 on "
+                                                             "CPU); under --time it is on where the hardware "
+                                                             "has native half precision."),
     patience: int = typer.Option(10, "--patience", help="Early stopping on val mIoU (0 = off)."),
     workers: int = typer.Option(2, "--workers"),
     seed: int = typer.Option(0, "--seed"),
@@ -152,8 +154,8 @@ def _resume_planned(resume: str, minutes: float | None, epochs: int | None) -> N
 
 #: train_cmd parameters the planner chooses unless given (the rest pass through unchanged)
 _PLANNED = ("model", "encoder", "imgsz", "epochs", "batch", "lr", "optimizer", "scheduler", "warmup", "patience",
-            "loss", "augment", "cache", "workers", "ema", "save_period")
-_PASSED = ("weights", "seed", "name", "project", "amp", "devices", "nodes", "accelerator", "init", "teacher", "distill",
+            "loss", "augment", "cache", "workers", "ema", "save_period", "amp")
+_PASSED = ("weights", "seed", "name", "project", "devices", "nodes", "accelerator", "init", "teacher", "distill",
            "distill_weight", "distill_temperature", "logger")
 
 

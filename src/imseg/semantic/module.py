@@ -118,7 +118,7 @@ def _make_module_class():
         def training_step(self, batch, batch_idx: int) -> torch.Tensor:
             images, masks = batch
             logits = self(images)
-            loss = self.criterion(logits, masks)
+            loss = self._loss(logits, masks)
             if self.distiller is not None:  # the teacher sees this same augmented batch
                 distill = self.distiller(images, logits)
                 self.log("train/distill", distill, on_step=False, on_epoch=True, sync_dist=True,
@@ -127,6 +127,12 @@ def _make_module_class():
             self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
             self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
             return loss
+
+        def _loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+            """The criterion in fp32 with autocast off: under mixed precision (``amp``) only the model runs in
+            half precision, and the losses' sorts, sums and dot products keep their fp32 accuracy."""
+            with torch.autocast(logits.device.type, enabled=False):
+                return self.criterion(logits.float(), masks)
 
         def on_train_epoch_start(self) -> None:
             # Dropout draws from this process's generators, which a resumed run starts afresh: seeding them
@@ -144,7 +150,7 @@ def _make_module_class():
         def validation_step(self, batch, batch_idx: int) -> None:
             images, masks = batch
             logits = self.eval_model(images)
-            loss = self.criterion(logits, masks)
+            loss = self._loss(logits, masks)
             self.val_cm.update(logits.argmax(1), masks)
             self.log("val/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
 

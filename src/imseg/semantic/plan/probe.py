@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -43,10 +44,14 @@ def probe(cfg, datasets: dict, num_classes: int, ignore_index: int | None, steps
     train = SeededDataset(datasets["train"], cfg.seed)
     loader = torch.utils.data.DataLoader(train, batch_size=cfg.batch, sampler=EpochSampler(len(train), cfg.seed),
                                          drop_last=len(train) > cfg.batch)
+    # bf16 autocast as Lightning's "bf16-mixed" runs the planned epochs (the probe runs on the CPU)
+    mixed = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=bool(cfg.amp))
     times: list[float] = []
     while len(times) <= steps:
         for images, masks in _timed_batches(loader, times, steps):
-            loss = criterion(model(images), masks)
+            with mixed():
+                logits = model(images)
+            loss = criterion(logits.float(), masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -63,7 +68,8 @@ def probe(cfg, datasets: dict, num_classes: int, ignore_index: int | None, steps
         for i, (images, _) in enumerate(val_loader):
             if i == 1:  # the first batch warms up
                 start, seen = time.perf_counter(), 0
-            model(images)
+            with mixed():
+                model(images)
             seen += len(images)
             if i == 2:
                 break

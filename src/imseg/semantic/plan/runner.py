@@ -18,7 +18,7 @@ from .tta import choose_tta, cost, store_inference
 #: TrainConfig options the plan sets unless they are given
 PLANNED_OPTIONS = ("model", "encoder", "imgsz", "epochs", "batch", "lr", "optimizer", "weight_decay", "scheduler",
                    "warmup", "patience", "loss", "augment", "class_weights", "model_kwargs", "ema", "workers", "cache",
-                   "save_period")
+                   "save_period", "amp")
 
 
 @dataclass
