@@ -15,6 +15,12 @@ Prints the CPU model and ISA flags first: figures only mean something with the C
 
     .venv/bin/python benchmarks/cpu_engines.py                       # ViT-B, MobileSAM, U-Net at 512 px
     .venv/bin/python benchmarks/cpu_engines.py --models vit_t --size 128 --semantic-size 64 --repeats 1
+    .venv/bin/python benchmarks/cpu_engines.py --cap-isa avx2   # an AVX2-only CPU, emulated (see CAPS)
+
+``--cap-isa avx2`` re-runs the script with every library that honours an ISA cap held to AVX2 (:data:`CAPS`:
+torch's own kernels, MKL, oneDNN in torch and in OpenVINO) and bf16 treated as not native. The CPU's cache,
+memory and clock stay those of the machine, so this stands in for, and does not replace, a real AVX2-only CPU.
+ONNX Runtime's kernels pick their instructions from the CPU itself and cannot be capped: its rows are left out.
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ import numpy as np
 import torch
 
 MARGIN = 0.5
+#: environment that holds each library to an ISA (read when the library first runs, hence the re-run)
+CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                 "DNNL_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2", "IMSEG_NATIVE_BF16": "0"}}
 ENGINES = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
 
 
@@ -211,8 +220,18 @@ def main() -> None:
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated subset of {ENGINES}.")
     parser.add_argument("--calibration", default=None, help="image folder for static int8 (default: dynamic "
                         "ONNX Runtime int8; OpenVINO int8 calibrates on built-in sample images).")
+    parser.add_argument("--cap-isa", choices=sorted(CAPS), default=None,
+                        help="emulate a CPU with at most this ISA (see the module docstring).")
     args = parser.parse_args()
+    if args.cap_isa and any(os.environ.get(k) != v for k, v in CAPS[args.cap_isa].items()):
+        os.environ.update(CAPS[args.cap_isa])  # the libraries read their caps once, at first use: start afresh
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     args.engines = [e for e in args.engines.split(",") if e]
+    if args.cap_isa:
+        dropped = [e for e in args.engines if e.startswith("ort-")]
+        args.engines = [e for e in args.engines if not e.startswith("ort-")]
+        print(f"ISA capped to {args.cap_isa} (emulated: {' '.join(f'{k}={v}' for k, v in CAPS[args.cap_isa].items())})"
+              + (f"; {dropped} left out (ONNX Runtime cannot be capped)" if dropped else ""))
     unknown = sorted(set(args.engines) - set(ENGINES))
     if unknown:
         sys.exit(f"unknown engines {unknown}; choose from {ENGINES}")
@@ -222,7 +241,8 @@ def main() -> None:
     from imseg.precision import describe_cpu, resolve_precision
 
     print(f"CPU: {describe_cpu()}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; precision='auto' picks "
+    print(f"torch {torch.__version__} (kernels: {torch.backends.cpu.get_cpu_capability()}), "
+          f"{torch.get_num_threads()} threads; precision='auto' picks "
           f"{resolve_precision('auto', 'cpu')} here; load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         for variant in [v for v in args.models.split(",") if v]:

@@ -212,3 +212,10 @@ def test_cli_plan_prints_the_plan_and_stops(tmp_path):
     assert refused.exit_code == 2 and "--backbone do not apply to unet-watershed" in refused.output, refused.output
     bare = CliRunner().invoke(app, ["train", "--task", "instance", "--data", str(data), "--plan"])
     assert bare.exit_code == 2 and "give --time MINUTES" in bare.output
+
+
+def test_the_unet_trains_in_mixed_precision_where_the_hardware_multiplies_half_precision():
+    assert _values(plan_rules(_fp(), CPU))["amp"] is False
+    assert _values(plan_rules(_fp(), Machine(cpus=2, gpu=False, bf16=True)))["amp"] is True
+    assert _values(plan_rules(_fp(), GPU))["amp"] is True
+    assert "amp" not in plan_rules(_fp(), GPU, {"model": "maskrcnn"})  # torchvision's Mask R-CNN: fp32

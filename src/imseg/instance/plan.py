@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..semantic.plan.fingerprint import CANDIDATE_SIZES
-from ..semantic.plan.rules import Choice, Machine
+from ..semantic.plan.rules import Choice, Machine, choose_amp
 from .sample import InstanceDataset
 
 #: the small objects (10th percentile of sqrt(area)) keep this many pixels across at the input size: a one-pixel
@@ -229,6 +229,7 @@ def plan_rules(fp: InstanceFingerprint, machine: Machine, given: dict[str, Any] 
     choices.update(choose_optimisation(fp, model, choices["imgsz"].value))
     if model != "maskrcnn":
         choices["augment"] = choose_augment(fp)
+        choices["amp"] = choose_amp(machine)  # torchvision's Mask R-CNN trains in fp32
     choices.update(choose_post(fp, model))
     for key in given:
         if key not in ("model", "imgsz", "native"):

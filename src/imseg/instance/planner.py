@@ -25,7 +25,7 @@ from .plan import InstanceFingerprint, instance_fingerprint, plan_rules
 from .sample import InstanceDataset
 
 #: options the plan sets unless given, per model
-PLANNED = {"unet-watershed": ("encoder", "native", "imgsz", "batch", "lr", "augment", "min_area", "epochs"),
+PLANNED = {"unet-watershed": ("encoder", "native", "imgsz", "batch", "lr", "augment", "min_area", "amp", "epochs"),
            "maskrcnn": ("backbone", "imgsz", "batch", "lr", "detections", "proposals", "epochs")}
 
 
@@ -92,6 +92,7 @@ def probe_unet(choices: dict[str, Choice], train: InstanceDataset, val: Instance
         data = write_pixel_data(_subset(train, (PROBE_STEPS + 2) * batch), _subset(val, 3 * batch), Path(tmp))
         cfg = TrainConfig(data=data, model="unet", encoder=choices["encoder"].value, imgsz=imgsz, batch=batch,
                           lr=choices["lr"].value, loss="ce+dice", augment=augment, seed=seed, epochs=1,
+                          amp=bool(choices["amp"].value) if "amp" in choices else False,
                           model_kwargs={"decoder_channels": list(DEFAULTS["decoder_channels"])})
         cfg.validate()
         # the pipeline training will run: native crops and centre-crop validation, or letterboxed whole images

@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "batch": 4, "lr": 2e-3, "max_time": None, "workers": 0,
     # half smp's default decoder widths: the decoder's full-resolution stages dominate a U-Net's CPU time
     "decoder_channels": [128, 64, 32, 16, 16], "accelerator": "auto", "progress": True,
-    "min_area": 8, "name": "exp", "project": "runs/train", "exist_ok": False, "native": False,
+    "min_area": 8, "name": "exp", "project": "runs/train", "exist_ok": False, "native": False, "amp": False,
     # rims are one pixel wide: scaling stays mild so they survive resampling
     "augment": {"scale": [0.75, 1.33], "vflip": 0.5, "rotate90": 0.5, "color_jitter": 0.2},
 }
@@ -105,6 +105,7 @@ def train_unet_instance(config: dict[str, Any], callbacks: list | None = None) -
     train({"data": data, "model": "unet", "encoder": cfg["encoder"], "epochs": int(cfg["epochs"]),
            "imgsz": int(cfg["imgsz"]), "batch": int(cfg["batch"]), "lr": float(cfg["lr"]), "patience": 0,
            "workers": int(cfg["workers"]), "seed": int(cfg["seed"]), "augment": augment, "loss": "ce+dice",
+           "amp": bool(cfg["amp"]),
            "accelerator": cfg["accelerator"], "progress": bool(cfg["progress"]), "project": str(run_dir.parent),
            "model_kwargs": {"decoder_channels": [int(c) for c in cfg["decoder_channels"]]},
            "name": run_dir.name, "exist_ok": True}, callbacks=callbacks, datasets=sets,
