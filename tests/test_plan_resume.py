@@ -4,6 +4,8 @@ same plan, to the last digit, as one that ran straight through."""
 
 from __future__ import annotations
 
+import contextlib
+
 import csv
 import shutil
 
@@ -104,9 +106,11 @@ class Killed(RuntimeError):
     """The process dies here."""
 
 
-def _plan_callbacks(monkeypatch, start: float = 0.0, kill_at: tuple[int, int | None] | None = None):
+def _plan_callbacks(monkeypatch, start: float = 0.0, kill_at: tuple[int, int | None] | None = None,
+                    stage2_epoch_s: float = 4 * EPOCH_S):
     """(callbacks, trained): the plan's clock, a kill at (fit, epoch) (epoch None: as the fit starts), and the
-    (fit, epoch) pairs trained, fits counted from 1 in this process."""
+    (fit, epoch) pairs trained, fits counted from 1 in this process. A stage-two epoch (64 px) takes
+    ``stage2_epoch_s``: by default the plan's estimate, stage one's pace times the pixels."""
     import lightning.pytorch as L
 
     clock, trained = {"t": start, "fits": 0}, []
@@ -124,13 +128,14 @@ def _plan_callbacks(monkeypatch, start: float = 0.0, kill_at: tuple[int, int | N
             trained.append((clock["fits"], int(trainer.current_epoch)))
 
         def on_train_epoch_end(self, trainer, module):
-            clock["t"] += EPOCH_S
+            clock["t"] += stage2_epoch_s if module.cfg["imgsz"] == 64 else EPOCH_S
 
     return [Machine()], trained
 
 
-def _planned(tmp_path, monkeypatch, kill_at):
-    """A two-stage plan (a tiny U-Net at 32 px, then 64 px) on 6 small images, run until ``kill_at``."""
+def _planned(tmp_path, monkeypatch, kill_at, schedule=SCHEDULE, **clock):
+    """A two-stage plan (a tiny U-Net at 32 px, then 64 px) on 6 small images, run until ``kill_at`` (None: to
+    its end)."""
     from imseg.semantic.plan import Choice, make_plan, train_planned
     from test_plan import _folder_dataset
 
@@ -138,11 +143,11 @@ def _planned(tmp_path, monkeypatch, kill_at):
     given = {"model": "unet", "encoder": "resnet18", "model_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
              "imgsz": 32, "batch": 3, "epochs": 3, "patience": 0, "save_period": 1, "workers": 0, "cache": True}
     fixed = {"project": str(tmp_path / "runs"), "name": "p", "seed": 0, "progress": False, "val_samples": 1}
-    callbacks, trained = _plan_callbacks(monkeypatch, kill_at=kill_at)
-    plan, built = make_plan(data, SCHEDULE["budget_s"] / 60, given, fixed, run_probe=False)
+    callbacks, trained = _plan_callbacks(monkeypatch, kill_at=kill_at, **clock)
+    plan, built = make_plan(data, schedule["budget_s"] / 60, given, fixed, run_probe=False)
     plan.choices["second_stage"] = Choice({"imgsz": 64, "share": 0.4, "lr_factor": 0.1}, "a larger second stage")
-    plan.schedule = {k: dict(v) if isinstance(v, dict) else v for k, v in SCHEDULE.items()}
-    with pytest.raises(Killed):
+    plan.schedule = {k: dict(v) if isinstance(v, dict) else v for k, v in schedule.items()}
+    with pytest.raises(Killed) if kill_at else contextlib.nullcontext():
         train_planned(plan, built, callbacks=callbacks, echo=lambda _: None)
     return tmp_path / "runs" / "p", trained
 
@@ -218,7 +223,27 @@ def test_planned_run_interrupted_between_stages_or_in_the_test_time_choice_finis
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "stage 1, stage 2 done" in result.output and "time used:" in result.output
     plan = _finished_plan(run, 12000.0, 3 * EPOCH_S)
-    assert plan["timings"]["stage2_s"] == EPOCH_S and len(plan["schedule"]["resumed"]) == 2
+    assert plan["timings"]["stage2_s"] == 4 * EPOCH_S and len(plan["schedule"]["resumed"]) == 2
 
     again = CliRunner().invoke(app, ["train", "--resume", str(run)])
     assert again.exit_code != 0 and "finished its plan" in again.output
+
+
+@pytest.mark.slow
+def test_stage_two_refits_its_epochs_when_they_run_faster_than_the_pixels_predict(tmp_path, monkeypatch):
+    """Stage two's first estimate is stage one's pace times the pixels (4000 s an epoch here); its epochs take
+    1000 s, so after its second epoch (the first one is not a measure) it is refitted to fill the time left, as
+    stage one is."""
+    import yaml
+
+    # a 24000 s budget whose stage one still ends after its 3 epochs: 3000 s of it, 3000 s for the test-time
+    # choice, 18000 s for stage two
+    schedule = {**SCHEDULE, "budget_s": 24000.0, "stage2": {**SCHEDULE["stage2"], "seconds": 17000.0}}
+    run, trained = _planned(tmp_path, monkeypatch, kill_at=None, schedule=schedule, stage2_epoch_s=EPOCH_S)
+    plan = yaml.safe_load((run / "config.yaml").read_text())["plan"]
+    assert [epoch for fit, epoch in trained if fit == 1] == [0, 1, 2]
+    stage2 = [epoch for fit, epoch in trained if fit == 2]
+    assert plan["schedule"]["stage2"]["epochs_run_planned"] == 3  # floor(18000 / 4000) less one
+    # refitted to the stage's end: 18000 s less the stage overhead, at 1000 s an epoch
+    assert len(stage2) == 17 and len(_rows(run)) == 17
+    assert plan["schedule"]["stage2"]["replanned"][0] == {"after_epoch": 2, "epochs": 17}

@@ -281,8 +281,14 @@ def _second_stage(plan: Plan, built: dict, stage1_dir: Path, run_dir: Path, call
     if ckpt is not None:
         echo(f"stage 2: continued from {ckpt}")
         result = train(resume=ckpt, callbacks=list(callbacks or []), **data, **(overrides or {}))
+        changes = refits(ckpt)
     else:
-        result = train(options, callbacks=callbacks, **data)
+        # the first estimate scales stage one's pace by the pixels; fixed costs (loading, validation) do not scale,
+        # so the epochs are refitted to the stage's end after every epoch, as in stage one
+        refit = make_replan_callback(replan.now() + _minutes_left(plan) * 60 - STAGE_OVERHEAD_S)
+        result = train(options, callbacks=[*(callbacks or []), refit], **data)
+        changes = refit.changes
+    plan.schedule["stage2"]["replanned"] = [{"after_epoch": c["after_epoch"], "epochs": c["to"]} for c in changes]
     plan.timings["stage2_s"] = before + replan.now() - start
     return result
 
