@@ -5,7 +5,6 @@ same plan, to the last digit, as one that ran straight through."""
 from __future__ import annotations
 
 import contextlib
-
 import csv
 import shutil
 
