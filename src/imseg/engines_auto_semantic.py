@@ -159,7 +159,7 @@ def probe_image(run_dir: Path) -> np.ndarray:
             if "val" in datasets and len(datasets["val"]):
                 rgb, _ = datasets["val"].read_raw(0)
                 return np.ascontiguousarray(rgb)
-    except (ImsegError, OSError, ValueError, yaml.YAMLError):
+    except (ImsegError, OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
         pass  # a moved or deleted dataset: the built-in image measures as well
     from skimage import data
 
