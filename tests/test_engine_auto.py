@@ -16,7 +16,7 @@ import imseg
 from conftest import mask_iou
 from imseg import engines_auto
 from imseg.engines_auto import MIN_IOU, EngineChoice, Row, candidates, pick
-from imseg.errors import ConfigError
+from imseg.errors import CheckpointError, ConfigError
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def fake_measure(monkeypatch):
         calls = 0
         rows = [Row("torch", "fp32", 1.0, 1.0)]
 
-        def __call__(self, spec, checkpoint, pairs, options):
+        def __call__(self, target, pairs):
             self.calls += 1
             return [Row(r.engine, r.precision, r.seconds, r.iou, r.error) for r in self.rows]
 
@@ -130,11 +130,12 @@ def test_a_corrupt_cache_file_is_ignored_and_rewritten(home, fake_measure, check
 
 
 def test_unsupported_models_and_precisions_are_clear_errors(home, fake_measure, checkpoint, tmp_path):
-    with pytest.raises(ConfigError, match="SAM 2.1.*backend='torch' or backend='onnxruntime'"):
-        imseg.load("sam2.1-hiera-t", backend="auto", device="cpu")
     with pytest.raises(ConfigError, match="otsu is a classical model: use backend='torch'"):
         imseg.load("otsu", backend="auto", device="cpu")
-    with pytest.raises(ConfigError, match="training run or export directory"):
+    with pytest.raises(CheckpointError, match="no weights/best.pt or weights/last.pt"):
+        imseg.load(tmp_path, backend="auto", device="cpu")
+    (tmp_path / "imseg_export.json").write_text("{}")
+    with pytest.raises(ConfigError, match="is an export directory.*backend='onnxruntime' or 'openvino'"):
         imseg.load(tmp_path, backend="auto", device="cpu")
     with pytest.raises(ConfigError, match="does not pick int8"):
         imseg.load("mobile-sam", checkpoint=checkpoint, backend="auto", device="cpu", precision="int8")
@@ -211,3 +212,179 @@ def test_segment_resumes_only_what_the_same_engine_did(home, fake_measure, check
     assert other.exit_code == 0, other.output
     assert "auto: torch bf16" in other.output
     assert {p.name: p.stat().st_mtime_ns for p in (out / "masks").iterdir()} != first
+
+
+# ----------------------------------------------------------------------------- SAM 2.1
+def test_candidates_are_family_aware(monkeypatch):
+    """SAM 2.1 has no OpenVINO engine, so OpenVINO is never a SAM 2.1 candidate; semantic runs get every engine."""
+    imports = {"onnxruntime": True, "openvino": True}
+    monkeypatch.setattr(engines_auto, "_imports", lambda module: imports[module])
+    monkeypatch.setattr("imseg.precision.native_bf16", lambda: True)
+    every = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+    assert candidates(family="sam") == candidates(family="semantic") == every
+    assert candidates(family="sam2") == every[:3]
+    assert candidates("bf16", family="sam2") == [("torch", "bf16")]
+    assert candidates(family="sam2", exported=False) == every[:2]
+    imports["onnxruntime"] = False
+    assert candidates(family="semantic") == [every[0], every[1], every[3], every[4]]
+    assert candidates(family="sam2") == every[:2]
+    monkeypatch.setattr("imseg.precision.native_bf16", lambda: False)
+    assert candidates(family="semantic") == [every[0], every[3]]
+    assert candidates("bf16", family="semantic") == [every[1], every[4]]  # asked for: emulated bf16 is measured too
+    with pytest.raises(ConfigError, match="not 'classical'"):
+        candidates(family="classical")
+
+
+def test_sam2_measured_load_masks_match_torch_fp32(home, monkeypatch):
+    """SAM 2.1's segmenter measured for real (random weights from the fixed seed: torch candidates only), the
+    choice cached under the model's name, and segment() giving torch fp32's masks on the probe."""
+    monkeypatch.setattr(engines_auto, "TIMED_CALLS", 1)
+    seg = imseg.load("sam2.1-hiera-t", backend="auto", device="cpu", allow_random=True)
+    choice: EngineChoice = seg.engine_choice
+    assert type(seg).__name__ == "Sam2Segmenter" and seg.precision == choice.precision
+    assert [(r.engine, r.precision) for r in choice.rows] == candidates(exported=False, family="sam2")
+    assert all(r.error is None and r.seconds > 0 for r in choice.rows)
+    assert pick(choice.rows).label == f"{choice.engine} {choice.precision}"
+    (entry,) = json.loads((home / engines_auto.CACHE_FILE).read_text())["entries"].values()
+    assert entry["key"]["model"] == "sam2.1-hiera-t" and entry["key"]["checkpoint"] == "random"
+    with engines_auto.seeded():  # the same random network the rule measured
+        reference = imseg.load("sam2.1-hiera-t", device="cpu", precision="fp32", allow_random=True)
+    rgb, points = engines_auto.probe()
+    ious = []
+    for point in points[:2]:
+        got, ref = (s.segment(rgb, points=point, labels=[1], multimask=True).masks for s in (seg, reference))
+        assert got.shape == ref.shape == (3, *rgb.shape[:2])
+        ious += [max(mask_iou(a, b) for b in got) for a in ref]
+    assert np.mean(ious) >= MIN_IOU
+
+
+# ----------------------------------------------------------------------------- semantic runs
+CLASSES = ["background", "square", "line"]
+
+
+@pytest.fixture(scope="module")
+def semantic_run(tmp_path_factory):
+    """A run directory as `imseg train` writes it (weights/best.pt of a tiny U-Net, config.yaml naming its data),
+    and the folder dataset it records: RGB 48x64 images of a square (class 1) and a line (class 2) on noise."""
+    import torch
+    import yaml
+    from PIL import Image
+
+    from imseg.semantic.models import create_model, model_config
+    from imseg.semantic.train import save_checkpoint
+
+    root = tmp_path_factory.mktemp("auto_semantic")
+    data = root / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        mask = np.zeros((48, 64), np.uint8)
+        mask[8 + 4 * i : 28 + 4 * i, 10 + 6 * i : 30 + 6 * i] = 1
+        mask[40, :] = 2
+        image = (rng.normal(100, 20, (48, 64, 3)) + 60 * mask[..., None]).clip(0, 255).astype(np.uint8)
+        Image.fromarray(image).save(data / "images" / f"im{i}.png")
+        Image.fromarray(mask).save(data / "masks" / f"im{i}.png")
+    spec = {"path": str(data), "names": CLASSES, "train": ["im0", "im1"], "val": ["im2"]}
+    (data / "data.yaml").write_text(yaml.safe_dump(spec))
+    torch.manual_seed(0)
+    kwargs = {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}
+    model = create_model("unet", encoder="resnet18", num_classes=len(CLASSES), **kwargs)
+    run = root / "runs" / "exp"
+    save_checkpoint(run / "weights" / "best.pt", model, {
+        "model": model_config("unet", "resnet18", len(CLASSES), **kwargs), "class_names": CLASSES, "imgsz": 64,
+        "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)})
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "semantic", "data": str(data / "data.yaml")}))
+    return run
+
+
+def test_label_iou_is_the_mean_class_iou_and_decides_the_pass():
+    from imseg.engines_auto_semantic import label_iou
+
+    ref = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+    assert label_iou(ref, ref) == 1.0
+    got = np.array([[0, 1, 1, 1], [0, 0, 1, 1]])  # class 0: 3/4, class 1: 4/5
+    assert label_iou(ref, got) == pytest.approx((3 / 4 + 4 / 5) / 2)
+    got[0, 0] = 2  # a class only the candidate sees counts as IoU 0
+    assert label_iou(ref, got) == pytest.approx((2 / 4 + 4 / 5 + 0) / 3)
+    big = np.zeros((100, 100), int)
+    big[:50] = 1
+    one_off = big.copy()
+    one_off[50, :50] = 1  # 50 of 10,000 pixels moved from class 0 to 1: mean IoU ~0.995, a pass
+    assert Row("torch", "bf16", 1.0, label_iou(big, one_off)).passed
+    one_off[51:53] = 1  # 250 pixels: mean IoU ~0.975, beyond the limit
+    assert not Row("torch", "bf16", 1.0, label_iou(big, one_off)).passed
+
+
+def test_semantic_probe_is_the_first_validation_image_else_the_astronaut(semantic_run, tmp_path):
+    from skimage import data
+
+    from imseg.engines_auto_semantic import probe_image
+    from imseg.io import read_image
+
+    data_yaml = semantic_run.parent.parent / "data" / "data.yaml"
+    assert np.array_equal(probe_image(semantic_run), read_image(data_yaml.parent / "images" / "im2.png"))
+    moved = tmp_path / "exp"
+    shutil.copytree(semantic_run, moved)
+    (moved / "config.yaml").write_text(f"task: semantic\ndata: {tmp_path / 'gone.yaml'}\n")
+    assert np.array_equal(probe_image(moved), data.astronaut())
+
+
+def test_semantic_run_measured_load_labels_match_torch_fp32_and_the_choice_is_reused(home, semantic_run,
+                                                                                       monkeypatch):
+    """Every engine measured for real on the run's first validation image (the ONNX engines on an export of
+    its weights made once into the cache); the pick predicts torch fp32's labels; a second load reuses it."""
+    from imseg.engines_auto_semantic import label_iou, probe_image
+
+    monkeypatch.setattr(engines_auto, "TIMED_CALLS", 1)
+    measured = []
+    real = engines_auto.measure_all
+    monkeypatch.setattr(engines_auto, "measure_all", lambda *a: measured.append(1) or real(*a))
+    seg = imseg.load(semantic_run, backend="auto", device="cpu")
+    choice: EngineChoice = seg.engine_choice
+    assert [(r.engine, r.precision) for r in choice.rows] == candidates(family="semantic")
+    assert all(r.error is None and r.seconds > 0 for r in choice.rows), choice.rows
+    assert pick(choice.rows).label == f"{choice.engine} {choice.precision}" and not choice.cached
+    if any(engine != "torch" for engine, _ in candidates(family="semantic")):
+        (export,) = (home / "onnx").glob("run-exp-*")
+        assert (export / "imseg_export.json").is_file()
+    reference = imseg.load(semantic_run, device="cpu", precision="fp32")
+    for rgb in (probe_image(semantic_run), np.ascontiguousarray(np.rot90(probe_image(semantic_run)))):
+        ref = reference.predict(rgb)
+        got = seg.probabilities(rgb).argmax(0)
+        assert label_iou(ref, got) >= MIN_IOU
+        if choice.precision == "fp32":
+            assert np.array_equal(ref, got)
+    again = imseg.load(semantic_run, backend="auto", device="cpu")
+    assert len(measured) == 1 and again.engine_choice.cached and again.engine_choice.rows == choice.rows
+    (entry,) = json.loads((home / engines_auto.CACHE_FILE).read_text())["entries"].values()
+    assert entry["key"]["model"] == f"run:{semantic_run.resolve()}"
+    assert entry["key"]["weights"].startswith(f"{(semantic_run / 'weights' / 'best.pt').resolve()}:")
+    imseg.load(semantic_run, backend="auto", device="cpu", imgsz=32)  # other options: another measurement
+    assert len(measured) == 2
+
+
+def test_semantic_runs_refuse_what_auto_cannot_measure(home, fake_measure, semantic_run, tmp_path):
+    with pytest.raises(ConfigError, match="takes the options every engine shares.*not overlap"):
+        imseg.load(semantic_run, backend="auto", device="cpu", overlap=0.5)
+    instance = tmp_path / "inst"
+    shutil.copytree(semantic_run, instance)
+    (instance / "config.yaml").write_text("task: instance\n")
+    with pytest.raises(ConfigError, match="is an instance \\(Mask R-CNN\\) run: backend='auto' measures semantic"):
+        imseg.load(instance, backend="auto", device="cpu")
+    assert fake_measure.calls == 0
+
+
+def test_cli_segment_prints_the_choice_for_a_semantic_run(home, fake_measure, semantic_run, tmp_path, sample_image):
+    from imseg.cli import app
+    from imseg.io import write_image
+
+    fake_measure.rows = [Row("torch", "fp32", 1.0, 1.0), Row("torch", "bf16", 0.5, 0.995)]
+    write_image(tmp_path / "in.png", sample_image)
+    out = tmp_path / "out"
+    args = ["segment", tmp_path / "in.png", "--model", semantic_run, "--backend", "auto", "--device", "cpu",
+            "--out", out]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "auto: torch bf16, 0.50 s per image vs torch fp32 1.00 s; mask IoU 0.995" in result.output
+    assert fake_measure.calls == 1 and list((out / "masks").iterdir())

@@ -1,33 +1,45 @@
-"""``backend="auto"``: the fastest engine for a SAM model on this CPU whose masks stay within a drift limit.
+"""``backend="auto"``: the fastest engine for a model on this CPU whose output stays within a drift limit.
 
-The rule, applied once per model, weights and machine, then cached:
+It measures the registry SAM models (``sam-vit-b/l/h``, ``mobile-sam``), the SAM 2.1 models
+(``sam2.1-hiera-t/s/b+/l``) and semantic training runs (an ``imseg train`` run directory; the probe, drift
+and export of a run are in :mod:`imseg.engines_auto_semantic`). The rule, applied once per model, weights and
+machine, then cached:
 
-1. **Candidates** (engine, precision): torch fp32 always; torch bf16 where the CPU multiplies bfloat16
-   natively (:func:`imseg.precision.native_bf16`); ONNX Runtime fp32 when ``onnxruntime`` imports; OpenVINO
-   fp32 when ``openvino`` imports, and OpenVINO bf16 there too where the CPU has native bf16. An explicit
-   ``precision=`` (``fp32`` or ``bf16``) keeps only the candidates of that precision (``bf16`` then also where
-   bf16 is emulated). int8 is never a candidate: it needs calibration images and its drift exceeds the
-   limit (MobileSAM's int8 encoder: mask IoU 0.987 against fp32 in benchmarks/RESULTS.md). The ONNX engines run the model's
-   ONNX export, made once into the cache from a checkpoint file, so random weights (no checkpoint) leave torch
-   only.
-2. **Probe**: scikit-image's astronaut (512x512) and the point prompts :data:`PROBE_POINTS`.
-3. **Drift**: for every probe point, the mask IoU of each of SAM's three low-resolution mask logits (``> 0``)
-   against torch fp32's (:func:`imseg.precision.logit_mask_iou`, every pixel counted: no margin, since a
-   margin large enough to matter on random weights, whose logits mostly sit within 0.1 of zero, would leave
-   most pixels out). A candidate **passes** when its mean IoU is at least :data:`MIN_IOU` (0.99); torch fp32
-   is the reference and always passes.
-4. **Speed**: the image encoder (``embed``, the ``set_image`` work) on the probe: one warm-up call, then the
-   best of :data:`TIMED_CALLS` timed calls.
+1. **Candidates** (engine, precision), by family (:data:`FAMILY_ENGINES`): torch fp32 always; torch bf16 where the
+   CPU multiplies bfloat16 natively (:func:`imseg.precision.native_bf16`); ONNX Runtime fp32 when
+   ``onnxruntime`` imports; OpenVINO fp32, and bf16 where the CPU has native bf16, when ``openvino`` imports
+   (SAM and semantic runs only: OpenVINO does not run SAM 2.1 exports). An explicit ``precision=`` (``fp32``
+   or ``bf16``) keeps only the candidates of that precision (``bf16`` then also where bf16 is emulated). int8
+   is never a candidate: it needs calibration images and its drift exceeds the limit (MobileSAM's int8
+   encoder: mask IoU 0.987 against fp32 in benchmarks/RESULTS.md). The ONNX engines run an ONNX export made
+   once into the cache from a checkpoint file (a run's from its weights file), so random weights (no
+   checkpoint) leave torch only; random weights are built from a fixed seed, so every candidate is the same
+   network.
+2. **Probe**: SAM and SAM 2.1: scikit-image's astronaut (512x512) and the point prompts :data:`PROBE_POINTS`.
+   Semantic runs: the first image of the run's validation split when its data config is still readable,
+   else scikit-image's astronaut.
+3. **Drift** against torch fp32 on the probe. SAM and SAM 2.1: for every probe point, the mask IoU of each
+   of the three low-resolution mask logits (``> 0``) (:func:`imseg.precision.logit_mask_iou`, every pixel
+   counted: no margin, since a margin large enough to matter on random weights, whose logits mostly sit
+   within 0.1 of zero, would leave most pixels out), averaged. Semantic runs: the mean, over the classes
+   present in either label map, of each class's mask IoU between the predicted label maps. A candidate
+   **passes** when that mean IoU is at least :data:`MIN_IOU` (0.99); torch fp32 is the reference and always
+   passes.
+4. **Speed** on the probe, one warm-up call, then the best of :data:`TIMED_CALLS` timed calls: SAM and
+   SAM 2.1, the image encoder (``embed``, the ``set_image`` work); semantic runs, the whole prediction (class
+   probabilities and label map).
 5. **Pick** the fastest passing candidate.
-6. **Cache**: ``engine_choice.json`` in :func:`imseg.registry.cache_dir`, keyed by the model, the checkpoint
-   (resolved path, size and mtime, or ``"random"``), the CPU model and ISA flags, the core count, torch's
+6. **Cache**: ``engine_choice.json`` in :func:`imseg.registry.cache_dir`, keyed by the model (registry name, or
+   the run directory with its prediction options and probe), the weights (a checkpoint's or a run's weights
+   file: resolved path, size and mtime; or ``"random"``), the CPU model and ISA flags, the core count, torch's
    thread count, the torch / onnxruntime / openvino versions and the precision asked for. A load with the same
    key reuses the choice without measuring; ``IMSEG_ENGINE_REMEASURE=1`` (or ``remeasure=True``) measures again.
    An unreadable cache file is ignored with a warning and rewritten.
 
 The segmenter returned carries the decision as ``.engine_choice`` (:class:`EngineChoice`, with every
-candidate's seconds and IoU). On a GPU there is nothing to measure: ``auto`` is torch there. The SAM 2.1
-models and training runs are not measured: load them with an explicit backend.
+candidate's seconds and IoU). On a GPU there is nothing to measure: ``auto`` is torch there. Classical
+methods, instance and fine-tuning runs and export directories are not measured: load them with an explicit
+backend.
 """
 
 from __future__ import annotations
@@ -57,9 +69,12 @@ TIMED_CALLS = 2
 CACHE_FILE = "engine_choice.json"
 REMEASURE_ENV = "IMSEG_ENGINE_REMEASURE"
 #: Part of the cache key: a change of the rule above invalidates every stored choice.
-RULE_VERSION = 1
-MEASURED_FAMILIES = ("sam",)
+RULE_VERSION = 2
 _REFERENCE = ("torch", "fp32")
+_EVERY_ENGINE = (_REFERENCE, ("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
+#: The (engine, precision) pairs each measured family's segmenters run, in the order they are measured. SAM 2.1
+#: has no OpenVINO engine (``imseg.load(EXPORT_DIR, backend="openvino")`` runs SAM and semantic exports only).
+FAMILY_ENGINES = {"sam": _EVERY_ENGINE, "sam2": _EVERY_ENGINE[:3], "semantic": _EVERY_ENGINE}
 
 
 @dataclass
@@ -127,18 +142,17 @@ def _imports(module: str) -> bool:
     return True
 
 
-def candidates(precision: str | None = None, exported: bool = True) -> list[tuple[str, str]]:
-    """The (engine, precision) pairs the rule measures on this machine (torch fp32 first)."""
+def candidates(precision: str | None = None, exported: bool = True, family: str = "sam") -> list[tuple[str, str]]:
+    """The (engine, precision) pairs the rule measures on this machine for a model of ``family`` (``sam``,
+    ``sam2`` or ``semantic``; torch fp32 first); ``exported``: whether the ONNX engines can have an export."""
     from .precision import native_bf16
 
+    if family not in FAMILY_ENGINES:
+        raise ConfigError(f"backend='auto' measures the families {', '.join(FAMILY_ENGINES)}, not {family!r}.")
     wanted = {"fp32", "bf16"} if precision in (None, "auto") else {precision}
     bf16 = native_bf16() or precision == "bf16"
-    pairs = [("torch", "fp32"), ("torch", "bf16")]
-    if exported and _imports("onnxruntime"):
-        pairs.append(("onnxruntime", "fp32"))
-    if exported and _imports("openvino"):
-        pairs += [("openvino", "fp32"), ("openvino", "bf16")]
-    return [(e, p) for e, p in pairs if p in wanted and (p == "fp32" or bf16)]
+    return [(e, p) for e, p in FAMILY_ENGINES[family]
+            if p in wanted and (p == "fp32" or bf16) and (e == "torch" or (exported and _imports(e)))]
 
 
 def pick(rows: list[Row], allowed: list[tuple[str, str]] | None = None) -> Row | None:
@@ -159,7 +173,7 @@ def probe() -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 def measure_segmenter(segmenter: Any, rgb: np.ndarray, points: list[np.ndarray]) -> tuple[float, list[np.ndarray]]:
-    """(best encode seconds, low-res logits per probe point) of a SAM engine."""
+    """(best encode seconds, low-res logits (3, h, w) per probe point) of a SAM or SAM 2.1 engine."""
     from .segmenter import Prompts
 
     embedding = segmenter.embed(rgb)  # warm-up: first-call allocations and kernel selection
@@ -183,54 +197,115 @@ def drift(reference: list[np.ndarray], logits: list[np.ndarray]) -> float:
                           for a, b in zip(ref, got, strict=True)]))
 
 
-def measure_all(spec: Any, checkpoint: Path | None, pairs: list[tuple[str, str]], options: dict) -> list[Row]:
+class Target:
+    """What the rule measures: one model with its weights (``weights``: a file, or None for random weights).
+    Subclasses say how to build its segmenter on an engine, time it and compare it on the probe."""
+
+    family: str = "sam"
+    label: str = ""
+    weights: Path | None = None
+
+    def key(self) -> dict:
+        """The model's part of the cache key."""
+        raise NotImplementedError
+
+    def build(self, engine: str, precision: str, *, quiet: bool = False, device: Any = "cpu") -> Any:
+        raise NotImplementedError
+
+    def measure(self, segmenter: Any) -> tuple[float, Any]:
+        """(best seconds on the probe, the outputs :meth:`drift` compares)."""
+        raise NotImplementedError
+
+    def drift(self, reference: Any, outputs: Any) -> float:
+        """The mean IoU of ``outputs`` against torch fp32's ``reference`` (1.0: identical)."""
+        raise NotImplementedError
+
+
+class RegistryTarget(Target):
+    """A registry SAM or SAM 2.1 model (``spec``) with a checkpoint file or random weights."""
+
+    def __init__(self, spec: Any, weights: Path | None, options: dict) -> None:
+        self.spec, self.weights, self.options = spec, weights, dict(options)
+        self.family, self.label = spec.family, spec.name
+
+    def key(self) -> dict:
+        return {"model": self.spec.name, "checkpoint": file_stamp(self.weights)}
+
+    def build(self, engine: str, precision: str, *, quiet: bool = False, device: Any = "cpu") -> Any:
+        return build(self.spec, engine, precision, self.weights, self.options, quiet=quiet, device=device)
+
+    def measure(self, segmenter: Any) -> tuple[float, list[np.ndarray]]:
+        return measure_segmenter(segmenter, *probe())
+
+    def drift(self, reference: list[np.ndarray], outputs: list[np.ndarray]) -> float:
+        return drift(reference, outputs)
+
+
+def measure_all(target: Target, pairs: list[tuple[str, str]]) -> list[Row]:
     """Build, time and compare torch fp32 (the reference) and every pair in ``pairs``, one at a time."""
-    rgb, points = probe()
-    seconds, reference = measure_segmenter(build(spec, *_REFERENCE, checkpoint, options, quiet=True), rgb, points)
+    seconds, reference = target.measure(target.build(*_REFERENCE, quiet=True))
     rows = [Row(*_REFERENCE, seconds=seconds, iou=1.0)]
     for engine, precision in pairs:
         if (engine, precision) == _REFERENCE:
             continue
         try:
-            segmenter = build(spec, engine, precision, checkpoint, options, quiet=True)
-            seconds, logits = measure_segmenter(segmenter, rgb, points)
+            segmenter = target.build(engine, precision, quiet=True)
+            seconds, outputs = target.measure(segmenter)
             del segmenter  # one candidate in memory at a time (ViT-H is several GB)
         except Exception as exc:  # noqa: BLE001 - a candidate that fails is recorded and skipped, not fatal
             warnings.warn(f"backend='auto': {engine} {precision} could not run ({type(exc).__name__}: {exc}); "
                           f"it is left out.", UserWarning, stacklevel=2)
             rows.append(Row(engine, precision, error=f"{type(exc).__name__}: {exc}"))
             continue
-        rows.append(Row(engine, precision, seconds=seconds, iou=drift(reference, logits)))
+        rows.append(Row(engine, precision, seconds=seconds, iou=target.drift(reference, outputs)))
     return rows
 
 
 def build(spec: Any, engine: str, precision: str, checkpoint: Path | None, options: dict, quiet: bool = False,
           device: Any = "cpu"):
-    """The segmenter of ``spec`` on ``engine`` in ``precision`` (through :func:`imseg.registry.load`)."""
+    """The segmenter of ``spec`` on ``engine`` in ``precision`` (through :func:`imseg.registry.load`); random
+    weights (no ``checkpoint``) come from a fixed seed, so every candidate measured is the same network."""
     from .registry import load
 
     opts = dict(options)
     if engine == "torch":
         opts["allow_random"] = checkpoint is None
-    with warnings.catch_warnings() if quiet else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
         if quiet:
+            stack.enter_context(warnings.catch_warnings())
             warnings.simplefilter("ignore")
+        if checkpoint is None:
+            stack.enter_context(seeded())
         return load(spec.name, checkpoint=checkpoint, device=device, backend=engine, precision=precision, **opts)
 
 
+@contextlib.contextmanager
+def seeded(seed: int = 0):
+    """torch's CPU random generator seeded with ``seed`` inside, restored after."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 # ----------------------------------------------------------------------------- the cache
-def cache_key(spec: Any, checkpoint: Path | None, precision: str | None) -> dict:
+def file_stamp(path: Path | None) -> str:
+    """``"<resolved path>:<size>:<mtime ns>"`` of a weights file, or ``"random"`` for None."""
+    if path is None:
+        return "random"
+    stat = path.stat()
+    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def cache_key(target: Target, precision: str | None) -> dict:
     """Everything the measured speeds and drifts depend on."""
     import torch
 
     from .precision import REPORTED_FLAGS, cpu_flags, cpu_model, native_bf16
 
-    weights = "random"
-    if checkpoint is not None:
-        stat = checkpoint.stat()
-        weights = f"{checkpoint}:{stat.st_size}:{stat.st_mtime_ns}"
     versions = {m: _version(m) for m in ("torch", "onnxruntime", "openvino")}
-    return {"rule": RULE_VERSION, "model": spec.name, "checkpoint": weights, "precision": precision or "auto",
+    return {"rule": RULE_VERSION, **target.key(), "precision": precision or "auto",
             "cpu": cpu_model(), "flags": sorted(f for f in REPORTED_FLAGS if f in cpu_flags()),
             "native_bf16": native_bf16(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count(), "torch_threads": torch.get_num_threads(), "versions": versions}
@@ -303,55 +378,54 @@ def write_choice(key: dict, choice: EngineChoice) -> None:
 # ----------------------------------------------------------------------------- the entry point
 def load_auto(name: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *, device: str = "auto",
               precision: str | None = None, remeasure: bool | None = None, **options: Any):
-    """``imseg.load(name, backend="auto")``: the segmenter the module's rule picks, with ``.engine_choice``."""
-    spec = _measured_spec(name)
+    """``imseg.load(name, backend="auto")``: the segmenter the module's rule picks, with ``.engine_choice``.
+    ``name``: a registry SAM or SAM 2.1 model, or a semantic training run directory (``checkpoint``: its
+    weights file, or ``"best"``/``"last"``)."""
     restrict = _restriction(precision)
-    allow_random = bool(options.pop("allow_random", False))
+    target = _target(name, checkpoint, options)
     from .device import resolve_device
 
     dev = resolve_device(device)
     if dev.type != "cpu":
-        segmenter = build(spec, "torch", restrict or "fp32", _weights(spec, checkpoint, allow_random), options,
-                          device=str(dev))
+        segmenter = target.build("torch", restrict or "fp32", device=str(dev))
         segmenter.engine_choice = EngineChoice("torch", segmenter.precision, reason="the GPU runs torch; "
                                                "auto measures CPU engines only")
         return segmenter
-    weights = _weights(spec, checkpoint, allow_random)
-    key = cache_key(spec, weights, restrict)
+    key = cache_key(target, restrict)
     if remeasure is None:
         remeasure = os.environ.get(REMEASURE_ENV, "").strip() not in ("", "0")
     choice = None if remeasure else read_choice(key)
     if choice is None:
-        pairs = candidates(restrict, exported=weights is not None)
-        rows = measure_all(spec, weights, pairs, options)
+        pairs = candidates(restrict, exported=target.weights is not None, family=target.family)
+        rows = measure_all(target, pairs)
         best = pick(rows, pairs)
         if best is None:
-            raise ConfigError(f"backend='auto': no {restrict} engine for {spec.name} stays within mask IoU "
-                              f">= {MIN_IOU} of torch fp32 on this CPU ({_table(rows)}); use precision='fp32' "
-                              f"or an explicit backend.")
+            raise ConfigError(f"backend='auto': no {restrict + ' ' if restrict else ''}engine for {target.label} "
+                              f"stays within mask IoU >= {MIN_IOU} of torch fp32 on this CPU ({_table(rows)}); use "
+                              f"precision='fp32' or an explicit backend.")
         choice = EngineChoice(best.engine, best.precision, rows)
         write_choice(key, choice)
-    segmenter = build(spec, choice.engine, choice.precision, weights, options)
+    segmenter = target.build(choice.engine, choice.precision)
     segmenter.engine_choice = choice
     return segmenter
 
 
-def _measured_spec(name: str | os.PathLike) -> Any:
-    """The registry entry of ``name`` when the rule measures it, else a :class:`ConfigError` saying what works."""
+def _target(name: str | os.PathLike, checkpoint: str | os.PathLike | None, options: dict) -> Target:
+    """What ``name`` is to the rule, or a :class:`ConfigError` saying what works when the rule does not measure it.
+    Takes ``allow_random`` out of ``options``."""
     from .registry import get_spec
 
+    allow_random = bool(options.pop("allow_random", False))
     if isinstance(name, os.PathLike) or Path(name).exists():
-        raise ConfigError(f"{name}: backend='auto' measures the registry SAM models (sam-vit-b/l/h, mobile-sam); "
-                          f"for a training run or export directory pass backend='torch', 'onnxruntime' or "
-                          f"'openvino'.")
+        from .engines_auto_semantic import run_target
+
+        return run_target(Path(name), checkpoint, options)
     spec = get_spec(str(name))
-    if spec.family == "sam2":
-        raise ConfigError(f"backend='auto' does not measure {spec.name} (SAM 2.1): load it with backend='torch' or "
-                          f"backend='onnxruntime'.")
-    if spec.family not in MEASURED_FAMILIES:
-        raise ConfigError(f"backend='auto' measures the SAM models (sam-vit-b/l/h, mobile-sam); {spec.name} is a "
-                          f"{spec.family} model: use backend='torch'.")
-    return spec
+    if spec.family not in ("sam", "sam2"):
+        raise ConfigError(f"backend='auto' measures the SAM and SAM 2.1 models (sam-vit-b/l/h, mobile-sam, "
+                          f"sam2.1-hiera-t/s/b+/l) and semantic training runs; {spec.name} is a {spec.family} model: "
+                          f"use backend='torch'.")
+    return RegistryTarget(spec, _weights(spec, checkpoint, allow_random), options)
 
 
 def _restriction(precision: str | None) -> str | None:

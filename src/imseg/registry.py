@@ -237,8 +237,8 @@ def load(
     weights files (``runs/train/exp/weights/last.pt``), or a directory of exported ONNX models
     (with ``backend="onnxruntime"`` or ``backend="openvino"``). ``precision`` (``auto``/``fp32``/``bf16``/
     ``int8``; default fp32) is the encoder's or semantic network's precision: the rule of ``auto`` is in
-    :mod:`imseg.precision`. ``backend="auto"`` (SAM models) runs the engine and precision measured fastest on
-    this CPU within a mask drift limit: the rule is in :mod:`imseg.engines_auto`.
+    :mod:`imseg.precision`. ``backend="auto"`` (SAM and SAM 2.1 models, semantic runs) runs the engine and
+    precision measured fastest on this CPU within a mask drift limit: the rule is in :mod:`imseg.engines_auto`.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")

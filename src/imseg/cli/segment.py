@@ -106,8 +106,9 @@ def segment_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     half: bool = typer.Option(False, "--half", help="float16 weights (CUDA only)."),
     backend: str = typer.Option("torch", "--backend", help="torch, onnxruntime, openvino (SAM: exported once to "
-                                "the cache; an export dir as --model runs its ONNX files) or auto (SAM: the fastest "
-                                "on this CPU within mask IoU 0.99 of fp32, measured once and cached)."),
+                                "the cache; an export dir as --model runs its ONNX files) or auto (SAM, SAM 2.1 and "
+                                "semantic runs: the fastest on this CPU within mask IoU 0.99 of fp32, measured once "
+                                "and cached)."),
     precision: str = typer.Option(None, "--precision", help="Encoder precision: fp32 (exact; the default), bf16, "
                                   "int8 (onnxruntime/openvino) or auto (bf16 on CPUs with AMX/AVX512-BF16, else fp32)."),
     post: str = typer.Option(None, "--post", help="Post-processing, e.g. 'remove_small=64,fill_holes=64,crf'."),

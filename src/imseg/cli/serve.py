@@ -27,7 +27,7 @@ def serve(
     request_timeout: float = typer.Option(120.0, help="Seconds one model call may take before 504."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, mps."),
     backend: str = typer.Option("torch", "--backend", help="torch, onnxruntime or openvino (the model is exported "
-                                "to ONNX once, into the cache), or auto (SAM: the fastest on this CPU within mask "
+                                "to ONNX once, into the cache), or auto (SAM, SAM 2.1: the fastest on this CPU within mask "
                                 "IoU 0.99 of fp32, measured once and cached)."),
     precision: str = typer.Option(None, "--precision", help="Encoder precision: fp32 (exact; the default), bf16, int8 "
                                   "(onnxruntime/openvino) or auto (bf16 on CPUs with AMX/AVX512-BF16, else fp32)."),
