@@ -82,11 +82,11 @@ def train_cmd(
     """Train a semantic segmentation model; writes runs/train/NAME[N]/ (weights, metrics.csv, plots).
 
     `imseg train --data DATA --time MINUTES` plans --model, --encoder, --imgsz, --epochs, --batch, --lr, \
---optimizer, --scheduler, --warmup, --patience, --loss, --augment, --cache, --workers, --ema and --save-period \
+--optimizer, --scheduler, --warmup, --patience, --loss, --augment, --cache, --workers, --ema, --save-period and --amp \
 (plus encoder depth, decoder widths, class weights, a second stage at a larger size and test-time augmentation) \
 from the data and a timing probe; every one of them given explicitly wins. The plan and its reasons are printed \
 first and recorded in the run's config.yaml. With --task instance, --time plans --model, --encoder or --backbone, \
---imgsz, --batch, --lr and --epochs from the objects' sizes, counts and contacts.
+--imgsz, --batch, --lr and --epochs from the objects' sizes, counts and contacts (and mixed precision for the U-Net).
     """
     import yaml
 
