@@ -90,21 +90,17 @@ class RunTarget(Target):
 
     def export(self) -> Path:
         """The ONNX export of the run's weights file in the cache (made on the first call)."""
-        from .export import _run_inference, export_semantic_model
+        from .export import export_run
         from .export.onnx import MANIFEST
         from .export.runtime import export_cache_dir
-        from .semantic.infer import load_run
 
         target = export_cache_dir(f"run-{self.run_dir.name}", self.weights)
         if (target / MANIFEST).is_file():
             return target
-        segmenter = load_run(self.run_dir, checkpoint=self.weights, device="cpu")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:  # exported beside the target and renamed, so a half-written export is never taken for one
-            export_semantic_model(segmenter.model.cpu().eval(), tmp, class_names=list(segmenter.class_names),
-                                  mean=_floats(segmenter.mean), std=_floats(segmenter.std), name=self.run_dir.name,
-                                  inference=_run_inference(segmenter))
+            export_run(self.run_dir, tmp, checkpoint=self.weights)
             with contextlib.suppress(OSError):  # another process renamed its export there first
                 os.replace(tmp, target)
         finally:
@@ -165,6 +161,3 @@ def probe_image(run_dir: Path) -> np.ndarray:
 
     return np.ascontiguousarray(data.astronaut()[..., :3])
 
-
-def _floats(values: Any) -> tuple[float, ...]:
-    return tuple(float(v) for v in np.asarray(values, dtype=float).reshape(-1))

@@ -140,8 +140,9 @@ def export_model(
                                  memory_attention=memory_attention)
 
 
-def _run_model(run):
-    """(model, class_names, mean, std, name) of a training run directory via imseg.semantic.infer."""
+def _run_model(run, checkpoint=None):
+    """(model, class_names, mean, std, name) of a training run directory via imseg.semantic.infer (its best.pt or
+    last.pt, or the weights file ``checkpoint``)."""
     from pathlib import Path
 
     from ..errors import CheckpointError, DependencyError, ExportError
@@ -150,7 +151,7 @@ def _run_model(run):
     if not run.is_dir():
         raise ExportError(f"run directory {run} does not exist; pass a training run such as runs/train/exp.")
     weights = [run / "weights" / "best.pt", run / "weights" / "last.pt"]
-    if not any(w.is_file() for w in weights):
+    if checkpoint is None and not any(w.is_file() for w in weights):
         raise CheckpointError(
             f"run directory {run} has no weights (looked for weights/best.pt and weights/last.pt); "
             f"train it first (`imseg train ...`) or pass the run that holds them."
@@ -159,7 +160,7 @@ def _run_model(run):
         from ..semantic.infer import load_run
     except ImportError as exc:
         raise DependencyError(f"exporting a run needs imseg.semantic.infer, which is not importable here ({exc}).") from exc
-    segmenter = load_run(run, device="cpu")
+    segmenter = load_run(run, checkpoint=checkpoint, device="cpu")
     model = getattr(segmenter, "model", None)
     names = getattr(segmenter, "class_names", None)
     mean = getattr(segmenter, "mean", None)
@@ -214,8 +215,9 @@ def export_semantic_model(model, out, *, class_names, mean, std, format: str = "
 
 
 def export_run(run, out, *, format: str = "onnx", int8: bool = False, calibration=None, opset: int = 17,
-               simplify: bool = False):
-    """Export a training run directory (``runs/train/exp``) to ``out``; returns the manifest path."""
+               simplify: bool = False, checkpoint=None):
+    """Export a training run directory (``runs/train/exp``) to ``out``; returns the manifest path. ``checkpoint``:
+    a semantic run's weights file to export instead of its best.pt / last.pt."""
     from ..instance.infer import is_instance_run
 
     if is_instance_run(run):
@@ -223,7 +225,7 @@ def export_run(run, out, *, format: str = "onnx", int8: bool = False, calibratio
 
         return export_instance_run(run, out, format=format, int8=int8, calibration=calibration, opset=opset,
                                    simplify=simplify)
-    model, names, mean, std, name, inference = _run_model(run)
+    model, names, mean, std, name, inference = _run_model(run, checkpoint)
     return export_semantic_model(model, out, class_names=names, mean=mean, std=std, format=format, name=name,
                                  int8=int8, calibration=calibration, opset=opset, simplify=simplify,
                                  inference=inference)
