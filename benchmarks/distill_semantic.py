@@ -7,14 +7,16 @@
    (skipped with ``--teacher-run``: an existing run directory is used).
 2. A small student: U-Net on the first four stages of MobileNetV2 (``encoder_depth 4``) with a 64/32/16/8-channel
    decoder (8x fewer multiply-adds than the teacher), trained for the same number of epochs with and without
-   ``--teacher`` (``--distill``, weight and temperature fixed in advance: the CLI defaults, pixel-wise KD at T=1,
-   weight 1), for each of ``--seeds``.
+   ``--teacher`` (``--distill``, ``--distill-weight``, ``--distill-temperature``; fix them before the run), for
+   each of ``--seeds``. With ``--same-time`` each seed also trains the student without the teacher for as long
+   as its distilled run took (the epochs scaled by the time ratio), since the teacher's forward pass makes a
+   distilled epoch slower.
 
 Every run uses the same data, augmentation, loss, schedule and epochs; best.pt is chosen on the validation split,
 then scored once on the test split at each image's own resolution (letterboxed to imgsz and scaled back, as
 ``imseg val --resize``): foreground (horse) IoU, mean and spread (sample standard deviation, min..max) over seeds.
-Inference speed: median time of a forward pass (batch 1 and batch 4 at imgsz, ``--threads`` torch threads),
-teacher and student measured interleaved so a shared CPU's load falls on both alike.
+Inference speed: median time of a forward pass (batch 1 and batch 4 at imgsz, on 1 and ``--threads`` torch
+threads), teacher and student measured interleaved so a shared CPU's load falls on both alike.
 
 Results (one JSON line per run, then a summary) go to stdout and to ``--out`` (default
 runs/bench_distill/results.json).
@@ -63,6 +65,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--teacher-run", help="use this trained run as the teacher instead of training one")
     parser.add_argument("--limit", type=int, help="keep the first N training images (quick trials)")
     parser.add_argument("--speed-imgsz", type=int, help="input size of the speed comparison (default --imgsz)")
+    parser.add_argument("--amp", action="store_true", help="bf16 mixed precision for every run (as the planner "
+                        "chooses on a CPU with native bf16)")
+    parser.add_argument("--same-time", action="store_true",
+                        help="also train each seed's student without the teacher for as long as the distilled "
+                             "run took (more epochs), so the two are compared at equal training time")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--project", default="runs/bench_distill")
     parser.add_argument("--out", default="runs/bench_distill/results.json")
@@ -92,29 +99,34 @@ def score_test(run_dir: Path, native_test) -> float:
     return float(seg.evaluate(native_test).compute()["iou"][1])
 
 
-def forward_ms(teacher_dir: Path, student_dir: Path, imgsz: int, repeats: int = 10) -> dict:
-    """Median forward time (ms) of each model at batch 1 and 4, measured interleaved."""
+def forward_ms(teacher_dir: Path, student_dir: Path, imgsz: int, threads: int, repeats: int = 10) -> dict:
+    """Median forward time (ms) of each model at batch 1 and 4, on 1 and ``threads`` torch threads, measured
+    interleaved (fp32 eager, as ``imseg.load(RUN)`` runs a model)."""
     import torch
 
     from imseg.semantic.checkpoints import find_checkpoint, load_checkpoint, model_from_checkpoint
 
     models = {k: model_from_checkpoint(load_checkpoint(find_checkpoint(d))) for k, d in
               (("teacher", teacher_dir), ("student", student_dir))}
-    out = {"speed_imgsz": imgsz}
-    for batch in (1, 4):
-        x = torch.randn(batch, 3, imgsz, imgsz)
-        times = {k: [] for k in models}
-        with torch.inference_mode():
-            for model in models.values():
-                model(x)  # warm-up
-            for _ in range(repeats):
-                for key, model in models.items():
-                    start = time.perf_counter()
-                    model(x)
-                    times[key].append((time.perf_counter() - start) * 1000)
-        for key, values in times.items():
-            out[f"{key}_ms_batch{batch}"] = round(statistics.median(values), 2)
-        out[f"speedup_batch{batch}"] = round(out[f"teacher_ms_batch{batch}"] / out[f"student_ms_batch{batch}"], 2)
+    out: dict = {"speed_imgsz": imgsz}
+    for n_threads in sorted({1, threads}):
+        torch.set_num_threads(n_threads)
+        for batch in (1, 4):
+            x = torch.randn(batch, 3, imgsz, imgsz)
+            times: dict[str, list[float]] = {k: [] for k in models}
+            with torch.inference_mode():
+                for model in models.values():
+                    model(x)  # warm-up
+                for _ in range(repeats):
+                    for key, model in models.items():
+                        start = time.perf_counter()
+                        model(x)
+                        times[key].append((time.perf_counter() - start) * 1000)
+            tag = f"batch{batch}_threads{n_threads}"
+            for key, values in times.items():
+                out[f"{key}_ms_{tag}"] = round(statistics.median(values), 2)
+            out[f"speedup_{tag}"] = round(out[f"teacher_ms_{tag}"] / out[f"student_ms_{tag}"], 2)
+    torch.set_num_threads(threads)
     out["teacher_params"] = sum(p.numel() for p in models["teacher"].parameters())
     out["student_params"] = sum(p.numel() for p in models["student"].parameters())
     return out
@@ -149,7 +161,7 @@ def main(argv: list[str]) -> list:
     spec = data_spec(args.limit)
     native = build_datasets(spec, imgsz=None, augment="none", seed=None, cache=True, validate=False)
     results: list = []
-    project = dict(project=args.project, imgsz=args.imgsz)
+    project = dict(project=args.project, imgsz=args.imgsz, amp=args.amp)
     if args.teacher_run:
         teacher_dir = Path(args.teacher_run)
     else:
@@ -161,24 +173,35 @@ def main(argv: list[str]) -> list:
     distill = dict(teacher=str(teacher_dir), distill=args.distill, distill_weight=args.distill_weight,
                    distill_temperature=args.distill_temperature)
     scores: dict[str, list[float]] = {"student": [], "distilled": []}
+    if args.same_time:
+        scores["student_same_time"] = []
     student_dir = None
     for seed in (int(s) for s in args.seeds.split(",")):
         sets = build_datasets(spec, imgsz=args.imgsz, augment=COMMON["augment"], seed=seed, cache=True)
-        for kind, extra in (("student", {}), ("distilled", distill)):
-            run_dir, minutes, epochs = train_run(spec, sets, f"{kind}_seed{seed}",
-                                                 dict(STUDENT, epochs=args.epochs, seed=seed, **project, **extra))
+        minutes_of: dict[str, float] = {}
+        runs = [("student", {}, args.epochs), ("distilled", distill, args.epochs)]
+        if args.same_time:
+            runs.append(("student_same_time", {}, None))
+        for kind, extra, epochs in runs:
+            if epochs is None:  # as long as the distilled run: the student's epochs scaled by the time ratio
+                epochs = max(args.epochs, round(args.epochs * minutes_of["distilled"] / minutes_of["student"]))
+            run_dir, minutes, epochs_run = train_run(spec, sets, f"{kind}_seed{seed}",
+                                                     dict(STUDENT, epochs=epochs, seed=seed, **project, **extra))
+            minutes_of[kind] = minutes
             iou = score_test(run_dir, native["test"])
             scores[kind].append(iou)
             student_dir = run_dir
-            emit({"run": kind, "seed": seed, "dir": str(run_dir), "minutes": round(minutes, 2), "epochs": epochs,
+            emit({"run": kind, "seed": seed, "dir": str(run_dir), "minutes": round(minutes, 2), "epochs": epochs_run,
                   "test_iou": round(iou, 4)}, results, out)
-    summary = {"run": "summary", "imgsz": args.imgsz, "teacher_epochs": args.teacher_epochs,
+    summary = {"run": "summary", "imgsz": args.imgsz, "amp": args.amp, "teacher_epochs": args.teacher_epochs,
                "student_epochs": args.epochs, "distill": {k: v for k, v in distill.items() if k != "teacher"},
                "test_images": len(native["test"]), "cpu": cpu_model(), "threads": args.threads,
                **{f"test_iou_{k}": spread(v) for k, v in scores.items() if v},
-               **forward_ms(teacher_dir, student_dir, args.speed_imgsz or args.imgsz)}
+               **forward_ms(teacher_dir, student_dir, args.speed_imgsz or args.imgsz, args.threads)}
     if scores["student"] and scores["distilled"]:
-        summary["gain_mean"] = round(statistics.mean(scores["distilled"]) - statistics.mean(scores["student"]), 4)
+        for kind in (k for k in scores if k.startswith("student")):
+            summary[f"gain_mean_over_{kind}"] = round(statistics.mean(scores["distilled"])
+                                                      - statistics.mean(scores[kind]), 4)
     emit(summary, results, out)
     return results
 
