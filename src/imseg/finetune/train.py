@@ -100,13 +100,12 @@ class FinetuneResult:
 
 
 def _bf16_available() -> bool:
+    """bf16 is worth training in: a GPU that supports it, or a CPU that multiplies bf16 natively."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    from ..precision import native_bf16
+
+    return native_bf16()
 
 
 def _precision(cfg: FinetuneConfig) -> str:
