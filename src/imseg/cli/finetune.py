@@ -30,7 +30,9 @@ def finetune_cmd(
     objects: str = typer.Option("ids", "--objects", help="Mask folders: ids (a value per object; a binary mask is "
                                 "one object), components (each connected region) or whole."),
     batch: int = typer.Option(4, "--batch", help="Images per step."),
-    lr: float = typer.Option(1e-4, "--lr"),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (default 1e-4 from a checkpoint, with the "
+                             "encoder's earlier layers lower; 5e-4 for every layer of a whole model from random "
+                             "weights)."),
     loss: str = typer.Option("bce+dice", "--loss", help="bce+dice or official (focal x20 + dice + IoU)."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 where supported), bf16 or 32."),
     time_budget: float = typer.Option(None, "--time", help="Wall-clock budget in minutes: stop then (saved and "

@@ -23,6 +23,7 @@ class Family:
     decoder: str  # attribute of the mask decoder
     cache_tag: str  # prefix of the embedding-cache key
     cached_weights: Callable[[Any], dict]  # (model) -> the tensors the cached features depend on
+    embed_batch: Callable[..., list] | None = None  # (module, items) -> features of each, one encoder pass
 
 
 def family_of(model: Any) -> Family:
@@ -36,4 +37,5 @@ def family_of(model: Any) -> Family:
     from .dataset import FinetuneDataset
 
     return Family("sam", module.sam_embed, recipe.interactive_rounds, module.sam_box_ious, module.sam_box_masks,
-                  module.set_trainable_sam, FinetuneDataset, "mask_decoder", "", lambda m: m.image_encoder.state_dict())
+                  module.set_trainable_sam, FinetuneDataset, "mask_decoder", "", lambda m: m.image_encoder.state_dict(),
+                  module.sam_embed_batch)

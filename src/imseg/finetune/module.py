@@ -16,7 +16,7 @@ from .recipe import Recipe
 TRAIN_MODES = ("decoder", "decoder+prompt", "lora", "all")
 
 __all__ = ["TRAIN_MODES", "box_iou_of_image", "box_prompt_masks", "make_module", "sam_box_ious", "sam_box_masks",
-           "sam_embed", "set_trainable"]
+           "sam_embed", "sam_embed_batch", "set_trainable", "trains_encoder_norms"]
 
 
 def set_trainable(model: torch.nn.Module, train: str, lora_rank: int = 8) -> bool:
@@ -104,6 +104,30 @@ def sam_box_ious(model: Any, embedding: torch.Tensor, item: dict) -> list[float]
     return box_iou_of_image(model, embedding.float(), item)
 
 
+def trains_encoder_norms(train: str, start: str) -> bool:
+    """Whether the image encoder's BatchNorm layers train (batch statistics) rather than stay in eval mode.
+
+    A pretrained encoder keeps its learned statistics (eval mode: a step's few images would only add noise to
+    them). A random encoder trained whole has no statistics worth keeping: in eval mode its BatchNorm layers
+    (TinyViT's convolutions) would normalise with the initial mean 0 / variance 1 and leave the activations
+    unnormalised, and such a network barely learns (box-prompt IoU flat near the filled box's on horses)."""
+    return train == "all" and start == "random initialisation"
+
+
+def sam_embed_batch(module: Any, items: list[dict]) -> list[torch.Tensor]:
+    """Each item's (1, C, g, g) embedding from one encoder pass over the stacked images (a trained encoder:
+    nothing is cached); items that carry an embedding keep it."""
+    model = module.model
+    todo = [i for i, item in enumerate(items) if "embedding" not in item]
+    out = [item["embedding"][None].to(module.device) if "embedding" in item else None for item in items]
+    if todo:
+        module.encoder_calls += len(todo)
+        x = torch.cat([model.preprocess(items[i]["image"][None].to(module.device)) for i in todo])
+        for i, emb in zip(todo, model.image_encoder(x).split(1), strict=True):
+            out[i] = emb
+    return out
+
+
 def sam_embed(module: Any, item: dict) -> torch.Tensor:
     """(1, C, g, g): the cached embedding, else the encoder's (cached when the encoder is frozen)."""
     if "embedding" in item:
@@ -138,11 +162,13 @@ def make_module(L: Any):
     """The LightningModule class (built lazily: Lightning is imported only when training)."""
 
     class FinetuneModule(L.LightningModule):
-        def __init__(self, model: torch.nn.Module, cfg: dict, cache: Any = None, frozen: bool = True) -> None:
+        def __init__(self, model: torch.nn.Module, cfg: dict, cache: Any = None, frozen: bool = True,
+                     encoder_norms: bool = False) -> None:
             super().__init__()
             from .families import family_of
 
             self.model, self.cfg, self.cache, self.frozen = model, cfg, cache, frozen
+            self.encoder_norms = encoder_norms  # see trains_encoder_norms
             self.family = family_of(model)
             self.recipe = Recipe(prompts=tuple(cfg["prompts"]), clicks=cfg["clicks"], max_objects=cfg["max_objects"],
                                  loss=cfg["loss"])
@@ -153,24 +179,29 @@ def make_module(L: Any):
             self.val_metrics: dict[str, float] = {}
 
         def on_train_epoch_start(self) -> None:
-            # the encoder stays in eval mode: its BatchNorm statistics are not re-estimated from single images
+            # a pretrained encoder stays in eval mode (its BatchNorm statistics are kept); see trains_encoder_norms
             self.model.train()
-            self.model.image_encoder.eval()
+            self.model.image_encoder.train(self.encoder_norms)
 
         def embed(self, item: dict) -> Any:
             """The decoder's image features of ``item`` (SAM: the (1, C, g, g) embedding), cached ones if any."""
             return self.family.embed(self, item)
 
+        def embed_all(self, items: list[dict]) -> list[Any]:
+            """Features of every item: a trained encoder runs once on the stacked images where the family can."""
+            if self.frozen or self.family.embed_batch is None:
+                return [self.embed(item) for item in items]
+            return self.family.embed_batch(self, items)
+
         def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
             gen = torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + int(self.global_step))
             losses, stats = [], []
-            for item in batch:
+            batch = [item for item in batch if len(item["masks"])]  # an image without objects gives no prompt
+            for item, features in zip(batch, self.embed_all(batch), strict=True):
                 gt = item["masks"]
-                if not len(gt):
-                    continue  # an image without objects gives no prompt
                 if len(gt) > self.recipe.max_objects:
                     gt = gt[torch.randperm(len(gt), generator=gen)[: self.recipe.max_objects]]
-                loss, stat = self.family.rounds(self.model, self.embed(item), gt.to(self.device), self.recipe, gen)
+                loss, stat = self.family.rounds(self.model, features, gt.to(self.device), self.recipe, gen)
                 losses.append(loss)
                 stats.append(stat)
             if not losses:  # every image of this batch is empty: a zero loss that still touches the weights

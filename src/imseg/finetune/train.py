@@ -15,7 +15,7 @@ from ..semantic.loggers import parse_logger_spec
 from .module import TRAIN_MODES
 from .recipe import LOSS_PRESETS, PROMPT_KINDS
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "start_defaults"]
 
 
 @dataclass
@@ -36,9 +36,9 @@ class FinetuneConfig:
     objects: str = "ids"  # ids | components | whole (mask folders)
     min_area: int = 4
     batch: int = 4
-    lr: float = 1e-4
+    lr: float | None = None  # None: the start's default (see start_defaults)
     weight_decay: float = 0.01
-    layer_decay: float = 0.8
+    layer_decay: float | None = None  # None: the start's default (see start_defaults)
     warmup: float = 1.0  # epochs of linear warm-up
     grad_clip: float = 1.0
     loss: str = "bce+dice"
@@ -69,7 +69,8 @@ class FinetuneConfig:
              f"prompts must be a comma list of {', '.join(PROMPT_KINDS)} with box or point; got {','.join(prompts)!r}"),
             (self.clicks >= 0, f"clicks must be >= 0, got {self.clicks}"),
             (self.batch >= 1 and self.max_objects >= 1, "batch and max_objects must be >= 1"),
-            (self.lr > 0 and self.weight_decay >= 0 and 0 < self.layer_decay <= 1,
+            ((self.lr is None or self.lr > 0) and self.weight_decay >= 0
+             and (self.layer_decay is None or 0 < self.layer_decay <= 1),
              "lr must be > 0, weight_decay >= 0 and layer_decay in (0, 1]"),
             (self.loss in LOSS_PRESETS, f"loss must be one of {', '.join(LOSS_PRESETS)}, got {self.loss!r}"),
             (self.precision in ("auto", "bf16", "32"), f"precision must be auto, bf16 or 32, got {self.precision!r}"),
@@ -97,6 +98,24 @@ class FinetuneResult:
     epochs_run: int = 0
     steps: int = 0  # optimizer steps taken (over all runs of a resumed run)
     stopped_by_time: bool = False
+
+
+#: (lr, layer_decay) of a run from a checkpoint: the recipe's fine-tuning values, lower for the encoder's
+#: earlier layers so pretrained features are kept
+PRETRAINED_DEFAULTS = (1e-4, 0.8)
+#: (lr, layer_decay) of a whole model trained from random weights: there are no features to keep, so every layer
+#: learns at a from-scratch rate (on horses the pretrained values left a random MobileSAM near the filled box)
+RANDOM_WHOLE_DEFAULTS = (5e-4, 1.0)
+
+
+def start_defaults(cfg: FinetuneConfig, start: str) -> FinetuneConfig:
+    """``cfg`` with ``lr`` and ``layer_decay`` left at None set for the start ("random initialisation" or a
+    checkpoint) and what trains (see :data:`PRETRAINED_DEFAULTS`, :data:`RANDOM_WHOLE_DEFAULTS`)."""
+    from .module import trains_encoder_norms
+
+    lr, decay = RANDOM_WHOLE_DEFAULTS if trains_encoder_norms(cfg.train, start) else PRETRAINED_DEFAULTS
+    return FinetuneConfig(**{**asdict(cfg), "lr": lr if cfg.lr is None else cfg.lr,
+                             "layer_decay": decay if cfg.layer_decay is None else cfg.layer_decay})
 
 
 def _bf16_available() -> bool:
@@ -182,18 +201,19 @@ def finetune(config: FinetuneConfig | dict | None = None, *, resume: Any = None,
         cfg = FinetuneConfig(**{**asdict(cfg), **overrides})
     cfg.validate()
     L = _lightning()
-    from .module import make_module, set_trainable
+    from .module import make_module, set_trainable, trains_encoder_norms
     from .run import build_start_model
 
     model, start = build_start_model(cfg.model, cfg.checkpoint, cfg.imgsz, allow_random=cfg.random_init,
                                      seed=cfg.seed)
+    cfg = start_defaults(cfg, start)
     frozen = set_trainable(model, cfg.train, cfg.lora_rank)
     precision = _precision(cfg)
     loaders, data, cache = build_loaders(cfg, model, frozen, precision)
     if resume is None:
         run_dir = increment_run_dir(cfg.project, cfg.name, cfg.exist_ok)
     L.seed_everything(cfg.seed, verbose=False)
-    module = make_module(L)(model, asdict(cfg), cache, frozen)
+    module = make_module(L)(model, asdict(cfg), cache, frozen, trains_encoder_norms(cfg.train, start))
     callbacks, artifacts, budget = build_callbacks(L, cfg, run_dir, start, data, precision, loaders["val"].dataset,
                                                    record)
     trainer = _trainer(L, cfg, model, callbacks + list(extra_callbacks), run_dir, precision)
