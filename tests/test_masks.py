@@ -180,3 +180,18 @@ def test_load_errors_and_exact_stems(tmp_path, masks):
     assert np.array_equal(Masks.load(upper).masks, masks.masks)
     with pytest.raises(InputError, match="Python objects"):
         Masks(masks.masks, note=np.array([{}, {}, {}, {}], dtype=object)).save(tmp_path / "o", format="npz")
+
+
+def test_more_than_255_rle_masks_get_their_areas():
+    # pycocotools' area() fails past 255 masks under NumPy 2 (a uint8 count); dense nuclei images exceed that
+    from imseg.masks.rle import encode_rle, rle_areas
+
+    dense = np.zeros((600, 20, 30), bool)
+    for i in range(600):
+        dense[i, : 1 + i % 20, : 1 + i % 30] = True
+    expected = dense.reshape(600, -1).sum(1)
+    masks = Masks(rles=encode_rle(dense), image_size=(20, 30))
+    np.testing.assert_array_equal(masks.areas, expected)
+    coco = [dict(r, counts=r["counts"].encode("ascii")) for r in encode_rle(dense)]
+    np.testing.assert_array_equal(rle_areas(coco), expected)
+    assert rle_areas([]).shape == (0,)

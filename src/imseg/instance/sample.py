@@ -95,8 +95,10 @@ class InstanceMask:
     def _rings_overlap(self) -> bool:
         from pycocotools import mask as mask_utils
 
+        from ..masks.rle import rle_areas
+
         parts = mask_utils.frPyObjects([r.ravel().tolist() for r in self.rings], self.height, self.width)
-        return int(mask_utils.area(parts).sum()) != self.area
+        return int(rle_areas(parts).sum()) != self.area
 
     def iou(self, other: InstanceMask) -> float:
         from pycocotools import mask as mask_utils

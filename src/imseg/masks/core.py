@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import draw, files
-from .rle import _as_bool_masks, _rle_counts_to_str, boxes_from_masks, decode_rle, encode_rle
+from .rle import _as_bool_masks, _rle_counts_to_str, boxes_from_masks, decode_rle, encode_rle, rle_areas
 
 
 class Masks:
@@ -73,9 +73,7 @@ class Masks:
             if self._masks is not None:
                 areas = self._masks.reshape(n, h * w).sum(axis=1)
             else:
-                from pycocotools import mask as mask_utils
-
-                areas = mask_utils.area(self._coco_rles()) if n else np.zeros(0)
+                areas = rle_areas(self._coco_rles())
         self.areas = self._per_mask(areas, n, np.int64, "areas")
         if boxes is None:
             if self._masks is not None:

@@ -23,6 +23,21 @@ def _rle_counts_to_str(rle: dict) -> dict:
     return out
 
 
+#: pycocotools' ``area`` sizes its result with a uint8 scalar, which NumPy 2 refuses past 255 masks
+AREA_CHUNK = 255
+
+
+def rle_areas(rles: Sequence[dict]) -> np.ndarray:
+    """(N,) int64 pixel counts of pycocotools RLEs (``counts`` as bytes), any N: ``mask_utils.area`` is called on
+    at most :data:`AREA_CHUNK` at a time, since for more it fails with an OverflowError under NumPy 2."""
+    from pycocotools import mask as mask_utils
+
+    rles = list(rles)
+    parts = [np.asarray(mask_utils.area(rles[i:i + AREA_CHUNK]), np.int64).reshape(-1)
+             for i in range(0, len(rles), AREA_CHUNK)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
 def _as_bool_masks(arr: np.ndarray) -> np.ndarray:
     """Binary masks as bool; anything that is not 0/1 (or 0/255) is refused rather than guessed at."""
     if arr.dtype == bool:

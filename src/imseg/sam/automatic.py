@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..masks import Masks, coco_rles, rle_counts
+from ..masks.rle import rle_areas
 from ..postprocess import remove_small_regions
 from .amg_utils import (
     MaskRecords,
@@ -300,7 +301,7 @@ class SamAutomaticMaskGenerator:
         rles, boxes, iou, stab = found.rles, found.boxes.numpy(), found.iou.numpy(), found.stability.numpy()
         points, crops = found.points, found.crop_boxes
         records = []
-        areas = mask_utils.area(rles) if rles else []
+        areas = rle_areas(rles)
         for i, rle in enumerate(rles):
             if self.output_mode == "coco_rle":
                 seg: Any = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
