@@ -95,3 +95,39 @@ def test_one_encoder_pass_over_the_batch_equals_one_image_at_a_time():
     for a, b in zip(together[:2], alone, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert torch.equal(together[2], cached)
+
+
+def test_training_items_are_jittered_with_their_masks_and_repeat_per_epoch(tmp_path):
+    import numpy as np
+
+    from imseg.finetune.dataset import FinetuneDataset
+    from imseg.io import write_image
+
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[10:30, 5:25] = (200, 60, 40)  # an object off-centre, so a flip moves it
+    path = tmp_path / "a.png"
+    write_image(path, rgb)
+
+    class Sample:
+        image = str(path)
+
+        def masks(self):
+            return (rgb[..., 0] > 0)[None]
+
+    train = FinetuneDataset([Sample()], 64, None, flip=True, seed=3)
+    sizes = set()
+    for epoch in range(8):
+        train.epoch = epoch
+        item = train[0]
+        again = train[0]
+        assert torch.equal(item["image"], again["image"]) and torch.equal(item["masks"], again["masks"])
+        h, w = item["input_size"]
+        sizes.add((h, w))
+        assert item["image"].shape[1:] == (h, w) and item["masks"].shape == (1, 64, 64)
+        assert 0.74 * 43 <= w * 40 / 60 <= 43 and not item["masks"][:, h:].any() and not item["masks"][:, :, w:].any()
+        bright = item["image"].mean(0) > 40  # the object's pixels, whatever the colour jitter did
+        mask = item["masks"][0, :h, :w] > 0.5
+        assert (bright & mask).sum() / (bright | mask).sum() > 0.85
+    assert len(sizes) > 1
+    plain = FinetuneDataset([Sample()], 64, None)[0]
+    assert plain["input_size"] == (43, 64) and plain["image"].max() == 200

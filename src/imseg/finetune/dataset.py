@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .data import FtSample
 
-__all__ = ["FinetuneDataset", "collate", "resize_masks"]
+__all__ = ["FinetuneDataset", "collate", "jitter_colour", "resize_masks"]
 
 
 def resize_masks(masks: np.ndarray, input_size: tuple[int, int], size: int) -> torch.Tensor:
@@ -21,12 +21,33 @@ def resize_masks(masks: np.ndarray, input_size: tuple[int, int], size: int) -> t
     return F.pad(t, (0, size - input_size[1], 0, size - input_size[0]))
 
 
+#: colour jitter of a training image without a cache: brightness, contrast and saturation factors drawn from
+#: 1 +- this (photometric only, so the masks stay as they are)
+COLOUR_JITTER = 0.2
+
+
+def jitter_colour(rgb: np.ndarray, rng: np.random.Generator, amount: float = COLOUR_JITTER) -> np.ndarray:
+    """(H, W, 3) uint8 with random brightness, contrast and saturation (factors in 1 +- ``amount``)."""
+    x = rgb.astype(np.float32)
+    brightness, contrast, saturation = rng.uniform(1 - amount, 1 + amount, size=3)
+    x *= brightness
+    gray = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    x = (x - gray.mean()) * contrast + gray.mean()
+    gray = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    x = gray + (x - gray) * saturation
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
 class FinetuneDataset(torch.utils.data.Dataset):
     """Item: ``{"index", "key", "masks" (K, S, S) float at the input geometry, "input_size", "original_size",
     and "embedding" (C, g, g) from ``cache`` or "image" (3, h, w) float 0..255 resized (not padded)}``.
 
-    ``full_masks``: also return the original-size masks (validation). ``flip``: random horizontal flips (only
-    without a cache: a cached embedding is of the unflipped image)."""
+    ``full_masks``: also return the original-size masks (validation). ``flip``: random horizontal flips, colour
+    jitter (:func:`jitter_colour`) and a random shrink inside the input square (:data:`SHRINK`), only without a
+    cache (a cached embedding is of the image as it is), each drawn from (seed, epoch, index)."""
+
+    #: the image and its masks scaled by a factor in this range inside the padded square (objects seen smaller)
+    SHRINK: tuple[float, float] | None = (0.75, 1.0)
 
     def __init__(self, samples: list[FtSample], imgsz: int, cache: Any = None, *, full_masks: bool = False,
                  flip: bool = False, seed: int = 0) -> None:
@@ -70,8 +91,11 @@ class FinetuneDataset(torch.utils.data.Dataset):
                          if k in entry})
         else:
             rgb = read_image(sample.image)
+            original = tuple(rgb.shape[:2])
+            if self.flip:
+                rgb = jitter_colour(rgb, self._rng(i, 1))
             image = self.image_tensor(rgb)
-            item.update(image=image, input_size=tuple(image.shape[1:]), original_size=tuple(rgb.shape[:2]))
+            item.update(image=image, input_size=tuple(image.shape[1:]), original_size=original)
         full, small = self._object_masks(i, item["original_size"])
         if full.size and full.shape[1:] != tuple(item["original_size"]):
             from ..errors import DatasetError
@@ -79,12 +103,33 @@ class FinetuneDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{sample.image}: image is {item['original_size'][1]}x{item['original_size'][0]} but "
                                f"its masks are {full.shape[2]}x{full.shape[1]} (WxH); fix the annotation.")
         item["masks"], item["full_masks"] = small, full
-        if self.flip and "image" in item and np.random.default_rng((self.seed, self.epoch, i)).random() < 0.5:
+        if self.flip and "image" in item and self._rng(i).random() < 0.5:
             w = item["input_size"][1]
             item["image"] = item["image"].flip(-1)
             flipped = item["masks"][..., :w].flip(-1)
             item["masks"] = F.pad(flipped, (0, self.imgsz - w))
+        if self.flip and "image" in item and self.SHRINK is not None:
+            self._shrink(item, float(self._rng(i, 2).uniform(*self.SHRINK)))
         return item
+
+    def _rng(self, i: int, stream: int = 0) -> np.random.Generator:
+        return np.random.default_rng((self.seed, self.epoch, i) + ((stream,) if stream else ()))
+
+    def _shrink(self, item: dict[str, Any], factor: float) -> None:
+        """Scale the (unpadded) image and its masks by ``factor``; the masks stay padded to the square."""
+        h, w = item["input_size"]
+        size = (max(1, round(h * factor)), max(1, round(w * factor)))
+        if size == (h, w):
+            return
+        item["image"] = F.interpolate(item["image"][None], size, mode="bilinear", align_corners=False,
+                                      antialias=True)[0]
+        masks = item["masks"][:, :h, :w]
+        if len(masks):
+            masks = (F.interpolate(masks[None], size, mode="bilinear", align_corners=False)[0] > 0.5).float()
+        else:
+            masks = masks.new_zeros((0, *size))
+        item["masks"] = F.pad(masks, (0, self.imgsz - size[1], 0, self.imgsz - size[0]))
+        item["input_size"] = size
 
 
 def collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:

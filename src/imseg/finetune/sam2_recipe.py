@@ -48,7 +48,10 @@ def encoder_side_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 class Sam2FinetuneDataset(FinetuneDataset):
     """:class:`FinetuneDataset` in SAM 2's geometry: image and masks squashed to the ``imgsz`` square; ``"image"``
-    is normalised as SAM 2's encoder takes it; cached items also carry ``"high_res_feats"``."""
+    is normalised as SAM 2's encoder takes it; cached items also carry ``"high_res_feats"``. No shrink: the
+    image fills the square, which is the geometry SAM 2's encoder sees."""
+
+    SHRINK = None
 
     def input_shape(self, original: tuple[int, int]) -> tuple[int, int]:
         return self.imgsz, self.imgsz
