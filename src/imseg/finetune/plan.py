@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..semantic.plan.budget import SAFETY, warmup_epochs
-from ..semantic.plan.rules import Choice
+from ..semantic.plan.rules import Choice, choice_lines, choices_to_dict
 
 __all__ = ["PLANNED_OPTIONS", "Choice", "Facts", "FinetunePlan", "Timing", "choose_batch", "choose_imgsz",
            "epoch_choices", "plan_rules", "schedule"]
@@ -171,7 +171,7 @@ class FinetunePlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"minutes": self.minutes, "facts": self.facts.to_dict(),
-                "choices": {k: {"value": c.value, "reason": c.reason} for k, c in self.choices.items()},
+                "choices": choices_to_dict(self.choices),
                 "timing": self.timing.to_dict() if self.timing else None,
                 "reference_timing": self.reference.to_dict() if self.reference else None, "schedule": self.schedule}
 
@@ -181,8 +181,7 @@ class FinetunePlan:
                  f"  data: {f.train_images} train / {f.val_images} val images, median longer side {f.native_side} "
                  f"px; {'frozen encoder, embeddings cached' if f.reuse else 'the encoder runs every step'}; "
                  f"{'pretrained' if f.pretrained else 'random'} start"]
-        for key, choice in self.choices.items():
-            lines.append(f"  {key} = {choice.value!r}\n      {choice.reason}")
+        lines += choice_lines(self.choices)
         if self.timing:
             t = self.timing
             lines.append(f"  probe at {t.size} px: encode {t.encode_s:.3f} s an image, step {t.step_s:.3f} s "

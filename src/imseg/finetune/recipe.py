@@ -78,6 +78,25 @@ def round_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tenso
     return (mask[rows, best] + dice[rows, best] + iou).mean(), best
 
 
+def chosen_iou(chosen: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean IoU of each object's chosen (K, L, L) bool mask against its (K, 1, L, L) 0/1 target."""
+    with torch.no_grad():
+        truth = target[:, 0] > 0.5
+        inter = (chosen & truth).flatten(1).sum(1).float()
+        union = (chosen | truth).flatten(1).sum(1).float().clamp(min=1)
+        return float((inter / union).mean())
+
+
+def add_correction_click(target: torch.Tensor, chosen: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor,
+                         scale: float, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``coords`` (K, n, 2) and ``labels`` (K, n) with one more click per object, sampled from its error region
+    (the loss-size masks' clicks scaled by ``scale`` to the input geometry); labels keep their dtype."""
+    from ..sam.clicks import sample_random_points_from_errors
+
+    xy, lab = sample_random_points_from_errors(target.cpu() > 0.5, chosen[:, None].cpu(), 1, generator=gen)
+    return torch.cat([coords, (xy + 0.5) * scale - 0.5], 1), torch.cat([labels, lab.to(labels.dtype)], 1)
+
+
 def interactive_rounds(model: Any, embedding: torch.Tensor, gt: torch.Tensor, recipe: Recipe,
                        gen: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
     """Train-time rounds on one image: ``embedding`` (1, C, g, g), ``gt`` (K, S, S) object masks at the input
@@ -113,15 +132,10 @@ def interactive_rounds(model: Any, embedding: torch.Tensor, gt: torch.Tensor, re
         total = total + loss
         rows = torch.arange(len(best))
         chosen = logits.detach()[rows, best] > 0
-        with torch.no_grad():
-            inter = (chosen & (target[:, 0] > 0.5)).flatten(1).sum(1).float()
-            union = (chosen | (target[:, 0] > 0.5)).flatten(1).sum(1).float().clamp(min=1)
-            stats["iou_round0" if step == 0 else "iou_last"] = float((inter / union).mean())
+        stats["iou_round0" if step == 0 else "iou_last"] = chosen_iou(chosen, target)
         if step == recipe.clicks:
             break
-        xy, lab = sample_random_points_from_errors(target.cpu() > 0.5, chosen[:, None].cpu(), 1, generator=gen)
-        coords = torch.cat([coords, (xy + 0.5) * scale - 0.5], 1)
-        labels = torch.cat([labels, lab.float()], 1)
+        coords, labels = add_correction_click(target, chosen, coords, labels, scale, gen)
         if "mask" in recipe.prompts:
             mask_input = low_res.detach()[rows, best][:, None]
     return total, stats

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import FinetuneDataset
-from .recipe import Recipe, _resize
+from .recipe import Recipe, _resize, add_correction_click, chosen_iou
 
 __all__ = ["Sam2FinetuneDataset", "encoder_side_state", "is_sam2", "sam2_box_ious", "sam2_embed", "sam2_loss",
            "sam2_rounds"]
@@ -128,8 +128,6 @@ def sam2_rounds(model: Any, features: dict, gt: torch.Tensor, recipe: Recipe, ge
                 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Train-time rounds on one image: ``gt`` (K, S, S) object masks at the input geometry -> the loss over all
     rounds and {"iou_round0", "iou_last"} (IoU of the candidate carried on, at the loss size)."""
-    from ..sam.clicks import sample_random_points_from_errors
-
     device = features["image_embed"].device
     size = min(gt.shape[-1], recipe.loss_size)
     target = _resize(gt[:, None], size).gt(0.5).float()
@@ -148,15 +146,10 @@ def sam2_rounds(model: Any, features: dict, gt: torch.Tensor, recipe: Recipe, ge
         steps["multistep_object_score_logits"].append(scores.float())
         best = iou.detach().argmax(1).cpu()
         chosen = logits.detach()[rows, best] > 0
-        with torch.no_grad():
-            inter = (chosen & (target[:, 0] > 0.5)).flatten(1).sum(1).float()
-            union = (chosen | (target[:, 0] > 0.5)).flatten(1).sum(1).float().clamp(min=1)
-            stats["iou_round0" if step == 0 else "iou_last"] = float((inter / union).mean())
+        stats["iou_round0" if step == 0 else "iou_last"] = chosen_iou(chosen, target)
         if step == recipe.clicks:
             break
-        xy, lab = sample_random_points_from_errors(target.cpu() > 0.5, chosen[:, None].cpu(), 1, generator=gen)
-        coords = torch.cat([coords, (xy + 0.5) * scale - 0.5], 1)
-        labels = torch.cat([labels, lab.long()], 1)
+        coords, labels = add_correction_click(target, chosen, coords, labels, scale, gen)
         if "mask" in recipe.prompts:
             mask_input = low_res.detach()[rows, best][:, None]
     losses = sam2_loss(recipe.loss)([steps], target[:, 0][None])

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..semantic.plan.budget import STAGE_OVERHEAD_S, schedule
 from ..semantic.plan.probe import PROBE_STEPS, ProbeResult
-from ..semantic.plan.rules import Choice, Machine
+from ..semantic.plan.rules import Choice, Machine, choice_lines, choices_to_dict
 from .plan import InstanceFingerprint, instance_fingerprint, plan_rules
 from .sample import InstanceDataset
 
@@ -44,7 +44,7 @@ class InstancePlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"minutes": self.minutes, "fingerprint": self.fingerprint.to_dict(),
-                "choices": {k: {"value": c.value, "reason": c.reason} for k, c in self.choices.items()},
+                "choices": choices_to_dict(self.choices),
                 "probe": self.probe.to_dict() if self.probe else None, "schedule": self.schedule}
 
     def format(self) -> str:
@@ -55,11 +55,9 @@ class InstancePlan:
                  f"{'grayscale' if fp.grayscale else 'colour'}",
                  f"  objects: {fp.objects_median:g} an image (max {fp.objects_max}), small ones {fp.small_px:.1f} px "
                  f"across ({fp.small_extent:.3f} of the image side), {fp.touching:.0%} touching another"]
-        lines += [f"  {key} = {c.value!r}\n      {c.reason}" for key, c in self.choices.items()]
+        lines += choice_lines(self.choices)
         if self.probe:
-            p = self.probe
-            lines.append(f"  probe: {p.step_s:.3f} s a step x {p.steps_per_epoch} steps + {p.val_images} validation "
-                         f"images x {p.val_image_s * 1000:.1f} ms = {p.epoch_s:.1f} s an epoch")
+            lines.append(self.probe.line())
         if self.schedule:
             s = self.schedule
             lines.append(f"  schedule: planning {s['planning_s']:.0f} s, {s['stage1']['epochs']} epochs "

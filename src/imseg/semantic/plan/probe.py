@@ -27,6 +27,11 @@ class ProbeResult:
         return {**{k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()},
                 "epoch_s": round(self.epoch_s, 2)}
 
+    def line(self) -> str:
+        """The plan printout's probe line."""
+        return (f"  probe: {self.step_s:.3f} s a step x {self.steps_per_epoch} steps + {self.val_images} validation "
+                f"images x {self.val_image_s * 1000:.1f} ms = {self.epoch_s:.1f} s an epoch")
+
 
 def probe(cfg, datasets: dict, num_classes: int, ignore_index: int | None, steps: int = PROBE_STEPS,
           give_up_s: float = float("inf")) -> ProbeResult:

@@ -57,6 +57,16 @@ class Choice:
     reason: str
 
 
+def choices_to_dict(choices: dict[str, Choice]) -> dict[str, dict[str, Any]]:
+    """A plan's choices as config.yaml records them: {option: {"value", "reason"}}."""
+    return {key: {"value": c.value, "reason": c.reason} for key, c in choices.items()}
+
+
+def choice_lines(choices: dict[str, Choice]) -> list[str]:
+    """A plan's choices as its printout shows them: the option and value, then the reason indented."""
+    return [f"  {key} = {c.value!r}\n      {c.reason}" for key, c in choices.items()]
+
+
 def _round_to(value: float, step: int) -> int:
     return max(step, int(round(value / step)) * step)
 

@@ -12,7 +12,7 @@ from .budget import STAGE_OVERHEAD_S, schedule, tta_images, tta_seconds, warmup_
 from .fingerprint import Fingerprint, fingerprint
 from .probe import ProbeResult, probe
 from .replan import make_replan_callback
-from .rules import SECOND_STAGE_MIN_EPOCHS, Choice, Machine, plan_rules
+from .rules import SECOND_STAGE_MIN_EPOCHS, Choice, Machine, choice_lines, choices_to_dict, plan_rules
 from .tta import choose_tta, cost, store_inference
 
 #: TrainConfig options the plan sets unless they are given
@@ -49,7 +49,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"minutes": self.minutes, "fingerprint": self.fingerprint.to_dict(),
-                "choices": {k: {"value": c.value, "reason": c.reason} for k, c in self.choices.items()},
+                "choices": choices_to_dict(self.choices),
                 "probe": self.probe.to_dict() if self.probe else None, "schedule": self.schedule,
                 **({"timings": {k: round(v, 1) for k, v in self.timings.items()}} if self.timings else {})}
 
@@ -62,12 +62,9 @@ class Plan:
                  f"  class shares {[round(f, 3) for f in fp.class_fraction]}, thinnest class {fp.thinnest:.1f} px wide, "
                  f"small objects {fp.object_extent:.3f} of the image side",
                  "  mask IoU kept at size: " + ", ".join(f"{k}: {v:.3f}" for k, v in fp.roundtrip.items())]
-        for key, choice in self.choices.items():
-            lines.append(f"  {key} = {choice.value!r}\n      {choice.reason}")
+        lines += choice_lines(self.choices)
         if self.probe:
-            p = self.probe
-            lines.append(f"  probe: {p.step_s:.3f} s a step x {p.steps_per_epoch} steps + {p.val_images} validation "
-                         f"images x {p.val_image_s * 1000:.1f} ms = {p.epoch_s:.1f} s an epoch")
+            lines.append(self.probe.line())
         if self.schedule:
             s = self.schedule
             stages = f"stage 1: {s['stage1']['epochs']} epochs (~{s['stage1']['seconds']:.0f} s)"
