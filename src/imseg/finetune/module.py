@@ -115,17 +115,14 @@ def trains_encoder_norms(train: str, start: str) -> bool:
 
 
 def sam_embed_batch(module: Any, items: list[dict]) -> list[torch.Tensor]:
-    """Each item's (1, C, g, g) embedding from one encoder pass over the stacked images (a trained encoder:
-    nothing is cached); items that carry an embedding keep it."""
+    """Each item's (1, C, g, g) embedding from one pass of the (trained, so uncached) encoder over the stacked
+    images."""
+    if not items:
+        return []
     model = module.model
-    todo = [i for i, item in enumerate(items) if "embedding" not in item]
-    out = [item["embedding"][None].to(module.device) if "embedding" in item else None for item in items]
-    if todo:
-        module.encoder_calls += len(todo)
-        x = torch.cat([model.preprocess(items[i]["image"][None].to(module.device)) for i in todo])
-        for i, emb in zip(todo, model.image_encoder(x).split(1), strict=True):
-            out[i] = emb
-    return out
+    module.encoder_calls += len(items)
+    x = torch.cat([model.preprocess(item["image"][None].to(module.device)) for item in items])
+    return list(model.image_encoder(x).split(1))
 
 
 def sam_embed(module: Any, item: dict) -> torch.Tensor:
