@@ -110,7 +110,7 @@ def test_training_items_are_jittered_with_their_masks_and_repeat_per_epoch(tmp_p
         def masks(self):
             return (rgb[..., 0] > 0)[None]
 
-    train = FinetuneDataset([Sample()], 64, None, flip=True, seed=3)
+    train = FinetuneDataset([Sample()], 64, None, augment=True, seed=3)
     sizes = set()
     for epoch in range(8):
         train.epoch = epoch

@@ -42,7 +42,7 @@ class FinetuneDataset(torch.utils.data.Dataset):
     """Item: ``{"index", "key", "masks" (K, S, S) float at the input geometry, "input_size", "original_size",
     and "embedding" (C, g, g) from ``cache`` or "image" (3, h, w) float 0..255 resized (not padded)}``.
 
-    ``full_masks``: also return the original-size masks (validation). ``flip``: random horizontal flips, colour
+    ``full_masks``: also return the original-size masks (validation). ``augment``: random horizontal flips, colour
     jitter (:func:`jitter_colour`) and a random shrink inside the input square (:data:`SHRINK`), only without a
     cache (a cached embedding is of the image as it is), each drawn from (seed, epoch, index)."""
 
@@ -50,11 +50,11 @@ class FinetuneDataset(torch.utils.data.Dataset):
     SHRINK: tuple[float, float] | None = (0.75, 1.0)
 
     def __init__(self, samples: list[FtSample], imgsz: int, cache: Any = None, *, full_masks: bool = False,
-                 flip: bool = False, seed: int = 0) -> None:
+                 augment: bool = False, seed: int = 0) -> None:
         from ..sam.transforms import ResizeLongestSide
 
         self.samples, self.imgsz, self.cache = samples, imgsz, cache
-        self.full_masks, self.flip, self.seed = full_masks, flip and cache is None, seed
+        self.full_masks, self.augment, self.seed = full_masks, augment and cache is None, seed
         self.transform = ResizeLongestSide(imgsz)
         self.epoch = 0
         self._masks: dict[int, tuple[np.ndarray, torch.Tensor]] = {}
@@ -92,7 +92,7 @@ class FinetuneDataset(torch.utils.data.Dataset):
         else:
             rgb = read_image(sample.image)
             original = tuple(rgb.shape[:2])
-            if self.flip:
+            if self.augment:
                 rgb = jitter_colour(rgb, self._rng(i, 1))
             image = self.image_tensor(rgb)
             item.update(image=image, input_size=tuple(image.shape[1:]), original_size=original)
@@ -103,12 +103,12 @@ class FinetuneDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{sample.image}: image is {item['original_size'][1]}x{item['original_size'][0]} but "
                                f"its masks are {full.shape[2]}x{full.shape[1]} (WxH); fix the annotation.")
         item["masks"], item["full_masks"] = small, full
-        if self.flip and "image" in item and self._rng(i).random() < 0.5:
+        if self.augment and "image" in item and self._rng(i).random() < 0.5:
             w = item["input_size"][1]
             item["image"] = item["image"].flip(-1)
             flipped = item["masks"][..., :w].flip(-1)
             item["masks"] = F.pad(flipped, (0, self.imgsz - w))
-        if self.flip and "image" in item and self.SHRINK is not None:
+        if self.augment and "image" in item and self.SHRINK is not None:
             self._shrink(item, float(self._rng(i, 2).uniform(*self.SHRINK)))
         return item
 

@@ -33,7 +33,7 @@ def build_loaders(cfg: Any, model: torch.nn.Module, frozen: bool, precision: str
     from .families import family_of
 
     dataset = family_of(model).dataset
-    train = dataset(data.splits["train"], cfg.imgsz, cache, flip=True, seed=cfg.seed)
+    train = dataset(data.splits["train"], cfg.imgsz, cache, augment=True, seed=cfg.seed)
     val = dataset(data.splits["val"], cfg.imgsz, cache, full_masks=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader
