@@ -88,19 +88,14 @@ def probe(cfg: Any, data: Any, steps: int = PROBE_STEPS, max_s: float = float("i
     early (after two) once they have taken ``max_s`` seconds: slow steps need no more precision."""
     from ..semantic.module import _lightning
     from .loop import build_loaders
-    from .module import make_module, set_trainable, trains_encoder_norms
-    from .run import build_start_model
-    from .train import _precision, start_defaults
+    from .module import make_module
+    from .train import _precision, prepare_start
 
     start_s = time.perf_counter()
-    model, start = build_start_model(cfg.model, cfg.checkpoint, cfg.imgsz, allow_random=cfg.random_init,
-                                     seed=cfg.seed)
-    cfg = start_defaults(cfg, start)
-    frozen = set_trainable(model, cfg.train, cfg.lora_rank)
+    cfg, model, start, frozen, encoder_norms = prepare_start(cfg)
     precision = _precision(cfg)
     loaders, _, cache = build_loaders(cfg, model, frozen, precision, data=data)
-    module = make_module(_lightning())(model, asdict(cfg), cache, frozen,
-                                        trains_encoder_norms(cfg.train, start)).to(_device(cfg))
+    module = make_module(_lightning())(model, asdict(cfg), cache, frozen, encoder_norms).to(_device(cfg))
     build_s = time.perf_counter() - start_s
     train, val = loaders["train"].dataset, loaders["val"].dataset
     reuse = cache is not None

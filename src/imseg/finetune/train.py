@@ -15,7 +15,7 @@ from ..semantic.loggers import parse_logger_spec
 from .module import TRAIN_MODES
 from .recipe import LOSS_PRESETS, PROMPT_KINDS
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "start_defaults"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "prepare_start", "start_defaults"]
 
 
 @dataclass
@@ -118,6 +118,20 @@ def start_defaults(cfg: FinetuneConfig, start: str) -> FinetuneConfig:
                              "layer_decay": decay if cfg.layer_decay is None else cfg.layer_decay})
 
 
+def prepare_start(cfg: FinetuneConfig) -> tuple[FinetuneConfig, torch.nn.Module, str, bool, bool]:
+    """What a run and its timing probe both start from: ``cfg`` with the start's defaults, the model, its start
+    ("checkpoint PATH" | "random initialisation"), whether the encoder is frozen, and whether its BatchNorm
+    statistics train (:func:`.module.trains_encoder_norms`)."""
+    from .module import set_trainable, trains_encoder_norms
+    from .run import build_start_model
+
+    model, start = build_start_model(cfg.model, cfg.checkpoint, cfg.imgsz, allow_random=cfg.random_init,
+                                     seed=cfg.seed)
+    cfg = start_defaults(cfg, start)
+    frozen = set_trainable(model, cfg.train, cfg.lora_rank)
+    return cfg, model, start, frozen, trains_encoder_norms(cfg.train, start)
+
+
 def _bf16_available() -> bool:
     """bf16 is worth training in: a GPU that supports it, or a CPU that multiplies bf16 natively."""
     if torch.cuda.is_available():
@@ -201,19 +215,15 @@ def finetune(config: FinetuneConfig | dict | None = None, *, resume: Any = None,
         cfg = FinetuneConfig(**{**asdict(cfg), **overrides})
     cfg.validate()
     L = _lightning()
-    from .module import make_module, set_trainable, trains_encoder_norms
-    from .run import build_start_model
+    from .module import make_module
 
-    model, start = build_start_model(cfg.model, cfg.checkpoint, cfg.imgsz, allow_random=cfg.random_init,
-                                     seed=cfg.seed)
-    cfg = start_defaults(cfg, start)
-    frozen = set_trainable(model, cfg.train, cfg.lora_rank)
+    cfg, model, start, frozen, encoder_norms = prepare_start(cfg)
     precision = _precision(cfg)
     loaders, data, cache = build_loaders(cfg, model, frozen, precision)
     if resume is None:
         run_dir = increment_run_dir(cfg.project, cfg.name, cfg.exist_ok)
     L.seed_everything(cfg.seed, verbose=False)
-    module = make_module(L)(model, asdict(cfg), cache, frozen, trains_encoder_norms(cfg.train, start))
+    module = make_module(L)(model, asdict(cfg), cache, frozen, encoder_norms)
     callbacks, artifacts, budget = build_callbacks(L, cfg, run_dir, start, data, precision, loaders["val"].dataset,
                                                    record)
     trainer = _trainer(L, cfg, model, callbacks + list(extra_callbacks), run_dir, precision)
