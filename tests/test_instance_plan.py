@@ -44,7 +44,7 @@ def test_tiny_objects_raise_the_input_size_until_they_keep_their_pixels():
     assert large["imgsz"] == 64  # the smallest input already keeps large objects whole
     assert tiny["imgsz"].value == 320 and tiny["imgsz"].value * 0.02 >= MIN_OBJECT_PX > 256 * 0.02
     assert "6 px" in tiny["imgsz"].reason
-    # where objects touch, the rims between them need more pixels
+    # where objects touch, the cores apart inside them need more pixels
     touching = plan_rules(_fp(median_size=(1024, 1024), small_extent=0.02, touching=0.3), CPU)
     assert touching["imgsz"].value == 448 and touching["imgsz"].value * 0.02 >= MIN_TOUCHING_PX
     assert "touch" in touching["imgsz"].reason
@@ -118,7 +118,7 @@ def test_grayscale_and_given_options():
     assert given["batch"].value == 8  # later rules follow the given size
     forced = _values(plan_rules(_fp(), CPU, {"model": "maskrcnn"}))
     assert forced["model"] == "maskrcnn" and "backbone" in forced and "encoder" not in forced
-    # Mask R-CNN's smallest anchor (16 px) wants more than the U-Net's rims; both stay within the typical image
+    # Mask R-CNN's smallest anchor (16 px) wants more than the U-Net's cores; both stay within the typical image
     assert forced["imgsz"] == 256 and _values(plan_rules(_fp(), CPU))["imgsz"] == 160
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from imseg.errors import ConfigError
 from imseg.instance import InstanceMask, InstanceObject, InstanceSample
 from imseg.instance.unet import pixel_labels, split_instances
 
@@ -19,7 +20,7 @@ def _square(y, x, h, w, size=(40, 50)):
     return m
 
 
-def test_pixel_labels_mark_rims_between_touching_objects():
+def test_pixel_labels_mark_cores_apart_and_rims_between_touching_objects():
     a, b = _square(5, 5, 10, 10), _square(5, 15, 10, 10)  # side by side, touching
     sample = InstanceSample("x.png", 40, 50, [InstanceObject("n", InstanceMask.from_array(a)),
                                               InstanceObject("n", InstanceMask.from_array(b)),
@@ -27,9 +28,16 @@ def test_pixel_labels_mark_rims_between_touching_objects():
                                                              iscrowd=True)])
     labels = pixel_labels(sample)
     assert set(np.unique(labels)) == {0, 1, 2, 255}
-    assert (labels[a | b] > 0).all() and labels[10, 14] == 2 and labels[10, 15] == 2  # both rims at the seam
-    assert labels[10, 10] == 1 and (labels[_square(30, 30, 5, 5)] == 255).all()
+    assert (labels[a | b] > 0).all() and (labels[_square(30, 30, 5, 5)] == 255).all()
     assert (labels[~(a | b | _square(30, 30, 5, 5))] == 0).all()
+    # depth 1..5 across a 10-px side: the core (deeper than half of 5) is each square's central 6x6, so the
+    # cores of the touching squares stay 4 px apart
+    assert ((labels == 1) == (_square(7, 7, 6, 6) | _square(7, 17, 6, 6))).all()
+    rims = pixel_labels(sample, core=0.0)  # the one-pixel rims alone: both rims at the seam
+    assert ((rims == 1) == (_square(6, 6, 8, 8) | _square(6, 16, 8, 8))).all()
+    assert rims[10, 14] == 2 and rims[10, 15] == 2
+    with pytest.raises(ConfigError, match="core must lie in"):
+        pixel_labels(sample, core=1.0)
 
 
 def test_split_instances_recovers_touching_objects_from_their_targets():

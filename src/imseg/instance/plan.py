@@ -19,10 +19,10 @@ from ..semantic.plan.fingerprint import CANDIDATE_SIZES
 from ..semantic.plan.rules import Choice, Machine, choose_amp
 from .sample import InstanceDataset
 
-#: the small objects (10th percentile of sqrt(area)) keep this many pixels across at the input size: a one-pixel
-#: rim on each side (the U-Net's boundary class) and an interior between them
+#: the small objects (10th percentile of sqrt(area)) keep this many pixels across at the input size: the U-Net's
+#: core (the pixels deeper than half the object's depth) inside a rim on each side
 MIN_OBJECT_PX = 6
-#: ... and this many where objects touch: their rims are all that separates them, so they must survive scaling
+#: ... and this many where objects touch: the gap between their cores is all that separates them
 MIN_TOUCHING_PX = 8
 #: Mask R-CNN's smallest anchor is 16 px: smaller objects match no anchor well
 MIN_MASKRCNN_PX = 16
@@ -105,7 +105,7 @@ def choose_model(fp: InstanceFingerprint) -> Choice:
     if len(fp.class_names) > 1:
         return Choice("maskrcnn", f"{len(fp.class_names)} classes: Mask R-CNN classifies each object")
     return Choice("unet-watershed", "one class: the contour-aware U-Net (one dense pass, no proposals) splits "
-                                    "touching objects at their rims; the cheapest on a CPU")
+                                    "touching objects between their cores; the cheapest on a CPU")
 
 
 def choose_network(model: str, machine: Machine) -> dict[str, Choice]:
@@ -120,9 +120,9 @@ def _need(fp: InstanceFingerprint, model: str) -> tuple[int, str]:
     if model == "maskrcnn":
         return MIN_MASKRCNN_PX, f"Mask R-CNN's smallest anchor ({MIN_MASKRCNN_PX} px)"
     if fp.touching >= TOUCHING:
-        return MIN_TOUCHING_PX, (f"{fp.touching:.0%} of the objects touch: the rims between them need "
+        return MIN_TOUCHING_PX, (f"{fp.touching:.0%} of the objects touch: cores apart inside them need "
                                  f"{MIN_TOUCHING_PX} px objects")
-    return MIN_OBJECT_PX, f"a rim each side and an interior need {MIN_OBJECT_PX} px objects"
+    return MIN_OBJECT_PX, f"a core inside a rim each side needs {MIN_OBJECT_PX} px objects"
 
 
 def _letterbox_cap(fp: InstanceFingerprint, machine: Machine) -> tuple[int, int]:
@@ -186,7 +186,8 @@ def choose_optimisation(fp: InstanceFingerprint, model: str, imgsz: int) -> dict
 
 
 def choose_augment(fp: InstanceFingerprint) -> Choice:
-    """The U-Net's augmentation: mild scaling (one-pixel rims must survive resampling), flips by scene type."""
+    """The U-Net's augmentation: mild scaling (small objects' cores must survive resampling), flips by scene
+    type."""
     aug: dict[str, Any] = {"scale": [0.75, 1.33], "hflip": 0.5, "color_jitter": 0.2}
     if fp.objects_median >= DENSE:
         aug.update(vflip=0.5, rotate90=0.5)
@@ -195,7 +196,7 @@ def choose_augment(fp: InstanceFingerprint) -> Choice:
     else:
         aug.update(vflip=0.0, rotate90=0.0)
         reason = f"{fp.objects_median:g} objects an image: scenes keep their upright view, horizontal flips only"
-    reason += "; zoom 0.75-1.33 only (one-pixel rims must survive resampling)"
+    reason += "; zoom 0.75-1.33 only (small objects keep the pixels their cores need)"
     if fp.grayscale:  # saturation and hue mean nothing without colour
         aug["color_jitter"] = {"brightness": 0.2, "contrast": 0.2}
         reason += "; grayscale: brightness and contrast jitter only"

@@ -1,18 +1,19 @@
 """A lighter instance model for CPUs: a contour-aware U-Net whose instances come from a watershed.
 
 The network is imseg's semantic U-Net (segmentation_models_pytorch, trained by :func:`imseg.semantic.train.train`)
-with three classes per pixel: background, object interior and object boundary (the objects' inner one-pixel
-rim, so touching objects are separated by their rims). An image's instances are the connected components of
-the interior, grown back over the foreground (interior or boundary) by a watershed on the boundary-minus-interior
-probability; each object's score is its mean foreground probability. One dense pass per image and no proposals,
-boxes or per-object heads: the cost of a semantic U-Net, which suits CPUs and dense images of many small objects.
+with three classes per pixel: background, an object's core (its pixels deeper than half its own depth, see
+:func:`pixel_labels`) and the rest of the object, so touching objects' cores lie apart by about their radii. An
+image's instances are the connected components of the cores, grown back over the foreground (core or rest) by a
+watershed on the rest-minus-core probability; each object's score is its mean foreground probability. One dense
+pass per image and no proposals, boxes or per-object heads: the cost of a semantic U-Net, which suits CPUs and
+dense images of many small objects.
 One object class (the data set's first); the run directory is a semantic run plus an ``instance`` entry in its
 config.yaml, which :func:`imseg.instance.infer.load_instance_run` reads.
 
 ``native=True`` trains on random ``imgsz`` crops at each image's own resolution (augment ``native``, see
 :mod:`imseg.semantic.transforms`) instead of whole images letterboxed to ``imgsz``, validates on centre crops at
 that resolution, and predicts at native resolution with sliding tiles: for mixed image sizes with small objects,
-which a letterbox would shrink below the pixels their rims need.
+which a letterbox would shrink below the pixels their cores need.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .detections import InstanceEngine, check_thresholds
 from .sample import InstanceDataset, InstanceSample
 
 ARCH = "unet-watershed"
+#: the pixel classes' names in runs and exports: "interior" is an object's core, "boundary" the rest of it
 PIXEL_CLASSES = ["background", "interior", "boundary"]
 
 DEFAULTS: dict[str, Any] = {
@@ -36,16 +38,22 @@ DEFAULTS: dict[str, Any] = {
     "batch": 4, "lr": 2e-3, "max_time": None, "workers": 0,
     # half smp's default decoder widths: the decoder's full-resolution stages dominate a U-Net's CPU time
     "decoder_channels": [128, 64, 32, 16, 16], "accelerator": "auto", "progress": True,
-    "min_area": 8, "name": "exp", "project": "runs/train", "exist_ok": False, "native": False, "amp": False,
-    # rims are one pixel wide: scaling stays mild so they survive resampling
+    "min_area": 8, "core": 0.5, "name": "exp", "project": "runs/train", "exist_ok": False, "native": False, "amp": False,
+    # small objects' cores are a few pixels wide: scaling stays mild so they survive resampling
     "augment": {"scale": [0.75, 1.33], "vflip": 0.5, "rotate90": 0.5, "color_jitter": 0.2},
 }
 
 
-def pixel_labels(sample: InstanceSample) -> np.ndarray:
-    """(H, W) uint8 training target: 0 background, 1 interior, 2 an object's inner rim; 255 (ignored) on crowd."""
-    from skimage.segmentation import find_boundaries
+def pixel_labels(sample: InstanceSample, core: float = 0.5) -> np.ndarray:
+    """(H, W) uint8 training target: 0 background, 1 an object's core, 2 the rest of the object; 255 (ignored) on
+    crowd. The core is the object's pixels deeper than ``core`` times its deepest pixel's depth (the Euclidean
+    distance to the nearest pixel outside it) and never its one-pixel rim: a disc keeps a central disc of ``core``
+    times its radius, so touching objects' cores stay apart by about their radii. ``core=0`` leaves the one-pixel
+    rim alone in class 2."""
+    from scipy import ndimage
 
+    if not 0.0 <= core < 1.0:
+        raise ConfigError(f"core must lie in [0, 1) (a share of each object's depth); got {core}.")
     ids = np.zeros((sample.height, sample.width), np.int32)
     crowd = np.zeros_like(ids, bool)
     for k, obj in enumerate(sample.objects, start=1):
@@ -53,14 +61,22 @@ def pixel_labels(sample: InstanceSample) -> np.ndarray:
             crowd |= obj.mask.decode()
         else:
             ids[obj.mask.decode()] = k
-    out = (ids > 0).astype(np.uint8)
-    out[find_boundaries(ids, mode="inner") & (ids > 0)] = 2
+    out = np.where(ids > 0, 2, 0).astype(np.uint8)
+    for k, box in enumerate(ndimage.find_objects(ids), start=1):
+        if box is None:
+            continue
+        # one pixel of margin, so the edt sees the pixels around the object (other objects count as outside)
+        box = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in box)
+        own = ids[box] == k
+        depth = ndimage.distance_transform_edt(own)
+        out[box][own & (depth > max(1.0, core * float(depth.max())))] = 1
     out[crowd & (ids == 0)] = 255
     return out
 
 
-def write_pixel_data(train: InstanceDataset, val: InstanceDataset, root: Path) -> dict:
-    """Images and pixel targets as a semantic folder data set under ``root``; returns its data config dict."""
+def write_pixel_data(train: InstanceDataset, val: InstanceDataset, root: Path, core: float = 0.5) -> dict:
+    """Images and pixel targets (``core``: see :func:`pixel_labels`) as a semantic folder data set under ``root``;
+    returns its data config dict."""
     from ..io import read_image, write_image
 
     stems: dict[str, list[str]] = {"train": [], "val": []}
@@ -68,7 +84,7 @@ def write_pixel_data(train: InstanceDataset, val: InstanceDataset, root: Path) -
         for sample in dataset.samples:
             stem = f"{split}{len(stems[split]):05d}_{sample.stem}"
             write_image(root / "images" / f"{stem}.png", read_image(sample.image_path))
-            write_image(root / "masks" / f"{stem}.png", pixel_labels(sample))
+            write_image(root / "masks" / f"{stem}.png", pixel_labels(sample, core))
             stems[split].append(stem)
     return {"path": str(root.resolve()), "train": stems["train"], "val": stems["val"], "names": PIXEL_CLASSES,
             "ignore_index": 255}
@@ -97,7 +113,7 @@ def train_unet_instance(config: dict[str, Any], callbacks: list | None = None) -
         raise DatasetError(f"{ARCH} segments one object class; the data has {train_set.categories}. "
                            "Train Mask R-CNN (--model maskrcnn) for several classes.")
     run_dir = increment_run_dir(cfg["project"], cfg["name"], cfg["exist_ok"])
-    data = write_pixel_data(train_set, val_set, run_dir / "pixel-data")
+    data = write_pixel_data(train_set, val_set, run_dir / "pixel-data", float(cfg["core"]))
     callbacks = [*(callbacks or []), *([] if cfg["max_time"] is None else [_time_budget(float(cfg["max_time"]))])]
     native = bool(cfg["native"])
     augment = native_augment(cfg["augment"]) if native else cfg["augment"]
@@ -149,7 +165,7 @@ def _time_budget(seconds: float):
 
 
 def split_instances(probs: np.ndarray, class_names: list[str], *, mask_threshold: float = 0.5, min_area: int = 8):
-    """Instances from (3, H, W) background/interior/boundary probabilities as :class:`imseg.Masks` (RLE-backed),
+    """Instances from (3, H, W) background/core/rest-of-object probabilities as :class:`imseg.Masks` (RLE-backed),
     best score first."""
     from scipy import ndimage
     from skimage.segmentation import watershed
@@ -175,7 +191,8 @@ def split_instances(probs: np.ndarray, class_names: list[str], *, mask_threshold
 
 
 class UnetInstanceSegmenter(InstanceEngine):
-    """The contour-aware U-Net (a semantic segmenter of background/interior/boundary) plus the watershed split."""
+    """The contour-aware U-Net (a semantic segmenter of background, object core and the rest of the object) plus
+    the watershed split."""
 
     name = ARCH
 
