@@ -120,6 +120,15 @@ def test_photometric_ops_leave_mask_untouched_and_clahe_raises_contrast(sample_i
     out_image, out_mask = blur(sample_image, mask)
     np.testing.assert_array_equal(out_mask.numpy(), mask)
     assert not np.array_equal(denormalize(out_image), sample_image)
+    off = {"hflip": 0.0, "scale": None, "color_jitter": 0.0}
+    out_image, out_mask = build_transforms(None, {**off, "invert": 1.0}, train=True)(sample_image, mask)
+    np.testing.assert_array_equal(out_mask.numpy(), mask)
+    assert np.abs(denormalize(out_image).astype(int) - (255 - sample_image.astype(int))).max() <= 1
+    out_image, out_mask = build_transforms(None, {**off, "grayscale": 1.0}, train=True)(sample_image, mask)
+    np.testing.assert_array_equal(out_mask.numpy(), mask)
+    grey = denormalize(out_image).astype(int)
+    luma = sample_image.astype(np.float64) @ [0.2989, 0.587, 0.114]  # ITU-R 601, as torchvision greys
+    assert np.abs(grey - grey[..., :1]).max() <= 1 and np.abs(grey[..., 0] - luma).max() <= 1.5
 
 
 def test_augment_settings_are_checked():
@@ -130,6 +139,8 @@ def test_augment_settings_are_checked():
         parse_augment({"hfilp": 0.5})
     with pytest.raises(ConfigError, match="probability"):
         parse_augment({"vflip": 2})
+    with pytest.raises(ConfigError, match="'invert' is a probability"):
+        parse_augment({"invert": 1.5})
     with pytest.raises(ConfigError, match="scale"):
         parse_augment({"scale": [2.0, 1.0]})
     with pytest.raises(ConfigError, match="imgsz"):

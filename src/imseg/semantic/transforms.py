@@ -30,6 +30,9 @@ Augmentation keys (``augment`` dict; missing keys take :data:`DEFAULT_AUGMENT`):
                  ``brightness``, ``contrast``, ``saturation``, ``hue``
 ``clahe``        probability of OpenCV CLAHE on the lightness channel
 ``blur``         probability of a Gaussian blur (kernel 5, sigma 0.1-2.0 px)
+``grayscale``    probability of turning the image grey (three equal channels)
+``invert``       probability of inverting intensities (255 - value): dark objects on a light
+                 background become light on dark, so either polarity teaches the other
 =============== ===========================================================================
 
 Validation/test pipelines (``native`` aside) only letterbox to ``imgsz`` (resize the longer side, keep the aspect
@@ -67,14 +70,17 @@ DEFAULT_AUGMENT: dict[str, Any] = {
     "color_jitter": 0.2,
     "clahe": 0.0,
     "blur": 0.0,
+    "grayscale": 0.0,
+    "invert": 0.0,
     "native": False,
 }
 #: ``augment="none"``: geometry and colour left alone (train pipeline = letterbox only).
 NO_AUGMENT: dict[str, Any] = {
     "hflip": 0.0, "vflip": 0.0, "scale": None, "rotate90": 0.0, "rotate": 0.0, "elastic": 0.0,
-    "elastic_alpha": 50.0, "elastic_sigma": 5.0, "color_jitter": 0.0, "clahe": 0.0, "blur": 0.0, "native": False,
+    "elastic_alpha": 50.0, "elastic_sigma": 5.0, "color_jitter": 0.0, "clahe": 0.0, "blur": 0.0, "grayscale": 0.0,
+    "invert": 0.0, "native": False,
 }
-_PROBABILITY_KEYS = ("hflip", "vflip", "rotate90", "elastic", "clahe", "blur")
+_PROBABILITY_KEYS = ("hflip", "vflip", "rotate90", "elastic", "clahe", "blur", "grayscale", "invert")
 
 
 def _size2(imgsz: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -417,6 +423,10 @@ def build_pipeline(
         steps.append(RandomCLAHE(aug["clahe"]))
     if aug["blur"] > 0:
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 2.0))], p=aug["blur"]))
+    if aug["grayscale"] > 0:  # image only: masks pass through colour transforms
+        steps.append(v2.RandomGrayscale(aug["grayscale"]))
+    if aug["invert"] > 0:
+        steps.append(v2.RandomInvert(aug["invert"]))
     return v2.Compose(steps) if steps else None
 
 
