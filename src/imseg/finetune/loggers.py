@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..semantic.loggers import make_loggers, overlay_panel, parse_logger_spec
+from ..semantic.loggers import overlay_panel, step_loggers_base
 
 __all__ = ["box_overlay", "make_finetune_logger_callback"]
 
@@ -77,31 +77,10 @@ def make_finetune_logger_callback(spec: str | Sequence[str] | None, artifacts: A
     """A Lightning callback logging a fine-tuning run to ``make_loggers(spec, run dir)``. Epoch values come from
     ``artifacts.record`` (it calls :meth:`log_epoch`), so an epoch cut short by the time budget and validated
     after fit is logged too; :meth:`close` is called when the run is finished."""
-    from ..semantic.module import _lightning
 
-    L = _lightning()
-    names = parse_logger_spec(spec)
-
-    class FinetuneLoggers(L.Callback):
-        def __init__(self) -> None:
-            self.loggers = None
-
-        def on_train_start(self, trainer, module) -> None:
-            if not trainer.is_global_zero:
-                return  # rank 0 logs (the others' loggers stay None: inactive)
-            # a resume restored global_step: later steps of an interrupted run are trained again, so hidden
-            step = int(trainer.global_step)
-            self.loggers = make_loggers(names, artifacts.run_dir, purge_step=step + 1 if step else None)
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
-            if self.loggers is None or not self.loggers.active:
-                return
-            loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
-            lr = max(float(g["lr"]) for g in trainer.optimizers[0].param_groups)  # as metrics.csv's lr
-            self.loggers.log_scalars({"train/loss_step": float(loss.detach()), "lr": lr}, trainer.global_step)
-
+    class FinetuneLoggers(step_loggers_base(spec, artifacts)):
         def log_epoch(self, trainer, module, row: Mapping[str, Any]) -> None:
-            if self.loggers is None or not self.loggers.active:
+            if not self.active:
                 return
             step = int(trainer.global_step)
             values = {tag: row[key] for key, tag in EPOCH_TAGS.items() if row.get(key) is not None}
@@ -112,10 +91,5 @@ def make_finetune_logger_callback(spec: str | Sequence[str] | None, artifacts: A
 
         def on_exception(self, trainer, module, exception: BaseException) -> None:
             self.close()
-
-        def close(self) -> None:
-            if self.loggers is not None:
-                self.loggers.close()
-                self.loggers = None
 
     return FinetuneLoggers()

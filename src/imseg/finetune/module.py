@@ -29,18 +29,26 @@ def set_trainable(model: torch.nn.Module, train: str, lora_rank: int = 8) -> boo
     return family_of(model).set_trainable(model, train, lora_rank)
 
 
-def set_trainable_sam(model: torch.nn.Module, train: str, lora_rank: int = 8) -> bool:
-    """:func:`set_trainable` for SAM and MobileSAM."""
+def train_heads(model: torch.nn.Module, train: str, lora_rank: int, decoder: torch.nn.Module,
+                prompt_encoder: torch.nn.Module) -> bool:
+    """What every family's ``train`` mode shares: LoRA adapters (``lora``) or the whole model (``all``) or nothing
+    trains, and then the mask ``decoder`` and (unless ``decoder``) the ``prompt_encoder`` do. True when the image
+    encoder is frozen."""
     if train == "lora":
         from ..sam.lora import apply_lora
 
         apply_lora(model, rank=lora_rank)  # freezes everything but the adapters
     else:
         model.requires_grad_(train == "all")
-    model.mask_decoder.requires_grad_(True)
+    decoder.requires_grad_(True)
     if train != "decoder":
-        model.prompt_encoder.requires_grad_(True)
+        prompt_encoder.requires_grad_(True)
     return train in ("decoder", "decoder+prompt")
+
+
+def set_trainable_sam(model: torch.nn.Module, train: str, lora_rank: int = 8) -> bool:
+    """:func:`set_trainable` for SAM and MobileSAM."""
+    return train_heads(model, train, lora_rank, model.mask_decoder, model.prompt_encoder)
 
 
 def _encoder_depth(name: str) -> tuple[int, int] | None:

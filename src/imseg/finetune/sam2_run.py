@@ -69,18 +69,10 @@ def set_trainable_sam2(model: torch.nn.Module, train: str, lora_rank: int = 8) -
     ``lora``, ``all`` the prompt encoder) trains; with a frozen encoder so do not the decoder's high-resolution
     projections and the no-memory embedding (their outputs are cached with the encoder's, see
     :mod:`.sam2_recipe`); the video-memory modules never train. True when the encoder is frozen."""
+    from .module import train_heads
     from .sam2_recipe import ENCODER_SIDE
 
-    frozen = train in ("decoder", "decoder+prompt")
-    if train == "lora":
-        from ..sam.lora import apply_lora
-
-        apply_lora(model, rank=lora_rank)  # freezes everything but the adapters
-    else:
-        model.requires_grad_(train == "all")
-    model.sam_mask_decoder.requires_grad_(True)
-    if train != "decoder":
-        model.sam_prompt_encoder.requires_grad_(True)
+    frozen = train_heads(model, train, lora_rank, model.sam_mask_decoder, model.sam_prompt_encoder)
     if train != "all":
         model.no_mem_embed.requires_grad_(False)
     for name, param in model.named_parameters():

@@ -121,37 +121,56 @@ def _validation_overlays(model, dataset, meta: Mapping[str, Any], count: int) ->
     return panels
 
 
-def make_logger_callback(spec: str | Sequence[str] | None, artifacts, val_dataset, meta: Mapping[str, Any],
-                         count: int = 4):
-    """A Lightning callback logging a semantic run to ``make_loggers(spec, run dir)``: the step loss and
-    learning rate every optimizer step; the epoch's losses, validation metrics and ``count`` validation
-    overlays after each validation. ``artifacts`` is the run's RunArtifacts (it knows the final run dir)."""
+def step_loggers_base(spec: str | Sequence[str] | None, artifacts):
+    """The base of the training loops' logger callbacks: on rank 0, opens ``make_loggers(spec, run dir)`` when
+    training starts (a resumed run hides the events of the steps it trains again) and logs ``train/loss_step``
+    and ``lr`` (the largest group's) after every optimizer step; ``close()`` closes the writers. ``artifacts``
+    is the run's RunArtifacts (it knows the final run dir)."""
     from .module import _lightning
 
     L = _lightning()
     names = parse_logger_spec(spec)
 
-    class TrainingLoggers(L.Callback):
+    class StepLoggers(L.Callback):
         def __init__(self) -> None:
             self.loggers: RunLoggers | None = None
 
+        @property
+        def active(self) -> bool:
+            return self.loggers is not None and self.loggers.active
+
         def on_train_start(self, trainer, module) -> None:
-            if trainer.is_global_zero:  # after a resume's restore: steps up to global_step were finished and saved;
-                # later ones (an interrupted run's last steps) are hidden, as they are trained again
+            if trainer.is_global_zero:  # the other ranks' loggers stay None: inactive
+                # after a resume's restore, steps up to global_step were finished and saved; later ones (an
+                # interrupted run's last steps) are trained again, so hidden
                 step = int(trainer.global_step)
                 self.loggers = make_loggers(names, artifacts.run_dir, purge_step=step + 1 if step else None)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
-            if self.loggers is None or not self.loggers.active:
+            if not self.active:
                 return
             loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
-            values = {"train/loss_step": float(loss.detach()),
-                      "lr": float(trainer.optimizers[0].param_groups[0]["lr"])}
-            self.loggers.log_scalars(values, trainer.global_step)
+            lr = max(float(g["lr"]) for g in trainer.optimizers[0].param_groups)
+            self.loggers.log_scalars({"train/loss_step": float(loss.detach()), "lr": lr}, trainer.global_step)
 
+        def close(self) -> None:
+            if self.loggers is not None:
+                self.loggers.close()
+                self.loggers = None
+
+    return StepLoggers
+
+
+def make_logger_callback(spec: str | Sequence[str] | None, artifacts, val_dataset, meta: Mapping[str, Any],
+                         count: int = 4):
+    """A Lightning callback logging a semantic run to ``make_loggers(spec, run dir)``: the step loss and
+    learning rate every optimizer step; the epoch's losses, validation metrics and ``count`` validation
+    overlays after each validation. ``artifacts`` is the run's RunArtifacts (it knows the final run dir)."""
+
+    class TrainingLoggers(step_loggers_base(spec, artifacts)):
         def on_train_epoch_end(self, trainer, module) -> None:
             logged = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}  # on every rank
-            if self.loggers is None or not self.loggers.active:
+            if not self.active:
                 return
             step = trainer.global_step
             self.loggers.log_scalars({**logged, "epoch": trainer.current_epoch}, step)
@@ -161,8 +180,6 @@ def make_logger_callback(spec: str | Sequence[str] | None, artifacts, val_datase
             self.loggers.flush()
 
         def teardown(self, trainer, module, stage: str) -> None:
-            if self.loggers is not None:
-                self.loggers.close()
-                self.loggers = None
+            self.close()
 
     return TrainingLoggers()
