@@ -36,8 +36,9 @@ def test_pixel_labels_mark_cores_apart_and_rims_between_touching_objects():
     rims = pixel_labels(sample, core=0.0)  # the one-pixel rims alone: both rims at the seam
     assert ((rims == 1) == (_square(6, 6, 8, 8) | _square(6, 16, 8, 8))).all()
     assert rims[10, 14] == 2 and rims[10, 15] == 2
-    with pytest.raises(ConfigError, match="core must lie in"):
-        pixel_labels(sample, core=1.0)
+    for bad in (1.0, -0.1, "half", True):
+        with pytest.raises(ConfigError, match="core must be a number in"):
+            pixel_labels(sample, core=bad)
 
 
 def test_split_instances_recovers_touching_objects_from_their_targets():
@@ -98,3 +99,11 @@ def test_cli_unet_watershed_refuses_resume(tmp_path):
     result = CliRunner().invoke(app, ["train", "--task", "instance", "--model", "unet-watershed", "--data",
                                       str(tmp_path), "--resume", str(tmp_path)])
     assert result.exit_code == 2 and "trains from scratch in one go" in result.output, result.output
+
+
+def test_a_bad_core_is_refused_before_the_run_directory_is_made(tmp_path):
+    from imseg.instance.unet import train_unet_instance
+
+    with pytest.raises(ConfigError, match=r"core must be a number in \[0, 1\)"):
+        train_unet_instance({"data": str(tmp_path / "none"), "core": 1.5, "project": str(tmp_path / "runs")})
+    assert not (tmp_path / "runs").exists()

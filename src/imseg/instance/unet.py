@@ -32,19 +32,29 @@ from .sample import InstanceDataset, InstanceSample
 ARCH = "unet-watershed"
 #: the pixel classes' names in runs and exports: "interior" is an object's core, "boundary" the rest of it
 PIXEL_CLASSES = ["background", "interior", "boundary"]
+#: an object's core: its pixels deeper than this share of its deepest pixel's depth (see :func:`pixel_labels`)
+CORE = 0.5
 
 DEFAULTS: dict[str, Any] = {
     "data": None, "val": None, "val_fraction": 0.2, "seed": 0, "encoder": "resnet18", "epochs": 100, "imgsz": 256,
     "batch": 4, "lr": 2e-3, "max_time": None, "workers": 0,
     # half smp's default decoder widths: the decoder's full-resolution stages dominate a U-Net's CPU time
     "decoder_channels": [128, 64, 32, 16, 16], "accelerator": "auto", "progress": True,
-    "min_area": 8, "core": 0.5, "name": "exp", "project": "runs/train", "exist_ok": False, "native": False, "amp": False,
+    "min_area": 8, "core": CORE, "name": "exp", "project": "runs/train", "exist_ok": False, "native": False, "amp": False,
     # small objects' cores are a few pixels wide: scaling stays mild so they survive resampling
     "augment": {"scale": [0.75, 1.33], "vflip": 0.5, "rotate90": 0.5, "color_jitter": 0.2},
 }
 
 
-def pixel_labels(sample: InstanceSample, core: float = 0.5) -> np.ndarray:
+def check_core(core: Any) -> float:
+    """``core`` as a float in [0, 1), or a ConfigError that says so."""
+    if isinstance(core, bool) or not isinstance(core, int | float) or not 0.0 <= float(core) < 1.0:
+        raise ConfigError(f"core must be a number in [0, 1) (a share of each object's depth, default {CORE}); "
+                          f"got {core!r}.")
+    return float(core)
+
+
+def pixel_labels(sample: InstanceSample, core: float = CORE) -> np.ndarray:
     """(H, W) uint8 training target: 0 background, 1 an object's core, 2 the rest of the object; 255 (ignored) on
     crowd. The core is the object's pixels deeper than ``core`` times its deepest pixel's depth (the Euclidean
     distance to the nearest pixel outside it) and never its one-pixel rim: a disc keeps a central disc of ``core``
@@ -52,8 +62,7 @@ def pixel_labels(sample: InstanceSample, core: float = 0.5) -> np.ndarray:
     rim alone in class 2."""
     from scipy import ndimage
 
-    if not 0.0 <= core < 1.0:
-        raise ConfigError(f"core must lie in [0, 1) (a share of each object's depth); got {core}.")
+    core = check_core(core)
     ids = np.zeros((sample.height, sample.width), np.int32)
     crowd = np.zeros_like(ids, bool)
     for k, obj in enumerate(sample.objects, start=1):
@@ -74,7 +83,7 @@ def pixel_labels(sample: InstanceSample, core: float = 0.5) -> np.ndarray:
     return out
 
 
-def write_pixel_data(train: InstanceDataset, val: InstanceDataset, root: Path, core: float = 0.5) -> dict:
+def write_pixel_data(train: InstanceDataset, val: InstanceDataset, root: Path, core: float = CORE) -> dict:
     """Images and pixel targets (``core``: see :func:`pixel_labels`) as a semantic folder data set under ``root``;
     returns its data config dict."""
     from ..io import read_image, write_image
@@ -104,6 +113,7 @@ def train_unet_instance(config: dict[str, Any], callbacks: list | None = None) -
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown} for {ARCH}; known: {', '.join(DEFAULTS)}.")
     cfg = {**DEFAULTS, **config}
+    check_core(cfg["core"])  # before the run directory is made
     dataset = _read(cfg["data"], "data")
     if cfg["val"] is not None:
         train_set, val_set = dataset, _read(cfg["val"], "val")
@@ -113,7 +123,7 @@ def train_unet_instance(config: dict[str, Any], callbacks: list | None = None) -
         raise DatasetError(f"{ARCH} segments one object class; the data has {train_set.categories}. "
                            "Train Mask R-CNN (--model maskrcnn) for several classes.")
     run_dir = increment_run_dir(cfg["project"], cfg["name"], cfg["exist_ok"])
-    data = write_pixel_data(train_set, val_set, run_dir / "pixel-data", float(cfg["core"]))
+    data = write_pixel_data(train_set, val_set, run_dir / "pixel-data", cfg["core"])
     callbacks = [*(callbacks or []), *([] if cfg["max_time"] is None else [_time_budget(float(cfg["max_time"]))])]
     native = bool(cfg["native"])
     augment = native_augment(cfg["augment"]) if native else cfg["augment"]
