@@ -10,7 +10,7 @@ is what ``imseg.load`` / ``imseg val --run`` read; ``benchmark.json`` in it hold
 
 Usage: .venv/bin/python benchmarks/train_instance.py --data ../shared/data/dsb2018-nuclei --out runs/bench/dsb
        [--arch unet|maskrcnn] [--minutes 20] [--epochs 100] [--imgsz N] [--batch N] [--val-fraction 0.2] [--seed 0]
-       [--planned] [--limit N] (use only N images: a quick check that the script runs)
+       [--planned] [--normalize none|stretch|stretch-dark] [--limit N] (use only N images: a quick check that the script runs)
 """
 
 from __future__ import annotations
@@ -50,17 +50,18 @@ def watershed_scores(val, names: list[str]) -> dict:
 
 
 def train(args, data, limited: bool) -> Path:
+    normalize = {} if args.normalize is None else {"normalize": args.normalize}
     if args.planned:
         from imseg.instance.planner import plan_and_train_instance
 
         return plan_and_train_instance(data, args.minutes, {}, {
             "val_fraction": args.val_fraction, "seed": args.seed, "project": str(args.out.parent),
-            "name": args.out.name, "exist_ok": True, "accelerator": args.accelerator})
+            "name": args.out.name, "exist_ok": True, "accelerator": args.accelerator, **normalize})
     common = {"val_fraction": args.val_fraction, "seed": args.seed, "epochs": 1 if limited else args.epochs,
               "max_time": args.minutes * 60, "project": args.out.parent, "name": args.out.name, "exist_ok": True,
               "accelerator": args.accelerator}
     if args.arch == "unet":
-        return train_unet_instance({**common, "data": data, "imgsz": args.imgsz or 256, "batch": args.batch or 4})
+        return train_unet_instance({**common, **normalize, "data": data, "imgsz": args.imgsz or 256, "batch": args.batch or 4})
     return train_instance({
         **common, "data": data, "backbone": "resnet18", "imgsz": args.imgsz or 512, "batch": args.batch or 2,
         "detections": 300, "proposals": 64 if limited else 1000, "channels": 32 if limited else 256,
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--normalize", choices=("none", "stretch", "stretch-dark"), default=None,
+                        help="the U-Net's per-image normalisation (default: the model's)")
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--planned", action="store_true", help="plan every option from the data (--time)")
     args = parser.parse_args()

@@ -150,6 +150,34 @@ def test_fingerprint_measures_objects_and_contacts(tmp_path):
     assert touching_objects(ids) == {1, 2}
 
 
+def test_background_levels_pick_the_normalisation(tmp_path):
+    from imseg.instance.plan import background_level, choose_normalize
+    from imseg.io import write_image
+
+    dark = np.full((40, 60, 3), 10, np.uint8)
+    dark[5:15, 5:15] = 200  # a bright object on a dark field
+    bright = 255 - dark
+    assert background_level(dark) < 0.1 and background_level(bright) > 0.9
+    assert background_level(np.full((8, 8, 3), 9, np.uint8)) == 0.5  # flat: neither
+    samples = []
+    for i, rgb in enumerate([dark, bright, dark, dark]):
+        write_image(tmp_path / f"{i}.png", rgb)
+        samples.append(InstanceSample(str(tmp_path / f"{i}.png"), 40, 60,
+                                      [InstanceObject("cell", InstanceMask.from_array(_square(5, 5, 10, 10)))]))
+    fp = instance_fingerprint(InstanceDataset(["cell"], samples), num_val=1)
+    assert fp.bright_background == pytest.approx(0.25) and fp.unclear_background == 0.0
+    assert choose_normalize(fp).value == "stretch-dark" and "25% of the images" in choose_normalize(fp).reason
+    assert _values(plan_rules(fp, CPU))["normalize"] == "stretch-dark" and _values(plan_rules(fp, CPU))["tta"] is True
+    # one polarity throughout, or a background that is neither: stretch only, nothing inverted
+    assert choose_normalize(_fp(bright_background=0.0)).value == "stretch"
+    assert choose_normalize(_fp(bright_background=1.0)).value == "stretch"
+    assert choose_normalize(_fp(bright_background=0.25, unclear_background=0.05)).value == "stretch-dark"  # a few
+    unclear = choose_normalize(_fp(bright_background=0.25, unclear_background=0.2))
+    assert unclear.value == "stretch" and "20% of the images have backgrounds neither" in unclear.reason
+    # Mask R-CNN normalises its own way and has no test-time flips
+    assert not {"normalize", "tta"} & set(plan_rules(_fp(class_names=["a", "b"]), CPU))
+
+
 @pytest.mark.parametrize("minutes,step_s,steps,val_s,val_images", [
     (14, 0.9, 29, 0.06, 30), (20, 0.9, 29, 0.06, 30), (5, 0.9, 29, 0.06, 30),  # nuclei-like: 30 s epochs
     (5, 0.2, 10, 0.02, 5), (14, 0.2, 10, 0.02, 5),  # a few small images: 2 s epochs

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from imseg.errors import ConfigError
 from imseg.instance import InstanceMask, InstanceObject, InstanceSample
-from imseg.instance.unet import pixel_labels, split_instances
+from imseg.instance.unet import PIXEL_CLASSES, normalize_image, pixel_labels, split_instances
 
 
 def _square(y, x, h, w, size=(40, 50)):
@@ -39,6 +39,55 @@ def test_pixel_labels_mark_cores_apart_and_rims_between_touching_objects():
     for bad in (1.0, -0.1, "half", True):
         with pytest.raises(ConfigError, match="core must be a number in"):
             pixel_labels(sample, core=bad)
+
+
+def _discs(background: int, disc: int) -> np.ndarray:
+    """A 64x64 RGB image: two discs of one intensity on a background of another, with a little noise."""
+    yy, xx = np.mgrid[:64, :64]
+    inside = ((yy - 20) ** 2 + (xx - 20) ** 2 < 64) | ((yy - 44) ** 2 + (xx - 40) ** 2 < 81)
+    noise = np.random.default_rng(0).integers(0, 3, (64, 64))
+    gray = np.where(inside, disc, background) + noise
+    return np.repeat(gray[..., None], 3, axis=2).astype(np.uint8), inside
+
+
+def test_normalize_image_stretches_and_turns_bright_backgrounds_dark():
+    dim, inside = _discs(background=4, disc=30)  # a dim fluorescence exposure
+    stretched = normalize_image(dim, "stretch")
+    assert stretched.dtype == np.uint8 and stretched.shape == dim.shape
+    assert stretched[inside].mean() > 240 and stretched[~inside].mean() < 15
+    np.testing.assert_array_equal(normalize_image(dim, "stretch-dark"), stretched)  # already dark: kept
+    bright, _ = _discs(background=220, disc=120)  # dark nuclei on a bright field
+    assert normalize_image(bright, "stretch")[inside].mean() < 15  # stretched, polarity kept
+    dark = normalize_image(bright, "stretch-dark")
+    assert dark[inside].mean() > 240 and dark[~inside].mean() < 15  # inverted: objects lighter than background
+    # one range for all channels: a colour image keeps its channels' order of brightness
+    colour = np.stack([dim[..., 0], dim[..., 0] // 2, dim[..., 0] // 4], axis=2)
+    out = normalize_image(colour, "stretch").astype(int)
+    assert np.all(out[inside][:, 0] >= out[inside][:, 1]) and np.all(out[inside][:, 1] >= out[inside][:, 2])
+    flat = np.full((8, 8, 3), 77, np.uint8)
+    np.testing.assert_array_equal(normalize_image(flat, "stretch-dark"), flat)
+    assert normalize_image(dim, "none") is dim
+    with pytest.raises(ConfigError, match="normalize must be one of none, stretch, stretch-dark; got 'auto'"):
+        normalize_image(dim, "auto")
+
+
+def test_the_segmenter_feeds_the_network_the_runs_normalised_pixels():
+    from imseg.instance.unet import UnetInstanceSegmenter
+
+    class Recorder:
+        class_names = PIXEL_CLASSES
+
+        def predict_probs(self, rgb):
+            self.seen = rgb
+            return np.stack([np.ones(rgb.shape[:2]), np.zeros(rgb.shape[:2]), np.zeros(rgb.shape[:2])])
+
+    bright, _ = _discs(background=220, disc=120)
+    for mode in ("none", "stretch", "stretch-dark"):
+        network = Recorder()
+        UnetInstanceSegmenter(network, ["nucleus"], normalize=mode).segment(bright)
+        np.testing.assert_array_equal(network.seen, normalize_image(bright, mode))
+    with pytest.raises(ConfigError, match="normalize must be one of"):
+        UnetInstanceSegmenter(Recorder(), ["nucleus"], normalize="percentile")
 
 
 def test_split_instances_recovers_touching_objects_from_their_targets():
@@ -78,9 +127,10 @@ def test_train_load_val_predict_on_real_nuclei(data_dir, tmp_path):
         shutil.copytree(data_dir / "dsb2018-nuclei" / "train" / name, data / name)
     run = train_unet_instance({"data": str(data), "val_fraction": 0.5, "epochs": 1, "imgsz": 64, "batch": 2,
                                "progress": False, "accelerator": "cpu", "project": str(tmp_path / "runs"),
-                               "name": "unet"})
+                               "name": "unet", "tta": "h"})
     segmenter = imseg.load(run, device="cpu", score_threshold=0.0)
     assert isinstance(segmenter, UnetInstanceSegmenter) and segmenter.class_names == ["nucleus"]
+    assert segmenter.semantic.tta == "h" and segmenter.normalize == "stretch"  # the run's prediction settings
     image = data / DSB_IDS[0] / "images" / f"{DSB_IDS[0]}.png"
     masks = segmenter.segment(image)
     assert masks.image_size == (256, 256) and len(masks.scores) == len(masks)
@@ -101,9 +151,13 @@ def test_cli_unet_watershed_refuses_resume(tmp_path):
     assert result.exit_code == 2 and "trains from scratch in one go" in result.output, result.output
 
 
-def test_a_bad_core_is_refused_before_the_run_directory_is_made(tmp_path):
+def test_a_bad_core_normalize_or_tta_is_refused_before_the_run_directory_is_made(tmp_path):
     from imseg.instance.unet import train_unet_instance
 
     with pytest.raises(ConfigError, match=r"core must be a number in \[0, 1\)"):
         train_unet_instance({"data": str(tmp_path / "none"), "core": 1.5, "project": str(tmp_path / "runs")})
+    with pytest.raises(ConfigError, match="normalize must be one of"):
+        train_unet_instance({"data": str(tmp_path / "none"), "normalize": "z", "project": str(tmp_path / "runs")})
+    with pytest.raises(ConfigError, match="tta must be True/False or flips"):
+        train_unet_instance({"data": str(tmp_path / "none"), "tta": "x", "project": str(tmp_path / "runs")})
     assert not (tmp_path / "runs").exists()

@@ -34,10 +34,11 @@ def unet_run(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("unet-export")
     for name in TRAIN:
         shutil.copytree(data_dir / "dsb2018-nuclei" / "train" / name, root / "data" / name)
-    # 96 px: a letterbox that scales every test image, so the export must repeat it
+    # 96 px: a letterbox that scales every test image; stretch-dark: the colour image is inverted; tta: four flipped
+    # views averaged. The export must repeat all three
     return train_unet_instance({"data": str(root / "data"), "val_fraction": 0.34, "epochs": 2, "imgsz": 96,
-                                "batch": 2, "encoder": "resnet18", "progress": False,
-                                "accelerator": "cpu", "project": str(root / "runs"), "name": "unet"})
+                                "batch": 2, "encoder": "resnet18", "progress": False, "normalize": "stretch-dark",
+                                "tta": True, "accelerator": "cpu", "project": str(root / "runs"), "name": "unet"})
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,9 @@ def test_export_writes_the_pixel_network_and_an_instance_manifest(unet_run, expo
     manifest = json.loads((exported / "imseg_export.json").read_text())
     assert manifest["family"] == "instance" and manifest["model"] == "unet-watershed"
     assert manifest["class_names"] == ["nucleus"] and manifest["pixel_classes"] == PIXEL_CLASSES
-    assert manifest["inference"] == {"imgsz": 96, "resize": True} and manifest["min_area"] == 8
+    assert manifest["inference"] == {"imgsz": 96, "resize": True, "tta": True, "tta_flips": "hv", "scales": [1.0],
+                                     "input_multiple": 32} and manifest["min_area"] == 8
+    assert manifest["normalize"] == "stretch-dark"  # the run's per-image normalisation, repeated by the engine
     assert (exported / manifest["files"]["model"]).is_file()
     assert json.loads((exported / "pixels" / "imseg_export.json").read_text())["family"] == "semantic"
 

@@ -82,7 +82,8 @@ class OrtUnetInstanceSegmenter(UnetInstanceSegmenter):
         pick = lambda given, key: float(self.manifest.get(key, 0.5) if given is None else given)  # noqa: E731
         super().__init__(semantic, self.manifest["class_names"], score_threshold=pick(score_threshold, "score_threshold"),
                          mask_threshold=pick(mask_threshold, "mask_threshold"),
-                         min_area=int(self.manifest.get("min_area", 8)))
+                         min_area=int(self.manifest.get("min_area", 8)),
+                         normalize=self.manifest.get("normalize", "none"))
 
     def __repr__(self) -> str:
         return f"OrtUnetInstanceSegmenter(classes={self.class_names}, min_area={self.min_area})"

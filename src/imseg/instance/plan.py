@@ -34,6 +34,10 @@ CPU_MAX_SIZE = 512
 NATIVE_CROP = 256
 #: objects per image (median) from which images are dense scenes (cells, grains) with no up or down
 DENSE = 10
+#: an image's background is clear when its median pixel lies this far from the middle of its stretched range
+CLEAR_BACKGROUND = 0.2
+#: the share of images with unclear backgrounds up to which a mix of dark and bright ones is still inverted
+UNCLEAR_SHARE = 0.1
 
 
 @dataclass
@@ -52,6 +56,8 @@ class InstanceFingerprint:
     small_px: float  # 10th percentile of sqrt(area) in pixels
     small_area: float  # 10th percentile of the area in pixels
     touching: float  # share of objects that touch another object
+    bright_background: float = 0.0  # share of images whose median pixel is in the upper half of their range
+    unclear_background: float = 0.0  # share whose median pixel is within CLEAR_BACKGROUND of that middle
     sampled: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,18 +75,28 @@ def touching_objects(ids: np.ndarray) -> set[int]:
     return found
 
 
+def background_level(rgb: np.ndarray) -> float:
+    """Where an image's median pixel lies in the 1st..99.8th percentile range of its intensity (0 dark, 1 bright):
+    the background's brightness when objects cover less than half the image (as
+    :func:`imseg.instance.unet.normalize_image` measures it)."""
+    gray = np.asarray(rgb, np.float32).mean(axis=-1)
+    low, high = np.percentile(gray, (1.0, 99.8))
+    return 0.5 if high - low < 1e-3 else float((np.median(gray) - low) / (high - low))
+
+
 def instance_fingerprint(train: InstanceDataset, num_val: int, sample: int = 32) -> InstanceFingerprint:
     """Fingerprint of ``train`` from ``sample`` evenly spaced images (object counts from every image)."""
     from ..io import read_image
 
     counts = [sum(not o.iscrowd for o in s.objects) for s in train.samples]
     picks = sorted({int(i) for i in np.linspace(0, len(train) - 1, min(len(train), sample))})
-    sizes, extents, roots, areas, touching, total, gray = [], [], [], [], 0, 0, True
+    sizes, extents, roots, areas, touching, total, gray, levels = [], [], [], [], 0, 0, True, []
     for i in picks:
         s = train.samples[i]
         sizes.append((s.height, s.width))
         rgb = read_image(s.image_path)
         gray = gray and bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+        levels.append(background_level(rgb))
         ids = np.zeros((s.height, s.width), np.int32)
         for k, obj in enumerate((o for o in s.objects if not o.iscrowd), start=1):
             mask = obj.mask.decode()
@@ -98,7 +114,8 @@ def instance_fingerprint(train: InstanceDataset, num_val: int, sample: int = 32)
         median_size=(int(np.median([h for h, _ in sizes])), int(np.median([w for _, w in sizes]))),
         max_side=int(max(max(s) for s in sizes)), grayscale=gray, objects_median=float(np.median(counts)),
         objects_max=int(max(counts)), small_extent=pct(extents), small_px=pct(roots), small_area=pct(areas),
-        touching=touching / max(total, 1), sampled=len(picks))
+        touching=touching / max(total, 1), bright_background=float(np.mean(np.asarray(levels) > 0.5)),
+        unclear_background=float(np.mean(np.abs(np.asarray(levels) - 0.5) < CLEAR_BACKGROUND)), sampled=len(picks))
 
 
 def choose_model(fp: InstanceFingerprint) -> Choice:
@@ -203,6 +220,20 @@ def choose_augment(fp: InstanceFingerprint) -> Choice:
     return Choice(aug, reason)
 
 
+def choose_normalize(fp: InstanceFingerprint) -> Choice:
+    """The U-Net's per-image normalisation (:func:`imseg.instance.unet.normalize_image`): every image stretched to
+    its own intensity range; bright backgrounds inverted too where the data mixes dark and bright ones clearly."""
+    bright, unclear = fp.bright_background, fp.unclear_background
+    if 0.0 < bright < 1.0 and unclear <= UNCLEAR_SHARE:
+        return Choice("stretch-dark", f"{bright:.0%} of the images have bright backgrounds, the rest dark: each "
+                                      "image stretched to its own range and the bright ones inverted, so objects "
+                                      "are lighter than the background in every image")
+    why = (f"{unclear:.0%} of the images have backgrounds neither dark nor bright, so none is inverted"
+           if unclear > UNCLEAR_SHARE else
+           f"every image's background is {'bright' if bright else 'dark'}")
+    return Choice("stretch", f"each image stretched to its own intensity range (exposures differ); {why}")
+
+
 def choose_post(fp: InstanceFingerprint, model: str) -> dict[str, Choice]:
     if model == "maskrcnn":
         detections = max(100, 50 * math.ceil(1.25 * fp.objects_max / 50))
@@ -230,6 +261,9 @@ def plan_rules(fp: InstanceFingerprint, machine: Machine, given: dict[str, Any] 
     choices.update(choose_optimisation(fp, model, choices["imgsz"].value))
     if model != "maskrcnn":
         choices["augment"] = choose_augment(fp)
+        choices["normalize"] = choose_normalize(fp)
+        choices["tta"] = Choice(True, "prediction averages the flips the network trained with: one U-Net pass "
+                                      "is cheap, and the views' mean steadies the cores that split objects")
         choices["amp"] = choose_amp(machine)  # torchvision's Mask R-CNN trains in fp32
     choices.update(choose_post(fp, model))
     for key in given:

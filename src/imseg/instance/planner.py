@@ -25,7 +25,8 @@ from .plan import InstanceFingerprint, instance_fingerprint, plan_rules
 from .sample import InstanceDataset
 
 #: options the plan sets unless given, per model
-PLANNED = {"unet-watershed": ("encoder", "native", "imgsz", "batch", "lr", "augment", "min_area", "amp", "epochs"),
+PLANNED = {"unet-watershed": ("encoder", "native", "imgsz", "batch", "lr", "augment", "normalize", "tta", "min_area",
+                              "amp", "epochs"),
            "maskrcnn": ("backbone", "imgsz", "batch", "lr", "detections", "proposals", "epochs")}
 
 
@@ -52,7 +53,7 @@ class InstancePlan:
         lines = [f"plan for {self.minutes:g} min (instance)",
                  f"  data: {fp.num_train} train / {fp.num_val} val images, classes {fp.class_names}, median "
                  f"{fp.median_size[1]}x{fp.median_size[0]} px (largest side {fp.max_side}), "
-                 f"{'grayscale' if fp.grayscale else 'colour'}",
+                 f"{'grayscale' if fp.grayscale else 'colour'}, {fp.bright_background:.0%} with bright backgrounds",
                  f"  objects: {fp.objects_median:g} an image (max {fp.objects_max}), small ones {fp.small_px:.1f} px "
                  f"across ({fp.small_extent:.3f} of the image side), {fp.touching:.0%} touching another"]
         lines += choice_lines(self.choices)

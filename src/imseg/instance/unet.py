@@ -34,13 +34,16 @@ ARCH = "unet-watershed"
 PIXEL_CLASSES = ["background", "interior", "boundary"]
 #: an object's core: its pixels deeper than this share of its deepest pixel's depth (see :func:`pixel_labels`)
 CORE = 0.5
+#: per-image intensity normalisation before the network (see :func:`normalize_image`)
+NORMALIZE = ("none", "stretch", "stretch-dark")
 
 DEFAULTS: dict[str, Any] = {
     "data": None, "val": None, "val_fraction": 0.2, "seed": 0, "encoder": "resnet18", "epochs": 100, "imgsz": 256,
     "batch": 4, "lr": 2e-3, "max_time": None, "workers": 0,
     # half smp's default decoder widths: the decoder's full-resolution stages dominate a U-Net's CPU time
     "decoder_channels": [128, 64, 32, 16, 16], "accelerator": "auto", "progress": True,
-    "min_area": 8, "core": CORE, "name": "exp", "project": "runs/train", "exist_ok": False, "native": False, "amp": False,
+    "min_area": 8, "core": CORE, "normalize": "stretch", "tta": False, "name": "exp", "project": "runs/train",
+    "exist_ok": False, "native": False, "amp": False,
     # small objects' cores are a few pixels wide: scaling stays mild so they survive resampling
     "augment": {"scale": [0.75, 1.33], "vflip": 0.5, "rotate90": 0.5, "color_jitter": 0.2},
 }
@@ -52,6 +55,41 @@ def check_core(core: Any) -> float:
         raise ConfigError(f"core must be a number in [0, 1) (a share of each object's depth, default {CORE}); "
                           f"got {core!r}.")
     return float(core)
+
+
+def check_normalize(mode: Any) -> str:
+    """``mode`` if it is one of :data:`NORMALIZE`, or a ConfigError that lists them."""
+    if mode not in NORMALIZE:
+        raise ConfigError(f"normalize must be one of {', '.join(NORMALIZE)}; got {mode!r}.")
+    return str(mode)
+
+
+def check_tta(tta: Any) -> bool | str:
+    """``tta`` (True: the flips the run trained with, averaged at prediction; "h", "v", "hv"; False), or a
+    ConfigError."""
+    from ..semantic.testtime import check_flips
+
+    return tta if isinstance(tta, bool) else check_flips(tta, "tta")
+
+
+def normalize_image(image: np.ndarray, mode: str) -> np.ndarray:
+    """``image`` (H, W, 3) as the network sees it. ``stretch`` maps the 1st..99.8th percentile of the image's
+    intensity (its channels' mean) to 0..255, one range for all channels so colours keep their balance: dim and
+    bright exposures of one kind of image look alike. ``stretch-dark`` also inverts an image whose median pixel
+    lies in the upper half of that range (a bright background: brightfield, stained tissue), so objects are
+    always lighter than the background. ``none`` returns ``image`` as it is; so does a flat image."""
+    mode = check_normalize(mode)
+    if mode == "none":
+        return image
+    pixels = np.asarray(image, np.float32)
+    gray = pixels.mean(axis=-1) if pixels.ndim == 3 else pixels
+    low, high = np.percentile(gray, (1.0, 99.8))
+    if high - low < 1e-3:
+        return image
+    out = np.clip((pixels - low) / (high - low), 0.0, 1.0)
+    if mode == "stretch-dark" and np.median(gray) > (low + high) / 2:
+        out = 1.0 - out
+    return (out * 255.0 + 0.5).astype(np.uint8)
 
 
 def pixel_labels(sample: InstanceSample, core: float = CORE) -> np.ndarray:
@@ -83,16 +121,17 @@ def pixel_labels(sample: InstanceSample, core: float = CORE) -> np.ndarray:
     return out
 
 
-def write_pixel_data(train: InstanceDataset, val: InstanceDataset, root: Path, core: float = CORE) -> dict:
-    """Images and pixel targets (``core``: see :func:`pixel_labels`) as a semantic folder data set under ``root``;
-    returns its data config dict."""
+def write_pixel_data(train: InstanceDataset, val: InstanceDataset, root: Path, core: float = CORE,
+                     normalize: str = "none") -> dict:
+    """Images (``normalize``: see :func:`normalize_image`) and pixel targets (``core``: see :func:`pixel_labels`)
+    as a semantic folder data set under ``root``; returns its data config dict."""
     from ..io import read_image, write_image
 
     stems: dict[str, list[str]] = {"train": [], "val": []}
     for split, dataset in (("train", train), ("val", val)):
         for sample in dataset.samples:
             stem = f"{split}{len(stems[split]):05d}_{sample.stem}"
-            write_image(root / "images" / f"{stem}.png", read_image(sample.image_path))
+            write_image(root / "images" / f"{stem}.png", normalize_image(read_image(sample.image_path), normalize))
             write_image(root / "masks" / f"{stem}.png", pixel_labels(sample, core))
             stems[split].append(stem)
     return {"path": str(root.resolve()), "train": stems["train"], "val": stems["val"], "names": PIXEL_CLASSES,
@@ -114,6 +153,8 @@ def train_unet_instance(config: dict[str, Any], callbacks: list | None = None) -
         raise ConfigError(f"unknown option(s) {unknown} for {ARCH}; known: {', '.join(DEFAULTS)}.")
     cfg = {**DEFAULTS, **config}
     check_core(cfg["core"])  # before the run directory is made
+    check_normalize(cfg["normalize"])
+    tta = check_tta(cfg["tta"])
     dataset = _read(cfg["data"], "data")
     if cfg["val"] is not None:
         train_set, val_set = dataset, _read(cfg["val"], "val")
@@ -123,7 +164,7 @@ def train_unet_instance(config: dict[str, Any], callbacks: list | None = None) -
         raise DatasetError(f"{ARCH} segments one object class; the data has {train_set.categories}. "
                            "Train Mask R-CNN (--model maskrcnn) for several classes.")
     run_dir = increment_run_dir(cfg["project"], cfg["name"], cfg["exist_ok"])
-    data = write_pixel_data(train_set, val_set, run_dir / "pixel-data", cfg["core"])
+    data = write_pixel_data(train_set, val_set, run_dir / "pixel-data", cfg["core"], cfg["normalize"])
     callbacks = [*(callbacks or []), *([] if cfg["max_time"] is None else [_time_budget(float(cfg["max_time"]))])]
     native = bool(cfg["native"])
     augment = native_augment(cfg["augment"]) if native else cfg["augment"]
@@ -135,11 +176,12 @@ def train_unet_instance(config: dict[str, Any], callbacks: list | None = None) -
            "accelerator": cfg["accelerator"], "progress": bool(cfg["progress"]), "project": str(run_dir.parent),
            "model_kwargs": {"decoder_channels": [int(c) for c in cfg["decoder_channels"]]},
            "name": run_dir.name, "exist_ok": True}, callbacks=callbacks, datasets=sets,
-          class_names=PIXEL_CLASSES if native else None, inference={"resize": not native})
+          class_names=PIXEL_CLASSES if native else None, inference={"resize": not native, "tta": tta})
     saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     plain = _plain(cfg)
     saved.update({"task": "instance", "instance": {
         "model": ARCH, "class_names": list(train_set.categories), "min_area": int(cfg["min_area"]),
+        "normalize": cfg["normalize"],
         "data": plain["data"], "val": plain["val"], "val_fraction": cfg["val_fraction"], "seed": cfg["seed"],
         "options": plain}})
     write_yaml(run_dir / "config.yaml", saved)
@@ -207,8 +249,10 @@ class UnetInstanceSegmenter(InstanceEngine):
     name = ARCH
 
     def __init__(self, semantic: Any, class_names: list[str], *, score_threshold: float = 0.5,
-                 mask_threshold: float = 0.5, min_area: int = 8, max_detections: int = 1000) -> None:
+                 mask_threshold: float = 0.5, min_area: int = 8, max_detections: int = 1000,
+                 normalize: str = "none") -> None:
         check_thresholds(score_threshold, mask_threshold)
+        self.normalize = check_normalize(normalize)
         if list(semantic.class_names) != PIXEL_CLASSES:
             raise ConfigError(f"{ARCH} needs a model of the pixel classes {PIXEL_CLASSES}; got {semantic.class_names}.")
         self.semantic, self.class_names = semantic, list(class_names)
@@ -219,7 +263,8 @@ class UnetInstanceSegmenter(InstanceEngine):
         from ..io import read_image
 
         threshold = self.score_threshold if score_threshold is None else float(score_threshold)
-        found = split_instances(self.semantic.predict_probs(read_image(image)), self.class_names,
+        pixels = normalize_image(read_image(image), self.normalize)
+        found = split_instances(self.semantic.predict_probs(pixels), self.class_names,
                                 mask_threshold=self.mask_threshold, min_area=self.min_area)
         return found[np.flatnonzero(found.scores >= threshold)[: self.max_detections]]
 
@@ -237,4 +282,5 @@ def load_unet_instance(run: str | os.PathLike, info: dict, *, weights: str = "be
         load_run(path, checkpoint=weights, device=device)
     return UnetInstanceSegmenter(semantic, info["class_names"],
                                  score_threshold=0.5 if score_threshold is None else score_threshold,
-                                 mask_threshold=mask_threshold, min_area=int(info.get("min_area", 8)))
+                                 mask_threshold=mask_threshold, min_area=int(info.get("min_area", 8)),
+                                 normalize=info.get("normalize", "none"))
