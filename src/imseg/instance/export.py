@@ -109,7 +109,8 @@ def export_unet_instance_run(run: str | os.PathLike, out: str | os.PathLike, inf
                 "files": inside(pixels["files"]), "opset": opset, "class_names": list(info["class_names"]),
                 "pixel_classes": pixels["class_names"], "normalization": pixels["normalization"],
                 "inference": pixels.get("inference"), "min_area": int(info.get("min_area", 8)),
-                "normalize": info.get("normalize", "none"), "score_threshold": 0.5, "mask_threshold": 0.5, "run": str(Path(run).resolve())}
+                "normalize": info.get("normalize", "none"), "score_threshold": 0.5, "mask_threshold": 0.5,
+                "run": str(Path(run).resolve())}
     if "quantization" in pixels:
         manifest.update(files_fp32=inside(pixels["files_fp32"]), quantization=pixels["quantization"])
     return write_manifest(outdir, manifest)
