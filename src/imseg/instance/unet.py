@@ -7,6 +7,9 @@ image's instances are the connected components of the cores, grown back over the
 watershed on the rest-minus-core probability; each object's score is its mean foreground probability. One dense
 pass per image and no proposals, boxes or per-object heads: the cost of a semantic U-Net, which suits CPUs and
 dense images of many small objects.
+Each image is normalised on its own before the network sees it, in training and prediction alike
+(:func:`normalize_image`: its intensity range stretched, bright backgrounds optionally inverted), and ``tta``
+averages the flips the network trained with at prediction.
 One object class (the data set's first); the run directory is a semantic run plus an ``instance`` entry in its
 config.yaml, which :func:`imseg.instance.infer.load_instance_run` reads.
 
