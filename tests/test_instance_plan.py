@@ -151,7 +151,8 @@ def test_fingerprint_measures_objects_and_contacts(tmp_path):
 
 
 def test_background_levels_pick_the_normalisation(tmp_path):
-    from imseg.instance.plan import background_level, choose_normalize
+    from imseg.instance.plan import choose_normalize
+    from imseg.instance.unet import background_level
     from imseg.io import write_image
 
     dark = np.full((40, 60, 3), 10, np.uint8)

@@ -18,6 +18,7 @@ import numpy as np
 from ..semantic.plan.fingerprint import CANDIDATE_SIZES
 from ..semantic.plan.rules import Choice, Machine, choose_amp
 from .sample import InstanceDataset
+from .unet import background_level
 
 #: the small objects (10th percentile of sqrt(area)) keep this many pixels across at the input size: the U-Net's
 #: core (the pixels deeper than half the object's depth) inside a rim on each side
@@ -73,15 +74,6 @@ def touching_objects(ids: np.ndarray) -> set[int]:
         found.update(np.unique(a[meet]).tolist())
         found.update(np.unique(b[meet]).tolist())
     return found
-
-
-def background_level(rgb: np.ndarray) -> float:
-    """Where an image's median pixel lies in the 1st..99.8th percentile range of its intensity (0 dark, 1 bright):
-    the background's brightness when objects cover less than half the image (as
-    :func:`imseg.instance.unet.normalize_image` measures it)."""
-    gray = np.asarray(rgb, np.float32).mean(axis=-1)
-    low, high = np.percentile(gray, (1.0, 99.8))
-    return 0.5 if high - low < 1e-3 else float((np.median(gray) - low) / (high - low))
 
 
 def instance_fingerprint(train: InstanceDataset, num_val: int, sample: int = 32) -> InstanceFingerprint:

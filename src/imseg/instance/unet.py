@@ -75,6 +75,21 @@ def check_tta(tta: Any) -> bool | str:
     return tta if isinstance(tta, bool) else check_flips(tta, "tta")
 
 
+def _intensity(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """``image`` as float32, its intensity (the channels' mean) and that intensity's 1st and 99.8th percentiles."""
+    pixels = np.asarray(image, np.float32)
+    gray = pixels.mean(axis=-1) if pixels.ndim == 3 else pixels
+    low, high = np.percentile(gray, (1.0, 99.8))
+    return pixels, gray, float(low), float(high)
+
+
+def background_level(image: np.ndarray) -> float:
+    """Where an image's median pixel lies in its 1st..99.8th percentile intensity range (0 dark, 1 bright; 0.5 for a
+    flat image): the background's brightness when objects cover less than half the image."""
+    _, gray, low, high = _intensity(image)
+    return 0.5 if high - low < 1e-3 else float((np.median(gray) - low) / (high - low))
+
+
 def normalize_image(image: np.ndarray, mode: str) -> np.ndarray:
     """``image`` (H, W, 3) as the network sees it. ``stretch`` maps the 1st..99.8th percentile of the image's
     intensity (its channels' mean) to 0..255, one range for all channels so colours keep their balance: dim and
@@ -84,13 +99,11 @@ def normalize_image(image: np.ndarray, mode: str) -> np.ndarray:
     mode = check_normalize(mode)
     if mode == "none":
         return image
-    pixels = np.asarray(image, np.float32)
-    gray = pixels.mean(axis=-1) if pixels.ndim == 3 else pixels
-    low, high = np.percentile(gray, (1.0, 99.8))
+    pixels, gray, low, high = _intensity(image)
     if high - low < 1e-3:
         return image
     out = np.clip((pixels - low) / (high - low), 0.0, 1.0)
-    if mode == "stretch-dark" and np.median(gray) > (low + high) / 2:
+    if mode == "stretch-dark" and np.median(gray) > (low + high) / 2:  # background_level > 0.5
         out = 1.0 - out
     return (out * 255.0 + 0.5).astype(np.uint8)
 
