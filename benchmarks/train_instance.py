@@ -27,7 +27,7 @@ from imseg.instance.formats import read_dsb
 from imseg.instance.infer import load_instance_run
 from imseg.instance.metrics import instance_metrics
 from imseg.instance.train import split_dataset, train_instance
-from imseg.instance.unet import train_unet_instance
+from imseg.instance.unet import NORMALIZE, train_unet_instance
 from imseg.masks import Masks
 from imseg.precision import cpu_model
 
@@ -61,7 +61,8 @@ def train(args, data, limited: bool) -> Path:
               "max_time": args.minutes * 60, "project": args.out.parent, "name": args.out.name, "exist_ok": True,
               "accelerator": args.accelerator}
     if args.arch == "unet":
-        return train_unet_instance({**common, **normalize, "data": data, "imgsz": args.imgsz or 256, "batch": args.batch or 4})
+        return train_unet_instance({**common, **normalize, "data": data, "imgsz": args.imgsz or 256,
+                                    "batch": args.batch or 4})
     return train_instance({
         **common, "data": data, "backbone": "resnet18", "imgsz": args.imgsz or 512, "batch": args.batch or 2,
         "detections": 300, "proposals": 64 if limited else 1000, "channels": 32 if limited else 256,
@@ -80,8 +81,8 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--normalize", choices=("none", "stretch", "stretch-dark"), default=None,
-                        help="the U-Net's per-image normalisation (default: the model's)")
+    parser.add_argument("--normalize", choices=NORMALIZE, default=None,
+                        help="the U-Net's per-image normalisation (default: the plan's with --planned, else the model's)")
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--planned", action="store_true", help="plan every option from the data (--time)")
     args = parser.parse_args()
