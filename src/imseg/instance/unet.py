@@ -87,6 +87,10 @@ def background_level(image: np.ndarray) -> float:
     """Where an image's median pixel lies in its 1st..99.8th percentile intensity range (0 dark, 1 bright; 0.5 for a
     flat image): the background's brightness when objects cover less than half the image."""
     _, gray, low, high = _intensity(image)
+    return _level(gray, low, high)
+
+
+def _level(gray: np.ndarray, low: float, high: float) -> float:
     return 0.5 if high - low < 1e-3 else float((np.median(gray) - low) / (high - low))
 
 
@@ -103,7 +107,7 @@ def normalize_image(image: np.ndarray, mode: str) -> np.ndarray:
     if high - low < 1e-3:
         return image
     out = np.clip((pixels - low) / (high - low), 0.0, 1.0)
-    if mode == "stretch-dark" and np.median(gray) > (low + high) / 2:  # background_level > 0.5
+    if mode == "stretch-dark" and _level(gray, low, high) > 0.5:
         out = 1.0 - out
     return (out * 255.0 + 0.5).astype(np.uint8)
 
