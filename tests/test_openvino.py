@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 
 import imseg  # noqa: E402
 from imseg.errors import ConfigError  # noqa: E402
-from imseg.precision import logit_mask_iou, native_bf16  # noqa: E402
+from imseg.precision import logit_mask_iou, native_bf16, native_int8  # noqa: E402
 
 POINTS = [np.array([[100, 80]]), np.array([[200, 180]]), np.array([[60, 200]])]
 
@@ -76,13 +76,52 @@ def test_bf16_drift_against_torch_fp32(sam_export, torch_fp32, sample_image):
 @pytest.mark.slow
 def test_nncf_int8_drift_and_cached_ir(sam_export, torch_fp32, sample_image):
     seg = imseg.load(sam_export, backend="openvino", precision="int8")
-    ir = sam_export / "openvino" / "encoder.int8.xml"
+    ir = sam_export / "openvino" / ("encoder.int8.xml" if native_int8() else "encoder.int8-7bit.xml")
     assert ir.is_file() and "FakeQuantize" in ir.read_text()
     iou, score = _compare(torch_fp32, seg.predictor, sample_image)
     assert iou >= 0.9 and score <= 0.1
     mtime = ir.stat().st_mtime_ns
     imseg.load(sam_export, backend="openvino", precision="int8")  # reuses the quantized IR
     assert ir.stat().st_mtime_ns == mtime
+
+
+def _int8_weights(ir) -> list:
+    """The int8 weight constants of an OpenVINO IR (NNCF stores quantised weights as i8 Constants)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(ir))
+    return [op.get_data() for op in model.get_ops()
+            if op.get_type_name() == "Constant" and op.get_output_element_type(0).get_type_name() == "i8"]
+
+
+def test_nncf_seven_bit_weights_where_int8_products_saturate(tmp_path, monkeypatch):
+    """Without VNNI (AVX2), 8-bit weights saturate 16-bit sums: there every layer's weights keep to 7 bits."""
+    import segmentation_models_pytorch as smp
+    import torch
+
+    from imseg.export import export_semantic_model
+    from imseg.export.openvino import quantize_openvino
+
+    torch.manual_seed(0)
+    model = smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(32, 16, 8), classes=2)
+    export = export_semantic_model(model.eval(), tmp_path / "unet", class_names=["a", "b"], mean=(0.5,) * 3,
+                                   std=(0.25,) * 3).parent
+    monkeypatch.setenv("IMSEG_NATIVE_INT8", "0")
+    seven = quantize_openvino(export, limit=2)
+    monkeypatch.setenv("IMSEG_NATIVE_INT8", "1")
+    eight = quantize_openvino(export, limit=2)
+    assert (seven.name, eight.name) == ("model.int8-7bit.xml", "model.int8.xml")
+    seven_w, eight_w = _int8_weights(seven), _int8_weights(eight)
+    assert len(seven_w) == len(eight_w) > 10
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in seven_w) <= 64
+    # 8-bit weights use the full range in most layers
+    assert sum(int(np.abs(w.astype(np.int16)).max()) > 64 for w in eight_w) > len(eight_w) // 2
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    ref = imseg.load(export, backend="onnxruntime").predict_probs(rgb)
+    for precision_env in ("0", "1"):  # each IR loads and serves through the contract
+        monkeypatch.setenv("IMSEG_NATIVE_INT8", precision_env)
+        probs = imseg.load(export, backend="openvino", precision="int8").predict_probs(rgb)
+        assert probs.shape == ref.shape and np.abs(probs - ref).max() < 0.5
 
 
 def test_semantic_export_on_openvino(tmp_path):

@@ -37,6 +37,26 @@ def test_auto_rule_follows_native_bf16_flags(flags, cpu, expected):
     assert P.resolve_precision("auto", "cpu", engine="onnxruntime") == "fp32"
 
 
+@pytest.mark.parametrize(("cpu", "cap", "expected"), [
+    (("avx2", "fma"), None, False),  # Zen 1-3, Haswell..Skylake client: u8 x s8 pairs saturate at 16 bits
+    (("avx2", "avx512f"), None, False),  # Skylake-SP: AVX-512 without VNNI
+    (("avx2", "avx512f", "avx512_vnni"), None, True),
+    (("avx2", "avx_vnni"), None, True),
+    (("avx2", "avx512f", "avx512_vnni", "amx_int8"), "AVX2", False),  # oneDNN held to AVX2
+    (("avx2", "avx512f", "avx512_vnni"), "avx512_core_vnni", True),
+    ((), None, False),  # unknown CPU: the choice that is accurate everywhere
+])
+def test_native_int8_follows_vnni_and_the_onednn_cap(flags, monkeypatch, cpu, cap, expected):
+    monkeypatch.delenv("IMSEG_NATIVE_INT8", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    if cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    flags(*cpu)
+    assert P.native_int8() is expected
+    monkeypatch.setenv("IMSEG_NATIVE_INT8", "1" if not expected else "0")
+    assert P.native_int8() is (not expected)
+
+
 def test_explicit_precisions_and_errors(flags, monkeypatch):
     flags("avx2")
     assert P.resolve_precision(None) == "fp32"

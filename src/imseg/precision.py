@@ -27,6 +27,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")
 _ALIASES = {"float32": "fp32", "fp32": "fp32", "bfloat16": "bf16", "bf16": "bf16", "int8": "int8", "auto": "auto"}
 #: CPU flags that mean bfloat16 products run natively (not emulated in float32).
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+#: CPU flags whose int8 dot products accumulate u8 x s8 pairs without 16-bit saturation (VNNI, AMX).
+NATIVE_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) that leave VNNI out, whatever the CPU has.
+_ONEDNN_CAPS_WITHOUT_VNNI = ("SSE41", "AVX", "AVX2", "AVX512_CORE")
 #: The ISA flags the benchmarks print next to every figure.
 REPORTED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8",
                   "avx_vnni")
@@ -91,6 +95,22 @@ def native_bf16() -> bool:
         return "AMX" in str(torch.backends.cpu.get_cpu_capability()).upper()
     except (ImportError, AttributeError):
         return False
+
+
+def native_int8() -> bool:
+    """True when this CPU's int8 products cannot saturate (see :data:`NATIVE_INT8_FLAGS`).
+
+    Without VNNI (AVX2 and first AVX-512 CPUs: Zen 1-3, Haswell..Skylake) an int8 product adds pairs of
+    u8 x s8 products in 16 bits, which saturates with full 8-bit weights; quantisers then keep the weights to
+    7 bits (:func:`imseg.export.openvino.quantize_openvino`). ``ONEDNN_MAX_CPU_ISA`` capped below VNNI counts
+    as no VNNI; ``IMSEG_NATIVE_INT8=0/1`` overrides the detection. Unknown CPUs (no ``/proc/cpuinfo``)
+    count as without, the choice that is accurate everywhere."""
+    forced = os.environ.get("IMSEG_NATIVE_INT8")
+    if forced is not None and forced.strip() in ("0", "1"):
+        return forced.strip() == "1"
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ONEDNN_CAPS_WITHOUT_VNNI:
+        return False
+    return any(flag in cpu_flags() for flag in NATIVE_INT8_FLAGS)
 
 
 def resolve_precision(precision: str | None, device: Any = "cpu", *, engine: str = "torch") -> str:

@@ -190,25 +190,35 @@ def _calibration_feeds(export_dir: Path, manifest: dict, calibration: str | os.P
 
 
 def quantize_openvino(export_dir: str | os.PathLike, calibration: str | os.PathLike | None = None,
-                      limit: int = 16) -> Path:
+                      limit: int = 16, seven_bit: bool | None = None) -> Path:
     """NNCF int8 of the export's encoder (SAM) or model (semantic), calibrated on the images of
     ``calibration`` (default: built-in sample images); written once to ``openvino/<role>.int8.xml`` and
-    reused. Returns the IR path."""
+    reused. Returns the IR path.
+
+    ``seven_bit`` keeps every layer's weights to 7 bits (NNCF's overflow fix), so that CPUs without VNNI,
+    whose int8 products saturate at 16 bits, stay accurate (SAM ViT-B held to AVX2: mask IoU against fp32
+    0.938 with 8-bit weights, 0.987 with 7-bit); None: 7 bits where :func:`imseg.precision.native_int8` is
+    false. That IR is ``openvino/<role>.int8-7bit.xml``."""
+    from ..precision import native_int8
+
     ov = openvino()
     nncf = require("nncf", "openvino", "int8 quantisation for OpenVINO")
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
     files = manifest.get("files_fp32", manifest["files"])
     role = "encoder" if manifest.get("family") == "sam" else "model"
-    target = export_dir / IR_DIR / f"{role}.int8.xml"
+    seven_bit = not native_int8() if seven_bit is None else bool(seven_bit)
+    target = export_dir / IR_DIR / f"{role}.int8{'-7bit' if seven_bit else ''}.xml"
     if target.is_file() and calibration is None:
         return target
     model = ov.Core().read_model(str(export_dir / files[role]))
     feeds = _calibration_feeds(export_dir, manifest, calibration, limit)
     try:
+        overflow_fix = nncf.OverflowFix.ENABLE if seven_bit else nncf.OverflowFix.FIRST_LAYER
         quantized = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds),
                                   model_type=nncf.ModelType.TRANSFORMER if role == "encoder" else None,
-                                  fast_bias_correction=True)
+                                  fast_bias_correction=True,
+                                  advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=overflow_fix))
     except Exception as exc:  # NNCF raises many types; report them as one
         raise ExportError(f"NNCF int8 quantisation of {export_dir / files[role]} failed: "
                           f"{type(exc).__name__}: {exc}") from exc
