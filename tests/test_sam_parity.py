@@ -184,6 +184,23 @@ def test_vit_b_reduced_depth_parity(vit_b_reduced_pair, sample_image, image_name
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("library", ["mkl", "onednn"])
+def test_vit_b_parity_with_products_in_either_library(vit_b_reduced_pair, sample_image, monkeypatch, library):
+    """The encoder's float32 linear layers in MKL or oneDNN (imseg.cpu_gemm): the official answer either way."""
+    from imseg import cpu_gemm
+
+    if not cpu_gemm._onednn_linear_available():
+        pytest.skip("torch built without oneDNN")
+    monkeypatch.setenv(cpu_gemm.ENV, library)
+    off_pred, our_pred = vit_b_reduced_pair
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        our_pred.set_image(sample_image)
+    ran = {event.key for event in prof.key_averages()}
+    assert ("mkldnn::_linear_pointwise" in ran) is (library == "onednn")
+    _compare_image(off_pred, our_pred, _images(sample_image)["square"], full=False)
+
+
+@pytest.mark.slow
 def test_global_attention_per_head_and_query_chunks_match_official(vit_b_reduced_pair, sample_image):
     """The CPU inference path (one head per SDPA call), in query chunks that do not divide the grid, and
     the all-heads path taken under autograd all give the official image embedding."""

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cpu_gemm import fp32_gemm_library, linear
 from .common import LayerNorm2d, MLPBlock, autocast_active, plain_modules
 
 #: Queries per SDPA call in global-attention blocks (rounded down to whole token rows). 4096 is
@@ -164,8 +165,7 @@ class Block(nn.Module):
         # the MLP with its large hidden activation written into a reused buffer, GELU in place
         h = self.norm2(x).flatten(0, -2)
         lin1, lin2 = self.mlp.lin1, self.mlp.lin2
-        hidden = torch.addmm(lin1.bias, h, lin1.weight.t(),
-                             out=scratch.get("mlp", h, h.shape[0], lin1.out_features))
+        hidden = linear(h, lin1.weight, lin1.bias, out=scratch.get("mlp", h, h.shape[0], lin1.out_features))
         if isinstance(self.mlp.act, nn.GELU) and self.mlp.act.approximate == "none":
             torch.ops.aten.gelu_(hidden)
         else:
@@ -173,12 +173,16 @@ class Block(nn.Module):
         return _accumulate(x, hidden, lin2)
 
 
-def _accumulate(residual: torch.Tensor, inp: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """``residual += linear(inp)`` in place; residual (..., C_out) contiguous, inp (..., C_in)."""
-    flat = residual.view(-1, linear.out_features)
-    flat.addmm_(inp.reshape(-1, linear.in_features), linear.weight.t())
-    if linear.bias is not None:
-        flat.add_(linear.bias)
+def _accumulate(residual: torch.Tensor, inp: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``residual += layer(inp)`` in place; residual (..., C_out) contiguous, inp (..., C_in)."""
+    flat = residual.view(-1, layer.out_features)
+    inp = inp.reshape(-1, layer.in_features)
+    if fp32_gemm_library() == "onednn" and flat.dtype == torch.float32 and not torch.is_grad_enabled():
+        flat.add_(linear(inp, layer.weight, layer.bias))  # oneDNN has no in-place accumulation
+        return residual
+    flat.addmm_(inp, layer.weight.t())
+    if layer.bias is not None:
+        flat.add_(layer.bias)
     return residual
 
 
@@ -272,8 +276,8 @@ class Attention(nn.Module):
         # projected before window padding: padded tokens only ever see the bias
         if scratch is not None and self.qkv.bias is not None:
             flat = x.reshape(-1, c)
-            qkv = torch.addmm(self.qkv.bias, flat, self.qkv.weight.t(),
-                              out=scratch.get("qkv", flat, flat.shape[0], self.qkv.out_features)).view(b, h, w, -1)
+            qkv = linear(flat, self.qkv.weight, self.qkv.bias,
+                         out=scratch.get("qkv", flat, flat.shape[0], self.qkv.out_features)).view(b, h, w, -1)
         else:
             qkv = self.qkv(x)
         if window_size > 0 and scratch is not None:

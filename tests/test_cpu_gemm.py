@@ -1,0 +1,72 @@
+"""Float32 products on CPU in MKL or oneDNN (imseg.cpu_gemm): the rule, the override, and the same numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from imseg import cpu_gemm as G
+from imseg.errors import ConfigError
+
+pytestmark = pytest.mark.skipif(not G._onednn_linear_available(), reason="torch built without oneDNN")
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    """Set the CPU's vendor and flags the rule sees."""
+    monkeypatch.delenv(G.ENV, raising=False)
+
+    def set_cpu(vendor, *flags):
+        monkeypatch.setattr(G, "cpu_vendor", lambda: vendor)
+        monkeypatch.setattr(G, "cpu_flags", lambda: frozenset(flags))
+
+    return set_cpu
+
+
+@pytest.mark.parametrize(("vendor", "flags", "expected"), [
+    ("AuthenticAMD", ("avx2", "avx512f", "avx512_bf16"), "onednn"),  # Zen 4/5: MKL would run its AVX2 code
+    ("AuthenticAMD", ("avx2", "fma"), "mkl"),  # Zen 1-3: both libraries have AVX2 kernels
+    ("GenuineIntel", ("avx2", "avx512f", "amx_bf16"), "mkl"),  # MKL runs its AVX-512 kernels on Intel
+    ("GenuineIntel", ("avx2",), "mkl"),
+    ("", (), "mkl"),  # unreadable /proc/cpuinfo: torch's own choice
+])
+def test_rule_follows_vendor_and_avx512(cpu, monkeypatch, vendor, flags, expected):
+    cpu(vendor, *flags)
+    assert G.fp32_gemm_library() == expected
+    other = "mkl" if expected == "onednn" else "onednn"
+    monkeypatch.setenv(G.ENV, other.upper())
+    assert G.fp32_gemm_library() == other
+
+
+def test_bad_override_is_refused(monkeypatch):
+    monkeypatch.setenv(G.ENV, "openblas")
+    with pytest.raises(ConfigError, match="IMSEG_FP32_GEMM must be one of mkl, onednn"):
+        G.fp32_gemm_library()
+
+
+def _ops(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.key for event in prof.key_averages()}
+
+
+@pytest.mark.parametrize("library", ["mkl", "onednn"])
+def test_linear_matches_float64_in_either_library(monkeypatch, library):
+    monkeypatch.setenv(G.ENV, library)
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(shape, generator=gen) for shape in ((300, 96), (64, 96), (64,)))
+    ref = x.double() @ w.double().t() + b.double()
+    out = torch.empty(300, 64)
+    with torch.inference_mode():
+        got = G.linear(x, w, b, out=out)
+        no_bias = G.linear(x.t().contiguous().t(), w)  # a strided input
+        ops = _ops(lambda: G.linear(x, w, b))
+    tol = 2e-6 * ref.abs().max()  # float32 rounding of sums of 96 products
+    assert (got.double() - ref).abs().max() < tol
+    assert (no_bias.double() - (ref - b.double())).abs().max() < tol
+    assert ("mkldnn::_linear_pointwise" in ops) is (library == "onednn")
+    assert (got is out) is (library == "mkl")  # oneDNN writes a new tensor
+    # autograd keeps torch's own product, which has a backward
+    xg = x.clone().requires_grad_()
+    G.linear(xg, w, b).sum().backward()
+    assert torch.allclose(xg.grad, w.sum(0).expand_as(x), atol=1e-5)
