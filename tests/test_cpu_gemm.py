@@ -70,3 +70,30 @@ def test_linear_matches_float64_in_either_library(monkeypatch, library):
     xg = x.clone().requires_grad_()
     G.linear(xg, w, b).sum().backward()
     assert torch.allclose(xg.grad, w.sum(0).expand_as(x), atol=1e-5)
+
+
+def test_apply_linear_takes_onednn_only_for_plain_unhooked_layers(monkeypatch):
+    monkeypatch.setenv(G.ENV, "onednn")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(32, 16)
+    x = torch.randn(2, 5, 32)
+    with torch.inference_mode():
+        ref = layer(x)
+        got = G.apply_linear(layer, x)
+        assert got.shape == (2, 5, 16) and (got - ref).abs().max() < 1e-5
+        assert "mkldnn::_linear_pointwise" in _ops(lambda: G.apply_linear(layer, x))
+        seen = []
+        handle = layer.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+        G.apply_linear(layer, x)  # a hooked layer is called as a module: its hook runs
+        handle.remove()
+        assert seen == [(2, 5, 16)]
+
+        class Wrapped(torch.nn.Linear):  # e.g. a LoRA or quantised subclass with its own forward
+            def forward(self, inp):
+                return super().forward(inp) * 0
+
+        wrapped = Wrapped(32, 16)
+        assert G.apply_linear(wrapped, x).abs().max() == 0
+    monkeypatch.setenv(G.ENV, "mkl")
+    with torch.inference_mode():
+        assert "mkldnn::_linear_pointwise" not in _ops(lambda: G.apply_linear(layer, x))

@@ -185,14 +185,15 @@ def test_vit_b_reduced_depth_parity(vit_b_reduced_pair, sample_image, image_name
 
 @pytest.mark.slow
 @pytest.mark.parametrize("library", ["mkl", "onednn"])
-def test_vit_b_parity_with_products_in_either_library(vit_b_reduced_pair, sample_image, monkeypatch, library):
-    """The encoder's float32 linear layers in MKL or oneDNN (imseg.cpu_gemm): the official answer either way."""
+@pytest.mark.parametrize("pair", ["vit_b_reduced_pair", "vit_t_pair"])
+def test_parity_with_products_in_either_library(request, sample_image, monkeypatch, library, pair):
+    """The encoders' float32 linear layers in MKL or oneDNN (imseg.cpu_gemm): the official answer either way."""
     from imseg import cpu_gemm
 
     if not cpu_gemm._onednn_linear_available():
         pytest.skip("torch built without oneDNN")
     monkeypatch.setenv(cpu_gemm.ENV, library)
-    off_pred, our_pred = vit_b_reduced_pair
+    off_pred, our_pred = request.getfixturevalue(pair)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         our_pred.set_image(sample_image)
     ran = {event.key for event in prof.key_averages()}

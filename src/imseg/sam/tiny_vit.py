@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cpu_gemm import apply_linear
 from .common import LayerNorm2d
 
 
@@ -105,7 +106,7 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(self.norm(x))))
+        return apply_linear(self.fc2, self.act(apply_linear(self.fc1, self.norm(x))))
 
 
 def window_offset_index(resolution: tuple[int, int]) -> torch.Tensor:
@@ -140,13 +141,13 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, C) tokens of B windows -> (B, N, C)."""
         b, n, _ = x.shape
-        qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, -1)
+        qkv = apply_linear(self.qkv, self.norm(x)).view(b, n, self.num_heads, -1)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.d], dim=3)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, N, d)
         # gathered on every call (tiny), so a bias loaded after .eval() is never stale
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(b, n, self.dh))
+        return apply_linear(self.proj, out.transpose(1, 2).reshape(b, n, self.dh))
 
 
 class TinyViTBlock(nn.Module):
