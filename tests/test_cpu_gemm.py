@@ -97,3 +97,37 @@ def test_apply_linear_takes_onednn_only_for_plain_unhooked_layers(monkeypatch):
     monkeypatch.setenv(G.ENV, "mkl")
     with torch.inference_mode():
         assert "mkldnn::_linear_pointwise" not in _ops(lambda: G.apply_linear(layer, x))
+
+
+def test_autocast_keeps_torchs_own_product(monkeypatch):
+    """Under CPU autocast the product stays torch's (in bfloat16), never a float32 oneDNN product."""
+    monkeypatch.setenv(G.ENV, "onednn")
+    layer = torch.nn.Linear(32, 16)
+    x = torch.randn(4, 32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert G.apply_linear(layer, x).dtype == torch.bfloat16
+        assert G.linear(x, layer.weight, layer.bias).dtype == torch.bfloat16
+
+
+def test_export_and_tracing_see_torchs_own_product(monkeypatch, tmp_path):
+    """ONNX export and TorchScript tracing record aten ops, never the oneDNN product (no ONNX for it)."""
+    monkeypatch.setenv(G.ENV, "onednn")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return G.apply_linear(self.fc, x) + G.linear(x, self.fc.weight)
+
+    net, x = Net().eval(), torch.randn(3, 8)
+    with torch.no_grad():
+        traced = torch.jit.trace(net, x)
+        torch.onnx.export(net, (x,), str(tmp_path / "net.onnx"), dynamo=False)
+    assert "mkldnn" not in str(traced.graph)
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(str(tmp_path / "net.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert abs(got - net(x).numpy()).max() < 1e-5

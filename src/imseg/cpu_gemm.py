@@ -8,8 +8,9 @@ the order of the sums differs (results agree to float32 rounding, ~1e-6 relative
 
 The rule: oneDNN where the CPU is not Intel's and has AVX-512 (``avx512f``), MKL elsewhere. ``IMSEG_FP32_GEMM=mkl``
 or ``onednn`` overrides it. :func:`linear` and :func:`apply_linear` apply it to inference (no autograd); training
-keeps torch's own path. Used by the SAM ViT and MobileSAM (TinyViT) image encoders (TinyViT, mostly convolutions
-that oneDNN already runs: 0.98 -> 0.91 s on the same Zen 5).
+keeps torch's own path, and so do autocast, ONNX export and tracing. Used by the SAM ViT and MobileSAM (TinyViT)
+image encoders (TinyViT, mostly convolutions that oneDNN already runs: 0.98 -> 0.91 s on the same Zen 5) and by
+SAM 2's Hiera encoder, memory attention and memory encoder.
 """
 
 from __future__ import annotations
@@ -59,13 +60,24 @@ def fp32_gemm_library() -> str:
     return "onednn" if vendor and vendor != "GenuineIntel" and "avx512f" in cpu_flags() else "mkl"
 
 
+def _tracing() -> bool:
+    """True inside ONNX export, TorchScript tracing or torch.compile/export, which must see torch's own ops."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+def onednn_applies(x: torch.Tensor) -> bool:
+    """float32 CPU inference on a oneDNN CPU, outside autocast (which would run the product in bfloat16) and
+    outside export and tracing (:func:`_tracing`)."""
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and fp32_gemm_library() == "onednn" and not _tracing())
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight.T + bias`` for 2-D ``x`` (M, K) and ``weight`` (N, K), in oneDNN where
-    :func:`fp32_gemm_library` says so (float32 CPU tensors, autograd off), else ``torch.addmm``/``mm``
+    :func:`fp32_gemm_library` says so and :func:`onednn_applies` (float32 CPU inference), else ``torch.addmm``/``mm``
     (into ``out`` when given; oneDNN always returns a new tensor)."""
-    if (x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled()
-            and fp32_gemm_library() == "onednn"):
+    if onednn_applies(x):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     if bias is None:
         return torch.mm(x, weight.t(), out=out) if out is not None else torch.mm(x, weight.t())
@@ -77,7 +89,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def apply_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)`` for a layer called on (..., C_in) tokens, through :func:`linear` when ``layer`` is a plain,
     unhooked ``nn.Linear`` (a LoRA wrapper, a hooked or quantised layer is called as it is)."""
-    if (type(layer) is not nn.Linear or layer._forward_hooks or layer._forward_pre_hooks
-            or torch.is_grad_enabled() or x.dtype != torch.float32 or fp32_gemm_library() != "onednn"):
+    if type(layer) is not nn.Linear or layer._forward_hooks or layer._forward_pre_hooks or not onednn_applies(x):
         return layer(x)
     return linear(x.reshape(-1, layer.in_features), layer.weight, layer.bias).view(*x.shape[:-1], layer.out_features)

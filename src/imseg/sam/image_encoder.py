@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cpu_gemm import fp32_gemm_library, linear
+from ..cpu_gemm import linear, onednn_applies
 from .common import LayerNorm2d, MLPBlock, autocast_active, plain_modules
 
 #: Queries per SDPA call in global-attention blocks (rounded down to whole token rows). 4096 is
@@ -177,7 +177,7 @@ def _accumulate(residual: torch.Tensor, inp: torch.Tensor, layer: nn.Linear) -> 
     """``residual += layer(inp)`` in place; residual (..., C_out) contiguous, inp (..., C_in)."""
     flat = residual.view(-1, layer.out_features)
     inp = inp.reshape(-1, layer.in_features)
-    if fp32_gemm_library() == "onednn" and flat.dtype == torch.float32 and not torch.is_grad_enabled():
+    if onednn_applies(flat):
         flat.add_(linear(inp, layer.weight, layer.bias))  # oneDNN has no in-place accumulation
         return residual
     flat.addmm_(inp, layer.weight.t())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..cpu_gemm import apply_linear
+
 
 class MLP(nn.Module):
     """``num_layers`` linear layers with ``activation`` between them (none after the last); optional sigmoid.
@@ -23,7 +25,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
-            x = layer(x)
+            x = apply_linear(layer, x)
             if i < self.num_layers - 1:
                 x = self.act(x)
         return torch.sigmoid(x) if self.sigmoid_output else x

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cpu_gemm import apply_linear
 from .common import MLP
 
 
@@ -63,14 +64,14 @@ class MultiScaleAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1)
+        qkv = apply_linear(self.qkv, x).reshape(b, h * w, 3, self.num_heads, -1)
         q, k, v = qkv.unbind(2)  # (B, N, heads, c)
         if self.q_pool is not None:
             q = _max_pool(q.reshape(b, h, w, -1), self.q_pool)
             h, w = q.shape[1:3]
             q = q.reshape(b, h * w, self.num_heads, -1)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+        return apply_linear(self.proj, out.transpose(1, 2).reshape(b, h, w, -1))
 
 
 class MultiScaleBlock(nn.Module):
@@ -96,7 +97,7 @@ class MultiScaleBlock(nn.Module):
         shortcut = x
         x = self.norm1(x)
         if self.dim != self.dim_out:
-            shortcut = self.proj(x)
+            shortcut = apply_linear(self.proj, x)
             if self.pool is not None:
                 shortcut = _max_pool(shortcut, self.pool)
         window_size = self.window_size

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..cpu_gemm import apply_linear
 from .position_encoding import apply_rope, axial_rope_angles
 
 
@@ -59,7 +60,7 @@ class RoPEAttention(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, num_k_exclude_rope: int = 0) -> Tensor:
         """q (B, Nq, C), k/v (B, Nk, kv_in_dim) -> (B, Nq, C). The last ``num_k_exclude_rope`` keys (object
         pointers) get no rotation."""
-        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        q, k, v = (self._heads(apply_linear(proj, t)) for proj, t in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
         rotations = self._rotations_for(q.shape[-2], q.device)
         if q.shape[-2] != k.shape[-2] and not self.rope_k_repeat:
             raise ValueError(f"{k.shape[-2]} keys for {q.shape[-2]} queries need rope_k_repeat=True")
@@ -69,7 +70,7 @@ class RoPEAttention(nn.Module):
             repeat = num_rope // q.shape[-2] if self.rope_k_repeat else 1
             k = torch.cat([apply_rope(k[:, :, :num_rope], rotations, repeat), k[:, :, num_rope:]], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+        return apply_linear(self.out_proj, out.transpose(1, 2).flatten(2))
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -108,7 +109,7 @@ class MemoryAttentionLayer(nn.Module):
             num_k_exclude_rope=num_k_exclude_rope,
         )
         tgt = tgt + self.dropout2(x)
-        x = self.linear2(self.dropout(F.relu(self.linear1(self.norm3(tgt)))))
+        x = apply_linear(self.linear2, self.dropout(F.relu(apply_linear(self.linear1, self.norm3(tgt)))))
         return tgt + self.dropout3(x)
 
 

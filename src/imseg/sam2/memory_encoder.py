@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ..cpu_gemm import apply_linear
 from ..sam.common import LayerNorm2d
 from .position_encoding import PositionEmbeddingSine
 
@@ -50,7 +51,7 @@ class CXBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(self.dwconv(x)).permute(0, 2, 3, 1)
-        y = self.pwconv2(self.act(self.pwconv1(y)))
+        y = apply_linear(self.pwconv2, self.act(apply_linear(self.pwconv1, y)))
         if self.gamma is not None:
             y = self.gamma * y
         return x + y.permute(0, 3, 1, 2)
