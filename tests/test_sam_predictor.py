@@ -218,7 +218,7 @@ def test_everything_mode_returns_masks(segmenter, sample_image):
 
 
 @pytest.mark.slow
-def test_autocast_runs_the_encoder_in_low_precision_and_the_decoder_in_float32(sample_image):
+def test_autocast_runs_the_encoder_in_low_precision_and_the_decoder_in_float32(sample_image, monkeypatch):
     """``SamPredictor(dtype="bfloat16")`` on CUDA runs set_image under ``torch.autocast``. Autocast does not cast
     ``out=``/in-place ops, so the encoder's buffered inference path must step aside (else its products silently
     run in float32). Prompts are encoded and decoded in float32 from the float32 embedding. CUDA is not needed
@@ -246,6 +246,7 @@ def test_autocast_runs_the_encoder_in_low_precision_and_the_decoder_in_float32(s
             return out
 
     exact = SamPredictor(model)
+    monkeypatch.setenv("IMSEG_FP32_GEMM", "mkl")  # torch's float32 products (imseg.cpu_gemm), which this mode sees
     with Products():
         exact.set_image(sample_image)
     assert {name for name, _ in seen} == {"addmm", "addmm_"}  # exact float32: the buffered products
@@ -253,6 +254,7 @@ def test_autocast_runs_the_encoder_in_low_precision_and_the_decoder_in_float32(s
     seen.clear()
     low = SamPredictor(model)
     low.autocast_dtype = torch.bfloat16
+    monkeypatch.setenv("IMSEG_FP32_GEMM", "onednn")  # autocast keeps torch's products even where oneDNN is the rule
     with Products():
         low.set_image(sample_image)
     assert seen == [("linear", torch.bfloat16)] * 12  # qkv, proj, lin1, lin2 of 3 blocks, none into float32 buffers

@@ -74,9 +74,8 @@ def onednn_applies(x: torch.Tensor) -> bool:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            out: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T + bias`` for 2-D ``x`` (M, K) and ``weight`` (N, K), in oneDNN where
-    :func:`fp32_gemm_library` says so and :func:`onednn_applies` (float32 CPU inference), else ``torch.addmm``/``mm``
-    (into ``out`` when given; oneDNN always returns a new tensor)."""
+    """``x @ weight.T + bias`` for 2-D ``x`` (M, K) and ``weight`` (N, K): in oneDNN where :func:`onednn_applies`
+    (then ``out`` is not used: oneDNN returns a new tensor), else ``torch.addmm``/``mm`` (into ``out`` when given)."""
     if onednn_applies(x):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     if bias is None:

@@ -165,7 +165,8 @@ class Block(nn.Module):
         # the MLP with its large hidden activation written into a reused buffer, GELU in place
         h = self.norm2(x).flatten(0, -2)
         lin1, lin2 = self.mlp.lin1, self.mlp.lin2
-        hidden = linear(h, lin1.weight, lin1.bias, out=scratch.get("mlp", h, h.shape[0], lin1.out_features))
+        buffer = None if onednn_applies(h) else scratch.get("mlp", h, h.shape[0], lin1.out_features)  # oneDNN: no out=
+        hidden = linear(h, lin1.weight, lin1.bias, out=buffer)
         if isinstance(self.mlp.act, nn.GELU) and self.mlp.act.approximate == "none":
             torch.ops.aten.gelu_(hidden)
         else:
@@ -276,8 +277,8 @@ class Attention(nn.Module):
         # projected before window padding: padded tokens only ever see the bias
         if scratch is not None and self.qkv.bias is not None:
             flat = x.reshape(-1, c)
-            qkv = linear(flat, self.qkv.weight, self.qkv.bias,
-                         out=scratch.get("qkv", flat, flat.shape[0], self.qkv.out_features)).view(b, h, w, -1)
+            buffer = None if onednn_applies(flat) else scratch.get("qkv", flat, flat.shape[0], self.qkv.out_features)
+            qkv = linear(flat, self.qkv.weight, self.qkv.bias, out=buffer).view(b, h, w, -1)
         else:
             qkv = self.qkv(x)
         if window_size > 0 and scratch is not None:
