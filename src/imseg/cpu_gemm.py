@@ -9,9 +9,8 @@ the order of the sums differs (results agree to float32 rounding, ~1e-6 relative
 The rule: oneDNN where the CPU is not Intel's and has AVX-512 (``avx512f``), MKL elsewhere. ``IMSEG_FP32_GEMM=mkl``
 or ``onednn`` overrides it. :func:`linear` and :func:`apply_linear` apply it to inference (no autograd); training
 keeps torch's own path, and so do autocast, ONNX export and tracing. Used by the SAM ViT and MobileSAM (TinyViT)
-image encoders (TinyViT, mostly convolutions that oneDNN already runs: 0.98 -> 0.91 s on the same Zen 5), the
-upscaling products of SAM's batched mask decoder (segment everything, 256 points: 11.5 -> 10.6 s), and SAM 2's
-Hiera encoder, memory attention and memory encoder.
+image encoders (TinyViT, mostly convolutions that oneDNN already runs: 0.98 -> 0.91 s on the same Zen 5) and by
+SAM 2's Hiera encoder, memory attention and memory encoder.
 """
 
 from __future__ import annotations

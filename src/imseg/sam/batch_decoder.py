@@ -37,7 +37,6 @@ from typing import Any
 
 import torch
 
-from ..cpu_gemm import linear
 from .common import autocast_active
 
 #: prompts decoded together on CPU; larger chunks spill the per-prompt (4096 x 256) tensors out of cache
@@ -360,16 +359,16 @@ class PromptBatchDecoder:
                     else:
                         lhs = left[i0:i1, :, t0:t1].transpose(1, 2)  # (n, tokens, K)
                         rhs = right[i0:i1, :, dy1 * half : (dy1 + 1) * half]  # (n, K, D)
-                        a = (linear(lhs[0], rhs[0].t(), const[dy1]) if n == 1
+                        a = (torch.addmm(const[dy1], lhs[0], rhs[0]) if n == 1
                              else torch.baddbmm(const[dy1], lhs, rhs)).view(n, t1 - t0, -1)
                         a.addcmul_(src_g[dy1][t0:t1], r0[i0:i1, t0:t1])
                     a = a.view(-1, c1)
                     a = act1(torch.nn.functional.layer_norm(a, (c1,), norm.weight, norm.bias, norm.eps))
                     for dy2 in (0, 1):  # and of the second: rows (prompt, y, x, dx1), columns (dx2, C2)
-                        z = act2(linear(a, w2[dy2].t(), b2)).view(n, -1, c2)
+                        z = act2(torch.addmm(b2, a, w2[dy2])).view(n, -1, c2)
                         # (n, M, rows * (x, dx1, dx2)) = output rows 4*y + 2*dy1 + dy2, each a contiguous
                         # run of columns 4*x + 2*dx1 + dx2
-                        logits = linear(hyper[i0], z[0])[None] if n == 1 else hyper[i0:i1] @ z.transpose(1, 2)
+                        logits = (hyper[i0] @ z[0].t())[None] if n == 1 else hyper[i0:i1] @ z.transpose(1, 2)
                         out[i0:i1, :, 4 * y0 + 2 * dy1 + dy2 : 4 * y1 : 4] = logits.view(n, m, y1 - y0, 4 * gw)
         return out
 
