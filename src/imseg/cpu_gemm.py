@@ -15,30 +15,21 @@ SAM 2's Hiera encoder, memory attention and memory encoder.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import cpu_flags
+from .precision import cpu_fields, cpu_flags
 
 ENV = "IMSEG_FP32_GEMM"
 CHOICES = ("mkl", "onednn")
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_vendor() -> str:
     """``vendor_id`` of ``/proc/cpuinfo`` (``GenuineIntel``, ``AuthenticAMD``, ...), or "" where unreadable."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpu_fields().get("vendor_id", "")
 
 
 def _onednn_linear_available() -> bool:

@@ -60,8 +60,9 @@ def cpu_flags() -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_model() -> str:
-    """The CPU model name (``/proc/cpuinfo``), or ``platform.processor()`` where that is unavailable."""
+def cpu_fields() -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (``vendor_id``, ``model name``, ...); empty where
+    unreadable."""
     fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
@@ -72,6 +73,13 @@ def cpu_model() -> str:
                 fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU model name (``/proc/cpuinfo``), or ``platform.processor()`` where that is unavailable."""
+    fields = cpu_fields()
     if "model name" in fields:  # VMs often say only "Intel Xeon Processor": family/model name the generation
         return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
     import platform
