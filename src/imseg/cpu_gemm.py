@@ -69,11 +69,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     (then ``out`` is not used: oneDNN returns a new tensor), else ``torch.addmm``/``mm`` (into ``out`` when given)."""
     if onednn_applies(x):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    if bias is None:
-        return torch.mm(x, weight.t(), out=out) if out is not None else torch.mm(x, weight.t())
-    if out is not None:
-        return torch.addmm(bias, x, weight.t(), out=out)
-    return F.linear(x, weight, bias)
+    if out is None:
+        return F.linear(x, weight, bias)
+    return torch.mm(x, weight.t(), out=out) if bias is None else torch.addmm(bias, x, weight.t(), out=out)
 
 
 def apply_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -49,14 +49,7 @@ def check_precision(precision: str | None) -> str:
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The ISA flags of this machine's CPU (``/proc/cpuinfo`` on Linux; empty where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset(cpu_fields().get("flags", "").split())
 
 
 @functools.lru_cache(maxsize=1)
