@@ -7,8 +7,8 @@
    (skipped with ``--teacher-run``: an existing run directory is used).
 2. A small student: U-Net on the first four stages of MobileNetV2 (``encoder_depth 4``) with a 64/32/16/8-channel
    decoder (8x fewer multiply-adds than the teacher), trained for the same number of epochs with and without
-   ``--teacher`` (``--distill``, ``--distill-weight``, ``--distill-temperature``; fix them before the run), for
-   each of ``--seeds``. With ``--same-time`` each seed also trains the student without the teacher for as long
+   ``--teacher`` (``--distill``, ``--distill-weight``, ``--distill-temperature``, ``--distill-cache``; fix them
+   before the run), for each of ``--seeds``. With ``--same-time`` each seed also trains the student without the teacher for as long
    as its distilled run took (the epochs scaled by the time ratio), since the teacher's forward pass makes a
    distilled epoch slower.
 
@@ -62,6 +62,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--distill", default="kd")
     parser.add_argument("--distill-weight", type=float, default=1.0)
     parser.add_argument("--distill-temperature", type=float, default=1.0)
+    parser.add_argument("--distill-cache", action="store_true", help="run the teacher once on the training images "
+                        "and keep its logits (imseg train --distill-cache): a distilled epoch costs an undistilled one")
     parser.add_argument("--teacher-run", help="use this trained run as the teacher instead of training one")
     parser.add_argument("--limit", type=int, help="keep the first N training images (quick trials)")
     parser.add_argument("--speed-imgsz", type=int, help="input size of the speed comparison (default --imgsz)")
@@ -164,6 +166,8 @@ def main(argv: list[str]) -> list:
     project = dict(project=args.project, imgsz=args.imgsz, amp=args.amp)
     if args.teacher_run:
         teacher_dir = Path(args.teacher_run)
+        emit({"run": "teacher", "dir": str(teacher_dir), "given": True,
+              "test_iou": round(score_test(teacher_dir, native["test"]), 4)}, results, out)
     else:
         sets = build_datasets(spec, imgsz=args.imgsz, augment=COMMON["augment"], seed=0, cache=True)
         teacher_dir, minutes, epochs = train_run(spec, sets, "teacher", dict(TEACHER, epochs=args.teacher_epochs,
@@ -171,7 +175,7 @@ def main(argv: list[str]) -> list:
         emit({"run": "teacher", "dir": str(teacher_dir), "minutes": round(minutes, 2), "epochs": epochs,
               "test_iou": round(score_test(teacher_dir, native["test"]), 4)}, results, out)
     distill = dict(teacher=str(teacher_dir), distill=args.distill, distill_weight=args.distill_weight,
-                   distill_temperature=args.distill_temperature)
+                   distill_temperature=args.distill_temperature, distill_cache=args.distill_cache)
     scores: dict[str, list[float]] = {"student": [], "distilled": []}
     if args.same_time:
         scores["student_same_time"] = []

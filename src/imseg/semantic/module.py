@@ -116,11 +116,11 @@ def _make_module_class():
             return self.model(x)
 
         def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-            images, masks = batch
+            images, masks, *cached = batch  # cached: the teacher's logits, with distill_cache (see semantic.distill)
             logits = self(images)
             loss = self._loss(logits, masks)
-            if self.distiller is not None:  # the teacher sees this same augmented batch
-                distill = self.distiller(images, logits)
+            if self.distiller is not None:  # the teacher sees this same augmented batch, or its answer is cached
+                distill = self.distiller(images, logits, cached[0] if cached else None)
                 self.log("train/distill", distill, on_step=False, on_epoch=True, sync_dist=True,
                          batch_size=images.shape[0])
                 loss = loss + distill

@@ -37,7 +37,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .ddp import DEVICES_ACCEPTED, ddp_strategy, devices_ok
-from .distill import check_distill_options
+from .distill import TeacherTargets, check_distill_options
 from .loggers import make_logger_callback, parse_logger_spec
 from .models import OUTPUT_STRIDE, input_multiple, model_config
 from .module import WeightEMA, _has_unused_parameters, _lightning, _make_module_class
@@ -91,6 +91,7 @@ class TrainConfig:
     distill: str = "kd"  # kd (pixel-wise) | cwd (channel-wise)
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
+    distill_cache: bool = False  # run the teacher once on the training images and keep its logits in memory
     logger: str = "csv"  # csv | tensorboard | csv,tensorboard (see semantic.loggers)
     time: float | None = None  # wall-clock limit in minutes: training stops there, validates and saves that state
 
@@ -123,6 +124,8 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         check_distill_options(self.teacher, self.distill, self.distill_weight, self.distill_temperature)
+        if self.distill_cache and not self.teacher:
+            raise ConfigError("distill_cache caches a teacher's logits: give the teacher run too (--teacher RUN)")
         parse_logger_spec(self.logger)
 
 
@@ -191,6 +194,14 @@ class SeededDataset(torch.utils.data.Dataset):
         torch.default_generator.manual_seed(item_seed)
         return self.dataset[index]
 # ----------------------------------------------------------------------------- train()
+def _memory_budget() -> int | None:
+    """Half the memory available now (bytes), or None where the system does not say."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _load_datasets(cfg: TrainConfig) -> tuple[dict, list[str], int | None, dict]:
     from .data import build_datasets, load_data_config
 
@@ -444,6 +455,9 @@ def train(
         "train": _plain(asdict(cfg)),
     }
     on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    if module.distiller is not None and cfg.distill_cache:
+        datasets = {**datasets, "train": TeacherTargets(datasets["train"], module.distiller.teacher, cfg.imgsz,
+                                                        "cuda" if on_gpu else "cpu", cfg.batch, _memory_budget())}
     train_loader, val_loader = _loaders(cfg, datasets, on_gpu, first_epoch)
     config_yaml = {"train": meta["train"], "data": info["data"], "class_names": names, "ignore_index": ignore,
                    "mean": meta["mean"], "std": meta["std"], **_plain(dict(record or {}))}
