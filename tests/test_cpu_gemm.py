@@ -131,3 +131,46 @@ def test_export_and_tracing_see_torchs_own_product(monkeypatch, tmp_path):
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         assert abs(got - net(x).numpy()).max() < 1e-5
+
+
+def _attention64(q, k, v, bias=None, scale=None):
+    scores = (q.double() @ k.double().transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if bias is not None:
+        scores = scores + bias.double()
+    return scores.softmax(-1) @ v.double()
+
+
+@pytest.mark.parametrize("library", ["mkl", "onednn"])
+def test_attention_matches_float64_with_and_without_a_bias(monkeypatch, library):
+    monkeypatch.setenv(G.ENV, library)
+    monkeypatch.setattr(G, "QUERY_BLOCK", 50)  # several query blocks, the last one short
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 3, 170, 16, generator=gen) * 2
+    k, v = torch.randn(2, 3, 1300, 16, generator=gen) * 2, torch.randn(2, 3, 1300, 24, generator=gen)
+    bias = torch.randn(2, 1, 170, 1300, generator=gen)  # broadcast over heads
+    with torch.inference_mode():
+        plain, biased = G.attention(q, k, v), G.attention(q, k, v, bias, scale=0.3)
+        ops = _ops(lambda: G.attention(q, k, v, bias))
+    for got, ref in ((plain, _attention64(q, k, v)), (biased, _attention64(q, k, v, bias, 0.3))):
+        assert got.shape == (2, 3, 170, 24) and got.dtype == torch.float32
+        assert (got.double() - ref).abs().max() < 2e-5 * ref.abs().max()
+    assert ("mkldnn::_linear_pointwise" in ops) is (library == "onednn")
+    assert (not any("scaled_dot_product" in op for op in ops)) is (library == "onednn")
+
+
+def test_attention_keeps_torchs_kernel_for_few_keys_autograd_and_other_dtypes(monkeypatch):
+    monkeypatch.setenv(G.ENV, "onednn")
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 40, 8, generator=gen) for _ in range(3))
+    with torch.inference_mode():
+        assert "mkldnn::_linear_pointwise" not in _ops(lambda: G.attention(q, k, v))  # 40 keys: one fused call
+    long_k, long_v = torch.randn(1, 2, 1100, 8, generator=gen), torch.randn(1, 2, 1100, 8, generator=gen)
+    qg = q.clone().requires_grad_()
+    out = G.attention(qg, long_k, long_v)
+    out.sum().backward()  # torch's kernel, which has a backward
+    assert qg.grad is not None and torch.isfinite(qg.grad).all()
+    with torch.inference_mode():
+        half = G.attention(q.bfloat16(), long_k.bfloat16(), long_v.bfloat16())
+        assert half.dtype == torch.bfloat16
+        assert "mkldnn::_linear_pointwise" not in _ops(lambda: G.attention(q.bfloat16(), long_k.bfloat16(),
+                                                                            long_v.bfloat16()))

@@ -1,5 +1,6 @@
 """Semantic knowledge distillation: the KD and CWD losses against direct computations and torch's kl_div, the
-frozen teacher, and `imseg train --teacher` end to end (resume included) on real Weizmann horses."""
+frozen teacher, the cached teacher logits moving with the augmentation, and `imseg train --teacher` end to end
+(resume included) on real Weizmann horses."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_horse_options
 from imseg.errors import ConfigError
-from imseg.semantic.distill import Distiller, Teacher, cwd_loss, kd_loss, load_teacher
+from imseg.semantic.distill import Distiller, Teacher, TeacherTargets, cwd_loss, kd_loss, load_teacher
 from imseg.semantic.models import create_model
 
 
@@ -122,6 +123,83 @@ def test_teacher_of_another_size_sees_its_scale_and_answers_at_the_students():
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize("loss", [kd_loss, cwd_loss])
+def test_losses_over_valid_pixels_equal_the_losses_of_the_valid_crop(loss):
+    s, t = _logits(4, shape=(2, 3, 9, 11)), _logits(5, shape=(2, 3, 9, 11))
+    valid = torch.zeros(2, 9, 11, dtype=torch.bool)
+    valid[:, 2:7, 1:8] = True  # the rest: padding, whatever its logits
+    t_padded = t.clone()
+    t_padded[~valid[:, None].expand_as(t)] = 255.0
+    got = loss(s, t_padded, 2.0, valid=valid)
+    expected = loss(s[:, :, 2:7, 1:8], t[:, :, 2:7, 1:8], 2.0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6) and got.item() > 0.01
+    student = s.clone().requires_grad_(True)
+    loss(student, t_padded, 2.0, valid=valid).backward()
+    assert torch.isfinite(student.grad).all()
+    assert student.grad[~valid[:, None].expand_as(s)].abs().max() == 0  # padding teaches nothing
+
+
+def test_soft_maps_move_with_the_mask_through_every_geometric_augmentation():
+    from imseg.semantic.transforms import build_transforms
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((50, 70), np.int64)
+    mask[10:30, 20:60] = 1
+    mask[35:45, 5:25] = 2
+    rgb = rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    soft = torch.cat([F.one_hot(torch.from_numpy(mask), 3).permute(2, 0, 1).float() * 5.0,
+                      torch.full((1, 50, 70), 256.0)])  # the marker channel: never the padding value 255
+    augment = {"hflip": 0.5, "vflip": 0.5, "scale": [0.5, 1.5], "rotate": 30, "rotate90": 0.5, "elastic": 0.5,
+               "color_jitter": 0.4}
+    tf = build_transforms(48, augment, train=True, ignore_index=255)
+    padded = 0
+    for seed in range(12):
+        torch.manual_seed(seed)
+        image, out_mask, out_soft = tf(rgb, mask, soft)
+        torch.manual_seed(seed)
+        image_alone, mask_alone = tf(rgb, mask)
+        assert torch.equal(image, image_alone) and torch.equal(out_mask, mask_alone)  # the same draws
+        assert out_soft.shape == (4, 48, 48) and out_soft.dtype == torch.float32
+        inside = out_soft[-1] == 256.0
+        assert torch.equal(inside, out_mask != 255)  # padding / rotation wrote the ignore value in both
+        assert torch.equal(out_soft[:3].argmax(0)[inside], out_mask[inside])
+        padded += int((~inside).sum())
+    assert padded > 0
+
+
+@pytest.mark.slow
+def test_teacher_targets_cache_the_teachers_letterboxed_answer(teacher_run):
+    from imseg.semantic.data import build_datasets
+    from imseg.semantic.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    root, data, teacher_dir = teacher_run
+    teacher = load_teacher(teacher_dir, ["background", "horse"], IMAGENET_MEAN, IMAGENET_STD)
+    spec = {"path": str(data), "names": ["background", "horse"]}
+    sets = build_datasets(spec, imgsz=64, augment="none", seed=3, cache=True)
+    calls = []
+    live = teacher.logits
+    teacher.logits = lambda images, size: calls.append(images.shape) or live(images, size)
+    targets = TeacherTargets(sets["train"], teacher, imgsz=None, batch=4)
+    assert len(calls) == 2 and len(targets) == len(sets["train"]) == 6  # the teacher ran once, in 2 batches
+    for index in range(len(targets)):
+        image, mask, cached = targets[index]
+        assert torch.equal(image, sets["train"][index][0]) and torch.equal(mask, sets["train"][index][1])
+        assert cached.shape == (3, 64, 64) and set(cached[-1].unique().tolist()) <= {0.0, 1.0}
+        assert torch.equal(cached[-1] == 1, mask != 255)
+        inside = cached[-1] == 1
+        answer = live(image[None], (64, 64))[0]
+        # float16 storage and a round trip through the native size: the same pixels, logits within a few %
+        assert (answer.argmax(0) == cached[:2].argmax(0))[inside].float().mean() > 0.97
+        assert (answer - cached[:2])[:, inside].abs().median() < 0.05 * answer.abs().max()
+    with pytest.raises(ConfigError, match="over the 0.0 GiB allowed"):
+        TeacherTargets(sets["train"], teacher, imgsz=None, memory_limit=1000)
+    with pytest.raises(ConfigError, match="distill_cache needs a dataset built by imseg"):
+        TeacherTargets([(torch.zeros(3, 8, 8), torch.zeros(8, 8))], teacher, imgsz=None)
+    assert TeacherTargets(sets["train"], Teacher(teacher.model, None, 32), imgsz=32)[0][2].shape == (3, 64, 64)
+    with pytest.raises(ConfigError, match="needs an imgsz"):
+        TeacherTargets(sets["train"], Teacher(teacher.model, None, 32), imgsz=None)
+
+
 # ----------------------------------------------------------------------------- real data, end to end
 def _options(data: Path, project: Path, name: str, **extra) -> dict:
     return tiny_horse_options(data, project, name, **{"epochs": 2, "seed": 5, **extra})
@@ -170,7 +248,7 @@ def test_cli_train_with_a_teacher_records_it_and_logs_the_distillation_loss(teac
 
 
 @pytest.mark.slow
-def test_distilled_run_resumes_exactly(teacher_run):
+def test_distilled_run_resumes_exactly(teacher_run, monkeypatch):
     from imseg.semantic.train import train
 
     root, data, teacher = teacher_run
@@ -182,6 +260,15 @@ def test_distilled_run_resumes_exactly(teacher_run):
     assert _rows(cut.run_dir) == _rows(straight.run_dir) and len(_rows(straight.run_dir)) == 2
     plain = train(_options(data, root / "runs", "plain"))  # the same run without a teacher trains otherwise
     assert _rows(plain.run_dir) != _rows(straight.run_dir)
+    calls = []
+    live = Teacher.logits
+    monkeypatch.setattr(Teacher, "logits", lambda self, images, size: calls.append(len(images)) or live(self, images, size))
+    cached = train(_options(data, root / "runs", "cached", distill_cache=True, **opts))
+    assert calls == [3, 3]  # 6 training images, once, in batches of 3: not again in the 2 epochs
+    rows = _rows(cached.run_dir)
+    assert len(rows) == 2 and rows != _rows(plain.run_dir) and rows != _rows(straight.run_dir)
+    saved = yaml.safe_load((cached.run_dir / "config.yaml").read_text())["train"]
+    assert saved["distill_cache"] is True
     a = torch.load(straight.last, weights_only=True)["state_dict"]
     b = torch.load(cut.run_dir / "weights" / "last.pt", weights_only=True)["state_dict"]
     for key, value in a.items():
@@ -199,6 +286,8 @@ def test_teacher_errors_are_clear(teacher_run, tmp_path):
         train(_options(data, tmp_path, "x", teacher=str(teacher), distill="mse"))
     with pytest.raises(ConfigError, match="distill_temperature must be > 0"):
         train(_options(data, tmp_path, "x", teacher=str(teacher), distill_temperature=0))
+    with pytest.raises(ConfigError, match="distill_cache caches a teacher's logits: give the teacher run"):
+        train(_options(data, tmp_path, "x", distill_cache=True))
     with pytest.raises(ConfigError, match="the teacher predicts the classes"):
         load_teacher(teacher, ["background", "zebra"], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     assert not (tmp_path / "x").exists()
