@@ -13,8 +13,9 @@ The official predictor stores memories in bfloat16 and relies on CUDA autocast; 
 inputs are upcast to float32 here, and its hole filling (a CUDA extension) uses scikit-image's connected
 components, so both engines do the same work.
 
-Engines: ``official``, ``imseg`` (exact float32) and ``imseg-bf16`` (``precision="bf16"``: image encoder and
-memory attention in bfloat16, which is what ``precision="auto"`` picks on a CPU with native bfloat16). The masks of
+Engines: ``official``, ``imseg`` (exact float32) and ``imseg-bf16`` (``precision="bf16"``: image encoder, and on a
+CPU with AMX the memory attention, in bfloat16, which is what ``precision="auto"`` picks on a CPU with native
+bfloat16). The masks of
 object 1 on every frame are compared between engines (mean and minimum IoU).
 
     .venv/bin/python benchmarks/sam2_video.py --frames 3 --variants t           # smoke check
@@ -94,7 +95,8 @@ ENGINES = ("official", "imseg", "imseg-bf16")
 
 
 def build_predictor(engine: str, variant: str, checkpoint: str):
-    """``imseg`` is exact float32; ``imseg-bf16`` runs the image encoder and memory attention in bfloat16."""
+    """``imseg`` is exact float32; ``imseg-bf16`` runs the image encoder (and, with AMX, the memory attention) in
+    bfloat16."""
     options = {}
     if engine == "official":
         patch_official_for_cpu()

@@ -1,5 +1,6 @@
-"""The SAM 2.1 video predictor in bfloat16 (``precision="bf16"``/``"auto"``): the Hiera encoder and the memory
-attention run in bfloat16 and the masks of a tracked object stay those of exact float32; the option's errors.
+"""The SAM 2.1 video predictor in bfloat16 (``precision="bf16"``/``"auto"``): the Hiera encoder (and, on AMX CPUs,
+the memory attention) run in bfloat16 and the masks of a tracked object stay those of exact float32; the option's
+errors.
 A 64 px model keeps this fast; the speed is measured in benchmarks/sam2_video.py."""
 
 from __future__ import annotations
@@ -54,14 +55,20 @@ def track(predictor, frames) -> dict[int, np.ndarray]:
     return {f: logits[:, 0].numpy().copy() for f, _ids, logits in predictor.propagate_in_video(state)}
 
 
-def test_bf16_tracking_keeps_the_float32_masks(checkpoint, frames):
+@pytest.mark.parametrize("amx", [True, False])
+def test_bf16_tracking_keeps_the_float32_masks(checkpoint, frames, monkeypatch, amx):
+    import imseg.precision
+
+    flags = imseg.precision.cpu_flags() - {"amx_bf16"} | ({"amx_bf16"} if amx else set())
+    monkeypatch.setattr(imseg.precision, "cpu_flags", lambda: flags)
     exact = build_sam2_video_predictor(CONFIG, checkpoint, device="cpu", hydra_overrides_extra=SIZE)
     fast = build_sam2_video_predictor(CONFIG, checkpoint, device="cpu", hydra_overrides_extra=SIZE,
                                       precision="bf16")
     assert (exact.precision, fast.precision) == ("fp32", "bf16")
     model = fast.model
     assert next(model.image_encoder.parameters()).dtype == torch.bfloat16
-    assert next(model.memory_attention.parameters()).dtype == torch.bfloat16
+    # the memory attention in bfloat16 where AMX makes its products faster, in float32 elsewhere
+    assert next(model.memory_attention.parameters()).dtype == (torch.bfloat16 if amx else torch.float32)
     assert next(model.sam_mask_decoder.parameters()).dtype == torch.float32
     assert next(model.memory_encoder.parameters()).dtype == torch.float32
     with torch.inference_mode():

@@ -26,7 +26,8 @@ def track_cmd(
     fps: float = typer.Option(None, "--fps", help="Overlay video frame rate (default 24)."),
     device: str = typer.Option("cpu", help="auto, cpu, cuda, mps."),
     precision: str = typer.Option(None, "--precision", help="fp32 (exact; the default), bf16, or auto (bf16 where "
-                                  "the CPU has native bf16): the image encoder and memory attention's precision."),
+                                  "the CPU has native bf16): the image encoder's precision, and the memory "
+                                  "attention's on a GPU or a CPU with AMX."),
 ) -> None:
     """Track objects through a video with SAM 2.1: prompts on any frame, masks for every frame.
 

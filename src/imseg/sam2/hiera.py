@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cpu_gemm import apply_linear
+from ..cpu_gemm import apply_linear, attention
 from .common import MLP
 
 
@@ -70,7 +70,7 @@ class MultiScaleAttention(nn.Module):
             q = _max_pool(q.reshape(b, h, w, -1), self.q_pool)
             h, w = q.shape[1:3]
             q = q.reshape(b, h * w, self.num_heads, -1)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # global blocks: oneDNN's products
         return apply_linear(self.proj, out.transpose(1, 2).reshape(b, h, w, -1))
 
 
