@@ -8,9 +8,9 @@
 2. A small student: U-Net on the first four stages of MobileNetV2 (``encoder_depth 4``) with a 64/32/16/8-channel
    decoder (8x fewer multiply-adds than the teacher), trained for the same number of epochs with and without
    ``--teacher`` (``--distill``, ``--distill-weight``, ``--distill-temperature``, ``--distill-cache``; fix them
-   before the run), for each of ``--seeds``. With ``--same-time`` each seed also trains the student without the teacher for as long
-   as its distilled run took (the epochs scaled by the time ratio), since the teacher's forward pass makes a
-   distilled epoch slower.
+   before the run), for each of ``--seeds``. With ``--same-time`` each seed also trains the student without the
+   teacher for as long as its distilled run took (the epochs scaled by the time ratio), since the teacher's forward
+   pass makes a distilled epoch slower (without ``--distill-cache``).
 
 Every run uses the same data, augmentation, loss, schedule and epochs; best.pt is chosen on the validation split,
 then scored once on the test split at each image's own resolution (letterboxed to imgsz and scaled back, as
