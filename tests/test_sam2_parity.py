@@ -172,10 +172,13 @@ def test_image_batch_matches_official(models):
             np.testing.assert_allclose(b, a, rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("library", ["mkl", "onednn"])
 @pytest.mark.parametrize("side", [32, pytest.param(64, marks=pytest.mark.slow)])
-def test_memory_modules_match_official(models, side):
+def test_memory_modules_match_official(models, side, library, monkeypatch):
     """Memory attention over two frames' memories plus object-pointer tokens (no RoPE on those), on the
-    64x64 grid of 1024-px inputs and on a 32x32 grid (rotations recomputed); and the memory encoder."""
+    64x64 grid of 1024-px inputs and on a 32x32 grid (rotations recomputed); and the memory encoder; with the
+    products (attention included: 1024+ keys) in either library of imseg.cpu_gemm."""
+    monkeypatch.setenv("IMSEG_FP32_GEMM", library)
     official, ours = models
     gen = torch.Generator().manual_seed(3)
     tokens = side * side
