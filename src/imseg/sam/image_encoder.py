@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cpu_gemm import linear, onednn_applies
+from ..cpu_gemm import attention, linear, onednn_applies
 from .common import LayerNorm2d, MLPBlock, autocast_active, plain_modules
 
 #: Queries per SDPA call in global-attention blocks (rounded down to whole token rows). 4096 is
@@ -366,7 +366,7 @@ class Attention(nn.Module):
                 else:
                     bias = torch.add(bias_h[..., :, None], bias_w[..., None, :], out=scratch.get("bias", q, *shape))
                 bias = bias.reshape(b, self.num_heads, stop - start, n)  # a view for the buffer
-                outs.append(F.scaled_dot_product_attention(q_rows, k, v, attn_mask=bias, scale=self.scale))
+                outs.append(attention(q_rows, k, v, bias, scale=self.scale))  # oneDNN's products where faster
             out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         if raw:
             return out

@@ -226,9 +226,10 @@ class TeacherTargets(torch.utils.data.Dataset):
                               "set this run's imgsz.")
         self.dataset = dataset
         ignore = getattr(dataset, "ignore_index", None)
-        self.marker = float(255 if ignore is None else ignore) + 1.0  # never the padding value (ignore_index)
+        ignore = 255 if ignore is None else int(ignore)
+        self.marker = float(ignore) + 1.0  # never the value padding writes (ignore_index)
         self.logits, self.sizes = self._compute(teacher, int(size), torch.device(device), max(1, batch),
-                                                memory_limit, 255 if ignore is None else int(ignore))
+                                                memory_limit, ignore)
 
     def _compute(self, teacher: Teacher, size: int, device: torch.device, batch: int, memory_limit: int | None,
                  ignore: int) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
