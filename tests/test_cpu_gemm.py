@@ -165,6 +165,10 @@ def test_attention_keeps_torchs_kernel_for_few_keys_autograd_and_other_dtypes(mo
     with torch.inference_mode():
         assert "mkldnn::_linear_pointwise" not in _ops(lambda: G.attention(q, k, v))  # 40 keys: one fused call
     long_k, long_v = torch.randn(1, 2, 1100, 8, generator=gen), torch.randn(1, 2, 1100, 8, generator=gen)
+    allowed = torch.rand(1, 1, 40, 1100, generator=gen) > 0.3  # a boolean mask means "attend", not "add"
+    with torch.inference_mode():
+        torch.testing.assert_close(G.attention(q, long_k, long_v, allowed),
+                                   torch.nn.functional.scaled_dot_product_attention(q, long_k, long_v, attn_mask=allowed))
     qg = q.clone().requires_grad_()
     out = G.attention(qg, long_k, long_v)
     out.sum().backward()  # torch's kernel, which has a backward

@@ -103,15 +103,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     blocks of rows: scores ``q @ k.T * scale (+ bias)`` by one oneDNN product (the bias added inside it), an exact
     softmax over each row, then ``p @ v`` by another, :data:`QUERY_BLOCK` queries at a time. The
     result equals torch's to float32 rounding (the sums are ordered otherwise). ``bias``: an additive float mask
-    broadcastable to (B, H, N, M).
+    broadcastable to (B, H, N, M); a boolean mask (True: attend) goes to torch's kernel, which reads it so.
     """
-    if q.ndim != 4 or k.shape[-2] < MIN_KEYS or not onednn_applies(q) or k.dtype != q.dtype or v.dtype != q.dtype:
+    if (q.ndim != 4 or k.shape[-2] < MIN_KEYS or not onednn_applies(q) or k.dtype != q.dtype or v.dtype != q.dtype
+            or (bias is not None and not bias.is_floating_point())):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     batch, heads, rows, _ = q.shape
-    keys = k.shape[-2]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if bias is not None:
-        bias = bias.to(q.dtype).expand(batch, heads, rows, keys)
+        bias = bias.to(q.dtype).expand(batch, heads, rows, k.shape[-2])
     out = q.new_empty(batch, heads, rows, v.shape[-1])
     step = QUERY_BLOCK
     for b in range(batch):
