@@ -67,6 +67,8 @@ def _run(which: str, ckpt: str, args, queue, precision: str = "fp32") -> None:
 
             to_bf16(model.image_encoder)
         generator = SamAutomaticMaskGenerator(model, **kwargs)
+        import torchvision.ops  # noqa: F401  (NMS: the official generator's module imports it before its clock)
+
         t0 = time.perf_counter()
         with torch.inference_mode():
             generator._embed(image)

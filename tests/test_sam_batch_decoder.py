@@ -35,8 +35,11 @@ def _sparse(model, batch: int, seed: int):
 
 
 @pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize("library", ["mkl", "onednn"])
 @pytest.mark.slow
-def test_batch_decoder_equals_mask_decoder(model, multimask):
+def test_batch_decoder_equals_mask_decoder(model, multimask, library, monkeypatch):
+    """Against the official module layout, with the float32 products in either library (imseg.cpu_gemm)."""
+    monkeypatch.setenv("IMSEG_FP32_GEMM", library)
     torch.manual_seed(0)
     embedding = torch.randn(1, 256, 64, 64)
     pe = model.prompt_encoder.get_dense_pe()
@@ -83,6 +86,31 @@ def test_factored_first_upscaling_equals_the_plain_product(model):
     assert float((factored_batched - plain).abs().max()) <= 1e-5 * scale
     assert float((plain_batched - plain).abs().max()) <= 1e-5 * scale
     assert float((called - plain).abs().max()) <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("library", ["mkl", "onednn"])
+def test_masks_of_chosen_prompts_equal_the_whole_batch_in_any_chunking(model, library, monkeypatch):
+    """The automatic generator decodes every prompt (``predict_chunks``) and makes masks only for the prompts its
+    IoU filter keeps (``masks_of``): in any chunking and any order of the kept ids, those must be the rows of the
+    whole batch's masks."""
+    monkeypatch.setenv("IMSEG_FP32_GEMM", library)
+    torch.manual_seed(2)
+    embedding = torch.randn(1, 256, 64, 64)
+    sparse = _sparse(model, 7, seed=3)[0]
+    with torch.inference_mode():
+        whole_iou, (hs, keys) = PromptBatchDecoder(model, embedding, chunk=7).predict(sparse)
+        whole = PromptBatchDecoder(model, embedding, chunk=7).masks(hs, keys, [1, 2, 3])
+        for chunk in (1, 3, 7):
+            decoder = PromptBatchDecoder(model, embedding, chunk=chunk)
+            iou, chunks = decoder.predict_chunks(sparse)
+            assert len(chunks) == -(-7 // chunk)
+            assert torch.allclose(iou, whole_iou, atol=1e-5)
+            for ids in ([0, 1, 2, 3, 4, 5, 6], [1, 2, 5], [6, 0, 3], [4], []):
+                got = decoder.masks_of(chunks, torch.tensor(ids, dtype=torch.long), [1, 2, 3])
+                assert got.shape == (len(ids), 3, 256, 256)
+                if ids:
+                    scale = max(1.0, float(whole.abs().max()))
+                    assert float((got - whole[ids]).abs().max()) <= 1e-5 * scale, (chunk, ids)
 
 
 @pytest.mark.slow

@@ -37,7 +37,6 @@ from .amg_utils import (
     box_near_crop_edge,
     build_layer_point_grids,
     generate_crop_boxes,
-    mask_resampler,
     masks_to_boxes_xyxy,
     stability_score,
 )
@@ -52,8 +51,12 @@ if TYPE_CHECKING:  # pragma: no cover
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 #: Images above this many pixels need crop layers (tiling); see ``max_pixels``.
 DEFAULT_MAX_PIXELS = 4096 * 4096
-#: Bytes of float32 full-resolution logits held at once while upsampling candidates.
+#: Bytes of float32 full-resolution logits held at once while upsampling candidates (off the CPU).
 CHUNK_BYTES = 128 * 1024 * 1024
+#: Candidates upsampled and filtered together on CPU: their full-resolution logits stay in cache through the
+#: stability counts, threshold and boxes (ViT-B, 512 px, Zen 5: 0.19 ms a mask upsampled 4 at a time, 1.9 ms
+#: for 85 at a time)
+CPU_CHUNK = 4
 
 
 # ----------------------------------------------------------------------------- backends
@@ -91,15 +94,15 @@ class AmgBackend(Protocol):
 
 
 class _TorchPointBatch:
-    """Decoder tokens of a batch; masks are made only for the prompts asked for."""
+    """Decoder tokens of a batch (per chunk of prompts); masks are made only for the prompts asked for."""
 
-    def __init__(self, decoder: PromptBatchDecoder, iou: torch.Tensor, hs: torch.Tensor, keys: torch.Tensor) -> None:
-        self.decoder, self.hs, self.keys = decoder, hs, keys
+    def __init__(self, decoder: PromptBatchDecoder, iou: torch.Tensor, chunks: list[tuple]) -> None:
+        self.decoder, self.chunks = decoder, chunks
         self.iou = iou[:, 1:].float()  # multimask output: tokens 1..3
 
     def low_res(self, ids: torch.Tensor) -> torch.Tensor:
         n_masks = self.iou.shape[1]
-        return self.decoder.masks(self.hs[ids], self.keys[ids], list(range(1, 1 + n_masks)))
+        return self.decoder.masks_of(self.chunks, ids, list(range(1, 1 + n_masks)))
 
 
 class _ModuleState:
@@ -174,8 +177,8 @@ class TorchBackend:
             low_res, iou = self.model.mask_decoder(state.embedding, self.model.prompt_encoder.get_dense_pe(),
                                                    sparse.to(dtype), dense.to(dtype), True)
             return _ModulePointBatch(low_res, iou)
-        iou, (hs, keys) = state.predict(sparse.to(dtype))
-        return _TorchPointBatch(state, iou, hs, keys)
+        iou, chunks = state.predict_chunks(sparse.to(dtype))
+        return _TorchPointBatch(state, iou, chunks)
 
 
 # ----------------------------------------------------------------------------- the generator
@@ -445,19 +448,22 @@ class SamAutomaticMaskGenerator:
         """Upsample low-res logits chunk by chunk; stability filter, threshold, boxes, edge filter, RLE."""
         import torch
 
+        from .model import _axis_resize_band, _band_resize
+
         x0, y0, x1, y1 = crop_box
         ch, cw = y1 - y0, x1 - x0
         img_h, img_w = image_size
         size = int(self.backend.img_size)
         threshold = float(self.backend.mask_threshold)
-        # both interpolations (to the model's input, then to the crop) as one product per axis: the same values
-        # to float32 rounding, without the model-sized intermediate of every mask
-        rows = mask_resampler(low.shape[-2], size, input_size[0], ch).to(low.device)
-        cols_t = mask_resampler(low.shape[-1], size, input_size[1], cw).to(low.device).T.contiguous()
-        per_mask = 4 * (ch * cw + ch * low.shape[-1])
-        chunk = max(1, min(len(low), CHUNK_BYTES // per_mask))
+        # both interpolations (to the model's input, then to the crop) as one banded map per axis (each output
+        # mixes at most a few low-res logits): the same values to float32 rounding, without the model-sized
+        # intermediate of every mask
+        iy, wy = _axis_resize_band(low.shape[-2], size, input_size[0], ch, low.device, low.dtype)
+        ix, wx = _axis_resize_band(low.shape[-1], size, input_size[1], cw, low.device, low.dtype)
+        per_mask = 4 * (ch * cw + cw * low.shape[-2])
+        chunk = CPU_CHUNK if low.device.type == "cpu" else max(1, min(len(low), CHUNK_BYTES // per_mask))
         for start in range(0, len(low), chunk):
-            logits = torch.matmul(torch.matmul(rows, low[start : start + chunk]), cols_t)
+            logits = _band_resize(low[start : start + chunk], iy, wy, ix, wx)
             stab = stability_score(logits, threshold, self.stability_score_offset)
             keep = stab >= self.stability_score_thresh
             if self.stability_score_thresh <= 0:
