@@ -10,7 +10,8 @@ The rule: oneDNN where the CPU is not Intel's and has AVX-512 (``avx512f``), MKL
 or ``onednn`` overrides it. :func:`linear` and :func:`apply_linear` apply it to inference (no autograd); training
 keeps torch's own path, and so do autocast, ONNX export and tracing. Used by the SAM ViT and MobileSAM (TinyViT)
 image encoders (TinyViT, mostly convolutions that oneDNN already runs: 0.98 -> 0.91 s on the same Zen 5) and by
-SAM 2's Hiera encoder, memory attention and memory encoder.
+SAM 2's Hiera encoder, memory attention and memory encoder, and by the SAM mask decoder's products with a prompt's
+image tokens (:mod:`imseg.sam.batch_decoder`).
 
 :func:`attention` applies the same rule to attention over many keys (torch's fused CPU kernel multiplies through
 MKL too): SAM 2's memory attention (a frame's 4,096 tokens against up to 7 x 4,096 memory tokens, 4 layers: about
