@@ -4,13 +4,13 @@
     PYTHONHASHSEED=0 .venv/bin/python benchmarks/distill_semantic.py --teacher-run runs/bench_distill/teacher
 
 1. A teacher: U-Net on a full ResNet-34 with smp's default decoder (256..16 channels), trained at ``--imgsz``
-   (skipped with ``--teacher-run``: an existing run directory is used).
+   or ``--teacher-imgsz`` (skipped with ``--teacher-run``: an existing run directory is used).
 2. A small student: U-Net on the first four stages of MobileNetV2 (``encoder_depth 4``) with a 64/32/16/8-channel
    decoder (8x fewer multiply-adds than the teacher), trained for the same number of epochs with and without
-   ``--teacher`` (``--distill``, ``--distill-weight``, ``--distill-temperature``, ``--distill-cache``; fix them
-   before the run), for each of ``--seeds``. With ``--same-time`` each seed also trains the student without the
-   teacher for as long as its distilled run took (the epochs scaled by the time ratio), since the teacher's forward
-   pass makes a distilled epoch slower (without ``--distill-cache``).
+   ``--teacher`` (``--distill``, ``--distill-weight``, ``--distill-temperature``, ``--distill-cache``,
+   ``--distill-views``; fix them before the run), for each of ``--seeds``. With ``--same-time`` each seed also
+   trains the student without the teacher for as long as its distilled run took (the epochs scaled by the time
+   ratio), since the teacher makes a distilled run slower (on every batch, or on its cached views before training).
 
 Every run uses the same data, augmentation, loss, schedule and epochs; best.pt is chosen on the validation split,
 then scored once on the test split at each image's own resolution (letterboxed to imgsz and scaled back, as
@@ -57,13 +57,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--imgsz", type=int, default=64)
     parser.add_argument("--teacher-epochs", type=int, default=10)
+    parser.add_argument("--teacher-imgsz", type=int, help="train the teacher at this input size (default --imgsz): "
+                        "its logits, scaled to the student's size, then carry detail the student's input lacks")
     parser.add_argument("--epochs", type=int, default=10, help="student epochs (with and without the teacher)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--distill", default="kd")
     parser.add_argument("--distill-weight", type=float, default=1.0)
     parser.add_argument("--distill-temperature", type=float, default=1.0)
-    parser.add_argument("--distill-cache", action="store_true", help="run the teacher once on the training images "
-                        "and keep its logits (imseg train --distill-cache): a distilled epoch costs an undistilled one")
+    parser.add_argument("--distill-cache", action="store_true", help="run the teacher before training on "
+                        "--distill-views augmented views of each training image and keep its logits (imseg train "
+                        "--distill-cache): the epochs cycle through those views")
+    parser.add_argument("--distill-views", type=int, default=8)
     parser.add_argument("--teacher-run", help="use this trained run as the teacher instead of training one")
     parser.add_argument("--limit", type=int, help="keep the first N training images (quick trials)")
     parser.add_argument("--speed-imgsz", type=int, help="input size of the speed comparison (default --imgsz)")
@@ -169,13 +173,15 @@ def main(argv: list[str]) -> list:
         emit({"run": "teacher", "dir": str(teacher_dir), "given": True,
               "test_iou": round(score_test(teacher_dir, native["test"]), 4)}, results, out)
     else:
-        sets = build_datasets(spec, imgsz=args.imgsz, augment=COMMON["augment"], seed=0, cache=True)
+        teacher_imgsz = args.teacher_imgsz or args.imgsz
+        sets = build_datasets(spec, imgsz=teacher_imgsz, augment=COMMON["augment"], seed=0, cache=True)
         teacher_dir, minutes, epochs = train_run(spec, sets, "teacher", dict(TEACHER, epochs=args.teacher_epochs,
-                                                                             seed=0, **project))
+                                                                             seed=0, **dict(project, imgsz=teacher_imgsz)))
         emit({"run": "teacher", "dir": str(teacher_dir), "minutes": round(minutes, 2), "epochs": epochs,
               "test_iou": round(score_test(teacher_dir, native["test"]), 4)}, results, out)
     distill = dict(teacher=str(teacher_dir), distill=args.distill, distill_weight=args.distill_weight,
-                   distill_temperature=args.distill_temperature, distill_cache=args.distill_cache)
+                   distill_temperature=args.distill_temperature, distill_cache=args.distill_cache,
+                   **({"distill_views": args.distill_views} if args.distill_cache else {}))
     scores: dict[str, list[float]] = {"student": [], "distilled": []}
     if args.same_time:
         scores["student_same_time"] = []
@@ -197,7 +203,8 @@ def main(argv: list[str]) -> list:
             student_dir = run_dir
             emit({"run": kind, "seed": seed, "dir": str(run_dir), "minutes": round(minutes, 2), "epochs": epochs_run,
                   "test_iou": round(iou, 4)}, results, out)
-    summary = {"run": "summary", "imgsz": args.imgsz, "amp": args.amp, "teacher_epochs": args.teacher_epochs,
+    summary = {"run": "summary", "imgsz": args.imgsz, "teacher_imgsz": args.teacher_imgsz or args.imgsz,
+               "amp": args.amp, "teacher_epochs": args.teacher_epochs,
                "student_epochs": args.epochs, "distill": {k: v for k, v in distill.items() if k != "teacher"},
                "test_images": len(native["test"]), "cpu": cpu_model(), "threads": args.threads,
                **{f"test_iou_{k}": spread(v) for k, v in scores.items() if v},

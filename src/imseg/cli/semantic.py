@@ -71,9 +71,11 @@ def train_cmd(
     distill_weight: float = typer.Option(1.0, "--distill-weight", help="Weight of the distillation loss."),
     distill_temperature: float = typer.Option(1.0, "--distill-temperature", help="Softmax temperature T of the "
                                               "distillation loss (scaled by T^2); cwd is often used with 4."),
-    distill_cache: bool = typer.Option(False, "--distill-cache", help="With --teacher: run the teacher once on the "
-                                       "training images and keep its logits in memory (moved with each sample's "
-                                       "augmentation), so a distilled epoch costs what an undistilled one does."),
+    distill_cache: bool = typer.Option(False, "--distill-cache", help="With --teacher: run the teacher before "
+                                       "training on --distill-views augmented views of each training image and keep "
+                                       "its logits in memory; epochs then cycle through those views."),
+    distill_views: int = typer.Option(8, "--distill-views", help="Augmented views per image with --distill-cache "
+                                      "(epochs before the views repeat)."),
     logger: str = typer.Option("csv", "--logger", help="csv (metrics.csv, always written) and/or tensorboard "
                                "(RUN/tensorboard events: losses, metrics, lr, validation overlays), e.g. csv,tensorboard."),
     time: float = typer.Option(None, "--time", help="Time budget in minutes: plan the options not given from the "
@@ -130,7 +132,7 @@ first and recorded in the run's config.yaml. With --task instance, --time plans 
             cache=cache, devices=parse_devices(devices), nodes=nodes, accelerator=accelerator,
             ema=ema, save_period=save_period, init=init, teacher=teacher, distill=distill,
             distill_weight=distill_weight, distill_temperature=distill_temperature, distill_cache=distill_cache,
-            logger=logger,
+            distill_views=distill_views, logger=logger,
         )
         if resume:
             result = train(resume=resume, **({"epochs": epochs} if epochs is not None else {}),
@@ -160,7 +162,7 @@ def _resume_planned(resume: str, minutes: float | None, epochs: int | None) -> N
 _PLANNED = ("model", "encoder", "imgsz", "epochs", "batch", "lr", "optimizer", "scheduler", "warmup", "patience",
             "loss", "augment", "cache", "workers", "ema", "save_period", "amp")
 _PASSED = ("weights", "seed", "name", "project", "devices", "nodes", "accelerator", "init", "teacher", "distill",
-           "distill_weight", "distill_temperature", "distill_cache", "logger")
+           "distill_weight", "distill_temperature", "distill_cache", "distill_views", "logger")
 
 
 def _train_planned(ctx: typer.Context, data: str | None, minutes: float, plan_only: bool) -> None:

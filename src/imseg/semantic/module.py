@@ -116,7 +116,7 @@ def _make_module_class():
             return self.model(x)
 
         def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-            images, masks, *cached = batch  # cached: the teacher's logits, with distill_cache (see semantic.distill)
+            images, masks, *cached = batch  # cached: the teacher's logits on these images (distill_cache)
             logits = self(images)
             loss = self._loss(logits, masks)
             if self.distiller is not None:  # the teacher sees this same augmented batch, or its answer is cached

@@ -91,7 +91,9 @@ class TrainConfig:
     distill: str = "kd"  # kd (pixel-wise) | cwd (channel-wise)
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
-    distill_cache: bool = False  # run the teacher once on the training images and keep its logits in memory
+    distill_cache: bool = False  # run the teacher before training on distill_views augmented views of each
+    #                              training image and keep its logits in memory (see semantic.distill)
+    distill_views: int = 8  # views per image with distill_cache (epochs before the views repeat)
     logger: str = "csv"  # csv | tensorboard | csv,tensorboard (see semantic.loggers)
     time: float | None = None  # wall-clock limit in minutes: training stops there, validates and saves that state
 
@@ -126,6 +128,8 @@ class TrainConfig:
         check_distill_options(self.teacher, self.distill, self.distill_weight, self.distill_temperature)
         if self.distill_cache and not self.teacher:
             raise ConfigError("distill_cache caches a teacher's logits: give the teacher run too (--teacher RUN)")
+        if self.distill_views < 1:
+            raise ConfigError(f"distill_views must be >= 1 (augmented views of each image), got {self.distill_views}")
         parse_logger_spec(self.logger)
 
 
@@ -456,7 +460,7 @@ def train(
     }
     on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
     if module.distiller is not None and cfg.distill_cache:
-        datasets = {**datasets, "train": TeacherTargets(datasets["train"], module.distiller.teacher, cfg.imgsz,
+        datasets = {**datasets, "train": TeacherTargets(datasets["train"], module.distiller.teacher, cfg.distill_views,
                                                         "cuda" if on_gpu else "cpu", cfg.batch, _memory_budget())}
     train_loader, val_loader = _loaders(cfg, datasets, on_gpu, first_epoch)
     config_yaml = {"train": meta["train"], "data": info["data"], "class_names": names, "ignore_index": ignore,

@@ -335,13 +335,9 @@ class RandomElastic(v2.Transform):
             return tv_tensors.wrap(torch.from_numpy(out).permute(2, 0, 1).contiguous(), like=inpt)
         array = inpt.numpy()
         work = array if array.dtype in (np.uint8, np.uint16, np.int16) else array.astype(np.float32)
-        if work.ndim == 3:  # (K, H, W) maps: OpenCV wants the channels last
-            work = np.ascontiguousarray(work.transpose(1, 2, 0))
         out = cv2.remap(work, maps[0], maps[1], cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                         borderValue=self.ignore_index)
-        if array.ndim == 3:
-            out = (out[:, :, None] if out.ndim == 2 else out).transpose(2, 0, 1)
-        return tv_tensors.wrap(torch.from_numpy(np.ascontiguousarray(out.astype(array.dtype, copy=False))), like=inpt)
+        return tv_tensors.wrap(torch.from_numpy(out.astype(array.dtype, copy=False)), like=inpt)
 
 
 def _writable(array: np.ndarray) -> np.ndarray:
@@ -363,27 +359,20 @@ class SegmentationTransform:
         self.normalize = normalize
         self.ignore_index = ignore_index
 
-    def __call__(self, image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor,
-                 soft: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """``(image, mask)``, or ``(image, mask, soft)`` when ``soft`` is given: a float (K, H, W) map of the
-        image's size (e.g. a teacher's logits) that every geometric step moves as it moves the mask (nearest
-        neighbour; pixels created by padding or rotation get ``ignore_index``) and colour steps leave alone."""
+    def __call__(self, image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         img_t = image if isinstance(image, torch.Tensor) else torch.from_numpy(_writable(image)).permute(2, 0, 1)
         mask_t = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(_writable(mask))
         if self.pipeline is not None and self.ignore_index is not None:
             mask_t = mask_holding(mask_t, int(self.ignore_index))
         img = tv_tensors.Image(img_t)
         msk = tv_tensors.Mask(mask_t)
-        extra = () if soft is None else (tv_tensors.Mask(soft),)
         if self.pipeline is not None:
-            img, msk, *extra = self.pipeline(img, msk, *extra)
+            img, msk = self.pipeline(img, msk)
         out = TF.to_dtype(img.as_subclass(torch.Tensor), torch.float32, scale=True)
         if self.normalize:
             out = TF.normalize(out, list(IMAGENET_MEAN), list(IMAGENET_STD))
         target = msk.as_subclass(torch.Tensor).to(torch.int64, copy=self.pipeline is None).contiguous()
-        if soft is None:
-            return out.contiguous(), target
-        return out.contiguous(), target, extra[0].as_subclass(torch.Tensor).contiguous()
+        return out.contiguous(), target
 
     def __repr__(self) -> str:
         return f"SegmentationTransform({self.pipeline!r}, normalize={self.normalize})"

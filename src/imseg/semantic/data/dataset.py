@@ -87,11 +87,6 @@ class SegmentationDataset(_TorchDataset):
         return rgb.copy(), mask.astype(np.int64)
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        return self.item(index)
-
-    def item(self, index: int, soft: Any = None) -> tuple[Any, ...]:
-        """Sample ``index`` transformed: ``(image, mask)``, or ``(image, mask, soft)`` where ``soft`` (a float
-        (K, H, W) map of the image's size, e.g. a teacher's logits) goes through the same geometric steps."""
         import torch
 
         if not -len(self.samples) <= index < len(self.samples):
@@ -99,15 +94,14 @@ class SegmentationDataset(_TorchDataset):
         index %= len(self.samples)
         rgb, mask = self._load(index)
         transform = self.transform or _default_transform()
-        extra = () if soft is None else (soft,)
         if self.seed is None:
-            return transform(rgb, mask, *extra)
+            return transform(rgb, mask)
         with torch.random.fork_rng(devices=[]):
             # CPU generator only (what the transforms use): torch.manual_seed also seeds CUDA/XPU/MTIA lazily,
             # formatting a stack trace each time (~2 ms per sample).
             seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
             torch.default_generator.manual_seed(seed)
-            return transform(rgb, mask, *extra)
+            return transform(rgb, mask)
 
     def __repr__(self) -> str:
         return f"SegmentationDataset({len(self)} samples, num_classes={self.num_classes}, transform={self.transform!r})"
