@@ -179,6 +179,40 @@ def test_background_levels_pick_the_normalisation(tmp_path):
     assert not {"normalize", "tta"} & set(plan_rules(_fp(class_names=["a", "b"]), CPU))
 
 
+def test_the_timing_probe_writes_its_images_as_the_planned_training_does(tmp_path, monkeypatch):
+    """The probe trains on pixel images written with the plan's normalisation, as training will write them."""
+    import imseg.instance.unet as unet
+    import imseg.semantic.plan.probe as probe_module
+    from imseg.instance.planner import probe_unet
+    from imseg.io import read_image, write_image
+
+    rgb = np.full((64, 64, 3), 40, np.uint8)
+    rgb[10:30, 10:30] = 90  # a dim object: stretching moves its level
+    samples = []
+    for i in range(4):
+        write_image(tmp_path / f"{i}.png", rgb)
+        samples.append(InstanceSample(str(tmp_path / f"{i}.png"), 64, 64,
+                                      [InstanceObject("cell", InstanceMask.from_array(_square(10, 10, 20, 20, size=(64, 64))))]))
+    dataset = InstanceDataset(["cell"], samples)
+    written = []
+    real_write = unet.write_pixel_data
+
+    def recording_write(train, val, root, core=unet.CORE, normalize="none"):
+        data = real_write(train, val, root, core, normalize)
+        written.append((normalize, read_image(root / "images" / f"{data['train'][0]}.png")))
+        return data
+
+    monkeypatch.setattr(unet, "write_pixel_data", recording_write)
+    monkeypatch.setattr(probe_module, "probe", lambda cfg, sets, val_images, ignore: ProbeResult(0.1, 0.01, 1, 1))
+    choices = plan_rules(instance_fingerprint(dataset, num_val=1), CPU)
+    choices["normalize"] = replace(choices["normalize"], value="stretch")
+    probe_unet(choices, dataset, dataset, seed=0)
+    (normalize, image), = written
+    assert normalize == "stretch"
+    np.testing.assert_array_equal(image, unet.normalize_image(rgb, "stretch"))
+    assert image.max() == 255 and not np.array_equal(image, rgb)
+
+
 @pytest.mark.parametrize("minutes,step_s,steps,val_s,val_images", [
     (14, 0.9, 29, 0.06, 30), (20, 0.9, 29, 0.06, 30), (5, 0.9, 29, 0.06, 30),  # nuclei-like: 30 s epochs
     (5, 0.2, 10, 0.02, 5), (14, 0.2, 10, 0.02, 5),  # a few small images: 2 s epochs

@@ -87,6 +87,21 @@ def test_export_writes_the_pixel_network_and_an_instance_manifest(unet_run, expo
     assert json.loads((exported / "pixels" / "imseg_export.json").read_text())["family"] == "semantic"
 
 
+def test_a_hand_edited_manifest_with_an_unknown_normalisation_is_refused_naming_the_export(exported, tmp_path):
+    import shutil
+
+    import imseg
+    from imseg.errors import ExportError
+
+    edited = tmp_path / "edited"
+    shutil.copytree(exported, edited)
+    manifest = json.loads((edited / "imseg_export.json").read_text())
+    (edited / "imseg_export.json").write_text(json.dumps({**manifest, "normalize": "auto"}))
+    with pytest.raises(ExportError, match=f"{edited}: the manifest's normalize 'auto' is not one of none, stretch, "
+                                          "stretch-dark; export the run again"):
+        imseg.load(edited)
+
+
 @pytest.mark.slow
 def test_onnx_runtime_matches_the_torch_run_on_real_images(unet_run, exported, data_dir):
     import imseg

@@ -57,6 +57,21 @@ def test_native_int8_follows_vnni_and_the_onednn_cap(flags, monkeypatch, cpu, ca
     assert P.native_int8() is (not expected)
 
 
+@pytest.mark.parametrize("name", ["IMSEG_NATIVE_BF16", "IMSEG_NATIVE_INT8"])
+def test_a_cpu_override_other_than_0_or_1_is_refused(flags, monkeypatch, name):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    flags("avx2", "avx512f", "avx512_bf16", "avx512_vnni")
+    check = P.native_bf16 if name.endswith("BF16") else P.native_int8
+    for value in ("yes", "true", "2"):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError, match=f"{name} must be 0 or 1 .*got '{value}'"):
+            check()
+    monkeypatch.setenv(name, " ")  # empty: detected from the flags
+    assert check() is True
+    monkeypatch.setenv(name, "0")
+    assert check() is False
+
+
 def test_explicit_precisions_and_errors(flags, monkeypatch):
     flags("avx2")
     assert P.resolve_precision(None) == "fp32"

@@ -114,18 +114,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     if bias is not None:
         bias = bias.to(q.dtype).expand(batch, heads, rows, k.shape[-2])
     out = q.new_empty(batch, heads, rows, v.shape[-1])
-    step = QUERY_BLOCK
     for b in range(batch):
         for h in range(heads):
             keys_bh, values_t = k[b, h].contiguous(), v[b, h].t().contiguous()
             queries = q[b, h] * scale
-            for start in range(0, rows, step):
-                block = queries[start:start + step]
+            for start in range(0, rows, QUERY_BLOCK):
+                block = queries[start:start + QUERY_BLOCK]
                 if bias is None:
                     scores = torch.ops.mkldnn._linear_pointwise(block, keys_bh, None, "none", [], "")
                 else:
                     scores = torch.ops.mkldnn._linear_pointwise.binary(
-                        block, bias[b, h, start:start + step].contiguous(), keys_bh, None, "add")
-                out[b, h, start:start + step] = torch.ops.mkldnn._linear_pointwise(
+                        block, bias[b, h, start:start + QUERY_BLOCK].contiguous(), keys_bh, None, "add")
+                out[b, h, start:start + QUERY_BLOCK] = torch.ops.mkldnn._linear_pointwise(
                     torch.softmax(scores, dim=-1), values_t, None, "none", [], "")
     return out

@@ -80,13 +80,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _forced(name: str) -> bool | None:
+    """The 0/1 override in environment variable ``name``: None when unset or empty, ConfigError for another value."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    if value not in ("0", "1"):
+        raise ConfigError(f"{name} must be 0 or 1 (or unset to detect from the CPU's flags), got {value!r}")
+    return value == "1"
+
+
 def native_bf16() -> bool:
     """True when this CPU multiplies bfloat16 natively (see :data:`NATIVE_BF16_FLAGS`).
 
     ``IMSEG_NATIVE_BF16=0/1`` overrides the detection (a CPU whose flags are hidden by a hypervisor)."""
-    forced = os.environ.get("IMSEG_NATIVE_BF16")
-    if forced is not None and forced.strip() in ("0", "1"):
-        return forced.strip() == "1"
+    forced = _forced("IMSEG_NATIVE_BF16")
+    if forced is not None:
+        return forced
     flags = cpu_flags()
     if flags:
         return any(flag in flags for flag in NATIVE_BF16_FLAGS)
@@ -106,9 +116,9 @@ def native_int8() -> bool:
     7 bits (:func:`imseg.export.openvino.quantize_openvino`). ``ONEDNN_MAX_CPU_ISA`` capped below VNNI counts
     as no VNNI; ``IMSEG_NATIVE_INT8=0/1`` overrides the detection. Unknown CPUs (no ``/proc/cpuinfo``)
     count as without, the choice that is accurate everywhere."""
-    forced = os.environ.get("IMSEG_NATIVE_INT8")
-    if forced is not None and forced.strip() in ("0", "1"):
-        return forced.strip() == "1"
+    forced = _forced("IMSEG_NATIVE_INT8")
+    if forced is not None:
+        return forced
     if os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ONEDNN_CAPS_WITHOUT_VNNI:
         return False
     return any(flag in cpu_flags() for flag in NATIVE_INT8_FLAGS)

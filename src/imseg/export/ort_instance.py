@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ExportError
 from ..instance.detections import InstanceEngine, arrays_to_masks, check_thresholds
-from ..instance.unet import ARCH, UnetInstanceSegmenter
+from ..instance.unet import ARCH, NORMALIZE, UnetInstanceSegmenter
 from .sessions import check_session, make_session, read_manifest
 
 
@@ -76,6 +76,10 @@ class OrtUnetInstanceSegmenter(UnetInstanceSegmenter):
             raise ExportError(f"{export_dir}: the manifest names no pixel-network folder ('pixels': {sub!r}); "
                               "export the run again with `imseg export --run RUN`.")
         pixels = export_dir / sub
+        normalize = self.manifest.get("normalize", "none")
+        if normalize not in NORMALIZE:
+            raise ExportError(f"{export_dir}: the manifest's normalize {normalize!r} is not one of {', '.join(NORMALIZE)}"
+                              "; export the run again with `imseg export --run RUN`.")
         # the manifest's files are relative to the export; the pixel network's own manifest to its folder
         local = {role: os.path.relpath(export_dir / name, pixels) for role, name in (files or self.manifest["files"]).items()}
         semantic = OrtSemanticSegmenter(pixels, device=device, providers=providers, threads=threads, files=local)
@@ -83,7 +87,7 @@ class OrtUnetInstanceSegmenter(UnetInstanceSegmenter):
         super().__init__(semantic, self.manifest["class_names"], score_threshold=pick(score_threshold, "score_threshold"),
                          mask_threshold=pick(mask_threshold, "mask_threshold"),
                          min_area=int(self.manifest.get("min_area", 8)),
-                         normalize=self.manifest.get("normalize", "none"))
+                         normalize=normalize)
 
     def __repr__(self) -> str:
         return f"OrtUnetInstanceSegmenter(classes={self.class_names}, min_area={self.min_area})"

@@ -88,7 +88,9 @@ def probe_unet(choices: dict[str, Choice], train: InstanceDataset, val: Instance
     native = bool(choices["native"].value) if "native" in choices else False
     augment = native_augment(augment) if native else augment
     with tempfile.TemporaryDirectory(prefix="imseg-probe-") as tmp:
-        data = write_pixel_data(_subset(train, (PROBE_STEPS + 2) * batch), _subset(val, 3 * batch), Path(tmp))
+        normalize = choices["normalize"].value if "normalize" in choices else "none"
+        data = write_pixel_data(_subset(train, (PROBE_STEPS + 2) * batch), _subset(val, 3 * batch), Path(tmp),
+                                normalize=normalize)
         cfg = TrainConfig(data=data, model="unet", encoder=choices["encoder"].value, imgsz=imgsz, batch=batch,
                           lr=choices["lr"].value, loss="ce+dice", augment=augment, seed=seed, epochs=1,
                           amp=bool(choices["amp"].value) if "amp" in choices else False,
