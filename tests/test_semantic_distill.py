@@ -240,7 +240,6 @@ def test_distilled_run_resumes_exactly(teacher_run, monkeypatch):
     assert len(rows) == 2
     for row, live_row in zip(rows, live_rows, strict=True):  # (without the teacher: train_loss 1.08 vs 1.72)
         assert float(row["train_loss"]) == pytest.approx(float(live_row["train_loss"]), rel=1e-3)
-        assert float(row["val_miou"]) == pytest.approx(float(live_row["val_miou"]), rel=1e-2)
     saved = yaml.safe_load((cached.run_dir / "config.yaml").read_text())["train"]
     assert saved["distill_cache"] is True and saved["distill_views"] == 2
     one_view = train(_options(data, root / "runs", "one_view", distill_cache=True, distill_views=1, **opts))

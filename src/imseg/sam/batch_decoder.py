@@ -99,10 +99,6 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None) -> t
     return rows[0][None] if len(rows) == 1 else torch.stack(rows)
 
 
-def _consecutive(rows: torch.Tensor) -> bool:
-    return bool(rows.numel()) and int(rows[-1]) - int(rows[0]) + 1 == rows.numel() and bool((rows.diff() > 0).all())
-
-
 class PromptBatchDecoder:
     """``model.mask_decoder`` on one image embedding for batches of sparse prompts (points, boxes).
 
@@ -321,15 +317,12 @@ class PromptBatchDecoder:
             rows = torch.nonzero((ids // self.chunk) == c).flatten()
             if rows.numel() == 0:
                 continue
-            local = (ids[rows] - c * self.chunk).to(keys.device)
-            if rows.numel() != keys.shape[0] or not bool((local == torch.arange(len(local), device=keys.device)).all()):
+            local = ids[rows] - c * self.chunk
+            if not torch.equal(local, torch.arange(keys.shape[0])):  # some of the chunk's prompts, or another order
+                local = local.to(keys.device)
                 hs, keys = hs[local], keys[local]
                 record = None if record is None else [tuple(t[local] for t in part) for part in record]
-            target = out[int(rows[0]) : int(rows[-1]) + 1] if _consecutive(rows) else None
-            if target is not None:
-                self.masks(hs, keys, mask_ids, out=target, record=record)
-            else:
-                out[rows.to(out.device)] = self.masks(hs, keys, mask_ids, record=record)
+            out[rows.to(out.device)] = self.masks(hs, keys, mask_ids, record=record)
         return out
 
     def _stage1_shared(self) -> tuple:

@@ -99,6 +99,13 @@ def check_distill_options(teacher: Any, method: str, weight: float, temperature:
                               "weights/best.pt).") from None
 
 
+def check_views(views: int) -> int:
+    """``views`` (augmented views per image of a cached teacher), or a ConfigError when it is below 1."""
+    if int(views) < 1:
+        raise ConfigError(f"distill_views must be >= 1 (augmented views of each image), got {views}")
+    return int(views)
+
+
 class Teacher:
     """A frozen semantic model (eval mode, no gradients) answering ``logits(images, size)``.
 
@@ -191,9 +198,7 @@ class TeacherTargets(torch.utils.data.Dataset):
             raise ConfigError(f"distill_cache needs a dataset whose augmentation is seeded per epoch and item "
                               f"(set_epoch and a seed; imseg train builds one), got {type(dataset).__name__}; "
                               "train without distill_cache (the teacher then runs on each batch).")
-        if int(views) < 1:
-            raise ConfigError(f"distill_views must be >= 1 (augmented views of each image), got {views}")
-        self.dataset, self.views, self.epoch = dataset, int(views), 0
+        self.dataset, self.views, self.epoch = dataset, check_views(views), 0
         self.logits = self._compute(teacher, torch.device(device), max(1, batch), memory_limit)
         self.set_epoch(0)
 

@@ -37,7 +37,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .ddp import DEVICES_ACCEPTED, ddp_strategy, devices_ok
-from .distill import TeacherTargets, check_distill_options
+from .distill import TeacherTargets, check_distill_options, check_views
 from .loggers import make_logger_callback, parse_logger_spec
 from .models import OUTPUT_STRIDE, input_multiple, model_config
 from .module import WeightEMA, _has_unused_parameters, _lightning, _make_module_class
@@ -128,8 +128,7 @@ class TrainConfig:
         check_distill_options(self.teacher, self.distill, self.distill_weight, self.distill_temperature)
         if self.distill_cache and not self.teacher:
             raise ConfigError("distill_cache caches a teacher's logits: give the teacher run too (--teacher RUN)")
-        if self.distill_views < 1:
-            raise ConfigError(f"distill_views must be >= 1 (augmented views of each image), got {self.distill_views}")
+        check_views(self.distill_views)
         parse_logger_spec(self.logger)
 
 
