@@ -154,6 +154,8 @@ def test_teacher_targets_hold_the_teachers_answer_on_each_view_the_student_sees(
                 views.append(image)
     assert len(calls) == 4  # items never run the teacher
     assert not torch.equal(views[0], views[1])  # the two views differ
+    with pytest.raises(ConfigError, match="on 2 views of 6 images would take about 0.0 GiB, over the 0.0 GiB allowed"):
+        TeacherTargets(sets["train"], teacher, views=2, memory_limit=1000)
 
 
 def test_teacher_targets_refuse_what_they_cannot_cache(tmp_path):
