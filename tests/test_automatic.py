@@ -252,19 +252,20 @@ def test_a_one_pixel_high_image_is_segmented(tiny_sam):
 
 @pytest.mark.parametrize(("input_size", "crop"), [((1024, 1024), (512, 512)), ((683, 1024), (400, 600)),
                                                   ((1024, 768), (1000, 750)), ((64, 48), (21, 16))])
-def test_mask_resampler_is_the_two_interpolations(input_size, crop):
-    """One product per axis gives the official upscale-crop-resize of low-res logits, to float32 rounding."""
+def test_banded_mask_resize_is_the_two_interpolations(input_size, crop):
+    """The generator's banded map per axis gives the official upscale-crop-resize of low-res logits, to float32
+    rounding."""
     import torch.nn.functional as F
 
-    from imseg.sam.amg_utils import mask_resampler
+    from imseg.sam.model import _axis_resize_band, _band_resize
 
     size = max(1024, *input_size)
     torch.manual_seed(0)
     low = F.avg_pool2d(torch.randn(6, 1, 260, 260), 5, stride=1)[:, :, :256, :256] * 4  # smooth, like logits
     up = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)[..., : input_size[0], : input_size[1]]
     ref = F.interpolate(up, crop, mode="bilinear", align_corners=False)[:, 0]
-    rows = mask_resampler(256, size, input_size[0], crop[0])
-    cols = mask_resampler(256, size, input_size[1], crop[1])
-    got = rows @ low[:, 0] @ cols.T
+    iy, wy = _axis_resize_band(256, size, input_size[0], crop[0], "cpu", torch.float32)
+    ix, wx = _axis_resize_band(256, size, input_size[1], crop[1], "cpu", torch.float32)
+    got = _band_resize(low[:, 0], iy, wy, ix, wx)
     assert got.shape == ref.shape
     assert torch.allclose(got, ref, atol=1e-5 * float(ref.abs().max()), rtol=0)

@@ -222,11 +222,12 @@ def test_banded_resize_equals_the_dense_map(model, input_size, original):
     # and through the model's float32 postprocessing
     out = model.postprocess_masks(low.float(), input_size, original)
     torch.testing.assert_close(out, dense.float(), atol=1e-5, rtol=0)
-    # the official form: upsample to the padded input, crop, resize (float64 to compare the maps only)
-    up = torch.nn.functional.interpolate(low, (1024, 1024), mode="bilinear", align_corners=False)
+    # the official form on float32 logits: upsample to the padded input, crop, resize (the maps' weights are
+    # float32's own; what is left is the official's float32 rounding of the upsampled logits)
+    up = torch.nn.functional.interpolate(low.float(), (1024, 1024), mode="bilinear", align_corners=False)
     official = torch.nn.functional.interpolate(up[..., : input_size[0], : input_size[1]], original, mode="bilinear",
                                                align_corners=False)
-    torch.testing.assert_close(banded, official, atol=1e-9, rtol=0)
+    torch.testing.assert_close(banded.float(), official, atol=2e-6 * float(low.abs().max()), rtol=0)
     assert np.isfinite(banded.numpy()).all()
 
 

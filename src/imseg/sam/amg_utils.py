@@ -137,24 +137,3 @@ class MaskRecords:
         return cls([rle for r in records for rle in r.rles], torch.cat([r.boxes for r in records]),
                    torch.cat([r.iou for r in records]), torch.cat([r.stability for r in records]),
                    np.concatenate([r.points for r in records]), np.concatenate([r.crop_boxes for r in records]))
-
-
-
-def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """(n_out, n_in) float64 matrix of 1-D bilinear resampling as ``F.interpolate(mode="bilinear",
-    align_corners=False)`` does it along one axis of a float32 map (bilinear is separable: Y = R_h X R_w^T). The
-    weights are float32's own: its source positions carry float32 rounding, which the matrix keeps."""
-    import torch
-    import torch.nn.functional as F
-
-    eye = torch.eye(n_in, dtype=torch.float32)[:, None, :, None]  # n_in one-hot columns (N, 1, n_in, 1)
-    weights = F.interpolate(eye, (n_out, 1), mode="bilinear", align_corners=False)[:, 0, :, 0]
-    return weights.T.double().contiguous()
-
-
-def mask_resampler(low_size: int, model_size: int, input_size: int, out_size: int) -> torch.Tensor:
-    """(out_size, low_size) float32 matrix of the official mask upscaling along one axis: low-res logits up to the
-    model's input side, cropped to the resized image's ``input_size``, resampled to the crop's ``out_size``;
-    composed in float64 so one matrix product gives what the two interpolations give, to float32 rounding."""
-    up = resize_matrix(low_size, model_size)[:input_size]
-    return (resize_matrix(input_size, out_size) @ up).float()

@@ -17,11 +17,20 @@ from .prompt_encoder import PromptEncoder
 @torch.inference_mode(False)  # cached: normal tensors even when first asked for inside inference mode
 def _axis_resize_matrix(low: int, padded: int, valid: int, out: int, device: str, dtype: torch.dtype) -> torch.Tensor:
     """(out, low) matrix doing, along one axis, what SAM's postprocessing does to mask logits:
-    bilinear ``low -> padded``, crop the first ``valid`` samples, bilinear ``valid -> out``."""
-    eye = torch.eye(low, dtype=torch.float64)[None, None]  # rows = low-res positions
-    up = F.interpolate(eye, (padded, low), mode="bilinear", align_corners=False)[..., :valid, :]
-    down = F.interpolate(up, (out, low), mode="bilinear", align_corners=False)
-    return down[0, 0].to(device=device, dtype=dtype)
+    bilinear ``low -> padded``, crop the first ``valid`` samples, bilinear ``valid -> out``; the two steps'
+    weights composed in float64."""
+    up = _resize_weights(low, padded)[:valid]
+    return (_resize_weights(valid, out) @ up).to(device=device, dtype=dtype)
+
+
+def _resize_weights(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) float64 matrix of one axis of ``F.interpolate(mode="bilinear", align_corners=False)`` on a
+    float32 map (bilinear is separable). The weights are float32's own: the official code resizes float32 logits,
+    whose source positions carry float32 rounding (at ratios such as 768 -> 750 float64 positions differ from
+    them by ~1e-5 of a logit)."""
+    eye = torch.eye(n_in, dtype=torch.float32)[:, None, :, None]  # n_in one-hot columns (N, 1, n_in, 1)
+    weights = F.interpolate(eye, (n_out, 1), mode="bilinear", align_corners=False)[:, 0, :, 0]
+    return weights.T.double()
 
 
 @lru_cache(maxsize=32)
