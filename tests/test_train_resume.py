@@ -50,22 +50,27 @@ def _complete_checkpoint(path: Path) -> bool:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_with_loader_workers_is_exact(make_horse_subset, tmp_path):
-    # Three epochs, killed once the first checkpoint is whole: two epochs of margin for the kill to land
-    # before the run ends, however slowly this process is scheduled beside the rest of the suite.
+    # Three epochs, killed once the first checkpoint is whole. The run goes on in slices of 50 ms and is
+    # stopped (SIGSTOP, its loader workers too) while the checkpoint is read, so however slowly this
+    # process is scheduled beside the rest of the suite, the run cannot finish behind its back.
     data = make_horse_subset(tmp_path / "horses", n_train=16, n_val=4)
     runs = tmp_path / "runs"
     straight = _run(_train_cmd(data, runs, "straight", 3))
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     killed = subprocess.Popen(_train_cmd(data, runs, "killed", 3), env=_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt = runs / "killed" / "weights" / "last.ckpt"
     try:
         deadline = time.monotonic() + 240
-        while not _complete_checkpoint(ckpt):
+        while True:
+            time.sleep(0.05)
+            os.killpg(killed.pid, signal.SIGSTOP)
+            if _complete_checkpoint(ckpt):
+                break
             assert killed.poll() is None and time.monotonic() < deadline, "the run ended before a checkpoint"
-            time.sleep(0.02)
-        killed.send_signal(signal.SIGKILL)
+            os.killpg(killed.pid, signal.SIGCONT)
+        os.killpg(killed.pid, signal.SIGKILL)
     finally:
         killed.kill()
         killed.wait(30)
