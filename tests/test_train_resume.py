@@ -50,9 +50,9 @@ def _complete_checkpoint(path: Path) -> bool:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_with_loader_workers_is_exact(make_horse_subset, tmp_path):
-    # Three epochs, killed once the first checkpoint is whole. The run goes on in slices of 50 ms and is
-    # stopped (SIGSTOP, its loader workers too) while the checkpoint is read, so however slowly this
-    # process is scheduled beside the rest of the suite, the run cannot finish behind its back.
+    # Three epochs, killed once the first checkpoint is whole. The run is stopped (SIGSTOP, its loader workers
+    # too) while the checkpoint is read and goes on only in slices of about 50 ms between two reads, so it
+    # cannot run on to its end while this process waits to be scheduled beside the rest of the suite.
     data = make_horse_subset(tmp_path / "horses", n_train=16, n_val=4)
     runs = tmp_path / "runs"
     straight = _run(_train_cmd(data, runs, "straight", 3))
