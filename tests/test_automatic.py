@@ -257,15 +257,15 @@ def test_banded_mask_resize_is_the_two_interpolations(input_size, crop):
     rounding."""
     import torch.nn.functional as F
 
-    from imseg.sam.model import _axis_resize_band, _band_resize
+    from imseg.sam.model import axis_resize_band, band_resize
 
     size = max(1024, *input_size)
     torch.manual_seed(0)
     low = F.avg_pool2d(torch.randn(6, 1, 260, 260), 5, stride=1)[:, :, :256, :256] * 4  # smooth, like logits
     up = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)[..., : input_size[0], : input_size[1]]
     ref = F.interpolate(up, crop, mode="bilinear", align_corners=False)[:, 0]
-    iy, wy = _axis_resize_band(256, size, input_size[0], crop[0], "cpu", torch.float32)
-    ix, wx = _axis_resize_band(256, size, input_size[1], crop[1], "cpu", torch.float32)
-    got = _band_resize(low[:, 0], iy, wy, ix, wx)
+    iy, wy = axis_resize_band(256, size, input_size[0], crop[0], "cpu", torch.float32)
+    ix, wx = axis_resize_band(256, size, input_size[1], crop[1], "cpu", torch.float32)
+    got = band_resize(low[:, 0], iy, wy, ix, wx)
     assert got.shape == ref.shape
     assert torch.allclose(got, ref, atol=1e-5 * float(ref.abs().max()), rtol=0)

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from imseg.sam import sam_model_registry  # noqa: E402
 from imseg.sam.batch_decoder import PromptBatchDecoder  # noqa: E402
-from imseg.sam.model import _axis_resize_band, _axis_resize_matrix, _band_resize  # noqa: E402
+from imseg.sam.model import _axis_resize_matrix, axis_resize_band, band_resize  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -213,10 +213,10 @@ def test_banded_resize_equals_the_dense_map(model, input_size, original):
     ry = _axis_resize_matrix(256, 1024, input_size[0], original[0], "cpu", torch.float64)
     rx = _axis_resize_matrix(256, 1024, input_size[1], original[1], "cpu", torch.float64)
     dense = ry @ low @ rx.t()
-    iy, wy = _axis_resize_band(256, 1024, input_size[0], original[0], "cpu", torch.float64)
-    ix, wx = _axis_resize_band(256, 1024, input_size[1], original[1], "cpu", torch.float64)
+    iy, wy = axis_resize_band(256, 1024, input_size[0], original[0], "cpu", torch.float64)
+    ix, wx = axis_resize_band(256, 1024, input_size[1], original[1], "cpu", torch.float64)
     assert iy.shape[1] <= 4 and ix.shape[1] <= 4  # a few taps per output pixel
-    banded = _band_resize(low, iy, wy, ix, wx)
+    banded = band_resize(low, iy, wy, ix, wx)
     assert banded.shape == (2, 3, *original)
     torch.testing.assert_close(banded, dense, atol=1e-12, rtol=0)
     # and through the model's float32 postprocessing

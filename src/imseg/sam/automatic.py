@@ -448,7 +448,7 @@ class SamAutomaticMaskGenerator:
         """Upsample low-res logits chunk by chunk; stability filter, threshold, boxes, edge filter, RLE."""
         import torch
 
-        from .model import _axis_resize_band, _band_resize
+        from .model import axis_resize_band, band_resize
 
         x0, y0, x1, y1 = crop_box
         ch, cw = y1 - y0, x1 - x0
@@ -458,12 +458,12 @@ class SamAutomaticMaskGenerator:
         # both interpolations (to the model's input, then to the crop) as one banded map per axis (each output
         # mixes at most a few low-res logits): the same values to float32 rounding, without the model-sized
         # intermediate of every mask
-        iy, wy = _axis_resize_band(low.shape[-2], size, input_size[0], ch, low.device, low.dtype)
-        ix, wx = _axis_resize_band(low.shape[-1], size, input_size[1], cw, low.device, low.dtype)
+        iy, wy = axis_resize_band(low.shape[-2], size, input_size[0], ch, low.device, low.dtype)
+        ix, wx = axis_resize_band(low.shape[-1], size, input_size[1], cw, low.device, low.dtype)
         per_mask = 4 * (ch * cw + cw * low.shape[-2])
         chunk = CPU_CHUNK if low.device.type == "cpu" else max(1, min(len(low), CHUNK_BYTES // per_mask))
         for start in range(0, len(low), chunk):
-            logits = _band_resize(low[start : start + chunk], iy, wy, ix, wx)
+            logits = band_resize(low[start : start + chunk], iy, wy, ix, wx)
             stab = stability_score(logits, threshold, self.stability_score_offset)
             keep = stab >= self.stability_score_thresh
             if self.stability_score_thresh <= 0:

@@ -35,8 +35,8 @@ def _resize_weights(n_in: int, n_out: int) -> torch.Tensor:
 
 @lru_cache(maxsize=32)
 @torch.inference_mode(False)
-def _axis_resize_band(low: int, padded: int, valid: int, out: int, device: str,
-                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def axis_resize_band(low: int, padded: int, valid: int, out: int, device: str,
+                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_axis_resize_matrix` as a band: output i = sum_k weight[i, k] * input[index[i, k]].
 
     Bilinear steps without antialiasing give every output at most a few inputs (K <= 4 here), so
@@ -54,7 +54,7 @@ def _axis_resize_band(low: int, padded: int, valid: int, out: int, device: str,
 
 
 def _band_rows(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Apply an :func:`_axis_resize_band` along the rows (dim -2) of ``x``: whole rows are gathered."""
+    """Apply an :func:`axis_resize_band` along the rows (dim -2) of ``x``: whole rows are gathered."""
     out = None
     for k in range(index.shape[1]):
         term = x.index_select(-2, index[:, k]).mul_(weight[:, k, None])
@@ -63,7 +63,7 @@ def _band_rows(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> to
     return out
 
 
-def _band_resize(x: torch.Tensor, iy: torch.Tensor, wy: torch.Tensor, ix: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
+def band_resize(x: torch.Tensor, iy: torch.Tensor, wy: torch.Tensor, ix: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
     """(..., h, w) -> (..., H, W) through two bands: columns on the transposed (small) input, then rows."""
     cols = _band_rows(x.transpose(-1, -2).contiguous(), ix, wx)  # (..., W, h)
     return _band_rows(cols.transpose(-1, -2).contiguous(), iy, wy)
@@ -119,9 +119,9 @@ class Sam(nn.Module):
         """
         low_h, low_w = masks.shape[-2:]
         dev, dt = str(masks.device), masks.dtype if masks.dtype in (torch.float32, torch.float64) else torch.float32
-        iy, wy = _axis_resize_band(low_h, self.img_size, int(input_size[0]), int(original_size[0]), dev, dt)
-        ix, wx = _axis_resize_band(low_w, self.img_size, int(input_size[1]), int(original_size[1]), dev, dt)
-        return _band_resize(masks.to(dt), iy, wy, ix, wx)
+        iy, wy = axis_resize_band(low_h, self.img_size, int(input_size[0]), int(original_size[0]), dev, dt)
+        ix, wx = axis_resize_band(low_w, self.img_size, int(input_size[1]), int(original_size[1]), dev, dt)
+        return band_resize(masks.to(dt), iy, wy, ix, wx)
 
     @torch.no_grad()
     def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:
