@@ -244,6 +244,9 @@ def test_distilled_run_resumes_exactly(teacher_run, monkeypatch):
         assert float(row["train_loss"]) == pytest.approx(float(live_row["train_loss"]), rel=1e-3)
     saved = yaml.safe_load((cached.run_dir / "config.yaml").read_text())["train"]
     assert saved["distill_cache"] is True and saved["distill_views"] == 2
+    calls.clear()  # more views than epochs: only the views the epochs train on are made
+    capped = train(_options(data, root / "runs", "capped", distill_cache=True, distill_views=5, **opts))
+    assert calls == [3, 3, 3, 3] and _rows(capped.run_dir) == rows
     one_view = train(_options(data, root / "runs", "one_view", distill_cache=True, distill_views=1, **opts))
     assert _rows(one_view.run_dir) != rows  # epoch 1 trains on epoch 0's view again
     a = torch.load(straight.last, weights_only=True)["state_dict"]

@@ -75,7 +75,7 @@ def train_cmd(
                                        "training on --distill-views augmented views of each training image and keep "
                                        "its logits in memory; epochs then cycle through those views."),
     distill_views: int = typer.Option(8, "--distill-views", help="Augmented views per image with --distill-cache "
-                                      "(epochs before the views repeat)."),
+                                      "(epochs before the views repeat; at most --epochs are made)."),
     logger: str = typer.Option("csv", "--logger", help="csv (metrics.csv, always written) and/or tensorboard "
                                "(RUN/tensorboard events: losses, metrics, lr, validation overlays), e.g. csv,tensorboard."),
     time: float = typer.Option(None, "--time", help="Time budget in minutes: plan the options not given from the "

@@ -459,7 +459,8 @@ def train(
     }
     on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
     if module.distiller is not None and cfg.distill_cache:
-        datasets = {**datasets, "train": TeacherTargets(datasets["train"], module.distiller.teacher, cfg.distill_views,
+        views = min(cfg.distill_views, cfg.epochs)  # views past the last epoch would never be trained on
+        datasets = {**datasets, "train": TeacherTargets(datasets["train"], module.distiller.teacher, views,
                                                         "cuda" if on_gpu else "cpu", cfg.batch, _memory_budget())}
     train_loader, val_loader = _loaders(cfg, datasets, on_gpu, first_epoch)
     config_yaml = {"train": meta["train"], "data": info["data"], "class_names": names, "ignore_index": ignore,
