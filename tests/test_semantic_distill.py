@@ -118,9 +118,25 @@ def test_teacher_of_another_size_sees_its_scale_and_answers_at_the_students():
     got = teacher.logits(images, (32, 48))
     with torch.no_grad():
         big = model(F.interpolate(images, size=(40, 64), mode="bilinear", align_corners=False))
-    expected = F.interpolate(big, size=(32, 48), mode="bilinear", align_corners=False)
+    # shrunk as class shares: the probabilities averaged over each student pixel's footprint
+    expected = F.adaptive_avg_pool2d(big.softmax(dim=1), (32, 48)).log()
     assert got.shape == (2, 2, 32, 48)
     torch.testing.assert_close(got, expected)
+    small = Teacher(model, imgsz=16, multiple=8).logits(images, (32, 48))  # a smaller teacher: enlarged bilinearly
+    with torch.no_grad():
+        answer = model(F.interpolate(images, size=(8, 16), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(small, F.interpolate(answer, size=(32, 48), mode="bilinear", align_corners=False))
+
+
+def test_shrunk_logits_carry_the_share_of_each_pixel_a_class_covers():
+    from imseg.semantic.distill import resize_logits
+
+    labels = torch.zeros(1, 4, 6, dtype=torch.long)
+    labels[0, :, :3] = 1  # class 1 covers columns 0-2: the second of three 2x2 output pixels is half class 1
+    logits = F.one_hot(labels, 2).permute(0, 3, 1, 2).double() * 40 - 20  # confident: softmax ~ one-hot
+    shares = resize_logits(logits, (2, 3)).softmax(dim=1)
+    torch.testing.assert_close(shares[0, 1], torch.tensor([[1.0, 0.5, 0.0], [1.0, 0.5, 0.0]], dtype=torch.float64))
+    assert resize_logits(logits, (4, 6)) is logits
 
 
 @pytest.mark.slow
@@ -156,6 +172,42 @@ def test_teacher_targets_hold_the_teachers_answer_on_each_view_the_student_sees(
     assert not torch.equal(views[0], views[1])  # the two views differ
     with pytest.raises(ConfigError, match="on 2 views of 6 images would take about 0.0 GiB, over the 0.0 GiB allowed"):
         TeacherTargets(sets["train"], teacher, views=2, memory_limit=1000)
+
+
+@pytest.mark.slow
+def test_a_larger_teacher_answers_on_the_same_views_made_at_its_own_size(teacher_run):
+    from imseg.semantic.data import build_datasets
+    from imseg.semantic.distill import resize_logits
+    from imseg.semantic.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    root, data, teacher_dir = teacher_run
+    teacher = load_teacher(teacher_dir, ["background", "horse"], IMAGENET_MEAN, IMAGENET_STD)
+    teacher.imgsz = 128  # as if trained at 128: the same network answers at any size
+    spec = {"path": str(data), "names": ["background", "horse"]}
+    augment = {"hflip": 0.5, "scale": [0.7, 1.3], "rotate": 20, "color_jitter": 0.3}
+    sets = build_datasets(spec, imgsz=64, augment=augment, seed=5, cache=True)
+    large = build_datasets(spec, imgsz=128, augment=augment, seed=5, cache=True)["train"]
+    seen = []
+    live = teacher.logits
+    teacher.logits = lambda images, size: seen.append((tuple(images.shape), tuple(size))) or live(images, size)
+    targets = TeacherTargets(sets["train"], teacher, views=2, batch=4)
+    assert seen == [((4, 3, 128, 128), (64, 64)), ((2, 3, 128, 128), (64, 64))] * 2
+    for epoch in (0, 1, 2):
+        targets.set_epoch(epoch)
+        large.set_epoch(epoch % 2)
+        for index in (0, 5):
+            image, _, cached = targets[index]
+            big = large[index][0]
+            # the teacher's view is the student's at twice the size (colours and all), not an enlargement of it
+            assert (F.avg_pool2d(big[None], 2)[0] - image).abs().mean() < 0.15  # normalised units
+            answer = resize_logits(live(big[None], (128, 128)), (64, 64))[0]
+            torch.testing.assert_close(cached, answer, atol=2e-3 * float(answer.abs().max()), rtol=1e-2)
+    # elastic warps draw their noise per pixel: no twin, the teacher sees the student's view rescaled
+    warped = build_datasets(spec, imgsz=64, augment={**augment, "elastic": 0.5}, seed=5, cache=True)["train"]
+    assert warped.at_size(128) is None
+    seen.clear()
+    TeacherTargets(warped, teacher, views=1, batch=8)
+    assert seen == [((6, 3, 64, 64), (64, 64))]
 
 
 def test_teacher_targets_refuse_what_they_cannot_cache(tmp_path):
@@ -235,12 +287,15 @@ def test_distilled_run_resumes_exactly(teacher_run, monkeypatch):
     live = Teacher.logits
     monkeypatch.setattr(Teacher, "logits", lambda self, images, size: calls.append(len(images)) or live(self, images, size))
     # as many cached views as epochs: the teacher's answers on the very batches the live run saw, so the same run
-    # up to the cache's float16
+    # up to the cache's float16 (at the teacher's size: a larger teacher's cache sees its own-size views instead)
+    opts = dict(opts, imgsz=64)
+    live_run = train(_options(data, root / "runs", "live64", **opts))
+    calls.clear()
     cached = train(_options(data, root / "runs", "cached", distill_cache=True, distill_views=2, **opts))
     assert calls == [3, 3, 3, 3]  # 2 views of 6 training images in batches of 3, before training; none after
-    rows, live_rows = _rows(cached.run_dir), _rows(straight.run_dir)
+    rows, live_rows = _rows(cached.run_dir), _rows(live_run.run_dir)
     assert len(rows) == 2
-    for row, live_row in zip(rows, live_rows, strict=True):  # (without the teacher: train_loss 1.08 vs 1.72)
+    for row, live_row in zip(rows, live_rows, strict=True):  # train_loss holds the KD term against the cache
         assert float(row["train_loss"]) == pytest.approx(float(live_row["train_loss"]), rel=1e-3)
     saved = yaml.safe_load((cached.run_dir / "config.yaml").read_text())["train"]
     assert saved["distill_cache"] is True and saved["distill_views"] == 2

@@ -147,3 +147,58 @@ def test_augment_settings_are_checked():
         build_transforms("big")
     with pytest.raises(InputError, match=r"\(3, H, W\)"):
         denormalize(torch.zeros(4, 4))
+
+
+def _centroid(weights: torch.Tensor) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(weights.shape[0], dtype=torch.float64),
+                            torch.arange(weights.shape[1], dtype=torch.float64), indexing="ij")
+    total = weights.sum()
+    return torch.stack([(weights * ys).sum() / total, (weights * xs).sum() / total])
+
+
+@pytest.mark.parametrize("augment", ["none", {"scale": [0.7, 1.3], "hflip": 0.5, "color_jitter": 0.0}])
+def test_downscaled_masks_are_not_shifted_against_their_image(augment):
+    # A white rectangle on black: the image's brightness and the mask are the same shape, so after a downscale by
+    # a non-integer factor their centroids must agree (nearest at floor(i * s) moved masks ~0.5 px up and left).
+    rng = np.random.default_rng(0)
+    offsets = []
+    for trial in range(40):
+        height, width = (int(v) for v in rng.integers(180, 400, 2))
+        mask = np.zeros((height, width), np.int64)
+        top, left = int(rng.integers(10, height // 2)), int(rng.integers(10, width // 2))
+        mask[top: top + int(rng.integers(30, height // 2)), left: left + int(rng.integers(30, width // 2))] = 1
+        image = np.repeat((mask * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+        torch.manual_seed(trial)
+        out_image, out_mask = build_transforms(96, augment, train=augment != "none")(image, mask)
+        brightness = torch.from_numpy(denormalize(out_image)[:, :, 0].astype(np.float64) / 255)
+        offsets.append((_centroid(brightness) - _centroid((out_mask == 1).double())).numpy())
+    mean = np.mean(offsets, axis=0)
+    assert np.abs(mean).max() < 0.08, mean  # px at 96; the shifted masks were off by 0.45-0.5
+    assert np.abs(offsets).mean() < 0.25
+
+
+def test_one_seed_makes_the_same_view_at_two_sizes():
+    # Zoom factor and crop position are drawn as fractions: the view at 192 is the view at 96, twice as large.
+    from torchvision import tv_tensors
+
+    from imseg.semantic.transforms import build_pipeline
+
+    mask = _block_mask(150, 230, 4, block=25)
+    image = PALETTE[mask]
+    augment = {"hflip": 0.5, "scale": [0.6, 1.4], "color_jitter": 0.0}
+    for seed in range(6):
+        views = {}
+        for size in (96, 192):
+            torch.manual_seed(seed)
+            views[size] = build_pipeline(size, augment, train=True)(
+                tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(mask)))
+        small, large = views[96][1], views[192][1]
+        # every 2x2 block of the large mask that is one class is that class in the small mask, but near a resize's
+        # rounding (at most one pixel of the large view)
+        blocks = large.reshape(96, 2, 96, 2).permute(0, 2, 1, 3).reshape(96, 96, 4)
+        uniform = (blocks == blocks[..., :1]).all(-1)
+        agree = (blocks[..., 0] == small)[uniform].double().mean()
+        assert agree > 0.97, (seed, float(agree))
+        image_small = views[96][0].double()
+        image_large = torch.nn.functional.avg_pool2d(views[192][0].double()[None], 2)[0]
+        assert (image_small - image_large).abs().mean() < 12, seed  # of 255: the same content, resampled apart

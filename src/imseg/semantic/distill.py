@@ -134,10 +134,21 @@ class Teacher:
             self.model.to(images.device)
             self._device = images.device
         self.model.eval()
-        out = self.model(self._input(images)).float()
-        if tuple(out.shape[-2:]) != tuple(size):
-            out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
-        return out
+        return resize_logits(self.model(self._input(images)).float(), size)
+
+
+def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(N, C, H, W) logits at ``size``. Shrunk, each output pixel gets the log of the class probabilities averaged
+    over its footprint (area), so a pixel a boundary crosses carries the share of it each class covers at the
+    larger scale (softmax gives those shares back); otherwise bilinear."""
+    height, width = logits.shape[-2:]
+    size = (int(size[0]), int(size[1]))
+    if (height, width) == size:
+        return logits
+    if height >= size[0] and width >= size[1]:
+        shares = F.interpolate(logits.softmax(dim=1), size=size, mode="area")
+        return shares.clamp_min(torch.finfo(shares.dtype).tiny).log()
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def load_teacher(run: str | os.PathLike, class_names: Sequence[str], mean: Sequence[float],
@@ -186,6 +197,12 @@ class TeacherTargets(torch.utils.data.Dataset):
     again). :meth:`set_epoch` then points epoch e at the views of epoch e mod views. ``targets`` is the teacher's
     (C, H, W) float32 logits, kept in float16.
 
+    A teacher trained at a larger ``imgsz`` answers on the same views made at its own size (``dataset.at_size``:
+    one seed, the same zoom, crop position, flip and colours; the two agree to a pixel of the larger view), its
+    answer shrunk to the student's pixels by :func:`resize_logits`: detail the student's input lacks. Where the
+    dataset has no such twin (elastic warps, native-resolution crops, a dataset not built by imseg) the teacher
+    sees the student's view rescaled to its size, as on every batch without the cache.
+
     Args:
         dataset: a seeded dataset of ``(image, mask)`` items with ``set_epoch`` (``build_datasets(..., seed=S)``).
         views: augmented views per image (epochs before the views repeat).
@@ -199,19 +216,32 @@ class TeacherTargets(torch.utils.data.Dataset):
                               f"(set_epoch and a seed; imseg train builds one), got {type(dataset).__name__}; "
                               "train without distill_cache (the teacher then runs on each batch).")
         self.dataset, self.views, self.epoch = dataset, check_views(views), 0
+        self.teacher_views = self._teacher_views(dataset, teacher)
         self.logits = self._compute(teacher, torch.device(device), max(1, batch), memory_limit)
         self.set_epoch(0)
+
+    @staticmethod
+    def _teacher_views(dataset: Any, teacher: Teacher) -> Any:
+        """The dataset the teacher answers on: ``dataset`` made at the teacher's size where it differs and a twin
+        exists, else ``dataset`` itself."""
+        if not teacher.imgsz or not hasattr(dataset, "at_size") or len(dataset) == 0:
+            return dataset
+        if max(dataset[0][0].shape[-2:]) == teacher.imgsz:
+            return dataset
+        return dataset.at_size(teacher.imgsz) or dataset
 
     def _compute(self, teacher: Teacher, device: torch.device, batch: int,
                  memory_limit: int | None) -> list[list[torch.Tensor]]:
         count = len(self.dataset)
         cached: list[list[torch.Tensor]] = []
+        size = self.dataset[0][0].shape[-2:] if count else None
         for view in range(self.views):
             self.dataset.set_epoch(view)
+            self.teacher_views.set_epoch(view)
             answers: list[torch.Tensor] = []
             for start in range(0, count, batch):
-                images = torch.stack([self.dataset[i][0] for i in range(start, min(count, start + batch))])
-                out = teacher.logits(images.to(device), images.shape[-2:]).to("cpu", torch.float16)
+                images = torch.stack([self.teacher_views[i][0] for i in range(start, min(count, start + batch))])
+                out = teacher.logits(images.to(device), size).to("cpu", torch.float16)
                 answers.extend(out.unbind(0))
                 if view == 0 and start == 0 and memory_limit is not None:
                     needed = out[0].numel() * out.element_size() * count * self.views

@@ -460,8 +460,12 @@ def train(
     on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
     if module.distiller is not None and cfg.distill_cache:
         views = min(cfg.distill_views, cfg.epochs)  # views past the last epoch would never be trained on
-        datasets = {**datasets, "train": TeacherTargets(datasets["train"], module.distiller.teacher, views,
-                                                        "cuda" if on_gpu else "cpu", cfg.batch, _memory_budget())}
+        device = "cuda" if on_gpu else "cpu"
+        # at the run's precision, as the teacher runs on each batch without the cache (Lightning's autocast)
+        with torch.autocast(device, dtype=torch.float16 if on_gpu else torch.bfloat16, enabled=cfg.amp):
+            targets = TeacherTargets(datasets["train"], module.distiller.teacher, views, device, cfg.batch,
+                                     _memory_budget())
+        datasets = {**datasets, "train": targets}
     train_loader, val_loader = _loaders(cfg, datasets, on_gpu, first_epoch)
     config_yaml = {"train": meta["train"], "data": info["data"], "class_names": names, "ignore_index": ignore,
                    "mean": meta["mean"], "std": meta["std"], **_plain(dict(record or {}))}

@@ -66,6 +66,17 @@ class SegmentationDataset(_TorchDataset):
         """Select the epoch's augmentations when ``seed`` is set (call before each epoch)."""
         self.epoch = int(epoch)
 
+    def at_size(self, imgsz: int) -> SegmentationDataset | None:
+        """The same samples, seed and epoch, each item made at ``imgsz`` (one seed, the same view at another
+        pixel size: see ``SegmentationTransform.at_size``); decoded images are shared. None where the transform
+        has no such twin."""
+        transform = getattr(self.transform, "at_size", lambda size: None)(imgsz)
+        if transform is None:
+            return None
+        twin = SegmentationDataset(self.samples, transform, self.ignore_index, self.num_classes, self.seed, self.cache)
+        twin._cache, twin.epoch = self._cache, self.epoch
+        return twin
+
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if index in self._cache:
             return self._cache[index]
