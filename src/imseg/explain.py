@@ -155,7 +155,7 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     if mask.shape == tuple(size):
         return mask.astype(bool)
-    return cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
 
 
 def _check_region(mask: Any, size: tuple[int, int]) -> np.ndarray:
