@@ -184,9 +184,9 @@ def test_a_larger_teacher_answers_on_the_same_views_made_at_its_own_size(teacher
     teacher = load_teacher(teacher_dir, ["background", "horse"], IMAGENET_MEAN, IMAGENET_STD)
     teacher.imgsz = 128  # as if trained at 128: the same network answers at any size
     spec = {"path": str(data), "names": ["background", "horse"]}
-    augment = {"hflip": 0.5, "scale": [0.7, 1.3], "rotate": 20, "color_jitter": 0.3}
+    augment = {"hflip": 0.5, "scale": [0.7, 1.3], "color_jitter": 0.3}
     sets = build_datasets(spec, imgsz=64, augment=augment, seed=5, cache=True)
-    large = build_datasets(spec, imgsz=128, augment=augment, seed=5, cache=True)["train"]
+    large = sets["train"].at_size(128)
     seen = []
     live = teacher.logits
     teacher.logits = lambda images, size: seen.append((tuple(images.shape), tuple(size))) or live(images, size)
@@ -198,12 +198,12 @@ def test_a_larger_teacher_answers_on_the_same_views_made_at_its_own_size(teacher
         for index in (0, 5):
             image, _, cached = targets[index]
             big = large[index][0]
-            # the teacher's view is the student's at twice the size (colours and all), not an enlargement of it
-            assert (F.avg_pool2d(big[None], 2)[0] - image).abs().mean() < 0.15  # normalised units
+            # the teacher's view is the student's at twice the pixels (colours and all), not an enlargement of it
+            assert big.shape == (3, 128, 128) and (F.avg_pool2d(big[None], 2)[0] - image).abs().mean() < 0.1
             answer = resize_logits(live(big[None], (128, 128)), (64, 64))[0]
             torch.testing.assert_close(cached, answer, atol=2e-3 * float(answer.abs().max()), rtol=1e-2)
-    # elastic warps draw their noise per pixel: no twin, the teacher sees the student's view rescaled
-    warped = build_datasets(spec, imgsz=64, augment={**augment, "elastic": 0.5}, seed=5, cache=True)["train"]
+    # rotations (and elastic warps) resample per pixel: no twin, the teacher sees the student's view rescaled
+    warped = build_datasets(spec, imgsz=64, augment={**augment, "rotate": 20}, seed=5, cache=True)["train"]
     assert warped.at_size(128) is None
     seen.clear()
     TeacherTargets(warped, teacher, views=1, batch=8)

@@ -197,11 +197,11 @@ class TeacherTargets(torch.utils.data.Dataset):
     again). :meth:`set_epoch` then points epoch e at the views of epoch e mod views. ``targets`` is the teacher's
     (C, H, W) float32 logits, kept in float16.
 
-    A teacher trained at a larger ``imgsz`` answers on the same views made at its own size (``dataset.at_size``:
-    one seed, the same zoom, crop position, flip and colours; the two agree to a pixel of the larger view), its
-    answer shrunk to the student's pixels by :func:`resize_logits`: detail the student's input lacks. Where the
-    dataset has no such twin (elastic warps, native-resolution crops, a dataset not built by imseg) the teacher
-    sees the student's view rescaled to its size, as on every batch without the cache.
+    A teacher trained at k times the student's ``imgsz`` (k an integer) answers on the same views made at its own
+    size (``dataset.at_size``: from one seed, exactly the student's view at k times the pixels), its answer shrunk
+    to the student's pixels as class shares by :func:`resize_logits`: detail the student's input lacks. Where the
+    dataset has no such twin (another ratio, rotations, elastic warps, native-resolution crops, a dataset not built
+    by imseg) the teacher sees the student's view rescaled to its size, as on every batch without the cache.
 
     Args:
         dataset: a seeded dataset of ``(image, mask)`` items with ``set_epoch`` (``build_datasets(..., seed=S)``).

@@ -18,9 +18,7 @@ Augmentation keys (``augment`` dict; missing keys take :data:`DEFAULT_AUGMENT`):
 ``hflip``        probability of a horizontal flip
 ``vflip``        probability of a vertical flip
 ``scale``        ``[lo, hi]`` random scale relative to the letterbox size, then a random
-                 ``imgsz`` crop (padded with ignore); ``None``/``[1, 1]`` = plain letterbox.
-                 Every draw is relative (a zoom factor, a crop position as a fraction of the
-                 room), so one seed makes the same view at any ``imgsz``
+                 ``imgsz`` crop (padded with ignore); ``None``/``[1, 1]`` = plain letterbox
 ``native``       True: no letterbox; each image is scaled relative to its own size by a
                  factor from ``scale`` (default ``[1, 1]``: native pixels), then a random
                  ``imgsz`` crop is taken (padded with ignore where the image is smaller).
@@ -197,17 +195,18 @@ class Letterbox(v2.Transform):
     padded with ``ignore_index``.
     """
 
-    def __init__(self, imgsz: int | Sequence[int], ignore_index: int = 255) -> None:
+    def __init__(self, imgsz: int | Sequence[int], ignore_index: int = 255, factor: int = 1) -> None:
         super().__init__()
         size = _size2(imgsz)
         assert size is not None
-        self.size = size
+        self.size, self.factor = (size[0] * factor, size[1] * factor), int(factor)
         self.ignore_index = int(ignore_index)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         height, width = v2.query_size(flat_inputs)
-        _, new_h, new_w = letterbox_params(height, width, self.size)
-        return {"new_size": (new_h, new_w)}
+        k = self.factor
+        _, new_h, new_w = letterbox_params(height, width, (self.size[0] // k, self.size[1] // k))
+        return {"new_size": (new_h * k, new_w * k)}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         new_h, new_w = params["new_size"]
@@ -242,9 +241,27 @@ class RandomResizeBy(v2.Transform):
         return resize_pair(inpt, list(params["size"]))
 
 
-class ScaleJitter(v2.ScaleJitter):
-    """``v2.ScaleJitter`` (a factor drawn from ``scale_range`` times the letterbox scale to ``target_size``) with
-    masks resized at the pixel centres (:func:`resize_pair`)."""
+class ScaleJitter(v2.Transform):
+    """Resize to the letterbox scale of ``target_size`` times a factor drawn from ``scale_range`` (as
+    ``v2.ScaleJitter``, with the same draw), masks at the pixel centres (:func:`resize_pair`).
+
+    ``factor`` k makes the view k times larger: the size is worked out at ``target_size / k`` and multiplied by k,
+    so a pipeline built with ``factor=k`` makes, from one seed, exactly the view of the one built with ``factor=1``
+    at k times its pixels (see :meth:`SegmentationTransform.at_size`).
+    """
+
+    def __init__(self, target_size: Sequence[int], scale_range: Sequence[float], factor: int = 1) -> None:
+        super().__init__()
+        self.target_size, self.scale_range = (int(target_size[0]), int(target_size[1])), tuple(scale_range)
+        self.factor = int(factor)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        low, high = self.scale_range
+        scale = low + torch.rand(1) * (high - low)
+        ratio = min(self.target_size[0] / height, self.target_size[1] / width) * scale
+        k = self.factor
+        return {"size": (int(height * ratio) * k, int(width * ratio) * k)}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return resize_pair(inpt, list(params["size"]))
@@ -254,21 +271,21 @@ class RandomPlace(v2.Transform):
     """A random ``size`` window: each side longer than the window is cropped, each shorter one padded (image 0,
     mask ``fill``), at a position drawn as a fraction of the room (``floor(u * (room + 1))``, u uniform in [0, 1)).
 
-    Unlike ``v2.RandomCrop`` (an integer offset drawn in pixels), the draw does not depend on the pixel size: one
-    seed places the window at the same relative position at any scale, so a dataset seeded alike makes the same
-    view at two ``imgsz`` (a teacher's and a student's).
+    ``factor`` k: the window and the input are k times those of ``factor=1`` (after :class:`ScaleJitter` with the
+    same factor); the position is drawn at 1/k of the size and multiplied by k, so the window is exactly that of
+    ``factor=1`` at k times its pixels.
     """
 
-    def __init__(self, size: int | Sequence[int], fill: int = 255) -> None:
+    def __init__(self, size: int | Sequence[int], fill: int = 255, factor: int = 1) -> None:
         super().__init__()
         resolved = _size2(size)
         assert resolved is not None
-        self.size, self.fill = resolved, int(fill)
+        self.size, self.fill, self.factor = (resolved[0] * factor, resolved[1] * factor), int(fill), int(factor)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         height, width = v2.query_size(flat_inputs)
-        u = torch.rand(2)
-        offsets = [int(float(u[i]) * (abs(side - want) + 1)) for i, (side, want) in
+        u, k = torch.rand(2), self.factor
+        offsets = [k * int(float(u[i]) * (abs(side // k - want // k) + 1)) for i, (side, want) in
                    enumerate(((height, self.size[0]), (width, self.size[1])))]
         return {"offsets": offsets, "shape": (height, width)}
 
@@ -417,16 +434,27 @@ class SegmentationTransform:
         self.recipe: dict[str, Any] | None = None  # build_transforms' arguments, when it built this transform
 
     def at_size(self, imgsz: int) -> SegmentationTransform | None:
-        """This transform making its views at ``imgsz`` instead: with one seed, the same view (the same zoom, crop
-        position, flip, rotation and colours) at another pixel size. None where no such twin exists: a transform
-        not made by :func:`build_transforms`, native-resolution crops (a larger ``imgsz`` crops a larger region
-        there) and elastic warps (their noise is drawn per pixel)."""
-        if self.recipe is None or self.recipe["imgsz"] is None:
+        """This transform making its views k times larger, where ``imgsz`` is k times its own (an integer): from
+        one seed, exactly the same view (zoom, crop window, flip and colours) at k times the pixels, so pixel (i,
+        j) of a view covers pixels [k i, k i + k) x [k j, k j + k) of its twin. None where no such twin exists:
+        ``imgsz`` not a multiple, a transform not made by :func:`build_transforms`, native-resolution crops (a
+        larger ``imgsz`` crops a larger region there), rotations and elastic warps (drawn per pixel)."""
+        recipe = self.recipe
+        if recipe is None or recipe["imgsz"] is None:
             return None
-        aug = parse_augment(self.recipe["augment"])
-        if self.recipe["train"] and (aug["native"] or aug["elastic"] > 0):
+        own = _size2(recipe["imgsz"])
+        assert own is not None
+        if int(imgsz) % max(own) or max(own) != min(own) or int(imgsz) < max(own):
             return None
-        return build_transforms(**{**self.recipe, "imgsz": imgsz})
+        aug = parse_augment(recipe["augment"])
+        if recipe["train"] and (aug["native"] or aug["elastic"] > 0 or aug["rotate"] > 0):
+            return None
+        factor = int(imgsz) // max(own)
+        transform = SegmentationTransform(build_pipeline(recipe["imgsz"], recipe["augment"], recipe["train"],
+                                                         recipe["ignore_index"], factor=factor),
+                                          normalize=recipe["normalize"], ignore_index=recipe["ignore_index"])
+        transform.recipe = recipe
+        return transform
 
     def __call__(self, image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         img_t = image if isinstance(image, torch.Tensor) else torch.from_numpy(_writable(image)).permute(2, 0, 1)
@@ -452,8 +480,10 @@ def build_pipeline(
     augment: str | Mapping[str, Any] | None = "default",
     train: bool = True,
     ignore_index: int = 255,
+    factor: int = 1,
 ) -> v2.Compose | None:
-    """The uint8 v2 pipeline (no normalisation) behind :func:`build_transforms`."""
+    """The uint8 v2 pipeline (no normalisation) behind :func:`build_transforms`; ``factor`` k makes each view k
+    times larger, exactly (for letterbox views: see :meth:`SegmentationTransform.at_size`)."""
     size = _size2(imgsz)
     fill = {tv_tensors.Image: 0, tv_tensors.Mask: int(ignore_index)}
     steps: list[v2.Transform] = []
@@ -461,20 +491,20 @@ def build_pipeline(
     zoom = aug["scale"] is not None and aug["scale"] != [1.0, 1.0]
     if not train:
         if size is not None:
-            steps.append(CenterCropPad(size, ignore_index) if aug["native"] else Letterbox(size, ignore_index))
+            steps.append(CenterCropPad(size, ignore_index) if aug["native"] else Letterbox(size, ignore_index, factor))
         return v2.Compose(steps) if steps else None
     if size is not None:
         if aug["native"]:
             if zoom:
                 steps.append(RandomResizeBy(aug["scale"]))
         elif zoom:
-            steps.append(ScaleJitter(size, tuple(aug["scale"]), antialias=True))
+            steps.append(ScaleJitter(size, tuple(aug["scale"]), factor))
         else:
-            steps.append(Letterbox(size, ignore_index))
+            steps.append(Letterbox(size, ignore_index, factor))
     if aug["rotate90"] > 0:
         steps.append(RandomRot90(aug["rotate90"]))
     if size is not None and (zoom or aug["native"]):
-        steps.append(RandomPlace(size, int(ignore_index)))
+        steps.append(RandomPlace(size, int(ignore_index), factor))
     if aug["hflip"] > 0:
         steps.append(v2.RandomHorizontalFlip(aug["hflip"]))
     if aug["vflip"] > 0:

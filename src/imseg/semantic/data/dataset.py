@@ -67,9 +67,9 @@ class SegmentationDataset(_TorchDataset):
         self.epoch = int(epoch)
 
     def at_size(self, imgsz: int) -> SegmentationDataset | None:
-        """The same samples, seed and epoch, each item made at ``imgsz`` (one seed, the same view at another
-        pixel size: see ``SegmentationTransform.at_size``); decoded images are shared. None where the transform
-        has no such twin."""
+        """The same samples, seed and epoch, each item made at ``imgsz``, k times this dataset's (from one seed,
+        exactly the same view at k times the pixels: see ``SegmentationTransform.at_size``); decoded images are
+        shared. None where the transform has no such twin."""
         transform = getattr(self.transform, "at_size", lambda size: None)(imgsz)
         if transform is None:
             return None
