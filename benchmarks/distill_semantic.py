@@ -4,7 +4,8 @@
     PYTHONHASHSEED=0 .venv/bin/python benchmarks/distill_semantic.py --teacher-run runs/bench_distill/teacher
 
 1. A teacher: U-Net on a full ResNet-34 with smp's default decoder (256..16 channels), trained at ``--imgsz``
-   or ``--teacher-imgsz`` (skipped with ``--teacher-run``: an existing run directory is used).
+   or ``--teacher-imgsz`` (skipped with ``--teacher-run``: an existing run directory is used). A teacher at k times
+   the student's size answers, with ``--distill-cache``, on the student's views made at k times the pixels.
 2. A small student: U-Net on the first four stages of MobileNetV2 (``encoder_depth 4``) with a 64/32/16/8-channel
    decoder (8x fewer multiply-adds than the teacher), trained for the same number of epochs with and without
    ``--teacher`` (``--distill``, ``--distill-weight``, ``--distill-temperature``, ``--distill-cache``,
@@ -16,7 +17,8 @@ Every run uses the same data, augmentation, loss, schedule and epochs; best.pt i
 then scored once on the test split at each image's own resolution (letterboxed to imgsz and scaled back, as
 ``imseg val --resize``): foreground (horse) IoU, mean and spread (sample standard deviation, min..max) over seeds.
 Inference speed: median time of a forward pass (batch 1 and batch 4 at imgsz, on 1 and ``--threads`` torch
-threads), teacher and student measured interleaved so a shared CPU's load falls on both alike.
+threads), teacher and student measured interleaved so a shared CPU's load falls on both alike; a teacher trained at
+another size is timed again at that size (``own_size_*``: each model at the size it predicts at).
 
 Results (one JSON line per run, then a summary) go to stdout and to ``--out`` (default
 runs/bench_distill/results.json).
@@ -57,8 +59,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--imgsz", type=int, default=64)
     parser.add_argument("--teacher-epochs", type=int, default=10)
-    parser.add_argument("--teacher-imgsz", type=int, help="train the teacher at this input size (default --imgsz): "
-                        "its logits, scaled to the student's size, then carry detail the student's input lacks")
+    parser.add_argument("--teacher-imgsz", type=int, help="train the teacher at this input size (default --imgsz); "
+                        "with --distill-cache and a multiple of --imgsz it answers on the student's very views made "
+                        "at its size, its answer shrunk to the student's pixels as class shares (detail the "
+                        "student's input lacks)")
     parser.add_argument("--epochs", type=int, default=10, help="student epochs (with and without the teacher)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--distill", default="kd")
@@ -105,9 +109,11 @@ def score_test(run_dir: Path, native_test) -> float:
     return float(seg.evaluate(native_test).compute()["iou"][1])
 
 
-def forward_ms(teacher_dir: Path, student_dir: Path, imgsz: int, threads: int, repeats: int = 10) -> dict:
+def forward_ms(teacher_dir: Path, student_dir: Path, imgsz: int, threads: int, repeats: int = 10,
+               teacher_imgsz: int | None = None) -> dict:
     """Median forward time (ms) of each model at batch 1 and 4, on 1 and ``threads`` torch threads, measured
-    interleaved (fp32 eager, as ``imseg.load(RUN)`` runs a model)."""
+    interleaved (fp32 eager, as ``imseg.load(RUN)`` runs a model); the teacher's input is ``teacher_imgsz`` when
+    given (the size it predicts at), else ``imgsz``."""
     import torch
 
     from imseg.semantic.checkpoints import find_checkpoint, load_checkpoint, model_from_checkpoint
@@ -118,15 +124,16 @@ def forward_ms(teacher_dir: Path, student_dir: Path, imgsz: int, threads: int, r
     for n_threads in sorted({1, threads}):
         torch.set_num_threads(n_threads)
         for batch in (1, 4):
-            x = torch.randn(batch, 3, imgsz, imgsz)
+            inputs = {"teacher": torch.randn(batch, 3, teacher_imgsz or imgsz, teacher_imgsz or imgsz),
+                      "student": torch.randn(batch, 3, imgsz, imgsz)}
             times: dict[str, list[float]] = {k: [] for k in models}
             with torch.inference_mode():
-                for model in models.values():
-                    model(x)  # warm-up
+                for key, model in models.items():
+                    model(inputs[key])  # warm-up
                 for _ in range(repeats):
                     for key, model in models.items():
                         start = time.perf_counter()
-                        model(x)
+                        model(inputs[key])
                         times[key].append((time.perf_counter() - start) * 1000)
             tag = f"batch{batch}_threads{n_threads}"
             for key, values in times.items():
@@ -136,6 +143,12 @@ def forward_ms(teacher_dir: Path, student_dir: Path, imgsz: int, threads: int, r
     out["teacher_params"] = sum(p.numel() for p in models["teacher"].parameters())
     out["student_params"] = sum(p.numel() for p in models["student"].parameters())
     return out
+
+
+def trained_imgsz(run_dir: Path) -> int:
+    from imseg.semantic.checkpoints import find_checkpoint, load_checkpoint
+
+    return int(load_checkpoint(find_checkpoint(run_dir))["imgsz"])
 
 
 def spread(values: list[float]) -> dict:
@@ -203,12 +216,17 @@ def main(argv: list[str]) -> list:
             student_dir = run_dir
             emit({"run": kind, "seed": seed, "dir": str(run_dir), "minutes": round(minutes, 2), "epochs": epochs_run,
                   "test_iou": round(iou, 4)}, results, out)
-    summary = {"run": "summary", "imgsz": args.imgsz, "teacher_imgsz": args.teacher_imgsz or args.imgsz,
+    summary = {"run": "summary", "imgsz": args.imgsz, "teacher_imgsz": trained_imgsz(teacher_dir),
                "amp": args.amp, "teacher_epochs": args.teacher_epochs,
                "student_epochs": args.epochs, "distill": {k: v for k, v in distill.items() if k != "teacher"},
                "test_images": len(native["test"]), "cpu": cpu_model(), "threads": args.threads,
                **{f"test_iou_{k}": spread(v) for k, v in scores.items() if v},
                **forward_ms(teacher_dir, student_dir, args.speed_imgsz or args.imgsz, args.threads)}
+    teacher_imgsz = trained_imgsz(teacher_dir)
+    if teacher_imgsz != args.imgsz:  # each at the size it predicts at, as deployed
+        own = forward_ms(teacher_dir, student_dir, args.imgsz, args.threads, teacher_imgsz=teacher_imgsz)
+        summary.update({f"own_size_{k}": v for k, v in own.items() if "_ms_" in k or k.startswith("speedup")},
+                       own_size_teacher_imgsz=teacher_imgsz)
     if scores["student"] and scores["distilled"]:
         for kind in (k for k in scores if k.startswith("student")):
             summary[f"gain_mean_over_{kind}"] = round(statistics.mean(scores["distilled"])
