@@ -117,10 +117,11 @@ def native_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("native")
     data = _disc_data(tmp / "data")
-    run = train_unet_instance({"data": str(data), "val_fraction": 0.25, "epochs": 2, "imgsz": 64, "batch": 2,
-                               "lr": 1e-2, "native": True, "progress": False, "accelerator": "cpu",
-                               # one-pixel rims and the pixels as they are: two epochs learn the large interiors,
-                               # where cores of 4 px discs are a few pixels each; the tiles, not the target or the
+    run = train_unet_instance({"data": str(data), "val_fraction": 0.25, "epochs": 8, "imgsz": 64, "batch": 2,
+                               "lr": 3e-3, "native": True, "progress": False, "accelerator": "cpu",
+                               # one-pixel rims and the pixels as they are: eight epochs at 3e-3 learn the discs
+                               # whatever the seed (48, 41 and 48 of the large image's 48 found for seeds 0-2, where
+                               # two epochs at 1e-2 found 0, 1 and 11); the tiles, not the target or the
                                # normalisation, are tested here
                                "core": 0.0, "normalize": "none", "project": str(tmp / "runs"), "name": "native"})
     return run, data
@@ -139,7 +140,7 @@ def test_native_run_predicts_larger_images_with_tiles(native_run):
     assert segmenter.semantic.resize is False and segmenter.semantic.imgsz == 64
     image = data / "img10" / "images" / "img10.png"  # 160 x 128: larger than the 64 px crops
     masks = segmenter.segment(image)
-    assert masks.image_size == (160, 128) and len(masks) > 0
+    assert masks.image_size == (160, 128) and len(masks) >= 24  # of 48 discs, most of them in the lower tiles
     assert len(masks.scores) == len(masks) and masks.class_names == ["nucleus"]
 
 

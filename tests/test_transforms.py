@@ -198,6 +198,7 @@ def test_a_twin_makes_the_same_view_at_twice_the_pixels():
         assert (pooled - image_small).abs().mean() < 0.05, seed  # normalised units: resampling apart, not shifted
     # no exact twin: not a multiple, rotations and elastic warps (drawn per pixel), native-resolution crops
     assert small.at_size(150) is None
-    for extra in ({"rotate": 10}, {"elastic": 0.5}, {"native": True}):
+    for extra in ({"rotate": 10}, {"elastic": 0.5}, {"blur": 0.5}, {"native": True}):
         assert build_transforms(96, {**augment, **extra}, train=True).at_size(192) is None
+    assert build_transforms(96, {"native": True}, train=False).at_size(192) is None  # a centre crop, not a letterbox
     assert build_transforms(96, train=False).at_size(288) is not None  # validation letterbox: 3x

@@ -200,7 +200,7 @@ class TeacherTargets(torch.utils.data.Dataset):
     A teacher trained at k times the student's ``imgsz`` (k an integer) answers on the same views made at its own
     size (``dataset.at_size``: from one seed, exactly the student's view at k times the pixels), its answer shrunk
     to the student's pixels as class shares by :func:`resize_logits`: detail the student's input lacks. Where the
-    dataset has no such twin (another ratio, rotations, elastic warps, native-resolution crops, a dataset not built
+    dataset has no such twin (another ratio, rotations, elastic warps, blur, native-resolution crops, a dataset not built
     by imseg) the teacher sees the student's view rescaled to its size, as on every batch without the cache.
 
     Args:

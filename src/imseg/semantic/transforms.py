@@ -438,7 +438,8 @@ class SegmentationTransform:
         one seed, exactly the same view (zoom, crop window, flip and colours) at k times the pixels, so pixel (i,
         j) of a view covers pixels [k i, k i + k) x [k j, k j + k) of its twin. None where no such twin exists:
         ``imgsz`` not a multiple, a transform not made by :func:`build_transforms`, native-resolution crops (a
-        larger ``imgsz`` crops a larger region there), rotations and elastic warps (drawn per pixel)."""
+        larger ``imgsz`` crops a larger region there), rotations, elastic warps and blur (resampled or sized per
+        pixel)."""
         recipe = self.recipe
         if recipe is None or recipe["imgsz"] is None:
             return None
@@ -447,7 +448,7 @@ class SegmentationTransform:
         if int(imgsz) % max(own) or max(own) != min(own) or int(imgsz) < max(own):
             return None
         aug = parse_augment(recipe["augment"])
-        if recipe["train"] and (aug["native"] or aug["elastic"] > 0 or aug["rotate"] > 0):
+        if aug["native"] or (recipe["train"] and (aug["elastic"] > 0 or aug["rotate"] > 0 or aug["blur"] > 0)):
             return None
         factor = int(imgsz) // max(own)
         transform = SegmentationTransform(build_pipeline(recipe["imgsz"], recipe["augment"], recipe["train"],
