@@ -216,25 +216,23 @@ class TeacherTargets(torch.utils.data.Dataset):
                               f"(set_epoch and a seed; imseg train builds one), got {type(dataset).__name__}; "
                               "train without distill_cache (the teacher then runs on each batch).")
         self.dataset, self.views, self.epoch = dataset, check_views(views), 0
-        self.teacher_views = self._teacher_views(dataset, teacher)
-        self.logits = self._compute(teacher, torch.device(device), max(1, batch), memory_limit)
+        size = tuple(dataset[0][0].shape[-2:]) if len(dataset) else None  # the student's (H, W)
+        self.teacher_views = self._teacher_views(dataset, teacher, size)
+        self.logits = self._compute(teacher, size, torch.device(device), max(1, batch), memory_limit)
         self.set_epoch(0)
 
     @staticmethod
-    def _teacher_views(dataset: Any, teacher: Teacher) -> Any:
-        """The dataset the teacher answers on: ``dataset`` made at the teacher's size where it differs and a twin
-        exists, else ``dataset`` itself."""
-        if not teacher.imgsz or not hasattr(dataset, "at_size") or len(dataset) == 0:
-            return dataset
-        if max(dataset[0][0].shape[-2:]) == teacher.imgsz:
+    def _teacher_views(dataset: Any, teacher: Teacher, size: tuple[int, ...] | None) -> Any:
+        """The dataset the teacher answers on: ``dataset`` made at the teacher's size where it differs from the
+        student's ``size`` and a twin exists, else ``dataset`` itself."""
+        if not teacher.imgsz or size is None or max(size) == teacher.imgsz or not hasattr(dataset, "at_size"):
             return dataset
         return dataset.at_size(teacher.imgsz) or dataset
 
-    def _compute(self, teacher: Teacher, device: torch.device, batch: int,
+    def _compute(self, teacher: Teacher, size: tuple[int, ...] | None, device: torch.device, batch: int,
                  memory_limit: int | None) -> list[list[torch.Tensor]]:
         count = len(self.dataset)
         cached: list[list[torch.Tensor]] = []
-        size = self.dataset[0][0].shape[-2:] if count else None
         for view in range(self.views):
             self.dataset.set_epoch(view)
             self.teacher_views.set_epoch(view)
