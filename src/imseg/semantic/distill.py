@@ -234,8 +234,7 @@ class TeacherTargets(torch.utils.data.Dataset):
         count = len(self.dataset)
         cached: list[list[torch.Tensor]] = []
         for view in range(self.views):
-            self.dataset.set_epoch(view)
-            self.teacher_views.set_epoch(view)
+            self.teacher_views.set_epoch(view)  # the student's dataset itself, or its twin
             answers: list[torch.Tensor] = []
             for start in range(0, count, batch):
                 images = torch.stack([self.teacher_views[i][0] for i in range(start, min(count, start + batch))])

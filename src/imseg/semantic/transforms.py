@@ -171,6 +171,17 @@ def resize_pair(inpt: Any, size: Sequence[int]) -> Any:
     return TF.resize(inpt, list(size), antialias=True)
 
 
+def pad_pair(inpt: Any, padding: Sequence[int], ignore_index: int) -> Any:
+    """``inpt`` padded by ``padding`` = [left, top, right, bottom] (as ``TF.pad``): images with 0, masks with
+    ``ignore_index`` (in a dtype that holds it); unchanged when every side is 0."""
+    if not any(padding):
+        return inpt
+    fill = 0
+    if isinstance(inpt, tv_tensors.Mask):
+        fill, inpt = int(ignore_index), mask_holding(inpt, int(ignore_index))
+    return TF.pad(inpt, list(padding), fill=fill)
+
+
 def mask_holding(mask: torch.Tensor, fill: int) -> torch.Tensor:
     """``mask`` in a dtype that can hold ``fill`` (e.g. ignore_index 300 in a uint8 mask -> int32), else as is.
 
@@ -212,13 +223,7 @@ class Letterbox(v2.Transform):
         new_h, new_w = params["new_size"]
         if tuple(inpt.shape[-2:]) != (new_h, new_w):
             inpt = resize_pair(inpt, [new_h, new_w])
-        pad_bottom, pad_right = self.size[0] - new_h, self.size[1] - new_w
-        if pad_bottom or pad_right:
-            fill = 0
-            if isinstance(inpt, tv_tensors.Mask):
-                fill, inpt = self.ignore_index, mask_holding(inpt, self.ignore_index)
-            inpt = TF.pad(inpt, [0, 0, pad_right, pad_bottom], fill=fill)
-        return inpt
+        return pad_pair(inpt, [0, 0, self.size[1] - new_w, self.size[0] - new_h], self.ignore_index)
 
 
 class RandomResizeBy(v2.Transform):
@@ -292,13 +297,9 @@ class RandomPlace(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         (height, width), (oy, ox) = params["shape"], params["offsets"]
         want_h, want_w = self.size
-        if height < want_h or width < want_w:
-            pad_top, pad_left = (oy if height < want_h else 0), (ox if width < want_w else 0)
-            pad = [pad_left, pad_top, max(0, want_w - width - pad_left), max(0, want_h - height - pad_top)]
-            fill = 0
-            if isinstance(inpt, tv_tensors.Mask):
-                fill, inpt = self.fill, mask_holding(inpt, self.fill)
-            inpt = TF.pad(inpt, pad, fill=fill)
+        pad_top, pad_left = (oy if height < want_h else 0), (ox if width < want_w else 0)
+        inpt = pad_pair(inpt, [pad_left, pad_top, max(0, want_w - width - pad_left), max(0, want_h - height - pad_top)],
+                        self.fill)
         top, left = (oy if height > want_h else 0), (ox if width > want_w else 0)
         return TF.crop(inpt, top, left, want_h, want_w)
 
@@ -315,12 +316,7 @@ class CenterCropPad(v2.Transform):
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         height, width = inpt.shape[-2:]
-        pad_bottom, pad_right = max(0, self.size[0] - height), max(0, self.size[1] - width)
-        if pad_bottom or pad_right:
-            fill = 0
-            if isinstance(inpt, tv_tensors.Mask):
-                fill, inpt = self.ignore_index, mask_holding(inpt, self.ignore_index)
-            inpt = TF.pad(inpt, [0, 0, pad_right, pad_bottom], fill=fill)
+        inpt = pad_pair(inpt, [0, 0, max(0, self.size[1] - width), max(0, self.size[0] - height)], self.ignore_index)
         return TF.center_crop(inpt, list(self.size))
 
 
