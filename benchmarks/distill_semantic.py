@@ -216,13 +216,13 @@ def main(argv: list[str]) -> list:
             student_dir = run_dir
             emit({"run": kind, "seed": seed, "dir": str(run_dir), "minutes": round(minutes, 2), "epochs": epochs_run,
                   "test_iou": round(iou, 4)}, results, out)
-    summary = {"run": "summary", "imgsz": args.imgsz, "teacher_imgsz": trained_imgsz(teacher_dir),
+    teacher_imgsz = trained_imgsz(teacher_dir)
+    summary = {"run": "summary", "imgsz": args.imgsz, "teacher_imgsz": teacher_imgsz,
                "amp": args.amp, "teacher_epochs": args.teacher_epochs,
                "student_epochs": args.epochs, "distill": {k: v for k, v in distill.items() if k != "teacher"},
                "test_images": len(native["test"]), "cpu": cpu_model(), "threads": args.threads,
                **{f"test_iou_{k}": spread(v) for k, v in scores.items() if v},
                **forward_ms(teacher_dir, student_dir, args.speed_imgsz or args.imgsz, args.threads)}
-    teacher_imgsz = trained_imgsz(teacher_dir)
     if teacher_imgsz != args.imgsz:  # each at the size it predicts at, as deployed
         own = forward_ms(teacher_dir, student_dir, args.imgsz, args.threads, teacher_imgsz=teacher_imgsz)
         summary.update({f"own_size_{k}": v for k, v in own.items() if "_ms_" in k or k.startswith("speedup")},
