@@ -27,9 +27,9 @@ threads wait for each other when another process holds a core).
 0.995, the horses one none) and ``--save-period N`` writes the resumable last.ckpt every N epochs instead of every
 epoch (a write takes ~0.8 s on a 2-core CPU; both configs use 10).
 
-``--trainval`` (horses) trains on train + val with settings fixed in advance (TTA and scales as the train-only
-run's validation chose them) and scores last.pt on the test split; validation is then in-sample (8 images,
-monitoring only) and selects nothing.
+``--trainval`` (horses) trains on train + val but the first 8 validation images, with settings fixed in advance (TTA
+and scales as the train-only run's validation chose them), and scores last.pt on the test split; those 8 held-out
+images only monitor the run (too few to select on; an image in two splits is refused as a leak).
 
 ``--finetune-imgsz N`` (horses default 128) trains a second stage from the first one's last.pt at N px
 (``imseg train --init``; ``--finetune-epochs``, ``--finetune-lr``, cosine, no warm-up) inside the same ``--max-minutes``
@@ -115,9 +115,10 @@ def data_spec(which: str, limit: int | None, trainval: bool = False) -> dict:
     ``trainval``: horses trained on train + val)."""
     if which == "horses":
         split = json.loads((HORSES / "split.json").read_text())
-        train = list(split["train"])[: limit or None] + (list(split["val"]) if trainval else [])
-        # trainval: validation is in-sample and selects nothing, so 8 of its images only monitor the run
-        val = list(split["val"])[:8] if trainval else list(split["val"])
+        # trainval: 8 validation images stay out of training to monitor the run; they select nothing
+        monitor = 8 if trainval else len(split["val"])
+        train = list(split["train"])[: limit or None] + list(split["val"])[monitor:]
+        val = list(split["val"])[:monitor]
         return {"path": str(HORSES), "names": ["background", "horse"], "train": train, "val": val,
                 "test": list(split["test"])}
     train = [str(i) for i in range(25)][: limit or None]
@@ -151,8 +152,8 @@ def parse_args(argv: list[str]) -> tuple[str, dict, int]:
     parser.add_argument("--max-minutes", dest="max_minutes", type=float)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trainval", action="store_true",
-                        help="horses: train on train + val with the settings fixed in advance and score last.pt "
-                             "(validation is then in-sample and selects nothing); TTA defaults to on")
+                        help="horses: train on train + val but 8 validation images (which only monitor the run) "
+                             "with the settings fixed in advance and score last.pt; TTA defaults to on")
     parser.add_argument("--finetune-imgsz", dest="finetune_imgsz", type=int,
                         help="after training, fine-tune its last.pt at this larger size (imseg train --init), inside "
                              "the same --max-minutes budget; the fine-tuned run is the one scored (FixRes). Horses "
@@ -321,7 +322,7 @@ def main(argv: list[str]) -> dict:
         minutes = (time.perf_counter() - start) / 60
     load_after_train = load_average()
 
-    # trainval: the validation images were trained on, so best.pt was chosen in-sample: score last.pt
+    # trainval: 8 validation images are too few to choose a checkpoint on: score last.pt
     seg = load(result.last if trainval else result.run_dir, device="cpu", resize=which == "horses")
     tta_rule = cfg.get("tta") or ("on" if trainval else "auto" if which == "horses" else "off")
     val_scores = {}
@@ -345,7 +346,7 @@ def main(argv: list[str]) -> dict:
         "epochs_run": stage_one["epochs_run"] if stage_one else result.epochs_run, "epochs_planned": cfg["epochs"],
         "best_val_epoch": _best_epoch(result.run_dir),
         "threads": threads, "load_after_train": load_after_train, "eval_split": eval_split, "images": len(dataset),
-        "trained_on": "train+val, scored last.pt" if trainval else "train, scored best.pt",
+        "trained_on": "train + val but 8, scored last.pt" if trainval else "train, scored best.pt",
         "miou": round(float(m["miou"]), 4), "iou": [round(float(v), 4) for v in m["iou"].tolist()],
         "pixel_error": round(1 - float(m["pixel_accuracy"]), 4),
         "tta": f"{tta_rule}: " + (f"flips {seg.tta_flips!r}" if tta else "off"),
