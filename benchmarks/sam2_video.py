@@ -20,6 +20,11 @@ object 1 on every frame are compared between engines (mean and minimum IoU).
 
     .venv/bin/python benchmarks/sam2_video.py --frames 3 --variants t           # smoke check
     .venv/bin/python benchmarks/sam2_video.py --frames 200 --variants t --engines official,imseg-bf16
+    .venv/bin/python benchmarks/sam2_video.py --device cuda                       # on a GPU
+
+``--device cuda`` runs every engine on the GPU (the same float32 memory attention and connected components for
+both, so they still do the same work); the encoder and frame times then wait for the GPU to finish, and the GPU's
+peak allocated memory is reported beside the process's RSS.
 """
 
 from __future__ import annotations
@@ -94,7 +99,7 @@ def patch_official_for_cpu() -> None:
 ENGINES = ("official", "imseg", "imseg-bf16")
 
 
-def build_predictor(engine: str, variant: str, checkpoint: str):
+def build_predictor(engine: str, variant: str, checkpoint: str, device: str = "cpu"):
     """``imseg`` is exact float32; ``imseg-bf16`` runs the image encoder (and, with AMX, the memory attention) in
     bfloat16."""
     options = {}
@@ -107,18 +112,28 @@ def build_predictor(engine: str, variant: str, checkpoint: str):
         options["precision"] = "bf16" if engine == "imseg-bf16" else "fp32"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return build_sam2_video_predictor(CONFIGS[variant], checkpoint, device="cpu", **options)
+        return build_sam2_video_predictor(CONFIGS[variant], checkpoint, device=device, **options)
 
 
-def time_encoder(predictor, repeats: int) -> float:
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work, so a time covers it (nothing on a CPU)."""
     import torch
 
-    x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def time_encoder(predictor, repeats: int, device: str = "cpu") -> float:
+    import torch
+
+    x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0)).to(device)
     runs = []
     with torch.inference_mode():
         for _ in range(repeats):
+            synchronize(device)
             start = time.perf_counter()
             predictor.forward_image(x)
+            synchronize(device)
             runs.append(time.perf_counter() - start)
     return min(runs)
 
@@ -132,10 +147,13 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     tracemalloc.start()
-    predictor = build_predictor(args.worker, args.variant, args.checkpoint)
+    predictor = build_predictor(args.worker, args.variant, args.checkpoint, args.device)
     loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.reset_peak()  # the heap peak of tracking, not of reading the checkpoint
-    encoder = time_encoder(predictor, args.repeats)
+    encoder = time_encoder(predictor, args.repeats, args.device)
+    on_gpu = args.device.startswith("cuda")
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(args.device)
     with torch.inference_mode():
         start = time.perf_counter()
         state = predictor.init_state(str(args.video))
@@ -148,12 +166,13 @@ def worker(args: argparse.Namespace) -> None:
         prompt_seconds = time.perf_counter() - start
         times, packed, last = [], [], time.perf_counter()
         for _frame_idx, _obj_ids, masks in predictor.propagate_in_video(state):
-            packed.append(np.packbits((masks[0, 0] > 0).numpy()))  # ~65 kB a frame, the same for every engine
+            packed.append(np.packbits((masks[0, 0] > 0).cpu().numpy()))  # ~65 kB a frame, the same for every engine
             now = time.perf_counter()
             times.append(now - last)
             last = now
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     heap_peak = tracemalloc.get_traced_memory()[1]
+    gpu_peak = torch.cuda.max_memory_allocated(args.device) / 2**20 if on_gpu else 0.0
     tracked = times[1:] or times  # the first yield is the prompted frame, already computed
     if args.masks_out:
         np.save(args.masks_out, np.stack(packed))
@@ -161,7 +180,7 @@ def worker(args: argparse.Namespace) -> None:
                       "sec_per_frame_mean": float(np.mean(tracked)), "encoder_sec": encoder,
                       "init_state_sec": init_seconds, "prompt_sec": prompt_seconds,
                       "peak_rss_mib": peak_rss / 1024, "rss_after_load_mib": loaded_rss / 1024,
-                      "python_heap_peak_mib": heap_peak / 2**20}))
+                      "python_heap_peak_mib": heap_peak / 2**20, "gpu_peak_mib": gpu_peak}))
 
 
 # ============================================================================ driver
@@ -198,7 +217,7 @@ def frame_folder(source: Path, frames: int, folder: Path) -> Path:
 def run_engine(engine: str, variant: str, checkpoint: Path, video: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", engine, "--variant", variant, "--checkpoint", str(checkpoint),
            "--video", str(video), "--threads", str(args.threads), "--repeats", str(args.repeats),
-           "--masks-out", str(checkpoint.parent / f"masks_{variant}_{engine}.npy")]
+           "--masks-out", str(checkpoint.parent / f"masks_{variant}_{engine}.npy"), "--device", args.device]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -209,7 +228,7 @@ def run_engine(engine: str, variant: str, checkpoint: Path, video: Path, args: a
 ROWS = (("sec_per_frame", "s / tracked frame (median)"), ("sec_per_frame_mean", "s / frame (mean)"),
         ("encoder_sec", "image encoder, s"), ("peak_rss_mib", "peak RSS, MiB"),
         ("rss_after_load_mib", "RSS after load, MiB"), ("python_heap_peak_mib", "Python heap peak, MiB"),
-        ("init_state_sec", "init_state, s"))
+        ("init_state_sec", "init_state, s"), ("gpu_peak_mib", "GPU peak allocated, MiB"))
 
 
 def mask_agreement(a: Path, b: Path) -> tuple[float, float]:
@@ -232,6 +251,8 @@ def report(variant: str, results: dict[str, dict], folder: Path) -> None:
     ratios = "".join(f"{'/ ' + e:>14s}" for e in ours) if "official" in results else ""
     print(f"{'':28s}{header}{ratios}")
     for key, label in ROWS:
+        if key == "gpu_peak_mib" and not first.get(key):
+            continue
         values = "".join(f"{results[e][key]:12.3f}" for e in engines)
         line = f"{label:28s}{values}"
         if "official" in results:
@@ -254,6 +275,7 @@ def main() -> None:
     parser.add_argument("--video", type=Path, default=None, help="JPEG frame folder (default: video-bedroom)")
     parser.add_argument("--engines", default="official,imseg,imseg-bf16",
                         help=f"comma-separated, from {', '.join(ENGINES)} (official first: the ratios are to it)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where every engine runs")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--masks-out", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -267,6 +289,12 @@ def main() -> None:
     print(f"CPU: {name}; {os.cpu_count()} logical CPUs; ISA: {' '.join(flags) or 'unknown'}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, threads {args.threads}; "
           f"load average {os.getloadavg()[0]:.2f}")
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: torch sees no CUDA GPU here; run with --device cpu.")
+        print(f"GPU: {torch.cuda.get_device_name(args.device)}")
+    elif args.device != "cpu":
+        raise SystemExit(f"--device {args.device!r}: give cpu, cuda or cuda:N.")
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown or not engines:

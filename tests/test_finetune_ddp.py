@@ -126,6 +126,27 @@ def test_strategy_follows_what_trains():
         assert ddp_strategy(1, 2, lambda m=model: _leaves_parameters_unused(m), "cpu") == strategy
 
 
+
+def test_batchnorm_statistics_are_shared_across_gpu_processes(monkeypatch):
+    """SyncBatchNorm (Lightning's sync_batchnorm) exactly when several processes train on GPUs: the batch's
+    statistics are then the whole batch's, as in one process; one process, or processes on CPUs (where torch's
+    SyncBatchNorm cannot run), keep BatchNorm as it is."""
+    import torch
+
+    from imseg.semantic.ddp import sync_batchnorm
+
+    for devices, nodes in ((2, 1), ("0,1", 1), (1, 2), (-1, 1)):
+        assert sync_batchnorm(devices, nodes, "gpu") and sync_batchnorm(devices, nodes, "cuda")
+        assert not sync_batchnorm(devices, nodes, "cpu")
+    for accelerator in ("gpu", "cuda", "cpu", "auto"):
+        assert not sync_batchnorm(1, 1, accelerator) and not sync_batchnorm("1", 1, accelerator)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert sync_batchnorm(2, 1, "auto") and sync_batchnorm("auto", 1, "auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert not sync_batchnorm(2, 1, "auto") and not sync_batchnorm("auto", 1, "auto")
+
 @pytest.mark.slow
 def test_every_decoder_weight_gets_a_gradient_in_a_decoder_step(tmp_path):
     """Plain "ddp" (no search for unused parameters) is right for --train decoder only if every step gives every

@@ -175,13 +175,14 @@ def _leaves_parameters_unused(model: torch.nn.Module) -> bool:
 
 def _trainer(L: Any, cfg: FinetuneConfig, model: torch.nn.Module, callbacks: list, run_dir: Path, precision: str):
     """The Lightning Trainer: ``devices`` per node on ``nodes`` nodes (DDP once there are several processes)."""
-    from ..semantic.ddp import ddp_strategy
+    from ..semantic.ddp import ddp_strategy, sync_batchnorm
 
     strategy = ddp_strategy(cfg.devices, cfg.nodes, lambda: _leaves_parameters_unused(model), cfg.accelerator)
     try:
         return L.Trainer(
             max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.nodes,
-            strategy=strategy, precision=precision, gradient_clip_val=cfg.grad_clip, logger=False,
+            strategy=strategy, sync_batchnorm=sync_batchnorm(cfg.devices, cfg.nodes, cfg.accelerator),
+            precision=precision, gradient_clip_val=cfg.grad_clip, logger=False,
             callbacks=callbacks, enable_progress_bar=cfg.progress, enable_model_summary=False,
             num_sanity_val_steps=0, default_root_dir=str(run_dir), enable_checkpointing=False,
         )

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError, DatasetError
+from ..semantic.ddp import sync_batchnorm
 from ..semantic.run import increment_run_dir, write_yaml
 from .metrics import instance_metrics
 from .model import BACKBONES, DEFAULT_ANCHORS, build_maskrcnn, model_config
@@ -360,6 +361,7 @@ def train_instance(config: Mapping[str, Any], callbacks: list | None = None) -> 
     last = L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "weights", save_last=True, save_top_k=0)
     trainer = L.Trainer(
         max_epochs=int(cfg["epochs"]), accelerator=cfg["accelerator"], devices=cfg["devices"],
+        sync_batchnorm=sync_batchnorm(cfg["devices"], 1, cfg["accelerator"]),
         callbacks=[_make_artifacts_callback()(run_dir, meta, cfg["max_time"]), last, *(callbacks or [])],
         logger=False, num_sanity_val_steps=0, gradient_clip_val=10.0, deterministic=False,
         enable_progress_bar=bool(cfg["progress"]), enable_model_summary=False, default_root_dir=run_dir,

@@ -1,12 +1,13 @@
 """Devices and nodes of a Lightning run (``imseg train`` and ``imseg finetune``): the accepted ``devices`` values and
-the strategy, DDP (with unused-parameter detection where the model needs it) once several processes train."""
+the strategy, DDP (with unused-parameter detection where the model needs it) once several processes train, and
+BatchNorm statistics shared across those processes on GPUs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DEVICES_ACCEPTED", "ddp_strategy", "devices_ok", "is_distributed", "parse_devices"]
+__all__ = ["DEVICES_ACCEPTED", "ddp_strategy", "devices_ok", "is_distributed", "parse_devices", "sync_batchnorm"]
 
 #: what ``devices`` accepts, for error messages
 DEVICES_ACCEPTED = "a count >= 1, -1 or 'auto' (all), or device ids such as '0,1'"
@@ -58,3 +59,19 @@ def ddp_strategy(devices: Any, nodes: int, has_unused: Callable[[], bool], accel
     if not is_distributed(devices, nodes, accelerator):
         return "auto"
     return "ddp_find_unused_parameters_true" if has_unused() else "ddp"
+
+
+def sync_batchnorm(devices: Any, nodes: int, accelerator: str = "auto") -> bool:
+    """Lightning's ``sync_batchnorm``: True when several processes train on GPUs, so every BatchNorm layer
+    normalises with the statistics of the whole batch (all processes' samples) rather than each process's share,
+    as one process training the whole batch would. torch's SyncBatchNorm runs on GPUs only: processes on CPUs
+    keep their own statistics."""
+    if not is_distributed(devices, nodes, accelerator):
+        return False
+    if accelerator in ("gpu", "cuda"):
+        return True
+    if accelerator != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()

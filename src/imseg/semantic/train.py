@@ -36,7 +36,7 @@ from .checkpoints import (
     read_resume_checkpoint,
     save_checkpoint,
 )
-from .ddp import DEVICES_ACCEPTED, ddp_strategy, devices_ok
+from .ddp import DEVICES_ACCEPTED, ddp_strategy, devices_ok, sync_batchnorm
 from .distill import TeacherTargets, check_distill_options, check_views
 from .loggers import make_logger_callback, parse_logger_spec
 from .models import OUTPUT_STRIDE, input_multiple, model_config
@@ -358,6 +358,7 @@ def _trainer(cfg: TrainConfig, module, callbacks: list, run_dir: Path, on_gpu: b
         devices=cfg.devices,
         num_nodes=cfg.nodes,
         strategy=strategy,
+        sync_batchnorm=sync_batchnorm(cfg.devices, cfg.nodes, cfg.accelerator),
         precision=("16-mixed" if on_gpu else "bf16-mixed") if cfg.amp else "32-true",
         deterministic=True if not on_gpu else "warn",
         logger=False,
