@@ -34,8 +34,9 @@ class ProbeOutcome:
 
 
 def _device(cfg: Any) -> torch.device:
-    gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if gpu else "cpu")
+    from ..semantic.ddp import uses_gpu
+
+    return torch.device("cuda" if uses_gpu(cfg.accelerator) else "cpu")
 
 
 def _median(times: list[float]) -> float:

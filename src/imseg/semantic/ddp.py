@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DEVICES_ACCEPTED", "ddp_strategy", "devices_ok", "is_distributed", "parse_devices", "sync_batchnorm"]
+__all__ = ["DEVICES_ACCEPTED", "ddp_strategy", "devices_ok", "is_distributed", "parse_devices",
+           "sync_batchnorm", "uses_gpu"]
 
 #: what ``devices`` accepts, for error messages
 DEVICES_ACCEPTED = "a count >= 1, -1 or 'auto' (all), or device ids such as '0,1'"
@@ -53,6 +54,17 @@ def is_distributed(devices: Any, nodes: int, accelerator: str = "auto") -> bool:
     return devices not in (1, "1", None)
 
 
+def uses_gpu(accelerator: str = "auto") -> bool:
+    """Whether a run with this Lightning ``accelerator`` trains on a CUDA GPU ('auto' where one is present)."""
+    if accelerator in ("gpu", "cuda"):
+        return True
+    if accelerator != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def ddp_strategy(devices: Any, nodes: int, has_unused: Callable[[], bool], accelerator: str = "auto") -> str:
     """Lightning's ``strategy``: "auto" in one process, else "ddp", or "ddp_find_unused_parameters_true" when
     ``has_unused()`` says some trained parameters may get no gradient in a step (DDP must then look for them)."""
@@ -66,12 +78,4 @@ def sync_batchnorm(devices: Any, nodes: int, accelerator: str = "auto") -> bool:
     normalises with the statistics of the whole batch (all processes' samples) rather than each process's share,
     as one process training the whole batch would. torch's SyncBatchNorm runs on GPUs only: processes on CPUs
     keep their own statistics."""
-    if not is_distributed(devices, nodes, accelerator):
-        return False
-    if accelerator in ("gpu", "cuda"):
-        return True
-    if accelerator != "auto":
-        return False
-    import torch
-
-    return torch.cuda.is_available()
+    return is_distributed(devices, nodes, accelerator) and uses_gpu(accelerator)

@@ -36,7 +36,7 @@ from .checkpoints import (
     read_resume_checkpoint,
     save_checkpoint,
 )
-from .ddp import DEVICES_ACCEPTED, ddp_strategy, devices_ok, sync_batchnorm
+from .ddp import DEVICES_ACCEPTED, ddp_strategy, devices_ok, sync_batchnorm, uses_gpu
 from .distill import TeacherTargets, check_distill_options, check_views
 from .loggers import make_logger_callback, parse_logger_spec
 from .models import OUTPUT_STRIDE, input_multiple, model_config
@@ -458,7 +458,7 @@ def train(
         "inference": dict(inference) if inference else {"resize": True},
         "train": _plain(asdict(cfg)),
     }
-    on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    on_gpu = uses_gpu(cfg.accelerator)
     if module.distiller is not None and cfg.distill_cache:
         views = min(cfg.distill_views, cfg.epochs)  # views past the last epoch would never be trained on
         device = "cuda" if on_gpu else "cpu"

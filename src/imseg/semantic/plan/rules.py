@@ -43,12 +43,10 @@ class Machine:
 
     @classmethod
     def here(cls, accelerator: str = "auto") -> Machine:
-        import torch
-
         from ...precision import native_bf16
+        from ..ddp import uses_gpu
 
-        gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-        return cls(cpus=os.cpu_count() or 1, gpu=gpu, bf16=native_bf16())
+        return cls(cpus=os.cpu_count() or 1, gpu=uses_gpu(accelerator), bf16=native_bf16())
 
 
 @dataclass
